@@ -1,0 +1,419 @@
+//! The event contract: every fact syncjobs records, and the envelope the store wraps it in.
+//!
+//! Events are stored and published as JSON `{"type": "<EventType>", "data": {...}}`. The type
+//! names are part of the wire contract (NATS subjects, exports, `syncjobs events`), so renaming
+//! a variant is a breaking change: add a schema version and an upcaster instead (see
+//! [`crate::upcast`]).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The schema version written with every new event. Older versions are upcast on read.
+pub const CURRENT_SCHEMA_VERSION: u32 = 2;
+
+/// Cumulative entity counts of one sync run.
+///
+/// Counts are cumulative (not deltas) so that any single ProgressRecorded event tells the
+/// whole truth and a lost or duplicated delivery cannot skew a subscriber's view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EntityCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub kept: u64,
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+impl EntityCounts {
+    /// Entities the source yielded that reached a verdict (Airweave's `entities_encountered`).
+    pub fn encountered(&self) -> u64 {
+        self.inserted + self.updated + self.kept + self.skipped + self.failed
+    }
+
+    /// Every counter, for "did anything move" and "did anything go down" checks.
+    pub fn total(&self) -> u64 {
+        self.encountered() + self.deleted
+    }
+
+    /// True when no counter is smaller than in `earlier`: counts are cumulative and never shrink.
+    pub fn dominates(&self, earlier: &EntityCounts) -> bool {
+        self.inserted >= earlier.inserted
+            && self.updated >= earlier.updated
+            && self.deleted >= earlier.deleted
+            && self.kept >= earlier.kept
+            && self.skipped >= earlier.skipped
+            && self.failed >= earlier.failed
+    }
+}
+
+/// Everything that happens to a sync job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum SyncJobEvent {
+    /// A job exists and waits for a worker. Carries the run's inputs so that the job's stream
+    /// alone is enough to run, replay or debug it.
+    JobCreated {
+        job_id: Uuid,
+        source_connection_id: Uuid,
+        organization_id: Uuid,
+        short_name: String,
+        #[serde(default)]
+        config: serde_json::Value,
+    },
+    /// A worker took the job and its pipeline runs.
+    JobStarted {
+        #[serde(default)]
+        worker: String,
+    },
+    /// A checkpoint of the counts so far (every N entities or T ms, never per entity).
+    ProgressRecorded { counts: EntityCounts },
+    JobCompleted { counts: EntityCounts },
+    JobFailed {
+        error: String,
+        #[serde(default)]
+        error_category: Option<String>,
+        counts: EntityCounts,
+    },
+    /// A client asked to stop the job. `timeout_seconds` is the watchdog timeout in force
+    /// when the request was recorded, so that the deadline never moves afterwards.
+    CancelRequested {
+        requested_by: String,
+        timeout_seconds: u64,
+    },
+    /// The job stopped on request: by its worker, or at once when it had none yet (pending).
+    Cancelled {
+        counts: EntityCounts,
+        #[serde(default)]
+        note: Option<String>,
+    },
+    /// The worker did not confirm within the timeout; the watchdog ended the job.
+    ForceCancelled {
+        error: String,
+        timeout_seconds: u64,
+        requested_at: DateTime<Utc>,
+        counts: EntityCounts,
+    },
+}
+
+impl SyncJobEvent {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            SyncJobEvent::JobCreated { .. } => "JobCreated",
+            SyncJobEvent::JobStarted { .. } => "JobStarted",
+            SyncJobEvent::ProgressRecorded { .. } => "ProgressRecorded",
+            SyncJobEvent::JobCompleted { .. } => "JobCompleted",
+            SyncJobEvent::JobFailed { .. } => "JobFailed",
+            SyncJobEvent::CancelRequested { .. } => "CancelRequested",
+            SyncJobEvent::Cancelled { .. } => "Cancelled",
+            SyncJobEvent::ForceCancelled { .. } => "ForceCancelled",
+        }
+    }
+
+    /// True for events after which the job may change no more.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            SyncJobEvent::JobCompleted { .. }
+                | SyncJobEvent::JobFailed { .. }
+                | SyncJobEvent::Cancelled { .. }
+                | SyncJobEvent::ForceCancelled { .. }
+        )
+    }
+}
+
+/// Collections are event-sourced too: no second database of record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum CollectionEvent {
+    CollectionCreated {
+        collection_id: Uuid,
+        organization_id: Uuid,
+        name: String,
+        readable_id: String,
+    },
+    CollectionDeleted { collection_id: Uuid },
+}
+
+/// Source connections: their definition and their removal. Their jobs live in job streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum SourceConnectionEvent {
+    SourceConnectionCreated {
+        source_connection_id: Uuid,
+        organization_id: Uuid,
+        collection_id: Uuid,
+        readable_collection_id: String,
+        name: String,
+        #[serde(default)]
+        description: Option<String>,
+        short_name: String,
+        #[serde(default)]
+        config: serde_json::Value,
+        /// How it authenticates (`direct`, ...). Credentials themselves are never stored in events.
+        auth_method: String,
+        authenticated: bool,
+    },
+    SourceConnectionDeleted { source_connection_id: Uuid },
+}
+
+/// Organizations and their API keys. Keys are recorded only as SHA-256 hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum AccessEvent {
+    OrganizationCreated {
+        organization_id: Uuid,
+        name: String,
+    },
+    ApiKeyCreated {
+        key_id: Uuid,
+        organization_id: Uuid,
+        key_hash: String,
+        /// A few leading characters, to tell keys apart in listings without revealing them.
+        prefix: String,
+        #[serde(default)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    ApiKeyRevoked { key_id: Uuid },
+}
+
+/// Any event of any stream. Each inner enum carries its own `type` tag; the tags are distinct.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Event {
+    Job(SyncJobEvent),
+    Collection(CollectionEvent),
+    SourceConnection(SourceConnectionEvent),
+    Access(AccessEvent),
+}
+
+impl Event {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::Job(e) => e.event_type(),
+            Event::Collection(CollectionEvent::CollectionCreated { .. }) => "CollectionCreated",
+            Event::Collection(CollectionEvent::CollectionDeleted { .. }) => "CollectionDeleted",
+            Event::SourceConnection(SourceConnectionEvent::SourceConnectionCreated { .. }) => {
+                "SourceConnectionCreated"
+            }
+            Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted { .. }) => {
+                "SourceConnectionDeleted"
+            }
+            Event::Access(AccessEvent::OrganizationCreated { .. }) => "OrganizationCreated",
+            Event::Access(AccessEvent::ApiKeyCreated { .. }) => "ApiKeyCreated",
+            Event::Access(AccessEvent::ApiKeyRevoked { .. }) => "ApiKeyRevoked",
+        }
+    }
+
+    /// Serialises the event body (`{"type":..,"data":..}`) for storage.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+
+    /// Parses a stored body written at `schema_version`, upcasting older versions first.
+    pub fn from_stored(schema_version: u32, json: &str) -> Result<Event, crate::upcast::UpcastError> {
+        crate::upcast::decode(schema_version, json)
+    }
+}
+
+impl From<SyncJobEvent> for Event {
+    fn from(e: SyncJobEvent) -> Self {
+        Event::Job(e)
+    }
+}
+impl From<CollectionEvent> for Event {
+    fn from(e: CollectionEvent) -> Self {
+        Event::Collection(e)
+    }
+}
+impl From<SourceConnectionEvent> for Event {
+    fn from(e: SourceConnectionEvent) -> Self {
+        Event::SourceConnection(e)
+    }
+}
+impl From<AccessEvent> for Event {
+    fn from(e: AccessEvent) -> Self {
+        Event::Access(e)
+    }
+}
+
+/// Stream names. One stream per aggregate; the prefix is its category.
+pub mod stream {
+    use uuid::Uuid;
+
+    pub const JOB_PREFIX: &str = "job-";
+    pub const COLLECTION_PREFIX: &str = "collection-";
+    pub const SOURCE_CONNECTION_PREFIX: &str = "source_connection-";
+    /// All organizations and keys share one stream: key creation is rare and a single
+    /// stream makes "is this hash known" a fold of one stream.
+    pub const ACCESS: &str = "access";
+
+    pub fn job(id: Uuid) -> String {
+        format!("{JOB_PREFIX}{id}")
+    }
+    pub fn collection(id: Uuid) -> String {
+        format!("{COLLECTION_PREFIX}{id}")
+    }
+    pub fn source_connection(id: Uuid) -> String {
+        format!("{SOURCE_CONNECTION_PREFIX}{id}")
+    }
+    /// The job id of a job stream name, if it is one.
+    pub fn job_id(stream: &str) -> Option<Uuid> {
+        stream
+            .strip_prefix(JOB_PREFIX)
+            .and_then(|s| Uuid::parse_str(s).ok())
+    }
+}
+
+/// Who or what caused an event, and why: enough to trace a chain of events back to a request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The event or request id that directly caused this one.
+    #[serde(default)]
+    pub causation_id: Option<Uuid>,
+    /// The id shared by every event of one user-visible operation.
+    #[serde(default)]
+    pub correlation_id: Option<Uuid>,
+    /// A principal: `api-key:<key id>`, `watchdog`, `worker:<name>`, `recovery`, `cli`.
+    #[serde(default)]
+    pub caused_by: String,
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub recorded_at: DateTime<Utc>,
+    pub metadata: Metadata,
+    pub event: Event,
+}
+
+impl NewEvent {
+    pub fn new(event: impl Into<Event>, recorded_at: DateTime<Utc>, metadata: Metadata) -> Self {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            recorded_at,
+            metadata,
+            event: event.into(),
+        }
+    }
+}
+
+/// An event as the store holds it: the envelope every reader sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub event_id: Uuid,
+    pub stream_id: String,
+    /// 1-based position within its stream.
+    pub version: u64,
+    /// 1-based position in the store's global log.
+    pub global_position: u64,
+    pub recorded_at: DateTime<Utc>,
+    /// The schema version the event was written with (the body below is already upcast).
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub metadata: Metadata,
+    pub event: Event,
+}
+
+impl RecordedEvent {
+    pub fn event_type(&self) -> &'static str {
+        self.event.event_type()
+    }
+
+    pub fn job_event(&self) -> Option<&SyncJobEvent> {
+        match &self.event {
+            Event::Job(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_round_trips_through_json_with_its_type_tag() {
+        let now = Utc::now();
+        let events: Vec<Event> = vec![
+            SyncJobEvent::JobCreated {
+                job_id: Uuid::nil(),
+                source_connection_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                short_name: "timed".into(),
+                config: serde_json::json!({"entity_count": 3}),
+            }
+            .into(),
+            SyncJobEvent::JobStarted { worker: "w".into() }.into(),
+            SyncJobEvent::ProgressRecorded {
+                counts: EntityCounts {
+                    inserted: 2,
+                    ..Default::default()
+                },
+            }
+            .into(),
+            SyncJobEvent::JobCompleted {
+                counts: EntityCounts::default(),
+            }
+            .into(),
+            SyncJobEvent::JobFailed {
+                error: "boom".into(),
+                error_category: None,
+                counts: EntityCounts::default(),
+            }
+            .into(),
+            SyncJobEvent::CancelRequested {
+                requested_by: "api-key:x".into(),
+                timeout_seconds: 180,
+            }
+            .into(),
+            SyncJobEvent::Cancelled {
+                counts: EntityCounts::default(),
+                note: None,
+            }
+            .into(),
+            SyncJobEvent::ForceCancelled {
+                error: "forced".into(),
+                timeout_seconds: 180,
+                requested_at: now,
+                counts: EntityCounts::default(),
+            }
+            .into(),
+            CollectionEvent::CollectionDeleted {
+                collection_id: Uuid::nil(),
+            }
+            .into(),
+            AccessEvent::ApiKeyRevoked {
+                key_id: Uuid::nil(),
+            }
+            .into(),
+        ];
+        for e in events {
+            let json = e.to_json().unwrap();
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(v["type"], e.event_type(), "{json}");
+            let back = Event::from_stored(CURRENT_SCHEMA_VERSION, &json).unwrap();
+            assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn counts_that_go_down_do_not_dominate() {
+        let a = EntityCounts {
+            inserted: 5,
+            updated: 1,
+            ..Default::default()
+        };
+        let b = EntityCounts {
+            inserted: 4,
+            updated: 3,
+            ..Default::default()
+        };
+        assert!(a.dominates(&a));
+        assert!(!b.dominates(&a));
+        assert!(!a.dominates(&b));
+    }
+}

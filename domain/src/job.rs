@@ -1,0 +1,737 @@
+//! A sync job's state (the fold of its events) and its decisions (command -> events).
+//!
+//! `decide` is the only place that knows the lifecycle; `apply` trusts what was recorded.
+//! Both are pure so that the service, `syncjobs replay` and `syncjobs verify` agree exactly.
+
+use crate::events::{EntityCounts, SyncJobEvent};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelling,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelling => "cancelling",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// Pending, running or cancelling: the job still occupies its source connection.
+    pub fn is_active(&self) -> bool {
+        !self.is_final()
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of one job after folding its stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    pub job_id: Uuid,
+    pub source_connection_id: Uuid,
+    pub organization_id: Uuid,
+    pub short_name: String,
+    pub config: serde_json::Value,
+    pub status: JobStatus,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub counts: EntityCounts,
+    pub error: Option<String>,
+    pub error_category: Option<String>,
+    pub error_details: Option<serde_json::Value>,
+    /// When CancelRequested was recorded, and the timeout it was recorded under.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub cancel_timeout_seconds: Option<u64>,
+    /// The stream version this state reflects (0 = no events).
+    pub version: u64,
+}
+
+impl JobState {
+    /// The moment the watchdog may force-cancel, if the job is waiting for a cancel confirmation.
+    pub fn watchdog_deadline(&self) -> Option<DateTime<Utc>> {
+        if self.status != JobStatus::Cancelling {
+            return None;
+        }
+        let at = self.cancel_requested_at?;
+        let secs = self.cancel_timeout_seconds?;
+        Some(at + Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000)))
+    }
+
+    /// completed_at - started_at in seconds, once both exist.
+    pub fn duration_seconds(&self) -> Option<f64> {
+        let (start, end) = (self.started_at?, self.completed_at?);
+        Some((end - start).num_microseconds()? as f64 / 1e6)
+    }
+
+    /// Folds a whole stream. The first event must be JobCreated.
+    pub fn fold<'a>(
+        events: impl IntoIterator<Item = (&'a SyncJobEvent, DateTime<Utc>)>,
+    ) -> Result<Option<JobState>, FoldError> {
+        let mut state: Option<JobState> = None;
+        for (event, at) in events {
+            state = Some(JobState::evolve(state, event, at)?);
+        }
+        Ok(state)
+    }
+
+    /// Applies one event recorded at `at` to the state before it (None before JobCreated).
+    pub fn evolve(
+        state: Option<JobState>,
+        event: &SyncJobEvent,
+        at: DateTime<Utc>,
+    ) -> Result<JobState, FoldError> {
+        match (state, event) {
+            (
+                None,
+                SyncJobEvent::JobCreated {
+                    job_id,
+                    source_connection_id,
+                    organization_id,
+                    short_name,
+                    config,
+                },
+            ) => Ok(JobState {
+                job_id: *job_id,
+                source_connection_id: *source_connection_id,
+                organization_id: *organization_id,
+                short_name: short_name.clone(),
+                config: config.clone(),
+                status: JobStatus::Pending,
+                created_at: at,
+                started_at: None,
+                completed_at: None,
+                counts: EntityCounts::default(),
+                error: None,
+                error_category: None,
+                error_details: None,
+                cancel_requested_at: None,
+                cancel_timeout_seconds: None,
+                version: 1,
+            }),
+            (None, other) => Err(FoldError::NotCreated(other.event_type())),
+            (Some(_), SyncJobEvent::JobCreated { .. }) => Err(FoldError::CreatedTwice),
+            (Some(mut s), event) => {
+                if s.status.is_final() {
+                    return Err(FoldError::AfterFinal {
+                        status: s.status,
+                        event: event.event_type(),
+                    });
+                }
+                s.apply(event, at);
+                s.version += 1;
+                Ok(s)
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &SyncJobEvent, at: DateTime<Utc>) {
+        match event {
+            SyncJobEvent::JobCreated { .. } => {}
+            SyncJobEvent::JobStarted { .. } => {
+                self.status = JobStatus::Running;
+                self.started_at = Some(at);
+            }
+            SyncJobEvent::ProgressRecorded { counts } => self.counts = *counts,
+            SyncJobEvent::JobCompleted { counts } => {
+                self.counts = *counts;
+                self.status = JobStatus::Completed;
+                self.completed_at = Some(at);
+            }
+            SyncJobEvent::JobFailed {
+                error,
+                error_category,
+                counts,
+            } => {
+                self.counts = *counts;
+                self.status = JobStatus::Failed;
+                self.completed_at = Some(at);
+                self.error = Some(error.clone());
+                self.error_category = error_category.clone();
+            }
+            SyncJobEvent::CancelRequested {
+                timeout_seconds, ..
+            } => {
+                self.status = JobStatus::Cancelling;
+                self.cancel_requested_at = Some(at);
+                self.cancel_timeout_seconds = Some(*timeout_seconds);
+            }
+            SyncJobEvent::Cancelled { counts, note } => {
+                self.counts = *counts;
+                self.status = JobStatus::Cancelled;
+                self.completed_at = Some(at);
+                if let Some(note) = note {
+                    self.error_details = Some(serde_json::json!({ "note": note }));
+                }
+            }
+            SyncJobEvent::ForceCancelled {
+                error,
+                timeout_seconds,
+                counts,
+                ..
+            } => {
+                self.counts = *counts;
+                self.status = JobStatus::Cancelled;
+                self.completed_at = Some(at);
+                self.error = Some(error.clone());
+                self.error_category = Some("cancel_timeout".into());
+                self.error_details = Some(serde_json::json!({
+                    "forced_by": "watchdog",
+                    "timeout_seconds": timeout_seconds,
+                }));
+            }
+        }
+    }
+
+    /// Decides what a command means for this job. Never mutates; the caller appends the
+    /// events with `expected version = self.version` and folds them back in.
+    pub fn decide(&self, command: &JobCommand) -> Result<Vec<SyncJobEvent>, JobError> {
+        use JobStatus::*;
+        let s = self.status;
+        let reject = || {
+            Err(JobError::InvalidTransition {
+                status: s,
+                command: command.name(),
+            })
+        };
+        match command {
+            JobCommand::Create { .. } => Err(JobError::AlreadyExists),
+            JobCommand::Start { worker } => match s {
+                Pending => Ok(vec![SyncJobEvent::JobStarted {
+                    worker: worker.clone(),
+                }]),
+                _ => reject(),
+            },
+            JobCommand::RecordProgress { counts } => match s {
+                Running | Cancelling => {
+                    if !counts.dominates(&self.counts) {
+                        return Err(JobError::CountsWentDown);
+                    }
+                    if *counts == self.counts {
+                        return Ok(vec![]);
+                    }
+                    Ok(vec![SyncJobEvent::ProgressRecorded { counts: *counts }])
+                }
+                _ => reject(),
+            },
+            // A run that ends after a cancel was requested ends the job as cancelled, with
+            // the counts it really reached: cancelling has exactly one way out.
+            JobCommand::Complete { counts } => match s {
+                Running => Ok(vec![SyncJobEvent::JobCompleted { counts: *counts }]),
+                Cancelling => Ok(vec![SyncJobEvent::Cancelled {
+                    counts: *counts,
+                    note: Some("the run finished before it saw the cancel signal".into()),
+                }]),
+                _ => reject(),
+            },
+            JobCommand::Fail {
+                error,
+                error_category,
+                counts,
+            } => match s {
+                Pending | Running => Ok(vec![SyncJobEvent::JobFailed {
+                    error: error.clone(),
+                    error_category: error_category.clone(),
+                    counts: *counts,
+                }]),
+                Cancelling => Ok(vec![SyncJobEvent::Cancelled {
+                    counts: *counts,
+                    note: Some(format!("the run stopped with an error while cancelling: {error}")),
+                }]),
+                _ => reject(),
+            },
+            JobCommand::RequestCancel {
+                requested_by,
+                timeout_seconds,
+            } => match s {
+                Pending => Ok(vec![
+                    SyncJobEvent::CancelRequested {
+                        requested_by: requested_by.clone(),
+                        timeout_seconds: *timeout_seconds,
+                    },
+                    SyncJobEvent::Cancelled {
+                        counts: self.counts,
+                        note: None,
+                    },
+                ]),
+                Running => Ok(vec![SyncJobEvent::CancelRequested {
+                    requested_by: requested_by.clone(),
+                    timeout_seconds: *timeout_seconds,
+                }]),
+                other => Err(JobError::CannotCancel(other)),
+            },
+            JobCommand::ConfirmCancelled { counts } => match s {
+                Cancelling => Ok(vec![SyncJobEvent::Cancelled {
+                    counts: *counts,
+                    note: None,
+                }]),
+                _ => reject(),
+            },
+            JobCommand::ForceCancel { now } => {
+                let Some(deadline) = self.watchdog_deadline() else {
+                    return reject();
+                };
+                if *now < deadline {
+                    return Err(JobError::NotYetDue { deadline });
+                }
+                let timeout_seconds = self.cancel_timeout_seconds.unwrap_or_default();
+                Ok(vec![SyncJobEvent::ForceCancelled {
+                    error: format!(
+                        "Cancellation forced by the watchdog after {timeout_seconds} seconds \
+                         without confirmation from the worker"
+                    ),
+                    timeout_seconds,
+                    requested_at: self.cancel_requested_at.unwrap_or(*now),
+                    counts: self.counts,
+                }])
+            }
+        }
+    }
+}
+
+/// What can be asked of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobCommand {
+    Create {
+        job_id: Uuid,
+        source_connection_id: Uuid,
+        organization_id: Uuid,
+        short_name: String,
+        config: serde_json::Value,
+    },
+    Start {
+        worker: String,
+    },
+    RecordProgress {
+        counts: EntityCounts,
+    },
+    Complete {
+        counts: EntityCounts,
+    },
+    Fail {
+        error: String,
+        error_category: Option<String>,
+        counts: EntityCounts,
+    },
+    RequestCancel {
+        requested_by: String,
+        timeout_seconds: u64,
+    },
+    ConfirmCancelled {
+        counts: EntityCounts,
+    },
+    ForceCancel {
+        now: DateTime<Utc>,
+    },
+}
+
+impl JobCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobCommand::Create { .. } => "create",
+            JobCommand::Start { .. } => "start",
+            JobCommand::RecordProgress { .. } => "record progress",
+            JobCommand::Complete { .. } => "complete",
+            JobCommand::Fail { .. } => "fail",
+            JobCommand::RequestCancel { .. } => "cancel",
+            JobCommand::ConfirmCancelled { .. } => "confirm cancelled",
+            JobCommand::ForceCancel { .. } => "force cancel",
+        }
+    }
+
+    /// Decides a command against a job that may not exist yet.
+    pub fn decide_on(&self, state: Option<&JobState>) -> Result<Vec<SyncJobEvent>, JobError> {
+        match (state, self) {
+            (
+                None,
+                JobCommand::Create {
+                    job_id,
+                    source_connection_id,
+                    organization_id,
+                    short_name,
+                    config,
+                },
+            ) => Ok(vec![SyncJobEvent::JobCreated {
+                job_id: *job_id,
+                source_connection_id: *source_connection_id,
+                organization_id: *organization_id,
+                short_name: short_name.clone(),
+                config: config.clone(),
+            }]),
+            (None, _) => Err(JobError::NotFound),
+            (Some(s), cmd) => s.decide(cmd),
+        }
+    }
+}
+
+/// Why a command was refused. The texts of `CannotCancel` and `NotFound` are the API's.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    #[error("Sync job not found")]
+    NotFound,
+    #[error("Sync job already exists")]
+    AlreadyExists,
+    #[error("Cannot cancel job in {0} state")]
+    CannotCancel(JobStatus),
+    #[error("Cannot {command} a job in {status} state")]
+    InvalidTransition {
+        status: JobStatus,
+        command: &'static str,
+    },
+    #[error("Counts may not go down")]
+    CountsWentDown,
+    #[error("The watchdog deadline {deadline} has not passed yet")]
+    NotYetDue { deadline: DateTime<Utc> },
+}
+
+/// A stream that does not fold: a corrupted or hand-edited log.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FoldError {
+    #[error("the stream does not start with JobCreated (first event: {0})")]
+    NotCreated(&'static str),
+    #[error("JobCreated appears twice")]
+    CreatedTwice,
+    #[error("{event} after the job was already {status}")]
+    AfterFinal {
+        status: JobStatus,
+        event: &'static str,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    //! Given (past events) / when (command) / then (new events or error).
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn counts(n: u64) -> EntityCounts {
+        EntityCounts {
+            inserted: n,
+            ..Default::default()
+        }
+    }
+
+    fn created() -> SyncJobEvent {
+        SyncJobEvent::JobCreated {
+            job_id: Uuid::from_u128(1),
+            source_connection_id: Uuid::from_u128(2),
+            organization_id: Uuid::from_u128(3),
+            short_name: "timed".into(),
+            config: serde_json::json!({}),
+        }
+    }
+    fn started() -> SyncJobEvent {
+        SyncJobEvent::JobStarted { worker: "w".into() }
+    }
+    fn cancel_requested() -> SyncJobEvent {
+        SyncJobEvent::CancelRequested {
+            requested_by: "test".into(),
+            timeout_seconds: 180,
+        }
+    }
+    fn completed() -> SyncJobEvent {
+        SyncJobEvent::JobCompleted { counts: counts(3) }
+    }
+    fn failed() -> SyncJobEvent {
+        SyncJobEvent::JobFailed {
+            error: "x".into(),
+            error_category: None,
+            counts: counts(1),
+        }
+    }
+    fn cancelled() -> SyncJobEvent {
+        SyncJobEvent::Cancelled {
+            counts: counts(1),
+            note: None,
+        }
+    }
+    fn force_cancelled() -> SyncJobEvent {
+        SyncJobEvent::ForceCancelled {
+            error: "forced".into(),
+            timeout_seconds: 180,
+            requested_at: t(2),
+            counts: counts(1),
+        }
+    }
+
+    /// Folds `given`, each event one second after the previous, starting at t(0).
+    fn given(events: &[SyncJobEvent]) -> Option<JobState> {
+        JobState::fold(events.iter().zip(0..).map(|(e, i)| (e, t(i)))).unwrap()
+    }
+
+    fn when(given_events: &[SyncJobEvent], cmd: JobCommand) -> Result<Vec<SyncJobEvent>, JobError> {
+        cmd.decide_on(given(given_events).as_ref())
+    }
+
+    fn create_cmd() -> JobCommand {
+        JobCommand::Create {
+            job_id: Uuid::from_u128(1),
+            source_connection_id: Uuid::from_u128(2),
+            organization_id: Uuid::from_u128(3),
+            short_name: "timed".into(),
+            config: serde_json::json!({}),
+        }
+    }
+    fn cancel_cmd() -> JobCommand {
+        JobCommand::RequestCancel {
+            requested_by: "test".into(),
+            timeout_seconds: 180,
+        }
+    }
+    fn fail_cmd() -> JobCommand {
+        JobCommand::Fail {
+            error: "boom".into(),
+            error_category: None,
+            counts: counts(2),
+        }
+    }
+
+    #[test]
+    fn create_makes_a_pending_job_once() {
+        assert_eq!(when(&[], create_cmd()).unwrap(), vec![created()]);
+        assert_eq!(given(&[created()]).unwrap().status, JobStatus::Pending);
+        assert_eq!(when(&[created()], create_cmd()), Err(JobError::AlreadyExists));
+    }
+
+    #[test]
+    fn commands_on_a_missing_job_are_not_found() {
+        assert_eq!(when(&[], cancel_cmd()), Err(JobError::NotFound));
+    }
+
+    #[test]
+    fn pending_starts_fails_or_cancels_at_once() {
+        let g = [created()];
+        assert_eq!(
+            when(&g, JobCommand::Start { worker: "w".into() }).unwrap(),
+            vec![started()]
+        );
+        assert!(matches!(
+            when(&g, fail_cmd()).unwrap()[..],
+            [SyncJobEvent::JobFailed { .. }]
+        ));
+        let events = when(&g, cancel_cmd()).unwrap();
+        assert_eq!(events, vec![cancel_requested(), SyncJobEvent::Cancelled { counts: EntityCounts::default(), note: None }]);
+        let mut all = g.to_vec();
+        all.extend(events);
+        let s = given(&all).unwrap();
+        assert_eq!(s.status, JobStatus::Cancelled);
+        assert_eq!(s.started_at, None, "a pending job that is cancelled never started");
+        assert!(s.completed_at.is_some());
+    }
+
+    #[test]
+    fn pending_cannot_complete_progress_or_be_confirmed_or_forced() {
+        let g = [created()];
+        for cmd in [
+            JobCommand::Complete { counts: counts(1) },
+            JobCommand::RecordProgress { counts: counts(1) },
+            JobCommand::ConfirmCancelled { counts: counts(1) },
+            JobCommand::ForceCancel { now: t(10_000) },
+        ] {
+            assert!(
+                matches!(when(&g, cmd.clone()), Err(JobError::InvalidTransition { status: JobStatus::Pending, .. })),
+                "{cmd:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn running_records_progress_completes_fails_or_enters_cancelling() {
+        let g = [created(), started()];
+        assert_eq!(given(&g).unwrap().status, JobStatus::Running);
+        assert_eq!(given(&g).unwrap().started_at, Some(t(1)));
+        assert_eq!(
+            when(&g, JobCommand::RecordProgress { counts: counts(5) }).unwrap(),
+            vec![SyncJobEvent::ProgressRecorded { counts: counts(5) }]
+        );
+        assert_eq!(
+            when(&g, JobCommand::Complete { counts: counts(3) }).unwrap(),
+            vec![completed()]
+        );
+        assert!(matches!(
+            when(&g, fail_cmd()).unwrap()[..],
+            [SyncJobEvent::JobFailed { .. }]
+        ));
+        assert_eq!(when(&g, cancel_cmd()).unwrap(), vec![cancel_requested()]);
+        let s = given(&[created(), started(), cancel_requested()]).unwrap();
+        assert_eq!(s.status, JobStatus::Cancelling);
+        assert_eq!(s.watchdog_deadline(), Some(t(2) + Duration::seconds(180)));
+    }
+
+    #[test]
+    fn running_cannot_start_again_or_be_confirmed_or_forced() {
+        let g = [created(), started()];
+        for cmd in [
+            JobCommand::Start { worker: "w".into() },
+            JobCommand::ConfirmCancelled { counts: counts(1) },
+            JobCommand::ForceCancel { now: t(10_000) },
+        ] {
+            assert!(matches!(when(&g, cmd), Err(JobError::InvalidTransition { .. })));
+        }
+    }
+
+    #[test]
+    fn progress_never_goes_down_and_repeats_record_nothing() {
+        let g = [
+            created(),
+            started(),
+            SyncJobEvent::ProgressRecorded { counts: counts(5) },
+        ];
+        assert_eq!(
+            when(&g, JobCommand::RecordProgress { counts: counts(4) }),
+            Err(JobError::CountsWentDown)
+        );
+        assert_eq!(
+            when(&g, JobCommand::RecordProgress { counts: counts(5) }).unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn cancelling_ends_only_as_cancelled() {
+        let g = [created(), started(), cancel_requested()];
+        assert_eq!(
+            when(&g, JobCommand::ConfirmCancelled { counts: counts(1) }).unwrap(),
+            vec![cancelled()]
+        );
+        // in-flight writes still report progress while the pipeline drains
+        assert!(when(&g, JobCommand::RecordProgress { counts: counts(1) }).is_ok());
+        // a run that completes or fails after the request still ends as cancelled
+        assert!(matches!(
+            when(&g, JobCommand::Complete { counts: counts(3) }).unwrap()[..],
+            [SyncJobEvent::Cancelled { counts: c, .. }] if c == counts(3)
+        ));
+        assert!(matches!(
+            when(&g, fail_cmd()).unwrap()[..],
+            [SyncJobEvent::Cancelled { .. }]
+        ));
+        assert_eq!(
+            when(&g, cancel_cmd()),
+            Err(JobError::CannotCancel(JobStatus::Cancelling))
+        );
+        assert!(matches!(
+            when(&g, JobCommand::Start { worker: "w".into() }),
+            Err(JobError::InvalidTransition { .. })
+        ));
+    }
+
+    #[test]
+    fn the_watchdog_may_force_only_from_its_deadline_on() {
+        let g = [created(), started(), cancel_requested()];
+        let deadline = t(2) + Duration::seconds(180);
+        assert_eq!(
+            when(&g, JobCommand::ForceCancel { now: deadline - Duration::milliseconds(1) }),
+            Err(JobError::NotYetDue { deadline })
+        );
+        let events = when(&g, JobCommand::ForceCancel { now: deadline }).unwrap();
+        let [SyncJobEvent::ForceCancelled { error, timeout_seconds, requested_at, .. }] = &events[..] else {
+            panic!("{events:?}");
+        };
+        assert!(error.contains("forced") && error.contains("180 seconds"), "{error}");
+        assert_eq!((*timeout_seconds, *requested_at), (180, t(2)));
+        let mut all = g.to_vec();
+        all.extend(events);
+        let s = given(&all).unwrap();
+        assert_eq!(s.status, JobStatus::Cancelled);
+        assert_eq!(
+            s.error_details,
+            Some(serde_json::json!({"forced_by": "watchdog", "timeout_seconds": 180}))
+        );
+    }
+
+    #[test]
+    fn final_states_reject_every_command() {
+        let finals: [Vec<SyncJobEvent>; 5] = [
+            vec![created(), started(), completed()],
+            vec![created(), started(), failed()],
+            vec![created(), started(), cancel_requested(), cancelled()],
+            vec![created(), started(), cancel_requested(), force_cancelled()],
+            vec![created(), failed()],
+        ];
+        let commands = [
+            JobCommand::Start { worker: "w".into() },
+            JobCommand::RecordProgress { counts: counts(9) },
+            JobCommand::Complete { counts: counts(9) },
+            fail_cmd(),
+            JobCommand::ConfirmCancelled { counts: counts(9) },
+            JobCommand::ForceCancel { now: t(100_000) },
+        ];
+        for g in &finals {
+            let status = given(g).unwrap().status;
+            assert!(status.is_final());
+            for cmd in &commands {
+                assert!(
+                    matches!(when(g, cmd.clone()), Err(JobError::InvalidTransition { .. })),
+                    "{status:?} accepted {cmd:?}"
+                );
+            }
+            assert_eq!(when(g, cancel_cmd()), Err(JobError::CannotCancel(status)));
+            assert_eq!(
+                when(g, cancel_cmd()).unwrap_err().to_string(),
+                format!("Cannot cancel job in {status} state")
+            );
+        }
+    }
+
+    #[test]
+    fn a_late_worker_report_after_force_cancel_is_rejected() {
+        let g = [created(), started(), cancel_requested(), force_cancelled()];
+        assert!(when(&g, JobCommand::ConfirmCancelled { counts: counts(50) }).is_err());
+        assert!(when(&g, JobCommand::Complete { counts: counts(50) }).is_err());
+        assert_eq!(given(&g).unwrap().counts, counts(1));
+    }
+
+    #[test]
+    fn the_fold_refuses_broken_streams() {
+        let err = |events: &[SyncJobEvent]| {
+            JobState::fold(events.iter().map(|e| (e, t(0)))).unwrap_err()
+        };
+        assert_eq!(err(&[started()]), FoldError::NotCreated("JobStarted"));
+        assert_eq!(err(&[created(), created()]), FoldError::CreatedTwice);
+        assert!(matches!(
+            err(&[created(), started(), completed(), started()]),
+            FoldError::AfterFinal { status: JobStatus::Completed, .. }
+        ));
+    }
+
+    #[test]
+    fn durations_and_timestamps_come_from_recorded_times() {
+        let s = given(&[created(), started(), completed()]).unwrap();
+        assert_eq!(s.created_at, t(0));
+        assert_eq!(s.started_at, Some(t(1)));
+        assert_eq!(s.completed_at, Some(t(2)));
+        assert_eq!(s.duration_seconds(), Some(1.0));
+        assert_eq!(s.version, 3);
+    }
+}

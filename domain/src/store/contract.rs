@@ -1,0 +1,254 @@
+//! The contract test suite every EventStore backend must pass (feature `testkit`).
+//!
+//! A backend's tests implement [`Harness`] and call [`run_all`]. Each check panics with a
+//! message that names the broken clause.
+
+use super::{follow, EventStore, ExpectedVersion, StoreError};
+use crate::events::{Metadata, NewEvent, SyncJobEvent};
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::StreamExt;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[async_trait]
+pub trait Harness: Sync {
+    /// A fresh, empty store.
+    async fn open(&self) -> Arc<dyn EventStore>;
+    /// Closes `closed` (the harness holds the only other reference) and opens the same store
+    /// again; None for a backend that is not durable (the durability check is then skipped).
+    async fn reopen(&self, closed: Arc<dyn EventStore>) -> Option<Arc<dyn EventStore>>;
+}
+
+/// An event whose body tells which writer and sequence number produced it.
+pub fn sample(tag: u64) -> NewEvent {
+    NewEvent::new(
+        SyncJobEvent::JobStarted {
+            worker: format!("w{tag}"),
+        },
+        Utc::now(),
+        Metadata {
+            caused_by: format!("test:{tag}"),
+            causation_id: Some(Uuid::now_v7()),
+            correlation_id: None,
+        },
+    )
+}
+
+pub async fn run_all<H: Harness>(h: &H) {
+    appends_are_ordered_per_stream_and_globally(&h.open().await).await;
+    conflicts_are_detected_and_write_nothing(&h.open().await).await;
+    multi_event_appends_are_contiguous(&h.open().await).await;
+    racing_appenders_get_exactly_one_winner_per_version(h.open().await).await;
+    followers_see_every_event_once_in_global_order(h.open().await).await;
+    durable_across_close_and_reopen(h).await;
+}
+
+pub async fn appends_are_ordered_per_stream_and_globally(store: &Arc<dyn EventStore>) {
+    let mut expected_ids = Vec::new();
+    for i in 0..10u64 {
+        let stream = if i % 2 == 0 { "a" } else { "b" };
+        let version = i / 2;
+        let e = sample(i);
+        expected_ids.push(e.event_id);
+        let rec = store
+            .append(stream, ExpectedVersion::Exact(version), vec![e])
+            .await
+            .expect("append at the right version succeeds");
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].version, version + 1, "stream versions count from 1");
+        assert_eq!(rec[0].global_position, i + 1, "global positions count from 1");
+        assert_eq!(rec[0].stream_id, stream);
+    }
+    let all = store.read_all(0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        expected_ids,
+        "the global log keeps append order"
+    );
+    let tail = store.read_all(7, 100).await.unwrap();
+    assert_eq!(tail.iter().map(|e| e.global_position).collect::<Vec<_>>(), vec![8, 9, 10]);
+    assert_eq!(store.read_all(0, 3).await.unwrap().len(), 3, "limit is honoured");
+    let a = store.read_stream("a", 0).await.unwrap();
+    assert_eq!(a.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    let a_tail = store.read_stream("a", 3).await.unwrap();
+    assert_eq!(a_tail.iter().map(|e| e.version).collect::<Vec<_>>(), vec![4, 5]);
+    assert!(store.read_stream("nope", 0).await.unwrap().is_empty());
+    assert_eq!(*store.watch_head().borrow(), 10, "head follows commits");
+}
+
+pub async fn conflicts_are_detected_and_write_nothing(store: &Arc<dyn EventStore>) {
+    store
+        .append("s", ExpectedVersion::Exact(0), vec![sample(1)])
+        .await
+        .unwrap();
+    match store
+        .append("s", ExpectedVersion::Exact(0), vec![sample(2)])
+        .await
+    {
+        Err(StoreError::Conflict {
+            stream,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(stream, "s");
+            assert_eq!(expected, ExpectedVersion::Exact(0));
+            assert_eq!(actual, 1);
+        }
+        other => panic!("a stale expected version must conflict, got {other:?}"),
+    }
+    let err = store
+        .append("s", ExpectedVersion::Exact(5), vec![sample(3), sample(4)])
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "an expected version ahead of the stream conflicts");
+    assert_eq!(store.read_stream("s", 0).await.unwrap().len(), 1, "a conflict writes nothing");
+    assert_eq!(store.read_all(0, 100).await.unwrap().len(), 1);
+    let rec = store
+        .append("s", ExpectedVersion::Any, vec![sample(5)])
+        .await
+        .unwrap();
+    assert_eq!(rec[0].version, 2, "Any appends at the end");
+}
+
+pub async fn multi_event_appends_are_contiguous(store: &Arc<dyn EventStore>) {
+    store
+        .append("x", ExpectedVersion::Exact(0), vec![sample(0)])
+        .await
+        .unwrap();
+    let rec = store
+        .append("m", ExpectedVersion::Exact(0), (1..=4).map(sample).collect())
+        .await
+        .unwrap();
+    assert_eq!(rec.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        rec.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5],
+        "one append occupies contiguous global positions"
+    );
+    let empty = store
+        .append("m", ExpectedVersion::Exact(4), vec![])
+        .await
+        .unwrap();
+    assert!(empty.is_empty(), "an empty append records nothing");
+}
+
+pub async fn racing_appenders_get_exactly_one_winner_per_version(store: Arc<dyn EventStore>) {
+    const TASKS: u64 = 32;
+    // Round 1: everyone claims the stream's first version; exactly one may win.
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store
+                .append("race", ExpectedVersion::Exact(0), vec![sample(t)])
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(e) => assert!(e.is_conflict(), "losers get a conflict, got {e}"),
+        }
+    }
+    assert_eq!(winners, 1, "exactly one appender wins version 1");
+
+    // Round 2: everyone retries (read, append at what it read) until it lands once.
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let event = sample(1000 + t);
+            let id = event.event_id;
+            loop {
+                let v = store.read_stream("race", 0).await.unwrap().len() as u64;
+                match store
+                    .append("race", ExpectedVersion::Exact(v), vec![event.clone()])
+                    .await
+                {
+                    Ok(rec) => return (id, rec[0].version),
+                    Err(e) if e.is_conflict() => tokio::task::yield_now().await,
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+            }
+        }));
+    }
+    let mut versions = HashSet::new();
+    for h in handles {
+        let (_, v) = h.await.unwrap();
+        assert!(versions.insert(v), "version {v} was granted twice");
+    }
+    let stream = store.read_stream("race", 0).await.unwrap();
+    assert_eq!(stream.len() as u64, TASKS + 1);
+    assert_eq!(
+        stream.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=TASKS + 1).collect::<Vec<_>>(),
+        "no gaps, no duplicates"
+    );
+    let ids: HashSet<_> = stream.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len() as u64, TASKS + 1, "every event is stored exactly once");
+}
+
+pub async fn followers_see_every_event_once_in_global_order(store: Arc<dyn EventStore>) {
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 25;
+    let total = WRITERS * EACH;
+    let early = follow(store.clone(), 0).take(total as usize);
+    let collector = tokio::spawn(early.collect::<Vec<_>>());
+    let mut handles = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                store
+                    .append(&format!("f{w}"), ExpectedVersion::Exact(i), vec![sample(w * 100 + i)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(30), collector)
+        .await
+        .expect("the follower keeps up with the writers")
+        .unwrap();
+    let positions: Vec<u64> = seen.into_iter().map(|e| e.unwrap().global_position).collect();
+    assert_eq!(positions, (1..=total).collect::<Vec<_>>(), "every event once, in order");
+
+    // A follower that starts late, mid-log, sees exactly the rest.
+    let late: Vec<u64> = follow(store.clone(), total - 5)
+        .take(5)
+        .map(|e| e.unwrap().global_position)
+        .collect()
+        .await;
+    assert_eq!(late, (total - 4..=total).collect::<Vec<_>>());
+}
+
+pub async fn durable_across_close_and_reopen<H: Harness>(h: &H) {
+    let store = h.open().await;
+    let mut written = Vec::new();
+    for i in 0..5 {
+        written.extend(
+            store
+                .append("d", ExpectedVersion::Exact(i), vec![sample(i)])
+                .await
+                .unwrap(),
+        );
+    }
+    let Some(reopened) = h.reopen(store).await else {
+        return;
+    };
+    let read = reopened.read_stream("d", 0).await.unwrap();
+    assert_eq!(read, written, "everything acknowledged survives a reopen, byte for byte");
+    assert_eq!(*reopened.watch_head().borrow(), 5, "head is restored on open");
+    let next = reopened
+        .append("d", ExpectedVersion::Exact(5), vec![sample(9)])
+        .await
+        .unwrap();
+    assert_eq!(next[0].global_position, 6, "positions continue after a reopen");
+}

@@ -1,0 +1,112 @@
+//! Schema evolution: stored events are never rewritten; older bodies are upcast on read.
+//!
+//! Version history:
+//! - v1: counts were flat fields of the job events (`{"inserted":..,"updated":..}`), and
+//!   CancelRequested had no `timeout_seconds` (the timeout was the fixed 180 s default).
+//! - v2 (current): counts live under `counts`; CancelRequested records its timeout.
+
+use crate::events::{Event, CURRENT_SCHEMA_VERSION};
+use serde_json::{Map, Value};
+
+/// The watchdog timeout every v1 CancelRequested was recorded under.
+const V1_CANCEL_TIMEOUT_SECONDS: u64 = 180;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpcastError {
+    #[error("event body is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("schema version {0} is newer than this build understands ({CURRENT_SCHEMA_VERSION})")]
+    FromTheFuture(u32),
+    #[error("schema version 0 does not exist")]
+    Zero,
+}
+
+/// Parses a stored body written at `schema_version` into the current event type.
+pub fn decode(schema_version: u32, json: &str) -> Result<Event, UpcastError> {
+    match schema_version {
+        CURRENT_SCHEMA_VERSION => Ok(serde_json::from_str(json)?),
+        0 => Err(UpcastError::Zero),
+        v if v > CURRENT_SCHEMA_VERSION => Err(UpcastError::FromTheFuture(v)),
+        v => {
+            let mut value: Value = serde_json::from_str(json)?;
+            if v < 2 {
+                value = v1_to_v2(value);
+            }
+            Ok(serde_json::from_value(value)?)
+        }
+    }
+}
+
+const COUNT_FIELDS: [&str; 6] = ["inserted", "updated", "deleted", "kept", "skipped", "failed"];
+
+fn v1_to_v2(mut value: Value) -> Value {
+    let kind = value
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let Some(data) = value.get_mut("data").and_then(Value::as_object_mut) else {
+        return value;
+    };
+    match kind.as_str() {
+        "ProgressRecorded" | "JobCompleted" | "JobFailed" | "Cancelled" | "ForceCancelled" => {
+            let mut counts = Map::new();
+            for field in COUNT_FIELDS {
+                if let Some(n) = data.remove(field) {
+                    counts.insert(field.to_owned(), n);
+                }
+            }
+            data.entry("counts").or_insert(Value::Object(counts));
+        }
+        "CancelRequested" => {
+            data.entry("timeout_seconds")
+                .or_insert(Value::from(V1_CANCEL_TIMEOUT_SECONDS));
+        }
+        _ => {}
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{EntityCounts, SyncJobEvent};
+
+    #[test]
+    fn a_v1_progress_event_reads_as_current() {
+        let v1 = r#"{"type":"ProgressRecorded","data":{"inserted":7,"updated":2,"failed":1}}"#;
+        let event = decode(1, v1).unwrap();
+        assert_eq!(
+            event,
+            Event::Job(SyncJobEvent::ProgressRecorded {
+                counts: EntityCounts {
+                    inserted: 7,
+                    updated: 2,
+                    failed: 1,
+                    ..Default::default()
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn a_v1_cancel_request_gets_the_timeout_it_was_made_under() {
+        let v1 = r#"{"type":"CancelRequested","data":{"requested_by":"api-key:1"}}"#;
+        assert_eq!(
+            decode(1, v1).unwrap(),
+            Event::Job(SyncJobEvent::CancelRequested {
+                requested_by: "api-key:1".into(),
+                timeout_seconds: 180
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_versions_are_refused_not_guessed() {
+        assert!(matches!(
+            decode(99, "{}"),
+            Err(UpcastError::FromTheFuture(99))
+        ));
+        assert!(matches!(decode(0, "{}"), Err(UpcastError::Zero)));
+    }
+}

@@ -1,0 +1,15 @@
+//! syncjobs: the server and CLI, wiring the event-sourced core to the outside world.
+//!
+//! - [`store`]: EventStore backends (embedded SQLite is the default).
+//! - [`bus`]: the NATS relay that publishes the global log.
+//! - [`api`]: actix-web routes speaking Airweave's public API.
+//! - [`replay`]: history, time travel and verification of the log.
+//! - [`config`], [`startup`], [`telemetry`]: settings, wiring and logs.
+
+pub mod api;
+pub mod bus;
+pub mod config;
+pub mod replay;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,4 @@
+//! EventStore backends.
+//!
+//! - [`embedded`]: SQLite in WAL mode, one group-committing writer thread; the default.
+pub mod embedded;
