@@ -663,3 +663,39 @@ async fn unknown_and_finished_jobs_cannot_be_cancelled() {
     let err = jobs.cancel(job, "t".into()).await.unwrap_err();
     assert_eq!(err.to_string(), "Cannot cancel job in completed state");
 }
+
+/// Ignores the cancel signal, then reports long after the watchdog gave up on it.
+struct Late;
+
+#[async_trait]
+impl SyncRunner for Late {
+    async fn run(&self, _: RunSpec, _: CancellationToken, _: ProgressSink) -> RunOutcome {
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        RunOutcome::Completed(counts(50))
+    }
+}
+
+#[test]
+fn a_report_after_the_watchdog_forced_the_job_is_never_applied() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let jobs = start_supervisor(store.clone(), Arc::new(Late), clock(), settings());
+        let job = running_job(&store, &jobs).await;
+        jobs.cancel(job, "t".into()).await.unwrap();
+        tokio::time::advance(TIMEOUT).await;
+        settle().await;
+        tokio::time::advance(Duration::from_secs(120)).await;
+        settle().await;
+        let evs = events(&store, job).await;
+        assert_eq!(
+            types(&evs),
+            [
+                "JobCreated",
+                "JobStarted",
+                "CancelRequested",
+                "ForceCancelled"
+            ]
+        );
+        assert_eq!(state(&store, job).await.counts, EntityCounts::default());
+    });
+}
