@@ -30,18 +30,15 @@ pub fn jobs_error(e: JobsError) -> ApiError {
     }
 }
 
-/// Answers with the job as the read model shows it after the command's own append, or as
-/// the command left it if the projection lagged past its bound.
+/// Answers with the job as the command left it (`pending` after a run, `cancelling` or
+/// `cancelled` after a cancel), once the read model shows at least that much, so that the
+/// next GET never goes back in time.
 async fn respond_with_job(
     state: &AppState,
     outcome: &CommandOutcome,
 ) -> Result<HttpResponse, ApiError> {
     state.settle(outcome.position).await;
-    let job_id = outcome.state.job_id;
-    state.projection.read(|m| match m.job(job_id) {
-        Some(j) if j.version >= outcome.state.version => ok_json(&JobOut::new(j)),
-        _ => ok_json(&JobOut::new(&outcome.state)),
-    })
+    ok_json(&JobOut::new(&outcome.state))
 }
 
 /// Asks the supervisor for a pending job of the connection; returns its outcome.
@@ -164,17 +161,17 @@ pub async fn cancel(
     respond_with_job(&state, &outcome).await
 }
 
-/// Asks every pending or running job of the connection to stop; returns how many were asked.
+/// Asks every pending or running job of the connection to stop; returns the ids of its
+/// jobs that were not final (cancelling ones included, which need no asking).
 pub async fn cancel_active(
     state: &AppState,
     ctx: &ApiContext,
     source_connection_id: Uuid,
-) -> usize {
+) -> Vec<Uuid> {
     let active = state
         .projection
         .read(|m| m.active_jobs_of(source_connection_id));
-    let asked = active.len();
-    for job_id in active {
+    for &job_id in &active {
         match state.jobs.cancel(job_id, ctx.principal()).await {
             Ok(o) => {
                 tracing::info!(%job_id, status = %o.state.status, "sync job cancelled for a delete")
@@ -184,5 +181,5 @@ pub async fn cancel_active(
             Err(err) => tracing::warn!(%job_id, %err, "could not cancel a sync job for a delete"),
         }
     }
-    asked
+    active
 }

@@ -216,7 +216,8 @@ pub async fn delete(
 /// records the deletion, stops any job that raced it, then purges what its syncs wrote.
 /// Returns the deletion's position.
 pub async fn remove(state: &AppState, ctx: &ApiContext, id: Uuid) -> Result<u64, ApiError> {
-    if jobs::cancel_active(state, ctx, id).await > 0 {
+    let live = jobs::cancel_active(state, ctx, id).await;
+    if !live.is_empty() {
         wait_for_jobs_to_end(state, id).await;
     }
     let clock = state.clock.clone();
@@ -233,7 +234,8 @@ pub async fn remove(state: &AppState, ctx: &ApiContext, id: Uuid) -> Result<u64,
     state.settle(position).await;
     // A job started while the delete was under way has no connection any more: stop it
     // too before the purge, so that nothing it writes outlives the connection.
-    if jobs::cancel_active(state, ctx, id).await > 0 {
+    let raced = jobs::cancel_active(state, ctx, id).await;
+    if raced.iter().any(|j| !live.contains(j)) {
         wait_for_jobs_to_end(state, id).await;
     }
     match state.entities.purge(id).await {

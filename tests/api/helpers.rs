@@ -1,0 +1,385 @@
+//! spawn_app (zero2prod's shape): the whole application on a random port, on an injected
+//! in-memory store, with two organizations' keys and a client for each.
+
+use async_trait::async_trait;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use syncjobs::api::keys;
+use syncjobs::api::wire::EntitySummary;
+use syncjobs::api::EntityIndex;
+use syncjobs::config::Settings;
+use syncjobs::startup::{Application, Components};
+use syncjobs::telemetry;
+use syncjobs_actors::{JobSettings, ProgressSink, RunOutcome, RunSpec, SyncRunner};
+use syncjobs_domain::{
+    EntityCounts, EventStore, InMemoryStore, RecordedEvent, SharedClock, SystemClock,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Entities written by the test runner, per source connection (a stand-in destination).
+#[derive(Default)]
+pub struct MemoryEntities {
+    by_connection: Mutex<HashMap<Uuid, u64>>,
+}
+
+impl MemoryEntities {
+    pub fn count(&self, sc: Uuid) -> u64 {
+        self.lock().get(&sc).copied().unwrap_or(0)
+    }
+
+    fn add(&self, sc: Uuid) {
+        *self.lock().entry(sc).or_default() += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, u64>> {
+        self.by_connection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl EntityIndex for MemoryEntities {
+    async fn summary(&self, sc: Uuid) -> Result<EntitySummary, String> {
+        let n = self.count(sc);
+        Ok(EntitySummary {
+            total_entities: n,
+            by_type: if n > 0 {
+                [("TimedEntity".to_string(), n)].into()
+            } else {
+                Default::default()
+            },
+        })
+    }
+
+    async fn purge(&self, sc: Uuid) -> Result<u64, String> {
+        Ok(self.lock().remove(&sc).unwrap_or(0))
+    }
+}
+
+/// Behaves like the `timed` source: `entity_count` entities spread over `duration_seconds`,
+/// each written to [`MemoryEntities`]; stops promptly when cancelled. A seed of 13 fails
+/// after its first entity (to exercise failed jobs).
+pub struct TimedLike {
+    pub entities: Arc<MemoryEntities>,
+    /// Extra time a cancelled run takes to wind down (in-flight writes).
+    pub wind_down: Duration,
+}
+
+pub const FAILING_SEED: i64 = 13;
+
+#[async_trait]
+impl SyncRunner for TimedLike {
+    async fn run(
+        &self,
+        spec: RunSpec,
+        cancel: CancellationToken,
+        progress: ProgressSink,
+    ) -> RunOutcome {
+        let n = spec.config["entity_count"].as_u64().unwrap_or(100);
+        let secs = spec.config["duration_seconds"].as_f64().unwrap_or(10.0);
+        let fail = spec.config["seed"].as_i64() == Some(FAILING_SEED);
+        let per = Duration::from_secs_f64(secs / n.max(1) as f64);
+        let mut done = EntityCounts::default();
+        for _ in 0..n {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    tokio::time::sleep(self.wind_down).await;
+                    return RunOutcome::Cancelled(done);
+                }
+                _ = tokio::time::sleep(per) => {}
+            }
+            self.entities.add(spec.source_connection_id);
+            done.inserted += 1;
+            progress.report(done);
+            if fail {
+                return RunOutcome::Failed {
+                    error: "the source went away".into(),
+                    counts: done,
+                };
+            }
+        }
+        RunOutcome::Completed(done)
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    /// The default organization's key (SYNCJOBS_BOOTSTRAP_API_KEY).
+    pub key: String,
+    /// A key of a second organization, "other".
+    pub other_key: String,
+    pub client: reqwest::Client,
+    pub store: Arc<InMemoryStore>,
+    pub entities: Arc<MemoryEntities>,
+    pub handle: actix_web::dev::ServerHandle,
+    pub data_dir: Arc<tempfile::TempDir>,
+    pub settings: Settings,
+}
+
+pub struct Options {
+    pub store: Option<Arc<InMemoryStore>>,
+    pub data_dir: Option<Arc<tempfile::TempDir>>,
+    pub bootstrap_key: Option<String>,
+    pub wind_down: Duration,
+    pub delete_wait: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            store: None,
+            data_dir: None,
+            bootstrap_key: Some(format!("test-key-{}", Uuid::new_v4().simple())),
+            wind_down: Duration::ZERO,
+            delete_wait: Duration::from_secs(10),
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub struct Spawned {
+    pub app: TestApp,
+    /// The key printed at a first start without any key.
+    pub generated_key: Option<String>,
+}
+
+pub async fn spawn_app_with(o: Options) -> TestApp {
+    spawn(o).await.app
+}
+
+pub async fn spawn(o: Options) -> Spawned {
+    telemetry::init_for_tests();
+    let store: Arc<InMemoryStore> = o.store.unwrap_or_default();
+    let data_dir = o
+        .data_dir
+        .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("a temp dir")));
+    let settings = Settings {
+        bind: "127.0.0.1:0".into(),
+        data_dir: data_dir.path().to_owned(),
+        bootstrap_api_key: o.bootstrap_key.clone(),
+        delete_wait_seconds: o.delete_wait.as_secs().max(1),
+        max_body_bytes: o.max_body_bytes,
+        http_workers: Some(2),
+        shutdown_timeout_seconds: 10,
+        checkpoint_every_seconds: 1,
+        handle_signals: false,
+        ..Settings::default()
+    };
+    let entities = Arc::new(MemoryEntities::default());
+    let clock: SharedClock = Arc::new(SystemClock);
+    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let components = Components {
+        store: dyn_store.clone(),
+        clock: clock.clone(),
+        entities: entities.clone(),
+        runner: Arc::new(TimedLike {
+            entities: entities.clone(),
+            wind_down: o.wind_down,
+        }),
+        job_settings: JobSettings {
+            progress_every_entities: 5,
+            progress_interval: Duration::from_millis(50),
+            ..Default::default()
+        },
+        probes: vec![],
+    };
+    let mut app = Application::build(&settings, components)
+        .await
+        .expect("the application starts");
+    let generated_key = app.take_generated_key().map(|k| k.key);
+    let port = app.port();
+    let handle = app.handle();
+    let state = app.state();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let other = keys::create_key(&dyn_store, &clock, "other", None, "test")
+        .await
+        .expect("a second organization's key");
+    state
+        .projection
+        .wait_for(other.position, Duration::from_secs(5))
+        .await
+        .expect("the key is visible");
+    Spawned {
+        app: TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            key: o
+                .bootstrap_key
+                .or(generated_key.clone())
+                .unwrap_or_default(),
+            other_key: other.key,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a client"),
+            store,
+            entities,
+            handle,
+            data_dir,
+            settings,
+        },
+        generated_key,
+    }
+}
+
+/// A response's status and JSON body (every body of this API is JSON).
+pub async fn parts(r: Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let text = r.text().await.expect("a body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text:?}"));
+    (status, body)
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn request_as(
+        &self,
+        key: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        parts(req.send().await.expect("the request is answered")).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.request_as(Some(&self.key), Method::GET, path, None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request_as(Some(&self.key), Method::POST, path, Some(body))
+            .await
+    }
+
+    pub async fn post_empty(&self, path: &str) -> (StatusCode, Value) {
+        self.request_as(Some(&self.key), Method::POST, path, None)
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.request_as(Some(&self.key), Method::DELETE, path, None)
+            .await
+    }
+
+    /// Creates a collection and returns its body.
+    pub async fn collection(&self, name: &str) -> Value {
+        let (status, body) = self.post("/collections", json!({ "name": name })).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Creates a timed source connection (no first sync) and returns its body.
+    pub async fn source_connection(&self, collection: &str, config: Value) -> Value {
+        let (status, body) = self
+            .post(
+                "/source-connections",
+                json!({
+                    "short_name": "timed",
+                    "readable_collection_id": collection,
+                    "config": config,
+                    "authentication": {"credentials": {"timed_key": "x"}},
+                    "sync_immediately": false,
+                }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// A collection with one idle timed connection; returns the connection's id.
+    pub async fn idle_connection(&self, config: Value) -> Uuid {
+        let c = self.collection("Test Collection").await;
+        let sc = self
+            .source_connection(c["readable_id"].as_str().unwrap(), config)
+            .await;
+        id(&sc)
+    }
+
+    pub async fn run(&self, sc: Uuid) -> Value {
+        let (status, body) = self
+            .post_empty(&format!("/source-connections/{sc}/run"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn job(&self, sc: Uuid, job: Uuid) -> Value {
+        let (status, body) = self
+            .get(&format!("/source-connections/{sc}/jobs/{job}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Polls the job until `pred` holds (bounded).
+    pub async fn wait_job(
+        &self,
+        sc: Uuid,
+        job: Uuid,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let body = self.job(sc, job).await;
+            if pred(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job never {what}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, sc: Uuid, job: Uuid, status: &str) -> Value {
+        self.wait_job(sc, job, status, |b| b["status"] == status)
+            .await
+    }
+
+    /// Every event of a job's stream, as the store holds it.
+    pub async fn job_events(&self, job: Uuid) -> Vec<RecordedEvent> {
+        self.store
+            .read_stream(&syncjobs_domain::events::stream::job(job), 0)
+            .await
+            .unwrap()
+    }
+
+    pub fn head(&self) -> u64 {
+        *self.store.watch_head().borrow()
+    }
+}
+
+pub fn id(body: &Value) -> Uuid {
+    Uuid::parse_str(
+        body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id in {body}")),
+    )
+    .unwrap()
+}
+
+/// A config for a run that lasts about `secs` seconds.
+pub fn lasting(secs: f64) -> Value {
+    json!({ "entity_count": 1000, "duration_seconds": secs })
+}
