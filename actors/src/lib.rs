@@ -5,6 +5,8 @@
 //! - `job`: `JobActor`, one per live job, rebuilt from its stream.
 //! - `supervisor`: the registry of live jobs, the watchdog, recovery after a restart.
 
+pub mod pipeline;
 pub mod runner;
 
+pub use pipeline::Pipeline;
 pub use runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};
