@@ -1,12 +1,24 @@
 //! syncjobs-actors: the write side at run time.
 //!
 //! - [`runner`]: the seam between a job and the work it drives (`SyncRunner`).
-//! - `pipeline`: the real runner: sources, bounded worker pool, embedded destination.
-//! - `job`: `JobActor`, one per live job, rebuilt from its stream.
-//! - `supervisor`: the registry of live jobs, the watchdog, recovery after a restart.
+//! - [`pipeline`]: the real runner: sources, bounded worker pool, embedded destination.
+//! - [`command`]: decide -> append (expected version) -> apply, reloading on conflict; the
+//!   one path by which anything is written to a job stream.
+//! - [`job`]: `JobActor`, one per live job, rebuilt from its stream; drives the run and
+//!   throttles its progress into checkpoints.
+//! - [`supervisor`]: the registry of live jobs, the watchdog, recovery after a restart, and
+//!   [`Jobs`], the handle the API holds.
 
+pub mod command;
+pub mod job;
 pub mod pipeline;
 pub mod runner;
+pub mod supervisor;
 
+pub use command::{CommandError, Executed};
+pub use job::{JobSettings, INTERRUPTED};
 pub use pipeline::Pipeline;
 pub use runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};
+pub use supervisor::{
+    start_supervisor, CommandOutcome, Jobs, JobsError, NewJob, SupervisorSettings, SupervisorStats,
+};

@@ -59,5 +59,10 @@ impl ProgressSink {
 pub trait SyncRunner: Send + Sync + 'static {
     /// Runs one sync to its end. Must return promptly (within one entity's processing time)
     /// once `cancel` fires, with `RunOutcome::Cancelled` and the counts written so far.
-    async fn run(&self, spec: RunSpec, cancel: CancellationToken, progress: ProgressSink) -> RunOutcome;
+    async fn run(
+        &self,
+        spec: RunSpec,
+        cancel: CancellationToken,
+        progress: ProgressSink,
+    ) -> RunOutcome;
 }

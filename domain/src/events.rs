@@ -69,8 +69,12 @@ pub enum SyncJobEvent {
         worker: String,
     },
     /// A checkpoint of the counts so far (every N entities or T ms, never per entity).
-    ProgressRecorded { counts: EntityCounts },
-    JobCompleted { counts: EntityCounts },
+    ProgressRecorded {
+        counts: EntityCounts,
+    },
+    JobCompleted {
+        counts: EntityCounts,
+    },
     JobFailed {
         error: String,
         #[serde(default)]
@@ -134,7 +138,9 @@ pub enum CollectionEvent {
         name: String,
         readable_id: String,
     },
-    CollectionDeleted { collection_id: Uuid },
+    CollectionDeleted {
+        collection_id: Uuid,
+    },
 }
 
 /// Source connections: their definition and their removal. Their jobs live in job streams.
@@ -156,7 +162,9 @@ pub enum SourceConnectionEvent {
         auth_method: String,
         authenticated: bool,
     },
-    SourceConnectionDeleted { source_connection_id: Uuid },
+    SourceConnectionDeleted {
+        source_connection_id: Uuid,
+    },
 }
 
 /// Organizations and their API keys. Keys are recorded only as SHA-256 hashes.
@@ -176,7 +184,9 @@ pub enum AccessEvent {
         #[serde(default)]
         expires_at: Option<DateTime<Utc>>,
     },
-    ApiKeyRevoked { key_id: Uuid },
+    ApiKeyRevoked {
+        key_id: Uuid,
+    },
 }
 
 /// Any event of any stream. Each inner enum carries its own `type` tag; the tags are distinct.
@@ -213,7 +223,10 @@ impl Event {
     }
 
     /// Parses a stored body written at `schema_version`, upcasting older versions first.
-    pub fn from_stored(schema_version: u32, json: &str) -> Result<Event, crate::upcast::UpcastError> {
+    pub fn from_stored(
+        schema_version: u32,
+        json: &str,
+    ) -> Result<Event, crate::upcast::UpcastError> {
         crate::upcast::decode(schema_version, json)
     }
 }

@@ -263,7 +263,9 @@ impl JobState {
                 }]),
                 Cancelling => Ok(vec![SyncJobEvent::Cancelled {
                     counts: *counts,
-                    note: Some(format!("the run stopped with an error while cancelling: {error}")),
+                    note: Some(format!(
+                        "the run stopped with an error while cancelling: {error}"
+                    )),
                 }]),
                 _ => reject(),
             },
@@ -521,7 +523,10 @@ mod tests {
     fn create_makes_a_pending_job_once() {
         assert_eq!(when(&[], create_cmd()).unwrap(), vec![created()]);
         assert_eq!(given(&[created()]).unwrap().status, JobStatus::Pending);
-        assert_eq!(when(&[created()], create_cmd()), Err(JobError::AlreadyExists));
+        assert_eq!(
+            when(&[created()], create_cmd()),
+            Err(JobError::AlreadyExists)
+        );
     }
 
     #[test]
@@ -541,12 +546,24 @@ mod tests {
             [SyncJobEvent::JobFailed { .. }]
         ));
         let events = when(&g, cancel_cmd()).unwrap();
-        assert_eq!(events, vec![cancel_requested(), SyncJobEvent::Cancelled { counts: EntityCounts::default(), note: None }]);
+        assert_eq!(
+            events,
+            vec![
+                cancel_requested(),
+                SyncJobEvent::Cancelled {
+                    counts: EntityCounts::default(),
+                    note: None
+                }
+            ]
+        );
         let mut all = g.to_vec();
         all.extend(events);
         let s = given(&all).unwrap();
         assert_eq!(s.status, JobStatus::Cancelled);
-        assert_eq!(s.started_at, None, "a pending job that is cancelled never started");
+        assert_eq!(
+            s.started_at, None,
+            "a pending job that is cancelled never started"
+        );
         assert!(s.completed_at.is_some());
     }
 
@@ -560,7 +577,13 @@ mod tests {
             JobCommand::ForceCancel { now: t(10_000) },
         ] {
             assert!(
-                matches!(when(&g, cmd.clone()), Err(JobError::InvalidTransition { status: JobStatus::Pending, .. })),
+                matches!(
+                    when(&g, cmd.clone()),
+                    Err(JobError::InvalidTransition {
+                        status: JobStatus::Pending,
+                        ..
+                    })
+                ),
                 "{cmd:?}"
             );
         }
@@ -597,7 +620,10 @@ mod tests {
             JobCommand::ConfirmCancelled { counts: counts(1) },
             JobCommand::ForceCancel { now: t(10_000) },
         ] {
-            assert!(matches!(when(&g, cmd), Err(JobError::InvalidTransition { .. })));
+            assert!(matches!(
+                when(&g, cmd),
+                Err(JobError::InvalidTransition { .. })
+            ));
         }
     }
 
@@ -651,14 +677,28 @@ mod tests {
         let g = [created(), started(), cancel_requested()];
         let deadline = t(2) + Duration::seconds(180);
         assert_eq!(
-            when(&g, JobCommand::ForceCancel { now: deadline - Duration::milliseconds(1) }),
+            when(
+                &g,
+                JobCommand::ForceCancel {
+                    now: deadline - Duration::milliseconds(1)
+                }
+            ),
             Err(JobError::NotYetDue { deadline })
         );
         let events = when(&g, JobCommand::ForceCancel { now: deadline }).unwrap();
-        let [SyncJobEvent::ForceCancelled { error, timeout_seconds, requested_at, .. }] = &events[..] else {
+        let [SyncJobEvent::ForceCancelled {
+            error,
+            timeout_seconds,
+            requested_at,
+            ..
+        }] = &events[..]
+        else {
             panic!("{events:?}");
         };
-        assert!(error.contains("forced") && error.contains("180 seconds"), "{error}");
+        assert!(
+            error.contains("forced") && error.contains("180 seconds"),
+            "{error}"
+        );
         assert_eq!((*timeout_seconds, *requested_at), (180, t(2)));
         let mut all = g.to_vec();
         all.extend(events);
@@ -692,7 +732,10 @@ mod tests {
             assert!(status.is_final());
             for cmd in &commands {
                 assert!(
-                    matches!(when(g, cmd.clone()), Err(JobError::InvalidTransition { .. })),
+                    matches!(
+                        when(g, cmd.clone()),
+                        Err(JobError::InvalidTransition { .. })
+                    ),
                     "{status:?} accepted {cmd:?}"
                 );
             }
@@ -714,14 +757,16 @@ mod tests {
 
     #[test]
     fn the_fold_refuses_broken_streams() {
-        let err = |events: &[SyncJobEvent]| {
-            JobState::fold(events.iter().map(|e| (e, t(0)))).unwrap_err()
-        };
+        let err =
+            |events: &[SyncJobEvent]| JobState::fold(events.iter().map(|e| (e, t(0)))).unwrap_err();
         assert_eq!(err(&[started()]), FoldError::NotCreated("JobStarted"));
         assert_eq!(err(&[created(), created()]), FoldError::CreatedTwice);
         assert!(matches!(
             err(&[created(), started(), completed(), started()]),
-            FoldError::AfterFinal { status: JobStatus::Completed, .. }
+            FoldError::AfterFinal {
+                status: JobStatus::Completed,
+                ..
+            }
         ));
     }
 

@@ -61,7 +61,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// The stream's events with version > `after`, in order.
-    async fn read_stream(&self, stream: &str, after: u64) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_stream(&self, stream: &str, after: u64)
+        -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Up to `limit` events of the global log with position > `after`, in order.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
@@ -190,7 +191,11 @@ impl EventStore for InMemoryStore {
             };
             let idx = inner.log.len();
             inner.log.push(r.clone());
-            inner.streams.entry(stream.to_owned()).or_default().push(idx);
+            inner
+                .streams
+                .entry(stream.to_owned())
+                .or_default()
+                .push(idx);
             recorded.push(r);
         }
         let head = inner.log.len() as u64;
@@ -199,7 +204,11 @@ impl EventStore for InMemoryStore {
         Ok(recorded)
     }
 
-    async fn read_stream(&self, stream: &str, after: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_stream(
+        &self,
+        stream: &str,
+        after: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let inner = self.lock();
         Ok(inner
             .streams

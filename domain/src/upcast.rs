@@ -37,7 +37,9 @@ pub fn decode(schema_version: u32, json: &str) -> Result<Event, UpcastError> {
     }
 }
 
-const COUNT_FIELDS: [&str; 6] = ["inserted", "updated", "deleted", "kept", "skipped", "failed"];
+const COUNT_FIELDS: [&str; 6] = [
+    "inserted", "updated", "deleted", "kept", "skipped", "failed",
+];
 
 fn v1_to_v2(mut value: Value) -> Value {
     let kind = value

@@ -59,7 +59,11 @@ pub async fn appends_are_ordered_per_stream_and_globally(store: &Arc<dyn EventSt
             .expect("append at the right version succeeds");
         assert_eq!(rec.len(), 1);
         assert_eq!(rec[0].version, version + 1, "stream versions count from 1");
-        assert_eq!(rec[0].global_position, i + 1, "global positions count from 1");
+        assert_eq!(
+            rec[0].global_position,
+            i + 1,
+            "global positions count from 1"
+        );
         assert_eq!(rec[0].stream_id, stream);
     }
     let all = store.read_all(0, 100).await.unwrap();
@@ -69,12 +73,25 @@ pub async fn appends_are_ordered_per_stream_and_globally(store: &Arc<dyn EventSt
         "the global log keeps append order"
     );
     let tail = store.read_all(7, 100).await.unwrap();
-    assert_eq!(tail.iter().map(|e| e.global_position).collect::<Vec<_>>(), vec![8, 9, 10]);
-    assert_eq!(store.read_all(0, 3).await.unwrap().len(), 3, "limit is honoured");
+    assert_eq!(
+        tail.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        vec![8, 9, 10]
+    );
+    assert_eq!(
+        store.read_all(0, 3).await.unwrap().len(),
+        3,
+        "limit is honoured"
+    );
     let a = store.read_stream("a", 0).await.unwrap();
-    assert_eq!(a.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        a.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
     let a_tail = store.read_stream("a", 3).await.unwrap();
-    assert_eq!(a_tail.iter().map(|e| e.version).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(
+        a_tail.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
     assert!(store.read_stream("nope", 0).await.unwrap().is_empty());
     assert_eq!(*store.watch_head().borrow(), 10, "head follows commits");
 }
@@ -103,8 +120,15 @@ pub async fn conflicts_are_detected_and_write_nothing(store: &Arc<dyn EventStore
         .append("s", ExpectedVersion::Exact(5), vec![sample(3), sample(4)])
         .await
         .unwrap_err();
-    assert!(err.is_conflict(), "an expected version ahead of the stream conflicts");
-    assert_eq!(store.read_stream("s", 0).await.unwrap().len(), 1, "a conflict writes nothing");
+    assert!(
+        err.is_conflict(),
+        "an expected version ahead of the stream conflicts"
+    );
+    assert_eq!(
+        store.read_stream("s", 0).await.unwrap().len(),
+        1,
+        "a conflict writes nothing"
+    );
     assert_eq!(store.read_all(0, 100).await.unwrap().len(), 1);
     let rec = store
         .append("s", ExpectedVersion::Any, vec![sample(5)])
@@ -119,10 +143,17 @@ pub async fn multi_event_appends_are_contiguous(store: &Arc<dyn EventStore>) {
         .await
         .unwrap();
     let rec = store
-        .append("m", ExpectedVersion::Exact(0), (1..=4).map(sample).collect())
+        .append(
+            "m",
+            ExpectedVersion::Exact(0),
+            (1..=4).map(sample).collect(),
+        )
         .await
         .unwrap();
-    assert_eq!(rec.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        rec.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
     assert_eq!(
         rec.iter().map(|e| e.global_position).collect::<Vec<_>>(),
         vec![2, 3, 4, 5],
@@ -189,7 +220,11 @@ pub async fn racing_appenders_get_exactly_one_winner_per_version(store: Arc<dyn 
         "no gaps, no duplicates"
     );
     let ids: HashSet<_> = stream.iter().map(|e| e.event_id).collect();
-    assert_eq!(ids.len() as u64, TASKS + 1, "every event is stored exactly once");
+    assert_eq!(
+        ids.len() as u64,
+        TASKS + 1,
+        "every event is stored exactly once"
+    );
 }
 
 pub async fn followers_see_every_event_once_in_global_order(store: Arc<dyn EventStore>) {
@@ -204,7 +239,11 @@ pub async fn followers_see_every_event_once_in_global_order(store: Arc<dyn Event
         handles.push(tokio::spawn(async move {
             for i in 0..EACH {
                 store
-                    .append(&format!("f{w}"), ExpectedVersion::Exact(i), vec![sample(w * 100 + i)])
+                    .append(
+                        &format!("f{w}"),
+                        ExpectedVersion::Exact(i),
+                        vec![sample(w * 100 + i)],
+                    )
                     .await
                     .unwrap();
             }
@@ -217,8 +256,15 @@ pub async fn followers_see_every_event_once_in_global_order(store: Arc<dyn Event
         .await
         .expect("the follower keeps up with the writers")
         .unwrap();
-    let positions: Vec<u64> = seen.into_iter().map(|e| e.unwrap().global_position).collect();
-    assert_eq!(positions, (1..=total).collect::<Vec<_>>(), "every event once, in order");
+    let positions: Vec<u64> = seen
+        .into_iter()
+        .map(|e| e.unwrap().global_position)
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=total).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
 
     // A follower that starts late, mid-log, sees exactly the rest.
     let late: Vec<u64> = follow(store.clone(), total - 5)
@@ -244,11 +290,21 @@ pub async fn durable_across_close_and_reopen<H: Harness>(h: &H) {
         return;
     };
     let read = reopened.read_stream("d", 0).await.unwrap();
-    assert_eq!(read, written, "everything acknowledged survives a reopen, byte for byte");
-    assert_eq!(*reopened.watch_head().borrow(), 5, "head is restored on open");
+    assert_eq!(
+        read, written,
+        "everything acknowledged survives a reopen, byte for byte"
+    );
+    assert_eq!(
+        *reopened.watch_head().borrow(),
+        5,
+        "head is restored on open"
+    );
     let next = reopened
         .append("d", ExpectedVersion::Exact(5), vec![sample(9)])
         .await
         .unwrap();
-    assert_eq!(next[0].global_position, 6, "positions continue after a reopen");
+    assert_eq!(
+        next[0].global_position, 6,
+        "positions continue after a reopen"
+    );
 }

@@ -1,0 +1,438 @@
+//! `JobActor`: one per live job, its state rebuilt from its stream before any message.
+//!
+//! Commands are handled one at a time (`AtomicResponse`): decide -> append -> apply runs to
+//! its end before the next message, so the actor never decides on a state it has not yet
+//! applied. The sync run itself is a separate task holding a cancellation token; it reports
+//! counts through a watch channel that a throttle turns into ProgressRecorded checkpoints.
+//! The actor stops once its job is final: a finished job holds no actor.
+
+use crate::command::{self, CommandError, Executed};
+use crate::runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+use syncjobs_domain::{
+    EntityCounts, EventStore, JobCommand, JobState, JobStatus, Metadata, SharedClock,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// The error text of a job whose worker died with the process that ran it.
+pub const INTERRUPTED: &str = "interrupted: the service stopped while the job was running";
+
+/// What every job actor shares: the store, the clock, the runner and the knobs.
+pub struct JobEnv {
+    pub store: Arc<dyn EventStore>,
+    pub clock: SharedClock,
+    pub runner: Arc<dyn SyncRunner>,
+    pub settings: JobSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Record a checkpoint once this many more entities reached a verdict...
+    pub progress_every_entities: u64,
+    /// ...or this long after the last checkpoint, whichever comes first.
+    pub progress_interval: Duration,
+    /// Names this process in JobStarted, for debugging multi-worker setups.
+    pub worker_name: String,
+    /// Where sync runs are spawned; None runs them on the actor's own runtime.
+    pub run_handle: Option<tokio::runtime::Handle>,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            progress_every_entities: 100,
+            progress_interval: Duration::from_millis(500),
+            worker_name: format!("syncjobs-{}", std::process::id()),
+            run_handle: None,
+        }
+    }
+}
+
+/// Sent to the supervisor whenever the job's status may have changed.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct JobUpdate {
+    pub job_id: Uuid,
+    pub status: JobStatus,
+    pub watchdog_deadline: Option<DateTime<Utc>>,
+}
+
+/// Sent to the supervisor when the actor has stopped.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct JobGone {
+    pub job_id: Uuid,
+}
+
+/// Ask the job to stop (API cancel or delete).
+#[derive(Message)]
+#[rtype(result = "Result<Executed, CommandError>")]
+pub struct RequestCancel {
+    pub requested_by: String,
+    pub timeout_seconds: u64,
+    pub metadata: Metadata,
+}
+
+/// The watchdog's verdict: the deadline passed without a confirmation.
+#[derive(Message)]
+#[rtype(result = "Result<Executed, CommandError>")]
+pub struct ForceCancel;
+
+/// Stop the actor without touching the log (process shutdown). Its run is abandoned; the
+/// next boot's recovery decides what happened to the job.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RecordProgress(EntityCounts);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RunFinished(RunOutcome);
+
+struct Run {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct JobActor {
+    job_id: Uuid,
+    env: Arc<JobEnv>,
+    supervisor: Recipient<JobUpdate>,
+    gone: Recipient<JobGone>,
+    state: Option<JobState>,
+    run: Option<Run>,
+    span: tracing::Span,
+}
+
+impl JobActor {
+    pub fn new(
+        job_id: Uuid,
+        env: Arc<JobEnv>,
+        supervisor: Recipient<JobUpdate>,
+        gone: Recipient<JobGone>,
+    ) -> Self {
+        JobActor {
+            job_id,
+            env,
+            supervisor,
+            gone,
+            state: None,
+            run: None,
+            span: tracing::info_span!("job", job_id = %job_id),
+        }
+    }
+
+    fn metadata(&self, caused_by: &str) -> Metadata {
+        Metadata {
+            causation_id: None,
+            correlation_id: Some(self.job_id),
+            caused_by: caused_by.to_owned(),
+        }
+    }
+
+    /// A future that runs `cmd` against the current state; apply its result with
+    /// [`JobActor::applied`].
+    fn command(
+        &self,
+        cmd: JobCommand,
+        metadata: Metadata,
+    ) -> impl ActorFuture<Self, Output = Result<Executed, CommandError>> {
+        let env = self.env.clone();
+        let known = self.state.clone();
+        let job_id = self.job_id;
+        async move {
+            command::execute(&*env.store, &*env.clock, job_id, known, &cmd, &metadata).await
+        }
+        .instrument(self.span.clone())
+        .into_actor(self)
+    }
+
+    /// Folds a command's result into the actor and reacts to the new status.
+    fn applied(&mut self, result: &Result<Executed, CommandError>, ctx: &mut Context<Self>) {
+        let executed = match result {
+            Ok(executed) => executed,
+            Err(CommandError::Rejected(_)) => return,
+            Err(e) => {
+                tracing::error!(parent: &self.span, error = %e, "command failed");
+                return;
+            }
+        };
+        let status = executed.state.status;
+        let before = self.state.as_ref().map(|s| s.status);
+        self.state = Some(executed.state.clone());
+        if before != Some(status) {
+            tracing::info!(parent: &self.span, status = %status, "job status");
+            self.supervisor.do_send(JobUpdate {
+                job_id: self.job_id,
+                status,
+                watchdog_deadline: executed.state.watchdog_deadline(),
+            });
+        }
+        match status {
+            JobStatus::Cancelling => {
+                if let Some(run) = &self.run {
+                    run.token.cancel();
+                }
+            }
+            s if s.is_final() => ctx.stop(),
+            _ => {}
+        }
+    }
+
+    /// What to do with a job just loaded from its stream.
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.clone() else {
+            ctx.stop();
+            return;
+        };
+        // Tell the supervisor what we found (it arms the watchdog of a cancelling job).
+        self.supervisor.do_send(JobUpdate {
+            job_id: self.job_id,
+            status: state.status,
+            watchdog_deadline: state.watchdog_deadline(),
+        });
+        match state.status {
+            JobStatus::Pending => {
+                let worker = self.env.settings.worker_name.clone();
+                let meta = self.metadata(&format!("worker:{worker}"));
+                ctx.wait(
+                    self.command(JobCommand::Start { worker }, meta)
+                        .map(|res, act, ctx| {
+                            act.applied(&res, ctx);
+                            if act.state.as_ref().map(|s| s.status) == Some(JobStatus::Running) {
+                                act.start_run(ctx);
+                            }
+                        }),
+                );
+            }
+            JobStatus::Running => {
+                // We only ever load a running job after a restart: its worker died with the
+                // process that ran it, and nothing will ever finish it.
+                let counts = state.counts;
+                let meta = self.metadata("recovery");
+                let cmd = JobCommand::Fail {
+                    error: INTERRUPTED.into(),
+                    error_category: Some("interrupted".into()),
+                    counts,
+                };
+                ctx.wait(
+                    self.command(cmd, meta)
+                        .map(|res, act, ctx| act.applied(&res, ctx)),
+                );
+            }
+            // No worker is left to confirm; the supervisor's watchdog will end it.
+            JobStatus::Cancelling => {}
+            _ => ctx.stop(),
+        }
+    }
+
+    fn start_run(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = &self.state else { return };
+        let spec = RunSpec {
+            job_id: state.job_id,
+            source_connection_id: state.source_connection_id,
+            organization_id: state.organization_id,
+            short_name: state.short_name.clone(),
+            config: state.config.clone(),
+        };
+        let token = CancellationToken::new();
+        let (sink, progress) = ProgressSink::new();
+        let addr = ctx.address();
+        let runner = self.env.runner.clone();
+        let run_token = token.clone();
+        let span = self.span.clone();
+        let run = async move {
+            let outcome = runner.run(spec, run_token, sink).await;
+            if addr.connected() {
+                addr.do_send(RunFinished(outcome));
+            } else {
+                tracing::warn!(
+                    ?outcome,
+                    "late report from a run whose job already ended: dropped"
+                );
+            }
+        }
+        .instrument(span.clone());
+        let task = match &self.env.settings.run_handle {
+            Some(handle) => handle.spawn(run),
+            None => tokio::spawn(run),
+        };
+        self.run = Some(Run { token, task });
+        let throttle = progress_throttle(
+            progress,
+            ctx.address(),
+            self.env.settings.progress_every_entities,
+            self.env.settings.progress_interval,
+        )
+        .instrument(span);
+        ctx.spawn(throttle.into_actor(self));
+    }
+}
+
+/// Turns the run's stream of cumulative counts into checkpoints: one once
+/// `every` more entities reached a verdict, or once `interval` passed with news.
+async fn progress_throttle(
+    mut progress: watch::Receiver<EntityCounts>,
+    job: Addr<JobActor>,
+    every: u64,
+    interval: Duration,
+) {
+    let mut sent = EntityCounts::default();
+    let mut last_sent_at = tokio::time::Instant::now();
+    loop {
+        let deadline = last_sent_at + interval;
+        let changed = tokio::time::timeout_at(deadline, progress.changed()).await;
+        if matches!(changed, Ok(Err(_))) {
+            // The run ended; its final event carries the final counts.
+            return;
+        }
+        let now = *progress.borrow_and_update();
+        let due = changed.is_err() || now.total().saturating_sub(sent.total()) >= every;
+        if due {
+            if now != sent {
+                job.do_send(RecordProgress(now));
+                sent = now;
+            }
+            last_sent_at = tokio::time::Instant::now();
+        }
+    }
+}
+
+impl Actor for JobActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Hold the mailbox until the stream is folded: no message is handled on a guess.
+        let env = self.env.clone();
+        let job_id = self.job_id;
+        ctx.wait(
+            async move { command::load(&*env.store, job_id).await }
+                .instrument(self.span.clone())
+                .into_actor(self)
+                .map(|loaded, act, ctx| match loaded {
+                    Ok(state) => {
+                        act.state = state;
+                        act.resume(ctx);
+                    }
+                    Err(e) => {
+                        tracing::error!(parent: &act.span, error = %e, "cannot load job");
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some(run) = self.run.take() {
+            run.token.cancel();
+            // Normally the run already ended. After a forced cancel it may be stuck (a hung
+            // source ignoring the token): abandon it.
+            run.task.abort();
+        }
+        self.gone.do_send(JobGone {
+            job_id: self.job_id,
+        });
+    }
+}
+
+impl Handler<RequestCancel> for JobActor {
+    type Result = AtomicResponse<Self, Result<Executed, CommandError>>;
+
+    fn handle(&mut self, msg: RequestCancel, _ctx: &mut Context<Self>) -> Self::Result {
+        let cmd = JobCommand::RequestCancel {
+            requested_by: msg.requested_by,
+            timeout_seconds: msg.timeout_seconds,
+        };
+        AtomicResponse::new(Box::pin(self.command(cmd, msg.metadata).map(
+            |res, act, ctx| {
+                act.applied(&res, ctx);
+                res
+            },
+        )))
+    }
+}
+
+impl Handler<ForceCancel> for JobActor {
+    type Result = AtomicResponse<Self, Result<Executed, CommandError>>;
+
+    fn handle(&mut self, _msg: ForceCancel, _ctx: &mut Context<Self>) -> Self::Result {
+        let cmd = JobCommand::ForceCancel {
+            now: self.env.clock.now(),
+        };
+        let meta = self.metadata("watchdog");
+        AtomicResponse::new(Box::pin(self.command(cmd, meta).map(|res, act, ctx| {
+            if res.is_ok() {
+                tracing::warn!(parent: &act.span, "force-cancelled by the watchdog");
+            }
+            act.applied(&res, ctx);
+            res
+        })))
+    }
+}
+
+impl Handler<Shutdown> for JobActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<RecordProgress> for JobActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: RecordProgress, _ctx: &mut Context<Self>) -> Self::Result {
+        let meta = self.metadata("worker");
+        let cmd = JobCommand::RecordProgress { counts: msg.0 };
+        AtomicResponse::new(Box::pin(self.command(cmd, meta).map(|res, act, ctx| {
+            if let Err(CommandError::Rejected(e)) = &res {
+                tracing::debug!(parent: &act.span, error = %e, "progress not recorded");
+            }
+            act.applied(&res, ctx);
+        })))
+    }
+}
+
+impl Handler<RunFinished> for JobActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: RunFinished, _ctx: &mut Context<Self>) -> Self::Result {
+        let status = self.state.as_ref().map(|s| s.status);
+        let cmd = match msg.0 {
+            RunOutcome::Completed(counts) => JobCommand::Complete { counts },
+            RunOutcome::Failed { error, counts } => JobCommand::Fail {
+                error,
+                error_category: Some("sync_error".into()),
+                counts,
+            },
+            RunOutcome::Cancelled(counts) if status == Some(JobStatus::Cancelling) => {
+                JobCommand::ConfirmCancelled { counts }
+            }
+            RunOutcome::Cancelled(counts) => JobCommand::Fail {
+                error: "the run stopped without a cancel request".into(),
+                error_category: Some("sync_error".into()),
+                counts,
+            },
+        };
+        let meta = self.metadata("worker");
+        if let Some(run) = &mut self.run {
+            // The task is ending by itself; nothing to abandon.
+            run.token.cancel();
+        }
+        AtomicResponse::new(Box::pin(self.command(cmd, meta).map(|res, act, ctx| {
+            if let Err(CommandError::Rejected(e)) = &res {
+                tracing::warn!(parent: &act.span, error = %e, "late report from the worker: dropped");
+            }
+            act.applied(&res, ctx);
+        })))
+    }
+}

@@ -1,0 +1,569 @@
+//! `Supervisor`: the registry of live jobs, the watchdog, and recovery after a restart.
+//!
+//! - One live [`JobActor`] per non-final job; at most one active job per source connection.
+//! - Watchdog: when a job enters `cancelling` a timer is armed for
+//!   recorded_at(CancelRequested) + the timeout recorded with it. The deadline is taken from
+//!   the log, never from boot, so a restart neither resets nor loses it.
+//! - Recovery (on start, before any message): the global log is folded; pending jobs are
+//!   started, running ones are failed as interrupted, cancelling ones get their watchdog
+//!   re-armed (firing at once when overdue).
+//!
+//! [`Jobs`] is the cheap, cloneable handle the API uses.
+
+use crate::command::{self, CommandError, Executed};
+use crate::job::{
+    ForceCancel, JobActor, JobEnv, JobGone, JobSettings, JobUpdate, RequestCancel, Shutdown,
+};
+use crate::runner::SyncRunner;
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use syncjobs_domain::events::stream;
+use syncjobs_domain::{
+    EventStore, JobCommand, JobError, JobState, JobStatus, Metadata, SharedClock, StoreError,
+};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    /// How long a job may stay `cancelling` before the watchdog forces it (API: 3 minutes).
+    pub cancel_timeout: Duration,
+    pub job: JobSettings,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        SupervisorSettings {
+            cancel_timeout: Duration::from_secs(180),
+            job: JobSettings::default(),
+        }
+    }
+}
+
+/// A request to create and start a job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub source_connection_id: Uuid,
+    pub organization_id: Uuid,
+    pub short_name: String,
+    pub config: serde_json::Value,
+    /// The principal, e.g. `api-key:<key id>`.
+    pub caused_by: String,
+}
+
+/// A command's effect as the API needs it.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    pub state: JobState,
+    /// Global position of the last event appended (0 if none): what read-your-writes waits for.
+    pub position: u64,
+}
+
+impl From<Executed> for CommandOutcome {
+    fn from(e: Executed) -> Self {
+        CommandOutcome {
+            position: e.position(),
+            state: e.state,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// The source connection already has a job in this (non-final) status.
+    #[error("Cannot start new sync: a sync job is already {0}")]
+    AlreadyActive(JobStatus),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("job stream is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the job supervisor is not running")]
+    Unavailable,
+}
+
+impl From<CommandError> for JobsError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Rejected(e) => JobsError::Job(e),
+            CommandError::Store(e) => JobsError::Store(e),
+            e @ CommandError::Corrupt { .. } => JobsError::Corrupt(e.to_string()),
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<CommandOutcome, JobsError>")]
+struct CreateJob(NewJob);
+
+#[derive(Message)]
+#[rtype(result = "Result<CommandOutcome, JobsError>")]
+struct CancelJob {
+    job_id: Uuid,
+    requested_by: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "SupervisorStats")]
+struct GetStats;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopAll;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WatchdogFired {
+    job_id: Uuid,
+}
+
+/// What `/health` shows of the write side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, MessageResponse)]
+pub struct SupervisorStats {
+    pub live_jobs: usize,
+    pub armed_watchdogs: usize,
+}
+
+struct Entry {
+    source_connection_id: Uuid,
+    status: JobStatus,
+    addr: Option<Addr<JobActor>>,
+    watchdog: Option<(DateTime<Utc>, SpawnHandle)>,
+}
+
+pub struct Supervisor {
+    env: Arc<JobEnv>,
+    cancel_timeout: Duration,
+    jobs: HashMap<Uuid, Entry>,
+    active_by_connection: HashMap<Uuid, Uuid>,
+    ready: watch::Sender<bool>,
+}
+
+/// Starts the supervisor on the current actix arbiter and returns its handle. It recovers
+/// from the log before it handles any command; `Jobs::ready` tells when that is done.
+pub fn start_supervisor(
+    store: Arc<dyn EventStore>,
+    runner: Arc<dyn SyncRunner>,
+    clock: SharedClock,
+    settings: SupervisorSettings,
+) -> Jobs {
+    let (ready, ready_rx) = watch::channel(false);
+    let env = Arc::new(JobEnv {
+        store,
+        clock,
+        runner,
+        settings: settings.job,
+    });
+    let addr = Supervisor {
+        env,
+        cancel_timeout: settings.cancel_timeout,
+        jobs: HashMap::new(),
+        active_by_connection: HashMap::new(),
+        ready,
+    }
+    .start();
+    Jobs {
+        addr,
+        ready: ready_rx,
+    }
+}
+
+impl Supervisor {
+    fn spawn_job(&mut self, job_id: Uuid, ctx: &mut Context<Self>) -> Addr<JobActor> {
+        let me = ctx.address();
+        JobActor::new(
+            job_id,
+            self.env.clone(),
+            me.clone().recipient(),
+            me.recipient(),
+        )
+        .start()
+    }
+
+    fn register(&mut self, state: &JobState, ctx: &mut Context<Self>) {
+        let addr = self.spawn_job(state.job_id, ctx);
+        self.active_by_connection
+            .insert(state.source_connection_id, state.job_id);
+        self.jobs.insert(
+            state.job_id,
+            Entry {
+                source_connection_id: state.source_connection_id,
+                status: state.status,
+                addr: Some(addr),
+                watchdog: None,
+            },
+        );
+    }
+
+    fn arm_watchdog(&mut self, job_id: Uuid, deadline: DateTime<Utc>, ctx: &mut Context<Self>) {
+        let Some(entry) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        if let Some((armed_for, _)) = entry.watchdog {
+            if armed_for == deadline {
+                return;
+            }
+        }
+        let remaining = (deadline - self.env.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        tracing::info!(%job_id, %deadline, remaining_ms = remaining.as_millis() as u64, "watchdog armed");
+        let handle = ctx.notify_later(WatchdogFired { job_id }, remaining);
+        if let Some((_, old)) = entry.watchdog.replace((deadline, handle)) {
+            ctx.cancel_future(old);
+        }
+    }
+
+    fn forget(&mut self, job_id: Uuid, ctx: &mut Context<Self>) {
+        if let Some(entry) = self.jobs.remove(&job_id) {
+            if let Some((_, handle)) = entry.watchdog {
+                ctx.cancel_future(handle);
+            }
+            if self.active_by_connection.get(&entry.source_connection_id) == Some(&job_id) {
+                self.active_by_connection
+                    .remove(&entry.source_connection_id);
+            }
+        }
+    }
+}
+
+/// Folds the whole global log into the states of the jobs that are not final.
+async fn unfinished_jobs(store: &dyn EventStore) -> Result<Vec<JobState>, CommandError> {
+    let mut states: HashMap<Uuid, JobState> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let batch = store.read_all(after, 4096).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.global_position;
+        for e in &batch {
+            let (Some(job_id), Some(event)) = (stream::job_id(&e.stream_id), e.job_event()) else {
+                continue;
+            };
+            let before = states.remove(&job_id);
+            match JobState::evolve(before, event, e.recorded_at) {
+                Ok(s) if s.status.is_final() => {}
+                Ok(s) => {
+                    states.insert(job_id, s);
+                }
+                Err(err) => {
+                    tracing::error!(%job_id, error = %err, "job stream does not fold; skipped by recovery");
+                }
+            }
+        }
+    }
+    let mut jobs: Vec<JobState> = states.into_values().collect();
+    jobs.sort_by_key(|s| s.created_at);
+    Ok(jobs)
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1024);
+        let store = self.env.store.clone();
+        ctx.wait(
+            async move { unfinished_jobs(&*store).await }
+                .into_actor(self)
+                .map(|found, act, ctx| {
+                    match found {
+                        Ok(jobs) => {
+                            tracing::info!(jobs = jobs.len(), "recovering unfinished jobs");
+                            for state in &jobs {
+                                // Each actor loads its stream, then starts, fails or waits;
+                                // a cancelling one reports back and gets its watchdog.
+                                act.register(state, ctx);
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "recovery could not read the log"),
+                    }
+                    act.ready.send_replace(true);
+                }),
+        );
+    }
+}
+
+impl Handler<CreateJob> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<CommandOutcome, JobsError>>;
+
+    fn handle(&mut self, msg: CreateJob, _ctx: &mut Context<Self>) -> Self::Result {
+        let req = msg.0;
+        let sc = req.source_connection_id;
+        if let Some(status) = self
+            .active_by_connection
+            .get(&sc)
+            .and_then(|job| self.jobs.get(job))
+            .map(|e| e.status)
+        {
+            return Box::pin(fut::ready(Err(JobsError::AlreadyActive(status))));
+        }
+        // Reserve the connection before the append so a second create cannot slip in.
+        let job_id = Uuid::now_v7();
+        self.active_by_connection.insert(sc, job_id);
+        self.jobs.insert(
+            job_id,
+            Entry {
+                source_connection_id: sc,
+                status: JobStatus::Pending,
+                addr: None,
+                watchdog: None,
+            },
+        );
+        let env = self.env.clone();
+        let cmd = JobCommand::Create {
+            job_id,
+            source_connection_id: sc,
+            organization_id: req.organization_id,
+            short_name: req.short_name,
+            config: req.config,
+        };
+        let meta = Metadata {
+            causation_id: None,
+            correlation_id: Some(job_id),
+            caused_by: req.caused_by,
+        };
+        Box::pin(
+            async move {
+                command::execute(&*env.store, &*env.clock, job_id, None, &cmd, &meta).await
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(executed) => {
+                    tracing::info!(%job_id, source_connection_id = %sc, "job created");
+                    let addr = act.spawn_job(job_id, ctx);
+                    if let Some(entry) = act.jobs.get_mut(&job_id) {
+                        entry.addr = Some(addr);
+                    }
+                    Ok(executed.into())
+                }
+                Err(e) => {
+                    act.forget(job_id, ctx);
+                    Err(e.into())
+                }
+            }),
+        )
+    }
+}
+
+impl Handler<CancelJob> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<CommandOutcome, JobsError>>;
+
+    fn handle(&mut self, msg: CancelJob, _ctx: &mut Context<Self>) -> Self::Result {
+        let addr = self.jobs.get(&msg.job_id).and_then(|e| e.addr.clone());
+        let env = self.env.clone();
+        let timeout_seconds = self.cancel_timeout.as_secs();
+        let job_id = msg.job_id;
+        let meta = Metadata {
+            causation_id: None,
+            correlation_id: Some(job_id),
+            caused_by: msg.requested_by.clone(),
+        };
+        let cancel = JobCommand::RequestCancel {
+            requested_by: msg.requested_by,
+            timeout_seconds,
+        };
+        Box::pin(
+            async move {
+                if let Some(addr) = addr {
+                    let JobCommand::RequestCancel { requested_by, .. } = &cancel else {
+                        unreachable!("built above")
+                    };
+                    let asked = addr
+                        .send(RequestCancel {
+                            requested_by: requested_by.clone(),
+                            timeout_seconds,
+                            metadata: meta.clone(),
+                        })
+                        .await;
+                    match asked {
+                        Ok(result) => return result,
+                        // The actor stopped meanwhile (its job just ended): decide on the log.
+                        Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {}
+                    }
+                }
+                // No live actor: the job is final, unknown, or being created. The log decides.
+                command::execute(&*env.store, &*env.clock, job_id, None, &cancel, &meta).await
+            }
+            .into_actor(self)
+            .map(|res, _act, _ctx| res.map(Into::into).map_err(Into::into)),
+        )
+    }
+}
+
+impl Handler<JobUpdate> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobUpdate, ctx: &mut Context<Self>) {
+        if msg.status.is_final() {
+            self.forget(msg.job_id, ctx);
+            return;
+        }
+        let Some(entry) = self.jobs.get_mut(&msg.job_id) else {
+            return;
+        };
+        entry.status = msg.status;
+        if let Some(deadline) = msg.watchdog_deadline {
+            self.arm_watchdog(msg.job_id, deadline, ctx);
+        }
+    }
+}
+
+impl Handler<JobGone> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobGone, ctx: &mut Context<Self>) {
+        let Some(entry) = self.jobs.get_mut(&msg.job_id) else {
+            return;
+        };
+        entry.addr = None;
+        if entry.status.is_final() || entry.watchdog.is_none() {
+            self.forget(msg.job_id, ctx);
+        }
+        // A cancelling job whose actor died keeps its watchdog: it acts on the log directly.
+    }
+}
+
+impl Handler<WatchdogFired> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: WatchdogFired, _ctx: &mut Context<Self>) -> Self::Result {
+        let job_id = msg.job_id;
+        let Some(entry) = self.jobs.get_mut(&job_id) else {
+            return Box::pin(fut::ready(()));
+        };
+        entry.watchdog = None;
+        let addr = entry.addr.clone();
+        let env = self.env.clone();
+        Box::pin(
+            async move {
+                if let Some(addr) = addr {
+                    if let Ok(result) = addr.send(ForceCancel).await {
+                        return result;
+                    }
+                }
+                let cmd = JobCommand::ForceCancel {
+                    now: env.clock.now(),
+                };
+                let meta = Metadata {
+                    causation_id: None,
+                    correlation_id: Some(job_id),
+                    caused_by: "watchdog".into(),
+                };
+                command::execute(&*env.store, &*env.clock, job_id, None, &cmd, &meta).await
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(executed) => {
+                    tracing::warn!(%job_id, "job force-cancelled by the watchdog");
+                    if executed.state.status.is_final() {
+                        act.forget(job_id, ctx);
+                    }
+                }
+                Err(CommandError::Rejected(JobError::NotYetDue { deadline })) => {
+                    act.arm_watchdog(job_id, deadline, ctx);
+                }
+                Err(CommandError::Rejected(e)) => {
+                    // Already final (the worker confirmed at the last moment): nothing to force.
+                    tracing::debug!(%job_id, error = %e, "watchdog found nothing to force");
+                    act.forget(job_id, ctx);
+                }
+                Err(e) => {
+                    tracing::error!(%job_id, error = %e, "watchdog could not force-cancel; retrying in 1 s");
+                    let retry_at = act.env.clock.now() + chrono::Duration::seconds(1);
+                    act.arm_watchdog(job_id, retry_at, ctx);
+                }
+            }),
+        )
+    }
+}
+
+impl Handler<StopAll> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopAll, ctx: &mut Context<Self>) {
+        tracing::info!(live_jobs = self.jobs.len(), "supervisor stopping");
+        for (_, entry) in self.jobs.drain() {
+            if let Some((_, handle)) = entry.watchdog {
+                ctx.cancel_future(handle);
+            }
+            if let Some(addr) = entry.addr {
+                addr.do_send(Shutdown);
+            }
+        }
+        self.active_by_connection.clear();
+        ctx.stop();
+    }
+}
+
+impl Handler<GetStats> for Supervisor {
+    type Result = SupervisorStats;
+
+    fn handle(&mut self, _msg: GetStats, _ctx: &mut Context<Self>) -> SupervisorStats {
+        SupervisorStats {
+            live_jobs: self.jobs.len(),
+            armed_watchdogs: self.jobs.values().filter(|e| e.watchdog.is_some()).count(),
+        }
+    }
+}
+
+/// The API's handle on the write side. Cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    addr: Addr<Supervisor>,
+    ready: watch::Receiver<bool>,
+}
+
+impl Jobs {
+    /// Creates a pending job for the source connection and starts it.
+    pub async fn create(&self, req: NewJob) -> Result<CommandOutcome, JobsError> {
+        self.addr
+            .send(CreateJob(req))
+            .await
+            .map_err(|_| JobsError::Unavailable)?
+    }
+
+    /// Requests cancellation; answers once `cancelling` (or `cancelled`) is durable.
+    pub async fn cancel(
+        &self,
+        job_id: Uuid,
+        requested_by: String,
+    ) -> Result<CommandOutcome, JobsError> {
+        self.addr
+            .send(CancelJob {
+                job_id,
+                requested_by,
+            })
+            .await
+            .map_err(|_| JobsError::Unavailable)?
+    }
+
+    /// True once recovery from the log has finished.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until recovery from the log has finished.
+    pub async fn ready(&self) {
+        let mut rx = self.ready.clone();
+        // An Err means the supervisor is gone; then there is nothing to wait for.
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Stops the supervisor and its job actors without writing anything: what a process
+    /// exit does. Unfinished jobs are picked up by the next start's recovery.
+    pub async fn shutdown(&self) {
+        // An Err means it is already gone.
+        let _ = self.addr.send(StopAll).await;
+    }
+
+    pub async fn stats(&self) -> Result<SupervisorStats, JobsError> {
+        self.addr
+            .send(GetStats)
+            .await
+            .map_err(|_| JobsError::Unavailable)
+    }
+}
