@@ -1,6 +1,7 @@
 //! syncjobs-actors: the write side at run time.
 //!
 //! - [`runner`]: the seam between a job and the work it drives (`SyncRunner`).
+//! - [`pipeline`]: the real runner: sources, bounded worker pool, embedded destination.
 //! - [`command`]: decide -> append (expected version) -> apply, reloading on conflict; the
 //!   one path by which anything is written to a job stream.
 //! - [`job`]: `JobActor`, one per live job, rebuilt from its stream; drives the run and
@@ -10,11 +11,13 @@
 
 pub mod command;
 pub mod job;
+pub mod pipeline;
 pub mod runner;
 pub mod supervisor;
 
 pub use command::{CommandError, Executed};
 pub use job::{JobSettings, INTERRUPTED};
+pub use pipeline::Pipeline;
 pub use runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};
 pub use supervisor::{
     start_supervisor, CommandOutcome, Jobs, JobsError, NewJob, SupervisorSettings, SupervisorStats,

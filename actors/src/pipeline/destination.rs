@@ -1,0 +1,617 @@
+//! The destination: the [`EntitySink`] trait and its embedded backend, [`SqliteDestination`]
+//! (`entities.db` beside the event store), keyed by (source connection, entity id) and
+//! holding each entity's hash, content and timestamps.
+//!
+//! All SQLite work runs off the async threads. Writes go to one writer thread that commits
+//! whatever requests are queued together in one transaction (group commit): under load the
+//! batches grow and the fsyncs are shared; when idle a lone request commits at once, so a
+//! worker never waits for a batch to fill and cancel latency stays one commit. Each request
+//! runs in its own savepoint, so one request's error fails only that request. Stats read on
+//! their own connection (WAL lets readers run beside the writer).
+
+use super::entity::EntityRecord;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// The file the embedded destination keeps in its directory.
+pub const ENTITIES_FILE: &str = "entities.db";
+/// Most entities one writer transaction takes from the queue before it commits.
+const MAX_TXN_ENTITIES: usize = 1024;
+/// Queued writer commands before callers wait (back-pressure on the pool).
+const WRITER_QUEUE: usize = 256;
+
+/// What a write did to one entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAction {
+    /// The id was new for this source connection.
+    Inserted,
+    /// The id was known with another hash; content and hash were replaced.
+    Updated,
+    /// The id was known with the same hash; nothing was written.
+    Kept,
+}
+
+/// Per-type entity stats of one source connection, in Airweave's `entities` shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityStats {
+    pub total_entities: u64,
+    pub by_type: BTreeMap<String, TypeStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeStats {
+    pub count: u64,
+    /// When an entity of this type was last inserted or updated.
+    pub last_updated: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    #[error("cannot open entity store {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("entity store error: {0}")]
+    Storage(String),
+    #[error("entity store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for DestinationError {
+    fn from(e: rusqlite::Error) -> Self {
+        DestinationError::Storage(e.to_string())
+    }
+}
+
+/// Where a run keeps what it wrote.
+#[async_trait]
+pub trait EntitySink: Send + Sync + 'static {
+    /// Resolves each record against what is stored for (source connection, entity id) and
+    /// writes inserts and updates atomically: on `Err` nothing of this call was written.
+    /// Returns one action per record, in order.
+    async fn write(
+        &self,
+        source_connection_id: Uuid,
+        records: Vec<EntityRecord>,
+    ) -> Result<Vec<WriteAction>, DestinationError>;
+
+    /// Deletes the source connection's entities whose ids are not in `seen` (the end of a
+    /// completed run); returns how many were deleted.
+    async fn delete_unseen(
+        &self,
+        source_connection_id: Uuid,
+        seen: HashSet<String>,
+    ) -> Result<u64, DestinationError>;
+
+    /// Entity counts per type for `GET /source-connections/{id}`.
+    async fn stats(&self, source_connection_id: Uuid) -> Result<EntityStats, DestinationError>;
+
+    /// Deletes every entity of a source connection (the delete-connection path; cancel never
+    /// deletes). Returns how many were deleted.
+    async fn purge(&self, source_connection_id: Uuid) -> Result<u64, DestinationError>;
+}
+
+type Reply<T> = oneshot::Sender<Result<T, DestinationError>>;
+
+enum WriterCommand {
+    Write {
+        source_connection_id: Uuid,
+        records: Vec<EntityRecord>,
+        reply: Reply<Vec<WriteAction>>,
+    },
+    DeleteUnseen {
+        source_connection_id: Uuid,
+        seen: HashSet<String>,
+        reply: Reply<u64>,
+    },
+    Purge {
+        source_connection_id: Uuid,
+        reply: Reply<u64>,
+    },
+}
+
+/// The embedded destination: one SQLite file in WAL mode, one writer thread, one reader.
+pub struct SqliteDestination {
+    path: PathBuf,
+    writer: mpsc::Sender<WriterCommand>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteDestination")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// A rowid table with a unique key rather than WITHOUT ROWID: rows carry the content (about
+/// 700 bytes for a timed entity), past the size where SQLite advises WITHOUT ROWID.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entities (
+    id INTEGER PRIMARY KEY,
+    source_connection_id TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    entity_type TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    content TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (source_connection_id, entity_id)
+);
+";
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+    // FULL: a committed batch is on disk before its counts are reported, so a crash never
+    // leaves the job's counts ahead of the destination.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteDestination {
+    /// Opens (creating if needed) `dir/entities.db` and starts its writer thread. Blocking:
+    /// call it at startup or from `spawn_blocking`.
+    pub fn open(dir: &Path) -> Result<Arc<SqliteDestination>, DestinationError> {
+        let path = dir.join(ENTITIES_FILE);
+        let open_err = |message: String| DestinationError::Open {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let writer_conn = open_connection(&path).map_err(|e| open_err(e.to_string()))?;
+        writer_conn
+            .execute_batch(SCHEMA)
+            .map_err(|e| open_err(e.to_string()))?;
+        let reader = open_connection(&path).map_err(|e| open_err(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        std::thread::Builder::new()
+            .name("entities-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx))
+            .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
+        Ok(Arc::new(SqliteDestination {
+            path,
+            writer: tx,
+            reader: Arc::new(Mutex::new(reader)),
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> WriterCommand,
+    ) -> Result<T, DestinationError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(make(reply))
+            .await
+            .map_err(|_| DestinationError::Closed)?;
+        answer.await.map_err(|_| DestinationError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, DestinationError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&conn).map_err(DestinationError::from)
+        })
+        .await
+        .map_err(|e| DestinationError::Storage(format!("reader task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl EntitySink for SqliteDestination {
+    async fn write(
+        &self,
+        source_connection_id: Uuid,
+        records: Vec<EntityRecord>,
+    ) -> Result<Vec<WriteAction>, DestinationError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ask(|reply| WriterCommand::Write {
+            source_connection_id,
+            records,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete_unseen(
+        &self,
+        source_connection_id: Uuid,
+        seen: HashSet<String>,
+    ) -> Result<u64, DestinationError> {
+        self.ask(|reply| WriterCommand::DeleteUnseen {
+            source_connection_id,
+            seen,
+            reply,
+        })
+        .await
+    }
+
+    async fn stats(&self, source_connection_id: Uuid) -> Result<EntityStats, DestinationError> {
+        let scid = source_connection_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT entity_type, COUNT(*), MAX(updated_at) FROM entities
+                 WHERE source_connection_id = ?1 GROUP BY entity_type",
+            )?;
+            let mut stats = EntityStats::default();
+            let rows = stmt.query_map([&scid], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (entity_type, count, last) = row?;
+                let count = count.unsigned_abs();
+                stats.total_entities += count;
+                stats.by_type.insert(
+                    entity_type,
+                    TypeStats {
+                        count,
+                        last_updated: last.and_then(DateTime::from_timestamp_micros),
+                    },
+                );
+            }
+            Ok(stats)
+        })
+        .await
+    }
+
+    async fn purge(&self, source_connection_id: Uuid) -> Result<u64, DestinationError> {
+        self.ask(|reply| WriterCommand::Purge {
+            source_connection_id,
+            reply,
+        })
+        .await
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriterCommand>) {
+    let mut pending: Option<WriterCommand> = None;
+    loop {
+        let command = match pending.take() {
+            Some(command) => command,
+            None => match rx.blocking_recv() {
+                Some(command) => command,
+                None => break,
+            },
+        };
+        match command {
+            WriterCommand::Write {
+                source_connection_id,
+                records,
+                reply,
+            } => {
+                let mut total = records.len();
+                let mut group = vec![(source_connection_id, records, reply)];
+                // Take what is already queued, never wait for more: a lone write commits now.
+                while total < MAX_TXN_ENTITIES {
+                    match rx.try_recv() {
+                        Ok(WriterCommand::Write {
+                            source_connection_id,
+                            records,
+                            reply,
+                        }) => {
+                            total += records.len();
+                            group.push((source_connection_id, records, reply));
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&mut conn, group);
+            }
+            WriterCommand::DeleteUnseen {
+                source_connection_id,
+                seen,
+                reply,
+            } => {
+                let result = delete_unseen(&mut conn, source_connection_id, &seen);
+                let _ = reply.send(result.map_err(DestinationError::from));
+            }
+            WriterCommand::Purge {
+                source_connection_id,
+                reply,
+            } => {
+                let result = conn
+                    .execute(
+                        "DELETE FROM entities WHERE source_connection_id = ?1",
+                        [source_connection_id.to_string()],
+                    )
+                    .map(|n| n as u64);
+                let _ = reply.send(result.map_err(DestinationError::from));
+            }
+        }
+    }
+    tracing::debug!("entity store writer stopped");
+}
+
+type WriteRequest = (Uuid, Vec<EntityRecord>, Reply<Vec<WriteAction>>);
+type WriteResult = Result<Vec<WriteAction>, DestinationError>;
+
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn commit_group(conn: &mut Connection, group: Vec<WriteRequest>) {
+    let now = now_micros();
+    let mut outcomes: Vec<(Reply<Vec<WriteAction>>, WriteResult)> = Vec::with_capacity(group.len());
+    let committed = (|| -> rusqlite::Result<()> {
+        let mut tx = conn.transaction()?;
+        for (scid, records, reply) in group {
+            let result = (|| -> rusqlite::Result<Vec<WriteAction>> {
+                let sp = tx.savepoint()?;
+                let actions = apply_records(&sp, &scid.to_string(), &records, now)?;
+                sp.commit()?;
+                Ok(actions)
+            })();
+            outcomes.push((reply, result.map_err(DestinationError::from)));
+        }
+        tx.commit()
+    })();
+    match committed {
+        Ok(()) => {
+            for (reply, result) in outcomes {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            // The transaction rolled back: nothing of the group was written, whatever the
+            // savepoints said.
+            let error = DestinationError::from(e);
+            tracing::warn!(%error, "entity store commit failed");
+            for (reply, _) in outcomes {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn apply_records(
+    conn: &Connection,
+    scid: &str,
+    records: &[EntityRecord],
+    now: i64,
+) -> rusqlite::Result<Vec<WriteAction>> {
+    let mut select = conn.prepare_cached(
+        "SELECT hash FROM entities WHERE source_connection_id = ?1 AND entity_id = ?2",
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO entities
+           (source_connection_id, entity_id, entity_type, hash, content, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    )?;
+    let mut update = conn.prepare_cached(
+        "UPDATE entities SET entity_type = ?3, hash = ?4, content = ?5, updated_at = ?6
+         WHERE source_connection_id = ?1 AND entity_id = ?2",
+    )?;
+    let mut actions = Vec::with_capacity(records.len());
+    for r in records {
+        let stored: Option<String> = select
+            .query_row(params![scid, r.entity_id], |row| row.get(0))
+            .optional()?;
+        let action = match stored {
+            None => {
+                insert.execute(params![
+                    scid,
+                    r.entity_id,
+                    r.entity_type,
+                    r.hash,
+                    r.content,
+                    now
+                ])?;
+                WriteAction::Inserted
+            }
+            Some(hash) if hash == r.hash => WriteAction::Kept,
+            Some(_) => {
+                update.execute(params![
+                    scid,
+                    r.entity_id,
+                    r.entity_type,
+                    r.hash,
+                    r.content,
+                    now
+                ])?;
+                WriteAction::Updated
+            }
+        };
+        actions.push(action);
+    }
+    Ok(actions)
+}
+
+fn delete_unseen(
+    conn: &mut Connection,
+    scid: Uuid,
+    seen: &HashSet<String>,
+) -> rusqlite::Result<u64> {
+    let scid = scid.to_string();
+    let tx = conn.transaction()?;
+    let mut deleted = 0u64;
+    {
+        let stored: Vec<String> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT entity_id FROM entities WHERE source_connection_id = ?1")?;
+            let rows = stmt.query_map([&scid], |row| row.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut delete = tx.prepare_cached(
+            "DELETE FROM entities WHERE source_connection_id = ?1 AND entity_id = ?2",
+        )?;
+        for id in stored.iter().filter(|id| !seen.contains(id.as_str())) {
+            deleted += delete.execute(params![scid, id])? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::entity::Entity;
+    use serde_json::json;
+
+    fn record(id: &str, ty: &str, v: serde_json::Value) -> EntityRecord {
+        Entity {
+            entity_id: id.into(),
+            entity_type: ty.into(),
+            content: v,
+        }
+        .into_record()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn resolves_new_changed_and_same_per_source_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = SqliteDestination::open(dir.path()).unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = dest
+            .write(
+                a,
+                vec![
+                    record("1", "T", json!({"v": 1})),
+                    record("2", "U", json!({"v": 2})),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(first, vec![WriteAction::Inserted, WriteAction::Inserted]);
+        let second = dest
+            .write(
+                a,
+                vec![
+                    record("1", "T", json!({"v": 1})),
+                    record("2", "U", json!({"v": 3})),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(second, vec![WriteAction::Kept, WriteAction::Updated]);
+        // The same id under another source connection is another entity.
+        let other = dest
+            .write(b, vec![record("1", "T", json!({"v": 1}))])
+            .await
+            .unwrap();
+        assert_eq!(other, vec![WriteAction::Inserted]);
+
+        let stats = dest.stats(a).await.unwrap();
+        assert_eq!(stats.total_entities, 2);
+        assert_eq!(stats.by_type["T"].count, 1);
+        assert_eq!(stats.by_type["U"].count, 1);
+        assert!(stats.by_type["U"].last_updated.is_some());
+        let wire = serde_json::to_value(&stats).unwrap();
+        assert_eq!(wire["by_type"]["T"]["count"], 1);
+        assert!(wire["by_type"]["T"]["last_updated"].is_string());
+        assert_eq!(
+            dest.stats(Uuid::new_v4()).await.unwrap(),
+            EntityStats::default()
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_unseen_and_purge_touch_only_their_source_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = SqliteDestination::open(dir.path()).unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let recs = |n: usize| -> Vec<EntityRecord> {
+            (0..n)
+                .map(|i| record(&i.to_string(), "T", json!({"i": i})))
+                .collect()
+        };
+        dest.write(a, recs(5)).await.unwrap();
+        dest.write(b, recs(3)).await.unwrap();
+        let seen: HashSet<String> = ["0", "2"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(dest.delete_unseen(a, seen).await.unwrap(), 3);
+        assert_eq!(dest.stats(a).await.unwrap().total_entities, 2);
+        assert_eq!(dest.stats(b).await.unwrap().total_entities, 3);
+        assert_eq!(dest.purge(b).await.unwrap(), 3);
+        assert_eq!(dest.stats(b).await.unwrap().total_entities, 0);
+        assert_eq!(dest.stats(a).await.unwrap().total_entities, 2);
+    }
+
+    #[tokio::test]
+    async fn entities_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let scid = Uuid::new_v4();
+        {
+            let dest = SqliteDestination::open(dir.path()).unwrap();
+            dest.write(scid, vec![record("x", "T", json!({}))])
+                .await
+                .unwrap();
+        }
+        let dest = SqliteDestination::open(dir.path()).unwrap();
+        assert!(dir.path().join(ENTITIES_FILE).exists());
+        assert_eq!(dest.stats(scid).await.unwrap().total_entities, 1);
+        let again = dest
+            .write(scid, vec![record("x", "T", json!({}))])
+            .await
+            .unwrap();
+        assert_eq!(again, vec![WriteAction::Kept]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_are_grouped_without_losing_any() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = SqliteDestination::open(dir.path()).unwrap();
+        let scid = Uuid::new_v4();
+        let mut tasks = Vec::new();
+        for w in 0..16 {
+            let dest = Arc::clone(&dest);
+            tasks.push(tokio::spawn(async move {
+                let mut inserted = 0;
+                for i in 0..50 {
+                    let id = format!("{w}-{i}");
+                    let r = dest
+                        .write(scid, vec![record(&id, "T", json!({"i": i}))])
+                        .await;
+                    if r.unwrap() == vec![WriteAction::Inserted] {
+                        inserted += 1;
+                    }
+                }
+                inserted
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert_eq!(total, 800);
+        assert_eq!(dest.stats(scid).await.unwrap().total_entities, 800);
+    }
+
+    #[test]
+    fn open_reports_an_unusable_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = SqliteDestination::open(&file).unwrap_err();
+        assert!(matches!(err, DestinationError::Open { .. }), "{err:?}");
+    }
+}

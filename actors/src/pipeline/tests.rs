@@ -1,0 +1,544 @@
+//! Pipeline runs end to end: the timed source through the worker pool into a destination
+//! (SQLite where the rows matter, the in-memory one where the paused clock must be exact).
+
+use super::*;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+fn spec(scid: Uuid, config: Value) -> RunSpec {
+    RunSpec {
+        job_id: Uuid::new_v4(),
+        source_connection_id: scid,
+        organization_id: Uuid::new_v4(),
+        short_name: "timed".into(),
+        config,
+    }
+}
+
+fn counts(inserted: u64, updated: u64, deleted: u64, kept: u64) -> EntityCounts {
+    EntityCounts {
+        inserted,
+        updated,
+        deleted,
+        kept,
+        ..EntityCounts::default()
+    }
+}
+
+async fn run(pipeline: &Pipeline, spec: RunSpec) -> (RunOutcome, watch::Receiver<EntityCounts>) {
+    let (progress, rx) = ProgressSink::new();
+    let outcome = pipeline.run(spec, CancellationToken::new(), progress).await;
+    (outcome, rx)
+}
+
+/// Starts a run in a task and cancels it after `after` (tokio time).
+async fn run_and_cancel_after(
+    pipeline: Arc<Pipeline>,
+    spec: RunSpec,
+    after: Duration,
+) -> (RunOutcome, Duration) {
+    let cancel = CancellationToken::new();
+    let (progress, _rx) = ProgressSink::new();
+    let task = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move { pipeline.run(spec, cancel, progress).await })
+    };
+    tokio::time::sleep(after).await;
+    let signalled = Instant::now();
+    cancel.cancel();
+    let outcome = task.await.unwrap();
+    (outcome, Instant::now() - signalled)
+}
+
+fn sqlite() -> (tempfile::TempDir, Arc<SqliteDestination>) {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = SqliteDestination::open(dir.path()).unwrap();
+    (dir, dest)
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_sync_inserts_every_entity_and_the_stats_show_them() {
+    let (_dir, dest) = sqlite();
+    let pipeline = Pipeline::new(dest.clone(), 4);
+    let scid = Uuid::new_v4();
+    let (outcome, progress) = run(&pipeline, spec(scid, json!({"entity_count": 50}))).await;
+    assert_eq!(outcome, RunOutcome::Completed(counts(51, 0, 0, 0)));
+    assert_eq!(
+        *progress.borrow(),
+        outcome.counts(),
+        "progress ends at the final counts"
+    );
+
+    let stats = dest.stats(scid).await.unwrap();
+    assert_eq!(stats.total_entities, 51);
+    assert_eq!(stats.by_type["TimedEntity"].count, 50);
+    assert_eq!(stats.by_type["TimedContainerEntity"].count, 1);
+    assert!(stats.by_type["TimedEntity"].last_updated.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rerun_of_the_same_seed_keeps_everything() {
+    let (_dir, dest) = sqlite();
+    let pipeline = Pipeline::new(dest.clone(), 4);
+    let scid = Uuid::new_v4();
+    let config = json!({"entity_count": 40, "duration_seconds": 2, "seed": 9});
+    run(&pipeline, spec(scid, config.clone())).await;
+    let (outcome, _) = run(&pipeline, spec(scid, config)).await;
+    assert_eq!(outcome, RunOutcome::Completed(counts(0, 0, 0, 41)));
+    assert_eq!(dest.stats(scid).await.unwrap().total_entities, 41);
+}
+
+#[tokio::test(start_paused = true)]
+async fn changed_seed_inserts_the_new_ids_and_deletes_the_old() {
+    let (_dir, dest) = sqlite();
+    let pipeline = Pipeline::new(dest.clone(), 4);
+    let scid = Uuid::new_v4();
+    run(
+        &pipeline,
+        spec(scid, json!({"entity_count": 30, "seed": 1})),
+    )
+    .await;
+    let (outcome, _) = run(
+        &pipeline,
+        spec(scid, json!({"entity_count": 30, "seed": 2})),
+    )
+    .await;
+    // Ids carry the seed (`timed-<seed>-<i>`), so no id survives a seed change.
+    assert_eq!(outcome, RunOutcome::Completed(counts(31, 0, 31, 0)));
+    assert_eq!(dest.stats(scid).await.unwrap().total_entities, 31);
+}
+
+#[tokio::test(start_paused = true)]
+async fn changed_count_updates_what_changed_and_deletes_what_is_gone() {
+    let (_dir, dest) = sqlite();
+    let pipeline = Pipeline::new(dest.clone(), 4);
+    let scid = Uuid::new_v4();
+    run(&pipeline, spec(scid, json!({"entity_count": 20}))).await;
+    // Every entity's text says "Entity i of <count>", the container's says the count too.
+    let (outcome, _) = run(&pipeline, spec(scid, json!({"entity_count": 10}))).await;
+    assert_eq!(outcome, RunOutcome::Completed(counts(0, 11, 10, 0)));
+    let stats = dest.stats(scid).await.unwrap();
+    assert_eq!(stats.total_entities, 11);
+    assert_eq!(stats.by_type["TimedEntity"].count, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_of_other_source_connections_do_not_touch_each_other() {
+    let (_dir, dest) = sqlite();
+    let pipeline = Pipeline::new(dest.clone(), 4);
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    run(&pipeline, spec(a, json!({"entity_count": 10}))).await;
+    let (outcome, _) = run(&pipeline, spec(b, json!({"entity_count": 5, "seed": 3}))).await;
+    assert_eq!(outcome, RunOutcome::Completed(counts(6, 0, 0, 0)));
+    assert_eq!(dest.stats(a).await.unwrap().total_entities, 11);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_midway_keeps_what_was_written_and_reports_exactly_that() {
+    let (_dir, dest) = sqlite();
+    let pipeline = Arc::new(Pipeline::new(dest.clone(), 4));
+    let scid = Uuid::new_v4();
+    // A full earlier run of 200 lets us check that a cancelled run deletes nothing.
+    run(
+        &pipeline,
+        spec(scid, json!({"entity_count": 200, "seed": 5})),
+    )
+    .await;
+    let config = json!({"entity_count": 100, "duration_seconds": 10, "seed": 6});
+    let (outcome, _) = run_and_cancel_after(
+        pipeline.clone(),
+        spec(scid, config.clone()),
+        Duration::from_millis(5050),
+    )
+    .await;
+    let RunOutcome::Cancelled(c) = outcome else {
+        panic!("expected Cancelled, got {outcome:?}");
+    };
+    // Entities 0..=50 were due by 5.05 s; the clock may run ahead of the SQLite thread, so
+    // fewer may have been written, never more, and never nothing (the first write was in flight).
+    assert!(c.inserted >= 1 && c.inserted <= 52, "{c:?}");
+    assert_eq!((c.updated, c.deleted, c.failed), (0, 0, 0));
+    let stats = dest.stats(scid).await.unwrap();
+    assert_eq!(
+        stats.total_entities,
+        201 + c.inserted,
+        "counts equal the new rows; old rows stay"
+    );
+
+    // Running it to the end afterwards finds what the cancelled run wrote.
+    let (outcome, _) = run(&pipeline, spec(scid, config)).await;
+    assert_eq!(
+        outcome,
+        RunOutcome::Completed(counts(101 - c.inserted, 0, 201, c.inserted))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_stops_the_run_at_once_not_at_the_end_of_the_sync() {
+    let dest = MemoryDestination::new();
+    let pipeline = Arc::new(Pipeline::new(dest.clone(), 4));
+    let scid = Uuid::new_v4();
+    let config = json!({"entity_count": 100, "duration_seconds": 10});
+    let (outcome, latency) =
+        run_and_cancel_after(pipeline, spec(scid, config), Duration::from_millis(5050)).await;
+    // The container and entities 0..=50 (due every 100 ms) were written, nothing after.
+    assert_eq!(outcome, RunOutcome::Cancelled(counts(52, 0, 0, 0)));
+    assert_eq!(dest.count(scid), 52);
+    assert_eq!(latency, Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_waits_for_the_write_in_flight_and_no_longer() {
+    // Each write takes 300 ms (the entity's processing time); entities come every 100 ms.
+    let dest = MemoryDestination::with_write_delay(Duration::from_millis(300));
+    let pipeline = Arc::new(Pipeline::new(dest.clone(), 2));
+    let scid = Uuid::new_v4();
+    let config = json!({"entity_count": 100, "duration_seconds": 10});
+    let (outcome, latency) =
+        run_and_cancel_after(pipeline, spec(scid, config), Duration::from_millis(3050)).await;
+    let RunOutcome::Cancelled(c) = outcome else {
+        panic!("expected Cancelled, got {outcome:?}");
+    };
+    assert!(latency <= Duration::from_millis(300), "took {latency:?}");
+    assert!(c.inserted > 0 && c.inserted < 101, "{c:?}");
+    assert_eq!(
+        dest.count(scid),
+        c.inserted,
+        "reported counts are the rows written"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignore_cancel_keeps_the_run_going_until_the_source_ends() {
+    let dest = MemoryDestination::new();
+    let pipeline = Arc::new(Pipeline::new(dest.clone(), 4));
+    let scid = Uuid::new_v4();
+    let config = json!({"entity_count": 100, "duration_seconds": 10, "ignore_cancel": true});
+    let cancel = CancellationToken::new();
+    let (progress, _rx) = ProgressSink::new();
+    let started = Instant::now();
+    let task = {
+        let (pipeline, cancel) = (pipeline.clone(), cancel.clone());
+        tokio::spawn(async move { pipeline.run(spec(scid, config), cancel, progress).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    cancel.cancel();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!task.is_finished(), "the run must not stop on cancel");
+    let outcome = task.await.unwrap();
+    // It ends only when the deaf source ends (entity 99 is due at 9.9 s), reporting what was
+    // written before the stop: the container and entities 0..=10.
+    assert_eq!(Instant::now() - started, Duration::from_millis(9900));
+    assert_eq!(outcome, RunOutcome::Cancelled(counts(12, 0, 0, 0)));
+    assert_eq!(dest.count(scid), 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_destination_fails_the_run_with_the_counts_written() {
+    let dest = MemoryDestination::failing_after(5, Duration::from_millis(10));
+    let pipeline = Pipeline::new(dest.clone(), 4);
+    let scid = Uuid::new_v4();
+    let started = Instant::now();
+    let (outcome, progress) = run(&pipeline, spec(scid, json!({"entity_count": 100}))).await;
+    let RunOutcome::Failed { error, counts } = outcome else {
+        panic!("expected Failed, got {outcome:?}");
+    };
+    assert_eq!(
+        error,
+        "destination error: entity store error: disk I/O error (injected)"
+    );
+    assert!(counts.inserted > 0, "{counts:?}");
+    assert_eq!(dest.count(scid), counts.inserted);
+    assert_eq!(*progress.borrow(), counts);
+    assert!(
+        Instant::now() - started < Duration::from_secs(1),
+        "fails early, not at the end"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_sqlite_error_rolls_back_its_batch_and_is_not_counted() {
+    let (dir, dest) = sqlite();
+    let pipeline = Pipeline::new(dest.clone(), 4);
+    let scid = Uuid::new_v4();
+    // A real SQLite failure on one entity in the middle of the run.
+    let conn = rusqlite::Connection::open(dir.path().join(destination::ENTITIES_FILE)).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER boom BEFORE INSERT ON entities WHEN NEW.entity_id = 'timed-42-30'
+         BEGIN SELECT RAISE(ABORT, 'injected constraint failure'); END;",
+    )
+    .unwrap();
+    drop(conn);
+    let (outcome, _) = run(&pipeline, spec(scid, json!({"entity_count": 60}))).await;
+    let RunOutcome::Failed { error, counts } = outcome else {
+        panic!("expected Failed, got {outcome:?}");
+    };
+    assert!(error.contains("injected constraint failure"), "{error}");
+    // The clock may run ahead of the SQLite thread, so how many got in first varies; what
+    // must hold is that the counts are exactly the rows.
+    assert!(counts.inserted < 61, "{counts:?}");
+    assert_eq!(
+        dest.stats(scid).await.unwrap().total_entities,
+        counts.inserted
+    );
+}
+
+#[tokio::test]
+async fn unknown_source_or_bad_config_fails_the_run_with_a_clear_error() {
+    let pipeline = Pipeline::new(MemoryDestination::new(), 2);
+    let mut bad = spec(Uuid::new_v4(), json!({}));
+    bad.short_name = "nope".into();
+    let (outcome, _) = run(&pipeline, bad).await;
+    assert_eq!(
+        outcome,
+        RunOutcome::Failed {
+            error: "Source 'nope' not found".into(),
+            counts: EntityCounts::default()
+        }
+    );
+    let (outcome, _) = run(&pipeline, spec(Uuid::new_v4(), json!({"entity_count": 0}))).await;
+    assert_eq!(
+        outcome,
+        RunOutcome::Failed {
+            error:
+                "invalid config for source 'timed': config.entity_count must be between 1 and 10000"
+                    .into(),
+            counts: EntityCounts::default()
+        }
+    );
+}
+
+/// A source that yields a fixed list, counting what it handed out.
+struct ListSource {
+    items: Vec<Result<Entity, SourceError>>,
+    yielded: Arc<AtomicUsize>,
+}
+
+impl ListSource {
+    fn new(items: Vec<Result<Entity, SourceError>>) -> ListSource {
+        ListSource {
+            items,
+            yielded: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Source for ListSource {
+    fn short_name(&self) -> &str {
+        "list"
+    }
+    fn stream(&self, stop: CancellationToken) -> EntityStream {
+        let yielded = Arc::clone(&self.yielded);
+        futures::stream::iter(self.items.clone())
+            .take_while(move |_| futures::future::ready(!stop.is_cancelled()))
+            .inspect(move |_| {
+                yielded.fetch_add(1, Ordering::SeqCst);
+            })
+            .boxed()
+    }
+}
+
+fn entity(id: &str) -> Entity {
+    Entity {
+        entity_id: id.into(),
+        entity_type: "Thing".into(),
+        content: json!({"id": id}),
+    }
+}
+
+#[tokio::test]
+async fn bad_entities_are_counted_failed_and_the_run_goes_on() {
+    let dest = MemoryDestination::new();
+    let pipeline = Pipeline::new(dest.clone(), 3);
+    let scid = Uuid::new_v4();
+    let source = ListSource::new(vec![
+        Ok(entity("a")),
+        Ok(entity("")),
+        Ok(entity("b")),
+        Ok(entity("a")),
+        Ok(entity("c")),
+    ]);
+    let (progress, _rx) = ProgressSink::new();
+    let outcome = pipeline
+        .run_source(
+            &source,
+            &spec(scid, json!({})),
+            CancellationToken::new(),
+            progress,
+        )
+        .await;
+    let expected = EntityCounts {
+        inserted: 3,
+        failed: 1,
+        skipped: 1,
+        ..EntityCounts::default()
+    };
+    assert_eq!(outcome, RunOutcome::Completed(expected));
+    assert_eq!(dest.count(scid), 3);
+}
+
+#[tokio::test]
+async fn a_source_error_fails_the_run_and_deletes_nothing() {
+    let dest = MemoryDestination::new();
+    let pipeline = Pipeline::new(dest.clone(), 2);
+    let scid = Uuid::new_v4();
+    let (progress, _rx) = ProgressSink::new();
+    let full = ListSource::new((0..10).map(|i| Ok(entity(&i.to_string()))).collect());
+    pipeline
+        .run_source(
+            &full,
+            &spec(scid, json!({})),
+            CancellationToken::new(),
+            progress.clone(),
+        )
+        .await;
+    let mut items: Vec<_> = (0..3).map(|i| Ok(entity(&i.to_string()))).collect();
+    items.push(Err(SourceError("upstream answered 503".into())));
+    items.push(Ok(entity("late")));
+    let broken = ListSource::new(items);
+    let outcome = pipeline
+        .run_source(
+            &broken,
+            &spec(scid, json!({})),
+            CancellationToken::new(),
+            progress,
+        )
+        .await;
+    let RunOutcome::Failed { error, counts } = outcome else {
+        panic!("expected Failed, got {outcome:?}");
+    };
+    assert_eq!(error, "source error: upstream answered 503");
+    assert_eq!(counts.deleted, 0);
+    assert!(counts.kept <= 3 && counts.inserted == 0, "{counts:?}");
+    assert_eq!(
+        dest.count(scid),
+        10,
+        "a failed run proves nothing about absence"
+    );
+}
+
+/// A destination whose writes wait for permits, to hold the workers still.
+struct GatedSink {
+    inner: Arc<MemoryDestination>,
+    gate: Semaphore,
+}
+
+#[async_trait]
+impl EntitySink for GatedSink {
+    async fn write(
+        &self,
+        scid: Uuid,
+        records: Vec<EntityRecord>,
+    ) -> Result<Vec<WriteAction>, DestinationError> {
+        let permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|_| DestinationError::Closed)?;
+        permit.forget();
+        self.inner.write(scid, records).await
+    }
+    async fn delete_unseen(
+        &self,
+        scid: Uuid,
+        seen: HashSet<String>,
+    ) -> Result<u64, DestinationError> {
+        self.inner.delete_unseen(scid, seen).await
+    }
+    async fn stats(&self, scid: Uuid) -> Result<EntityStats, DestinationError> {
+        self.inner.stats(scid).await
+    }
+    async fn purge(&self, scid: Uuid) -> Result<u64, DestinationError> {
+        self.inner.purge(scid).await
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_destination_holds_the_source_back() {
+    let sink = Arc::new(GatedSink {
+        inner: MemoryDestination::new(),
+        gate: Semaphore::new(0),
+    });
+    let (workers, batch) = (2, 4);
+    let pipeline = Arc::new(Pipeline::new(sink.clone(), workers).with_batch_size(batch));
+    let source = Arc::new(ListSource::new(
+        (0..10_000).map(|i| Ok(entity(&i.to_string()))).collect(),
+    ));
+    let yielded = Arc::clone(&source.yielded);
+    let scid = Uuid::new_v4();
+    let task = {
+        let (pipeline, source) = (pipeline.clone(), source.clone());
+        tokio::spawn(async move {
+            let (progress, _rx) = ProgressSink::new();
+            pipeline
+                .run_source(
+                    source.as_ref(),
+                    &spec(scid, json!({})),
+                    CancellationToken::new(),
+                    progress,
+                )
+                .await
+        })
+    };
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    // Queue (workers * batch) + one batch held by each worker + the one waiting to be sent.
+    let bound = workers * batch + workers * batch + 1;
+    let now = yielded.load(Ordering::SeqCst);
+    assert!(
+        now > 0 && now <= bound,
+        "source ran {now} ahead (bound {bound})"
+    );
+    sink.gate.add_permits(1_000_000);
+    let outcome = task.await.unwrap();
+    assert_eq!(outcome, RunOutcome::Completed(counts(10_000, 0, 0, 0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn progress_is_cumulative_and_never_goes_back() {
+    let dest = MemoryDestination::with_write_delay(Duration::from_millis(5));
+    let pipeline = Pipeline::new(dest, 4);
+    let (progress, mut rx) = ProgressSink::new();
+    let watcher = tokio::spawn(async move {
+        let mut seen = vec![*rx.borrow()];
+        while rx.changed().await.is_ok() {
+            seen.push(*rx.borrow_and_update());
+        }
+        seen
+    });
+    let outcome = pipeline
+        .run(
+            spec(
+                Uuid::new_v4(),
+                json!({"entity_count": 30, "duration_seconds": 3}),
+            ),
+            CancellationToken::new(),
+            progress,
+        )
+        .await;
+    let seen = watcher.await.unwrap();
+    assert!(
+        seen.len() > 3,
+        "progress was reported along the way: {seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[1].dominates(&w[0])), "{seen:?}");
+    assert_eq!(seen.last(), Some(&outcome.counts()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_entities_through_sqlite_on_a_threaded_runtime() {
+    let (_dir, dest) = sqlite();
+    let pipeline = Pipeline::new(dest.clone(), Pipeline::default_workers());
+    let scid = Uuid::new_v4();
+    let config = json!({"entity_count": 3000, "duration_seconds": 0.1});
+    let (outcome, _) = run(&pipeline, spec(scid, config.clone())).await;
+    assert_eq!(outcome, RunOutcome::Completed(counts(3001, 0, 0, 0)));
+    let (outcome, _) = run(&pipeline, spec(scid, config)).await;
+    assert_eq!(outcome, RunOutcome::Completed(counts(0, 0, 0, 3001)));
+    assert_eq!(dest.purge(scid).await.unwrap(), 3001);
+    assert_eq!(dest.stats(scid).await.unwrap().total_entities, 0);
+}

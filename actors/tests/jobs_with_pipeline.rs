@@ -1,0 +1,177 @@
+//! Jobs driven by the real pipeline (timed source -> worker pool -> destination), on tokio's
+//! paused clock: the cancel contract end to end at the write side.
+
+use chrono::{TimeZone, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+use syncjobs_actors::pipeline::{EntitySink, MemoryDestination};
+use syncjobs_actors::{command, start_supervisor, Jobs, NewJob, Pipeline, SupervisorSettings};
+use syncjobs_domain::events::stream;
+use syncjobs_domain::{EventStore, InMemoryStore, JobState, JobStatus, TokioClock};
+use uuid::Uuid;
+
+fn paused<F: std::future::Future>(body: F) -> F::Output {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime")
+    })
+    .block_on(body)
+}
+
+async fn settle() {
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Advances the paused clock in 1 ms steps, letting everything run after each.
+async fn run_for(d: Duration) {
+    for _ in 0..d.as_millis() {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+    }
+}
+
+struct World {
+    store: Arc<InMemoryStore>,
+    destination: Arc<MemoryDestination>,
+    jobs: Jobs,
+}
+
+fn world(cancel_timeout: Duration) -> World {
+    let store = InMemoryStore::new();
+    let destination = MemoryDestination::new();
+    let sink: Arc<dyn EntitySink> = destination.clone();
+    let clock = Arc::new(TokioClock::starting_at(
+        Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap(),
+    ));
+    let jobs = start_supervisor(
+        store.clone(),
+        Arc::new(Pipeline::new(sink, 4)),
+        clock,
+        SupervisorSettings {
+            cancel_timeout,
+            ..Default::default()
+        },
+    );
+    World {
+        store,
+        destination,
+        jobs,
+    }
+}
+
+fn timed(sc: Uuid, config: serde_json::Value) -> NewJob {
+    NewJob {
+        source_connection_id: sc,
+        organization_id: Uuid::from_u128(1),
+        short_name: "timed".into(),
+        config,
+        caused_by: "test".into(),
+    }
+}
+
+async fn state(store: &Arc<InMemoryStore>, job: Uuid) -> JobState {
+    command::load(&**store, job).await.unwrap().unwrap()
+}
+
+#[test]
+fn cancel_midway_records_cancelled_with_the_counts_really_written() {
+    paused(async {
+        let w = world(Duration::from_secs(180));
+        let sc = Uuid::now_v7();
+        let config = serde_json::json!({"entity_count": 100, "duration_seconds": 10.0});
+        let job = w.jobs.create(timed(sc, config)).await.unwrap().state.job_id;
+        run_for(Duration::from_millis(3050)).await;
+        assert_eq!(state(&w.store, job).await.status, JobStatus::Running);
+
+        let out = w.jobs.cancel(job, "api-key:t".into()).await.unwrap();
+        assert_eq!(out.state.status, JobStatus::Cancelling);
+        settle().await;
+        let s = state(&w.store, job).await;
+        assert_eq!(
+            s.status,
+            JobStatus::Cancelled,
+            "cancelled within one entity's time"
+        );
+        assert_eq!(s.error, None);
+        let written = w.destination.count(sc);
+        assert!(
+            (25..=40).contains(&written),
+            "about 3 s of 10 entities/s: {written}"
+        );
+        assert_eq!(
+            s.counts.inserted, written,
+            "the counts are the rows really written"
+        );
+        assert_eq!(s.counts.deleted, 0, "a cancelled run deletes nothing");
+
+        run_for(Duration::from_secs(2)).await;
+        assert_eq!(
+            w.destination.count(sc),
+            written,
+            "the entities stay after a cancel"
+        );
+    });
+}
+
+#[test]
+fn a_source_that_ignores_cancel_ends_force_cancelled_by_the_watchdog() {
+    paused(async {
+        let w = world(Duration::from_secs(2));
+        let sc = Uuid::now_v7();
+        let config = serde_json::json!({
+            "entity_count": 1000, "duration_seconds": 600.0, "ignore_cancel": true
+        });
+        let job = w.jobs.create(timed(sc, config)).await.unwrap().state.job_id;
+        run_for(Duration::from_millis(1500)).await;
+        w.jobs.cancel(job, "api-key:t".into()).await.unwrap();
+        run_for(Duration::from_millis(1999)).await;
+        assert_eq!(state(&w.store, job).await.status, JobStatus::Cancelling);
+        run_for(Duration::from_millis(1)).await;
+
+        let s = state(&w.store, job).await;
+        assert_eq!(s.status, JobStatus::Cancelled);
+        assert!(
+            s.error.as_deref().unwrap_or_default().contains("2 seconds"),
+            "{:?}",
+            s.error
+        );
+        assert_eq!(
+            s.error_details,
+            Some(serde_json::json!({"forced_by": "watchdog", "timeout_seconds": 2}))
+        );
+        let events = w.store.read_stream(&stream::job(job), 0).await.unwrap();
+        assert_eq!(events.last().unwrap().event_type(), "ForceCancelled");
+
+        // The abandoned run writes nothing more, and nothing more is recorded.
+        let rows = w.destination.count(sc);
+        run_for(Duration::from_secs(3)).await;
+        assert_eq!(w.destination.count(sc), rows);
+        let later = w.store.read_stream(&stream::job(job), 0).await.unwrap();
+        assert_eq!(later.len(), events.len());
+    });
+}
+
+#[test]
+fn a_full_run_completes_with_every_entity_counted() {
+    paused(async {
+        let w = world(Duration::from_secs(180));
+        let sc = Uuid::now_v7();
+        let config = serde_json::json!({"entity_count": 20, "duration_seconds": 0.5});
+        let job = w.jobs.create(timed(sc, config)).await.unwrap().state.job_id;
+        run_for(Duration::from_millis(700)).await;
+        let s = state(&w.store, job).await;
+        assert_eq!(s.status, JobStatus::Completed);
+        assert_eq!(s.counts.inserted, 21, "the container and 20 entities");
+        assert_eq!(w.destination.count(sc), 21);
+        let took = s.duration_seconds().unwrap();
+        assert!(
+            (0.45..0.7).contains(&took),
+            "spread over the configured 0.5 s: {took}"
+        );
+    });
+}
