@@ -11,6 +11,8 @@ use syncjobs::api::keys;
 use syncjobs::config::Settings;
 use syncjobs::startup::{Application, Components};
 use syncjobs::telemetry;
+use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
+use syncjobs_actors::Pipeline;
 use syncjobs_domain::{EventStore, SharedClock, SystemClock};
 
 #[derive(Parser)]
@@ -101,11 +103,14 @@ async fn serve(settings: Settings) -> Result<(), String> {
     telemetry::init(&settings.log, settings.log_format);
     let store = open_store(&settings.store_dir())?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let runner = make_runner(&settings)?;
+    let destination =
+        SqliteDestination::open(&settings.destination_dir()).map_err(|e| e.to_string())?;
+    let sink: Arc<dyn EntitySink> = destination;
+    let runner = Arc::new(Pipeline::new(sink.clone(), Pipeline::default_workers()));
     let components = Components {
         store,
         clock,
-        entities: Arc::new(syncjobs::api::NoEntities),
+        destination: sink,
         runner,
         job_settings: Default::default(),
         probes: vec![],
@@ -124,10 +129,6 @@ async fn serve(settings: Settings) -> Result<(), String> {
         println!();
     }
     app.run_until_stopped().await.map_err(|e| e.to_string())
-}
-
-fn make_runner(_settings: &Settings) -> Result<Arc<dyn syncjobs_actors::SyncRunner>, String> {
-    Err("the sync pipeline is not part of this build yet".into())
 }
 
 async fn keys_command(action: KeysCommand) -> Result<(), String> {

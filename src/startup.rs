@@ -4,7 +4,7 @@
 //! (zero2prod's shape: build, read the bound port, `run_until_stopped`).
 
 use crate::api::keys::{self, AccessError, Bootstrap, NewKey};
-use crate::api::{self, error::extractor_error, AppState, EntityIndex, HealthProbe};
+use crate::api::{self, error::extractor_error, AppState, HealthProbe};
 use crate::config::Settings;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use syncjobs_actors::pipeline::EntitySink;
 use syncjobs_actors::{start_supervisor, JobSettings, Jobs, SupervisorSettings, SyncRunner};
 use syncjobs_domain::{EventStore, SharedClock};
 use syncjobs_projections::{
@@ -26,8 +27,9 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Components {
     pub store: Arc<dyn EventStore>,
     pub clock: SharedClock,
-    pub entities: Arc<dyn EntityIndex>,
-    /// What runs a sync (the pipeline in production).
+    /// Where syncs write (counts for GET, purge for DELETE); the runner writes to it too.
+    pub destination: Arc<dyn EntitySink>,
+    /// What runs a sync: the pipeline over `destination` in production.
     pub runner: Arc<dyn SyncRunner>,
     pub job_settings: JobSettings,
     pub probes: Vec<Arc<dyn HealthProbe>>,
@@ -116,7 +118,7 @@ impl Application {
             store: c.store,
             projection,
             clock: c.clock,
-            entities: c.entities,
+            destination: c.destination,
             jobs: jobs.clone(),
             settings: settings.api(),
             probes: c.probes,

@@ -1,39 +1,38 @@
-//! The seam to the destination's entities: counts for `GET /source-connections/{id}` and
-//! the purge that `DELETE` performs (the one path that removes synced data).
+//! The destination's side of a source connection: entity counts for `GET` and the purge
+//! that `DELETE` performs (the one path that removes synced data; cancel never does).
 
-use super::wire::EntitySummary;
-use async_trait::async_trait;
+use super::AppState;
+use syncjobs_actors::pipeline::EntityStats;
 use uuid::Uuid;
 
-#[async_trait]
-pub trait EntityIndex: Send + Sync + 'static {
-    /// What the destination holds for this source connection.
-    async fn summary(&self, source_connection_id: Uuid) -> Result<EntitySummary, String>;
-
-    /// Removes everything the destination holds for it; returns how many entities went.
-    async fn purge(&self, source_connection_id: Uuid) -> Result<u64, String>;
-
-    /// Totals for a page of a listing (one per id, in order).
-    async fn totals(&self, source_connection_ids: &[Uuid]) -> Vec<u64> {
-        let mut out = Vec::with_capacity(source_connection_ids.len());
-        for id in source_connection_ids {
-            out.push(self.summary(*id).await.map_or(0, |s| s.total_entities));
+/// What the destination holds for a connection; zero (and a warning) if it cannot say.
+pub async fn summary(state: &AppState, source_connection_id: Uuid) -> EntityStats {
+    match state.destination.stats(source_connection_id).await {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(%source_connection_id, %err, "entity counts unavailable");
+            EntityStats::default()
         }
-        out
     }
 }
 
-/// For a server without a destination (and unit tests of the routes): nothing stored.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoEntities;
-
-#[async_trait]
-impl EntityIndex for NoEntities {
-    async fn summary(&self, _: Uuid) -> Result<EntitySummary, String> {
-        Ok(EntitySummary::default())
+/// Totals for a page of a listing, one per id, in order.
+pub async fn totals(state: &AppState, ids: &[Uuid]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(summary(state, *id).await.total_entities);
     }
+    out
+}
 
-    async fn purge(&self, _: Uuid) -> Result<u64, String> {
-        Ok(0)
+/// Removes everything the destination holds for a deleted connection.
+pub async fn purge(state: &AppState, source_connection_id: Uuid) {
+    match state.destination.purge(source_connection_id).await {
+        Ok(n) => {
+            tracing::info!(%source_connection_id, entities_removed = n, "source connection entities purged")
+        }
+        Err(err) => {
+            tracing::error!(%source_connection_id, %err, "source connection deleted; its entities were not purged")
+        }
     }
 }

@@ -29,12 +29,12 @@ use actix_web::{web, HttpResponse, Route};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use syncjobs_actors::pipeline::EntitySink;
 use syncjobs_actors::Jobs;
 use syncjobs_domain::{EventStore, SharedClock};
 use syncjobs_projections::Projection;
 
 pub use auth::ApiContext;
-pub use entities::{EntityIndex, NoEntities};
 pub use error::ApiError;
 pub use health::HealthProbe;
 
@@ -64,7 +64,8 @@ pub struct AppState {
     pub store: Arc<dyn EventStore>,
     pub projection: Projection,
     pub clock: SharedClock,
-    pub entities: Arc<dyn EntityIndex>,
+    /// Where syncs write entities: counts for GET, purge for DELETE.
+    pub destination: Arc<dyn EntitySink>,
     /// The write side of jobs (the supervisor actor).
     pub jobs: Jobs,
     pub settings: ApiSettings,

@@ -8,11 +8,12 @@ use super::commands::{
 };
 use super::error::ApiError;
 use super::input::{check_len, path_uuid, read_json, Fields, Query};
-use super::wire::{EntitySummary, SourceConnectionListItemOut, SourceConnectionOut};
-use super::{jobs, ok_json, sources, AppState};
+use super::wire::{SourceConnectionListItemOut, SourceConnectionOut};
+use super::{entities, jobs, ok_json, sources, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use syncjobs_actors::pipeline::EntityStats;
 use syncjobs_domain::events::stream;
 use syncjobs_domain::SourceConnectionEvent;
 use uuid::Uuid;
@@ -120,14 +121,14 @@ pub async fn create(
         position = position.max(jobs::start_job(&state, &ctx, id).await?.position);
     }
     state.settle(position).await;
-    respond(&state, org, id, &EntitySummary::default())
+    respond(&state, org, id, &EntityStats::default())
 }
 
 fn respond(
     state: &AppState,
     org: Uuid,
     id: Uuid,
-    entities: &EntitySummary,
+    entities: &EntityStats,
 ) -> Result<HttpResponse, ApiError> {
     state
         .projection
@@ -155,7 +156,7 @@ pub async fn list(
             .map(|sc| sc.id)
             .collect()
     });
-    let totals = state.entities.totals(&page).await;
+    let totals = entities::totals(&state, &page).await;
     state.projection.read(|m| {
         let items: Vec<SourceConnectionListItemOut> = page
             .iter()
@@ -185,18 +186,8 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = existing(&state, &ctx, &path)?;
-    let entities = entity_summary(&state, id).await;
-    respond(&state, ctx.organization_id, id, &entities)
-}
-
-async fn entity_summary(state: &AppState, id: Uuid) -> EntitySummary {
-    match state.entities.summary(id).await {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::warn!(source_connection_id = %id, %err, "entity counts unavailable");
-            EntitySummary::default()
-        }
-    }
+    let stats = entities::summary(&state, id).await;
+    respond(&state, ctx.organization_id, id, &stats)
 }
 
 pub async fn delete(
@@ -206,8 +197,8 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let id = existing(&state, &ctx, &path)?;
     // The answer is the connection as it was, before its syncs were stopped.
-    let entities = entity_summary(&state, id).await;
-    let before = respond(&state, ctx.organization_id, id, &entities)?;
+    let stats = entities::summary(&state, id).await;
+    let before = respond(&state, ctx.organization_id, id, &stats)?;
     remove(&state, &ctx, id).await?;
     Ok(before)
 }
@@ -238,14 +229,8 @@ pub async fn remove(state: &AppState, ctx: &ApiContext, id: Uuid) -> Result<u64,
     if raced.iter().any(|j| !live.contains(j)) {
         wait_for_jobs_to_end(state, id).await;
     }
-    match state.entities.purge(id).await {
-        Ok(n) => {
-            tracing::info!(source_connection_id = %id, entities_removed = n, "source connection deleted")
-        }
-        Err(err) => {
-            tracing::error!(source_connection_id = %id, %err, "source connection deleted; its entities were not purged")
-        }
-    }
+    entities::purge(state, id).await;
+    tracing::info!(source_connection_id = %id, "source connection deleted");
     Ok(position)
 }
 

@@ -8,16 +8,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
+use syncjobs_actors::pipeline::EntityStats;
 use syncjobs_domain::JobState;
 use syncjobs_projections::{Collection, ReadModel, SourceConnection};
 use uuid::Uuid;
-
-/// What the destination says about a source connection's entities.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EntitySummary {
-    pub total_entities: u64,
-    pub by_type: BTreeMap<String, u64>,
-}
 
 /// `2026-04-23T10:00:00.123456Z`
 pub fn format_ts(t: &DateTime<Utc>) -> String {
@@ -150,7 +144,8 @@ pub struct SyncOut<'a> {
 #[derive(Serialize)]
 pub struct EntityTypeOut {
     pub count: u64,
-    pub last_updated: Option<()>,
+    #[serde(serialize_with = "opt_ts")]
+    pub last_updated: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize)]
@@ -186,7 +181,7 @@ pub struct SourceConnectionOut<'a> {
 }
 
 impl<'a> SourceConnectionOut<'a> {
-    pub fn new(m: &'a ReadModel, sc: &'a SourceConnection, entities: &EntitySummary) -> Self {
+    pub fn new(m: &'a ReadModel, sc: &'a SourceConnection, entities: &EntityStats) -> Self {
         let last = m.last_job(sc.id);
         let failed_last = last.filter(|j| j.status == syncjobs_domain::JobStatus::Failed);
         SourceConnectionOut {
@@ -229,8 +224,8 @@ impl<'a> SourceConnectionOut<'a> {
                         (
                             k.clone(),
                             EntityTypeOut {
-                                count: *v,
-                                last_updated: None,
+                                count: v.count,
+                                last_updated: v.last_updated,
                             },
                         )
                     })

@@ -1,6 +1,6 @@
 //! The cancel contract of API.md, clause by clause.
 
-use crate::helpers::{id, lasting, spawn_app, spawn_app_with, Options};
+use crate::helpers::{id, lasting, spawn_app, spawn_app_with, Destination, Options};
 use serde_json::json;
 use std::time::Duration;
 use syncjobs_domain::events::stream;
@@ -42,7 +42,11 @@ async fn cancelling_is_durable_before_the_answer_and_the_job_ends_cancelled() {
     );
     let written = done["entities_inserted"].as_u64().unwrap();
     assert!(written > 0 && written < 1000, "{done}");
-    assert_eq!(app.entities.count(sc), written, "cancel removes nothing");
+    assert_eq!(
+        app.entity_count(sc).await,
+        written,
+        "cancel removes nothing"
+    );
     assert_eq!(
         done["error"],
         serde_json::Value::Null,
@@ -95,7 +99,7 @@ async fn a_pending_job_goes_straight_to_cancelled() {
 #[actix_web::test]
 async fn only_pending_or_running_jobs_can_be_cancelled() {
     let app = spawn_app_with(Options {
-        wind_down: Duration::from_millis(800),
+        destination: Destination::Slow(Duration::from_millis(800)),
         ..Options::default()
     })
     .await;
@@ -193,7 +197,7 @@ async fn unknown_jobs_and_connections_are_404_and_a_foreign_job_is_400() {
 #[actix_web::test]
 async fn of_many_concurrent_cancels_exactly_one_is_recorded() {
     let app = spawn_app_with(Options {
-        wind_down: Duration::from_millis(300),
+        destination: Destination::Slow(Duration::from_millis(300)),
         ..Options::default()
     })
     .await;

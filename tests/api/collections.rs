@@ -1,4 +1,4 @@
-use crate::helpers::{id, spawn_app, FAILING_SEED};
+use crate::helpers::{id, spawn_app, spawn_app_with, Destination, Options};
 use serde_json::{json, Value};
 
 pub fn assert_timestamp(v: &Value) {
@@ -169,18 +169,28 @@ async fn delete_answers_the_collection_as_it_was_and_frees_its_readable_id() {
 
 #[actix_web::test]
 async fn status_follows_the_last_jobs_of_its_connections() {
+    let failing = spawn_app_with(Options {
+        destination: Destination::FailingAfter(0),
+        ..Options::default()
+    })
+    .await;
+    failing.collection_with_id("statuses").await;
+    let sc = id(&failing
+        .source_connection(
+            "statuses",
+            json!({"entity_count": 3, "duration_seconds": 0.1}),
+        )
+        .await);
+    let job = id(&failing.run(sc).await);
+    failing.wait_status(sc, job, "failed").await;
+    assert_eq!(
+        failing.get("/collections/statuses").await.1["status"],
+        "ERROR"
+    );
+
     let app = spawn_app().await;
     let c = app.collection_with_id("statuses").await;
     assert_eq!(c["status"], "NEEDS SOURCE");
-    let sc = id(&app
-        .source_connection(
-            "statuses",
-            json!({"entity_count": 1, "duration_seconds": 0.1, "seed": FAILING_SEED}),
-        )
-        .await);
-    let job = id(&app.run(sc).await);
-    app.wait_status(sc, job, "failed").await;
-    assert_eq!(app.get("/collections/statuses").await.1["status"], "ERROR");
     let ok = id(&app
         .source_connection(
             "statuses",

@@ -1,108 +1,27 @@
 //! spawn_app (zero2prod's shape): the whole application on a random port, on an injected
 //! in-memory store, with two organizations' keys and a client for each.
 
-use async_trait::async_trait;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use syncjobs::api::keys;
-use syncjobs::api::wire::EntitySummary;
-use syncjobs::api::EntityIndex;
 use syncjobs::config::Settings;
 use syncjobs::startup::{Application, Components};
 use syncjobs::telemetry;
-use syncjobs_actors::{JobSettings, ProgressSink, RunOutcome, RunSpec, SyncRunner};
-use syncjobs_domain::{
-    EntityCounts, EventStore, InMemoryStore, RecordedEvent, SharedClock, SystemClock,
-};
-use tokio_util::sync::CancellationToken;
+use syncjobs_actors::pipeline::{EntitySink, MemoryDestination, SqliteDestination};
+use syncjobs_actors::{JobSettings, Pipeline};
+use syncjobs_domain::{EventStore, InMemoryStore, RecordedEvent, SharedClock, SystemClock};
 use uuid::Uuid;
 
-/// Entities written by the test runner, per source connection (a stand-in destination).
-#[derive(Default)]
-pub struct MemoryEntities {
-    by_connection: Mutex<HashMap<Uuid, u64>>,
-}
-
-impl MemoryEntities {
-    pub fn count(&self, sc: Uuid) -> u64 {
-        self.lock().get(&sc).copied().unwrap_or(0)
-    }
-
-    fn add(&self, sc: Uuid) {
-        *self.lock().entry(sc).or_default() += 1;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, u64>> {
-        self.by_connection.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-#[async_trait]
-impl EntityIndex for MemoryEntities {
-    async fn summary(&self, sc: Uuid) -> Result<EntitySummary, String> {
-        let n = self.count(sc);
-        Ok(EntitySummary {
-            total_entities: n,
-            by_type: if n > 0 {
-                [("TimedEntity".to_string(), n)].into()
-            } else {
-                Default::default()
-            },
-        })
-    }
-
-    async fn purge(&self, sc: Uuid) -> Result<u64, String> {
-        Ok(self.lock().remove(&sc).unwrap_or(0))
-    }
-}
-
-/// Behaves like the `timed` source: `entity_count` entities spread over `duration_seconds`,
-/// each written to [`MemoryEntities`]; stops promptly when cancelled. A seed of 13 fails
-/// after its first entity (to exercise failed jobs).
-pub struct TimedLike {
-    pub entities: Arc<MemoryEntities>,
-    /// Extra time a cancelled run takes to wind down (in-flight writes).
-    pub wind_down: Duration,
-}
-
-pub const FAILING_SEED: i64 = 13;
-
-#[async_trait]
-impl SyncRunner for TimedLike {
-    async fn run(
-        &self,
-        spec: RunSpec,
-        cancel: CancellationToken,
-        progress: ProgressSink,
-    ) -> RunOutcome {
-        let n = spec.config["entity_count"].as_u64().unwrap_or(100);
-        let secs = spec.config["duration_seconds"].as_f64().unwrap_or(10.0);
-        let fail = spec.config["seed"].as_i64() == Some(FAILING_SEED);
-        let per = Duration::from_secs_f64(secs / n.max(1) as f64);
-        let mut done = EntityCounts::default();
-        for _ in 0..n {
-            tokio::select! {
-                _ = cancel.cancelled() => {
-                    tokio::time::sleep(self.wind_down).await;
-                    return RunOutcome::Cancelled(done);
-                }
-                _ = tokio::time::sleep(per) => {}
-            }
-            self.entities.add(spec.source_connection_id);
-            done.inserted += 1;
-            progress.report(done);
-            if fail {
-                return RunOutcome::Failed {
-                    error: "the source went away".into(),
-                    counts: done,
-                };
-            }
-        }
-        RunOutcome::Completed(done)
-    }
+/// Where the pipeline writes in a test application.
+pub enum Destination {
+    /// The production destination (SQLite) in the app's data directory.
+    Sqlite,
+    /// In memory, each write call taking this long (a cancel waits for the one in flight).
+    Slow(Duration),
+    /// In memory; write calls after the first `n` fail (the run fails).
+    FailingAfter(usize),
 }
 
 pub struct TestApp {
@@ -113,7 +32,7 @@ pub struct TestApp {
     pub other_key: String,
     pub client: reqwest::Client,
     pub store: Arc<InMemoryStore>,
-    pub entities: Arc<MemoryEntities>,
+    pub destination: Arc<dyn EntitySink>,
     pub handle: actix_web::dev::ServerHandle,
     pub data_dir: Arc<tempfile::TempDir>,
     pub settings: Settings,
@@ -123,7 +42,8 @@ pub struct Options {
     pub store: Option<Arc<InMemoryStore>>,
     pub data_dir: Option<Arc<tempfile::TempDir>>,
     pub bootstrap_key: Option<String>,
-    pub wind_down: Duration,
+    pub destination: Destination,
+    pub cancel_timeout_seconds: u64,
     pub delete_wait: Duration,
     pub max_body_bytes: usize,
 }
@@ -134,7 +54,8 @@ impl Default for Options {
             store: None,
             data_dir: None,
             bootstrap_key: Some(format!("test-key-{}", Uuid::new_v4().simple())),
-            wind_down: Duration::ZERO,
+            destination: Destination::Sqlite,
+            cancel_timeout_seconds: 180,
             delete_wait: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
         }
@@ -166,6 +87,7 @@ pub async fn spawn(o: Options) -> Spawned {
         data_dir: data_dir.path().to_owned(),
         bootstrap_api_key: o.bootstrap_key.clone(),
         delete_wait_seconds: o.delete_wait.as_secs().max(1),
+        cancel_timeout_seconds: o.cancel_timeout_seconds,
         max_body_bytes: o.max_body_bytes,
         http_workers: Some(2),
         shutdown_timeout_seconds: 10,
@@ -173,17 +95,20 @@ pub async fn spawn(o: Options) -> Spawned {
         handle_signals: false,
         ..Settings::default()
     };
-    let entities = Arc::new(MemoryEntities::default());
+    let destination: Arc<dyn EntitySink> = match o.destination {
+        Destination::Sqlite => {
+            SqliteDestination::open(&settings.destination_dir()).expect("a destination")
+        }
+        Destination::Slow(delay) => MemoryDestination::with_write_delay(delay),
+        Destination::FailingAfter(n) => MemoryDestination::failing_after(n, Duration::ZERO),
+    };
     let clock: SharedClock = Arc::new(SystemClock);
     let dyn_store: Arc<dyn EventStore> = store.clone();
     let components = Components {
         store: dyn_store.clone(),
         clock: clock.clone(),
-        entities: entities.clone(),
-        runner: Arc::new(TimedLike {
-            entities: entities.clone(),
-            wind_down: o.wind_down,
-        }),
+        destination: destination.clone(),
+        runner: Arc::new(Pipeline::new(destination.clone(), 4)),
         job_settings: JobSettings {
             progress_every_entities: 5,
             progress_interval: Duration::from_millis(50),
@@ -220,7 +145,7 @@ pub async fn spawn(o: Options) -> Spawned {
                 .build()
                 .expect("a client"),
             store,
-            entities,
+            destination,
             handle,
             data_dir,
             settings,
@@ -363,6 +288,15 @@ impl TestApp {
             .read_stream(&syncjobs_domain::events::stream::job(job), 0)
             .await
             .unwrap()
+    }
+
+    /// What the destination holds for a connection.
+    pub async fn entity_count(&self, sc: Uuid) -> u64 {
+        self.destination
+            .stats(sc)
+            .await
+            .expect("destination stats")
+            .total_entities
     }
 
     pub fn head(&self) -> u64 {

@@ -1,5 +1,5 @@
 use crate::collections::assert_timestamp;
-use crate::helpers::{id, lasting, spawn_app, FAILING_SEED};
+use crate::helpers::{id, lasting, spawn_app, spawn_app_with, Destination, Options};
 use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -69,7 +69,10 @@ async fn a_completed_job_has_times_duration_and_counts() {
     let job = id(&app.run(sc).await);
     let done = app.wait_status(sc, job, "completed").await;
     assert_job_shape(&done);
-    assert_eq!(done["entities_inserted"], 4);
+    assert_eq!(
+        done["entities_inserted"], 5,
+        "one container entity, then the 4"
+    );
     assert_timestamp(&done["completed_at"]);
     let started =
         chrono::DateTime::parse_from_rfc3339(done["started_at"].as_str().unwrap()).unwrap();
@@ -85,18 +88,23 @@ async fn a_completed_job_has_times_duration_and_counts() {
 
 #[actix_web::test]
 async fn a_failed_job_says_why_and_when() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(Options {
+        destination: Destination::FailingAfter(0),
+        ..Options::default()
+    })
+    .await;
     let sc = app
-        .idle_connection(json!({"entity_count": 5, "duration_seconds": 0.1, "seed": FAILING_SEED}))
+        .idle_connection(json!({"entity_count": 5, "duration_seconds": 0.1}))
         .await;
     let job = id(&app.run(sc).await);
     let failed = app.wait_status(sc, job, "failed").await;
-    assert_eq!(failed["error"], "the source went away");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("injected"), "{failed}");
     assert_timestamp(&failed["completed_at"]);
     let (_, body) = app.get(&format!("/source-connections/{sc}")).await;
     assert_eq!(body["status"], "error");
     assert_eq!(body["sync"]["failed_runs"], 1);
-    assert_eq!(body["error_message"], "the source went away");
+    assert_eq!(body["error_message"], error);
 }
 
 #[actix_web::test]

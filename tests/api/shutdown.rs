@@ -1,13 +1,13 @@
 //! Graceful stop: no new requests, in-flight ones (and their appends) finish.
 
-use crate::helpers::{id, lasting, spawn_app_with, Options};
+use crate::helpers::{id, lasting, spawn_app_with, Destination, Options};
 use std::time::Duration;
 use syncjobs_domain::EventStore;
 
 #[actix_web::test]
 async fn a_graceful_stop_lets_an_in_flight_delete_finish_then_refuses_requests() {
     let app = spawn_app_with(Options {
-        wind_down: Duration::from_millis(600),
+        destination: Destination::Slow(Duration::from_millis(600)),
         ..Options::default()
     })
     .await;

@@ -225,11 +225,13 @@ async fn sync_details_and_entities_follow_finished_jobs() {
     assert_eq!(body["sync"]["total_runs"], 1);
     assert_eq!(body["sync"]["successful_runs"], 1);
     assert_eq!(body["sync"]["last_job"]["status"], "completed");
-    assert_eq!(body["sync"]["last_job"]["entities_inserted"], 3);
-    assert_eq!(
-        body["entities"],
-        json!({"total_entities": 3, "by_type": {"TimedEntity": {"count": 3, "last_updated": null}}})
-    );
+    // the timed source yields one container entity, then the 3
+    assert_eq!(body["sync"]["last_job"]["entities_inserted"], 4);
+    let entities = &body["entities"];
+    assert_eq!(entities["total_entities"], 4);
+    assert_eq!(entities["by_type"]["TimedEntity"]["count"], 3);
+    assert_eq!(entities["by_type"]["TimedContainerEntity"]["count"], 1);
+    crate::collections::assert_timestamp(&entities["by_type"]["TimedEntity"]["last_updated"]);
     let (_, list) = app.get("/source-connections").await;
-    assert_eq!(list[0]["entity_count"], 3);
+    assert_eq!(list[0]["entity_count"], 4);
 }
