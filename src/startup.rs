@@ -22,6 +22,8 @@ use syncjobs_projections::{
 
 /// How long start-up waits for the read model to catch up with the log before serving.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often the projector looks for events appended by other processes.
+const EXTERNAL_WRITES_POLL: Duration = Duration::from_secs(1);
 
 /// What the application is built from; tests pass their own.
 pub struct Components {
@@ -86,6 +88,8 @@ impl Application {
             ProjectorConfig {
                 snapshot_path: Some(checkpoint),
                 snapshot_every: Duration::from_secs(settings.checkpoint_every_seconds.max(1)),
+                // Keys made by `syncjobs keys create` (another process) show up within this.
+                poll_every: Some(EXTERNAL_WRITES_POLL),
             },
         );
         let head = *c.store.watch_head().borrow();

@@ -136,6 +136,10 @@ pub struct ProjectorConfig {
     pub snapshot_path: Option<PathBuf>,
     /// How often a snapshot is written when the model has moved since the last one.
     pub snapshot_every: Duration,
+    /// How often to look for events another process appended (the store's head only
+    /// announces this process's commits; `syncjobs keys create` runs as another process).
+    /// None: only this process writes.
+    pub poll_every: Option<Duration>,
 }
 
 impl Default for ProjectorConfig {
@@ -143,6 +147,7 @@ impl Default for ProjectorConfig {
         ProjectorConfig {
             snapshot_path: None,
             snapshot_every: Duration::from_secs(10),
+            poll_every: None,
         }
     }
 }
@@ -233,7 +238,16 @@ async fn run(
         backend = store.backend(),
         "projector following the log"
     );
-    let mut events = follow(store, start).ready_chunks(MAX_BATCH);
+    let mut events = follow(store.clone(), start).ready_chunks(MAX_BATCH);
+    // Without polling the interval still exists but never fires in practice.
+    let mut poll = tokio::time::interval(
+        config
+            .poll_every
+            .unwrap_or(Duration::from_secs(86_400 * 365))
+            .max(Duration::from_millis(1)),
+    );
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    poll.tick().await;
     let mut saved = start;
     let mut tick = tokio::time::interval(config.snapshot_every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -262,6 +276,22 @@ async fn run(
                 projection.apply_batch(&batch);
                 if failed {
                     tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            }
+            _ = poll.tick() => {
+                // Events of other processes: the follower would only see them at the next
+                // local commit. Folding them twice is harmless (idempotent by position).
+                loop {
+                    match store.read_all(projection.position(), MAX_BATCH).await {
+                        Ok(found) if !found.is_empty() => {
+                            projection.apply_batch(&found);
+                        }
+                        Ok(_) => break,
+                        Err(err) => {
+                            tracing::warn!(%err, "projector cannot poll the log");
+                            break;
+                        }
+                    }
                 }
             }
             _ = tick.tick() => {

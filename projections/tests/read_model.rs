@@ -485,6 +485,7 @@ async fn the_projector_follows_live_appends_and_writes_its_checkpoint() {
         ProjectorConfig {
             snapshot_path: Some(path.clone()),
             snapshot_every: Duration::from_millis(20),
+            poll_every: None,
         },
     );
     let org = h.org("late").await;
@@ -518,4 +519,70 @@ async fn waiting_for_a_position_nobody_writes_is_bounded() {
             .wait_until(|m| m.position() > 0, Duration::from_secs(1))
             .await
     );
+}
+
+/// A store as another process sees it: the events are there, but its head never announces
+/// them (the embedded store's head moves only with this process's own commits).
+struct Elsewhere {
+    inner: Arc<InMemoryStore>,
+    silent_head: tokio::sync::watch::Sender<u64>,
+}
+
+#[async_trait::async_trait]
+impl EventStore for Elsewhere {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, syncjobs_domain::StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        after: u64,
+    ) -> Result<Vec<RecordedEvent>, syncjobs_domain::StoreError> {
+        self.inner.read_stream(stream, after).await
+    }
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, syncjobs_domain::StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.silent_head.subscribe()
+    }
+    fn backend(&self) -> &'static str {
+        "elsewhere"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_appended_by_another_process_are_picked_up_by_polling() {
+    let mut h = History::new();
+    let store: Arc<dyn EventStore> = Arc::new(Elsewhere {
+        inner: h.store.clone(),
+        silent_head: tokio::sync::watch::channel(0).0,
+    });
+    let projection = Projection::new(ReadModel::new());
+    let handle = spawn_projector(
+        store,
+        projection.clone(),
+        ProjectorConfig {
+            snapshot_path: None,
+            snapshot_every: Duration::from_secs(60),
+            poll_every: Some(Duration::from_millis(10)),
+        },
+    );
+    let org = h.org("from-the-cli").await;
+    let head = h.all().await.len() as u64;
+    projection
+        .wait_for(head, Duration::from_secs(5))
+        .await
+        .expect("polling found the other process's event");
+    assert!(projection.read(|m| m.organization(org).is_some()));
+    handle.shutdown().await;
 }
