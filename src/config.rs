@@ -112,9 +112,9 @@ impl Settings {
         Duration::from_secs(self.cancel_timeout_seconds)
     }
 
-    /// Where the event store keeps its files.
+    /// Where the event store keeps its file (`events.db`).
     pub fn store_dir(&self) -> PathBuf {
-        self.data_dir.join("events")
+        self.data_dir.clone()
     }
 
     /// The read model's checkpoint file.
@@ -122,9 +122,9 @@ impl Settings {
         self.data_dir.join("read_model.json")
     }
 
-    /// Where the destination keeps synced entities.
+    /// Where the destination keeps synced entities (`entities.db`).
     pub fn destination_dir(&self) -> PathBuf {
-        self.data_dir.join("destination")
+        self.data_dir.clone()
     }
 }
 

@@ -1,4 +1,5 @@
-//! The `syncjobs` command: `serve` (the default) and `keys create|revoke|list`.
+//! The `syncjobs` command: `serve` (the default), `keys create|revoke|list`, and the
+//! debugging commands `events`, `replay`, `export`, `verify` (see `syncjobs::replay`).
 //!
 //! The CLI prints its results on stdout (a new key is printed once, alone on its line, so
 //! scripts can capture it); the server logs through `tracing` on stderr.
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use syncjobs::api::keys;
 use syncjobs::config::Settings;
+use syncjobs::replay::{self, DebugCommand};
 use syncjobs::startup::{Application, Components};
 use syncjobs::telemetry;
 use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
@@ -39,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         action: KeysCommand,
     },
+    #[command(flatten)]
+    Debug(DebugCommand),
 }
 
 #[derive(clap::Args)]
@@ -81,6 +85,7 @@ async fn main() -> ExitCode {
         None => serve(cli.serve).await,
         Some(Command::Serve(settings)) => serve(settings).await,
         Some(Command::Keys { action }) => keys_command(action).await,
+        Some(Command::Debug(cmd)) => return debug_command(cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +134,22 @@ async fn serve(settings: Settings) -> Result<(), String> {
         println!();
     }
     app.run_until_stopped().await.map_err(|e| e.to_string())
+}
+
+/// The debugging commands read the store under SYNCJOBS_DATA_DIR (default ./data) if there
+/// is one; `replay --file` and `--server` need none.
+async fn debug_command(cmd: DebugCommand) -> ExitCode {
+    let data_dir = std::env::var_os("SYNCJOBS_DATA_DIR")
+        .map_or_else(|| PathBuf::from("./data"), PathBuf::from);
+    let store = open_store(&data_dir).ok();
+    let mut out = std::io::stdout().lock();
+    match replay::run(cmd, store, &mut out, replay::color_for_stdout()).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("syncjobs: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn keys_command(action: KeysCommand) -> Result<(), String> {
