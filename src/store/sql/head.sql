@@ -1,0 +1,1 @@
+SELECT COALESCE(MAX(global_position), 0) FROM events

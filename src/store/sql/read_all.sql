@@ -1,0 +1,6 @@
+SELECT global_position, stream_id, version, event_id, event_type, schema_version, data,
+       recorded_at, causation_id, correlation_id, caused_by
+FROM events
+WHERE global_position > ?1
+ORDER BY global_position
+LIMIT ?2

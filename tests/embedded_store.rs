@@ -1,0 +1,253 @@
+//! The embedded store against the EventStore contract, plus what only it promises: group
+//! commit, corruption reported by position, old schema versions upcast on read, and a cache
+//! that is not fooled by another writer on the same file.
+
+use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use syncjobs::store::embedded::{EmbeddedStore, DB_FILE};
+use syncjobs_domain::store::contract::{self, sample};
+use syncjobs_domain::{EntityCounts, Event, EventStore, ExpectedVersion, StoreError, SyncJobEvent};
+use tempfile::TempDir;
+
+async fn open(dir: &Path) -> Arc<EmbeddedStore> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+        .await
+        .unwrap()
+        .expect("the store opens")
+}
+
+/// Every store the harness opened, so `reopen` can close the right one and wait for it.
+#[derive(Default)]
+struct Harness {
+    opened: Mutex<Vec<(TempDir, Arc<EmbeddedStore>)>>,
+}
+
+#[async_trait]
+impl contract::Harness for Harness {
+    async fn open(&self) -> Arc<dyn EventStore> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        self.opened.lock().unwrap().push((dir, store.clone()));
+        store
+    }
+
+    async fn reopen(&self, closed: Arc<dyn EventStore>) -> Option<Arc<dyn EventStore>> {
+        let (path, store) = {
+            let opened = self.opened.lock().unwrap();
+            let (dir, store) = opened
+                .iter()
+                .find(|(_, s)| std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(&closed)))
+                .expect("reopen is given a store this harness opened");
+            (dir.path().to_owned(), store.clone())
+        };
+        drop(closed);
+        store.close();
+        store.closed().await;
+        let reopened = open(&path).await;
+        Some(reopened)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_passes_the_contract() {
+    contract::run_all(&Harness::default()).await;
+}
+
+fn raw(dir: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_committed_in_shared_transactions() {
+    const APPENDERS: usize = 256;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let before = store.commits();
+    let tasks: Vec<_> = (0..APPENDERS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(
+                        &format!("s{i}"),
+                        ExpectedVersion::Exact(0),
+                        vec![sample(i as u64)],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let rec = t
+            .await
+            .unwrap()
+            .expect("every append to its own stream succeeds");
+        assert_eq!(rec[0].version, 1);
+    }
+    let commits = store.commits() - before;
+    assert_eq!(store.read_all(0, 1000).await.unwrap().len(), APPENDERS);
+    assert_eq!(*store.watch_head().borrow(), APPENDERS as u64);
+    eprintln!("{APPENDERS} appends in {commits} commits");
+    assert!(
+        commits * 8 <= APPENDERS as u64,
+        "{APPENDERS} concurrent appends took {commits} commits: no group commit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_row_is_reported_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for i in 0..3 {
+        store
+            .append("c", ExpectedVersion::Exact(i), vec![sample(i)])
+            .await
+            .unwrap();
+    }
+    let changed = raw(dir.path())
+        .execute(
+            "UPDATE events SET data = '{\"type\": oops' WHERE global_position = 2",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    match store.read_all(0, 10).await {
+        Err(StoreError::Corrupt { position, reason }) => {
+            assert_eq!(position, 2);
+            assert!(
+                reason.contains("stream c"),
+                "the reason names the stream: {reason}"
+            );
+        }
+        other => panic!("a corrupt row must be reported, got {other:?}"),
+    }
+    match store.read_stream("c", 0).await {
+        Err(StoreError::Corrupt { position: 2, .. }) => {}
+        other => panic!("reading the stream hits the same row, got {other:?}"),
+    }
+    let after = store.read_all(2, 10).await.unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        vec![3],
+        "rows past the damage still read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_row_reads_back_in_the_current_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let at = "2024-03-01T10:00:00.123456789Z";
+    raw(dir.path())
+        .execute(
+            "INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data,
+                                 recorded_at, causation_id, correlation_id, caused_by)
+             VALUES ('job-old', 1, '0190b2a4-6d2e-7cc0-8000-000000000001', 'ProgressRecorded', 1,
+                     '{\"type\":\"ProgressRecorded\",\"data\":{\"inserted\":7,\"updated\":2,\"failed\":1}}',
+                     ?1, NULL, NULL, 'worker:old')",
+            [at],
+        )
+        .unwrap();
+
+    let read = store.read_stream("job-old", 0).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(
+        read[0].schema_version, 1,
+        "the envelope tells the version it was written at"
+    );
+    assert_eq!(
+        read[0].event,
+        Event::Job(SyncJobEvent::ProgressRecorded {
+            counts: EntityCounts {
+                inserted: 7,
+                updated: 2,
+                failed: 1,
+                ..Default::default()
+            }
+        })
+    );
+    assert_eq!(
+        read[0]
+            .recorded_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        at
+    );
+    assert_eq!(read[0].metadata.caused_by, "worker:old");
+
+    // The writer had not seen this stream; it must still append after the old event.
+    let next = store
+        .append("job-old", ExpectedVersion::Exact(1), vec![sample(1)])
+        .await
+        .unwrap();
+    assert_eq!((next[0].version, next[0].global_position), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_writer_on_the_same_file_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store
+        .append("shared", ExpectedVersion::Exact(0), vec![sample(0)])
+        .await
+        .unwrap();
+    // Another process (a CLI, say) appends version 2 behind the writer's back.
+    raw(dir.path())
+        .execute(
+            "INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data,
+                                 recorded_at, causation_id, correlation_id, caused_by)
+             VALUES ('shared', 2, '0190b2a4-6d2e-7cc0-8000-000000000002', 'JobStarted', 2,
+                     '{\"type\":\"JobStarted\",\"data\":{\"worker\":\"cli\"}}',
+                     '2024-03-01T10:00:00.000000000Z', NULL, NULL, 'cli')",
+            [],
+        )
+        .unwrap();
+
+    match store
+        .append("shared", ExpectedVersion::Exact(1), vec![sample(1)])
+        .await
+    {
+        Err(StoreError::Conflict { actual: 2, .. }) => {}
+        other => panic!("a version taken by another writer must conflict, got {other:?}"),
+    }
+    let rec = store
+        .append("shared", ExpectedVersion::Exact(2), vec![sample(2)])
+        .await
+        .expect("appending at the real version works");
+    assert_eq!((rec[0].version, rec[0].global_position), (3, 3));
+    assert_eq!(*store.watch_head().borrow(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_refuses_appends_and_its_directory_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().to_owned();
+    let store = open(&path).await;
+    store
+        .append("x", ExpectedVersion::Exact(0), vec![sample(0)])
+        .await
+        .unwrap();
+    store.close();
+    assert!(matches!(
+        store
+            .append("x", ExpectedVersion::Exact(1), vec![sample(1)])
+            .await,
+        Err(StoreError::Closed)
+    ));
+    store.closed().await;
+    // Reads of a closed store still work: the file is there.
+    assert_eq!(store.read_all(0, 10).await.unwrap().len(), 1);
+    drop(store);
+
+    let again = open(&path).await;
+    let rec = again
+        .append("x", ExpectedVersion::Exact(1), vec![sample(1)])
+        .await
+        .unwrap();
+    assert_eq!(rec[0].global_position, 2);
+}
