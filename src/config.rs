@@ -61,6 +61,18 @@ pub struct Settings {
     #[arg(long, env = "SYNCJOBS_CHECKPOINT_EVERY_SECONDS", default_value_t = 10)]
     pub checkpoint_every_seconds: u64,
 
+    /// NATS server for the event relay (JetStream); without it no relay runs.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// JetStream stream the relay publishes to (created if absent).
+    #[arg(long, env = "SYNCJOBS_NATS_STREAM", default_value = crate::bus::DEFAULT_STREAM)]
+    pub nats_stream: String,
+
+    /// Subject prefix of the relayed events (`<prefix>.<organization_id>....`).
+    #[arg(long, env = "SYNCJOBS_NATS_SUBJECT_PREFIX", default_value = crate::bus::DEFAULT_SUBJECT_PREFIX)]
+    pub nats_subject_prefix: String,
+
     /// Log filter (`info`, `syncjobs=debug,actix_web=info`, ...).
     #[arg(long, env = "SYNCJOBS_LOG", default_value = "info")]
     pub log: String,
@@ -92,6 +104,9 @@ impl Default for Settings {
             http_workers: None,
             shutdown_timeout_seconds: 30,
             checkpoint_every_seconds: 10,
+            nats_url: None,
+            nats_stream: crate::bus::DEFAULT_STREAM.into(),
+            nats_subject_prefix: crate::bus::DEFAULT_SUBJECT_PREFIX.into(),
             log: "info".into(),
             log_format: LogFormat::Pretty,
             handle_signals: true,
@@ -120,6 +135,11 @@ impl Settings {
     /// The read model's checkpoint file.
     pub fn checkpoint_path(&self) -> PathBuf {
         self.data_dir.join("read_model.json")
+    }
+
+    /// The NATS relay's checkpoint file.
+    pub fn relay_checkpoint_path(&self) -> PathBuf {
+        self.data_dir.join(crate::bus::DEFAULT_CHECKPOINT_FILE)
     }
 
     /// Where the destination keeps synced entities (`entities.db`).

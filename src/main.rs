@@ -12,6 +12,7 @@ use syncjobs::api::keys;
 use syncjobs::config::Settings;
 use syncjobs::replay::{self, DebugCommand};
 use syncjobs::startup::{Application, Components};
+use syncjobs::store::embedded::EmbeddedStore;
 use syncjobs::telemetry;
 use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
 use syncjobs_actors::Pipeline;
@@ -96,12 +97,10 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Opens the event store under the data directory.
+/// Opens the embedded event store under the data directory (creating it if needed).
 fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String> {
-    Err(format!(
-        "the embedded event store is not part of this build yet (data dir {})",
-        data_dir.display()
-    ))
+    let store = EmbeddedStore::open(data_dir).map_err(|e| e.to_string())?;
+    Ok(store)
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {

@@ -5,6 +5,7 @@
 
 use crate::api::keys::{self, AccessError, Bootstrap, NewKey};
 use crate::api::{self, error::extractor_error, AppState, HealthProbe};
+use crate::bus::{spawn_relay, RelayConfig, RelayHandle, RelayMonitor};
 use crate::config::Settings;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
@@ -53,14 +54,30 @@ pub enum StartupError {
     Keys(#[from] AccessError),
     #[error("the read model did not catch up with the event log: {0}")]
     CatchUp(#[from] syncjobs_projections::Lagging),
+    #[error("NATS relay: {0}")]
+    Relay(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The relay's line on `/health`.
+struct RelayProbe(RelayMonitor);
+
+impl HealthProbe for RelayProbe {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::to_value(self.0.status()).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 pub struct Application {
     port: u16,
     server: Server,
     projector: ProjectorHandle,
+    relay: Option<RelayHandle>,
     jobs: Jobs,
     bootstrap: Bootstrap,
     state: web::Data<AppState>,
@@ -106,6 +123,23 @@ impl Application {
             .wait_for(bootstrap.position, CATCH_UP_TIMEOUT)
             .await?;
 
+        // The NATS relay, a reader of the log like the projector; it shows on /health.
+        let mut probes = c.probes;
+        let relay = match &settings.nats_url {
+            Some(url) => {
+                let mut cfg = RelayConfig::new(url.clone(), settings.relay_checkpoint_path());
+                cfg.stream_name = settings.nats_stream.clone();
+                cfg.subject_prefix = settings.nats_subject_prefix.clone();
+                cfg.validate()
+                    .map_err(|e| StartupError::Relay(e.to_string()))?;
+                let relay = spawn_relay(c.store.clone(), cfg);
+                probes.push(Arc::new(RelayProbe(relay.monitor())));
+                tracing::info!("NATS relay started");
+                Some(relay)
+            }
+            None => None,
+        };
+
         // The write side: recovers unfinished jobs from the log before it takes commands.
         let jobs = start_supervisor(
             c.store.clone(),
@@ -125,7 +159,7 @@ impl Application {
             destination: c.destination,
             jobs: jobs.clone(),
             settings: settings.api(),
-            probes: c.probes,
+            probes,
         });
 
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
@@ -139,6 +173,7 @@ impl Application {
             port,
             server,
             projector,
+            relay,
             jobs,
             bootstrap,
             state,
@@ -170,6 +205,9 @@ impl Application {
         let result = self.server.await;
         tracing::info!("HTTP server stopped; stopping job actors and writing the checkpoint");
         self.jobs.shutdown().await;
+        if let Some(relay) = self.relay {
+            relay.shutdown().await;
+        }
         self.projector.shutdown().await;
         result
     }

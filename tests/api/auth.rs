@@ -4,7 +4,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs::api::keys;
-use syncjobs_domain::{EventStore, SharedClock, SystemClock};
+use syncjobs_domain::{SharedClock, SystemClock};
 use uuid::Uuid;
 
 #[actix_web::test]
@@ -64,7 +64,7 @@ async fn a_revoked_key_is_refused() {
             .0,
         200
     );
-    let store: Arc<dyn EventStore> = app.store.clone();
+    let store = app.store.clone();
     let clock: SharedClock = Arc::new(SystemClock);
     let listed = keys::list_keys(&store).await.unwrap();
     let other = listed.iter().find(|k| k.organization == "other").unwrap();
@@ -95,7 +95,7 @@ async fn a_revoked_key_is_refused() {
 #[actix_web::test]
 async fn an_expired_key_is_refused() {
     let app = spawn_app().await;
-    let store: Arc<dyn EventStore> = app.store.clone();
+    let store = app.store.clone();
     let clock: SharedClock = Arc::new(SystemClock);
     let past = clock.now() - chrono::Duration::seconds(1);
     let expired = keys::create_key(&store, &clock, "default", Some(past), "test")

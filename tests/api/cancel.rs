@@ -4,7 +4,7 @@ use crate::helpers::{id, lasting, spawn_app, spawn_app_with, Destination, Option
 use serde_json::json;
 use std::time::Duration;
 use syncjobs_domain::events::stream;
-use syncjobs_domain::{EventStore, ExpectedVersion, Metadata, NewEvent, SyncJobEvent};
+use syncjobs_domain::{ExpectedVersion, Metadata, NewEvent, SyncJobEvent};
 use uuid::Uuid;
 
 fn cancel_path(sc: Uuid, job: Uuid) -> String {

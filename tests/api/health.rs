@@ -1,4 +1,5 @@
-use crate::helpers::{parts, spawn_app};
+use crate::helpers::{parts, spawn_app, spawn_app_with, Options};
+use std::time::Duration;
 
 #[actix_web::test]
 async fn health_answers_without_a_key_and_shows_the_store_and_projection() {
@@ -7,7 +8,7 @@ async fn health_answers_without_a_key_and_shows_the_store_and_projection() {
     let (status, body) = parts(r).await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "healthy");
-    assert_eq!(body["store"]["backend"], "memory");
+    assert_eq!(body["store"]["backend"], "embedded");
     assert_eq!(body["projection"]["lag"], 0);
     assert_eq!(body["supervisor"]["status"], "running");
 }
@@ -30,4 +31,45 @@ async fn unknown_routes_and_methods_answer_json() {
         (status.as_u16(), body["detail"].as_str()),
         (404, Some("Not Found"))
     );
+}
+
+/// NATS_URL, or None with the reason printed; with SYNCJOBS_REQUIRE_SERVICES=1 a missing
+/// service fails the test instead.
+fn nats_url() -> Option<String> {
+    match std::env::var("NATS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("SYNCJOBS_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "NATS_URL is not set but SYNCJOBS_REQUIRE_SERVICES=1"
+            );
+            eprintln!("skipped: NATS_URL is not set");
+            None
+        }
+    }
+}
+
+#[actix_web::test]
+async fn health_shows_the_relay_publishing_the_log() {
+    let Some(url) = nats_url() else { return };
+    let app = spawn_app_with(Options {
+        nats_url: Some(url),
+        ..Options::default()
+    })
+    .await;
+    app.collection_with_id("relayed").await;
+    let head = app.head();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = app.get("/health").await;
+        let relay = &body["relay"];
+        if relay["connected"] == true && relay["published_position"].as_u64() >= Some(head) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay never caught up: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

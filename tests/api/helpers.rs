@@ -8,10 +8,11 @@ use std::time::Duration;
 use syncjobs::api::keys;
 use syncjobs::config::Settings;
 use syncjobs::startup::{Application, Components};
+use syncjobs::store::embedded::EmbeddedStore;
 use syncjobs::telemetry;
 use syncjobs_actors::pipeline::{EntitySink, MemoryDestination, SqliteDestination};
 use syncjobs_actors::{JobSettings, Pipeline};
-use syncjobs_domain::{EventStore, InMemoryStore, RecordedEvent, SharedClock, SystemClock};
+use syncjobs_domain::{EventStore, RecordedEvent, SharedClock, SystemClock};
 use uuid::Uuid;
 
 /// Where the pipeline writes in a test application.
@@ -31,7 +32,8 @@ pub struct TestApp {
     /// A key of a second organization, "other".
     pub other_key: String,
     pub client: reqwest::Client,
-    pub store: Arc<InMemoryStore>,
+    /// The production store (embedded SQLite) in the app's data directory.
+    pub store: Arc<dyn EventStore>,
     pub destination: Arc<dyn EntitySink>,
     pub handle: actix_web::dev::ServerHandle,
     pub data_dir: Arc<tempfile::TempDir>,
@@ -39,13 +41,15 @@ pub struct TestApp {
 }
 
 pub struct Options {
-    pub store: Option<Arc<InMemoryStore>>,
+    /// Reuse a store (restarts); default: a new embedded store in the data directory.
+    pub store: Option<Arc<dyn EventStore>>,
     pub data_dir: Option<Arc<tempfile::TempDir>>,
     pub bootstrap_key: Option<String>,
     pub destination: Destination,
     pub cancel_timeout_seconds: u64,
     pub delete_wait: Duration,
     pub max_body_bytes: usize,
+    pub nats_url: Option<String>,
 }
 
 impl Default for Options {
@@ -58,6 +62,7 @@ impl Default for Options {
             cancel_timeout_seconds: 180,
             delete_wait: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
+            nats_url: None,
         }
     }
 }
@@ -78,7 +83,6 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
 
 pub async fn spawn(o: Options) -> Spawned {
     telemetry::init_for_tests();
-    let store: Arc<InMemoryStore> = o.store.unwrap_or_default();
     let data_dir = o
         .data_dir
         .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("a temp dir")));
@@ -88,6 +92,7 @@ pub async fn spawn(o: Options) -> Spawned {
         bootstrap_api_key: o.bootstrap_key.clone(),
         delete_wait_seconds: o.delete_wait.as_secs().max(1),
         cancel_timeout_seconds: o.cancel_timeout_seconds,
+        nats_url: o.nats_url.clone(),
         max_body_bytes: o.max_body_bytes,
         http_workers: Some(2),
         shutdown_timeout_seconds: 10,
@@ -103,7 +108,11 @@ pub async fn spawn(o: Options) -> Spawned {
         Destination::FailingAfter(n) => MemoryDestination::failing_after(n, Duration::ZERO),
     };
     let clock: SharedClock = Arc::new(SystemClock);
-    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let store: Arc<dyn EventStore> = match o.store {
+        Some(store) => store,
+        None => EmbeddedStore::open(data_dir.path()).expect("an embedded store"),
+    };
+    let dyn_store = store.clone();
     let components = Components {
         store: dyn_store.clone(),
         clock: clock.clone(),

@@ -11,6 +11,7 @@ mod input;
 mod jobs;
 mod lifecycle;
 mod openapi;
+mod process;
 mod restart;
 mod shutdown;
 mod source_connections;

@@ -2,7 +2,6 @@
 
 use crate::helpers::{id, lasting, spawn_app_with, Destination, Options};
 use std::time::Duration;
-use syncjobs_domain::EventStore;
 
 #[actix_web::test]
 async fn a_graceful_stop_lets_an_in_flight_delete_finish_then_refuses_requests() {
