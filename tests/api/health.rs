@@ -52,8 +52,15 @@ fn nats_url() -> Option<String> {
 #[actix_web::test]
 async fn health_shows_the_relay_publishing_the_log() {
     let Some(url) = nats_url() else { return };
+    // A stream of its own, so the test never mixes with a real deployment's events.
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let stream = format!("SYNCJOBS_API_TEST_{tag}");
     let app = spawn_app_with(Options {
-        nats_url: Some(url),
+        nats: Some((
+            url.clone(),
+            stream.clone(),
+            format!("syncjobs-api-test.{tag}"),
+        )),
         ..Options::default()
     })
     .await;
@@ -72,4 +79,9 @@ async fn health_shows_the_relay_publishing_the_log() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let client = async_nats::connect(url).await.expect("NATS");
+    async_nats::jetstream::new(client)
+        .delete_stream(&stream)
+        .await
+        .expect("the test stream is removed");
 }

@@ -49,7 +49,8 @@ pub struct Options {
     pub cancel_timeout_seconds: u64,
     pub delete_wait: Duration,
     pub max_body_bytes: usize,
-    pub nats_url: Option<String>,
+    /// NATS URL, JetStream stream and subject prefix for the relay (None: no relay).
+    pub nats: Option<(String, String, String)>,
 }
 
 impl Default for Options {
@@ -62,7 +63,7 @@ impl Default for Options {
             cancel_timeout_seconds: 180,
             delete_wait: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
-            nats_url: None,
+            nats: None,
         }
     }
 }
@@ -92,7 +93,15 @@ pub async fn spawn(o: Options) -> Spawned {
         bootstrap_api_key: o.bootstrap_key.clone(),
         delete_wait_seconds: o.delete_wait.as_secs().max(1),
         cancel_timeout_seconds: o.cancel_timeout_seconds,
-        nats_url: o.nats_url.clone(),
+        nats_url: o.nats.as_ref().map(|n| n.0.clone()),
+        nats_stream: o
+            .nats
+            .as_ref()
+            .map_or_else(|| Settings::default().nats_stream, |n| n.1.clone()),
+        nats_subject_prefix: o
+            .nats
+            .as_ref()
+            .map_or_else(|| Settings::default().nats_subject_prefix, |n| n.2.clone()),
         max_body_bytes: o.max_body_bytes,
         http_workers: Some(2),
         shutdown_timeout_seconds: 10,
