@@ -17,6 +17,28 @@ async fn snapshot_of_answers(
     ]
 }
 
+/// Waits until the read-model checkpoint on disk is at the store's head: the stopped
+/// application has written its last one and will write no other.
+async fn checkpoint_at_head(app: &crate::helpers::TestApp) {
+    let path = app.settings.checkpoint_path();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let at = syncjobs_projections::snapshot::load(&path)
+            .ok()
+            .flatten()
+            .map(|m| m.position());
+        if at == Some(app.head()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checkpoint at {at:?}, head {}",
+            app.head()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[actix_web::test]
 async fn restarts_and_rebuilds_give_the_same_answers() {
     let first = spawn_app().await;
@@ -31,10 +53,8 @@ async fn restarts_and_rebuilds_give_the_same_answers() {
     first.delete("/collections/extra").await;
     let before = snapshot_of_answers(&first, sc).await;
     first.handle.stop(true).await;
-    // Let the stopped application write its last checkpoint.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let checkpoint = first.settings.checkpoint_path();
-    assert!(checkpoint.exists(), "a checkpoint was written");
+    checkpoint_at_head(&first).await;
 
     let options = || Options {
         store: Some(first.store.clone()),
@@ -49,7 +69,7 @@ async fn restarts_and_rebuilds_give_the_same_answers() {
     answers[2]["entities"] = before[2]["entities"].clone();
     assert_eq!(answers, before);
     from_checkpoint.handle.stop(true).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    checkpoint_at_head(&from_checkpoint).await;
 
     std::fs::remove_file(&checkpoint).unwrap();
     let rebuilt = spawn(options()).await.app;
