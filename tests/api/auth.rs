@@ -1,3 +1,5 @@
+//! x-api-key: 401 without, 403 for a bad, revoked or expired key, and tenant isolation.
+
 use crate::helpers::{id, lasting, spawn_app};
 use reqwest::Method;
 use serde_json::json;

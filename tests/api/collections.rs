@@ -1,3 +1,5 @@
+//! Collections: fields, generated readable ids, duplicates, listing, delete, status.
+
 use crate::helpers::{id, spawn_app, spawn_app_with, Destination, Options};
 use serde_json::{json, Value};
 

@@ -1,3 +1,5 @@
+//! /health, unknown routes and methods, and the NATS relay line.
+
 use crate::helpers::{parts, spawn_app, spawn_app_with, Options};
 use std::time::Duration;
 

@@ -1,3 +1,5 @@
+//! Runs and job listings: shapes, times, counts, failures, limits, read-your-writes.
+
 use crate::collections::assert_timestamp;
 use crate::helpers::{id, lasting, spawn_app, spawn_app_with, Destination, Options};
 use reqwest::Method;

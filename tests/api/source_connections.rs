@@ -1,3 +1,5 @@
+//! Source connections: fields, the first sync, refusals, listing, sync details.
+
 use crate::collections::assert_timestamp;
 use crate::helpers::{id, spawn_app};
 use serde_json::{json, Value};
