@@ -111,12 +111,22 @@ async fn serve(settings: Settings) -> Result<(), String> {
         SqliteDestination::open(&settings.destination_dir()).map_err(|e| e.to_string())?;
     let sink: Arc<dyn EntitySink> = destination;
     let runner = Arc::new(Pipeline::new(sink.clone(), Pipeline::default_workers()));
+    // Sync runs (source streams, hashing, worker pools) get their own threads so that a busy
+    // pipeline never delays the actors' mailboxes, the watchdog or the projector.
+    let runs = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("syncjobs-run")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the sync-run threads: {e}"))?;
     let components = Components {
         store,
         clock,
         destination: sink,
         runner,
-        job_settings: Default::default(),
+        job_settings: syncjobs_actors::JobSettings {
+            run_handle: Some(runs.handle().clone()),
+            ..Default::default()
+        },
         probes: vec![],
     };
     let mut app = Application::build(&settings, components)
@@ -132,7 +142,10 @@ async fn serve(settings: Settings) -> Result<(), String> {
         println!("    {}", key.key);
         println!();
     }
-    app.run_until_stopped().await.map_err(|e| e.to_string())
+    let served = app.run_until_stopped().await.map_err(|e| e.to_string());
+    // Runs still going were abandoned with their actors; recovery handles their jobs.
+    runs.shutdown_background();
+    served
 }
 
 /// The debugging commands read the store under SYNCJOBS_DATA_DIR (default ./data) if there
