@@ -1,7 +1,9 @@
 //! The real binary: `syncjobs serve` on the embedded store, its first-start key, `keys
-//! create|revoke|list` against a running server, and a graceful stop on SIGTERM.
+//! create|revoke|list` against a running server, and a graceful stop on SIGTERM (event
+//! streams included).
 
 use crate::helpers::parts;
+use crate::sse_client::SseStream;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -279,6 +281,77 @@ async fn sigterm_lets_an_in_flight_request_finish_and_a_restart_serves_the_same_
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "NEEDS SOURCE");
     terminate(server);
+}
+
+#[actix_web::test]
+async fn sigterm_ends_open_event_streams_cleanly_instead_of_waiting_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "process-test-key-0123456789";
+    let env = [
+        ("SYNCJOBS_BOOTSTRAP_API_KEY", key),
+        ("SYNCJOBS_SHUTDOWN_TIMEOUT_SECONDS", "30"),
+    ];
+    let client = reqwest::Client::new();
+    let server = start(dir.path(), &env);
+    let post = |path: &str, body: Value| {
+        let req = client
+            .post(format!("{}{path}", server.address))
+            .header("x-api-key", key)
+            .json(&body);
+        async move { parts(req.send().await.expect("answered")).await }
+    };
+    let (status, _) = post(
+        "/collections",
+        json!({"name": "Streams", "readable_id": "streams"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, sc) = post(
+        "/source-connections",
+        json!({"short_name": "timed", "readable_collection_id": "streams", "config": {"entity_count": 1000, "duration_seconds": 60}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{sc}");
+    let sc = sc["id"].as_str().unwrap().to_owned();
+    let (_, jobs) = get(
+        &client,
+        &server,
+        key,
+        &format!("/source-connections/{sc}/jobs"),
+    )
+    .await;
+    let job = jobs[0]["id"].as_str().unwrap().to_owned();
+    let base = format!("{}/source-connections/{sc}/jobs/{job}", server.address);
+    let mut events = SseStream::open(&format!("{base}/events"), Some(key), &[]).await;
+    let mut progress = SseStream::open(
+        &format!("{}/sync/job/{job}/subscribe", server.address),
+        Some(key),
+        &[],
+    )
+    .await;
+    assert_eq!(events.next_data().await.unwrap().id, Some(1));
+    assert_eq!(
+        progress.next_data().await.unwrap().json()["type"],
+        "connected"
+    );
+
+    let pid = server.child.id().to_string();
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Both streams end as streams do (no broken chunk), while the job still runs.
+    events.rest().await;
+    progress.rest().await;
+    let (ok, _) = terminate_after_signal(server);
+    assert!(ok, "exit 0");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop waited {:?} for open streams (shutdown timeout 30 s)",
+        started.elapsed()
+    );
 }
 
 /// Waits for a server already sent SIGTERM to exit.
