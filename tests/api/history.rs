@@ -323,7 +323,6 @@ async fn the_state_at_each_version_is_the_replay_fold_and_the_last_is_the_job() 
 }
 
 /// `syncjobs replay --server` over this route answers what it answers from the store.
-#[cfg(feature = "remote")]
 #[actix_web::test]
 async fn replay_with_server_reads_the_events_route() {
     use syncjobs::replay::{run, DebugCommand, ServerArgs};
