@@ -16,6 +16,8 @@ struct Server {
     child: Child,
     address: String,
     stdout: String,
+    /// Everything the server logged on stderr so far.
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Server {
@@ -48,8 +50,14 @@ fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         .expect("the binary starts");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let kept = logs.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut all) = kept.lock() {
+                all.push_str(&line);
+                all.push('\n');
+            }
             let parsed: Option<Value> = serde_json::from_str(&line).ok();
             if let Some(address) = parsed
                 .as_ref()
@@ -68,6 +76,7 @@ fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         child,
         address: format!("http://{address}"),
         stdout: String::new(),
+        logs,
     }
 }
 
@@ -360,6 +369,66 @@ fn terminate_after_signal(mut s: Server) -> (bool, String) {
     loop {
         if let Some(status) = s.child.try_wait().expect("wait") {
             return (status.success(), String::new());
+        }
+        assert!(Instant::now() < deadline, "the server ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[actix_web::test]
+async fn api_keys_never_reach_the_logs_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "bootstrap-key-that-must-stay-secret-0123";
+    let wrong = "wrong-key-that-must-stay-secret-4567";
+    let mut server = start(
+        dir.path(),
+        &[
+            ("SYNCJOBS_BOOTSTRAP_API_KEY", key),
+            ("SYNCJOBS_LOG", "trace"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/collections", server.address))
+        .header("x-api-key", key)
+        .json(&json!({"name": "Secret keeping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    assert_eq!(get(&client, &server, wrong, "/collections").await.0, 403);
+    assert!(terminate_keeping_logs(&mut server));
+    let logs = server.logs.lock().unwrap().clone();
+    assert!(
+        logs.contains("/collections"),
+        "requests were logged: {logs}"
+    );
+    assert!(
+        !logs.contains(key),
+        "the bootstrap key leaked into the logs"
+    );
+    assert!(
+        !logs.contains(wrong),
+        "a presented key leaked into the logs"
+    );
+    let (ok, listed, _) = cli(dir.path(), &["keys", "list"]);
+    assert!(ok && !listed.contains(key));
+}
+
+/// SIGTERM and wait for the exit, leaving the server (and its collected logs) to the caller.
+fn terminate_keeping_logs(s: &mut Server) -> bool {
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs")
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = s.child.try_wait().expect("wait") {
+            // Give the log-draining thread a moment to read the last lines.
+            std::thread::sleep(Duration::from_millis(100));
+            return status.success();
         }
         assert!(Instant::now() < deadline, "the server ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
