@@ -15,7 +15,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use syncjobs_actors::pipeline::EntitySink;
-use syncjobs_actors::{start_supervisor, JobSettings, Jobs, SupervisorSettings, SyncRunner};
+use syncjobs_actors::{
+    start_supervisor, JobSettings, Jobs, Recovery, SupervisorSettings, SyncRunner,
+};
 use syncjobs_domain::{EventStore, SharedClock};
 use syncjobs_projections::{
     load_model, spawn_projector, Projection, ProjectorConfig, ProjectorHandle,
@@ -140,7 +142,10 @@ impl Application {
             None => None,
         };
 
-        // The write side: recovers unfinished jobs from the log before it takes commands.
+        // The write side: recovers unfinished jobs before it takes commands. The read model
+        // has just caught up with the log's head, so it names them; each is then rebuilt from
+        // its own stream.
+        let unfinished = projection.read(|m| m.unfinished_jobs());
         let jobs = start_supervisor(
             c.store.clone(),
             c.runner,
@@ -148,6 +153,7 @@ impl Application {
             SupervisorSettings {
                 cancel_timeout: settings.cancel_timeout(),
                 job: c.job_settings,
+                recovery: Recovery::Jobs(unfinished),
             },
         );
         jobs.ready().await;

@@ -20,5 +20,6 @@ pub use job::{JobSettings, INTERRUPTED};
 pub use pipeline::Pipeline;
 pub use runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};
 pub use supervisor::{
-    start_supervisor, CommandOutcome, Jobs, JobsError, NewJob, SupervisorSettings, SupervisorStats,
+    start_supervisor, CommandOutcome, Jobs, JobsError, NewJob, Recovery, SupervisorSettings,
+    SupervisorStats,
 };

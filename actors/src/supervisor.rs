@@ -32,6 +32,7 @@ pub struct SupervisorSettings {
     /// How long a job may stay `cancelling` before the watchdog forces it (API: 3 minutes).
     pub cancel_timeout: Duration,
     pub job: JobSettings,
+    pub recovery: Recovery,
 }
 
 impl Default for SupervisorSettings {
@@ -39,8 +40,21 @@ impl Default for SupervisorSettings {
         SupervisorSettings {
             cancel_timeout: Duration::from_secs(180),
             job: JobSettings::default(),
+            recovery: Recovery::ScanLog,
         }
     }
+}
+
+/// Where recovery learns which jobs are unfinished. Either way each of them is then rebuilt
+/// from its own stream, so the decisions (start, fail as interrupted, re-arm the watchdog)
+/// come from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Fold the whole global log: needs nothing else, costs a full read of the log.
+    ScanLog,
+    /// These jobs, as a read model caught up with the log's head says (the API's start-up:
+    /// its projection has just read the log, so a second full scan would only repeat it).
+    Jobs(Vec<Uuid>),
 }
 
 /// A request to create and start a job.
@@ -137,6 +151,7 @@ struct Entry {
 
 pub struct Supervisor {
     env: Arc<JobEnv>,
+    recovery: Recovery,
     cancel_timeout: Duration,
     jobs: HashMap<Uuid, Entry>,
     active_by_connection: HashMap<Uuid, Uuid>,
@@ -160,6 +175,7 @@ pub fn start_supervisor(
     });
     let addr = Supervisor {
         env,
+        recovery: settings.recovery,
         cancel_timeout: settings.cancel_timeout,
         jobs: HashMap::new(),
         active_by_connection: HashMap::new(),
@@ -260,29 +276,55 @@ async fn unfinished_jobs(store: &dyn EventStore) -> Result<Vec<JobState>, Comman
     Ok(jobs)
 }
 
+/// The states of `ids`, each folded from its own stream, keeping those not final.
+async fn unfinished_of(
+    store: &dyn EventStore,
+    ids: &[Uuid],
+) -> Result<Vec<JobState>, CommandError> {
+    let mut jobs = Vec::with_capacity(ids.len());
+    for &id in ids {
+        match command::load(store, id).await {
+            Ok(Some(state)) if !state.status.is_final() => jobs.push(state),
+            Ok(_) => {}
+            Err(CommandError::Corrupt { job_id, reason }) => {
+                tracing::error!(%job_id, %reason, "job stream does not fold; skipped by recovery");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    jobs.sort_by_key(|s| s.created_at);
+    Ok(jobs)
+}
+
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1024);
         let store = self.env.store.clone();
+        let recovery = std::mem::replace(&mut self.recovery, Recovery::ScanLog);
         ctx.wait(
-            async move { unfinished_jobs(&*store).await }
-                .into_actor(self)
-                .map(|found, act, ctx| {
-                    match found {
-                        Ok(jobs) => {
-                            tracing::info!(jobs = jobs.len(), "recovering unfinished jobs");
-                            for state in &jobs {
-                                // Each actor loads its stream, then starts, fails or waits;
-                                // a cancelling one reports back and gets its watchdog.
-                                act.register(state, ctx);
-                            }
+            async move {
+                match recovery {
+                    Recovery::ScanLog => unfinished_jobs(&*store).await,
+                    Recovery::Jobs(ids) => unfinished_of(&*store, &ids).await,
+                }
+            }
+            .into_actor(self)
+            .map(|found, act, ctx| {
+                match found {
+                    Ok(jobs) => {
+                        tracing::info!(jobs = jobs.len(), "recovering unfinished jobs");
+                        for state in &jobs {
+                            // Each actor loads its stream, then starts, fails or waits;
+                            // a cancelling one reports back and gets its watchdog.
+                            act.register(state, ctx);
                         }
-                        Err(e) => tracing::error!(error = %e, "recovery could not read the log"),
                     }
-                    act.ready.send_replace(true);
-                }),
+                    Err(e) => tracing::error!(error = %e, "recovery could not read the log"),
+                }
+                act.ready.send_replace(true);
+            }),
         );
     }
 }

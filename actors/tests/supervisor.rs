@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::{
-    command, start_supervisor, CommandError, Jobs, JobsError, NewJob, ProgressSink, RunOutcome,
-    RunSpec, SupervisorSettings, SyncRunner, INTERRUPTED,
+    command, start_supervisor, CommandError, Jobs, JobsError, NewJob, ProgressSink, Recovery,
+    RunOutcome, RunSpec, SupervisorSettings, SyncRunner, INTERRUPTED,
 };
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
@@ -258,7 +258,16 @@ fn an_overdue_watchdog_fires_at_once_on_recovery() {
         // The service is down for 10 minutes, well past the deadline.
         tokio::time::advance(Duration::from_secs(600)).await;
 
-        let second = start_supervisor(store.clone(), Arc::new(Stuck), clock.clone(), settings());
+        // Recovery told by a read model which jobs are unfinished re-arms the same way.
+        let second = start_supervisor(
+            store.clone(),
+            Arc::new(Stuck),
+            clock.clone(),
+            SupervisorSettings {
+                recovery: Recovery::Jobs(vec![job]),
+                ..settings()
+            },
+        );
         second.ready().await;
         settle().await;
         let last = events(&store, job).await.pop().unwrap();
@@ -272,6 +281,22 @@ fn an_overdue_watchdog_fires_at_once_on_recovery() {
 
 #[test]
 fn recovery_starts_pending_jobs_and_fails_interrupted_ones() {
+    recovery_case(|_| Recovery::ScanLog);
+}
+
+#[test]
+fn recovery_from_a_read_models_list_acts_the_same_and_ignores_finished_jobs() {
+    // The list may name jobs that ended meanwhile, or never existed: the log decides.
+    recovery_case(|jobs| {
+        let mut ids = jobs.to_vec();
+        ids.push(Uuid::now_v7());
+        Recovery::Jobs(ids)
+    });
+}
+
+/// Recovery of a pending and a running job left by a dead process, with the supervisor
+/// told where to find them by `recovery(&[pending, running])`.
+fn recovery_case(recovery: impl FnOnce(&[Uuid]) -> Recovery) {
     paused(async {
         let store = InMemoryStore::new();
         let clock = clock();
@@ -304,7 +329,10 @@ fn recovery_starts_pending_jobs_and_fails_interrupted_ones() {
             store.clone(),
             Arc::new(OnSignal(signal.clone())),
             clock,
-            settings(),
+            SupervisorSettings {
+                recovery: recovery(&[pending, running]),
+                ..settings()
+            },
         );
         jobs.ready().await;
         settle().await;

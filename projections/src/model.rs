@@ -654,6 +654,16 @@ impl ReadModel {
             .collect()
     }
 
+    /// Ids of every job, of any connection, that is pending, running or cancelling: what the
+    /// supervisor recovers at start-up (cheaper than folding the whole log a second time).
+    pub fn unfinished_jobs(&self) -> Vec<Uuid> {
+        self.jobs
+            .values()
+            .filter(|j| j.status.is_active())
+            .map(|j| j.job_id)
+            .collect()
+    }
+
     /// Counts for `/health` and logs.
     pub fn stats(&self) -> ModelStats {
         ModelStats {

@@ -123,3 +123,66 @@ async fn a_first_start_without_any_key_makes_one_once() {
         "keys are stored only as hashes"
     );
 }
+
+/// A restart finds, through the read model, the jobs the old process left unfinished: the
+/// running one fails as interrupted, the cancelling one keeps the deadline it was given.
+#[actix_web::test]
+async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
+    let options = |store, data_dir, key| Options {
+        store,
+        data_dir,
+        bootstrap_key: key,
+        cancel_timeout_seconds: 3,
+        ..Options::default()
+    };
+    let first = spawn(options(None, None, None)).await.app;
+    let running_sc = first.idle_connection(crate::helpers::lasting(600.0)).await;
+    let stuck_sc = first
+        .idle_connection(json!({
+            "entity_count": 1000, "duration_seconds": 600, "ignore_cancel": true
+        }))
+        .await;
+    let running = id(&first.run(running_sc).await);
+    let stuck = id(&first.run(stuck_sc).await);
+    first.wait_status(running_sc, running, "running").await;
+    first.wait_status(stuck_sc, stuck, "running").await;
+    let (status, body) = first
+        .post_empty(&format!(
+            "/source-connections/{stuck_sc}/jobs/{stuck}/cancel"
+        ))
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["status"].as_str()),
+        (200, Some("cancelling"))
+    );
+    let requested = std::time::Instant::now();
+    first.handle.stop(true).await;
+
+    let second = spawn(options(
+        Some(first.store.clone()),
+        Some(Arc::clone(&first.data_dir)),
+        Some(first.key.clone()),
+    ))
+    .await
+    .app;
+    let failed = second.wait_status(running_sc, running, "failed").await;
+    assert_eq!(
+        failed["error"],
+        "interrupted: the service stopped while the job was running"
+    );
+    assert_eq!(
+        second.job(stuck_sc, stuck).await["status"],
+        "cancelling",
+        "the watchdog waits for the deadline recorded before the restart"
+    );
+    let forced = second.wait_status(stuck_sc, stuck, "cancelled").await;
+    assert!(
+        requested.elapsed() >= std::time::Duration::from_secs(3),
+        "forced {:?} after the request, before its 3 s deadline",
+        requested.elapsed()
+    );
+    assert_eq!(
+        forced["error_details"],
+        json!({"forced_by": "watchdog", "timeout_seconds": 3})
+    );
+}
