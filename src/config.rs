@@ -1,1 +1,174 @@
-//! (to be written)
+//! Settings of `syncjobs serve`, from flags or `SYNCJOBS_*` environment variables (the
+//! README's configuration table lists them). Defaults suit a laptop: bind to localhost,
+//! keep data under `./data`.
+
+use crate::api::ApiSettings;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Address to listen on (`host:port`; port 0 picks a free one).
+    #[arg(long, env = "SYNCJOBS_BIND", default_value = "127.0.0.1:8001")]
+    pub bind: String,
+
+    /// Directory of the embedded event store, the read-model checkpoint and the destination.
+    #[arg(long, env = "SYNCJOBS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// An API key to accept (registered for the default organization if the store does not
+    /// know it yet). For scripts and tests; never printed.
+    #[arg(long, env = "SYNCJOBS_BOOTSTRAP_API_KEY", hide_env_values = true)]
+    pub bootstrap_api_key: Option<String>,
+
+    /// Seconds a cancelled job's worker has to confirm before the watchdog forces `cancelled`.
+    #[arg(long, env = "SYNCJOBS_CANCEL_TIMEOUT_SECONDS", default_value_t = 180)]
+    pub cancel_timeout_seconds: u64,
+
+    /// Seconds a delete waits for the syncs it cancelled to reach a final state.
+    #[arg(long, env = "SYNCJOBS_DELETE_WAIT_SECONDS", default_value_t = 15)]
+    pub delete_wait_seconds: u64,
+
+    /// Milliseconds a command waits for the read model to show its own write.
+    #[arg(
+        long,
+        env = "SYNCJOBS_READ_YOUR_WRITES_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub read_your_writes_timeout_ms: u64,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "SYNCJOBS_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "SYNCJOBS_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "SYNCJOBS_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub shutdown_timeout_seconds: u64,
+
+    /// Seconds between read-model checkpoints (written only when the model moved).
+    #[arg(long, env = "SYNCJOBS_CHECKPOINT_EVERY_SECONDS", default_value_t = 10)]
+    pub checkpoint_every_seconds: u64,
+
+    /// NATS server for the event relay (JetStream); without it no relay runs.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// JetStream stream the relay publishes to (created if absent).
+    #[arg(long, env = "SYNCJOBS_NATS_STREAM", default_value = crate::bus::DEFAULT_STREAM)]
+    pub nats_stream: String,
+
+    /// Subject prefix of the relayed events (`<prefix>.<organization_id>....`).
+    #[arg(long, env = "SYNCJOBS_NATS_SUBJECT_PREFIX", default_value = crate::bus::DEFAULT_SUBJECT_PREFIX)]
+    pub nats_subject_prefix: String,
+
+    /// Log filter (`info`, `syncjobs=debug,actix_web=info`, ...).
+    #[arg(long, env = "SYNCJOBS_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "SYNCJOBS_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+
+    /// Handle SIGTERM/SIGINT (graceful stop). Off only for servers embedded in tests.
+    #[arg(skip = true)]
+    pub handle_signals: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: "127.0.0.1:8001".into(),
+            data_dir: PathBuf::from("./data"),
+            bootstrap_api_key: None,
+            cancel_timeout_seconds: 180,
+            delete_wait_seconds: 15,
+            read_your_writes_timeout_ms: 5000,
+            max_body_bytes: 256 * 1024,
+            http_workers: None,
+            shutdown_timeout_seconds: 30,
+            checkpoint_every_seconds: 10,
+            nats_url: None,
+            nats_stream: crate::bus::DEFAULT_STREAM.into(),
+            nats_subject_prefix: crate::bus::DEFAULT_SUBJECT_PREFIX.into(),
+            log: "info".into(),
+            log_format: LogFormat::Pretty,
+            handle_signals: true,
+        }
+    }
+}
+
+impl Settings {
+    pub fn api(&self) -> ApiSettings {
+        ApiSettings {
+            max_body_bytes: self.max_body_bytes,
+            read_your_writes_timeout: Duration::from_millis(self.read_your_writes_timeout_ms),
+            delete_wait: Duration::from_secs(self.delete_wait_seconds),
+        }
+    }
+
+    pub fn cancel_timeout(&self) -> Duration {
+        Duration::from_secs(self.cancel_timeout_seconds)
+    }
+
+    /// Where the event store keeps its file (`events.db`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.clone()
+    }
+
+    /// The read model's checkpoint file.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.data_dir.join("read_model.json")
+    }
+
+    /// The NATS relay's checkpoint file.
+    pub fn relay_checkpoint_path(&self) -> PathBuf {
+        self.data_dir.join(crate::bus::DEFAULT_CHECKPOINT_FILE)
+    }
+
+    /// Where the destination keeps synced entities (`entities.db`).
+    pub fn destination_dir(&self) -> PathBuf {
+        self.data_dir.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn flag_defaults_match_the_default_settings() {
+        let parsed = Cli::try_parse_from(["syncjobs"]).unwrap().settings;
+        let d = Settings::default();
+        // Environment variables of the test process could override; compare what they don't set.
+        if std::env::var_os("SYNCJOBS_BIND").is_none() {
+            assert_eq!(parsed.bind, d.bind);
+        }
+        assert_eq!(parsed.cancel_timeout_seconds, d.cancel_timeout_seconds);
+        assert_eq!(parsed.delete_wait_seconds, d.delete_wait_seconds);
+        assert!(parsed.handle_signals);
+    }
+}

@@ -1,1 +1,222 @@
-fn main() {}
+//! The `syncjobs` command: `serve` (the default), `keys create|revoke|list`, and the
+//! debugging commands `events`, `replay`, `export`, `verify` (see `syncjobs::replay`).
+//!
+//! The CLI prints its results on stdout (a new key is printed once, alone on its line, so
+//! scripts can capture it); the server logs through `tracing` on stderr.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use syncjobs::api::keys;
+use syncjobs::config::Settings;
+use syncjobs::replay::{self, DebugCommand};
+use syncjobs::startup::{Application, Components};
+use syncjobs::store::embedded::EmbeddedStore;
+use syncjobs::telemetry;
+use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
+use syncjobs_actors::Pipeline;
+use syncjobs_domain::{EventStore, SharedClock, SystemClock};
+
+#[derive(Parser)]
+#[command(
+    name = "syncjobs",
+    version,
+    about = "Sync jobs as event-sourced actors, behind Airweave's REST API",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Settings of `serve`, which runs when no command is given.
+    #[command(flatten)]
+    serve: Settings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST API and run sync jobs (the default).
+    Serve(Settings),
+    /// Manage API keys (stored only as SHA-256 hashes).
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+    #[command(flatten)]
+    Debug(DebugCommand),
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Directory of the embedded event store.
+    #[arg(long, env = "SYNCJOBS_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key for an organization (created if new) and print it, once.
+    Create {
+        /// Organization name.
+        #[arg(long, default_value = keys::DEFAULT_ORGANIZATION)]
+        org: String,
+        /// Days until the key expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a key by its id or its shown prefix.
+    Revoke {
+        key: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List keys: id, prefix, organization, state. Never the keys themselves.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(settings)) => serve(settings).await,
+        Some(Command::Keys { action }) => keys_command(action).await,
+        Some(Command::Debug(cmd)) => return debug_command(cmd).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("syncjobs: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens the embedded event store under the data directory (creating it if needed).
+fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String> {
+    let store = EmbeddedStore::open(data_dir).map_err(|e| e.to_string())?;
+    Ok(store)
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    telemetry::init(&settings.log, settings.log_format);
+    let store = open_store(&settings.store_dir())?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let destination =
+        SqliteDestination::open(&settings.destination_dir()).map_err(|e| e.to_string())?;
+    let sink: Arc<dyn EntitySink> = destination;
+    let runner = Arc::new(Pipeline::new(sink.clone(), Pipeline::default_workers()));
+    // Sync runs (source streams, hashing, worker pools) get their own threads so that a busy
+    // pipeline never delays the actors' mailboxes, the watchdog or the projector.
+    let runs = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("syncjobs-run")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the sync-run threads: {e}"))?;
+    let components = Components {
+        store,
+        clock,
+        destination: sink,
+        runner,
+        job_settings: syncjobs_actors::JobSettings {
+            run_handle: Some(runs.handle().clone()),
+            ..Default::default()
+        },
+        probes: vec![],
+    };
+    let mut app = Application::build(&settings, components)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(key) = app.take_generated_key() {
+        println!(
+            "No API key existed, so one was created for the organization '{}'.",
+            keys::DEFAULT_ORGANIZATION
+        );
+        println!("It is shown only this once; store it now:");
+        println!();
+        println!("    {}", key.key);
+        println!();
+    }
+    let served = app.run_until_stopped().await.map_err(|e| e.to_string());
+    // Runs still going were abandoned with their actors; recovery handles their jobs.
+    runs.shutdown_background();
+    served
+}
+
+/// The debugging commands read the store under SYNCJOBS_DATA_DIR (default ./data) if there
+/// is one; `replay --file` and `--server` need none.
+async fn debug_command(cmd: DebugCommand) -> ExitCode {
+    let data_dir = std::env::var_os("SYNCJOBS_DATA_DIR")
+        .map_or_else(|| PathBuf::from("./data"), PathBuf::from);
+    let store = open_store(&data_dir).ok();
+    let mut out = std::io::stdout().lock();
+    match replay::run(cmd, store, &mut out, replay::color_for_stdout()).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("syncjobs: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn keys_command(action: KeysCommand) -> Result<(), String> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    match action {
+        KeysCommand::Create {
+            org,
+            expires_in_days,
+            store,
+        } => {
+            let store = open_store(&store.data_dir)?;
+            let expires_at =
+                expires_in_days.map(|d| clock.now() + chrono::Duration::days(i64::from(d)));
+            let key = keys::create_key(&store, &clock, &org, expires_at, "cli")
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", key.key);
+            eprintln!(
+                "created API key {} ({}...) for organization '{org}'{}; it is shown only this once",
+                key.key_id,
+                key.prefix,
+                expires_at.map_or(String::new(), |t| format!(
+                    ", expires {}",
+                    syncjobs::api::wire::format_ts(&t)
+                ))
+            );
+            Ok(())
+        }
+        KeysCommand::Revoke { key, store } => {
+            let store = open_store(&store.data_dir)?;
+            let id = keys::revoke_key(&store, &clock, &key, "cli")
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("revoked API key {id}");
+            Ok(())
+        }
+        KeysCommand::List { store } => {
+            let store = open_store(&store.data_dir)?;
+            let all = keys::list_keys(&store).await.map_err(|e| e.to_string())?;
+            for k in all {
+                let state = if k.revoked {
+                    "revoked".to_owned()
+                } else {
+                    match k.expires_at {
+                        Some(t) if t <= clock.now() => "expired".to_owned(),
+                        Some(t) => format!("expires {}", syncjobs::api::wire::format_ts(&t)),
+                        None => "active".to_owned(),
+                    }
+                };
+                println!(
+                    "{}  {}...  {}  {}",
+                    k.key_id, k.prefix, k.organization, state
+                );
+            }
+            Ok(())
+        }
+    }
+}

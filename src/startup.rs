@@ -1,1 +1,271 @@
-//! (to be written)
+//! Wiring: the read model (checkpoint + catch-up), start-up keys, and the HTTP server.
+//!
+//! [`Application::build`] takes the event store as a parameter so that tests can inject one
+//! (zero2prod's shape: build, read the bound port, `run_until_stopped`).
+
+use crate::api::keys::{self, AccessError, Bootstrap, NewKey};
+use crate::api::{self, error::extractor_error, AppState, HealthProbe};
+use crate::bus::{spawn_relay, RelayConfig, RelayHandle, RelayMonitor};
+use crate::config::Settings;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next, NormalizePath};
+use actix_web::{web, App, HttpServer};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use syncjobs_actors::pipeline::EntitySink;
+use syncjobs_actors::{start_supervisor, JobSettings, Jobs, SupervisorSettings, SyncRunner};
+use syncjobs_domain::{EventStore, SharedClock};
+use syncjobs_projections::{
+    load_model, spawn_projector, Projection, ProjectorConfig, ProjectorHandle,
+};
+
+/// How long start-up waits for the read model to catch up with the log before serving.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often the projector looks for events appended by other processes.
+const EXTERNAL_WRITES_POLL: Duration = Duration::from_secs(1);
+
+/// What the application is built from; tests pass their own.
+pub struct Components {
+    pub store: Arc<dyn EventStore>,
+    pub clock: SharedClock,
+    /// Where syncs write (counts for GET, purge for DELETE); the runner writes to it too.
+    pub destination: Arc<dyn EntitySink>,
+    /// What runs a sync: the pipeline over `destination` in production.
+    pub runner: Arc<dyn SyncRunner>,
+    pub job_settings: JobSettings,
+    pub probes: Vec<Arc<dyn HealthProbe>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot bind {bind}: {source}")]
+    Bind {
+        bind: String,
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("API keys: {0}")]
+    Keys(#[from] AccessError),
+    #[error("the read model did not catch up with the event log: {0}")]
+    CatchUp(#[from] syncjobs_projections::Lagging),
+    #[error("NATS relay: {0}")]
+    Relay(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The relay's line on `/health`.
+struct RelayProbe(RelayMonitor);
+
+impl HealthProbe for RelayProbe {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::to_value(self.0.status()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    projector: ProjectorHandle,
+    relay: Option<RelayHandle>,
+    jobs: Jobs,
+    bootstrap: Bootstrap,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings, c: Components) -> Result<Application, StartupError> {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartupError::DataDir {
+            path: settings.data_dir.display().to_string(),
+            source,
+        })?;
+
+        // The read model: checkpoint, then the log after it.
+        let checkpoint = settings.checkpoint_path();
+        let model = {
+            let (store, path) = (c.store.clone(), checkpoint.clone());
+            tokio::task::spawn_blocking(move || load_model(Some(&path), store.as_ref()))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+        };
+        let projection = Projection::new(model);
+        let projector = spawn_projector(
+            c.store.clone(),
+            projection.clone(),
+            ProjectorConfig {
+                snapshot_path: Some(checkpoint),
+                snapshot_every: Duration::from_secs(settings.checkpoint_every_seconds.max(1)),
+                // Keys made by `syncjobs keys create` (another process) show up within this.
+                poll_every: Some(EXTERNAL_WRITES_POLL),
+            },
+        );
+        let head = *c.store.watch_head().borrow();
+        let started = Instant::now();
+        projection.wait_for(head, CATCH_UP_TIMEOUT).await?;
+        tracing::info!(position = head, took = ?started.elapsed(), "read model caught up");
+
+        let bootstrap =
+            keys::bootstrap(&c.store, &c.clock, settings.bootstrap_api_key.as_deref()).await?;
+        if bootstrap.registered {
+            tracing::info!("bootstrap API key registered for the default organization");
+        }
+        projection
+            .wait_for(bootstrap.position, CATCH_UP_TIMEOUT)
+            .await?;
+
+        // The NATS relay, a reader of the log like the projector; it shows on /health.
+        let mut probes = c.probes;
+        let relay = match &settings.nats_url {
+            Some(url) => {
+                let mut cfg = RelayConfig::new(url.clone(), settings.relay_checkpoint_path());
+                cfg.stream_name = settings.nats_stream.clone();
+                cfg.subject_prefix = settings.nats_subject_prefix.clone();
+                cfg.validate()
+                    .map_err(|e| StartupError::Relay(e.to_string()))?;
+                let relay = spawn_relay(c.store.clone(), cfg);
+                probes.push(Arc::new(RelayProbe(relay.monitor())));
+                tracing::info!("NATS relay started");
+                Some(relay)
+            }
+            None => None,
+        };
+
+        // The write side: recovers unfinished jobs from the log before it takes commands.
+        let jobs = start_supervisor(
+            c.store.clone(),
+            c.runner,
+            c.clock.clone(),
+            SupervisorSettings {
+                cancel_timeout: settings.cancel_timeout(),
+                job: c.job_settings,
+            },
+        );
+        jobs.ready().await;
+
+        let state = web::Data::new(AppState {
+            store: c.store,
+            projection,
+            clock: c.clock,
+            destination: c.destination,
+            jobs: jobs.clone(),
+            settings: settings.api(),
+            probes,
+        });
+
+        let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
+            bind: settings.bind.clone(),
+            source,
+        })?;
+        let port = listener.local_addr()?.port();
+        let server = serve(listener, state.clone(), settings)?;
+        tracing::info!(address = %listener_address(settings, port), "syncjobs listening");
+        Ok(Application {
+            port,
+            server,
+            projector,
+            relay,
+            jobs,
+            bootstrap,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The key made at a first start with no key at all: the caller prints it once.
+    pub fn take_generated_key(&mut self) -> Option<NewKey> {
+        self.bootstrap.generated.take()
+    }
+
+    /// Stops the server from outside (tests); `stop(true)` lets in-flight requests finish.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until stopped (SIGTERM/SIGINT, or the handle): stops taking requests, lets
+    /// in-flight ones (and their appends) finish, stops the job actors (unfinished jobs are
+    /// recovered from the log at the next start), then writes a last read-model checkpoint.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        tracing::info!("HTTP server stopped; stopping job actors and writing the checkpoint");
+        self.jobs.shutdown().await;
+        if let Some(relay) = self.relay {
+            relay.shutdown().await;
+        }
+        self.projector.shutdown().await;
+        result
+    }
+}
+
+fn listener_address(settings: &Settings, port: u16) -> String {
+    match settings.bind.rsplit_once(':') {
+        Some((host, _)) => format!("{host}:{port}"),
+        None => format!("{}:{port}", settings.bind),
+    }
+}
+
+fn serve(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    settings: &Settings,
+) -> std::io::Result<Server> {
+    let workers = settings
+        .http_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| extractor_error(e, "query string")),
+            )
+            .app_data(web::PathConfig::default().error_handler(|e, _| extractor_error(e, "path")))
+            .configure(api::configure)
+            .default_service(web::to(api::not_found))
+            .wrap(NormalizePath::trim())
+            .wrap(from_fn(log_request))
+    })
+    .listen(listener)?
+    .workers(workers)
+    .shutdown_timeout(settings.shutdown_timeout_seconds);
+    if !settings.handle_signals {
+        server = server.disable_signals();
+    }
+    Ok(server.run())
+}
+
+/// One line per request: method, path, status, latency. Never headers or bodies.
+async fn log_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let res = next.call(req).await?;
+    let status = res.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    if status >= 500 {
+        tracing::error!(%method, %path, status, micros, "request");
+    } else {
+        tracing::info!(%method, %path, status, micros, "request");
+    }
+    Ok(res)
+}

@@ -269,6 +269,14 @@ pub mod stream {
     pub fn collection(id: Uuid) -> String {
         format!("{COLLECTION_PREFIX}{id}")
     }
+    pub const COLLECTION_NAME_PREFIX: &str = "collection_name-";
+    /// The stream of a collection's readable id within its organization. The API appends a
+    /// collection's CollectionCreated/CollectionDeleted here (not to [`collection`]), so that
+    /// creating a collection and claiming its readable id are one optimistic append: two racing
+    /// creates of one readable id cannot both win, and a deleted id can be taken again.
+    pub fn collection_name(organization_id: Uuid, readable_id: &str) -> String {
+        format!("{COLLECTION_NAME_PREFIX}{organization_id}-{readable_id}")
+    }
     pub fn source_connection(id: Uuid) -> String {
         format!("{SOURCE_CONNECTION_PREFIX}{id}")
     }

@@ -1,1 +1,196 @@
-//! (to be written)
+//! The REST API: Airweave's public routes for collections, source connections and sync jobs
+//! (see /work/shared/API.md, the wire contract), served from the read model.
+//!
+//! - [`auth`]: `x-api-key` -> organization; [`keys`]: organizations and keys (hashes only).
+//! - [`commands`]: decisions for collections and source connections, appended optimistically.
+//! - [`collections`], [`source_connections`], [`jobs`]: the handlers; [`health`], [`openapi`].
+//! - [`input`]: bounded, typed reading of bodies, paths and queries; [`error`]: the one
+//!   mapping of failures to HTTP; [`wire`]: response bodies.
+//!
+//! Commands append, then wait (bounded) until the projection has folded their own append
+//! before answering, so a 200 is visible to the next GET of any client.
+
+pub mod auth;
+pub mod collections;
+pub mod commands;
+pub mod entities;
+pub mod error;
+pub mod health;
+pub mod input;
+pub mod jobs;
+pub mod keys;
+pub mod openapi;
+pub mod source_connections;
+pub mod sources;
+pub mod wire;
+
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse, Route};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use syncjobs_actors::pipeline::EntitySink;
+use syncjobs_actors::Jobs;
+use syncjobs_domain::{EventStore, SharedClock};
+use syncjobs_projections::Projection;
+
+pub use auth::ApiContext;
+pub use error::ApiError;
+pub use health::HealthProbe;
+
+/// Limits and waits of the API.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long a command waits for the read model to show its own append.
+    pub read_your_writes_timeout: Duration,
+    /// How long a delete waits for the syncs it cancelled to reach a final state.
+    pub delete_wait: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_body_bytes: 256 * 1024,
+            read_your_writes_timeout: Duration::from_secs(5),
+            delete_wait: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Everything a handler needs; shared by all workers.
+pub struct AppState {
+    pub store: Arc<dyn EventStore>,
+    pub projection: Projection,
+    pub clock: SharedClock,
+    /// Where syncs write entities: counts for GET, purge for DELETE.
+    pub destination: Arc<dyn EntitySink>,
+    /// The write side of jobs (the supervisor actor).
+    pub jobs: Jobs,
+    pub settings: ApiSettings,
+    /// Extra lines for `/health` (the NATS relay registers one here).
+    pub probes: Vec<Arc<dyn HealthProbe>>,
+}
+
+impl AppState {
+    /// Waits until the read model has folded the event at `position`. A command's events
+    /// are durable already, so on a timeout it still answers; the lag is logged.
+    pub async fn settle(&self, position: u64) {
+        if position == 0 {
+            return;
+        }
+        if let Err(lag) = self
+            .projection
+            .wait_for(position, self.settings.read_your_writes_timeout)
+            .await
+        {
+            tracing::warn!(%lag, "read model lagging behind a command's append");
+        }
+    }
+}
+
+/// A JSON 200 response.
+pub fn ok_json(body: &impl Serialize) -> Result<HttpResponse, ApiError> {
+    let bytes = serde_json::to_vec(body).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(bytes))
+}
+
+/// One served route. [`configure`] registers exactly these, and the OpenAPI test checks
+/// the document against them.
+pub struct Endpoint {
+    pub method: Method,
+    pub path: &'static str,
+    pub route: fn() -> Route,
+}
+
+pub fn endpoints() -> Vec<Endpoint> {
+    let e = |method: Method, path: &'static str, route: fn() -> Route| Endpoint {
+        method,
+        path,
+        route,
+    };
+    vec![
+        e(Method::GET, "/health", || web::get().to(health::health)),
+        e(Method::GET, "/openapi.json", || {
+            web::get().to(openapi::document)
+        }),
+        e(Method::POST, "/collections", || {
+            web::post().to(collections::create)
+        }),
+        e(Method::GET, "/collections", || {
+            web::get().to(collections::list)
+        }),
+        e(Method::GET, "/collections/{readable_id}", || {
+            web::get().to(collections::get)
+        }),
+        e(Method::DELETE, "/collections/{readable_id}", || {
+            web::delete().to(collections::delete)
+        }),
+        e(Method::POST, "/source-connections", || {
+            web::post().to(source_connections::create)
+        }),
+        e(Method::GET, "/source-connections", || {
+            web::get().to(source_connections::list)
+        }),
+        e(
+            Method::GET,
+            "/source-connections/{source_connection_id}",
+            || web::get().to(source_connections::get),
+        ),
+        e(
+            Method::DELETE,
+            "/source-connections/{source_connection_id}",
+            || web::delete().to(source_connections::delete),
+        ),
+        e(
+            Method::POST,
+            "/source-connections/{source_connection_id}/run",
+            || web::post().to(jobs::run),
+        ),
+        e(
+            Method::GET,
+            "/source-connections/{source_connection_id}/jobs",
+            || web::get().to(jobs::list),
+        ),
+        e(
+            Method::GET,
+            "/source-connections/{source_connection_id}/jobs/{job_id}",
+            || web::get().to(jobs::get),
+        ),
+        e(
+            Method::POST,
+            "/source-connections/{source_connection_id}/jobs/{job_id}/cancel",
+            || web::post().to(jobs::cancel),
+        ),
+    ]
+}
+
+/// Registers every endpoint, with JSON 405s for other methods on a known path.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let all = endpoints();
+    let mut paths: Vec<&'static str> = Vec::new();
+    for e in &all {
+        if !paths.contains(&e.path) {
+            paths.push(e.path);
+        }
+    }
+    for path in paths {
+        let mut resource = web::resource(path);
+        for e in all.iter().filter(|e| e.path == path) {
+            resource = resource.route((e.route)());
+        }
+        cfg.service(resource.default_service(web::to(method_not_allowed)));
+    }
+}
+
+/// Unknown paths: FastAPI's JSON 404.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("Not Found".into()))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}

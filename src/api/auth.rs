@@ -1,0 +1,80 @@
+//! Authentication: the `x-api-key` header resolved to an organization through the read
+//! model (which holds only key hashes). The key itself is never logged or stored.
+//!
+//! [`ApiContext`] is an extractor listed first in every protected handler, so a request is
+//! authenticated before its path or body is looked at (401/403 win over 422/413).
+
+use super::error::ApiError;
+use super::keys::hash_key;
+use super::AppState;
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest};
+use std::future::{ready, Ready};
+use syncjobs_domain::Metadata;
+use uuid::Uuid;
+
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Who is asking: the organization every lookup is scoped to, and the key used.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiContext {
+    pub organization_id: Uuid,
+    pub key_id: Uuid,
+    /// One id per request, recorded as the correlation id of every event it causes.
+    pub request_id: Uuid,
+}
+
+impl ApiContext {
+    /// The principal recorded in events (`api-key:<key id>`): traceable, not secret.
+    pub fn principal(&self) -> String {
+        format!("api-key:{}", self.key_id)
+    }
+
+    pub fn metadata(&self) -> Metadata {
+        Metadata {
+            causation_id: Some(self.request_id),
+            correlation_id: Some(self.request_id),
+            caused_by: self.principal(),
+        }
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<ApiContext, ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::internal("application state missing"))?;
+    // Header names are case-insensitive in actix's HeaderMap.
+    let Some(value) = req.headers().get(API_KEY_HEADER) else {
+        return Err(ApiError::Unauthenticated);
+    };
+    let key = value.to_str().map_err(|_| ApiError::Forbidden)?.trim();
+    if key.is_empty() {
+        return Err(ApiError::Unauthenticated);
+    }
+    let hash = hash_key(key);
+    let now = state.clock.now();
+    let found = state.projection.read(|m| {
+        m.authenticate(&hash, now)
+            .map(|k| (k.organization_id, k.key_id))
+    });
+    match found {
+        Some((organization_id, key_id)) => Ok(ApiContext {
+            organization_id,
+            key_id,
+            request_id: Uuid::now_v7(),
+        }),
+        None => {
+            tracing::debug!("request with an unknown, revoked or expired API key");
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+impl FromRequest for ApiContext {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}

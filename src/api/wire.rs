@@ -1,0 +1,290 @@
+//! Response bodies, field for field as the wire contract (and Airweave's SDKs) expect them.
+//! They borrow from the read model and are serialised while its read lock is held, so a
+//! GET copies nothing but the bytes it sends.
+//!
+//! Every field is always present (absent values are explicit `null`); timestamps are ISO
+//! 8601 UTC with microseconds (`2026-04-23T10:00:00.123456Z`).
+
+use chrono::{DateTime, Utc};
+use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
+use syncjobs_actors::pipeline::EntityStats;
+use syncjobs_domain::JobState;
+use syncjobs_projections::{Collection, ReadModel, SourceConnection};
+use uuid::Uuid;
+
+/// `2026-04-23T10:00:00.123456Z`
+pub fn format_ts(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn ts<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+}
+
+fn opt_ts<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ts(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Embedding facts of the destination: the embedded SQLite destination stores no vectors.
+pub const VECTOR_SIZE: u32 = 0;
+pub const EMBEDDING_MODEL_NAME: &str = "none";
+
+#[derive(Serialize)]
+pub struct CollectionOut<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub readable_id: &'a str,
+    pub organization_id: Uuid,
+    #[serde(serialize_with = "ts")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "ts")]
+    pub modified_at: DateTime<Utc>,
+    pub status: &'static str,
+    pub vector_size: u32,
+    pub embedding_model_name: &'static str,
+    pub sync_config: Option<()>,
+    pub created_by_email: Option<()>,
+    pub modified_by_email: Option<()>,
+}
+
+impl<'a> CollectionOut<'a> {
+    pub fn new(m: &'a ReadModel, c: &'a Collection) -> Self {
+        CollectionOut {
+            id: c.id,
+            name: &c.name,
+            readable_id: &c.readable_id,
+            organization_id: c.organization_id,
+            created_at: c.created_at,
+            modified_at: c.modified_at,
+            status: m.collection_status(c.id).as_str(),
+            vector_size: VECTOR_SIZE,
+            embedding_model_name: EMBEDDING_MODEL_NAME,
+            sync_config: None,
+            created_by_email: None,
+            modified_by_email: None,
+        }
+    }
+}
+
+/// A sync job (`SourceConnectionJob`); without `source_connection_id` as a `last_job`.
+#[derive(Serialize)]
+pub struct JobOut<'a> {
+    pub id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_connection_id: Option<Uuid>,
+    pub status: &'static str,
+    #[serde(serialize_with = "opt_ts")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "opt_ts")]
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<f64>,
+    pub entities_inserted: u64,
+    pub entities_updated: u64,
+    pub entities_deleted: u64,
+    pub entities_failed: u64,
+    pub error: Option<&'a str>,
+    pub error_category: Option<&'a str>,
+    pub error_details: Option<&'a serde_json::Value>,
+}
+
+impl<'a> JobOut<'a> {
+    pub fn new(j: &'a JobState) -> Self {
+        JobOut {
+            id: j.job_id,
+            source_connection_id: Some(j.source_connection_id),
+            status: j.status.as_str(),
+            started_at: j.started_at,
+            completed_at: j.completed_at,
+            duration_seconds: j.duration_seconds(),
+            entities_inserted: j.counts.inserted,
+            entities_updated: j.counts.updated,
+            entities_deleted: j.counts.deleted,
+            entities_failed: j.counts.failed,
+            error: j.error.as_deref(),
+            error_category: j.error_category.as_deref(),
+            error_details: j.error_details.as_ref(),
+        }
+    }
+
+    fn nested(j: &'a JobState) -> Self {
+        JobOut {
+            source_connection_id: None,
+            ..JobOut::new(j)
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct AuthOut<'a> {
+    pub method: &'a str,
+    pub authenticated: bool,
+    #[serde(serialize_with = "opt_ts")]
+    pub authenticated_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<()>,
+    pub auth_url: Option<()>,
+    pub auth_url_expires: Option<()>,
+    pub redirect_url: Option<()>,
+    pub claim_token: Option<()>,
+    pub provider_readable_id: Option<()>,
+    pub provider_id: Option<()>,
+}
+
+#[derive(Serialize)]
+pub struct SyncOut<'a> {
+    pub total_runs: u64,
+    pub successful_runs: u64,
+    pub failed_runs: u64,
+    pub last_job: Option<JobOut<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct EntityTypeOut {
+    pub count: u64,
+    #[serde(serialize_with = "opt_ts")]
+    pub last_updated: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+pub struct EntitiesOut {
+    pub total_entities: u64,
+    pub by_type: BTreeMap<String, EntityTypeOut>,
+}
+
+#[derive(Serialize)]
+pub struct SourceConnectionOut<'a> {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub name: &'a str,
+    pub description: Option<&'a str>,
+    pub short_name: &'a str,
+    pub readable_collection_id: &'a str,
+    pub status: &'static str,
+    #[serde(serialize_with = "ts")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "ts")]
+    pub modified_at: DateTime<Utc>,
+    pub auth: AuthOut<'a>,
+    pub config: &'a serde_json::Value,
+    pub schedule: Option<()>,
+    pub sync: SyncOut<'a>,
+    pub sync_id: Option<()>,
+    pub entities: EntitiesOut,
+    pub error_category: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    pub provider_settings_url: Option<()>,
+    pub provider_short_name: Option<()>,
+    pub federated_search: bool,
+}
+
+impl<'a> SourceConnectionOut<'a> {
+    pub fn new(m: &'a ReadModel, sc: &'a SourceConnection, entities: &EntityStats) -> Self {
+        let last = m.last_job(sc.id);
+        let failed_last = last.filter(|j| j.status == syncjobs_domain::JobStatus::Failed);
+        SourceConnectionOut {
+            id: sc.id,
+            organization_id: sc.organization_id,
+            name: &sc.name,
+            description: sc.description.as_deref(),
+            short_name: &sc.short_name,
+            readable_collection_id: &sc.readable_collection_id,
+            status: m.source_connection_status(sc).as_str(),
+            created_at: sc.created_at,
+            modified_at: sc.modified_at,
+            auth: AuthOut {
+                method: &sc.auth_method,
+                authenticated: sc.authenticated,
+                authenticated_at: sc.authenticated.then_some(sc.created_at),
+                expires_at: None,
+                auth_url: None,
+                auth_url_expires: None,
+                redirect_url: None,
+                claim_token: None,
+                provider_readable_id: None,
+                provider_id: None,
+            },
+            config: &sc.config,
+            schedule: None,
+            sync: SyncOut {
+                total_runs: sc.total_runs,
+                successful_runs: sc.successful_runs,
+                failed_runs: sc.failed_runs,
+                last_job: last.map(JobOut::nested),
+            },
+            sync_id: None,
+            entities: EntitiesOut {
+                total_entities: entities.total_entities,
+                by_type: entities
+                    .by_type
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            EntityTypeOut {
+                                count: v.count,
+                                last_updated: v.last_updated,
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+            error_category: failed_last.and_then(|j| j.error_category.as_deref()),
+            error_message: failed_last.and_then(|j| j.error.as_deref()),
+            provider_settings_url: None,
+            provider_short_name: None,
+            federated_search: false,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SourceConnectionListItemOut<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub short_name: &'a str,
+    pub readable_collection_id: &'a str,
+    #[serde(serialize_with = "ts")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "ts")]
+    pub modified_at: DateTime<Utc>,
+    pub is_authenticated: bool,
+    pub entity_count: u64,
+    pub federated_search: bool,
+    pub auth_method: &'a str,
+    pub status: &'static str,
+}
+
+impl<'a> SourceConnectionListItemOut<'a> {
+    pub fn new(m: &'a ReadModel, sc: &'a SourceConnection, entity_count: u64) -> Self {
+        SourceConnectionListItemOut {
+            id: sc.id,
+            name: &sc.name,
+            short_name: &sc.short_name,
+            readable_collection_id: &sc.readable_collection_id,
+            created_at: sc.created_at,
+            modified_at: sc.modified_at,
+            is_authenticated: sc.authenticated,
+            entity_count,
+            federated_search: false,
+            auth_method: &sc.auth_method,
+            status: m.source_connection_status(sc).as_str(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn timestamps_are_iso_8601_utc_with_microseconds() {
+        let t = Utc.timestamp_opt(1_776_938_400, 123_456_789).unwrap();
+        assert_eq!(format_ts(&t), "2026-04-23T10:00:00.123456Z");
+        let whole = Utc.timestamp_opt(1_776_938_400, 0).unwrap();
+        assert_eq!(format_ts(&whole), "2026-04-23T10:00:00.000000Z");
+    }
+}

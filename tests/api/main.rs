@@ -1,0 +1,17 @@
+//! The API test suite: the whole application on a random port (zero2prod's spawn_app),
+//! driven over HTTP like any client would.
+
+mod auth;
+mod cancel;
+mod collections;
+mod deletes;
+mod health;
+mod helpers;
+mod input;
+mod jobs;
+mod lifecycle;
+mod openapi;
+mod process;
+mod restart;
+mod shutdown;
+mod source_connections;

@@ -1,0 +1,294 @@
+//! The real binary: `syncjobs serve` on the embedded store, its first-start key, `keys
+//! create|revoke|list` against a running server, and a graceful stop on SIGTERM.
+
+use crate::helpers::parts;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_syncjobs");
+
+struct Server {
+    child: Child,
+    address: String,
+    stdout: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn syncjobs(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("SYNCJOBS_DATA_DIR", data_dir)
+        .env("SYNCJOBS_BIND", "127.0.0.1:0")
+        .env("SYNCJOBS_LOG_FORMAT", "json")
+        .env("SYNCJOBS_HTTP_WORKERS", "2");
+    cmd
+}
+
+/// Starts `syncjobs` (no subcommand: serve) and waits for its "listening" log line.
+fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+    let mut cmd = syncjobs(data_dir);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let parsed: Option<Value> = serde_json::from_str(&line).ok();
+            if let Some(address) = parsed
+                .as_ref()
+                .and_then(|v| v["fields"]["address"].as_str())
+                .filter(|_| line.contains("syncjobs listening"))
+            {
+                let _ = tx.send(address.to_owned());
+            }
+            // keep draining so the server never blocks on a full pipe
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the server never said it was listening"));
+    Server {
+        child,
+        address: format!("http://{address}"),
+        stdout: String::new(),
+    }
+}
+
+/// Sends SIGTERM and waits for the exit; returns (success, everything printed on stdout).
+fn terminate(mut s: Server) -> (bool, String) {
+    let pid = s.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = s.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(mut out) = s.child.stdout.take() {
+        let _ = out.read_to_string(&mut s.stdout);
+    }
+    (status.success(), std::mem::take(&mut s.stdout))
+}
+
+fn cli(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = syncjobs(data_dir)
+        .args(args)
+        .output()
+        .expect("the CLI runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn get(
+    client: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    path: &str,
+) -> (reqwest::StatusCode, Value) {
+    let r = client
+        .get(format!("{}{path}", server.address))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("answered");
+    parts(r).await
+}
+
+/// Polls until `path` answers `status` with `key` (keys made by another process show up
+/// at the server's next poll of the log).
+async fn wait_for_status(
+    client: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    path: &str,
+    status: u16,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, body) = get(client, server, key, path).await;
+        if got.as_u16() == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {status}: {got} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn first_start_prints_a_key_once_and_the_cli_manages_keys_of_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = start(dir.path(), &[]);
+    let (ok, first_out) = {
+        // The key is printed before the server serves; read it after a clean stop.
+        let (status, _) = get(&client, &server, "nope-nope-nope-nope", "/collections").await;
+        assert_eq!(status, 403);
+        terminate(server)
+    };
+    assert!(ok, "exit 0 after SIGTERM");
+    let key = first_out
+        .split_whitespace()
+        .find(|w| w.starts_with("sjk_"))
+        .unwrap_or_else(|| panic!("no key printed: {first_out:?}"))
+        .to_owned();
+    assert!(
+        dir.path().join("read_model.json").exists(),
+        "a checkpoint was written at the stop"
+    );
+
+    let server = start(dir.path(), &[]);
+    assert_eq!(
+        get(&client, &server, &key, "/collections").await.0,
+        200,
+        "the printed key works"
+    );
+
+    let (ok, out, err) = cli(dir.path(), &["keys", "create", "--org", "acme"]);
+    assert!(ok, "{err}");
+    let acme = out.trim().to_owned();
+    assert!(
+        acme.starts_with("sjk_") && !out.trim().contains(' '),
+        "only the key on stdout: {out:?}"
+    );
+    wait_for_status(&client, &server, &acme, "/collections", 200).await;
+
+    let (ok, listed, err) = cli(dir.path(), &["keys", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        listed.contains("acme") && listed.contains("default"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&acme) && !listed.contains(&key),
+        "keys are never listed in clear"
+    );
+
+    let prefix: String = acme.chars().take(8).collect();
+    let (ok, _, err) = cli(dir.path(), &["keys", "revoke", &prefix]);
+    assert!(ok, "{err}");
+    wait_for_status(&client, &server, &acme, "/collections", 403).await;
+    assert_eq!(get(&client, &server, &key, "/collections").await.0, 200);
+    let (ok, second_out) = terminate(server);
+    assert!(ok);
+    assert!(
+        !second_out.contains("sjk_"),
+        "a key is printed only at the first start: {second_out:?}"
+    );
+}
+
+#[actix_web::test]
+async fn sigterm_lets_an_in_flight_request_finish_and_a_restart_serves_the_same_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "process-test-key-0123456789";
+    let env = [
+        ("SYNCJOBS_BOOTSTRAP_API_KEY", key),
+        ("SYNCJOBS_DELETE_WAIT_SECONDS", "1"),
+    ];
+    let client = reqwest::Client::new();
+    let server = start(dir.path(), &env);
+    let post = |path: String, body: Value| {
+        let req = client
+            .post(format!("{}{path}", server.address))
+            .header("x-api-key", key)
+            .json(&body);
+        async move { parts(req.send().await.expect("answered")).await }
+    };
+    assert_eq!(
+        post(
+            "/collections".into(),
+            json!({"name": "Process", "readable_id": "process"})
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, sc) = post(
+        "/source-connections".into(),
+        // ignore_cancel: the sync will not stop, so the delete waits its full second
+        json!({"short_name": "timed", "readable_collection_id": "process", "config": {"entity_count": 1000, "duration_seconds": 30, "ignore_cancel": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{sc}");
+    let sc = sc["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(&client, &server, key, &format!("/source-connections/{sc}")).await;
+        if body["sync"]["last_job"]["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never running: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A delete (which cancels and waits for the running sync) in flight when SIGTERM arrives.
+    let delete = client
+        .delete(format!("{}/source-connections/{sc}", server.address))
+        .header("x-api-key", key)
+        .send();
+    let pid = server.child.id().to_string();
+    let signal = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    };
+    let started = Instant::now();
+    let (answer, ()) = futures::join!(delete, signal);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the delete was in flight at the signal"
+    );
+    let (status, body) = parts(answer.expect("the in-flight delete is answered")).await;
+    assert_eq!(status, 200, "{body}");
+    let (ok, _) = terminate_after_signal(server);
+    assert!(ok, "exit 0");
+
+    let server = start(dir.path(), &env);
+    assert_eq!(
+        get(&client, &server, key, &format!("/source-connections/{sc}"))
+            .await
+            .0,
+        404,
+        "the delete was durable"
+    );
+    let (status, body) = get(&client, &server, key, "/collections/process").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "NEEDS SOURCE");
+    terminate(server);
+}
+
+/// Waits for a server already sent SIGTERM to exit.
+fn terminate_after_signal(mut s: Server) -> (bool, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = s.child.try_wait().expect("wait") {
+            return (status.success(), String::new());
+        }
+        assert!(Instant::now() < deadline, "the server ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,125 @@
+//! The read model is derived: a restart from its checkpoint, or a rebuild from the log with
+//! no checkpoint at all, answers exactly what the running server answered.
+
+use crate::helpers::{id, spawn, spawn_app, Options};
+use serde_json::json;
+use std::sync::Arc;
+
+async fn snapshot_of_answers(
+    app: &crate::helpers::TestApp,
+    sc: uuid::Uuid,
+) -> Vec<serde_json::Value> {
+    vec![
+        app.get("/collections").await.1,
+        app.get("/source-connections").await.1,
+        app.get(&format!("/source-connections/{sc}")).await.1,
+        app.get(&format!("/source-connections/{sc}/jobs")).await.1,
+    ]
+}
+
+/// Waits until the read-model checkpoint on disk is at the store's head: the stopped
+/// application has written its last one and will write no other.
+async fn checkpoint_at_head(app: &crate::helpers::TestApp) {
+    let path = app.settings.checkpoint_path();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let at = syncjobs_projections::snapshot::load(&path)
+            .ok()
+            .flatten()
+            .map(|m| m.position());
+        if at == Some(app.head()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checkpoint at {at:?}, head {}",
+            app.head()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[actix_web::test]
+async fn restarts_and_rebuilds_give_the_same_answers() {
+    let first = spawn_app().await;
+    let sc = first
+        .idle_connection(json!({"entity_count": 2, "duration_seconds": 0.1}))
+        .await;
+    for _ in 0..2 {
+        let job = id(&first.run(sc).await);
+        first.wait_status(sc, job, "completed").await;
+    }
+    first.collection_with_id("extra").await;
+    first.delete("/collections/extra").await;
+    let before = snapshot_of_answers(&first, sc).await;
+    first.handle.stop(true).await;
+    let checkpoint = first.settings.checkpoint_path();
+    checkpoint_at_head(&first).await;
+
+    let options = || Options {
+        store: Some(first.store.clone()),
+        data_dir: Some(Arc::clone(&first.data_dir)),
+        bootstrap_key: Some(first.key.clone()),
+        ..Options::default()
+    };
+    let from_checkpoint = spawn(options()).await.app;
+    let mut answers = snapshot_of_answers(&from_checkpoint, sc).await;
+    // entity counts come from the destination, which the test keeps per application
+    answers[1][0]["entity_count"] = before[1][0]["entity_count"].clone();
+    answers[2]["entities"] = before[2]["entities"].clone();
+    assert_eq!(answers, before);
+    from_checkpoint.handle.stop(true).await;
+    checkpoint_at_head(&from_checkpoint).await;
+
+    std::fs::remove_file(&checkpoint).unwrap();
+    let rebuilt = spawn(options()).await.app;
+    let mut answers = snapshot_of_answers(&rebuilt, sc).await;
+    answers[1][0]["entity_count"] = before[1][0]["entity_count"].clone();
+    answers[2]["entities"] = before[2]["entities"].clone();
+    assert_eq!(answers, before);
+}
+
+#[actix_web::test]
+async fn a_first_start_without_any_key_makes_one_once() {
+    let first = spawn(Options {
+        bootstrap_key: None,
+        ..Options::default()
+    })
+    .await;
+    let key = first.generated_key.clone().expect("a key was generated");
+    assert!(key.starts_with("sjk_"));
+    assert_eq!(first.app.get("/collections").await.0, 200, "and it works");
+    first.app.handle.stop(true).await;
+    let again = spawn(Options {
+        bootstrap_key: None,
+        store: Some(first.app.store.clone()),
+        ..Options::default()
+    })
+    .await;
+    assert!(
+        again.generated_key.is_none(),
+        "a key exists now: none is made"
+    );
+    let with_bootstrap = spawn(Options {
+        bootstrap_key: Some("a-known-bootstrap-key-1234".into()),
+        store: Some(first.app.store.clone()),
+        ..Options::default()
+    })
+    .await;
+    assert!(with_bootstrap.generated_key.is_none());
+    assert_eq!(
+        with_bootstrap.app.get("/collections").await.0,
+        200,
+        "the bootstrap key is registered although keys exist"
+    );
+    let stored = serde_json::to_string(
+        &syncjobs_domain::EventStore::read_all(first.app.store.as_ref(), 0, 10_000)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !stored.contains(&key) && !stored.contains("a-known-bootstrap-key-1234"),
+        "keys are stored only as hashes"
+    );
+}
