@@ -90,6 +90,19 @@ impl Application {
             source,
         })?;
 
+        // The write side recovers unfinished jobs from the log while the read model catches
+        // up: both read the whole log, and with more than one core the two reads overlap
+        // instead of adding up (BENCHMARKS.md, #4). It takes commands once `ready`.
+        let jobs = start_supervisor(
+            c.store.clone(),
+            c.runner,
+            c.clock.clone(),
+            SupervisorSettings {
+                cancel_timeout: settings.cancel_timeout(),
+                job: c.job_settings,
+            },
+        );
+
         // The read model: checkpoint, then the log after it.
         let checkpoint = settings.checkpoint_path();
         let model = {
@@ -140,16 +153,7 @@ impl Application {
             None => None,
         };
 
-        // The write side: recovers unfinished jobs from the log before it takes commands.
-        let jobs = start_supervisor(
-            c.store.clone(),
-            c.runner,
-            c.clock.clone(),
-            SupervisorSettings {
-                cancel_timeout: settings.cancel_timeout(),
-                job: c.job_settings,
-            },
-        );
+        // Recovery done: from here on the supervisor takes commands.
         jobs.ready().await;
 
         let state = web::Data::new(AppState {
