@@ -58,9 +58,12 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         let best_rate = per_second(best.rows as f64, best.elapsed);
         best_rates.push(best_rate);
         for (i, appenders) in APPENDERS.into_iter().enumerate() {
-            let store =
-                store_appends(&round_dir.join(format!("store-{appenders}")), appenders, run_for)
-                    .await?;
+            let store = store_appends(
+                &round_dir.join(format!("store-{appenders}")),
+                appenders,
+                run_for,
+            )
+            .await?;
             let same = raw_inserts(
                 &round_dir.join(format!("raw-{appenders}")),
                 appenders,

@@ -43,9 +43,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         env: vec![],
     })?;
     let api = Api::new(&server.base_url, &key)?;
-    server
-        .wait_ready(&api, 0, Duration::from_secs(60))
-        .await?;
+    server.wait_ready(&api, 0, Duration::from_secs(60)).await?;
     let collection = api.create_collection("bench cancel").await?;
 
     let mut running: Vec<Job> = Vec::new();
@@ -132,10 +130,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
 }
 
 fn p99_ratio(l: &Level) -> f64 {
-    crate::stats::ratio(
-        l.cancelled.p99().as_secs_f64(),
-        l.floor.p99().as_secs_f64(),
-    )
+    crate::stats::ratio(l.cancelled.p99().as_secs_f64(), l.floor.p99().as_secs_f64())
 }
 
 /// Cancels a running job and times it; then starts the next job of its connection and
@@ -151,12 +146,24 @@ async fn cancel_one(api: &Api, job: &Job) -> Result<(Duration, Duration, Job)> {
             answer.status, job.id
         )));
     }
-    api.wait_for_status(scid, job.id, "cancelled", Duration::ZERO, Duration::from_secs(60))
-        .await?;
+    api.wait_for_status(
+        scid,
+        job.id,
+        "cancelled",
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )
+    .await?;
     let cancelled = t.elapsed();
     let next = api.run(scid).await?;
     let next = api
-        .wait_for_status(scid, next.id, "running", Duration::from_millis(2), Duration::from_secs(60))
+        .wait_for_status(
+            scid,
+            next.id,
+            "running",
+            Duration::from_millis(2),
+            Duration::from_secs(60),
+        )
         .await?;
     Ok((answered, cancelled, next))
 }

@@ -152,7 +152,11 @@ impl Api {
     /// Starts a sync of the connection; returns the new (pending) job.
     pub async fn run(&self, scid: Uuid) -> Result<Job> {
         let v = self
-            .call(Method::POST, &format!("/source-connections/{scid}/run"), None)
+            .call(
+                Method::POST,
+                &format!("/source-connections/{scid}/run"),
+                None,
+            )
             .await?;
         Job::from_json(&v, scid)
     }

@@ -53,7 +53,9 @@ fn disk_of(dir: &Path) -> String {
         .filter(|(_, point, _)| path.starts_with(point))
         .max_by_key(|(_, point, _)| point.len());
     match best {
-        Some((device, point, fs)) => format!("{} ({device} mounted on {point}, {fs})", path.display()),
+        Some((device, point, fs)) => {
+            format!("{} ({device} mounted on {point}, {fs})", path.display())
+        }
         None => path.display().to_string(),
     }
 }

@@ -49,6 +49,9 @@ enum Command {
     /// The bare actix-web server of benchmark #2's baseline (started by the benchmark).
     #[command(hide = true)]
     BaselineServer(baseline_server::Args),
+    /// Writes the store of #4 into a data directory and keeps it, e.g. to profile a start:
+    /// `perf record -g -- syncjobs serve` with `SYNCJOBS_DATA_DIR` pointing at it.
+    GenerateStore(recovery::GenerateArgs),
 }
 
 #[derive(Args)]
@@ -130,24 +133,38 @@ const BENCHES: [Bench; 6] = [
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::BaselineServer(args)) = cli.command {
-        return match baseline_server::serve(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("baseline server: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("syncjobs-bench: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| eprintln!("syncjobs-bench: cannot start a runtime: {e}"))
+    };
+    match cli.command {
+        Some(Command::BaselineServer(args)) => {
+            return match baseline_server::serve(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("baseline server: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
+        Some(Command::GenerateStore(args)) => {
+            let Ok(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            return match rt.block_on(recovery::generate_command(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("syncjobs-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
+    }
+    let Ok(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run(cli.run)) {
         Ok(report) => {

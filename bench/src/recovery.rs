@@ -36,9 +36,6 @@ const APPENDERS: usize = 64;
 const READY_TIMEOUT: Duration = Duration::from_secs(900);
 const TARGET: f64 = 2.0;
 
-/// The store `syncjobs serve` opens under its data directory.
-const STORE_SUBDIR: &str = "events";
-
 struct Generated {
     events: u64,
     head: u64,
@@ -49,8 +46,9 @@ struct Generated {
 pub async fn run(cfg: &Config) -> Result<Outcome> {
     let jobs = if cfg.quick { QUICK_JOBS } else { JOBS };
     let dir = tempfile::tempdir_in(&cfg.work_dir)?;
+    // `syncjobs serve` keeps events.db directly in its data directory.
     let data_dir = dir.path().join("data");
-    let store_dir = data_dir.join(STORE_SUBDIR);
+    let store_dir = data_dir.clone();
     eprintln!("   generating {jobs} jobs");
     let generated = generate(&store_dir, jobs).await?;
     let db = store_dir.join(DB_FILE);
@@ -94,7 +92,13 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
 
     let baseline = first_scan.elapsed.min(second_scan.elapsed);
     let r = ratio(cold.as_secs_f64(), baseline.as_secs_f64());
-    let mut table = Table::new(&["what", "seconds", "events/s", "x scan", "server RSS peak MB"]);
+    let mut table = Table::new(&[
+        "what",
+        "seconds",
+        "events/s",
+        "x scan",
+        "server RSS peak MB",
+    ]);
     let row = |what: &str, took: Duration, rss: String| {
         vec![
             what.to_string(),
@@ -151,6 +155,35 @@ async fn scan(db: &Path) -> Result<Scanned> {
     tokio::task::spawn_blocking(move || raw::scan_events(&db)).await?
 }
 
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Data directory to write `events.db` into (created; must not hold a store yet).
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// Completed jobs to write, ten events each.
+    #[arg(long, default_value_t = JOBS)]
+    jobs: u64,
+}
+
+/// `syncjobs-bench generate-store`: the store of this benchmark, kept.
+pub async fn generate_command(args: GenerateArgs) -> Result<()> {
+    if args.data_dir.join(DB_FILE).exists() {
+        return Err(BenchError::failed(format!(
+            "{} already holds a store",
+            args.data_dir.display()
+        )));
+    }
+    let generated = generate(&args.data_dir, args.jobs).await?;
+    println!(
+        "{} events ({} jobs) in {} in {:.1} s",
+        generated.events,
+        args.jobs,
+        args.data_dir.display(),
+        generated.took.as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The read model must show what was generated, or the start measured nothing.
 fn check_projected(health: &serde_json::Value, generated: &Generated) -> Result<()> {
     let seen = health["projection"]["source_connections"].as_u64();
@@ -192,7 +225,12 @@ async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
         let readable = format!("bench-{c}");
         setup.push((
             stream::collection(id),
-            vec![workload::collection_created(id, organization_id, &readable, epoch)],
+            vec![workload::collection_created(
+                id,
+                organization_id,
+                &readable,
+                epoch,
+            )],
         ));
         collection_ids.push((id, readable));
     }
@@ -216,10 +254,7 @@ async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
     events += setup.len() as u64;
     let setup = Arc::new(std::sync::Mutex::new(setup));
     drain(&store, APPENDERS, move || {
-        setup
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
+        setup.lock().unwrap_or_else(|p| p.into_inner()).pop()
     })
     .await?;
 
@@ -234,9 +269,7 @@ async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
         let k = j / connections;
         let job_id = Uuid::new_v4();
         // A connection's jobs run one after the other, ten minutes apart.
-        let at = epoch
-            + TimeDelta::minutes(10 * k as i64)
-            + TimeDelta::milliseconds(c as i64);
+        let at = epoch + TimeDelta::minutes(10 * k as i64) + TimeDelta::milliseconds(c as i64);
         Some((
             stream::job(job_id),
             workload::completed_job(job_id, connection_ids[c as usize], organization_id, at),

@@ -72,11 +72,7 @@ impl Report {
         let mut out = String::new();
         let m = &self.machine;
         let _ = writeln!(out, "# syncjobs benchmarks: latest run\n");
-        let _ = writeln!(
-            out,
-            "- date: {} UTC",
-            self.started.format("%Y-%m-%d %H:%M")
-        );
+        let _ = writeln!(out, "- date: {} UTC", self.started.format("%Y-%m-%d %H:%M"));
         let _ = writeln!(out, "- command: `{}`", self.command);
         let _ = writeln!(out, "- revision: {}", self.revision);
         let _ = writeln!(

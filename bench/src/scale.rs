@@ -40,9 +40,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         env: vec![],
     })?;
     let api = Api::new(&server.base_url, &key)?;
-    server
-        .wait_ready(&api, 0, Duration::from_secs(60))
-        .await?;
+    server.wait_ready(&api, 0, Duration::from_secs(60)).await?;
     let idle = server.memory()?;
     let collection = api.create_collection("bench scale").await?;
     eprintln!("   starting {count} jobs");
@@ -107,9 +105,15 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
             after.rss_mb()
         ),
     ]);
-    table.row(vec!["peak RSS (VmHWM)".into(), format!("{:.0} MB", after.hwm_mb())]);
     table.row(vec![
-        format!("GET one job, {CLIENTS} clients, {} s", measure_for.as_secs()),
+        "peak RSS (VmHWM)".into(),
+        format!("{:.0} MB", after.hwm_mb()),
+    ]);
+    table.row(vec![
+        format!(
+            "GET one job, {CLIENTS} clients, {} s",
+            measure_for.as_secs()
+        ),
         format!(
             "{} requests, {} req/s",
             latencies.len(),

@@ -38,12 +38,14 @@ impl ServerProcess {
     /// Starts `syncjobs serve` on a free port of 127.0.0.1, logging to `data_dir/../server.log`.
     pub fn syncjobs(s: SyncjobsServer<'_>) -> Result<ServerProcess> {
         let port = free_port()?;
-        let log = s
-            .data_dir
-            .parent()
-            .unwrap_or(s.data_dir)
-            .join("server.log");
+        let log = s.data_dir.parent().unwrap_or(s.data_dir).join("server.log");
         let mut cmd = Command::new(s.bin);
+        // Only what the benchmark sets: no relay (NATS_URL), no settings of the caller's shell.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SYNCJOBS_") || name == "NATS_URL" {
+                cmd.env_remove(name);
+            }
+        }
         cmd.arg("serve")
             .env("SYNCJOBS_BIND", format!("127.0.0.1:{port}"))
             .env("SYNCJOBS_DATA_DIR", s.data_dir)
@@ -101,7 +103,12 @@ impl ServerProcess {
 
     /// Waits until `GET /health` answers 200 with the read model caught up (lag 0, and at
     /// least at `position`); returns the time since the process was started.
-    pub async fn wait_ready(&mut self, api: &Api, position: u64, timeout: Duration) -> Result<Duration> {
+    pub async fn wait_ready(
+        &mut self,
+        api: &Api,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<Duration> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(health) = api.health().await {
@@ -165,8 +172,8 @@ impl ServerProcess {
         if self.child.try_wait()?.is_some() {
             return Ok(());
         }
-        let pid = libc::pid_t::try_from(self.pid)
-            .map_err(|_| BenchError::failed("pid out of range"))?;
+        let pid =
+            libc::pid_t::try_from(self.pid).map_err(|_| BenchError::failed("pid out of range"))?;
         // SAFETY: kill(2) with a pid we spawned and have not reaped (try_wait said it runs).
         if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
             return Err(std::io::Error::last_os_error().into());

@@ -78,7 +78,11 @@ pub fn completed_job(
         .into_iter()
         .enumerate()
         .map(|(i, body)| {
-            let caused_by = if i == 0 { "api-key:bench" } else { "worker:bench" };
+            let caused_by = if i == 0 {
+                "api-key:bench"
+            } else {
+                "worker:bench"
+            };
             NewEvent::new(
                 body,
                 at + TimeDelta::seconds(5 * i as i64),
