@@ -57,6 +57,11 @@ pub struct Settings {
     #[arg(long, env = "SYNCJOBS_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 30)]
     pub shutdown_timeout_seconds: u64,
 
+    /// Milliseconds between heartbeats on a quiet server-sent event stream (Airweave: 30 s).
+    /// A heartbeat also finds clients that went away, so their streams are dropped.
+    #[arg(long, env = "SYNCJOBS_SSE_HEARTBEAT_MS", default_value_t = 30_000)]
+    pub sse_heartbeat_ms: u64,
+
     /// Seconds between read-model checkpoints (written only when the model moved).
     #[arg(long, env = "SYNCJOBS_CHECKPOINT_EVERY_SECONDS", default_value_t = 10)]
     pub checkpoint_every_seconds: u64,
@@ -103,6 +108,7 @@ impl Default for Settings {
             max_body_bytes: 256 * 1024,
             http_workers: None,
             shutdown_timeout_seconds: 30,
+            sse_heartbeat_ms: 30_000,
             checkpoint_every_seconds: 10,
             nats_url: None,
             nats_stream: crate::bus::DEFAULT_STREAM.into(),
@@ -120,6 +126,7 @@ impl Settings {
             max_body_bytes: self.max_body_bytes,
             read_your_writes_timeout: Duration::from_millis(self.read_your_writes_timeout_ms),
             delete_wait: Duration::from_secs(self.delete_wait_seconds),
+            sse_heartbeat: Duration::from_millis(self.sse_heartbeat_ms),
         }
     }
 

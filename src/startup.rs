@@ -164,6 +164,7 @@ impl Application {
             jobs: jobs.clone(),
             settings: settings.api(),
             probes,
+            streams: Default::default(),
         });
 
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
@@ -172,6 +173,15 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let server = serve(listener, state.clone(), settings)?;
+        if settings.handle_signals {
+            // actix stops on the same signals; the event streams must end for its graceful
+            // stop to finish before the shutdown timeout.
+            let streams = state.streams.clone();
+            actix_web::rt::spawn(async move {
+                stop_signal().await;
+                streams.close_all();
+            });
+        }
         tracing::info!(address = %listener_address(settings, port), "syncjobs listening");
         Ok(Application {
             port,
@@ -214,6 +224,35 @@ impl Application {
         }
         self.projector.shutdown().await;
         result
+    }
+}
+
+/// SIGTERM or SIGINT (Ctrl-C). A signal that cannot be listened to never fires.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }
 

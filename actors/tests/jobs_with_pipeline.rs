@@ -1,39 +1,16 @@
 //! Jobs driven by the real pipeline (timed source -> worker pool -> destination), on tokio's
 //! paused clock: the cancel contract end to end at the write side.
 
-use chrono::{TimeZone, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::pipeline::{EntitySink, MemoryDestination};
 use syncjobs_actors::{command, start_supervisor, Jobs, NewJob, Pipeline, SupervisorSettings};
 use syncjobs_domain::events::stream;
-use syncjobs_domain::{EventStore, InMemoryStore, JobState, JobStatus, TokioClock};
+use syncjobs_domain::{EventStore, InMemoryStore, JobState, JobStatus};
 use uuid::Uuid;
 
-fn paused<F: std::future::Future>(body: F) -> F::Output {
-    actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("a current-thread runtime")
-    })
-    .block_on(body)
-}
-
-async fn settle() {
-    for _ in 0..200 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Advances the paused clock in 1 ms steps, letting everything run after each.
-async fn run_for(d: Duration) {
-    for _ in 0..d.as_millis() {
-        tokio::time::advance(Duration::from_millis(1)).await;
-        settle().await;
-    }
-}
+mod support;
+use support::{clock, paused, run_for, settle};
 
 struct World {
     store: Arc<InMemoryStore>,
@@ -45,9 +22,7 @@ fn world(cancel_timeout: Duration) -> World {
     let store = InMemoryStore::new();
     let destination = MemoryDestination::new();
     let sink: Arc<dyn EntitySink> = destination.clone();
-    let clock = Arc::new(TokioClock::starting_at(
-        Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap(),
-    ));
+    let clock = clock();
     let jobs = start_supervisor(
         store.clone(),
         Arc::new(Pipeline::new(sink, 4)),

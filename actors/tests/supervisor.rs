@@ -2,7 +2,6 @@
 //! restart, and races between cancels and completions.
 
 use async_trait::async_trait;
-use chrono::{TimeZone, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::{
@@ -11,10 +10,13 @@ use syncjobs_actors::{
 };
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
-    EntityCounts, EventStore, ExpectedVersion, InMemoryStore, JobCommand, JobError, JobState,
-    JobStatus, Metadata, NewEvent, RecordedEvent, SharedClock, SyncJobEvent, TokioClock,
+    Clock, EntityCounts, EventStore, ExpectedVersion, InMemoryStore, JobCommand, JobError,
+    JobState, JobStatus, Metadata, NewEvent, RecordedEvent, SyncJobEvent,
 };
 use tokio::sync::Notify;
+
+mod support;
+use support::{clock, job_in_log, paused, run_for, settle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -76,12 +78,6 @@ fn counts(n: u64) -> EntityCounts {
     }
 }
 
-fn clock() -> SharedClock {
-    Arc::new(TokioClock::starting_at(
-        Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap(),
-    ))
-}
-
 fn settings() -> SupervisorSettings {
     SupervisorSettings {
         cancel_timeout: TIMEOUT,
@@ -96,34 +92,6 @@ fn new_job(sc: Uuid) -> NewJob {
         short_name: "timed".into(),
         config: serde_json::json!({}),
         caused_by: "test".into(),
-    }
-}
-
-/// Runs a test on an actix System whose tokio clock is paused from the start: time moves
-/// only by `tokio::time::advance` (or, when every task is idle, to the next timer).
-fn paused<F: std::future::Future>(body: F) -> F::Output {
-    actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("a current-thread runtime")
-    })
-    .block_on(body)
-}
-
-/// Advances the paused clock in 1 ms steps, letting everything run after each.
-async fn run_for(d: Duration) {
-    for _ in 0..d.as_millis() {
-        tokio::time::advance(Duration::from_millis(1)).await;
-        settle().await;
-    }
-}
-
-/// Lets every actor and task run until nothing is left to do, without moving the clock.
-async fn settle() {
-    for _ in 0..200 {
-        tokio::task::yield_now().await;
     }
 }
 
@@ -391,23 +359,8 @@ async fn concurrent_cancels_across_writers_record_one_request() {
     // 100 writers that all believe the job is running (as separate processes would).
     let store = InMemoryStore::new();
     let clock = clock();
-    let job = Uuid::now_v7();
-    let meta = Metadata::default();
-    let create = JobCommand::Create {
-        job_id: job,
-        source_connection_id: Uuid::now_v7(),
-        organization_id: Uuid::from_u128(1),
-        short_name: "timed".into(),
-        config: serde_json::json!({}),
-    };
-    command::execute(&*store, &*clock, job, None, &create, &meta)
-        .await
-        .unwrap();
-    let start = JobCommand::Start { worker: "w".into() };
-    let running = command::execute(&*store, &*clock, job, None, &start, &meta)
-        .await
-        .unwrap()
-        .state;
+    let running = job_in_log(&store, &*clock, true).await;
+    let job = running.job_id;
     let handles: Vec<_> = (0..100)
         .map(|i| {
             let (store, clock, known) = (store.clone(), clock.clone(), running.clone());
@@ -449,23 +402,9 @@ async fn cancel_racing_completion_always_ends_in_exactly_one_final_event() {
     let clock = clock();
     let mut outcomes = std::collections::HashMap::new();
     for round in 0..300 {
-        let job = Uuid::now_v7();
         let meta = Metadata::default();
-        let create = JobCommand::Create {
-            job_id: job,
-            source_connection_id: Uuid::now_v7(),
-            organization_id: Uuid::from_u128(1),
-            short_name: "timed".into(),
-            config: serde_json::json!({}),
-        };
-        command::execute(&*store, &*clock, job, None, &create, &meta)
-            .await
-            .unwrap();
-        let start = JobCommand::Start { worker: "w".into() };
-        let running = command::execute(&*store, &*clock, job, None, &start, &meta)
-            .await
-            .unwrap()
-            .state;
+        let running = job_in_log(&store, &*clock, true).await;
+        let job = running.job_id;
         let race = |cmd: JobCommand| {
             let (store, clock, known) = (store.clone(), clock.clone(), running.clone());
             tokio::spawn(async move {
@@ -623,17 +562,7 @@ async fn a_pending_job_is_cancelled_at_once_and_never_starts() {
     let jobs = start_supervisor(store.clone(), Arc::new(Stuck), clock.clone(), settings());
     jobs.ready().await;
     // A job no worker has claimed yet (as another api node would have created it).
-    let job = Uuid::now_v7();
-    let create = JobCommand::Create {
-        job_id: job,
-        source_connection_id: Uuid::now_v7(),
-        organization_id: Uuid::from_u128(1),
-        short_name: "timed".into(),
-        config: serde_json::json!({}),
-    };
-    command::execute(&*store, &*clock, job, None, &create, &Metadata::default())
-        .await
-        .unwrap();
+    let job = job_in_log(&store, &*clock, false).await.job_id;
     let out = jobs.cancel(job, "t".into()).await.unwrap();
     assert_eq!(out.state.status, JobStatus::Cancelled);
     let s = state(&store, job).await;

@@ -1,6 +1,6 @@
 //! `GET /health`: Airweave's `{"status": "healthy"}`, plus what an operator wants to see:
-//! the store, how far the read model lags behind it, and any registered probe (the NATS
-//! relay registers one). Needs no key, like Airweave's.
+//! the store, how far the read model lags behind it, how many server-sent event streams are
+//! open, and any registered probe (the NATS relay registers one). Needs no key, like Airweave's.
 
 use super::{ok_json, ApiError, AppState};
 use actix_web::{web, HttpResponse};
@@ -40,6 +40,7 @@ pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         Err(_) => json!({ "status": "stopped" }),
     };
     body.insert("supervisor".into(), jobs);
+    body.insert("streams".into(), json!({ "open": state.streams.open() }));
     for probe in &state.probes {
         body.insert(probe.name().into(), probe.status());
     }

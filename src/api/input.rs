@@ -132,7 +132,7 @@ pub fn path_uuid(param: &str, value: &str) -> Result<Uuid, ApiError> {
 }
 
 /// Echoes at most a bounded piece of client input back in an error.
-fn clip(value: &str) -> String {
+pub fn clip(value: &str) -> String {
     const MAX: usize = 100;
     if value.chars().count() <= MAX {
         value.to_owned()

@@ -14,7 +14,8 @@ use super::{ok_json, AppState};
 use actix_web::{web, HttpResponse};
 use std::collections::HashMap;
 use syncjobs_actors::{CommandOutcome, JobsError, NewJob};
-use syncjobs_domain::JobError;
+use syncjobs_domain::{JobError, JobState};
+use syncjobs_projections::ReadModel;
 use uuid::Uuid;
 
 /// The supervisor's refusals in the contract's words.
@@ -109,9 +110,20 @@ pub async fn list(
     })
 }
 
+/// The caller's job; another organization's job does not exist for it (404 `Sync job not found`).
+pub fn own_job<'m>(
+    m: &'m ReadModel,
+    ctx: &ApiContext,
+    job_id: Uuid,
+) -> Result<&'m JobState, ApiError> {
+    m.job(job_id)
+        .filter(|j| j.organization_id == ctx.organization_id)
+        .ok_or_else(ApiError::job_not_found)
+}
+
 /// Checks the UUIDs, then that the connection is the caller's and the job is that
 /// connection's: 422, 404 `Source connection not found`, 404 `Sync job not found`, 400.
-fn owned_job(
+pub fn owned_job(
     state: &AppState,
     ctx: &ApiContext,
     sc_raw: &str,
@@ -123,14 +135,12 @@ fn owned_job(
         if m.source_connection(ctx.organization_id, sc).is_none() {
             return Err(ApiError::source_connection_not_found());
         }
-        match m.job(job) {
-            Some(j) if j.organization_id != ctx.organization_id => Err(ApiError::job_not_found()),
-            Some(j) if j.source_connection_id != sc => Err(ApiError::BadRequest(
+        if own_job(m, ctx, job)?.source_connection_id != sc {
+            return Err(ApiError::BadRequest(
                 "Sync job does not belong to this source connection".into(),
-            )),
-            Some(_) => Ok((sc, job)),
-            None => Err(ApiError::job_not_found()),
+            ));
         }
+        Ok((sc, job))
     })
 }
 

@@ -4,6 +4,9 @@
 //! - [`auth`]: `x-api-key` -> organization; [`keys`]: organizations and keys (hashes only).
 //! - [`commands`]: decisions for collections and source connections, appended optimistically.
 //! - [`collections`], [`source_connections`], [`jobs`]: the handlers; [`health`], [`openapi`].
+//! - [`history`]: a job's own events (JSON or server-sent events) and its state at any
+//!   version; [`subscribe`]: Airweave's progress stream; [`sse`]: following a job's stream
+//!   in the log, shared by both streams.
 //! - [`input`]: bounded, typed reading of bodies, paths and queries; [`error`]: the one
 //!   mapping of failures to HTTP; [`wire`]: response bodies.
 //!
@@ -16,12 +19,15 @@ pub mod commands;
 pub mod entities;
 pub mod error;
 pub mod health;
+pub mod history;
 pub mod input;
 pub mod jobs;
 pub mod keys;
 pub mod openapi;
 pub mod source_connections;
 pub mod sources;
+pub mod sse;
+pub mod subscribe;
 pub mod wire;
 
 use actix_web::http::Method;
@@ -47,6 +53,8 @@ pub struct ApiSettings {
     pub read_your_writes_timeout: Duration,
     /// How long a delete waits for the syncs it cancelled to reach a final state.
     pub delete_wait: Duration,
+    /// Time without a message after which a server-sent event stream sends a heartbeat.
+    pub sse_heartbeat: Duration,
 }
 
 impl Default for ApiSettings {
@@ -55,6 +63,7 @@ impl Default for ApiSettings {
             max_body_bytes: 256 * 1024,
             read_your_writes_timeout: Duration::from_secs(5),
             delete_wait: Duration::from_secs(15),
+            sse_heartbeat: sse::HEARTBEAT_EVERY,
         }
     }
 }
@@ -71,6 +80,8 @@ pub struct AppState {
     pub settings: ApiSettings,
     /// Extra lines for `/health` (the NATS relay registers one here).
     pub probes: Vec<Arc<dyn HealthProbe>>,
+    /// Server-sent event streams being served now (on `/health`: a leak shows there).
+    pub streams: sse::OpenStreams,
 }
 
 impl AppState {
@@ -165,6 +176,19 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/source-connections/{source_connection_id}/jobs/{job_id}/cancel",
             || web::post().to(jobs::cancel),
         ),
+        e(
+            Method::GET,
+            "/source-connections/{source_connection_id}/jobs/{job_id}/events",
+            || web::get().to(history::events),
+        ),
+        e(
+            Method::GET,
+            "/source-connections/{source_connection_id}/jobs/{job_id}/state",
+            || web::get().to(history::state),
+        ),
+        e(Method::GET, "/sync/job/{job_id}/subscribe", || {
+            web::get().to(subscribe::subscribe)
+        }),
     ]
 }
 

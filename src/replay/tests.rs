@@ -1009,7 +1009,6 @@ fn the_subcommands_parse_as_documented() {
     assert_eq!(parse(&["verify"]).unwrap().cmd, DebugCommand::Verify);
 }
 
-#[cfg(feature = "remote")]
 /// A one-shot HTTP server on a thread: answers one request with `status` and `body`, and
 /// hands back the request it got.
 fn serve_once(status: &str, body: String) -> (String, std::thread::JoinHandle<String>) {
@@ -1038,7 +1037,6 @@ fn serve_once(status: &str, body: String) -> (String, std::thread::JoinHandle<St
     (url, handle)
 }
 
-#[cfg(feature = "remote")]
 fn server_args(url: String) -> ServerArgs {
     ServerArgs {
         server: Some(url),
@@ -1047,8 +1045,7 @@ fn server_args(url: String) -> ServerArgs {
     }
 }
 
-#[cfg(feature = "remote")]
-#[tokio::test]
+#[actix_rt::test]
 async fn events_from_a_server_read_the_same_as_from_the_store() {
     let store = InMemoryStore::new();
     force_cancelled_job(&store, job(1)).await;
@@ -1078,8 +1075,7 @@ async fn events_from_a_server_read_the_same_as_from_the_store() {
     assert!(request.contains("x-api-key: sk-test"), "{request}");
 }
 
-#[cfg(feature = "remote")]
-#[tokio::test]
+#[actix_rt::test]
 async fn a_server_that_does_not_know_the_job_says_so() {
     let (url, server) = serve_once("404 Not Found", r#"{"detail":"Sync job not found"}"#.into());
     let err = run_err(replay_cmd_remote(job(1), url), None).await;
@@ -1098,7 +1094,6 @@ async fn a_server_that_does_not_know_the_job_says_so() {
     server.join().unwrap();
 }
 
-#[cfg(feature = "remote")]
 fn replay_cmd_remote(id: Uuid, url: String) -> DebugCommand {
     DebugCommand::Replay {
         job_id: Some(id),
@@ -1107,25 +1102,6 @@ fn replay_cmd_remote(id: Uuid, url: String) -> DebugCommand {
         json: false,
         server: server_args(url),
     }
-}
-
-#[cfg(not(feature = "remote"))]
-#[tokio::test]
-async fn without_the_remote_feature_server_flags_explain_themselves() {
-    let server = ServerArgs {
-        server: Some("http://127.0.0.1:9".into()),
-        api_key: None,
-        source_connection: Some(SC),
-    };
-    let err = run_err(
-        DebugCommand::Export {
-            job_id: job(1),
-            server,
-        },
-        None,
-    )
-    .await;
-    assert!(err.to_string().contains("--features remote"), "{err}");
 }
 
 #[test]

@@ -51,6 +51,8 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// NATS URL, JetStream stream and subject prefix for the relay (None: no relay).
     pub nats: Option<(String, String, String)>,
+    /// Heartbeat period of server-sent event streams.
+    pub sse_heartbeat: Duration,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             delete_wait: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
             nats: None,
+            sse_heartbeat: Duration::from_secs(30),
         }
     }
 }
@@ -107,6 +110,7 @@ pub async fn spawn(o: Options) -> Spawned {
         shutdown_timeout_seconds: 10,
         checkpoint_every_seconds: 1,
         handle_signals: false,
+        sse_heartbeat_ms: o.sse_heartbeat.as_millis() as u64,
         ..Settings::default()
     };
     let destination: Arc<dyn EntitySink> = match o.destination {

@@ -1,7 +1,9 @@
 //! The real binary: `syncjobs serve` on the embedded store, its first-start key, `keys
-//! create|revoke|list` against a running server, and a graceful stop on SIGTERM.
+//! create|revoke|list` against a running server, and a graceful stop on SIGTERM (event
+//! streams included).
 
 use crate::helpers::parts;
+use crate::sse_client::SseStream;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -14,6 +16,8 @@ struct Server {
     child: Child,
     address: String,
     stdout: String,
+    /// Everything the server logged on stderr so far.
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Server {
@@ -46,8 +50,14 @@ fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         .expect("the binary starts");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let kept = logs.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut all) = kept.lock() {
+                all.push_str(&line);
+                all.push('\n');
+            }
             let parsed: Option<Value> = serde_json::from_str(&line).ok();
             if let Some(address) = parsed
                 .as_ref()
@@ -66,6 +76,7 @@ fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         child,
         address: format!("http://{address}"),
         stdout: String::new(),
+        logs,
     }
 }
 
@@ -281,12 +292,143 @@ async fn sigterm_lets_an_in_flight_request_finish_and_a_restart_serves_the_same_
     terminate(server);
 }
 
+#[actix_web::test]
+async fn sigterm_ends_open_event_streams_cleanly_instead_of_waiting_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "process-test-key-0123456789";
+    let env = [
+        ("SYNCJOBS_BOOTSTRAP_API_KEY", key),
+        ("SYNCJOBS_SHUTDOWN_TIMEOUT_SECONDS", "30"),
+    ];
+    let client = reqwest::Client::new();
+    let server = start(dir.path(), &env);
+    let post = |path: &str, body: Value| {
+        let req = client
+            .post(format!("{}{path}", server.address))
+            .header("x-api-key", key)
+            .json(&body);
+        async move { parts(req.send().await.expect("answered")).await }
+    };
+    let (status, _) = post(
+        "/collections",
+        json!({"name": "Streams", "readable_id": "streams"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, sc) = post(
+        "/source-connections",
+        json!({"short_name": "timed", "readable_collection_id": "streams", "config": {"entity_count": 1000, "duration_seconds": 60}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{sc}");
+    let sc = sc["id"].as_str().unwrap().to_owned();
+    let (_, jobs) = get(
+        &client,
+        &server,
+        key,
+        &format!("/source-connections/{sc}/jobs"),
+    )
+    .await;
+    let job = jobs[0]["id"].as_str().unwrap().to_owned();
+    let base = format!("{}/source-connections/{sc}/jobs/{job}", server.address);
+    let mut events = SseStream::open(&format!("{base}/events"), Some(key), &[]).await;
+    let mut progress = SseStream::open(
+        &format!("{}/sync/job/{job}/subscribe", server.address),
+        Some(key),
+        &[],
+    )
+    .await;
+    assert_eq!(events.next_data().await.unwrap().id, Some(1));
+    assert_eq!(
+        progress.next_data().await.unwrap().json()["type"],
+        "connected"
+    );
+
+    let pid = server.child.id().to_string();
+    let started = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Both streams end as streams do (no broken chunk), while the job still runs.
+    events.rest().await;
+    progress.rest().await;
+    let (ok, _) = terminate_after_signal(server);
+    assert!(ok, "exit 0");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop waited {:?} for open streams (shutdown timeout 30 s)",
+        started.elapsed()
+    );
+}
+
 /// Waits for a server already sent SIGTERM to exit.
 fn terminate_after_signal(mut s: Server) -> (bool, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = s.child.try_wait().expect("wait") {
             return (status.success(), String::new());
+        }
+        assert!(Instant::now() < deadline, "the server ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[actix_web::test]
+async fn api_keys_never_reach_the_logs_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "bootstrap-key-that-must-stay-secret-0123";
+    let wrong = "wrong-key-that-must-stay-secret-4567";
+    let mut server = start(
+        dir.path(),
+        &[
+            ("SYNCJOBS_BOOTSTRAP_API_KEY", key),
+            ("SYNCJOBS_LOG", "trace"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/collections", server.address))
+        .header("x-api-key", key)
+        .json(&json!({"name": "Secret keeping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    assert_eq!(get(&client, &server, wrong, "/collections").await.0, 403);
+    assert!(terminate_keeping_logs(&mut server));
+    let logs = server.logs.lock().unwrap().clone();
+    assert!(
+        logs.contains("/collections"),
+        "requests were logged: {logs}"
+    );
+    assert!(
+        !logs.contains(key),
+        "the bootstrap key leaked into the logs"
+    );
+    assert!(
+        !logs.contains(wrong),
+        "a presented key leaked into the logs"
+    );
+    let (ok, listed, _) = cli(dir.path(), &["keys", "list"]);
+    assert!(ok && !listed.contains(key));
+}
+
+/// SIGTERM and wait for the exit, leaving the server (and its collected logs) to the caller.
+fn terminate_keeping_logs(s: &mut Server) -> bool {
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs")
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = s.child.try_wait().expect("wait") {
+            // Give the log-draining thread a moment to read the last lines.
+            std::thread::sleep(Duration::from_millis(100));
+            return status.success();
         }
         assert!(Instant::now() < deadline, "the server ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
