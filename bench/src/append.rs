@@ -103,7 +103,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
             ms(l.p50()),
             ms(l.p99()),
             thousands(median(&same_rates[i])),
-            format!("{:.2}", median(&same_ratios[i])),
+            format!("{:.3}", median(&same_ratios[i])),
             format!("{:.2}", median(&best_ratios[i])),
         ]);
     }
@@ -128,7 +128,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     );
     Ok(Outcome {
         headline: format!(
-            "{vs_same:.2} x raw at 256 appenders, 256 rows/commit ({vs_best:.2} x raw with {BEST_BATCH} rows/commit)"
+            "{vs_same:.3} x raw at 256 appenders, 256 rows/commit ({vs_best:.2} x raw with {BEST_BATCH} rows/commit)"
         ),
         verdict: Verdict::of(vs_same >= TARGET),
         body,
