@@ -54,7 +54,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     let path = Api::job_path(scid, job.id);
     let body = api.get_bytes(&path).await?;
     let body_file = dir.path().join("job.json");
-    std::fs::write(&body_file, &body)?;
+    tokio::fs::write(&body_file, &body).await?;
 
     let mut baseline =
         ServerProcess::baseline(&cfg.bench_bin, &body_file, dir.path().join("baseline.log"))?;

@@ -193,7 +193,7 @@ async fn run(args: RunArgs) -> Result<Report> {
             BENCHES.len()
         )));
     }
-    std::fs::create_dir_all(&args.work_dir)?;
+    tokio::fs::create_dir_all(&args.work_dir).await?;
     let bench_bin = std::env::current_exe()?;
     let config = Config {
         quick: args.quick,
@@ -231,7 +231,7 @@ async fn run(args: RunArgs) -> Result<Report> {
             },
             // Dropping the benchmark's future stops every server it started.
             signal = interrupted() => {
-                report.write(&args.out)?;
+                report.write(&args.out).await?;
                 return Err(BenchError::failed(format!("interrupted by {signal}")));
             }
         };
@@ -245,7 +245,7 @@ async fn run(args: RunArgs) -> Result<Report> {
             load_after: LoadAvg::now(),
             took: started.elapsed(),
         });
-        report.write(&args.out)?;
+        report.write(&args.out).await?;
     }
     Ok(report)
 }

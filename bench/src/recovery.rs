@@ -52,7 +52,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     eprintln!("   generating {jobs} jobs");
     let generated = generate(&store_dir, jobs).await?;
     let db = store_dir.join(DB_FILE);
-    let db_bytes = std::fs::metadata(&db)?.len();
+    let db_bytes = tokio::fs::metadata(&db).await?.len();
 
     let first_scan = scan(&db).await?;
     if first_scan.rows != generated.events {
@@ -167,7 +167,7 @@ pub struct GenerateArgs {
 
 /// `syncjobs-bench generate-store`: the store of this benchmark, kept.
 pub async fn generate_command(args: GenerateArgs) -> Result<()> {
-    if args.data_dir.join(DB_FILE).exists() {
+    if tokio::fs::try_exists(args.data_dir.join(DB_FILE)).await? {
         return Err(BenchError::failed(format!(
             "{} already holds a store",
             args.data_dir.display()

@@ -128,11 +128,11 @@ impl Report {
     }
 
     /// Writes the report, creating the directory if needed.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+    pub async fn write(&self, path: &Path) -> std::io::Result<()> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            tokio::fs::create_dir_all(dir).await?;
         }
-        std::fs::write(path, self.render())
+        tokio::fs::write(path, self.render()).await
     }
 }
 

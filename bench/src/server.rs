@@ -72,6 +72,7 @@ impl ServerProcess {
     }
 
     fn spawn(mut cmd: Command, port: u16, log: PathBuf) -> Result<ServerProcess> {
+        // The child's stdout/stderr need a std file; creating it is one quick metadata write.
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null())
