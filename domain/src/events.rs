@@ -231,6 +231,29 @@ impl Event {
     }
 }
 
+/// Which of the enums inside [`Event`] an event type belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventFamily {
+    Job,
+    Collection,
+    SourceConnection,
+    Access,
+}
+
+impl EventFamily {
+    /// The family of an event type name (`JobCreated` -> `Job`); None for an unknown name.
+    pub fn of(event_type: &str) -> Option<EventFamily> {
+        Some(match event_type {
+            "JobCreated" | "JobStarted" | "ProgressRecorded" | "JobCompleted" | "JobFailed"
+            | "CancelRequested" | "Cancelled" | "ForceCancelled" => EventFamily::Job,
+            "CollectionCreated" | "CollectionDeleted" => EventFamily::Collection,
+            "SourceConnectionCreated" | "SourceConnectionDeleted" => EventFamily::SourceConnection,
+            "OrganizationCreated" | "ApiKeyCreated" | "ApiKeyRevoked" => EventFamily::Access,
+            _ => return None,
+        })
+    }
+}
+
 impl From<SyncJobEvent> for Event {
     fn from(e: SyncJobEvent) -> Self {
         Event::Job(e)
@@ -357,7 +380,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_event_round_trips_through_json_with_its_type_tag() {
+    fn every_event_round_trips_through_json_with_its_type_tag_and_family() {
         let now = Utc::now();
         let events: Vec<Event> = vec![
             SyncJobEvent::JobCreated {
@@ -403,8 +426,45 @@ mod tests {
                 counts: EntityCounts::default(),
             }
             .into(),
+            CollectionEvent::CollectionCreated {
+                collection_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                name: "c".into(),
+                readable_id: "c".into(),
+            }
+            .into(),
             CollectionEvent::CollectionDeleted {
                 collection_id: Uuid::nil(),
+            }
+            .into(),
+            SourceConnectionEvent::SourceConnectionCreated {
+                source_connection_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                collection_id: Uuid::nil(),
+                readable_collection_id: "c".into(),
+                name: "s".into(),
+                description: None,
+                short_name: "timed".into(),
+                config: serde_json::Value::Null,
+                auth_method: "direct".into(),
+                authenticated: true,
+            }
+            .into(),
+            SourceConnectionEvent::SourceConnectionDeleted {
+                source_connection_id: Uuid::nil(),
+            }
+            .into(),
+            AccessEvent::OrganizationCreated {
+                organization_id: Uuid::nil(),
+                name: "o".into(),
+            }
+            .into(),
+            AccessEvent::ApiKeyCreated {
+                key_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                key_hash: "h".into(),
+                prefix: "p".into(),
+                expires_at: None,
             }
             .into(),
             AccessEvent::ApiKeyRevoked {
@@ -416,6 +476,13 @@ mod tests {
             let json = e.to_json().unwrap();
             let v: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(v["type"], e.event_type(), "{json}");
+            let family = match &e {
+                Event::Job(_) => EventFamily::Job,
+                Event::Collection(_) => EventFamily::Collection,
+                Event::SourceConnection(_) => EventFamily::SourceConnection,
+                Event::Access(_) => EventFamily::Access,
+            };
+            assert_eq!(EventFamily::of(e.event_type()), Some(family), "{json}");
             let back = Event::from_stored(CURRENT_SCHEMA_VERSION, &json).unwrap();
             assert_eq!(back, e);
         }

@@ -5,8 +5,10 @@
 //!   CancelRequested had no `timeout_seconds` (the timeout was the fixed 180 s default).
 //! - v2 (current): counts live under `counts`; CancelRequested records its timeout.
 
-use crate::events::{Event, CURRENT_SCHEMA_VERSION};
+use crate::events::{Event, EventFamily, CURRENT_SCHEMA_VERSION};
+use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// The watchdog timeout every v1 CancelRequested was recorded under.
 const V1_CANCEL_TIMEOUT_SECONDS: u64 = 180;
@@ -24,7 +26,7 @@ pub enum UpcastError {
 /// Parses a stored body written at `schema_version` into the current event type.
 pub fn decode(schema_version: u32, json: &str) -> Result<Event, UpcastError> {
     match schema_version {
-        CURRENT_SCHEMA_VERSION => Ok(serde_json::from_str(json)?),
+        CURRENT_SCHEMA_VERSION => decode_current(json),
         0 => Err(UpcastError::Zero),
         v if v > CURRENT_SCHEMA_VERSION => Err(UpcastError::FromTheFuture(v)),
         v => {
@@ -35,6 +37,28 @@ pub fn decode(schema_version: u32, json: &str) -> Result<Event, UpcastError> {
             Ok(serde_json::from_value(value)?)
         }
     }
+}
+
+/// Reads the body's `type` first and deserialises the one enum that has it. `Event` is
+/// untagged, and serde's untagged path buffers the whole body and tries each enum in turn:
+/// that was a third of the CPU of replaying the log at start-up (BENCHMARKS.md, #4).
+fn decode_current(json: &str) -> Result<Event, UpcastError> {
+    #[derive(Deserialize)]
+    struct Tag<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+    }
+    let Ok(tag) = serde_json::from_str::<Tag>(json) else {
+        // Not an event body at all: the general path reports why.
+        return Ok(serde_json::from_str(json)?);
+    };
+    Ok(match EventFamily::of(&tag.kind) {
+        Some(EventFamily::Job) => Event::Job(serde_json::from_str(json)?),
+        Some(EventFamily::Collection) => Event::Collection(serde_json::from_str(json)?),
+        Some(EventFamily::SourceConnection) => Event::SourceConnection(serde_json::from_str(json)?),
+        Some(EventFamily::Access) => Event::Access(serde_json::from_str(json)?),
+        None => serde_json::from_str(json)?,
+    })
 }
 
 const COUNT_FIELDS: [&str; 6] = [
@@ -101,6 +125,24 @@ mod tests {
                 timeout_seconds: 180
             })
         );
+    }
+
+    #[test]
+    fn bodies_that_are_no_known_event_are_refused() {
+        for body in [
+            "not json",
+            r#"{"type":"Nope","data":{}}"#,
+            r#"{"data":{}}"#,
+            r#"{"type":"JobStarted","data":{"worker":7}}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode(CURRENT_SCHEMA_VERSION, body),
+                    Err(UpcastError::Json(_))
+                ),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Every field is always present (absent values are explicit `null`); timestamps are ISO
 //! 8601 UTC with microseconds (`2026-04-23T10:00:00.123456Z`).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 use syncjobs_actors::pipeline::EntityStats;
@@ -13,13 +13,14 @@ use syncjobs_domain::JobState;
 use syncjobs_projections::{Collection, ReadModel, SourceConnection};
 use uuid::Uuid;
 
-/// `2026-04-23T10:00:00.123456Z`
+/// `2026-04-23T10:00:00.123456Z`. RFC 3339 writer rather than a strftime pattern, which
+/// chrono parses anew on every call (a few % of the CPU of a GET, BENCHMARKS.md #2).
 pub fn format_ts(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 fn ts<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    s.serialize_str(&format_ts(t))
 }
 
 fn opt_ts<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {

@@ -12,7 +12,7 @@
 use super::entity::EntityRecord;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -398,13 +398,16 @@ fn apply_records(
     records: &[EntityRecord],
     now: i64,
 ) -> rusqlite::Result<Vec<WriteAction>> {
-    let mut select = conn.prepare_cached(
-        "SELECT hash FROM entities WHERE source_connection_id = ?1 AND entity_id = ?2",
-    )?;
+    // Insert first and look the stored hash up only when the id exists: a new entity (every
+    // entity of a first sync) then costs one index search instead of two.
     let mut insert = conn.prepare_cached(
         "INSERT INTO entities
            (source_connection_id, entity_id, entity_type, hash, content, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+         ON CONFLICT (source_connection_id, entity_id) DO NOTHING",
+    )?;
+    let mut select = conn.prepare_cached(
+        "SELECT hash FROM entities WHERE source_connection_id = ?1 AND entity_id = ?2",
     )?;
     let mut update = conn.prepare_cached(
         "UPDATE entities SET entity_type = ?3, hash = ?4, content = ?5, updated_at = ?6
@@ -412,33 +415,31 @@ fn apply_records(
     )?;
     let mut actions = Vec::with_capacity(records.len());
     for r in records {
-        let stored: Option<String> = select
-            .query_row(params![scid, r.entity_id], |row| row.get(0))
-            .optional()?;
-        let action = match stored {
-            None => {
-                insert.execute(params![
-                    scid,
-                    r.entity_id,
-                    r.entity_type,
-                    r.hash,
-                    r.content,
-                    now
-                ])?;
-                WriteAction::Inserted
-            }
-            Some(hash) if hash == r.hash => WriteAction::Kept,
-            Some(_) => {
-                update.execute(params![
-                    scid,
-                    r.entity_id,
-                    r.entity_type,
-                    r.hash,
-                    r.content,
-                    now
-                ])?;
-                WriteAction::Updated
-            }
+        let inserted = insert.execute(params![
+            scid,
+            r.entity_id,
+            r.entity_type,
+            r.hash,
+            r.content,
+            now
+        ])?;
+        if inserted == 1 {
+            actions.push(WriteAction::Inserted);
+            continue;
+        }
+        let stored: String = select.query_row(params![scid, r.entity_id], |row| row.get(0))?;
+        let action = if stored == r.hash {
+            WriteAction::Kept
+        } else {
+            update.execute(params![
+                scid,
+                r.entity_id,
+                r.entity_type,
+                r.hash,
+                r.content,
+                now
+            ])?;
+            WriteAction::Updated
         };
         actions.push(action);
     }

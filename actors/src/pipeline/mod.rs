@@ -298,7 +298,9 @@ async fn work(
     shared: Arc<Shared>,
     batch_size: usize,
 ) {
-    let mut batch = Vec::with_capacity(batch_size);
+    // Grows with what is really queued: a slow source never fills a batch, and thousands of
+    // idle workers each holding room for a full one cost hundreds of MB (BENCHMARKS.md, #5).
+    let mut batch = Vec::new();
     loop {
         {
             let mut queue = tokio::select! {

@@ -1,0 +1,244 @@
+//! A small client of the syncjobs REST API (routes per API.md), for setting up and
+//! observing benchmarks. Every call checks the status and names the route when it fails.
+
+use crate::error::{BenchError, Result};
+use crate::workload::timed_config;
+use futures::{stream, StreamExt, TryStreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// A slow timed source: 100 entities over 600 s (its longest duration), so that its job
+/// runs for the whole benchmark and writes now and then.
+pub const SLOW_COUNT: u64 = 100;
+pub const SLOW_SECONDS: f64 = 600.0;
+
+/// No single request of a benchmark may hang it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+/// The fields of a job the benchmarks look at.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: Uuid,
+    pub source_connection_id: Uuid,
+    pub status: String,
+}
+
+impl Job {
+    fn from_json(v: &Value, source_connection_id: Uuid) -> Result<Job> {
+        let id = v["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| BenchError::failed(format!("a job without an id: {v}")))?;
+        let status = v["status"]
+            .as_str()
+            .ok_or_else(|| BenchError::failed(format!("a job without a status: {v}")))?;
+        Ok(Job {
+            id,
+            source_connection_id,
+            status: status.to_string(),
+        })
+    }
+
+    fn is_final(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}
+
+impl Api {
+    pub fn new(base_url: &str, key: &str) -> Result<Api> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(256)
+            .build()?;
+        Ok(Api {
+            http,
+            base: base_url.to_string(),
+            key: key.to_string(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn job_path(scid: Uuid, job_id: Uuid) -> String {
+        format!("/source-connections/{scid}/jobs/{job_id}")
+    }
+
+    /// Sends a request with the key and returns the body of a 200, or an error with the
+    /// route, the status and the detail.
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method.clone(), self.url(path))
+            .header("x-api-key", &self.key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let bytes = res.bytes().await?;
+        if status != StatusCode::OK {
+            return Err(BenchError::failed(format!(
+                "{method} {path}: {status} {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// The body of a GET, as the server sent it.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let res = self
+            .http
+            .get(self.url(path))
+            .header("x-api-key", &self.key)
+            .send()
+            .await?;
+        if res.status() != StatusCode::OK {
+            return Err(BenchError::failed(format!("GET {path}: {}", res.status())));
+        }
+        Ok(res.bytes().await?.to_vec())
+    }
+
+    pub async fn health(&self) -> Result<Value> {
+        self.call(Method::GET, "/health", None).await
+    }
+
+    /// Creates a collection; returns its readable id.
+    pub async fn create_collection(&self, name: &str) -> Result<String> {
+        let v = self
+            .call(Method::POST, "/collections", Some(json!({ "name": name })))
+            .await?;
+        v["readable_id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| BenchError::failed(format!("a collection without readable_id: {v}")))
+    }
+
+    /// Creates a timed source connection that does not sync yet; returns its id.
+    pub async fn create_timed_connection(
+        &self,
+        collection: &str,
+        name: &str,
+        config: Value,
+    ) -> Result<Uuid> {
+        let body = json!({
+            "short_name": "timed",
+            "readable_collection_id": collection,
+            "name": name,
+            "config": config,
+            "authentication": {"credentials": {"timed_key": "bench"}},
+            "sync_immediately": false,
+        });
+        let v = self
+            .call(Method::POST, "/source-connections", Some(body))
+            .await?;
+        v["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| BenchError::failed(format!("a source connection without id: {v}")))
+    }
+
+    /// Starts a sync of the connection; returns the new (pending) job.
+    pub async fn run(&self, scid: Uuid) -> Result<Job> {
+        let v = self
+            .call(
+                Method::POST,
+                &format!("/source-connections/{scid}/run"),
+                None,
+            )
+            .await?;
+        Job::from_json(&v, scid)
+    }
+
+    pub async fn job(&self, scid: Uuid, job_id: Uuid) -> Result<Job> {
+        let v = self
+            .call(Method::GET, &Api::job_path(scid, job_id), None)
+            .await?;
+        Job::from_json(&v, scid)
+    }
+
+    /// Asks for the job's cancellation; returns the job as the answer shows it.
+    pub async fn cancel(&self, scid: Uuid, job_id: Uuid) -> Result<Job> {
+        let path = format!("{}/cancel", Api::job_path(scid, job_id));
+        let v = self.call(Method::POST, &path, None).await?;
+        Job::from_json(&v, scid)
+    }
+
+    /// GETs the job every `poll` (back to back when zero: then an observation is late by at
+    /// most one GET round trip) until it shows `status`; an error if it ends in another
+    /// final state, or after `timeout`.
+    pub async fn wait_for_status(
+        &self,
+        scid: Uuid,
+        job_id: Uuid,
+        status: &str,
+        poll: Duration,
+        timeout: Duration,
+    ) -> Result<Job> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.job(scid, job_id).await?;
+            if job.status == status {
+                return Ok(job);
+            }
+            if job.is_final() {
+                return Err(BenchError::failed(format!(
+                    "job {job_id} ended {} while waiting for {status}",
+                    job.status
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(BenchError::failed(format!(
+                    "job {job_id} still {} after {timeout:?} (waiting for {status})",
+                    job.status
+                )));
+            }
+            if poll.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}
+
+/// Creates `count` connections with slow timed sources, starts a job on each and waits
+/// until all of them run, `concurrency` at a time. `first` numbers the connections.
+pub async fn start_slow_jobs(
+    api: &Api,
+    collection: &str,
+    first: usize,
+    count: usize,
+    concurrency: usize,
+) -> Result<Vec<Job>> {
+    stream::iter(first..first + count)
+        .map(|i| async move {
+            let config = timed_config(SLOW_COUNT, SLOW_SECONDS, i as i64);
+            let scid = api
+                .create_timed_connection(collection, &format!("slow {i:05}"), config)
+                .await?;
+            let job = api.run(scid).await?;
+            api.wait_for_status(
+                scid,
+                job.id,
+                "running",
+                Duration::from_millis(50),
+                Duration::from_secs(300),
+            )
+            .await
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
+}

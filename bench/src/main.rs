@@ -1,0 +1,280 @@
+//! syncjobs-bench: the benchmarks of BENCHMARKS.md. `bench/run` builds everything in release
+//! mode and calls this binary; it runs the benchmarks asked for (all by default), each against
+//! a baseline measured in the same run, and writes the report (`bench/results/latest.md`).
+//!
+//! #1 and #6 drive the library in process (embedded store, pipeline); #2-#5 drive the
+//! `syncjobs` binary over HTTP on 127.0.0.1, as a client would. Every server this starts is
+//! stopped when its benchmark ends, fails, or the run is interrupted.
+
+mod append;
+mod baseline_server;
+mod cancel;
+mod client;
+mod error;
+mod http_get;
+mod machine;
+mod pipeline;
+mod raw;
+mod recovery;
+mod report;
+mod scale;
+mod server;
+mod stats;
+mod workload;
+mod wrk;
+
+use clap::{Args, Parser, Subcommand};
+use error::{BenchError, Result};
+use machine::{LoadAvg, Machine};
+use report::{Outcome, Report, Section, Verdict};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "syncjobs-bench",
+    about = "The syncjobs benchmarks (see BENCHMARKS.md); normally started by bench/run",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The bare actix-web server of benchmark #2's baseline (started by the benchmark).
+    #[command(hide = true)]
+    BaselineServer(baseline_server::Args),
+    /// Writes the store of #4 into a data directory and keeps it, e.g. to profile a start:
+    /// `perf record -g -- syncjobs serve` with `SYNCJOBS_DATA_DIR` pointing at it.
+    GenerateStore(recovery::GenerateArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Benchmarks to run, by number (1-6); all when none is given.
+    benches: Vec<u8>,
+    /// Smaller sizes and shorter runs: a quick look, not figures to record.
+    #[arg(long)]
+    quick: bool,
+    /// Where the report goes.
+    #[arg(long, default_value = "bench/results/latest.md")]
+    out: PathBuf,
+    /// Scratch space for stores and servers; put it on the disk that matters (fsync on
+    /// tmpfs costs nothing).
+    #[arg(long, default_value = "bench/results/work")]
+    work_dir: PathBuf,
+    /// The `syncjobs` binary (default: beside this one, i.e. the same release build).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The HTTP load tool of #2.
+    #[arg(long, default_value = "wrk")]
+    wrk: PathBuf,
+    /// The command line to record in the report.
+    #[arg(long, default_value = "bench/run")]
+    command_line: String,
+    /// The source revision to record in the report.
+    #[arg(long, default_value = "unknown")]
+    revision: String,
+}
+
+/// What every benchmark gets.
+pub struct Config {
+    pub quick: bool,
+    pub work_dir: PathBuf,
+    pub server_bin: PathBuf,
+    /// This binary, for the baseline server of #2.
+    pub bench_bin: PathBuf,
+    pub wrk: PathBuf,
+}
+
+struct Bench {
+    number: u8,
+    title: &'static str,
+    target: &'static str,
+}
+
+const BENCHES: [Bench; 6] = [
+    Bench {
+        number: 1,
+        title: "durable appends/s, 1/16/256 concurrent appenders",
+        target: ">= 0.8 x raw rusqlite at 256",
+    },
+    Bench {
+        number: 2,
+        title: "GET one job over HTTP, 64 connections",
+        target: ">= 0.7 x bare actix-web",
+    },
+    Bench {
+        number: 3,
+        title: "cancel latency (POST cancel -> `cancelled` observed)",
+        target: "p99 <= 3 x two durable commits, at 1000 jobs",
+    },
+    Bench {
+        number: 4,
+        title: "recovery: start on 100k jobs / 1M events until ready",
+        target: "<= 2 x raw sequential scan",
+    },
+    Bench {
+        number: 5,
+        title: "scale: 10,000 jobs running at once",
+        target: "RSS <= 300 MB, p99 GET <= 10 ms",
+    },
+    Bench {
+        number: 6,
+        title: "pipeline entities/s, 10 x 10,000 timed entities",
+        target: ">= 0.5 x raw batched inserts",
+    },
+];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| eprintln!("syncjobs-bench: cannot start a runtime: {e}"))
+    };
+    match cli.command {
+        Some(Command::BaselineServer(args)) => {
+            return match baseline_server::serve(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("baseline server: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::GenerateStore(args)) => {
+            let Ok(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            return match rt.block_on(recovery::generate_command(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("syncjobs-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
+    }
+    let Ok(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(run(cli.run)) {
+        Ok(report) => {
+            print!("{}", report.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("syncjobs-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<Report> {
+    let selected: Vec<u8> = if args.benches.is_empty() {
+        BENCHES.iter().map(|b| b.number).collect()
+    } else {
+        args.benches.clone()
+    };
+    if let Some(n) = selected
+        .iter()
+        .find(|n| !BENCHES.iter().any(|b| b.number == **n))
+    {
+        return Err(BenchError::failed(format!(
+            "no benchmark #{n} (there are 1 to {})",
+            BENCHES.len()
+        )));
+    }
+    tokio::fs::create_dir_all(&args.work_dir).await?;
+    let bench_bin = std::env::current_exe()?;
+    let config = Config {
+        quick: args.quick,
+        work_dir: args.work_dir.clone(),
+        server_bin: args
+            .server_bin
+            .clone()
+            .unwrap_or_else(|| bench_bin.with_file_name("syncjobs")),
+        bench_bin,
+        wrk: args.wrk.clone(),
+    };
+    let mut report = Report {
+        machine: Machine::describe(&args.work_dir),
+        command: args.command_line.clone(),
+        revision: args.revision.clone(),
+        quick: args.quick,
+        started: chrono::Utc::now(),
+        sections: Vec::new(),
+    };
+    for bench in BENCHES.iter().filter(|b| selected.contains(&b.number)) {
+        eprintln!("== #{} {}", bench.number, bench.title);
+        let load_before = LoadAvg::now();
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            result = run_one(bench.number, &config) => match result {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    eprintln!("   #{} could not run: {e}", bench.number);
+                    Outcome {
+                        headline: format!("could not run: {e}"),
+                        verdict: Verdict::NotRun,
+                        body: format!("The benchmark could not run: {e}\n"),
+                    }
+                }
+            },
+            // Dropping the benchmark's future stops every server it started.
+            signal = interrupted() => {
+                report.write(&args.out).await?;
+                return Err(BenchError::failed(format!("interrupted by {signal}")));
+            }
+        };
+        eprintln!("   {}", outcome.headline);
+        report.sections.push(Section {
+            number: bench.number,
+            title: bench.title,
+            target: bench.target,
+            outcome,
+            load_before,
+            load_after: LoadAvg::now(),
+            took: started.elapsed(),
+        });
+        report.write(&args.out).await?;
+    }
+    Ok(report)
+}
+
+async fn run_one(number: u8, config: &Config) -> Result<Outcome> {
+    match number {
+        1 => append::run(config).await,
+        2 => http_get::run(config).await,
+        3 => cancel::run(config).await,
+        4 => recovery::run(config).await,
+        5 => scale::run(config).await,
+        6 => pipeline::run(config).await,
+        n => Err(BenchError::failed(format!("no benchmark #{n}"))),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM with the signal's name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default action (exit) applies; servers die with their
+        // process group when the terminal sends the signal.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
