@@ -253,6 +253,7 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut polled_at = start;
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -280,11 +281,20 @@ async fn run(
             }
             _ = poll.tick() => {
                 // Events of other processes: the follower would only see them at the next
-                // local commit. Folding them twice is harmless (idempotent by position).
+                // local commit. Poll only while the follower is idle (a busy one will get
+                // there itself, and a poll racing it would read the backlog twice); after
+                // folding what the poll found, follow on from there instead of re-reading it.
+                let position = projection.position();
+                if position != polled_at {
+                    polled_at = position;
+                    continue;
+                }
+                let mut found_any = false;
                 loop {
                     match store.read_all(projection.position(), MAX_BATCH).await {
                         Ok(found) if !found.is_empty() => {
                             projection.apply_batch(&found);
+                            found_any = true;
                         }
                         Ok(_) => break,
                         Err(err) => {
@@ -292,6 +302,10 @@ async fn run(
                             break;
                         }
                     }
+                }
+                polled_at = projection.position();
+                if found_any {
+                    events = follow(store.clone(), polled_at).ready_chunks(MAX_BATCH);
                 }
             }
             _ = tick.tick() => {
