@@ -104,7 +104,7 @@ fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String>
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {
-    let _flush_logs_on_exit = telemetry::init(&settings.log, settings.log_format);
+    telemetry::init(&settings.log, settings.log_format);
     let store = open_store(&settings.store_dir())?;
     let clock: SharedClock = Arc::new(SystemClock);
     let destination =
