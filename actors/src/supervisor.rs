@@ -329,18 +329,20 @@ impl Actor for Supervisor {
     }
 }
 
-impl Handler<CreateJob> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<CommandOutcome, JobsError>>;
+impl Supervisor {
+    /// The job the registry holds as active on a connection, with its last known status.
+    fn active_on(&self, source_connection_id: Uuid) -> Option<(Uuid, JobStatus)> {
+        let job = self.active_by_connection.get(&source_connection_id)?;
+        Some((*job, self.jobs.get(job)?.status))
+    }
 
-    fn handle(&mut self, msg: CreateJob, _ctx: &mut Context<Self>) -> Self::Result {
-        let req = msg.0;
+    /// Reserves the connection, appends JobCreated and starts the job's actor.
+    fn create(
+        &mut self,
+        req: NewJob,
+    ) -> ResponseActFuture<Self, Result<CommandOutcome, JobsError>> {
         let sc = req.source_connection_id;
-        if let Some(status) = self
-            .active_by_connection
-            .get(&sc)
-            .and_then(|job| self.jobs.get(job))
-            .map(|e| e.status)
-        {
+        if let Some((_, status)) = self.active_on(sc) {
             return Box::pin(fut::ready(Err(JobsError::AlreadyActive(status))));
         }
         // Reserve the connection before the append so a second create cannot slip in.
@@ -387,6 +389,37 @@ impl Handler<CreateJob> for Supervisor {
                     Err(e.into())
                 }
             }),
+        )
+    }
+}
+
+impl Handler<CreateJob> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<CommandOutcome, JobsError>>;
+
+    fn handle(&mut self, msg: CreateJob, _ctx: &mut Context<Self>) -> Self::Result {
+        let req = msg.0;
+        let Some((active, status)) = self.active_on(req.source_connection_id) else {
+            return self.create(req);
+        };
+        // The registry learns that a job ended from its actor, a moment after the final event
+        // is durable; a client that already saw the job final must not be told it is active.
+        // The log decides.
+        let store = self.env.store.clone();
+        Box::pin(
+            async move { command::load(&*store, active).await }
+                .into_actor(self)
+                .then(move |loaded, act, ctx| match loaded {
+                    Ok(Some(state)) if state.status.is_final() => {
+                        act.forget(active, ctx);
+                        act.create(req)
+                    }
+                    Ok(Some(state)) => {
+                        Box::pin(fut::ready(Err(JobsError::AlreadyActive(state.status))))
+                    }
+                    // Not in the log yet: another create is appending it right now.
+                    Ok(None) => Box::pin(fut::ready(Err(JobsError::AlreadyActive(status)))),
+                    Err(e) => Box::pin(fut::ready(Err(e.into()))),
+                }),
         )
     }
 }

@@ -656,3 +656,35 @@ fn a_report_after_the_watchdog_forced_the_job_is_never_applied() {
         assert_eq!(state(&store, job).await.counts, EntityCounts::default());
     });
 }
+
+#[actix_rt::test]
+async fn a_connection_whose_job_the_log_shows_final_takes_a_new_run_at_once() {
+    // The registry hears of a job's end from its actor, a moment after the final event is
+    // durable (and visible to readers). Here the end comes from elsewhere (another node),
+    // so the registry never hears of it: a new run must still be accepted.
+    let store = InMemoryStore::new();
+    let clock = clock();
+    let jobs = start_supervisor(store.clone(), Arc::new(Stuck), clock.clone(), settings());
+    let sc = Uuid::now_v7();
+    let first = jobs.create(new_job(sc)).await.unwrap().state.job_id;
+    settle().await;
+    let meta = Metadata::default();
+    for cmd in [
+        JobCommand::RequestCancel {
+            requested_by: "other-node".into(),
+            timeout_seconds: 180,
+        },
+        JobCommand::ConfirmCancelled { counts: counts(3) },
+    ] {
+        command::execute(&*store, &*clock, first, None, &cmd, &meta)
+            .await
+            .unwrap();
+    }
+    let second = jobs
+        .create(new_job(sc))
+        .await
+        .expect("the log says the first job ended");
+    assert_ne!(second.state.job_id, first);
+    let err = jobs.create(new_job(sc)).await.unwrap_err();
+    assert!(matches!(err, JobsError::AlreadyActive(_)), "{err}");
+}
