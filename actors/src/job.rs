@@ -424,10 +424,6 @@ impl Handler<RunFinished> for JobActor {
             },
         };
         let meta = self.metadata("worker");
-        if let Some(run) = &mut self.run {
-            // The task is ending by itself; nothing to abandon.
-            run.token.cancel();
-        }
         AtomicResponse::new(Box::pin(self.command(cmd, meta).map(|res, act, ctx| {
             if let Err(CommandError::Rejected(e)) = &res {
                 tracing::warn!(parent: &act.span, error = %e, "late report from the worker: dropped");

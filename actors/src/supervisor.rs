@@ -432,21 +432,15 @@ impl Handler<CancelJob> for Supervisor {
         let env = self.env.clone();
         let timeout_seconds = self.cancel_timeout.as_secs();
         let job_id = msg.job_id;
+        let requested_by = msg.requested_by;
         let meta = Metadata {
             causation_id: None,
             correlation_id: Some(job_id),
-            caused_by: msg.requested_by.clone(),
-        };
-        let cancel = JobCommand::RequestCancel {
-            requested_by: msg.requested_by,
-            timeout_seconds,
+            caused_by: requested_by.clone(),
         };
         Box::pin(
             async move {
                 if let Some(addr) = addr {
-                    let JobCommand::RequestCancel { requested_by, .. } = &cancel else {
-                        unreachable!("built above")
-                    };
                     let asked = addr
                         .send(RequestCancel {
                             requested_by: requested_by.clone(),
@@ -461,6 +455,10 @@ impl Handler<CancelJob> for Supervisor {
                     }
                 }
                 // No live actor: the job is final, unknown, or being created. The log decides.
+                let cancel = JobCommand::RequestCancel {
+                    requested_by,
+                    timeout_seconds,
+                };
                 command::execute(&*env.store, &*env.clock, job_id, None, &cancel, &meta).await
             }
             .into_actor(self)
