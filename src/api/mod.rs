@@ -103,7 +103,9 @@ impl AppState {
 
 /// A JSON 200 response.
 pub fn ok_json(body: &impl Serialize) -> Result<HttpResponse, ApiError> {
-    let bytes = serde_json::to_vec(body).map_err(ApiError::internal)?;
+    // One job is ~400 bytes: start there rather than grow from serde_json's 128.
+    let mut bytes = Vec::with_capacity(512);
+    serde_json::to_writer(&mut bytes, body).map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(bytes))
@@ -193,20 +195,81 @@ pub fn endpoints() -> Vec<Endpoint> {
 }
 
 /// Registers every endpoint, with JSON 405s for other methods on a known path.
+///
+/// The paths are registered as a tree of `web::scope`s (one per shared leading segment)
+/// rather than as a flat list: actix tries a list's resources in order, running a regex for
+/// each one with a path parameter, so a flat list made `GET` one job run five regexes before
+/// it found its own; the tree runs one per parameter (BENCHMARKS.md #2). A scope passes
+/// unknown paths to the app's default service, so 404s and 405s answer as before.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let all = endpoints();
-    let mut paths: Vec<&'static str> = Vec::new();
+    let mut root = RouteNode::default();
     for e in &all {
-        if !paths.contains(&e.path) {
-            paths.push(e.path);
+        root.insert(e);
+    }
+    for child in &root.children {
+        child.register(cfg, String::new());
+    }
+}
+
+/// One path segment (`/jobs`, `/{job_id}`) of the route tree: the endpoints whose path ends
+/// here and the longer paths that go on from here, in the order `endpoints()` lists them.
+#[derive(Default)]
+struct RouteNode<'a> {
+    segment: &'a str,
+    endpoints: Vec<&'a Endpoint>,
+    children: Vec<RouteNode<'a>>,
+}
+
+impl<'a> RouteNode<'a> {
+    fn insert(&mut self, endpoint: &'a Endpoint) {
+        let mut node = self;
+        for segment in endpoint.path.split('/').skip(1) {
+            let at = match node.children.iter().position(|c| c.segment == segment) {
+                Some(at) => at,
+                None => {
+                    node.children.push(RouteNode {
+                        segment,
+                        ..Default::default()
+                    });
+                    node.children.len() - 1
+                }
+            };
+            node = &mut node.children[at];
+        }
+        node.endpoints.push(endpoint);
+    }
+
+    /// Registers this node under `prefix` (the segments above it that have no routes and no
+    /// other branch, folded into one pattern): a resource if the path ends here, a scope
+    /// holding its own resource (`""`) and its children if it goes on.
+    fn register(&self, cfg: &mut web::ServiceConfig, mut prefix: String) {
+        prefix.push('/');
+        prefix.push_str(self.segment);
+        if self.children.is_empty() {
+            cfg.service(Self::resource(&prefix, &self.endpoints));
+        } else if self.endpoints.is_empty() && self.children.len() == 1 {
+            self.children[0].register(cfg, prefix);
+        } else {
+            let mut scope = web::scope(&prefix);
+            if !self.endpoints.is_empty() {
+                scope = scope.service(Self::resource("", &self.endpoints));
+            }
+            scope = scope.configure(|cfg| {
+                for child in &self.children {
+                    child.register(cfg, String::new());
+                }
+            });
+            cfg.service(scope);
         }
     }
-    for path in paths {
+
+    fn resource(path: &str, endpoints: &[&Endpoint]) -> actix_web::Resource {
         let mut resource = web::resource(path);
-        for e in all.iter().filter(|e| e.path == path) {
+        for e in endpoints {
             resource = resource.route((e.route)());
         }
-        cfg.service(resource.default_service(web::to(method_not_allowed)));
+        resource.default_service(web::to(method_not_allowed))
     }
 }
 

@@ -1,6 +1,7 @@
 //! /health, unknown routes and methods, and the NATS relay line.
 
 use crate::helpers::{parts, spawn_app, spawn_app_with, Options};
+use reqwest::Method;
 use std::time::Duration;
 
 #[actix_web::test]
@@ -33,6 +34,52 @@ async fn unknown_routes_and_methods_answer_json() {
         (status.as_u16(), body["detail"].as_str()),
         (404, Some("Not Found"))
     );
+}
+
+/// Routes are served from nested scopes: unknown paths and methods deep inside them, and
+/// paths that only share a prefix with a route, answer as at the top.
+#[actix_web::test]
+async fn unknown_nested_routes_and_methods_answer_json() {
+    let app = spawn_app().await;
+    let (sc, job) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for path in [
+        format!("/source-connections/{sc}/nope"),
+        format!("/source-connections/{sc}/jobs/{job}/nope"),
+        format!("/source-connections/{sc}/jobs/{job}/cancel/more"),
+        "/source-connectionsx".to_string(),
+        "/collections/a/b".to_string(),
+        format!("/sync/job/{job}"),
+        format!("/sync/job/{job}/subscribe/more"),
+    ] {
+        let (status, body) = app.get(&path).await;
+        assert_eq!(
+            (status.as_u16(), body["detail"].as_str()),
+            (404, Some("Not Found")),
+            "GET {path}"
+        );
+    }
+    for (method, path) in [
+        (
+            Method::DELETE,
+            format!("/source-connections/{sc}/jobs/{job}"),
+        ),
+        (
+            Method::GET,
+            format!("/source-connections/{sc}/jobs/{job}/cancel"),
+        ),
+        (Method::PUT, format!("/source-connections/{sc}/jobs")),
+        (Method::POST, "/collections/abc".to_string()),
+        (Method::DELETE, "/source-connections".to_string()),
+    ] {
+        let (status, body) = app
+            .request_as(Some(&app.key), method.clone(), &path, None)
+            .await;
+        assert_eq!(
+            (status.as_u16(), body["detail"].as_str()),
+            (405, Some("Method Not Allowed")),
+            "{method} {path}"
+        );
+    }
 }
 
 /// NATS_URL, or None with the reason printed; with SYNCJOBS_REQUIRE_SERVICES=1 a missing
