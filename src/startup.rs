@@ -7,6 +7,7 @@ use crate::api::keys::{self, AccessError, Bootstrap, NewKey};
 use crate::api::{self, error::extractor_error, AppState, HealthProbe};
 use crate::bus::{spawn_relay, RelayConfig, RelayHandle, RelayMonitor};
 use crate::config::Settings;
+use crate::telemetry;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next, NormalizePath};
@@ -296,21 +297,18 @@ fn serve(
     Ok(server.run())
 }
 
-/// One line per request: method, path, status, latency. Never headers or bodies.
+/// The access log: one line per request ([`telemetry::access_log`]), with the path as the
+/// client sent it (before `NormalizePath`). The URI is kept by reference count rather than
+/// copied: this runs on every request.
 async fn log_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.path().to_owned();
+    let uri = req.uri().clone();
     let res = next.call(req).await?;
-    let status = res.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
-    if status >= 500 {
-        tracing::error!(%method, %path, status, micros, "request");
-    } else {
-        tracing::info!(%method, %path, status, micros, "request");
-    }
+    telemetry::access_log(method.as_str(), uri.path(), res.status().as_u16(), micros);
     Ok(res)
 }
