@@ -5,7 +5,7 @@
 //! authenticated before its path or body is looked at (401/403 win over 422/413).
 
 use super::error::ApiError;
-use super::keys::hash_key;
+use super::keys::{key_hash_into, KEY_HASH_LEN};
 use super::AppState;
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
@@ -51,10 +51,11 @@ fn authenticate(req: &HttpRequest) -> Result<ApiContext, ApiError> {
     if key.is_empty() {
         return Err(ApiError::Unauthenticated);
     }
-    let hash = hash_key(key);
+    let mut hash = [0; KEY_HASH_LEN];
+    let hash = key_hash_into(key, &mut hash);
     let now = state.clock.now();
     let found = state.projection.read(|m| {
-        m.authenticate(&hash, now)
+        m.authenticate(hash, now)
             .map(|k| (k.organization_id, k.key_id))
     });
     match found {

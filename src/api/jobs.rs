@@ -131,17 +131,28 @@ pub fn owned_job(
 ) -> Result<(Uuid, Uuid), ApiError> {
     let sc = path_uuid("source_connection_id", sc_raw)?;
     let job = path_uuid("job_id", job_raw)?;
-    state.projection.read(|m| {
-        if m.source_connection(ctx.organization_id, sc).is_none() {
-            return Err(ApiError::source_connection_not_found());
-        }
-        if own_job(m, ctx, job)?.source_connection_id != sc {
-            return Err(ApiError::BadRequest(
-                "Sync job does not belong to this source connection".into(),
-            ));
-        }
-        Ok((sc, job))
-    })
+    state
+        .projection
+        .read(|m| connection_job(m, ctx, sc, job).map(|_| (sc, job)))
+}
+
+/// The checks of [`owned_job`] on a read model already read.
+fn connection_job<'m>(
+    m: &'m ReadModel,
+    ctx: &ApiContext,
+    sc: Uuid,
+    job_id: Uuid,
+) -> Result<&'m JobState, ApiError> {
+    if m.source_connection(ctx.organization_id, sc).is_none() {
+        return Err(ApiError::source_connection_not_found());
+    }
+    let job = own_job(m, ctx, job_id)?;
+    if job.source_connection_id != sc {
+        return Err(ApiError::BadRequest(
+            "Sync job does not belong to this source connection".into(),
+        ));
+    }
+    Ok(job)
 }
 
 pub async fn get(
@@ -149,11 +160,12 @@ pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, job_id) = owned_job(&state, &ctx, &path.0, &path.1)?;
-    state.projection.read(|m| match m.job(job_id) {
-        Some(j) => ok_json(&JobOut::new(j)),
-        None => Err(ApiError::job_not_found()),
-    })
+    let sc = path_uuid("source_connection_id", &path.0)?;
+    let job_id = path_uuid("job_id", &path.1)?;
+    // Checked and answered under one read of the model: the answer is the job checked.
+    state
+        .projection
+        .read(|m| ok_json(&JobOut::new(connection_job(m, &ctx, sc, job_id)?)))
 }
 
 pub async fn cancel(

@@ -5,7 +5,7 @@
 //! Every field is always present (absent values are explicit `null`); timestamps are ISO
 //! 8601 UTC with microseconds (`2026-04-23T10:00:00.123456Z`).
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 use syncjobs_actors::pipeline::EntityStats;
@@ -13,14 +13,54 @@ use syncjobs_domain::JobState;
 use syncjobs_projections::{Collection, ReadModel, SourceConnection};
 use uuid::Uuid;
 
-/// `2026-04-23T10:00:00.123456Z`. RFC 3339 writer rather than a strftime pattern, which
-/// chrono parses anew on every call (a few % of the CPU of a GET, BENCHMARKS.md #2).
+/// `2026-04-23T10:00:00.123456Z`.
 pub fn format_ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    let mut buf = [0; TS_LEN];
+    match ts_into(t, &mut buf) {
+        Some(text) => text.to_owned(),
+        None => t.to_rfc3339_opts(SecondsFormat::Micros, true),
+    }
+}
+
+const TS_LEN: usize = "2026-04-23T10:00:00.123456Z".len();
+
+/// [`format_ts`] written into `buf`, digit by digit: every response has a few timestamps,
+/// and chrono's writer (or a strftime pattern, which it parses anew on every call) took a
+/// few % of the CPU of a `GET` (BENCHMARKS.md #2). `None` for what only chrono spells right:
+/// years outside 0..=9999 and leap seconds.
+fn ts_into<'a>(t: &DateTime<Utc>, buf: &'a mut [u8; TS_LEN]) -> Option<&'a str> {
+    // UTC already: the naive value needs no offset applied for each field.
+    let t = t.naive_utc();
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let nanos = t.nanosecond();
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    *buf = *b"0000-00-00T00:00:00.000000Z";
+    for (at, width, value) in [
+        (0, 4, year),
+        (5, 2, t.month()),
+        (8, 2, t.day()),
+        (11, 2, t.hour()),
+        (14, 2, t.minute()),
+        (17, 2, t.second()),
+        (20, 6, nanos / 1000),
+    ] {
+        let mut value = value;
+        for digit in buf[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    std::str::from_utf8(buf).ok()
 }
 
 fn ts<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_ts(t))
+    let mut buf = [0; TS_LEN];
+    match ts_into(t, &mut buf) {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_str(&format_ts(t)),
+    }
 }
 
 fn opt_ts<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
@@ -287,5 +327,42 @@ mod tests {
         assert_eq!(format_ts(&t), "2026-04-23T10:00:00.123456Z");
         let whole = Utc.timestamp_opt(1_776_938_400, 0).unwrap();
         assert_eq!(format_ts(&whole), "2026-04-23T10:00:00.000000Z");
+    }
+
+    #[test]
+    fn timestamps_read_as_chrono_writes_them_at_any_instant() {
+        let chrono_text = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut instants: Vec<DateTime<Utc>> = [
+            (0, 0),
+            (951_782_400, 999_999_999), // 2000-02-29, the last nanosecond of a second
+            (-62_167_219_200, 1_000),   // year 0
+            (-62_167_219_201, 0),       // year -1
+            (253_402_300_799, 5_000),   // 9999-12-31T23:59:59
+            (253_402_300_800, 0),       // year 10000
+        ]
+        .into_iter()
+        .map(|(s, n)| Utc.timestamp_opt(s, n).unwrap())
+        .collect();
+        // A leap second, as chrono holds it.
+        instants.push(
+            chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+                .unwrap()
+                .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+                .unwrap()
+                .and_utc(),
+        );
+        // And a spread of ordinary ones.
+        let mut s: i64 = 1;
+        for _ in 0..2_000 {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407)
+                & i64::MAX;
+            let secs = s % 4_102_444_800; // up to 2100
+            instants.push(Utc.timestamp_opt(secs, (s % 1_000_000_000) as u32).unwrap());
+        }
+        for t in &instants {
+            assert_eq!(format_ts(t), chrono_text(t), "{t:?}");
+        }
     }
 }
