@@ -214,7 +214,7 @@ pub fn init_for_tests() {
 
 /// After a write, the writer thread waits this long before the next one, so that lines
 /// arriving meanwhile leave together. A line after a quiet spell goes out at once.
-const LINGER: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(10);
 
 /// Pending bytes past which a line is not buffered: its thread writes the batch and the
 /// line itself (the destination is slower than the logging), which bounds the memory.
