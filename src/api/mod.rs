@@ -111,6 +111,15 @@ pub fn ok_json(body: &impl Serialize) -> Result<HttpResponse, ApiError> {
         .body(bytes))
 }
 
+/// One job as a JSON 200 response ([`wire::JobOut::write_json`]).
+pub fn ok_job(job: &wire::JobOut) -> Result<HttpResponse, ApiError> {
+    let mut bytes = Vec::with_capacity(512);
+    job.write_json(&mut bytes).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(bytes))
+}
+
 /// One served route. [`configure`] registers exactly these, and the OpenAPI test checks
 /// the document against them.
 pub struct Endpoint {
@@ -207,13 +216,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     for e in &all {
         root.insert(e);
     }
-    for child in &root.children {
+    for child in root.children_in_match_order() {
         child.register(cfg, String::new());
     }
 }
 
 /// One path segment (`/jobs`, `/{job_id}`) of the route tree: the endpoints whose path ends
-/// here and the longer paths that go on from here, in the order `endpoints()` lists them.
+/// here and the longer paths that go on from here.
+///
+/// Within a scope actix tries each entry in turn (every try costs, a regex more so), so
+/// entries go in a fixed order: fixed segments before parameters (a fixed one wins where
+/// both could match, as everywhere), bigger subtrees first (more of the traffic is likely
+/// to go there), and the scope's own path (`""`) last; ties keep `endpoints()`'s order.
 #[derive(Default)]
 struct RouteNode<'a> {
     segment: &'a str,
@@ -240,6 +254,17 @@ impl<'a> RouteNode<'a> {
         node.endpoints.push(endpoint);
     }
 
+    /// Endpoints here and below.
+    fn size(&self) -> usize {
+        self.endpoints.len() + self.children.iter().map(RouteNode::size).sum::<usize>()
+    }
+
+    fn children_in_match_order(&self) -> Vec<&RouteNode<'a>> {
+        let mut children: Vec<&RouteNode<'a>> = self.children.iter().collect();
+        children.sort_by_key(|c| (c.segment.starts_with('{'), std::cmp::Reverse(c.size())));
+        children
+    }
+
     /// Registers this node under `prefix` (the segments above it that have no routes and no
     /// other branch, folded into one pattern): a resource if the path ends here, a scope
     /// holding its own resource (`""`) and its children if it goes on.
@@ -251,15 +276,14 @@ impl<'a> RouteNode<'a> {
         } else if self.endpoints.is_empty() && self.children.len() == 1 {
             self.children[0].register(cfg, prefix);
         } else {
-            let mut scope = web::scope(&prefix);
-            if !self.endpoints.is_empty() {
-                scope = scope.service(Self::resource("", &self.endpoints));
-            }
-            scope = scope.configure(|cfg| {
-                for child in &self.children {
+            let mut scope = web::scope(&prefix).configure(|cfg| {
+                for child in self.children_in_match_order() {
                     child.register(cfg, String::new());
                 }
             });
+            if !self.endpoints.is_empty() {
+                scope = scope.service(Self::resource("", &self.endpoints));
+            }
             cfg.service(scope);
         }
     }
