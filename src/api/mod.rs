@@ -8,7 +8,8 @@
 //!   version; [`subscribe`]: Airweave's progress stream; [`sse`]: following a job's stream
 //!   in the log, shared by both streams.
 //! - [`input`]: bounded, typed reading of bodies, paths and queries; [`error`]: the one
-//!   mapping of failures to HTTP; [`wire`]: response bodies.
+//!   mapping of failures to HTTP; [`wire`]: response bodies; [`normalize`]: trailing and
+//!   repeated slashes.
 //!
 //! Commands append, then wait (bounded) until the projection has folded their own append
 //! before answering, so a 200 is visible to the next GET of any client.
@@ -23,6 +24,7 @@ pub mod history;
 pub mod input;
 pub mod jobs;
 pub mod keys;
+pub mod normalize;
 pub mod openapi;
 pub mod source_connections;
 pub mod sources;
@@ -43,6 +45,7 @@ use syncjobs_projections::Projection;
 pub use auth::ApiContext;
 pub use error::ApiError;
 pub use health::HealthProbe;
+pub use normalize::TrimPath;
 
 /// Limits and waits of the API.
 #[derive(Debug, Clone)]
