@@ -228,9 +228,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// here and the longer paths that go on from here.
 ///
 /// Within a scope actix tries each entry in turn (every try costs, a regex more so), so
-/// entries go in a fixed order: fixed segments before parameters (a fixed one wins where
-/// both could match, as everywhere), bigger subtrees first (more of the traffic is likely
-/// to go there), and the scope's own path (`""`) last; ties keep `endpoints()`'s order.
+/// entries go in a fixed order: bigger subtrees first (more of the traffic is likely to go
+/// there), except that fixed segments come before parameters (a fixed one wins where both
+/// could match, as everywhere); the scope's own path (`""`), which no child can match, goes
+/// where its number of endpoints puts it, ahead of a child of the same size. Ties keep
+/// `endpoints()`'s order.
 #[derive(Default)]
 struct RouteNode<'a> {
     segment: &'a str,
@@ -279,14 +281,23 @@ impl<'a> RouteNode<'a> {
         } else if self.endpoints.is_empty() && self.children.len() == 1 {
             self.children[0].register(cfg, prefix);
         } else {
-            let mut scope = web::scope(&prefix).configure(|cfg| {
-                for child in self.children_in_match_order() {
+            let children = self.children_in_match_order();
+            // The scope's own path collides with no child: it goes where its size puts it.
+            let own_at = children
+                .iter()
+                .position(|c| c.size() <= self.endpoints.len())
+                .unwrap_or(children.len());
+            let scope = web::scope(&prefix).configure(|cfg| {
+                for (at, child) in children.iter().enumerate() {
+                    if at == own_at && !self.endpoints.is_empty() {
+                        cfg.service(Self::resource("", &self.endpoints));
+                    }
                     child.register(cfg, String::new());
                 }
+                if own_at == children.len() && !self.endpoints.is_empty() {
+                    cfg.service(Self::resource("", &self.endpoints));
+                }
             });
-            if !self.endpoints.is_empty() {
-                scope = scope.service(Self::resource("", &self.endpoints));
-            }
             cfg.service(scope);
         }
     }
