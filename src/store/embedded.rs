@@ -13,7 +13,7 @@
 use super::checkpoint::{Checkpointer, CHECKPOINT_PAGES};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -98,6 +98,7 @@ pub struct EmbeddedStore {
     /// Bounds the read connections in use to [`READ_CONNECTIONS`].
     read_permits: Arc<Semaphore>,
     commits: Arc<AtomicU64>,
+    recent: Arc<Mutex<Recent>>,
     dir: PathBuf,
 }
 
@@ -140,7 +141,9 @@ impl EmbeddedStore {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(head);
         let commits = Arc::new(AtomicU64::new(0));
+        let recent = Arc::new(Mutex::new(Recent::default()));
         let writer = Writer {
+            recent: recent.clone(),
             conn,
             versions: HashMap::new(),
             data_version,
@@ -164,6 +167,7 @@ impl EmbeddedStore {
             }),
             read_permits: Arc::new(Semaphore::new(READ_CONNECTIONS)),
             commits,
+            recent,
             dir: dir.to_owned(),
         }))
     }
@@ -290,6 +294,10 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
+    fn read_recent(&self, after: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
+        lock(&self.recent).after(after, limit)
+    }
+
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.clone()
     }
@@ -311,8 +319,51 @@ struct Writer {
     head: u64,
     head_tx: watch::Sender<u64>,
     commits: Arc<AtomicU64>,
-    /// Stops once the connection (whose commit hook holds its signal) is closed.
+    /// Stopped after the connection is closed.
     checkpointer: Checkpointer,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// How many of the latest committed events the store keeps in memory for followers.
+const RECENT_EVENTS: usize = 4096;
+
+/// The latest events this process committed, in global order and without gaps, so that
+/// followers keeping up (the projector, the relay, live streams) read them without going
+/// to the database and decoding them again.
+#[derive(Default)]
+struct Recent {
+    events: VecDeque<RecordedEvent>,
+}
+
+impl Recent {
+    fn push(&mut self, event: &RecordedEvent) {
+        // A gap means another process wrote in between: what is held no longer runs on.
+        if let Some(last) = self.events.back() {
+            if last.global_position + 1 != event.global_position {
+                self.events.clear();
+            }
+        }
+        if self.events.len() == RECENT_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event.clone());
+    }
+
+    /// Everything after `after` (up to `limit`), if it is all held here.
+    fn after(&self, after: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
+        let first = self.events.front()?.global_position;
+        let last = self.events.back()?.global_position;
+        if after.checked_add(1)? < first || after >= last {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).ok()?;
+        Some(self.events.range(skip..).take(limit).cloned().collect())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks half-way through a change.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 type Outcome = Result<Vec<RecordedEvent>, StoreError>;
@@ -424,6 +475,9 @@ impl Writer {
         match opened {
             Ok(now) => {
                 if now != self.data_version || self.versions.len() > VERSION_CACHE_LIMIT {
+                    if now != self.data_version {
+                        lock(&self.recent).events.clear();
+                    }
                     self.versions.clear();
                     self.data_version = now;
                 }
@@ -475,6 +529,14 @@ impl Writer {
         match batch.failed {
             None => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut recent = lock(&self.recent);
+                    for events in batch.outcomes.iter().flatten() {
+                        for event in events {
+                            recent.push(event);
+                        }
+                    }
+                }
                 if batch.last_position > self.head {
                     self.head = batch.last_position;
                     // Before the replies: whoever got an answer finds the head past it.
