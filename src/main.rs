@@ -18,6 +18,9 @@ use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
 use syncjobs_actors::Pipeline;
 use syncjobs_domain::{EventStore, SharedClock, SystemClock};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "syncjobs",
