@@ -67,6 +67,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `limit` events of the global log with position > `after`, in order.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Up to `limit` events with position > `after`, answered from memory when the backend
+    /// still holds them (its own latest commits), so a follower that keeps up costs no I/O
+    /// and no decoding. `None`: not at hand, ask [`EventStore::read_all`]. When `Some`, it
+    /// is exactly what `read_all` would return for the durable log up to the head.
+    fn read_recent(&self, _after: u64, _limit: usize) -> Option<Vec<RecordedEvent>> {
+        None
+    }
+
     /// The last durable global position, updated after every commit.
     fn watch_head(&self) -> watch::Receiver<u64>;
 
@@ -108,7 +116,12 @@ pub fn follow(
             // read wakes us up again instead of being missed.
             let head = *s.head.borrow_and_update();
             if head > s.after {
-                match s.store.read_all(s.after, FOLLOW_BATCH).await {
+                let recent = s.store.read_recent(s.after, FOLLOW_BATCH);
+                let read = match recent {
+                    Some(batch) if !batch.is_empty() => Ok(batch),
+                    _ => s.store.read_all(s.after, FOLLOW_BATCH).await,
+                };
+                match read {
                     Ok(batch) if !batch.is_empty() => {
                         s.buf.extend(batch);
                         continue;
