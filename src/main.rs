@@ -94,6 +94,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
+            // The log lines before the failure come first, then the failure.
+            telemetry::flush();
             eprintln!("syncjobs: {message}");
             ExitCode::FAILURE
         }

@@ -170,10 +170,12 @@ async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
         failed["error"],
         "interrupted: the service stopped while the job was running"
     );
-    assert_eq!(
-        second.job(stuck_sc, stuck).await["status"],
-        "cancelling",
-        "the watchdog waits for the deadline recorded before the restart"
+    // Unless the restart itself outlasted the deadline (a loaded machine), the job is still
+    // waiting for it.
+    let status = second.job(stuck_sc, stuck).await["status"].clone();
+    assert!(
+        status == "cancelling" || requested.elapsed() >= std::time::Duration::from_secs(3),
+        "the watchdog waits for the deadline recorded before the restart, got {status}"
     );
     let forced = second.wait_status(stuck_sc, stuck, "cancelled").await;
     assert!(
