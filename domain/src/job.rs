@@ -137,19 +137,33 @@ impl JobState {
                 version: 1,
             }),
             (None, other) => Err(FoldError::NotCreated(other.event_type())),
-            (Some(_), SyncJobEvent::JobCreated { .. }) => Err(FoldError::CreatedTwice),
             (Some(mut s), event) => {
-                if s.status.is_final() {
-                    return Err(FoldError::AfterFinal {
-                        status: s.status,
-                        event: event.event_type(),
-                    });
-                }
-                s.apply(event, at);
-                s.version += 1;
+                s.evolve_in_place(event, at)?;
                 Ok(s)
             }
         }
+    }
+
+    /// [`JobState::evolve`] of an existing job, in place: on error the state is unchanged.
+    /// The read model folds every event of the log this way at start-up, where moving the
+    /// state out of its map and back for each event was a visible share of the time.
+    pub fn evolve_in_place(
+        &mut self,
+        event: &SyncJobEvent,
+        at: DateTime<Utc>,
+    ) -> Result<(), FoldError> {
+        if let SyncJobEvent::JobCreated { .. } = event {
+            return Err(FoldError::CreatedTwice);
+        }
+        if self.status.is_final() {
+            return Err(FoldError::AfterFinal {
+                status: self.status,
+                event: event.event_type(),
+            });
+        }
+        self.apply(event, at);
+        self.version += 1;
+        Ok(())
     }
 
     fn apply(&mut self, event: &SyncJobEvent, at: DateTime<Utc>) {

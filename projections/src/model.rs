@@ -210,39 +210,27 @@ impl ReadModel {
             }
             return;
         }
-        // Check every way `evolve` can refuse before taking the state out of the map, so
-        // that a refused event can never lose the state.
-        match self.jobs.get(&job_id) {
-            None => {
-                tracing::debug!(%job_id, event = event.event_type(), "event of an unknown job; skipped");
-                return;
-            }
-            Some(s) if s.status.is_final() => {
-                tracing::warn!(
-                    %job_id,
-                    status = %s.status,
-                    event = event.event_type(),
-                    "event after a final state; skipped"
-                );
-                return;
-            }
-            Some(_) => {}
-        }
-        let Some(state) = self.jobs.remove(&job_id) else {
+        let Some(state) = self.jobs.get_mut(&job_id) else {
+            tracing::debug!(%job_id, event = event.event_type(), "event of an unknown job; skipped");
             return;
         };
-        let state = match JobState::evolve(Some(state), event, at) {
-            Ok(s) => s,
-            Err(err) => {
-                // Unreachable after the checks above; the job is dropped from the model
-                // rather than the projection stopping.
-                tracing::error!(%job_id, %err, "job event does not fold; job dropped");
-                return;
-            }
-        };
+        if state.status.is_final() {
+            tracing::warn!(
+                %job_id,
+                status = %state.status,
+                event = event.event_type(),
+                "event after a final state; skipped"
+            );
+            return;
+        }
+        if let Err(err) = state.evolve_in_place(event, at) {
+            // Unreachable after the check above (JobCreated was handled before); the state
+            // is left as it was rather than the projection stopping.
+            tracing::error!(%job_id, %err, "job event does not fold; skipped");
+            return;
+        }
         let sc_id = state.source_connection_id;
         let status = state.status;
-        self.jobs.insert(job_id, state);
         if status.is_final() {
             match self.source_connections.get_mut(&sc_id) {
                 Some(sc) => match status {
