@@ -11,7 +11,7 @@ use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
-use syncjobs_domain::{follow, EventStore, RecordedEvent};
+use syncjobs_domain::{follow_batches, EventStore, RecordedEvent};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -238,7 +238,7 @@ async fn run(
         backend = store.backend(),
         "projector following the log"
     );
-    let mut events = follow(store.clone(), start).ready_chunks(MAX_BATCH);
+    let mut events = follow_batches(store.clone(), start);
     // Without polling the interval still exists but never fires in practice.
     let mut poll = tokio::time::interval(
         config
@@ -252,33 +252,25 @@ async fn run(
     let mut tick = tokio::time::interval(config.snapshot_every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut polled_at = start;
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            next = events.next() => {
-                let Some(items) = next else {
+            next = events.next() => match next {
+                None => {
                     tracing::info!("event store closed; projector stops");
                     break;
-                };
-                let mut failed = false;
-                batch.clear();
-                for item in items {
-                    match item {
-                        Ok(e) => batch.push(e),
-                        Err(err) => {
-                            tracing::error!(%err, "projector cannot read the log");
-                            failed = true;
-                            break;
-                        }
+                }
+                Some(Ok(batch)) => {
+                    for chunk in batch.chunks(MAX_BATCH) {
+                        projection.apply_batch(chunk);
                     }
                 }
-                projection.apply_batch(&batch);
-                if failed {
+                Some(Err(err)) => {
+                    tracing::error!(%err, "projector cannot read the log");
                     tokio::time::sleep(ERROR_BACKOFF).await;
                 }
-            }
+            },
             _ = poll.tick() => {
                 // Events of other processes: the follower would only see them at the next
                 // local commit. Poll only while the follower is idle (a busy one will get
@@ -305,7 +297,7 @@ async fn run(
                 }
                 polled_at = projection.position();
                 if found_any {
-                    events = follow(store.clone(), polled_at).ready_chunks(MAX_BATCH);
+                    events = follow_batches(store.clone(), polled_at);
                 }
             }
             _ = tick.tick() => {
