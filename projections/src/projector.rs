@@ -123,7 +123,7 @@ impl Projection {
     }
 
     /// Encodes a snapshot of the model (under the read lock) and its position.
-    fn encode_snapshot(&self) -> Result<(Vec<u8>, u64), serde_json::Error> {
+    fn encode_snapshot(&self) -> Result<(Vec<u8>, u64), snapshot::SnapshotError> {
         let m = self.read_guard();
         Ok((snapshot::encode(&m)?, m.position()))
     }

@@ -435,7 +435,7 @@ async fn a_rebuild_from_zero_equals_snapshot_plus_follow() {
     let events = h.all().await;
     let from_zero = fold(&events);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("read_model.json");
+    let path = dir.path().join("read_model.snapshot");
     for cut in [
         0,
         1,
@@ -459,11 +459,12 @@ async fn a_rebuild_from_zero_equals_snapshot_plus_follow() {
 async fn a_snapshot_of_another_format_or_ahead_of_the_store_is_ignored() {
     let h = rich_history().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("read_model.json");
-    std::fs::write(&path, br#"{"format":999,"model":null}"#).unwrap();
+    let path = dir.path().join("read_model.snapshot");
+    // A format-1 (JSON) checkpoint, as earlier releases wrote it.
+    snapshot::write_atomic(&path, br#"{"format":1,"model":null}"#).unwrap();
     assert!(matches!(
         snapshot::load(&path),
-        Err(syncjobs_projections::SnapshotError::Format { found: 999, .. })
+        Err(syncjobs_projections::SnapshotError::NotASnapshot { .. })
     ));
     assert_eq!(load_model(Some(&path), h.store.as_ref()).position(), 0);
     snapshot::save(&path, &fold(&h.all().await)).unwrap();
@@ -476,7 +477,7 @@ async fn a_snapshot_of_another_format_or_ahead_of_the_store_is_ignored() {
 async fn the_projector_follows_live_appends_and_writes_its_checkpoint() {
     let mut h = rich_history().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("read_model.json");
+    let path = dir.path().join("read_model.snapshot");
     let store: Arc<dyn EventStore> = h.store.clone();
     let projection = Projection::new(ReadModel::new());
     let handle = spawn_projector(
