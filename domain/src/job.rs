@@ -109,39 +109,48 @@ impl JobState {
         at: DateTime<Utc>,
     ) -> Result<JobState, FoldError> {
         match (state, event) {
-            (
-                None,
-                SyncJobEvent::JobCreated {
-                    job_id,
-                    source_connection_id,
-                    organization_id,
-                    short_name,
-                    config,
-                },
-            ) => Ok(JobState {
-                job_id: *job_id,
-                source_connection_id: *source_connection_id,
-                organization_id: *organization_id,
-                short_name: short_name.clone(),
-                config: config.clone(),
-                status: JobStatus::Pending,
-                created_at: at,
-                started_at: None,
-                completed_at: None,
-                counts: EntityCounts::default(),
-                error: None,
-                error_category: None,
-                error_details: None,
-                cancel_requested_at: None,
-                cancel_timeout_seconds: None,
-                version: 1,
-            }),
+            (None, created @ SyncJobEvent::JobCreated { .. }) => {
+                JobState::created(created.clone(), at)
+            }
             (None, other) => Err(FoldError::NotCreated(other.event_type())),
             (Some(mut s), event) => {
                 s.evolve_in_place(event, at)?;
                 Ok(s)
             }
         }
+    }
+
+    /// The state a JobCreated event recorded at `at` starts (what [`JobState::evolve`] gives
+    /// without a state), taking the event's config and names instead of copying them.
+    pub fn created(event: SyncJobEvent, at: DateTime<Utc>) -> Result<JobState, FoldError> {
+        let SyncJobEvent::JobCreated {
+            job_id,
+            source_connection_id,
+            organization_id,
+            short_name,
+            config,
+        } = event
+        else {
+            return Err(FoldError::NotCreated(event.event_type()));
+        };
+        Ok(JobState {
+            job_id,
+            source_connection_id,
+            organization_id,
+            short_name,
+            config,
+            status: JobStatus::Pending,
+            created_at: at,
+            started_at: None,
+            completed_at: None,
+            counts: EntityCounts::default(),
+            error: None,
+            error_category: None,
+            error_details: None,
+            cancel_requested_at: None,
+            cancel_timeout_seconds: None,
+            version: 1,
+        })
     }
 
     /// [`JobState::evolve`] of an existing job, in place: on error the state is unchanged.

@@ -71,11 +71,11 @@ impl Projection {
     }
 
     /// Folds a batch in under one write lock and publishes the new position.
-    pub fn apply_batch(&self, events: &[RecordedEvent]) -> u64 {
+    pub fn apply_batch(&self, events: impl IntoIterator<Item = RecordedEvent>) -> u64 {
         let position = {
             let mut m = self.write_guard();
             for e in events {
-                m.apply(e);
+                m.apply_owned(e);
             }
             m.position()
         };
@@ -262,8 +262,9 @@ async fn run(
                     break;
                 }
                 Some(Ok(batch)) => {
-                    for chunk in batch.chunks(MAX_BATCH) {
-                        projection.apply_batch(chunk);
+                    let mut batch = batch.into_iter();
+                    while batch.len() > 0 {
+                        projection.apply_batch(batch.by_ref().take(MAX_BATCH));
                     }
                 }
                 Some(Err(err)) => {
@@ -285,7 +286,7 @@ async fn run(
                 loop {
                     match store.read_all(projection.position(), MAX_BATCH).await {
                         Ok(found) if !found.is_empty() => {
-                            projection.apply_batch(&found);
+                            projection.apply_batch(found);
                             found_any = true;
                         }
                         Ok(_) => break,

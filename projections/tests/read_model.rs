@@ -107,7 +107,7 @@ impl History {
                 source_connection_id: sc,
                 organization_id: org,
                 short_name: "timed".into(),
-                config: serde_json::json!({}),
+                config: serde_json::json!({"entity_count": 3, "seed": id.to_string()}),
             },
         )
         .await;
@@ -425,8 +425,20 @@ async fn applying_an_event_twice_is_a_no_op() {
     let mut twice = fold(&events);
     for e in &events {
         assert!(!twice.apply(e));
+        assert!(!twice.apply_owned(e.clone()));
     }
     assert_eq!(once, twice);
+}
+
+#[tokio::test]
+async fn folding_owned_events_gives_the_same_model() {
+    let h = rich_history().await;
+    let events = h.all().await;
+    let mut owned = ReadModel::new();
+    for e in events.iter().cloned() {
+        assert!(owned.apply_owned(e));
+    }
+    assert_eq!(owned, fold(&events));
 }
 
 #[tokio::test]
