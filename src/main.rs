@@ -18,6 +18,9 @@ use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
 use syncjobs_actors::Pipeline;
 use syncjobs_domain::{EventStore, SharedClock, SystemClock};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "syncjobs",
@@ -113,18 +116,20 @@ async fn serve(settings: Settings) -> Result<(), String> {
     let runner = Arc::new(Pipeline::new(sink.clone(), Pipeline::default_workers()));
     // Sync runs (source streams, hashing, worker pools) get their own threads so that a busy
     // pipeline never delays the actors' mailboxes, the watchdog or the projector.
-    let runs = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("syncjobs-run")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the sync-run threads: {e}"))?;
+    let runs = RunThreads(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .thread_name("syncjobs-run")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the sync-run threads: {e}"))?,
+    ));
     let components = Components {
         store,
         clock,
         destination: sink,
         runner,
         job_settings: syncjobs_actors::JobSettings {
-            run_handle: Some(runs.handle().clone()),
+            run_handle: runs.0.as_ref().map(|rt| rt.handle().clone()),
             ..Default::default()
         },
         probes: vec![],
@@ -142,10 +147,20 @@ async fn serve(settings: Settings) -> Result<(), String> {
         println!("    {}", key.key);
         println!();
     }
-    let served = app.run_until_stopped().await.map_err(|e| e.to_string());
-    // Runs still going were abandoned with their actors; recovery handles their jobs.
-    runs.shutdown_background();
-    served
+    app.run_until_stopped().await.map_err(|e| e.to_string())
+}
+
+/// The sync runs' runtime. Dropping a runtime inside an async context panics, so on every
+/// way out of `serve` (a failed start included) it is let go without waiting: runs still
+/// going were abandoned with their actors, and the next start's recovery handles their jobs.
+struct RunThreads(Option<tokio::runtime::Runtime>);
+
+impl Drop for RunThreads {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// The debugging commands read the store under SYNCJOBS_DATA_DIR (default ./data) if there

@@ -296,3 +296,107 @@ async fn a_closed_store_refuses_appends_and_its_directory_reopens() {
         .unwrap();
     assert_eq!(rec[0].global_position, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_sustained_appends_the_wal_stays_bounded_and_reaches_the_database_file() {
+    // Checkpoints run off the append path; they must still keep the WAL from growing
+    // without bound while appends never pause, and move the rows into events.db.
+    const TASKS: u64 = 4;
+    const APPENDS: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for v in 0..APPENDS {
+                    store
+                        .append(&format!("s{t}"), ExpectedVersion::Exact(v), vec![sample(v)])
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let size = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    // A WAL frame is a page (4096 bytes) plus a 24-byte header; without checkpoints this
+    // many commits leave well over 6,000 frames in it.
+    let wal_limit = 5_000 * (4096 + 24);
+    assert!(
+        size("events.db-wal") < wal_limit,
+        "the WAL grew to {} bytes after {} commits",
+        size("events.db-wal"),
+        store.commits()
+    );
+    let mut copied = false;
+    for _ in 0..100 {
+        if size(DB_FILE) > 256 * 1024 {
+            copied = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        copied,
+        "events.db holds {} bytes: nothing was checkpointed into it",
+        size(DB_FILE)
+    );
+    assert_eq!(
+        store.read_all(0, 10_000).await.unwrap().len() as u64,
+        TASKS * APPENDS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_served_from_memory_miss_nothing_another_process_wrote() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for v in 0..5 {
+        store
+            .append("mine", ExpectedVersion::Exact(v), vec![sample(v)])
+            .await
+            .unwrap();
+    }
+    // What memory serves is what the database holds.
+    for after in 0..5 {
+        if let Some(recent) = store.read_recent(after, 100) {
+            assert_eq!(recent, store.read_all(after, 100).await.unwrap());
+        }
+    }
+    // Another process appends position 6 between two of ours.
+    raw(dir.path())
+        .execute(
+            "INSERT INTO events (stream_id, version, event_id, event_type, schema_version, data,
+                                 recorded_at, causation_id, correlation_id, caused_by)
+             VALUES ('theirs', 1, '0190b2a4-6d2e-7cc0-8000-000000000009', 'JobStarted', 2,
+                     '{\"type\":\"JobStarted\",\"data\":{\"worker\":\"cli\"}}',
+                     '2024-03-01T10:00:00.000000000Z', NULL, NULL, 'cli')",
+            [],
+        )
+        .unwrap();
+    store
+        .append("mine", ExpectedVersion::Exact(5), vec![sample(5)])
+        .await
+        .unwrap();
+    let seen: Vec<(u64, String)> = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        syncjobs_domain::follow(store.clone(), 5)
+            .take(2)
+            .map(|e| {
+                let e = e.unwrap();
+                (e.global_position, e.stream_id)
+            })
+            .collect(),
+    )
+    .await
+    .expect("the follower delivers both events, its own and the other process's");
+    assert_eq!(seen, vec![(6, "theirs".to_owned()), (7, "mine".to_owned())]);
+}

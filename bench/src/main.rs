@@ -28,6 +28,11 @@ use error::{BenchError, Result};
 use machine::{LoadAvg, Machine};
 use report::{Outcome, Report, Section, Verdict};
 use std::path::PathBuf;
+
+/// The service's allocator (see `src/main.rs`), so that #1 and #6, which drive the library in
+/// this process, measure what the service runs; the baselines share it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 use std::time::Instant;
 

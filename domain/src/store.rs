@@ -67,6 +67,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `limit` events of the global log with position > `after`, in order.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Up to `limit` events with position > `after`, answered from memory when the backend
+    /// still holds them (its own latest commits), so a follower that keeps up costs no I/O
+    /// and no decoding. `None`: not at hand, ask [`EventStore::read_all`]. When `Some`, it
+    /// is exactly what `read_all` would return for the durable log up to the head.
+    fn read_recent(&self, _after: u64, _limit: usize) -> Option<Vec<RecordedEvent>> {
+        None
+    }
+
     /// The last durable global position, updated after every commit.
     fn watch_head(&self) -> watch::Receiver<u64>;
 
@@ -112,7 +120,9 @@ pub fn follow(
 /// reached the head as it was then), the reads after it are dropped and reading goes on from
 /// the last event handed out, so nothing that landed in between is skipped. Events a read
 /// returns at or below the last position handed out (a backend whose positions have gaps
-/// makes reads overlap) are dropped, so every event comes once, in order.
+/// makes reads overlap) are dropped, so every event comes once, in order. A follower with no
+/// read in flight (one keeping up) first asks the store for what it still holds in memory
+/// ([`EventStore::read_recent`]).
 pub fn follow_batches(
     store: Arc<dyn EventStore>,
     after: u64,
@@ -146,6 +156,15 @@ pub fn follow_batches(
             // Mark the current head seen *before* reading, so a commit landing during a
             // read wakes us up again instead of being missed.
             let head = *s.head.borrow_and_update();
+            if s.ahead.is_empty() && head > s.after {
+                // Keeping up: the store may still hold its latest commits in memory.
+                if let Some(batch) = s.store.read_recent(s.after, FOLLOW_BATCH) {
+                    if let Some(last) = batch.last() {
+                        s.after = last.global_position;
+                        return Some((Ok(batch), s));
+                    }
+                }
+            }
             while s.ahead.len() < FOLLOW_READ_AHEAD && s.next < head {
                 let (store, from) = (s.store.clone(), s.next);
                 s.ahead.push_back(

@@ -1,21 +1,23 @@
 //! The embedded EventStore: one SQLite file (`events.db`) in WAL mode, the service's default.
 //!
 //! Writes go through ONE dedicated writer thread that owns the write connection and
-//! group-commits: it takes every queued append (up to [`MAX_BATCH`]), checks each one's
-//! expected version, inserts the winners in a single transaction and commits once, so one
-//! fsync (`synchronous=FULL`) makes a whole batch durable. Throughput therefore grows with
-//! the number of concurrent appenders instead of being capped at one fsync per append.
+//! group-commits: it opens a transaction with the first waiting append, checks each queued
+//! append's expected version and inserts the winners as they come (up to [`MAX_BATCH`]),
+//! waits briefly for appenders its last commit answered, and commits once, so one fsync
+//! (`synchronous=FULL`) makes a whole batch durable. Throughput therefore grows with the
+//! number of concurrent appenders instead of being capped at one fsync per append.
 //!
 //! Reads use a small pool of separate connections on tokio's blocking pool; in WAL mode they
 //! read a committed snapshot and never wait for the writer.
 
+use super::checkpoint::{Checkpointer, CHECKPOINT_PAGES};
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row, TransactionBehavior};
-use std::collections::HashMap;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use syncjobs_domain::events::{Event, Metadata, NewEvent, RecordedEvent, CURRENT_SCHEMA_VERSION};
 use syncjobs_domain::store::{EventStore, ExpectedVersion, StoreError};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -37,6 +39,23 @@ const READ_CONNECTIONS: usize = 4;
 
 /// Room reserved up front for a read's rows (more grows the vector as usual).
 const READ_CAPACITY_HINT: usize = 4096;
+
+/// The longest the writer waits for returning appenders before a commit (see [`linger`]);
+/// the wait is also never longer than the previous commit took.
+const MAX_LINGER: Duration = Duration::from_millis(2);
+
+/// A pause this long with no new append ends the wait: the answered appenders are busy
+/// elsewhere.
+const LINGER_GAP: Duration = Duration::from_micros(100);
+
+/// The fewest appends a commit must have answered for the writer to wait for them.
+const LINGER_MIN_GROUP: usize = 4;
+
+/// How often a lingering writer looks at the queue.
+const LINGER_POLL: Duration = Duration::from_micros(10);
+
+/// WAL pages past which the writer checkpoints itself (see where the hook is set).
+const WRITER_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 
 /// Streams whose version the writer remembers; past this the cache starts over (a miss
 /// only costs one indexed lookup).
@@ -82,6 +101,7 @@ pub struct EmbeddedStore {
     /// Bounds the read connections in use to [`READ_CONNECTIONS`].
     read_permits: Arc<Semaphore>,
     commits: Arc<AtomicU64>,
+    recent: Arc<Mutex<Recent>>,
     dir: PathBuf,
 }
 
@@ -97,22 +117,43 @@ impl EmbeddedStore {
             ))
         })?;
         let path = dir.join(DB_FILE);
-        let conn = open_writer(&path)?;
+        let mut conn = open_writer(&path)?;
         let head = conn
             .query_row(HEAD, [], |r| get_u64(r, 0))
             .map_err(|e| sql_error(&path, &e))?;
         let data_version = data_version(&conn).map_err(|e| sql_error(&path, &e))?;
 
+        let (checkpointer, checkpoint) = Checkpointer::start(&path).map_err(StoreError::Backend)?;
+        // Replaces SQLite's own auto-checkpoint, which would run inside a commit.
+        conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+            if pages >= WRITER_CHECKPOINT_PAGES {
+                // Appends never paused long enough for a background checkpoint to finish
+                // with nothing new behind it, and the WAL only starts over after one has: copy
+                // the rest here (mostly copied already), between two commits.
+                if let Err(e) = wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE) {
+                    tracing::warn!(error = %e, pages, "WAL checkpoint by the writer failed");
+                }
+            } else if pages >= CHECKPOINT_PAGES {
+                checkpoint.request();
+            }
+            // Never an error: the commit has happened, and an error would report it failed.
+            Ok(())
+        }))
+        .map_err(|e| sql_error(&path, &e))?;
+
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(head);
         let commits = Arc::new(AtomicU64::new(0));
+        let recent = Arc::new(Mutex::new(Recent::default()));
         let writer = Writer {
+            recent: recent.clone(),
             conn,
             versions: HashMap::new(),
             data_version,
             head,
             head_tx,
             commits: commits.clone(),
+            checkpointer,
         };
         std::thread::Builder::new()
             .name("syncjobs-store-writer".into())
@@ -129,6 +170,7 @@ impl EmbeddedStore {
             }),
             read_permits: Arc::new(Semaphore::new(READ_CONNECTIONS)),
             commits,
+            recent,
             dir: dir.to_owned(),
         }))
     }
@@ -258,6 +300,10 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
+    fn read_recent(&self, after: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
+        lock(&self.recent).after(after, limit)
+    }
+
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.clone()
     }
@@ -279,103 +325,268 @@ struct Writer {
     head: u64,
     head_tx: watch::Sender<u64>,
     commits: Arc<AtomicU64>,
+    /// Stopped after the connection is closed.
+    checkpointer: Checkpointer,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// How many of the latest committed events the store keeps in memory for followers.
+const RECENT_EVENTS: usize = 4096;
+
+/// The latest events this process committed, in global order and without gaps, so that
+/// followers keeping up (the projector, the relay, live streams) read them without going
+/// to the database and decoding them again.
+#[derive(Default)]
+struct Recent {
+    events: VecDeque<RecordedEvent>,
+}
+
+impl Recent {
+    fn push(&mut self, event: &RecordedEvent) {
+        // A gap means another process wrote in between: what is held no longer runs on.
+        if let Some(last) = self.events.back() {
+            if last.global_position + 1 != event.global_position {
+                self.events.clear();
+            }
+        }
+        if self.events.len() == RECENT_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event.clone());
+    }
+
+    /// Everything after `after` (up to `limit`), if it is all held here.
+    fn after(&self, after: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
+        let first = self.events.front()?.global_position;
+        let last = self.events.back()?.global_position;
+        if after.checked_add(1)? < first || after >= last {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).ok()?;
+        Some(self.events.range(skip..).take(limit).cloned().collect())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks half-way through a change.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 type Outcome = Result<Vec<RecordedEvent>, StoreError>;
 
+/// The transaction under way: the replies owed, in order, and what each append came to.
+#[derive(Default)]
+struct Batch {
+    replies: Vec<Reply>,
+    outcomes: Vec<Outcome>,
+    last_position: u64,
+    /// Set once the transaction cannot commit: every append of the batch then fails with it.
+    failed: Option<String>,
+}
+
 impl Writer {
+    /// The writer's loop. Each turn opens a transaction with the first waiting append and
+    /// inserts appends as they arrive, then commits them all with one fsync. While it waits
+    /// for more (see [`Writer::gather`]) the inserts already made are done, so the wait
+    /// costs the disk nothing.
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
+        // Requests the last commit answered, and how long it took.
+        let mut answered = 0;
+        let mut last_commit = Duration::ZERO;
+        let mut waiting = Vec::with_capacity(MAX_BATCH);
+        loop {
+            // Whatever queued up during the last commit came from other appenders than the
+            // ones it answered; those tend to come straight back with their next append.
+            let queued = drain(&mut rx, &mut waiting, MAX_BATCH);
+            if waiting.is_empty() {
+                match rx.blocking_recv() {
+                    Some(first) => waiting.push(first),
+                    None => break,
                 }
             }
-            self.commit_batch(&mut batch);
+            // A few answered appenders are not worth a wait: they are as likely to be
+            // sporadic writers (jobs recording progress) as a group coming back.
+            let expected = if answered >= LINGER_MIN_GROUP {
+                (queued + answered).min(MAX_BATCH)
+            } else {
+                0
+            };
+            let started = Instant::now();
+            let mut batch = self.begin();
+            for request in waiting.drain(..) {
+                self.add(&mut batch, request);
+            }
+            self.gather(&mut rx, &mut batch, expected, last_commit.min(MAX_LINGER));
+            answered = batch.replies.len();
+            self.finish(batch);
+            last_commit = started.elapsed();
         }
         tracing::info!(head = self.head, "embedded event store writer stopped");
         // Close the file before the head's sender goes: `closed()` waits for the latter.
-        let Writer { conn, head_tx, .. } = self;
+        let Writer {
+            conn,
+            head_tx,
+            checkpointer,
+            ..
+        } = self;
         if let Err((_, e)) = conn.close() {
             tracing::warn!(error = %e, "closing the event database failed");
         }
+        checkpointer.stop();
         drop(head_tx);
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<Request>) {
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut work = Vec::with_capacity(batch.len());
-        for r in batch.drain(..) {
-            replies.push(r.reply);
-            work.push((r.stream, r.expected, r.events));
-        }
-        match self.write(work) {
-            Ok((outcomes, last_position)) => {
-                self.commits.fetch_add(1, Ordering::Relaxed);
-                if last_position > self.head {
-                    self.head = last_position;
-                    // Before the replies: whoever got an answer finds the head past it.
-                    self.head_tx.send_replace(last_position);
+    /// Adds what is queued to the batch, and waits a little for the appenders the last
+    /// commit answered, so that groups of appenders share commits instead of settling into
+    /// alternating half-size ones (each commit costs an fsync and rewrites index pages).
+    /// Stops once `expected` appends are in, when none arrived for [`LINGER_GAP`] (the
+    /// answered appenders are busy elsewhere: nothing is gained by waiting), or after `max`.
+    fn gather(
+        &mut self,
+        rx: &mut mpsc::Receiver<Request>,
+        batch: &mut Batch,
+        expected: usize,
+        max: Duration,
+    ) {
+        let started = Instant::now();
+        let mut last_arrival = started;
+        let mut arrived = Vec::new();
+        loop {
+            let room = MAX_BATCH.saturating_sub(batch.replies.len());
+            if drain(rx, &mut arrived, room) > 0 {
+                for request in arrived.drain(..) {
+                    self.add(batch, request);
                 }
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                last_arrival = Instant::now();
+                continue;
+            }
+            if batch.replies.len() >= expected || room == 0 {
+                return;
+            }
+            let now = Instant::now();
+            if now.duration_since(last_arrival) >= LINGER_GAP || now.duration_since(started) >= max
+            {
+                return;
+            }
+            std::thread::sleep(LINGER_POLL);
+        }
+    }
+
+    /// Opens the batch's transaction. A failure is kept in the batch and given to each of
+    /// its appends.
+    fn begin(&mut self) -> Batch {
+        let mut batch = Batch::default();
+        let opened = run_cached(&self.conn, "BEGIN IMMEDIATE")
+            .and_then(|()| data_version(&self.conn).map_err(backend));
+        match opened {
+            Ok(now) => {
+                if now != self.data_version || self.versions.len() > VERSION_CACHE_LIMIT {
+                    if now != self.data_version {
+                        lock(&self.recent).events.clear();
+                    }
+                    self.versions.clear();
+                    self.data_version = now;
+                }
+            }
+            Err(e) => batch.failed = Some(format!("cannot begin: {e}")),
+        }
+        batch
+    }
+
+    /// Checks and inserts one append inside the open transaction.
+    fn add(&mut self, batch: &mut Batch, request: Request) {
+        let Request {
+            stream,
+            expected,
+            events,
+            reply,
+        } = request;
+        batch.replies.push(reply);
+        if batch.failed.is_some() {
+            return;
+        }
+        let outcome = append_one(
+            &self.conn,
+            &mut self.versions,
+            stream,
+            expected,
+            events,
+            &mut batch.last_position,
+        );
+        // An I/O error can make SQLite roll the whole transaction back by itself; going on
+        // would autocommit the rest piecemeal behind the batch's back.
+        if self.conn.is_autocommit() {
+            batch.failed = Some(format!(
+                "the database rolled the batch back ({})",
+                outcome.err().map(|e| e.to_string()).unwrap_or_default()
+            ));
+            return;
+        }
+        batch.outcomes.push(outcome);
+    }
+
+    /// Commits the batch (one fsync) and answers every append in it.
+    fn finish(&mut self, mut batch: Batch) {
+        if batch.failed.is_none() {
+            if let Err(e) = run_cached(&self.conn, "COMMIT") {
+                batch.failed = Some(e.to_string());
+            }
+        }
+        match batch.failed {
+            None => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut recent = lock(&self.recent);
+                    for events in batch.outcomes.iter().flatten() {
+                        for event in events {
+                            recent.push(event);
+                        }
+                    }
+                }
+                if batch.last_position > self.head {
+                    self.head = batch.last_position;
+                    // Before the replies: whoever got an answer finds the head past it.
+                    self.head_tx.send_replace(batch.last_position);
+                }
+                for (reply, outcome) in batch.replies.into_iter().zip(batch.outcomes) {
                     let _ = reply.send(outcome);
                 }
             }
-            Err(e) => {
+            Some(e) => {
+                if !self.conn.is_autocommit() {
+                    if let Err(rollback) = run_cached(&self.conn, "ROLLBACK") {
+                        tracing::error!(error = %rollback, "event store rollback failed");
+                    }
+                }
                 // Nothing of the batch is stored; what the cache learned from it is void.
                 self.versions.clear();
-                tracing::error!(error = %e, requests = replies.len(), "event store commit failed");
-                for reply in replies {
+                tracing::error!(error = %e, requests = batch.replies.len(), "event store commit failed");
+                for reply in batch.replies {
                     let _ = reply.send(Err(StoreError::Backend(format!("commit failed: {e}"))));
                 }
             }
         }
     }
-
-    /// Runs one transaction for the whole batch. Err means nothing was committed.
-    fn write(
-        &mut self,
-        work: Vec<(String, ExpectedVersion, Vec<Prepared>)>,
-    ) -> Result<(Vec<Outcome>, u64), String> {
-        let Writer {
-            conn,
-            versions,
-            data_version: known,
-            ..
-        } = self;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| format!("cannot begin: {e}"))?;
-        let now = data_version(&tx).map_err(|e| e.to_string())?;
-        if now != *known || versions.len() > VERSION_CACHE_LIMIT {
-            versions.clear();
-            *known = now;
-        }
-        let mut outcomes = Vec::with_capacity(work.len());
-        let mut last_position = 0;
-        for (stream, expected, events) in work {
-            let outcome = append_one(&tx, versions, stream, expected, events, &mut last_position);
-            // An I/O error can make SQLite roll the whole transaction back by itself; going
-            // on would autocommit the rest piecemeal behind the batch's back.
-            if tx.is_autocommit() {
-                return Err(format!(
-                    "the database rolled the batch back ({})",
-                    outcome.err().map(|e| e.to_string()).unwrap_or_default()
-                ));
-            }
-            outcomes.push(outcome);
-        }
-        tx.commit().map_err(|e| e.to_string())?;
-        // Our own commit changes no other connection's view, so data_version is unchanged.
-        Ok((outcomes, last_position))
-    }
 }
 
-/// Checks and inserts one request inside the batch transaction, under its own savepoint so
-/// that its failure leaves the other requests of the batch untouched.
+/// Moves up to `room` queued requests into `into` without waiting; returns how many.
+fn drain(rx: &mut mpsc::Receiver<Request>, into: &mut Vec<Request>, room: usize) -> usize {
+    let mut moved = 0;
+    while moved < room {
+        match rx.try_recv() {
+            Ok(r) => {
+                into.push(r);
+                moved += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    moved
+}
+
+/// Checks and inserts one request inside the batch transaction so that its failure leaves
+/// the other requests of the batch untouched: a single INSERT undoes itself when it fails,
+/// several run under a savepoint.
 fn append_one(
     tx: &Connection,
     versions: &mut HashMap<String, u64>,
@@ -402,11 +613,17 @@ fn append_one(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    tx.execute_batch("SAVEPOINT append").map_err(backend)?;
+    // One INSERT that fails undoes itself; several need a savepoint to go back to.
+    let savepoint = events.len() > 1;
+    if savepoint {
+        run_cached(tx, "SAVEPOINT append")?;
+    }
     let inserted = insert_events(tx, &stream, actual, &events);
     match inserted {
         Ok(positions) => {
-            tx.execute_batch("RELEASE append").map_err(backend)?;
+            if savepoint {
+                run_cached(tx, "RELEASE append")?;
+            }
             versions.insert(stream.clone(), actual + events.len() as u64);
             if let Some(&p) = positions.last() {
                 *last_position = (*last_position).max(p);
@@ -428,8 +645,10 @@ fn append_one(
                 .collect())
         }
         Err(e) => {
-            tx.execute_batch("ROLLBACK TO append; RELEASE append")
-                .map_err(backend)?;
+            if savepoint {
+                run_cached(tx, "ROLLBACK TO append")?;
+                run_cached(tx, "RELEASE append")?;
+            }
             if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
                 // Someone the cache did not know about holds this version.
                 let actual = stream_version(tx, &stream).map_err(backend)?;
@@ -474,13 +693,22 @@ fn insert_events(
     Ok(positions)
 }
 
+/// Runs a parameterless statement, prepared once per connection.
+fn run_cached(tx: &Connection, sql: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .map(drop)
+        .map_err(backend)
+}
+
 fn stream_version(conn: &Connection, stream: &str) -> Result<u64, rusqlite::Error> {
     conn.prepare_cached(STREAM_VERSION)?
         .query_row([stream], |r| get_u64(r, 0))
 }
 
 fn data_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
-    conn.pragma_query_value(None, "data_version", |r| r.get(0))
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
 }
 
 fn open_writer(path: &Path) -> Result<Connection, StoreError> {

@@ -434,3 +434,21 @@ fn terminate_keeping_logs(s: &mut Server) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_port_already_taken_is_a_clear_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = syncjobs(dir.path())
+        .env("SYNCJOBS_BIND", &address)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("syncjobs: ") && stderr.contains(&address),
+        "the error names the address: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -118,22 +118,21 @@ impl Pipeline {
         // for the next entity while the others wait for the lock, which is what idle workers
         // would do anyway. It is never shared across runs.
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        // Dropping the run (a forced stop) drops the JoinSet, which aborts the workers.
-        let mut workers = JoinSet::new();
-        for _ in 0..self.workers {
-            workers.spawn(work(
-                Arc::clone(&rx),
-                Arc::clone(&self.destination),
-                scid,
-                stop.clone(),
-                Arc::clone(&shared),
-                self.batch_size,
-            ));
-        }
-        drop(rx);
-        tracing::info!(job_id = %spec.job_id, source = source.short_name(), workers = self.workers, "sync run started");
+        let mut pool = Pool {
+            workers: JoinSet::new(),
+            max: self.workers,
+            rx,
+            sink: Arc::clone(&self.destination),
+            scid,
+            stop: stop.clone(),
+            shared: Arc::clone(&shared),
+            batch_size: self.batch_size,
+        };
+        pool.grow();
+        tracing::info!(job_id = %spec.job_id, source = source.short_name(), max_workers = self.workers, "sync run started");
 
-        let seen = produce(source.stream(stop.clone()), tx, &stop, &shared).await;
+        let seen = produce(source.stream(stop.clone()), tx, &stop, &shared, &mut pool).await;
+        let mut workers = pool.workers;
         while let Some(joined) = workers.join_next().await {
             if let Err(e) = joined {
                 shared.fail(format!("pipeline worker stopped: {e}"));
@@ -242,6 +241,45 @@ impl Shared {
     }
 }
 
+/// The workers of one run. It starts with one and adds one whenever a full batch is waiting
+/// in the queue, up to `max`: a slow source (most of them, most of the time) keeps a single
+/// idle task per run instead of a full pool, which is what lets thousands of jobs run at
+/// once in little memory (BENCHMARKS.md, #5), while a fast one gets every worker at once.
+struct Pool {
+    /// Dropping the run (a forced stop) drops the JoinSet, which aborts the workers.
+    workers: JoinSet<()>,
+    max: usize,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Entity>>>,
+    sink: Arc<dyn EntitySink>,
+    scid: Uuid,
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+    batch_size: usize,
+}
+
+impl Pool {
+    fn grow(&mut self) {
+        if self.workers.len() < self.max {
+            self.workers.spawn(work(
+                Arc::clone(&self.rx),
+                Arc::clone(&self.sink),
+                self.scid,
+                self.stop.clone(),
+                Arc::clone(&self.shared),
+                self.batch_size,
+            ));
+        }
+    }
+
+    /// Adds a worker if the ones running leave a full batch waiting.
+    fn keep_up(&mut self, tx: &mpsc::Sender<Entity>) {
+        let queued = tx.max_capacity() - tx.capacity();
+        if queued >= self.batch_size {
+            self.grow();
+        }
+    }
+}
+
 /// Feeds the source's entities to the workers and returns the ids it saw. After a stop it
 /// keeps reading until the source ends its stream (dropping what comes): ending the stream is
 /// the source's part of the stop, and a source that does not end it keeps the run alive.
@@ -250,6 +288,7 @@ async fn produce(
     tx: mpsc::Sender<Entity>,
     stop: &CancellationToken,
     shared: &Shared,
+    pool: &mut Pool,
 ) -> HashSet<String> {
     let mut seen = HashSet::new();
     let mut dropped = 0u64;
@@ -271,6 +310,7 @@ async fn produce(
             shared.update(|c| c.skipped += 1);
             continue;
         }
+        pool.keep_up(&tx);
         tokio::select! {
             biased;
             _ = stop.cancelled() => dropped += 1,

@@ -542,3 +542,90 @@ async fn many_entities_through_sqlite_on_a_threaded_runtime() {
     assert_eq!(dest.purge(scid).await.unwrap(), 3001);
     assert_eq!(dest.stats(scid).await.unwrap().total_entities, 0);
 }
+
+/// A destination that takes `delay` per write and notes which worker tasks wrote and how
+/// many writes were in flight at once.
+struct WatchedSink {
+    inner: Arc<MemoryDestination>,
+    delay: Duration,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+    writers: Mutex<HashSet<tokio::task::Id>>,
+}
+
+impl WatchedSink {
+    fn new(delay: Duration) -> Arc<WatchedSink> {
+        Arc::new(WatchedSink {
+            inner: MemoryDestination::new(),
+            delay,
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+            writers: Mutex::new(HashSet::new()),
+        })
+    }
+}
+
+#[async_trait]
+impl EntitySink for WatchedSink {
+    async fn write(
+        &self,
+        scid: Uuid,
+        records: Vec<EntityRecord>,
+    ) -> Result<Vec<WriteAction>, DestinationError> {
+        self.writers.lock().unwrap().insert(tokio::task::id());
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.inner.write(scid, records).await
+    }
+    async fn delete_unseen(
+        &self,
+        scid: Uuid,
+        seen: HashSet<String>,
+    ) -> Result<u64, DestinationError> {
+        self.inner.delete_unseen(scid, seen).await
+    }
+    async fn stats(&self, scid: Uuid) -> Result<EntityStats, DestinationError> {
+        self.inner.stats(scid).await
+    }
+    async fn purge(&self, scid: Uuid) -> Result<u64, DestinationError> {
+        self.inner.purge(scid).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_source_is_served_by_one_worker_and_a_fast_one_by_all() {
+    // Slow: 20 entities over 2 s, each written long before the next arrives.
+    let sink = WatchedSink::new(Duration::from_millis(1));
+    let pipeline = Pipeline::new(sink.clone(), 8);
+    let config = json!({"entity_count": 20, "duration_seconds": 2.0});
+    let (outcome, _) = run(&pipeline, spec(Uuid::new_v4(), config)).await;
+    // The 20 entities and the source's container.
+    assert_eq!(outcome, RunOutcome::Completed(counts(21, 0, 0, 0)));
+    assert_eq!(
+        sink.writers.lock().unwrap().len(),
+        1,
+        "one worker is enough"
+    );
+
+    // Fast: 10,000 entities at once into a destination taking 10 ms per write.
+    let sink = WatchedSink::new(Duration::from_millis(10));
+    let pipeline = Pipeline::new(sink.clone(), 4).with_batch_size(8);
+    let source = ListSource::new((0..10_000).map(|i| Ok(entity(&i.to_string()))).collect());
+    let (progress, _rx) = ProgressSink::new();
+    let outcome = pipeline
+        .run_source(
+            &source,
+            &spec(Uuid::new_v4(), json!({})),
+            CancellationToken::new(),
+            progress,
+        )
+        .await;
+    assert_eq!(outcome, RunOutcome::Completed(counts(10_000, 0, 0, 0)));
+    assert_eq!(
+        sink.most_in_flight.load(Ordering::SeqCst),
+        4,
+        "every worker wrote at once"
+    );
+}
