@@ -37,7 +37,8 @@ const QUEUE_CAPACITY: usize = 4 * MAX_BATCH;
 /// Read connections open at once; more concurrent readers wait for one to free up.
 const READ_CONNECTIONS: usize = 4;
 
-/// Room reserved up front for a read's rows (more grows the vector as usual).
+/// Most room a read of the global log reserves up front for its rows (more grows the
+/// vector as usual).
 const READ_CAPACITY_HINT: usize = 4096;
 
 /// The longest the writer waits for returning appenders before a commit (see [`linger`]);
@@ -282,20 +283,20 @@ impl EventStore for EmbeddedStore {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(READ_STREAM).map_err(backend)?;
             let mut rows = stmt.query(params![stream, clamp(after)]).map_err(backend)?;
-            collect(&mut rows, usize::MAX)
+            collect(&mut rows, usize::MAX, 0)
         })
         .await
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read(move |conn| {
-            // The limit is applied here, not as `LIMIT ?`: SQLite (3.46+) plans a bound
-            // LIMIT as a constant and re-prepares the statement whenever it is bound again,
-            // i.e. on every call (`sqlite3Reprepare`, ~8% of a start-up's catch-up). The
-            // rowid scan yields rows one step at a time, so stopping early costs nothing.
+            // The limit is applied here, not as `LIMIT ?`: the bundled SQLite (3.54) plans a
+            // bound LIMIT as a constant and re-prepares the statement whenever it is bound
+            // again, i.e. on every call (`sqlite3Reprepare`, ~8% of a start-up's catch-up).
+            // The rowid scan yields rows one step at a time, so stopping early costs nothing.
             let mut stmt = conn.prepare_cached(READ_ALL).map_err(backend)?;
             let mut rows = stmt.query(params![clamp(after)]).map_err(backend)?;
-            collect(&mut rows, limit)
+            collect(&mut rows, limit, limit.min(READ_CAPACITY_HINT))
         })
         .await
     }
@@ -801,8 +802,13 @@ fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-fn collect(rows: &mut rusqlite::Rows<'_>, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-    let mut out = Vec::with_capacity(limit.min(READ_CAPACITY_HINT));
+/// Decodes up to `limit` rows, with room for `expected` reserved up front.
+fn collect(
+    rows: &mut rusqlite::Rows<'_>,
+    limit: usize,
+    expected: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut out = Vec::with_capacity(expected);
     while out.len() < limit {
         let Some(row) = rows.next().map_err(backend)? else {
             break;
