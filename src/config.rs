@@ -141,6 +141,11 @@ impl Settings {
 
     /// The read model's checkpoint file.
     pub fn checkpoint_path(&self) -> PathBuf {
+        self.data_dir.join("read_model.snapshot")
+    }
+
+    /// Where releases before the binary checkpoint kept theirs (JSON); never read now.
+    pub fn legacy_checkpoint_path(&self) -> PathBuf {
         self.data_dir.join("read_model.json")
     }
 

@@ -95,6 +95,7 @@ impl Application {
 
         // The read model: checkpoint, then the log after it.
         let checkpoint = settings.checkpoint_path();
+        remove_legacy_checkpoint(&settings.legacy_checkpoint_path());
         let model = {
             let (store, path) = (c.store.clone(), checkpoint.clone());
             tokio::task::spawn_blocking(move || load_model(Some(&path), store.as_ref()))
@@ -227,6 +228,22 @@ impl Application {
         }
         self.projector.shutdown().await;
         result
+    }
+}
+
+/// An earlier release's JSON checkpoint is of no use to this one (the read model is then
+/// rebuilt from the log, as without a checkpoint): remove it rather than leave a large file
+/// that nothing reads. A failure to remove it changes nothing else.
+fn remove_legacy_checkpoint(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(
+            path = %path.display(),
+            "removed a read-model checkpoint of an earlier format; the read model is rebuilt from the log"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an old read-model checkpoint")
+        }
     }
 }
 

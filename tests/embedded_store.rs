@@ -140,6 +140,51 @@ async fn an_undecodable_row_is_reported_with_its_position() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_any_column_that_is_decoded_is_reported_with_its_position() {
+    let cases = [
+        ("event_type = 'CollectionDeleted'", "disagrees with the body"),
+        ("event_type = 'Cancelled'", "disagrees with the body"),
+        (
+            "data = '{\"type\":\"CollectionDeleted\",\"data\":{\"collection_id\":\"00000000-0000-0000-0000-000000000000\"}}'",
+            "disagrees with the body",
+        ),
+        ("event_id = 'not-a-uuid'", "event id is no uuid"),
+        ("event_id = X'00'", "event id unreadable"),
+        ("recorded_at = '2026-02-30T00:00:00.000000000Z'", "recorded_at"),
+        ("causation_id = 'x'", "causation id"),
+        ("correlation_id = 42", "correlation id"),
+        ("data = CAST('{\"type\":\"JobStarted\"' AS BLOB)", "body unreadable"),
+    ];
+    for (damage, reason_has) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        for i in 0..3 {
+            store
+                .append("c", ExpectedVersion::Exact(i), vec![sample(i)])
+                .await
+                .unwrap();
+        }
+        let changed = raw(dir.path())
+            .execute(
+                &format!("UPDATE events SET {damage} WHERE global_position = 2"),
+                [],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        match store.read_all(0, 10).await {
+            Err(StoreError::Corrupt { position, reason }) => {
+                assert_eq!(position, 2, "{damage}");
+                assert!(
+                    reason.contains(reason_has) && reason.contains("stream c version 2"),
+                    "{damage}: {reason}"
+                );
+            }
+            other => panic!("{damage}: a corrupt row must be reported, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v1_row_reads_back_in_the_current_shape() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;

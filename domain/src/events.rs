@@ -229,6 +229,16 @@ impl Event {
     ) -> Result<Event, crate::upcast::UpcastError> {
         crate::upcast::decode(schema_version, json)
     }
+
+    /// [`Event::from_stored`] for a store that records each body's event type beside it:
+    /// the same result, faster (see [`crate::upcast::decode_as`]).
+    pub fn from_stored_as(
+        schema_version: u32,
+        event_type: &str,
+        json: &str,
+    ) -> Result<Event, crate::upcast::UpcastError> {
+        crate::upcast::decode_as(schema_version, event_type, json)
+    }
 }
 
 /// Which of the enums inside [`Event`] an event type belongs to.
@@ -485,6 +495,19 @@ mod tests {
             assert_eq!(EventFamily::of(e.event_type()), Some(family), "{json}");
             let back = Event::from_stored(CURRENT_SCHEMA_VERSION, &json).unwrap();
             assert_eq!(back, e);
+            // The type the store recorded beside the body is a hint: the body decides, so
+            // a type column that lies is caught by comparing it with the decoded event.
+            for hint in [
+                e.event_type(),
+                "JobStarted",
+                "CollectionDeleted",
+                "SourceConnectionDeleted",
+                "ApiKeyRevoked",
+                "Nope",
+            ] {
+                let back = Event::from_stored_as(CURRENT_SCHEMA_VERSION, hint, &json).unwrap();
+                assert_eq!(back, e, "hint {hint}: {json}");
+            }
         }
     }
 

@@ -22,4 +22,4 @@ pub use events::{
     SourceConnectionEvent, SyncJobEvent, CURRENT_SCHEMA_VERSION,
 };
 pub use job::{FoldError, JobCommand, JobError, JobState, JobStatus};
-pub use store::{follow, EventStore, ExpectedVersion, InMemoryStore, StoreError};
+pub use store::{follow, follow_batches, EventStore, ExpectedVersion, InMemoryStore, StoreError};

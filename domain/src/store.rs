@@ -85,6 +85,12 @@ pub trait EventStore: Send + Sync + 'static {
 /// How many events a follower asks for at a time.
 pub const FOLLOW_BATCH: usize = 1024;
 
+/// Reads a follower keeps in flight while it is behind the head. The store decodes each
+/// read on its own (the embedded store: a blocking thread per read), so while the caller
+/// folds one batch the next ones are already being read and decoded, on other cores; a
+/// start-up catching up with a long log was serial before (read, then fold, then read).
+pub const FOLLOW_READ_AHEAD: usize = 3;
+
 /// Every event with position > `after`, in global order, then each new one as it lands.
 /// Never ends by itself; drop the stream to stop. Errors are yielded and the follow goes on
 /// from where it was, so a caller may log and keep reading.
@@ -93,46 +99,107 @@ pub fn follow(
     after: u64,
 ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
     use futures::StreamExt;
+    follow_batches(store, after)
+        .flat_map(|batch| {
+            let items: Vec<Result<RecordedEvent, StoreError>> = match batch {
+                Ok(events) => events.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(items)
+        })
+        .boxed()
+}
+
+/// [`follow`] a batch at a time (never an empty one): for a caller that folds many events
+/// at once, without handing them over one by one.
+///
+/// While the follower is behind the store's head it reads ahead: up to
+/// [`FOLLOW_READ_AHEAD`] reads of [`FOLLOW_BATCH`] events are in flight, each starting
+/// where the one before it should end (`after + FOLLOW_BATCH`). A read is used only if it
+/// joins on to what was already handed out: when the read before it came back short (it
+/// reached the head as it was then), the reads after it are dropped and reading goes on from
+/// the last event handed out, so nothing that landed in between is skipped. Events a read
+/// returns at or below the last position handed out (a backend whose positions have gaps
+/// makes reads overlap) are dropped, so every event comes once, in order. A follower with no
+/// read in flight (one keeping up) first asks the store for what it still holds in memory
+/// ([`EventStore::read_recent`]).
+pub fn follow_batches(
+    store: Arc<dyn EventStore>,
+    after: u64,
+) -> BoxStream<'static, Result<Vec<RecordedEvent>, StoreError>> {
+    use futures::stream::FuturesOrdered;
+    use futures::{FutureExt, StreamExt};
+    type Read = futures::future::BoxFuture<'static, (u64, Result<Vec<RecordedEvent>, StoreError>)>;
     struct S {
         store: Arc<dyn EventStore>,
         head: watch::Receiver<u64>,
+        /// The last position handed out.
         after: u64,
-        buf: std::collections::VecDeque<RecordedEvent>,
+        /// Where the next read starts.
+        next: u64,
+        /// Reads in flight, oldest first, each with the position it reads after.
+        ahead: FuturesOrdered<Read>,
     }
     let head = store.watch_head();
     let init = S {
         store,
         head,
         after,
-        buf: Default::default(),
+        next: after,
+        ahead: FuturesOrdered::new(),
     };
     futures::stream::unfold(init, |mut s| async move {
         loop {
-            if let Some(e) = s.buf.pop_front() {
-                s.after = e.global_position;
-                return Some((Ok(e), s));
+            if s.ahead.is_empty() {
+                s.next = s.after;
             }
-            // Mark the current head seen *before* reading, so a commit landing during the
+            // Mark the current head seen *before* reading, so a commit landing during a
             // read wakes us up again instead of being missed.
             let head = *s.head.borrow_and_update();
-            if head > s.after {
-                let recent = s.store.read_recent(s.after, FOLLOW_BATCH);
-                let read = match recent {
-                    Some(batch) if !batch.is_empty() => Ok(batch),
-                    _ => s.store.read_all(s.after, FOLLOW_BATCH).await,
-                };
-                match read {
-                    Ok(batch) if !batch.is_empty() => {
-                        s.buf.extend(batch);
-                        continue;
+            if s.ahead.is_empty() && head > s.after {
+                // Keeping up: the store may still hold its latest commits in memory.
+                if let Some(batch) = s.store.read_recent(s.after, FOLLOW_BATCH) {
+                    if let Some(last) = batch.last() {
+                        s.after = last.global_position;
+                        return Some((Ok(batch), s));
                     }
-                    Ok(_) => {}
-                    Err(e) => return Some((Err(e), s)),
                 }
             }
-            if s.head.changed().await.is_err() {
-                // The store is gone: drain anything left, then end.
-                return None;
+            while s.ahead.len() < FOLLOW_READ_AHEAD && s.next < head {
+                let (store, from) = (s.store.clone(), s.next);
+                s.ahead.push_back(
+                    async move { (from, store.read_all(from, FOLLOW_BATCH).await) }.boxed(),
+                );
+                s.next = from.saturating_add(FOLLOW_BATCH as u64);
+            }
+            let Some((from, read)) = s.ahead.next().await else {
+                // Nothing in flight: caught up with the head as last seen.
+                if s.head.changed().await.is_err() {
+                    return None; // the store is gone
+                }
+                continue;
+            };
+            if from > s.after {
+                // The read before this one came back short: this one may not join on.
+                s.ahead = FuturesOrdered::new();
+                continue;
+            }
+            match read {
+                Ok(mut batch) => {
+                    batch.retain(|e| e.global_position > s.after);
+                    if let Some(last) = batch.last() {
+                        s.after = last.global_position;
+                        return Some((Ok(batch), s));
+                    }
+                    if s.ahead.is_empty() && s.head.changed().await.is_err() {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    // Go on from where we were: the reads after the failed one go too.
+                    s.ahead = FuturesOrdered::new();
+                    return Some((Err(e), s));
+                }
             }
         }
     })
@@ -277,5 +344,94 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_in_memory_store_passes_the_contract() {
         contract::run_all(&Memory).await;
+    }
+
+    /// A backend whose positions have gaps (here: three apart) and whose reads may return
+    /// fewer events than asked for (a page of at most `page`), as the trait allows.
+    struct Sparse {
+        inner: Arc<InMemoryStore>,
+        page: usize,
+        head: watch::Sender<u64>,
+    }
+
+    impl Sparse {
+        async fn with_events(n: u64, page: usize) -> Arc<Sparse> {
+            let inner = InMemoryStore::new();
+            for i in 0..n {
+                inner
+                    .append("s", ExpectedVersion::Exact(i), vec![contract::sample(i)])
+                    .await
+                    .unwrap();
+            }
+            Arc::new(Sparse {
+                inner,
+                page,
+                head: watch::channel(n * 3).0,
+            })
+        }
+    }
+
+    #[async_trait]
+    impl EventStore for Sparse {
+        async fn append(
+            &self,
+            _: &str,
+            _: ExpectedVersion,
+            _: Vec<NewEvent>,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            Err(StoreError::Backend("read-only".into()))
+        }
+        async fn read_stream(&self, _: &str, _: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn read_all(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            let mut events = self.inner.read_all(after / 3, limit.min(self.page)).await?;
+            for e in &mut events {
+                e.global_position *= 3;
+            }
+            Ok(events)
+        }
+        fn watch_head(&self) -> watch::Receiver<u64> {
+            self.head.subscribe()
+        }
+        fn backend(&self) -> &'static str {
+            "sparse"
+        }
+    }
+
+    async fn followed(store: Arc<Sparse>, after: u64, n: usize) -> Vec<u64> {
+        use futures::StreamExt;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            follow(store, after)
+                .take(n)
+                .map(|e| e.unwrap().global_position)
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the follower reaches the head")
+    }
+
+    #[tokio::test]
+    async fn a_follower_over_positions_with_gaps_sees_each_event_once() {
+        let n = FOLLOW_BATCH as u64 * 4 + 10;
+        let store = Sparse::with_events(n, usize::MAX).await;
+        let all: Vec<u64> = (1..=n).map(|p| p * 3).collect();
+        assert_eq!(followed(store.clone(), 0, all.len()).await, all);
+        let from = 1500 * 3;
+        let rest: Vec<u64> = all.iter().copied().filter(|p| *p > from).collect();
+        assert_eq!(followed(store, from, rest.len()).await, rest);
+    }
+
+    #[tokio::test]
+    async fn a_follower_over_short_pages_sees_each_event_once() {
+        let n = FOLLOW_BATCH as u64 * 3 + 10;
+        let store = Sparse::with_events(n, FOLLOW_BATCH / 3).await;
+        let all: Vec<u64> = (1..=n).map(|p| p * 3).collect();
+        assert_eq!(followed(store, 0, all.len()).await, all);
     }
 }

@@ -164,6 +164,28 @@ impl ReadModel {
         self.position
     }
 
+    /// [`ReadModel::apply`] of an event the caller gives up: a job's creation moves its
+    /// config and names into the job row instead of copying them (a start-up folds one per
+    /// job of the log; the copies were ~4% of its CPU). Same result as `apply`.
+    pub fn apply_owned(&mut self, e: RecordedEvent) -> bool {
+        if !matches!(e.event, Event::Job(SyncJobEvent::JobCreated { .. })) {
+            return self.apply(&e);
+        }
+        if e.global_position <= self.position {
+            return false;
+        }
+        self.position = e.global_position;
+        match (stream::job_id(&e.stream_id), e.event) {
+            (Some(job_id), Event::Job(created)) => self.job_created(job_id, created, e.recorded_at),
+            _ => tracing::warn!(
+                stream = %e.stream_id,
+                position = e.global_position,
+                "job event outside a job stream; skipped"
+            ),
+        }
+        true
+    }
+
     /// Folds one event in. Returns false if it was already applied (position at or below ours).
     pub fn apply(&mut self, e: &RecordedEvent) -> bool {
         if e.global_position <= self.position {
@@ -187,62 +209,51 @@ impl ReadModel {
         true
     }
 
+    fn job_created(&mut self, job_id: Uuid, event: SyncJobEvent, at: DateTime<Utc>) {
+        if self.jobs.contains_key(&job_id) {
+            tracing::warn!(%job_id, "JobCreated for a known job; skipped");
+            return;
+        }
+        let Ok(state) = JobState::created(event, at) else {
+            return;
+        };
+        let source_connection_id = state.source_connection_id;
+        self.jobs.insert(job_id, state);
+        self.jobs_by_source_connection
+            .entry(source_connection_id)
+            .or_default()
+            .push(job_id);
+        if let Some(sc) = self.source_connections.get_mut(&source_connection_id) {
+            sc.total_runs += 1;
+        }
+    }
+
     fn apply_job(&mut self, job_id: Uuid, event: &SyncJobEvent, at: DateTime<Utc>) {
-        if let SyncJobEvent::JobCreated {
-            source_connection_id,
-            ..
-        } = event
-        {
-            if self.jobs.contains_key(&job_id) {
-                tracing::warn!(%job_id, "JobCreated for a known job; skipped");
-                return;
-            }
-            let Ok(state) = JobState::evolve(None, event, at) else {
-                return;
-            };
-            self.jobs.insert(job_id, state);
-            self.jobs_by_source_connection
-                .entry(*source_connection_id)
-                .or_default()
-                .push(job_id);
-            if let Some(sc) = self.source_connections.get_mut(source_connection_id) {
-                sc.total_runs += 1;
-            }
+        if let SyncJobEvent::JobCreated { .. } = event {
+            self.job_created(job_id, event.clone(), at);
             return;
         }
-        // Check every way `evolve` can refuse before taking the state out of the map, so
-        // that a refused event can never lose the state.
-        match self.jobs.get(&job_id) {
-            None => {
-                tracing::debug!(%job_id, event = event.event_type(), "event of an unknown job; skipped");
-                return;
-            }
-            Some(s) if s.status.is_final() => {
-                tracing::warn!(
-                    %job_id,
-                    status = %s.status,
-                    event = event.event_type(),
-                    "event after a final state; skipped"
-                );
-                return;
-            }
-            Some(_) => {}
-        }
-        let Some(state) = self.jobs.remove(&job_id) else {
+        let Some(state) = self.jobs.get_mut(&job_id) else {
+            tracing::debug!(%job_id, event = event.event_type(), "event of an unknown job; skipped");
             return;
         };
-        let state = match JobState::evolve(Some(state), event, at) {
-            Ok(s) => s,
-            Err(err) => {
-                // Unreachable after the checks above; the job is dropped from the model
-                // rather than the projection stopping.
-                tracing::error!(%job_id, %err, "job event does not fold; job dropped");
-                return;
-            }
-        };
+        if state.status.is_final() {
+            tracing::warn!(
+                %job_id,
+                status = %state.status,
+                event = event.event_type(),
+                "event after a final state; skipped"
+            );
+            return;
+        }
+        if let Err(err) = state.evolve_in_place(event, at) {
+            // Unreachable after the check above (JobCreated was handled before); the state
+            // is left as it was rather than the projection stopping.
+            tracing::error!(%job_id, %err, "job event does not fold; skipped");
+            return;
+        }
         let sc_id = state.source_connection_id;
         let status = state.status;
-        self.jobs.insert(job_id, state);
         if status.is_final() {
             match self.source_connections.get_mut(&sc_id) {
                 Some(sc) => match status {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
-use syncjobs_domain::{follow, EventStore, RecordedEvent};
+use syncjobs_domain::{follow_batches, EventStore, RecordedEvent};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -71,11 +71,11 @@ impl Projection {
     }
 
     /// Folds a batch in under one write lock and publishes the new position.
-    pub fn apply_batch(&self, events: &[RecordedEvent]) -> u64 {
+    pub fn apply_batch(&self, events: impl IntoIterator<Item = RecordedEvent>) -> u64 {
         let position = {
             let mut m = self.write_guard();
             for e in events {
-                m.apply(e);
+                m.apply_owned(e);
             }
             m.position()
         };
@@ -123,7 +123,7 @@ impl Projection {
     }
 
     /// Encodes a snapshot of the model (under the read lock) and its position.
-    fn encode_snapshot(&self) -> Result<(Vec<u8>, u64), serde_json::Error> {
+    fn encode_snapshot(&self) -> Result<(Vec<u8>, u64), snapshot::SnapshotError> {
         let m = self.read_guard();
         Ok((snapshot::encode(&m)?, m.position()))
     }
@@ -238,7 +238,7 @@ async fn run(
         backend = store.backend(),
         "projector following the log"
     );
-    let mut events = follow(store.clone(), start).ready_chunks(MAX_BATCH);
+    let mut events = follow_batches(store.clone(), start);
     // Without polling the interval still exists but never fires in practice.
     let mut poll = tokio::time::interval(
         config
@@ -252,33 +252,26 @@ async fn run(
     let mut tick = tokio::time::interval(config.snapshot_every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut polled_at = start;
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            next = events.next() => {
-                let Some(items) = next else {
+            next = events.next() => match next {
+                None => {
                     tracing::info!("event store closed; projector stops");
                     break;
-                };
-                let mut failed = false;
-                batch.clear();
-                for item in items {
-                    match item {
-                        Ok(e) => batch.push(e),
-                        Err(err) => {
-                            tracing::error!(%err, "projector cannot read the log");
-                            failed = true;
-                            break;
-                        }
+                }
+                Some(Ok(batch)) => {
+                    let mut batch = batch.into_iter();
+                    while batch.len() > 0 {
+                        projection.apply_batch(batch.by_ref().take(MAX_BATCH));
                     }
                 }
-                projection.apply_batch(&batch);
-                if failed {
+                Some(Err(err)) => {
+                    tracing::error!(%err, "projector cannot read the log");
                     tokio::time::sleep(ERROR_BACKOFF).await;
                 }
-            }
+            },
             _ = poll.tick() => {
                 // Events of other processes: the follower would only see them at the next
                 // local commit. Poll only while the follower is idle (a busy one will get
@@ -293,7 +286,7 @@ async fn run(
                 loop {
                     match store.read_all(projection.position(), MAX_BATCH).await {
                         Ok(found) if !found.is_empty() => {
-                            projection.apply_batch(&found);
+                            projection.apply_batch(found);
                             found_any = true;
                         }
                         Ok(_) => break,
@@ -305,7 +298,7 @@ async fn run(
                 }
                 polled_at = projection.position();
                 if found_any {
-                    events = follow(store.clone(), polled_at).ready_chunks(MAX_BATCH);
+                    events = follow_batches(store.clone(), polled_at);
                 }
             }
             _ = tick.tick() => {

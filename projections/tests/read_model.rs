@@ -107,7 +107,7 @@ impl History {
                 source_connection_id: sc,
                 organization_id: org,
                 short_name: "timed".into(),
-                config: serde_json::json!({}),
+                config: serde_json::json!({"entity_count": 3, "seed": id.to_string()}),
             },
         )
         .await;
@@ -425,8 +425,20 @@ async fn applying_an_event_twice_is_a_no_op() {
     let mut twice = fold(&events);
     for e in &events {
         assert!(!twice.apply(e));
+        assert!(!twice.apply_owned(e.clone()));
     }
     assert_eq!(once, twice);
+}
+
+#[tokio::test]
+async fn folding_owned_events_gives_the_same_model() {
+    let h = rich_history().await;
+    let events = h.all().await;
+    let mut owned = ReadModel::new();
+    for e in events.iter().cloned() {
+        assert!(owned.apply_owned(e));
+    }
+    assert_eq!(owned, fold(&events));
 }
 
 #[tokio::test]
@@ -435,7 +447,7 @@ async fn a_rebuild_from_zero_equals_snapshot_plus_follow() {
     let events = h.all().await;
     let from_zero = fold(&events);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("read_model.json");
+    let path = dir.path().join("read_model.snapshot");
     for cut in [
         0,
         1,
@@ -459,11 +471,12 @@ async fn a_rebuild_from_zero_equals_snapshot_plus_follow() {
 async fn a_snapshot_of_another_format_or_ahead_of_the_store_is_ignored() {
     let h = rich_history().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("read_model.json");
-    std::fs::write(&path, br#"{"format":999,"model":null}"#).unwrap();
+    let path = dir.path().join("read_model.snapshot");
+    // A format-1 (JSON) checkpoint, as earlier releases wrote it.
+    snapshot::write_atomic(&path, br#"{"format":1,"model":null}"#).unwrap();
     assert!(matches!(
         snapshot::load(&path),
-        Err(syncjobs_projections::SnapshotError::Format { found: 999, .. })
+        Err(syncjobs_projections::SnapshotError::NotASnapshot { .. })
     ));
     assert_eq!(load_model(Some(&path), h.store.as_ref()).position(), 0);
     snapshot::save(&path, &fold(&h.all().await)).unwrap();
@@ -476,7 +489,7 @@ async fn a_snapshot_of_another_format_or_ahead_of_the_store_is_ignored() {
 async fn the_projector_follows_live_appends_and_writes_its_checkpoint() {
     let mut h = rich_history().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("read_model.json");
+    let path = dir.path().join("read_model.snapshot");
     let store: Arc<dyn EventStore> = h.store.clone();
     let projection = Projection::new(ReadModel::new());
     let handle = spawn_projector(

@@ -4,3 +4,4 @@
 //!   Its WAL is checkpointed by a thread of its own (`checkpoint`), off the appends' path.
 mod checkpoint;
 pub mod embedded;
+mod time;

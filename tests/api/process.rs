@@ -170,7 +170,7 @@ async fn first_start_prints_a_key_once_and_the_cli_manages_keys_of_a_running_ser
         .unwrap_or_else(|| panic!("no key printed: {first_out:?}"))
         .to_owned();
     assert!(
-        dir.path().join("read_model.json").exists(),
+        dir.path().join("read_model.snapshot").exists(),
         "a checkpoint was written at the stop"
     );
 

@@ -72,7 +72,11 @@ async fn restarts_and_rebuilds_give_the_same_answers() {
     checkpoint_at_head(&from_checkpoint).await;
 
     std::fs::remove_file(&checkpoint).unwrap();
+    // What an earlier release left behind: a JSON checkpoint, which is neither read nor kept.
+    let legacy = first.settings.legacy_checkpoint_path();
+    std::fs::write(&legacy, br#"{"format":1,"model":{"position":1}}"#).unwrap();
     let rebuilt = spawn(options()).await.app;
+    assert!(!legacy.exists(), "the old JSON checkpoint is removed");
     let mut answers = snapshot_of_answers(&rebuilt, sc).await;
     answers[1][0]["entity_count"] = before[1][0]["entity_count"].clone();
     answers[2]["entities"] = before[2]["entities"].clone();

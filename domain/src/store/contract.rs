@@ -3,7 +3,7 @@
 //! A backend's tests implement [`Harness`] and call [`run_all`]. Each check panics with a
 //! message that names the broken clause.
 
-use super::{follow, EventStore, ExpectedVersion, StoreError};
+use super::{follow, follow_batches, EventStore, ExpectedVersion, StoreError, FOLLOW_BATCH};
 use crate::events::{Metadata, NewEvent, SyncJobEvent};
 use async_trait::async_trait;
 use chrono::Utc;
@@ -43,6 +43,7 @@ pub async fn run_all<H: Harness>(h: &H) {
     multi_event_appends_are_contiguous(&h.open().await).await;
     racing_appenders_get_exactly_one_winner_per_version(h.open().await).await;
     followers_see_every_event_once_in_global_order(h.open().await).await;
+    a_follower_catching_up_over_many_reads_misses_nothing(h.open().await).await;
     durable_across_close_and_reopen(h).await;
 }
 
@@ -273,6 +274,62 @@ pub async fn followers_see_every_event_once_in_global_order(store: Arc<dyn Event
         .collect()
         .await;
     assert_eq!(late, (total - 4..=total).collect::<Vec<_>>());
+}
+
+/// A backlog of several follower reads, with appends landing while the follower catches
+/// up (its reads ahead meet the head part-way): every event once, in order, batch by batch.
+pub async fn a_follower_catching_up_over_many_reads_misses_nothing(store: Arc<dyn EventStore>) {
+    const PER_APPEND: u64 = 100;
+    let backlog = (FOLLOW_BATCH as u64 * 5 / 2).div_ceil(PER_APPEND) * PER_APPEND;
+    for i in 0..backlog / PER_APPEND {
+        let events = (0..PER_APPEND)
+            .map(|j| sample(i * PER_APPEND + j))
+            .collect();
+        store
+            .append("backlog", ExpectedVersion::Exact(i * PER_APPEND), events)
+            .await
+            .unwrap();
+    }
+    const LATE: u64 = 300;
+    let total = backlog + LATE;
+    let mut batches = follow_batches(store.clone(), 0);
+    let follower = tokio::spawn(async move {
+        let (mut seen, mut read) = (0, Vec::new());
+        while seen < total {
+            let batch = batches
+                .next()
+                .await
+                .expect("a follow never ends by itself")
+                .expect("the log reads");
+            seen += batch.len() as u64;
+            read.push(batch);
+        }
+        read
+    });
+    for i in 0..LATE {
+        store
+            .append("late", ExpectedVersion::Exact(i), vec![sample(i)])
+            .await
+            .unwrap();
+    }
+    let batches = tokio::time::timeout(Duration::from_secs(30), follower)
+        .await
+        .expect("the follower catches up")
+        .unwrap();
+    assert!(
+        batches.iter().all(|b| !b.is_empty()),
+        "no empty batch is handed out"
+    );
+    let positions: Vec<u64> = batches
+        .iter()
+        .flatten()
+        .map(|e| e.global_position)
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=total).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
 }
 
 pub async fn durable_across_close_and_reopen<H: Harness>(h: &H) {

@@ -3,4 +3,3 @@ SELECT global_position, stream_id, version, event_id, event_type, schema_version
 FROM events
 WHERE global_position > ?1
 ORDER BY global_position
-LIMIT ?2
