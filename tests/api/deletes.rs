@@ -106,8 +106,10 @@ async fn the_wait_for_a_sync_that_will_not_stop_is_bounded() {
     let (status, _) = app.delete(&format!("/source-connections/{sc}")).await;
     let took = started.elapsed();
     assert_eq!(status, 200);
+    // It waited its bounded second, not for the watchdog's 4 s (the job is not final yet,
+    // checked below; the upper bound leaves room for a loaded machine).
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "{took:?}"
     );
     assert_eq!(app.get(&format!("/source-connections/{sc}")).await.0, 404);

@@ -150,6 +150,8 @@ async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
     let stuck = id(&first.run(stuck_sc).await);
     first.wait_status(running_sc, running, "running").await;
     first.wait_status(stuck_sc, stuck, "running").await;
+    // Taken before the request, so no earlier than the recorded request the deadline runs from.
+    let requested = std::time::Instant::now();
     let (status, body) = first
         .post_empty(&format!(
             "/source-connections/{stuck_sc}/jobs/{stuck}/cancel"
@@ -159,7 +161,6 @@ async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
         (status.as_u16(), body["status"].as_str()),
         (200, Some("cancelling"))
     );
-    let requested = std::time::Instant::now();
     first.handle.stop(true).await;
 
     let second = spawn(options(
