@@ -104,7 +104,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     let body = format!(
         "{}\n{} entities per round ({CONNECTIONS} runs of {per_connection} plus their \
          containers). The sources alone take {:.1} s (they run at once), so the pipeline cannot \
-         beat {} entities/s here. The pipeline ({workers} workers per run, each run spawned on a \
+         beat {} entities/s here. The pipeline (up to {workers} workers per run, more added while a batch waits; each run spawned on a \
          tokio multi-thread runtime with one worker per core) hashes each entity (SHA-256 over \
          canonical JSON), looks its id up and inserts it, committing whatever its workers have \
          queued together (`synchronous=FULL`); the raw baseline inserts the same precomputed \
