@@ -482,9 +482,6 @@ impl Writer {
         match opened {
             Ok(now) => {
                 if now != self.data_version || self.versions.len() > VERSION_CACHE_LIMIT {
-                    if now != self.data_version {
-                        lock(&self.recent).events.clear();
-                    }
                     self.versions.clear();
                     self.data_version = now;
                 }

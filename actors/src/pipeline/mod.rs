@@ -121,12 +121,14 @@ impl Pipeline {
         let mut pool = Pool {
             workers: JoinSet::new(),
             max: self.workers,
-            rx,
-            sink: Arc::clone(&self.destination),
-            scid,
-            stop: stop.clone(),
-            shared: Arc::clone(&shared),
-            batch_size: self.batch_size,
+            crew: Crew {
+                rx,
+                sink: Arc::clone(&self.destination),
+                scid,
+                stop: stop.clone(),
+                shared: Arc::clone(&shared),
+                batch_size: self.batch_size,
+            },
         };
         pool.grow();
         tracing::info!(job_id = %spec.job_id, source = source.short_name(), max_workers = self.workers, "sync run started");
@@ -249,6 +251,12 @@ struct Pool {
     /// Dropping the run (a forced stop) drops the JoinSet, which aborts the workers.
     workers: JoinSet<()>,
     max: usize,
+    crew: Crew,
+}
+
+/// What every worker of a run shares.
+#[derive(Clone)]
+struct Crew {
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Entity>>>,
     sink: Arc<dyn EntitySink>,
     scid: Uuid,
@@ -260,21 +268,14 @@ struct Pool {
 impl Pool {
     fn grow(&mut self) {
         if self.workers.len() < self.max {
-            self.workers.spawn(work(
-                Arc::clone(&self.rx),
-                Arc::clone(&self.sink),
-                self.scid,
-                self.stop.clone(),
-                Arc::clone(&self.shared),
-                self.batch_size,
-            ));
+            self.workers.spawn(work(self.crew.clone()));
         }
     }
 
     /// Adds a worker if the ones running leave a full batch waiting.
     fn keep_up(&mut self, tx: &mpsc::Sender<Entity>) {
         let queued = tx.max_capacity() - tx.capacity();
-        if queued >= self.batch_size {
+        if queued >= self.crew.batch_size {
             self.grow();
         }
     }
@@ -330,14 +331,15 @@ async fn produce(
 
 /// One worker: take a batch of what is queued, hash it, write it, count it; stop taking
 /// work once `stop` fires (the write in flight finishes first).
-async fn work(
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Entity>>>,
-    sink: Arc<dyn EntitySink>,
-    scid: Uuid,
-    stop: CancellationToken,
-    shared: Arc<Shared>,
-    batch_size: usize,
-) {
+async fn work(crew: Crew) {
+    let Crew {
+        rx,
+        sink,
+        scid,
+        stop,
+        shared,
+        batch_size,
+    } = crew;
     // Grows with what is really queued: a slow source never fills a batch, and thousands of
     // idle workers each holding room for a full one cost hundreds of MB (BENCHMARKS.md, #5).
     let mut batch = Vec::new();
