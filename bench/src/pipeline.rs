@@ -104,8 +104,9 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     let body = format!(
         "{}\n{} entities per round ({CONNECTIONS} runs of {per_connection} plus their \
          containers). The sources alone take {:.1} s (they run at once), so the pipeline cannot \
-         beat {} entities/s here. The pipeline (up to {workers} workers per run, more added while a batch waits; each run spawned on a \
-         tokio multi-thread runtime with one worker per core) hashes each entity (SHA-256 over \
+         beat {} entities/s here. The pipeline (up to {workers} workers per run, more added \
+         while a batch waits; each run spawned on a tokio multi-thread runtime with one worker \
+         per core) hashes each entity (SHA-256 over \
          canonical JSON), looks its id up and inserts it, committing whatever its workers have \
          queued together (`synchronous=FULL`); the raw baseline inserts the same precomputed \
          rows (same content and hash) into the same table. \"cores busy\": CPU time of the \
