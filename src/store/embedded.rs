@@ -417,7 +417,8 @@ impl Writer {
             for request in waiting.drain(..) {
                 self.add(&mut batch, request);
             }
-            self.gather(&mut rx, &mut batch, expected, last_commit.min(MAX_LINGER));
+            let max_wait = last_commit.min(MAX_LINGER);
+            self.gather(&mut rx, &mut waiting, &mut batch, expected, max_wait);
             answered = batch.replies.len();
             self.finish(batch);
             last_commit = started.elapsed();
@@ -442,19 +443,20 @@ impl Writer {
     /// alternating half-size ones (each commit costs an fsync and rewrites index pages).
     /// Stops once `expected` appends are in, when none arrived for [`LINGER_GAP`] (the
     /// answered appenders are busy elsewhere: nothing is gained by waiting), or after `max`.
+    /// `arrived` is an empty vector the writer keeps, so gathering allocates nothing.
     fn gather(
         &mut self,
         rx: &mut mpsc::Receiver<Request>,
+        arrived: &mut Vec<Request>,
         batch: &mut Batch,
         expected: usize,
         max: Duration,
     ) {
         let started = Instant::now();
         let mut last_arrival = started;
-        let mut arrived = Vec::new();
         loop {
             let room = MAX_BATCH.saturating_sub(batch.replies.len());
-            if drain(rx, &mut arrived, room) > 0 {
+            if drain(rx, arrived, room) > 0 {
                 for request in arrived.drain(..) {
                     self.add(batch, request);
                 }
