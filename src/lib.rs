@@ -5,10 +5,12 @@
 //! - [`api`]: actix-web routes speaking Airweave's public API.
 //! - [`replay`]: history, time travel and verification of the log.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring and logs.
+//! - [`datadir`]: one server per data directory (an OS lock), files for the owner only.
 
 pub mod api;
 pub mod bus;
 pub mod config;
+pub mod datadir;
 pub mod replay;
 pub mod startup;
 pub mod store;

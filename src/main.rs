@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use syncjobs::api::keys;
 use syncjobs::config::Settings;
+use syncjobs::datadir::{self, DataDirLock};
 use syncjobs::replay::{self, DebugCommand};
 use syncjobs::startup::{Application, Components};
 use syncjobs::store::embedded::EmbeddedStore;
@@ -84,6 +85,7 @@ enum KeysCommand {
 
 #[actix_web::main]
 async fn main() -> ExitCode {
+    datadir::private_files();
     let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli.serve).await,
@@ -108,8 +110,18 @@ fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String>
     Ok(store)
 }
 
+/// Opens the store only if it exists: reading commands never create one.
+fn open_existing_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String> {
+    datadir::require_store(data_dir, syncjobs::store::embedded::DB_FILE)
+        .map_err(|e| e.to_string())?;
+    open_store(data_dir)
+}
+
 async fn serve(settings: Settings) -> Result<(), String> {
     telemetry::init(&settings.log, settings.log_format);
+    // Before anything touches the directory: a second server on it must not recover the
+    // first one's jobs. Held until `serve` returns.
+    let _owner = DataDirLock::acquire(&settings.data_dir).map_err(|e| e.to_string())?;
     let store = open_store(&settings.store_dir())?;
     let clock: SharedClock = Arc::new(SystemClock);
     let destination =
@@ -170,7 +182,7 @@ impl Drop for RunThreads {
 async fn debug_command(cmd: DebugCommand) -> ExitCode {
     let data_dir = std::env::var_os("SYNCJOBS_DATA_DIR")
         .map_or_else(|| PathBuf::from("./data"), PathBuf::from);
-    let store = open_store(&data_dir).ok();
+    let store = open_existing_store(&data_dir);
     let mut out = std::io::stdout().lock();
     match replay::run(cmd, store, &mut out, replay::color_for_stdout()).await {
         Ok(code) => ExitCode::from(code),
@@ -208,7 +220,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::Revoke { key, store } => {
-            let store = open_store(&store.data_dir)?;
+            let store = open_existing_store(&store.data_dir)?;
             let id = keys::revoke_key(&store, &clock, &key, "cli")
                 .await
                 .map_err(|e| e.to_string())?;
@@ -216,7 +228,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::List { store } => {
-            let store = open_store(&store.data_dir)?;
+            let store = open_existing_store(&store.data_dir)?;
             let all = keys::list_keys(&store).await.map_err(|e| e.to_string())?;
             for k in all {
                 let state = if k.revoked {

@@ -82,19 +82,19 @@ pub fn color_for_stdout() -> bool {
 
 /// Runs one debugging command, writing its output to `out`; `color` for a terminal.
 ///
-/// `store` is the local event store if one could be opened (None: only `replay --file` and
-/// `--server` work). Returns the process exit code: 0, or 1 when `replay` or `verify`
+/// `store` is the local event store, or why there is none (then only `replay --file` and
+/// `--server` work, and the others say why). Returns the process exit code: 0, or 1 when `replay` or `verify`
 /// found a broken history. An `Err` means the question could not be answered at all (no
 /// such job, unreadable file, store or server down).
 pub async fn run(
     cmd: DebugCommand,
-    store: Option<Arc<dyn EventStore>>,
+    store: Result<Arc<dyn EventStore>, String>,
     out: &mut dyn Write,
     color: bool,
 ) -> Result<u8, ReplayError> {
     match cmd {
         DebugCommand::Events { job_id, server } => {
-            let events = job_events(job_id, &server, store.as_deref()).await?;
+            let events = job_events(job_id, &server, &store).await?;
             out.write_all(events_text(&events, color).as_bytes())?;
             Ok(0)
         }
@@ -107,7 +107,7 @@ pub async fn run(
         } => {
             let events = match (file, job_id) {
                 (Some(path), _) => read_file(path).await?,
-                (None, Some(job_id)) => job_events(job_id, &server, store.as_deref()).await?,
+                (None, Some(job_id)) => job_events(job_id, &server, &store).await?,
                 (None, None) => {
                     return Err(ReplayError::Usage("replay needs a job id or --file".into()))
                 }
@@ -134,7 +134,7 @@ pub async fn run(
             Ok(u8::from(replayed.failure.is_some() || !issues.is_empty()))
         }
         DebugCommand::Export { job_id, server } => {
-            let events = job_events(job_id, &server, store.as_deref()).await?;
+            let events = job_events(job_id, &server, &store).await?;
             let mut text = String::new();
             for e in &events {
                 text.push_str(&export_line(e)?);
@@ -144,7 +144,7 @@ pub async fn run(
             Ok(0)
         }
         DebugCommand::Verify => {
-            let store = store.ok_or_else(no_store)?;
+            let store = store.map_err(ReplayError::NoStore)?;
             let report = verify(store.as_ref()).await?;
             out.write_all(verify_text(&report, color).as_bytes())?;
             Ok(u8::from(!report.is_clean()))
@@ -152,21 +152,18 @@ pub async fn run(
     }
 }
 
-fn no_store() -> ReplayError {
-    ReplayError::Usage(
-        "no event store to read: set SYNCJOBS_DATA_DIR (or use --server / --file)".into(),
-    )
-}
-
 async fn job_events(
     job_id: Uuid,
     server: &ServerArgs,
-    store: Option<&dyn EventStore>,
+    store: &Result<Arc<dyn EventStore>, String>,
 ) -> Result<Vec<RecordedEvent>, ReplayError> {
     if server.server.is_some() {
         return fetch_job(server, job_id).await;
     }
-    load_job(store.ok_or_else(no_store)?, job_id).await
+    let store = store
+        .as_ref()
+        .map_err(|why| ReplayError::NoStore(why.clone()))?;
+    load_job(store.as_ref(), job_id).await
 }
 
 /// Reads an export off the async workers (a file read blocks).

@@ -56,6 +56,9 @@ pub enum ReplayError {
     MixedStreams { first: String, other: String },
     #[error("{0}")]
     Usage(String),
+    /// No local store to read, and why (the debugging commands never create one).
+    #[error("{0}")]
+    NoStore(String),
     #[error("cannot read {path}: {source}")]
     ReadFile {
         path: String,

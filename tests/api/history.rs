@@ -345,11 +345,18 @@ async fn replay_with_server_reads_the_events_route() {
         api_key: Some(app.key.clone()),
         source_connection: Some(sc),
     };
-    let code = run(replay(server), None, &mut remote, false).await.unwrap();
+    let code = run(
+        replay(server),
+        Err("no local store".into()),
+        &mut remote,
+        false,
+    )
+    .await
+    .unwrap();
     let mut local = Vec::new();
     run(
         replay(ServerArgs::default()),
-        Some(app.store.clone()),
+        Ok(app.store.clone()),
         &mut local,
         false,
     )

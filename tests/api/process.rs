@@ -452,3 +452,203 @@ fn a_port_already_taken_is_a_clear_error_not_a_crash() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Polls `GET path` until `check` holds on the body.
+async fn wait_until(
+    client: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    path: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = get(client, server, key, path).await;
+        if check(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_second_server_on_the_same_data_directory_refuses_to_start_and_names_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let key = "lock-test-key-0123456789";
+    let env = [("SYNCJOBS_BOOTSTRAP_API_KEY", key)];
+    let client = reqwest::Client::new();
+    let mut first = start(&dir, &env);
+    let req = |path: &str| {
+        client
+            .post(format!("{}{path}", first.address))
+            .header("x-api-key", key)
+    };
+    let (status, _) = parts(
+        req("/collections")
+            .json(&json!({"name": "Locked", "readable_id": "locked"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, sc) = parts(
+        req("/source-connections")
+            .json(
+                &json!({"short_name": "timed", "readable_collection_id": "locked",
+                          "config": {"entity_count": 1000, "duration_seconds": 30}}),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{sc}");
+    let sc_path = format!("/source-connections/{}", sc["id"].as_str().unwrap());
+    wait_until(&client, &first, key, &sc_path, "running", |b| {
+        b["sync"]["last_job"]["status"] == "running"
+    })
+    .await;
+
+    let started = Instant::now();
+    let out = syncjobs(&dir)
+        .env("SYNCJOBS_BOOTSTRAP_API_KEY", key)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it exits at once"
+    );
+    assert!(
+        stderr.contains(&dir.display().to_string())
+            && stderr.contains(&format!("pid {}", first.child.id())),
+        "the refusal names the directory and the holder's pid: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The first server's job was left alone: still running, not "failed: interrupted".
+    let (_, body) = get(&client, &first, key, &sc_path).await;
+    assert_eq!(body["sync"]["last_job"]["status"], "running", "{body}");
+
+    // A crash leaves the lock file behind; it does not block the next start.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(dir.join("serve.lock").exists());
+    let second = start(&dir, &env);
+    let body = wait_until(&client, &second, key, &sc_path, "recovered", |b| {
+        b["sync"]["last_job"]["status"] != "running"
+    })
+    .await;
+    assert_eq!(body["sync"]["last_job"]["status"], "failed", "{body}");
+}
+
+#[cfg(unix)]
+#[actix_web::test]
+async fn data_files_and_directories_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let key = "perm-test-key-0123456789";
+    let client = reqwest::Client::new();
+    let mut server = start(&dir, &[("SYNCJOBS_BOOTSTRAP_API_KEY", key)]);
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{}{path}", server.address))
+            .header("x-api-key", key)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        post(
+            "/collections",
+            json!({"name": "Perms", "readable_id": "perms"})
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    let r = post(
+        "/source-connections",
+        json!({"short_name": "timed", "readable_collection_id": "perms",
+               "config": {"entity_count": 20, "duration_seconds": 0.2}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let sc = parts(r).await.1["id"].as_str().unwrap().to_owned();
+    wait_until(
+        &client,
+        &server,
+        key,
+        &format!("/source-connections/{sc}"),
+        "completed",
+        |b| b["sync"]["last_job"]["status"] == "completed",
+    )
+    .await;
+    // A stop writes the read model's checkpoint; the CLI writes to the store too.
+    assert!(terminate_keeping_logs(&mut server));
+    let (ok, _, err) = cli(&dir, &["keys", "create", "--org", "other"]);
+    assert!(ok, "{err}");
+
+    let mut seen = Vec::new();
+    let mut dirs = vec![dir.clone()];
+    while let Some(d) = dirs.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", d.display());
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+                seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    for file in [
+        "events.db",
+        "entities.db",
+        "read_model.snapshot",
+        "serve.lock",
+    ] {
+        assert!(seen.iter().any(|f| f == file), "{file} not among {seen:?}");
+    }
+}
+
+#[test]
+fn reading_commands_never_create_a_store_and_say_there_is_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nothing-here");
+    let job = "01a225c8-3c4a-7510-93b6-58ff785d1d29";
+    for args in [
+        &["events", job][..],
+        &["replay", job],
+        &["export", job],
+        &["verify"],
+        &["keys", "list"],
+        &["keys", "revoke", "sjk_abc"],
+    ] {
+        let (ok, _, err) = cli(&dir, args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(
+            err.contains("no event store in") && err.contains(&dir.display().to_string()),
+            "{args:?}: {err}"
+        );
+        assert!(!dir.exists(), "{args:?} created {}", dir.display());
+    }
+    // An empty directory is no store either.
+    std::fs::create_dir(&dir).unwrap();
+    let (ok, _, err) = cli(&dir, &["verify"]);
+    assert!(!ok && err.contains("no event store in"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing created"
+    );
+}
