@@ -118,7 +118,9 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
          multi-thread runtime, each appending one `ProgressRecorded` event at a time to its own \
          stream with an exact expected version; `synchronous=FULL`, WAL, on the work \
          directory's disk. \"raw, same batching\" inserts the same rows, N per transaction: N \
-         appenders with one event in flight each cannot give a commit more. \"raw best\": \
+         appenders with one event in flight each cannot give a commit more. The raw loop is \
+         as strong as the store's writer: it builds a batch's rows before its transaction \
+         begins and checkpoints the WAL off the commit path with the store's checkpointer. \"raw best\": \
          {BEST_BATCH} per transaction, which no set of 256 one-event appenders can reach \
          without acknowledging appends before they are durable. The verdict uses the same \
          batching; see BENCHMARKS.md.\n",

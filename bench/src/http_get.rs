@@ -83,13 +83,22 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         "syncjobs req/s",
         "p50 ms",
         "p99 ms",
+        "CPU us/req",
         "bare actix-web req/s",
         "p50 ms",
         "p99 ms",
+        "CPU us/req",
         "ratio",
+        "CPU ratio",
     ]);
     let default_ratio = bench
-        .rounds(&api.url(&path), &baseline_url, rounds, "", &mut table)
+        .rounds(
+            (&api.url(&path), &server),
+            (&baseline_url, &baseline),
+            rounds,
+            "",
+            &mut table,
+        )
         .await?;
     let rss = server.memory()?;
     server.stop().await?;
@@ -108,8 +117,8 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     bench.warm_up(&quiet_api.url(&path)).await?;
     let quiet_ratio = bench
         .rounds(
-            &quiet_api.url(&path),
-            &baseline_url,
+            (&quiet_api.url(&path), &quiet),
+            (&baseline_url, &baseline),
             1,
             " (log warn)",
             &mut table,
@@ -123,7 +132,11 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
          `GET /source-connections/{{id}}/jobs/{{job_id}}` (a completed job, {} bytes of JSON), \
          each server with {} HTTP workers, syncjobs at its default settings (log level \
          `info`: one line per request, to a file), then once more with `SYNCJOBS_LOG=warn` \
-         (no request lines). Ratio of the mean requests/s of the default rounds: \
+         (no request lines). \"CPU us/req\": the server process's own CPU time (user + \
+         system, from /proc) over the requests it answered in that run: wrk shares the two \
+         cores, so this tells the server's cost apart from the load tool's; \"CPU ratio\" is \
+         the bare server's CPU per request over syncjobs' (higher is better, like the \
+         throughput ratio). Ratio of the mean requests/s of the default rounds: \
          {default_ratio:.2}; with `SYNCJOBS_LOG=warn`: {quiet_ratio:.2}. Server RSS after its \
          rounds: {:.0} MB.\n",
         table.render(),
@@ -165,36 +178,52 @@ impl Wrk<'_> {
         self.once(url, Duration::from_secs(1)).await.map(drop)
     }
 
+    /// One run against `server`, with the server's CPU time per answered request.
+    async fn measured(&self, url: &str, server: &ServerProcess) -> Result<(WrkRun, Duration)> {
+        let before = server.cpu_time()?;
+        let run = self.once(url, self.duration).await?;
+        let cpu = server.cpu_time()?.saturating_sub(before);
+        let requests = (run.requests_per_sec * self.duration.as_secs_f64()).max(1.0);
+        Ok((run, cpu.div_f64(requests)))
+    }
+
     /// `rounds` alternating runs against the server and the baseline (A B, then B A, ...),
     /// one table row each; returns the ratio of the mean requests/s.
     async fn rounds(
         &self,
-        server: &str,
-        baseline: &str,
+        (server, ours_process): (&str, &ServerProcess),
+        (baseline, base_process): (&str, &ServerProcess),
         rounds: usize,
         label: &str,
         table: &mut Table,
     ) -> Result<f64> {
         let (mut ours_total, mut base_total) = (0.0, 0.0);
         for round in 0..rounds {
-            let (ours, base) = if round % 2 == 0 {
-                let base = self.once(baseline, self.duration).await?;
-                (self.once(server, self.duration).await?, base)
+            let ((ours, ours_cpu), (base, base_cpu)) = if round % 2 == 0 {
+                let base = self.measured(baseline, base_process).await?;
+                (self.measured(server, ours_process).await?, base)
             } else {
-                let ours = self.once(server, self.duration).await?;
-                (ours, self.once(baseline, self.duration).await?)
+                let ours = self.measured(server, ours_process).await?;
+                (ours, self.measured(baseline, base_process).await?)
             };
             ours_total += ours.requests_per_sec;
             base_total += base.requests_per_sec;
+            let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6);
             table.row(vec![
                 format!("{}{label}", round + 1),
                 thousands(ours.requests_per_sec),
                 ms(ours.p50),
                 ms(ours.p99),
+                us(ours_cpu),
                 thousands(base.requests_per_sec),
                 ms(base.p50),
                 ms(base.p99),
+                us(base_cpu),
                 format!("{:.2}", ratio(ours.requests_per_sec, base.requests_per_sec)),
+                format!(
+                    "{:.2}",
+                    ratio(base_cpu.as_secs_f64(), ours_cpu.as_secs_f64())
+                ),
             ]);
         }
         Ok(ratio(ours_total, base_total))

@@ -132,3 +132,25 @@ pub fn process_cpu_time() -> std::time::Duration {
     };
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
+
+/// CPU time (user + system, all threads) another process has used so far, from
+/// `/proc/<pid>/stat`: a server's CPU per request, apart from the load tool's, which shares
+/// the cores with it.
+pub fn cpu_time_of(pid: u32) -> std::io::Result<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), starting at field 3 (state);
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        return Err(std::io::Error::other(format!(
+            "/proc/{pid}/stat: unexpected layout"
+        )));
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(std::time::Duration::from_nanos(
+        (user + system).saturating_mul(1_000_000_000) / per_second,
+    ))
+}

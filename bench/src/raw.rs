@@ -4,7 +4,6 @@
 //! the blocking pool.
 
 use crate::error::{BenchError, Result};
-use crate::stats::Latencies;
 use chrono::SecondsFormat;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use std::path::Path;
@@ -81,6 +80,10 @@ pub struct Inserted {
 /// table and its indexes are the real ones) for `run_for`: `batch` rows per transaction,
 /// round-robin over `streams` streams, each row made like the store makes it (event built,
 /// serialised, time formatted). `make` builds the n-th event of a stream.
+///
+/// As strong as the store's own writer: a batch's rows are built before its transaction
+/// begins (the store's appenders build theirs on their own threads), and the WAL is
+/// checkpointed by the store's own checkpointer, off the commit path.
 pub fn insert_events(
     path: &Path,
     streams: usize,
@@ -89,22 +92,29 @@ pub fn insert_events(
     make: impl Fn(u64) -> NewEvent,
 ) -> Result<Inserted> {
     let mut conn = open_durable(path)?;
+    let checkpointer =
+        syncjobs::store::checkpoint::attach(&mut conn, path).map_err(BenchError::failed)?;
     let names: Vec<String> = (0..streams).map(|s| format!("raw-{s}")).collect();
     let mut versions = vec![0u64; streams];
     let mut next = 0usize;
     let mut rows = 0u64;
+    let mut pending: Vec<(usize, u64, EventRow)> = Vec::with_capacity(batch);
     let started = Instant::now();
     let deadline = started + run_for;
     while Instant::now() < deadline && rows < MAX_ROWS {
+        pending.clear();
+        for _ in 0..batch {
+            versions[next] += 1;
+            pending.push((next, versions[next], EventRow::of(&make(versions[next]))?));
+            next = (next + 1) % streams;
+        }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut stmt = tx.prepare_cached(INSERT_EVENT)?;
-            for _ in 0..batch {
-                versions[next] += 1;
-                let row = EventRow::of(&make(versions[next]))?;
+            for (stream, version, row) in &pending {
                 stmt.execute(params![
-                    names[next],
-                    versions[next] as i64,
+                    names[*stream],
+                    *version as i64,
                     row.event_id,
                     row.event_type,
                     CURRENT_SCHEMA_VERSION,
@@ -114,16 +124,15 @@ pub fn insert_events(
                     row.correlation_id,
                     row.caused_by,
                 ])?;
-                next = (next + 1) % streams;
             }
         }
         tx.commit()?;
         rows += batch as u64;
     }
-    Ok(Inserted {
-        rows,
-        elapsed: started.elapsed(),
-    })
+    let elapsed = started.elapsed();
+    drop(conn);
+    checkpointer.stop();
+    Ok(Inserted { rows, elapsed })
 }
 
 /// What a scan read.
@@ -160,24 +169,37 @@ pub fn scan_events(path: &Path) -> Result<Scanned> {
 
 /// The physical floor of a cancel: two durable commits one after the other (the request
 /// recorded, then the confirmation), each one small row in its own transaction, in a fresh
-/// file at `path`. Returns the latency of each pair.
-pub fn two_commit_floor(path: &Path, pairs: usize, max_time: Duration) -> Result<Latencies> {
-    let conn = open_durable(path)?;
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS floor (id INTEGER PRIMARY KEY, stream TEXT, data TEXT)",
-    )?;
-    let data = "x".repeat(200);
-    let mut stmt = conn.prepare("INSERT INTO floor (stream, data) VALUES (?1, ?2)")?;
-    let stream = Uuid::new_v4().to_string();
-    let mut samples = Vec::with_capacity(pairs);
-    let deadline = Instant::now() + max_time;
-    while samples.len() < pairs && Instant::now() < deadline {
-        let t = Instant::now();
-        stmt.execute(params![stream, data])?;
-        stmt.execute(params![stream, data])?;
-        samples.push(t.elapsed());
+/// WAL database. One [`FloorDb::pair`] is one sample, so a benchmark can alternate floor
+/// samples with its own and have both see the same machine.
+pub struct FloorDb {
+    conn: Connection,
+    stream: String,
+    data: String,
+}
+
+impl FloorDb {
+    pub fn open(path: &Path) -> Result<FloorDb> {
+        let conn = open_durable(path)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS floor (id INTEGER PRIMARY KEY, stream TEXT, data TEXT)",
+        )?;
+        Ok(FloorDb {
+            conn,
+            stream: Uuid::new_v4().to_string(),
+            data: "x".repeat(200),
+        })
     }
-    Ok(Latencies::new(samples))
+
+    /// Two commits, back to back; their total time.
+    pub fn pair(&self) -> Result<Duration> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("INSERT INTO floor (stream, data) VALUES (?1, ?2)")?;
+        let t = Instant::now();
+        stmt.execute(params![self.stream, self.data])?;
+        stmt.execute(params![self.stream, self.data])?;
+        Ok(t.elapsed())
+    }
 }
 
 /// One entity row of the destination.

@@ -102,6 +102,11 @@ impl ServerProcess {
         Ok(Memory::of(self.pid)?)
     }
 
+    /// CPU time the server has used so far (user + system, all threads).
+    pub fn cpu_time(&self) -> Result<std::time::Duration> {
+        Ok(crate::machine::cpu_time_of(self.pid)?)
+    }
+
     /// Waits until `GET /health` answers 200 with the read model caught up (lag 0, and at
     /// least at `position`); returns the time since the process was started.
     pub async fn wait_ready(

@@ -20,6 +20,9 @@ use std::time::Duration;
 /// auto-checkpoint threshold).
 pub const CHECKPOINT_PAGES: i32 = 1000;
 
+/// WAL pages past which the writer checkpoints itself (see [`attach`]).
+pub const WRITER_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
+
 /// The running checkpointer; [`Checkpointer::stop`] ends it.
 pub struct Checkpointer {
     thread: JoinHandle<()>,
@@ -74,6 +77,29 @@ impl Checkpointer {
             tracing::error!("the WAL checkpointer panicked");
         }
     }
+}
+
+/// Starts a checkpointer for the database at `path` and hooks the writer's connection
+/// `conn` to it, replacing SQLite's own auto-checkpoint (which would run inside a commit).
+/// The benchmarks' raw baseline uses this too, so it checkpoints as the store does.
+pub fn attach(conn: &mut Connection, path: &Path) -> Result<Checkpointer, String> {
+    let (checkpointer, checkpoint) = Checkpointer::start(path)?;
+    conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+        if pages >= WRITER_CHECKPOINT_PAGES {
+            // Appends never paused long enough for a background checkpoint to finish with
+            // nothing new behind it, and the WAL only starts over after one has: copy the
+            // rest here (mostly copied already), between two commits.
+            if let Err(e) = wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE) {
+                tracing::warn!(error = %e, pages, "WAL checkpoint by the writer failed");
+            }
+        } else if pages >= CHECKPOINT_PAGES {
+            checkpoint.request();
+        }
+        // Never an error: the commit has happened, and an error would report it failed.
+        Ok(())
+    }))
+    .map_err(|e| format!("{}: cannot hook the WAL checkpointer: {e}", path.display()))?;
+    Ok(checkpointer)
 }
 
 fn open(path: &Path) -> Result<Connection, rusqlite::Error> {

@@ -10,7 +10,7 @@
 //! Reads use a small pool of separate connections on tokio's blocking pool; in WAL mode they
 //! read a committed snapshot and never wait for the writer.
 
-use super::checkpoint::{Checkpointer, CHECKPOINT_PAGES};
+use super::checkpoint::{self, Checkpointer};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
 use std::collections::{HashMap, VecDeque};
@@ -54,9 +54,6 @@ const LINGER_MIN_GROUP: usize = 4;
 
 /// How often a lingering writer looks at the queue.
 const LINGER_POLL: Duration = Duration::from_micros(10);
-
-/// WAL pages past which the writer checkpoints itself (see where the hook is set).
-const WRITER_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 
 /// Streams whose version the writer remembers; past this the cache starts over (a miss
 /// only costs one indexed lookup).
@@ -124,23 +121,7 @@ impl EmbeddedStore {
             .map_err(|e| sql_error(&path, &e))?;
         let data_version = data_version(&conn).map_err(|e| sql_error(&path, &e))?;
 
-        let (checkpointer, checkpoint) = Checkpointer::start(&path).map_err(StoreError::Backend)?;
-        // Replaces SQLite's own auto-checkpoint, which would run inside a commit.
-        conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
-            if pages >= WRITER_CHECKPOINT_PAGES {
-                // Appends never paused long enough for a background checkpoint to finish
-                // with nothing new behind it, and the WAL only starts over after one has: copy
-                // the rest here (mostly copied already), between two commits.
-                if let Err(e) = wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE) {
-                    tracing::warn!(error = %e, pages, "WAL checkpoint by the writer failed");
-                }
-            } else if pages >= CHECKPOINT_PAGES {
-                checkpoint.request();
-            }
-            // Never an error: the commit has happened, and an error would report it failed.
-            Ok(())
-        }))
-        .map_err(|e| sql_error(&path, &e))?;
+        let checkpointer = checkpoint::attach(&mut conn, &path).map_err(StoreError::Backend)?;
 
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(head);
