@@ -5,7 +5,7 @@
 use crate::api::ApiSettings;
 use std::path::PathBuf;
 use std::time::Duration;
-use syncjobs_domain::redact::redact;
+use syncjobs_domain::redact::redact_url;
 
 /// A connection URL that may carry a password or token (`nats://user:password@host:4222`):
 /// used as given, but `Debug` and `Display` mask the credentials, so printing the settings
@@ -34,13 +34,13 @@ impl From<SecretUrl> for String {
 
 impl std::fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&redact(&self.0), f)
+        std::fmt::Debug::fmt(&redact_url(&self.0), f)
     }
 }
 
 impl std::fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&redact(&self.0))
+        f.write_str(&redact_url(&self.0))
     }
 }
 

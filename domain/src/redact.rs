@@ -52,6 +52,37 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// [`redact`] for a configured address (a URL, or a comma-separated list of them) whose
+/// scheme may be left out, as NATS clients allow (`user:password@host:4222`): there the
+/// userinfo starts the item. For free text use [`redact`], which needs the `://`.
+pub fn redact_url(urls: &str) -> Cow<'_, str> {
+    if !urls
+        .split(',')
+        .any(|u| !u.contains("://") && u.contains('@'))
+    {
+        return redact(urls);
+    }
+    let items: Vec<String> = urls
+        .split(',')
+        .map(|u| {
+            if u.contains("://") {
+                return redact(u).into_owned();
+            }
+            match userinfo_end(u) {
+                Some(at) if at > 0 => {
+                    let masked = match u[..at].find(':') {
+                        Some(colon) => format!("{}:{MASK}", &u[..colon]),
+                        None => MASK.to_owned(),
+                    };
+                    format!("{masked}{}", &u[at..])
+                }
+                _ => u.to_owned(),
+            }
+        })
+        .collect();
+    Cow::Owned(items.join(","))
+}
+
 /// Where the part of a URL that can hold credentials ends: at whitespace, a quote or bracket
 /// that closes the URL in a message, or the next URL of a list (`a://..,b://..`).
 fn authority_end(text: &str, start: usize) -> usize {
@@ -183,6 +214,21 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_configured_address_may_leave_out_its_scheme() {
+        assert_eq!(redact_url("u:s3cret@h:4222"), "u:***@h:4222");
+        assert_eq!(redact_url("s3cret@h"), "***@h");
+        assert_eq!(
+            redact_url("nats://u:s3cret@h1,u:s3cret@h2:4222"),
+            "nats://u:***@h1,u:***@h2:4222"
+        );
+        assert_eq!(redact_url("nats://u:s3cret@h"), "nats://u:***@h");
+        assert!(matches!(
+            redact_url("h:4222,h2"),
+            Cow::Borrowed("h:4222,h2")
+        ));
     }
 
     #[test]

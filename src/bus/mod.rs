@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use syncjobs_domain::redact::redact;
+use syncjobs_domain::redact::{redact, redact_url};
 use syncjobs_domain::store::EventStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -66,7 +66,7 @@ pub struct RelayConfig {
 impl std::fmt::Debug for RelayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayConfig")
-            .field("nats_url", &redact(&self.nats_url))
+            .field("nats_url", &redact_url(&self.nats_url))
             .field("checkpoint_path", &self.checkpoint_path)
             .field("stream_name", &self.stream_name)
             .field("subject_prefix", &self.subject_prefix)

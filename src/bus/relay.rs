@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use syncjobs_domain::events::RecordedEvent;
-use syncjobs_domain::redact::{redact, split_credentials};
+use syncjobs_domain::redact::{redact, redact_url, split_credentials};
 use syncjobs_domain::store::{follow, EventStore};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -288,7 +288,7 @@ impl Relay {
             self.shared.clear_error();
             self.error_shown = false;
             tracing::info!(
-                url = %redact(&self.cfg.nats_url),
+                url = %redact_url(&self.cfg.nats_url),
                 stream = %self.cfg.stream_name,
                 from = self.published,
                 "NATS relay publishing"
@@ -345,7 +345,7 @@ impl Relay {
             .connect(servers.as_str())
             .await
             .map_err(|e| SessionError::Connect {
-                url: scrub(&self.cfg.nats_url),
+                url: redact_url(&self.cfg.nats_url).into_owned(),
                 detail: scrub(&e),
             })?;
         Ok(ContextBuilder::new()
