@@ -5,6 +5,44 @@
 use crate::api::ApiSettings;
 use std::path::PathBuf;
 use std::time::Duration;
+use syncjobs_domain::redact::redact_url;
+
+/// A connection URL that may carry a password or token (`nats://user:password@host:4222`):
+/// used as given, but `Debug` and `Display` mask the credentials, so printing the settings
+/// (or a value in an error) never leaks them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL with its credentials, for the client that connects; never for printing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(s: String) -> Self {
+        SecretUrl(s)
+    }
+}
+
+impl From<SecretUrl> for String {
+    fn from(s: SecretUrl) -> Self {
+        s.0
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&redact_url(&self.0), f)
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -66,9 +104,11 @@ pub struct Settings {
     #[arg(long, env = "SYNCJOBS_CHECKPOINT_EVERY_SECONDS", default_value_t = 10)]
     pub checkpoint_every_seconds: u64,
 
-    /// NATS server for the event relay (JetStream); without it no relay runs.
-    #[arg(long, env = "NATS_URL")]
-    pub nats_url: Option<String>,
+    /// NATS server for the event relay (JetStream); without it no relay runs. May carry
+    /// credentials (`nats://user:password@host:4222`, `nats://token@host:4222`): they are
+    /// never printed, and `--help` does not show the variable's value.
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<SecretUrl>,
 
     /// JetStream stream the relay publishes to (created if absent).
     #[arg(long, env = "SYNCJOBS_NATS_STREAM", default_value = crate::bus::DEFAULT_STREAM)]
@@ -182,5 +222,33 @@ mod tests {
         assert_eq!(parsed.cancel_timeout_seconds, d.cancel_timeout_seconds);
         assert_eq!(parsed.delete_wait_seconds, d.delete_wait_seconds);
         assert!(parsed.handle_signals);
+    }
+
+    #[test]
+    fn the_nats_url_keeps_its_credentials_but_never_prints_them() {
+        let parsed = Cli::try_parse_from([
+            "syncjobs",
+            "--nats-url",
+            "nats://relay:s3cret@nats.internal:4222",
+        ])
+        .unwrap()
+        .settings;
+        let url = parsed.nats_url.clone().unwrap();
+        assert_eq!(url.expose(), "nats://relay:s3cret@nats.internal:4222");
+        for shown in [format!("{parsed:?}"), format!("{url}"), format!("{url:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(
+                shown.contains("nats://relay:***@nats.internal:4222"),
+                "{shown}"
+            );
+        }
+        // `--help` would show `[env: NATS_URL=...]` with the value.
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "nats_url")
+            .unwrap();
+        assert!(arg.is_hide_env_values_set());
     }
 }

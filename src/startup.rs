@@ -19,6 +19,7 @@ use syncjobs_actors::pipeline::EntitySink;
 use syncjobs_actors::{
     start_supervisor, JobSettings, Jobs, Recovery, SupervisorSettings, SyncRunner,
 };
+use syncjobs_domain::redact::redact;
 use syncjobs_domain::{EventStore, SharedClock};
 use syncjobs_projections::{
     load_model, spawn_projector, Projection, ProjectorConfig, ProjectorHandle,
@@ -135,10 +136,10 @@ impl Application {
                 cfg.stream_name = settings.nats_stream.clone();
                 cfg.subject_prefix = settings.nats_subject_prefix.clone();
                 cfg.validate()
-                    .map_err(|e| StartupError::Relay(e.to_string()))?;
+                    .map_err(|e| StartupError::Relay(redact(&e.to_string()).into_owned()))?;
                 let relay = spawn_relay(c.store.clone(), cfg);
                 probes.push(Arc::new(RelayProbe(relay.monitor())));
-                tracing::info!("NATS relay started");
+                tracing::info!(url = %url, "NATS relay started");
                 Some(relay)
             }
             None => None,

@@ -1,11 +1,11 @@
 //! The NATS relay against real NATS servers: what a subscriber sees during a run, after a
 //! relay crash and restart, and across a NATS server restart.
 //!
-//! The first two tests use the server at `NATS_URL` (skipped with a reason when it is unset,
-//! failing instead when `SYNCJOBS_REQUIRE_SERVICES=1`). Each run uses its own stream name and
-//! subject prefix, and deletes its stream at the end, so runs never collide. The third test
-//! starts its own `nats-server` (from `NATS_SERVER_BIN`, `/usr/sbin/nats-server` or PATH) on a
-//! free port, kills it and starts it again.
+//! The tests on a shared server use the one at `NATS_URL` (skipped with a reason when it is
+//! unset, failing instead when `SYNCJOBS_REQUIRE_SERVICES=1`). Each run uses its own stream
+//! name and subject prefix, and deletes its stream at the end, so runs never collide. The
+//! others start their own `nats-server` (from `NATS_SERVER_BIN`, `/usr/sbin/nats-server` or
+//! PATH) on a free port: killed and started again, or requiring a password.
 
 use async_nats::jetstream;
 use chrono::Utc;
@@ -14,8 +14,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use syncjobs::bus::{spawn_relay, RelayConfig, RelayHandle, RelayStatus};
+use syncjobs::store::embedded::{EmbeddedStore, DB_FILE};
 use syncjobs_domain::events::{
     stream, AccessEvent, CollectionEvent, EntityCounts, Event, Metadata, NewEvent, RecordedEvent,
     SourceConnectionEvent, SyncJobEvent,
@@ -111,7 +113,7 @@ async fn caught_up(relay: &RelayHandle, head: u64) {
 /// A run's worth of events: an organization and API key, a collection, a source
 /// connection, and two interleaved jobs (one completes, one is cancelled).
 struct World {
-    store: Arc<InMemoryStore>,
+    store: Arc<dyn EventStore>,
     org: Uuid,
     collection: Uuid,
     /// job id -> its source connection id
@@ -122,8 +124,12 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::on(InMemoryStore::new())
+    }
+
+    fn on(store: Arc<dyn EventStore>) -> Self {
         World {
-            store: InMemoryStore::new(),
+            store,
             org: Uuid::new_v4(),
             collection: Uuid::new_v4(),
             jobs: HashMap::new(),
@@ -572,6 +578,8 @@ struct OwnServer {
     bin: PathBuf,
     port: u16,
     store_dir: PathBuf,
+    /// More `nats-server` flags (`--user`, `--pass`).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -607,6 +615,7 @@ impl OwnServer {
             bin,
             port,
             store_dir,
+            args: vec![],
             child: None,
         }
     }
@@ -626,6 +635,7 @@ impl OwnServer {
                 "-sd",
             ])
             .arg(&self.store_dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -731,4 +741,237 @@ async fn the_relay_rides_out_a_nats_outage_and_catches_up_in_order() {
     let stored = stream_contents(&js, &names.stream).await;
     assert_exactly_the_log(&world, &names.prefix, &stored);
     eprintln!("outage test: slowest append during the outage {slowest:?}");
+}
+
+/// Log lines written on this thread while the guard lives (a current-thread runtime keeps the
+/// relay's task on it), every level and target included.
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || Sink(sink.clone()))
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+fn logged(buf: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+async fn open_embedded(dir: &Path) -> Arc<EmbeddedStore> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+        .await
+        .unwrap()
+        .expect("open the embedded store")
+}
+
+/// A crash lost the last commit of `events.db` (SQLite drops a torn WAL frame), after the
+/// relay had published it. Events recorded since take the lost positions: the relay must
+/// publish them, though its checkpoint says it is past them.
+#[tokio::test]
+async fn after_the_log_lost_its_tail_the_relay_realigns_and_publishes_what_took_its_place() {
+    let Some(url) = nats_url(
+        "after_the_log_lost_its_tail_the_relay_realigns_and_publishes_what_took_its_place",
+    ) else {
+        return;
+    };
+    let (logs, _guard) = capture_logs();
+    let names = unique_names();
+    let _cleanup = DeleteStreamOnDrop {
+        url: url.clone(),
+        stream: names.stream.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let checkpoint = data.join("nats-relay.checkpoint");
+    let client = async_nats::connect(url.as_str())
+        .await
+        .expect("connect to NATS");
+    let js = jetstream::new(client.clone());
+
+    let store = open_embedded(&data).await;
+    let mut world = World::on(store.clone());
+    let (sc, _) = world.setup().await;
+    let job = world.create_job(sc).await;
+    world
+        .job_event(job, SyncJobEvent::JobStarted { worker: "w".into() })
+        .await;
+    for i in 1..=5 {
+        world.job_event(job, progress(i)).await;
+    }
+    let relay = spawn_relay(store.clone(), relay_config(&url, &names, &checkpoint));
+    caught_up(&relay, world.head()).await;
+    relay.shutdown().await;
+    let checkpoint_at = world.head();
+    let first_run = world.published().into_iter().cloned().collect::<Vec<_>>();
+
+    // The crash: the last 3 events are gone from the log, not from JetStream.
+    store.close();
+    store.closed().await;
+    drop(store);
+    let kept = checkpoint_at - 3;
+    let db = rusqlite::Connection::open(data.join(DB_FILE)).unwrap();
+    let deleted = db
+        .execute(
+            "DELETE FROM events WHERE global_position > ?1",
+            [kept as i64],
+        )
+        .unwrap();
+    assert_eq!(deleted, 3);
+    drop(db);
+    world.events.truncate(kept as usize);
+
+    // The service starts again and goes on: new events take positions kept+1.. and beyond
+    // the old checkpoint.
+    let store = open_embedded(&data).await;
+    world.store = store.clone();
+    for i in 10..15 {
+        world.job_event(job, progress(i)).await;
+    }
+    let new_events: Vec<RecordedEvent> = world.events[kept as usize..].to_vec();
+    assert_eq!(new_events[0].global_position, kept + 1);
+    assert!(world.head() > checkpoint_at);
+
+    let mut sub = subscribe(&client, &names.prefix).await;
+    let relay = spawn_relay(store.clone(), relay_config(&url, &names, &checkpoint));
+    caught_up(&relay, world.head()).await;
+    let status = relay.status();
+    relay.shutdown().await;
+
+    // It says so, on /health and in the log.
+    let r = status.realigned.clone().expect("realigned on /health");
+    assert_eq!(r.from, checkpoint_at, "{r:?}");
+    assert!(r.to <= kept && checkpoint_at - r.to < 2 * 3, "{r:?}");
+    assert_eq!(r.republish, world.head() - r.to, "{r:?}");
+    let logs = logged(&logs);
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains("realigning")
+            && l.contains(&format!("from={checkpoint_at}"))
+            && l.contains(&format!("to={}", r.to))
+            && l.contains(&format!("republish={}", r.republish))),
+        "{logs}"
+    );
+
+    // The new events arrive, in order, each under its own id.
+    let again = world
+        .published()
+        .iter()
+        .filter(|e| e.global_position > r.to)
+        .count();
+    let live = receive(&mut sub, again).await;
+    let tail: Vec<_> = live[live.len() - new_events.len()..]
+        .iter()
+        .map(|s| (s.event.global_position, s.event.event_id, s.msg_id.clone()))
+        .collect();
+    let want: Vec<_> = new_events
+        .iter()
+        .map(|e| (e.global_position, e.event_id, Some(e.event_id.to_string())))
+        .collect();
+    assert_eq!(tail, want);
+    assert_quiet(&mut sub).await;
+    // JetStream: the first run as published (the lost events included: nothing deletes
+    // them), then the new events; what was republished before them was deduplicated.
+    let stored: Vec<Uuid> = stream_contents(&js, &names.stream)
+        .await
+        .iter()
+        .map(|s| s.event.event_id)
+        .collect();
+    let want: Vec<Uuid> = first_run
+        .iter()
+        .chain(&new_events)
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(stored, want);
+
+    // A later start finds the log and its checkpoint in agreement: no realignment.
+    let relay = spawn_relay(store.clone(), relay_config(&url, &names, &checkpoint));
+    wait_for(&relay, "the relay to connect", |s| s.connected).await;
+    assert_eq!(relay.status().realigned, None);
+    assert_eq!(relay.status().published_position, world.head());
+    relay.shutdown().await;
+    js.delete_stream(&names.stream)
+        .await
+        .expect("delete test stream");
+}
+
+/// `NATS_URL=nats://user:password@host:port` authenticates, and the password shows nowhere:
+/// not in `/health`, not in any log line of any level (the NATS client's own included).
+#[tokio::test]
+async fn credentials_in_the_nats_url_authenticate_and_never_show() {
+    let Some(bin) = OwnServer::find_binary() else {
+        if require_services() {
+            panic!("nats-server binary not found but SYNCJOBS_REQUIRE_SERVICES=1");
+        }
+        eprintln!("skipping: no nats-server binary (set NATS_SERVER_BIN)");
+        return;
+    };
+    let (logs, _guard) = capture_logs();
+    let names = unique_names();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = OwnServer::new(bin, dir.path().join("jetstream"));
+    server.args = ["--user", "relay", "--pass", "s3cret"]
+        .map(String::from)
+        .to_vec();
+    server.start().await;
+    let port = server.port;
+
+    let mut world = World::new();
+    let (sc, _) = world.setup().await;
+    world.create_job(sc).await;
+
+    // A wrong password: the error names the server and the cause, never the password.
+    let wrong = format!("nats://relay:n0tit@127.0.0.1:{port}");
+    let relay = spawn_relay(
+        world.store.clone(),
+        relay_config(&wrong, &names, &dir.path().join("c1")),
+    );
+    wait_for(&relay, "an authorization error", |s| s.last_error.is_some()).await;
+    let s = relay.status();
+    relay.shutdown().await;
+    let error = s.last_error.unwrap_or_default();
+    assert!(!error.contains("n0tit"), "{error}");
+    assert!(
+        error.contains(&format!("nats://relay:***@127.0.0.1:{port}")),
+        "{error}"
+    );
+    assert!(error.to_lowercase().contains("authoriz"), "{error}");
+
+    // The right one: the relay publishes.
+    let right = format!("nats://relay:s3cret@127.0.0.1:{port}");
+    let relay = spawn_relay(
+        world.store.clone(),
+        relay_config(&right, &names, &dir.path().join("c2")),
+    );
+    caught_up(&relay, world.head()).await;
+    let s = relay.status();
+    relay.shutdown().await;
+    assert!(s.last_error.is_none(), "{s:?}");
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("relay".into(), "s3cret".into())
+            .connect(server.url())
+            .await
+            .expect("connect");
+    let stored = stream_contents(&jetstream::new(client), &names.stream).await;
+    assert_exactly_the_log(&world, &names.prefix, &stored);
+
+    let logs = logged(&logs);
+    assert!(
+        !logs.contains("s3cret") && !logs.contains("n0tit"),
+        "{logs}"
+    );
+    assert!(logs.contains(&format!("127.0.0.1:{port}")), "{logs}");
 }

@@ -9,10 +9,12 @@
 //!   contract suite every backend must pass.
 //! - [`upcast`]: reads older schema versions as the current one.
 //! - [`clock`]: wall time behind a trait so timers can be tested on tokio's paused clock.
+//! - [`redact`]: masks the passwords and tokens of connection URLs in anything printed.
 
 pub mod clock;
 pub mod events;
 pub mod job;
+pub mod redact;
 pub mod store;
 pub mod upcast;
 

@@ -7,16 +7,21 @@
 //! the relay is a reader of the log like any projection; it just lags, retries with capped
 //! exponential backoff and catches up in order. Subjects: see [`subject`]; the contract for
 //! subscribers is in `docs/events.md`.
+//!
+//! The NATS URL may carry a password or token: it is only ever printed redacted
+//! ([`syncjobs_domain::redact`]), in logs, errors, `/health` and `Debug`.
 
 mod checkpoint;
 mod relay;
 pub mod subject;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use syncjobs_domain::redact::{redact, redact_url};
 use syncjobs_domain::store::EventStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -30,9 +35,11 @@ pub const DEFAULT_SUBJECT_PREFIX: &str = "syncjobs.events";
 pub const DEFAULT_CHECKPOINT_FILE: &str = "nats-relay.checkpoint";
 
 /// How the relay connects and publishes. Build with [`RelayConfig::new`] and adjust fields.
-#[derive(Debug, Clone)]
+/// Its `Debug` masks the URL's credentials.
+#[derive(Clone)]
 pub struct RelayConfig {
-    /// `nats://host:port` (or a comma-separated list of servers).
+    /// `nats://host:port` (or a comma-separated list of servers), with credentials if the
+    /// server wants them: `nats://user:password@host:port` or `nats://token@host:port`.
     pub nats_url: String,
     /// Where the acknowledged position is saved (a small file, replaced atomically).
     pub checkpoint_path: PathBuf,
@@ -54,6 +61,23 @@ pub struct RelayConfig {
     /// How often the acknowledged position is written to disk while publishing. A crash
     /// loses at most this much progress, which is republished (and deduplicated).
     pub checkpoint_interval: Duration,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("nats_url", &redact_url(&self.nats_url))
+            .field("checkpoint_path", &self.checkpoint_path)
+            .field("stream_name", &self.stream_name)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("duplicate_window", &self.duplicate_window)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .finish()
+    }
 }
 
 impl RelayConfig {
@@ -118,7 +142,22 @@ pub struct RelayStatus {
     /// `head_position - published_position`: events not yet on NATS.
     pub lag: u64,
     /// The last failure, kept until the next success so an operator can see why it lags.
+    /// URL credentials in it are masked.
     pub last_error: Option<String>,
+    /// Set when this relay found the log behind its checkpoint at start (a lost tail, a
+    /// restored backup) and went back to it: what it did, for the operator to check.
+    pub realigned: Option<Realignment>,
+}
+
+/// The relay went back from position `from` (its checkpoint) to `to` (where the log still
+/// holds what it had published) and publishes the `republish` events then after `to`.
+/// JetStream still holds what was published for the lost positions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Realignment {
+    pub at: DateTime<Utc>,
+    pub from: u64,
+    pub to: u64,
+    pub republish: u64,
 }
 
 /// State shared between the relay task and its handle.
@@ -127,6 +166,7 @@ struct Shared {
     connected: AtomicBool,
     published: AtomicU64,
     last_error: Mutex<Option<String>>,
+    realigned: Mutex<Option<Realignment>>,
     /// Bumped on every new connection, so a late event from a dropped client cannot flip
     /// `connected` for the current one.
     generation: AtomicU64,
@@ -136,8 +176,10 @@ struct Shared {
 }
 
 impl Shared {
+    /// Keeps `e` for `/health`, with URL credentials masked (whoever made the error).
     fn set_error(&self, e: impl std::fmt::Display) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        let text = redact(&e.to_string()).into_owned();
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
     }
     fn clear_error(&self) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -172,6 +214,12 @@ impl RelayMonitor {
             last_error: self
                 .shared
                 .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            realigned: self
+                .shared
+                .realigned
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
@@ -322,6 +370,135 @@ mod tests {
         assert!(
             !checkpoint.exists(),
             "nothing was acknowledged, nothing saved"
+        );
+    }
+
+    /// Log lines written while the returned guard lives, on this thread (a current-thread
+    /// runtime keeps the relay's task on it), every level and target included.
+    fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        (buf, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(buf: &Mutex<Vec<u8>>) -> String {
+        String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_nats_url_never_show_but_host_port_and_cause_do() {
+        let (logs, _guard) = capture_logs();
+        let store = InMemoryStore::new();
+        let dir = tempfile::tempdir().unwrap();
+        let port = closed_port();
+        let mut cfg = RelayConfig::new(
+            format!("nats://user:s3cret@127.0.0.1:{port}"),
+            dir.path().join(DEFAULT_CHECKPOINT_FILE),
+        );
+        cfg.backoff_initial = Duration::from_millis(10);
+        cfg.backoff_max = Duration::from_millis(20);
+        assert!(!format!("{cfg:?}").contains("s3cret"), "{cfg:?}");
+        assert!(format!("{cfg:?}").contains("user:***@127.0.0.1"), "{cfg:?}");
+        let relay = spawn_relay(store, cfg);
+        wait_for(&relay, "a connect error", |s| s.last_error.is_some()).await;
+        // A few retries, each logged.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = relay.status();
+        relay.shutdown().await;
+
+        // What /health shows.
+        let health = serde_json::to_string(&status).unwrap();
+        assert!(!health.contains("s3cret"), "{health}");
+        let error = status.last_error.unwrap_or_default();
+        assert!(
+            error.contains(&format!("nats://user:***@127.0.0.1:{port}")),
+            "{error}"
+        );
+        assert!(error.contains("refused"), "the cause is kept: {error}");
+
+        let logs = text(&logs);
+        assert!(!logs.contains("s3cret"), "{logs}");
+        assert!(
+            logs.lines().any(|l| l.contains("WARN")
+                && l.contains(&format!("127.0.0.1:{port}"))
+                && l.contains("refused")),
+            "{logs}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_ahead_of_the_log_is_realigned_and_said_so() {
+        let (logs, _guard) = capture_logs();
+        let store = InMemoryStore::new();
+        let job = Uuid::new_v4();
+        let mut ids = vec![];
+        for _ in 0..3 {
+            let e = NewEvent::new(
+                SyncJobEvent::JobStarted { worker: "w".into() },
+                Utc::now(),
+                Metadata::default(),
+            );
+            let r = store
+                .append(&stream::job(job), ExpectedVersion::Any, vec![e])
+                .await
+                .unwrap();
+            ids.push(r[0].event_id);
+        }
+        // The relay had published 5 events; the log lost the last 2 (a torn WAL).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DEFAULT_CHECKPOINT_FILE);
+        let mut marks = checkpoint::Marks::default();
+        for (p, id) in ids
+            .iter()
+            .copied()
+            .chain([Uuid::new_v4(), Uuid::new_v4()])
+            .enumerate()
+        {
+            marks.note(p as u64 + 1, id);
+        }
+        checkpoint::save(&path, DEFAULT_STREAM, 5, marks.list())
+            .await
+            .unwrap();
+        let mut cfg = RelayConfig::new(format!("nats://127.0.0.1:{}", closed_port()), &path);
+        cfg.backoff_initial = Duration::from_millis(10);
+        cfg.backoff_max = Duration::from_millis(20);
+        let relay = spawn_relay(store, cfg);
+        wait_for(&relay, "the realignment", |s| s.realigned.is_some()).await;
+        let s = relay.status();
+        relay.shutdown().await;
+        let r = s.realigned.unwrap();
+        assert_eq!((r.from, r.to, r.republish), (5, 3, 0), "{r:?}");
+        assert_eq!((s.published_position, s.lag), (3, 0));
+        assert_eq!(
+            checkpoint::load(&path, DEFAULT_STREAM)
+                .await
+                .unwrap()
+                .position,
+            3,
+            "the realigned checkpoint is saved"
+        );
+        let logs = text(&logs);
+        assert!(
+            logs.lines().any(|l| l.contains("WARN")
+                && l.contains("realigning")
+                && l.contains("from=5")
+                && l.contains("to=3")),
+            "{logs}"
         );
     }
 

@@ -6,10 +6,14 @@
 //! contiguous acknowledged event. Any failed publish or ack ends the session: the next one
 //! starts from the acknowledged position, so what follows is republished in order and
 //! JetStream drops what it already has by `Nats-Msg-Id`.
+//!
+//! Before publishing, the relay checks that the log still holds what it published (see
+//! [`checkpoint::agreed_position`]); if the log went back, it realigns to it and publishes
+//! what now stands at the lost positions.
 
-use super::checkpoint;
+use super::checkpoint::{self, Marks, Saved};
 use super::subject::{job_id_of, Route, Router};
-use super::{RelayConfig, Shared};
+use super::{Realignment, RelayConfig, Shared};
 use async_nats::jetstream::context::{Context, ContextBuilder, GetStreamErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
@@ -21,14 +25,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use syncjobs_domain::events::RecordedEvent;
+use syncjobs_domain::redact::{redact, redact_url, split_credentials};
 use syncjobs_domain::store::{follow, EventStore};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// One publish awaiting its ack: position, job id (for logs), and the outcome
-/// (`Ok(true)` when JetStream reported a duplicate).
-type PendingAck = BoxFuture<'static, (u64, Option<Uuid>, Result<bool, String>)>;
+/// One publish awaiting its ack: position, event id (for the checkpoint's marks), job id (for
+/// logs), and the outcome (`Ok(true)` when JetStream reported a duplicate).
+type PendingAck = BoxFuture<'static, (u64, Uuid, Option<Uuid>, Result<bool, String>)>;
+
+/// An error's text with any URL credentials masked: errors of the NATS client may quote the
+/// server URL, and these texts reach the logs and `/health`.
+fn scrub(e: impl std::fmt::Display) -> String {
+    redact(&e.to_string()).into_owned()
+}
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -63,6 +74,7 @@ pub(super) async fn run(
         router,
         published: 0,
         saved: 0,
+        marks: Marks::default(),
         error_shown: false,
     };
     relay.main().await;
@@ -78,6 +90,8 @@ struct Relay {
     published: u64,
     /// What the checkpoint file holds.
     saved: u64,
+    /// Ids of events passed up to `published`, saved with it to tell a log that went back.
+    marks: Marks,
     /// `last_error` holds something to clear on the next success.
     error_shown: bool,
 }
@@ -99,9 +113,9 @@ async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
 impl Relay {
     async fn main(&mut self) {
         let mut attempt = 0u32;
-        let start = loop {
+        let saved = loop {
             match checkpoint::load(&self.cfg.checkpoint_path, &self.cfg.stream_name).await {
-                Ok(p) => break p,
+                Ok(s) => break s,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the NATS relay checkpoint; retrying");
                     self.note_error(&e);
@@ -112,15 +126,22 @@ impl Relay {
                 }
             }
         };
-        self.set_published(start);
-        self.saved = start;
-        let head = *self.store.watch_head().borrow();
-        if start > head {
-            tracing::warn!(
-                checkpoint = start,
-                head,
-                "NATS relay checkpoint is ahead of the log (another store?); waiting for it"
-            );
+        self.set_published(saved.position);
+        self.saved = saved.position;
+        self.marks = Marks::from_saved(&saved.marks);
+        attempt = 0;
+        loop {
+            match self.realign(&saved).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "NATS relay cannot check its checkpoint against the log; retrying");
+                    self.note_error(&e);
+                    if !self.pause(attempt).await {
+                        return;
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
         }
 
         attempt = 0;
@@ -162,6 +183,41 @@ impl Relay {
         }
     }
 
+    /// Goes back to where the log still holds what was published, when the log went back under
+    /// the checkpoint (a torn WAL lost the last commit, an older backup was restored): without
+    /// this the relay would wait for the head to pass its checkpoint and never publish the
+    /// events that then take the lost positions, while JetStream keeps the lost ones.
+    async fn realign(&mut self, saved: &Saved) -> Result<(), syncjobs_domain::StoreError> {
+        let head = *self.store.watch_head().borrow();
+        let to = checkpoint::agreed_position(self.store.as_ref(), saved, head).await?;
+        if to == saved.position {
+            return Ok(());
+        }
+        let republish = head.saturating_sub(to);
+        tracing::warn!(
+            from = saved.position,
+            to,
+            head,
+            republish,
+            "NATS relay checkpoint is ahead of the log (lost tail or restored backup); \
+             realigning to the log and publishing the {republish} event(s) now after position {to}"
+        );
+        *self
+            .shared
+            .realigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Realignment {
+            at: chrono::Utc::now(),
+            from: saved.position,
+            to,
+            republish,
+        });
+        self.set_published(to);
+        self.marks.truncate(to);
+        self.persist().await;
+        Ok(())
+    }
+
     /// Waits out the backoff of `attempt`, with jitter so that many nodes do not reconnect in
     /// lockstep. False when cancelled.
     async fn pause(&self, attempt: u32) -> bool {
@@ -188,7 +244,15 @@ impl Relay {
             return;
         }
         let cfg = &self.cfg;
-        match checkpoint::save(&cfg.checkpoint_path, &cfg.stream_name, self.published).await {
+        let marks = self.marks.list();
+        match checkpoint::save(
+            &cfg.checkpoint_path,
+            &cfg.stream_name,
+            self.published,
+            marks,
+        )
+        .await
+        {
             Ok(()) => self.saved = self.published,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot save the NATS relay checkpoint");
@@ -217,13 +281,14 @@ impl Relay {
                     "JetStream stream was absent; republishing the whole log"
                 );
                 self.set_published(0);
+                self.marks = Marks::default();
                 self.persist().await;
             }
             self.shared.connected.store(true, Ordering::Release);
             self.shared.clear_error();
             self.error_shown = false;
             tracing::info!(
-                url = %self.cfg.nats_url,
+                url = %redact_url(&self.cfg.nats_url),
                 stream = %self.cfg.stream_name,
                 from = self.published,
                 "NATS relay publishing"
@@ -240,7 +305,17 @@ impl Relay {
         let shared = self.shared.clone();
         // The first Connected event is the initial connect; later ones are reconnects.
         let connects = Arc::new(AtomicU64::new(0));
-        let client = async_nats::ConnectOptions::new()
+        // The client gets the credentials apart from the addresses: it logs the addresses it
+        // tries (at debug, as `Debug` of a parsed URL), password included.
+        let (servers, credentials) = split_credentials(&self.cfg.nats_url);
+        let options = match credentials {
+            Some((user, Some(password))) => {
+                async_nats::ConnectOptions::new().user_and_password(user, password)
+            }
+            Some((token, None)) => async_nats::ConnectOptions::new().token(token),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client = options
             .name("syncjobs-relay")
             .connection_timeout(self.cfg.ack_timeout)
             .event_callback(move |event| {
@@ -267,11 +342,11 @@ impl Relay {
                     }
                 }
             })
-            .connect(self.cfg.nats_url.as_str())
+            .connect(servers.as_str())
             .await
             .map_err(|e| SessionError::Connect {
-                url: self.cfg.nats_url.clone(),
-                detail: e.to_string(),
+                url: redact_url(&self.cfg.nats_url).into_owned(),
+                detail: scrub(&e),
             })?;
         Ok(ContextBuilder::new()
             .timeout(self.cfg.ack_timeout)
@@ -299,13 +374,11 @@ impl Relay {
                         duplicate_window: self.cfg.duplicate_window,
                         ..Default::default()
                     };
-                    js.create_stream(config)
-                        .await
-                        .map_err(|e| err(e.to_string()))?;
+                    js.create_stream(config).await.map_err(|e| err(scrub(&e)))?;
                     tracing::info!(stream = %name, "created JetStream stream");
                     Ok(true)
                 }
-                _ => Err(err(e.to_string())),
+                _ => Err(err(scrub(&e))),
             },
         }
     }
@@ -370,7 +443,7 @@ impl Relay {
 
     fn take_ack(
         &mut self,
-        (position, job_id, result): (u64, Option<Uuid>, Result<bool, String>),
+        (position, event_id, job_id, result): (u64, Uuid, Option<Uuid>, Result<bool, String>),
     ) -> Result<(), SessionError> {
         match result {
             Ok(duplicate) => {
@@ -382,6 +455,7 @@ impl Relay {
                     tracing::debug!(position, ?job_id, "JetStream already had this event");
                 }
                 self.set_published(position);
+                self.marks.note(position, event_id);
                 Ok(())
             }
             Err(detail) => {
@@ -399,9 +473,11 @@ impl Relay {
         ev: &RecordedEvent,
     ) -> Result<Option<PendingAck>, SessionError> {
         let position = ev.global_position;
+        let event_id = ev.event_id;
         let job_id = job_id_of(ev);
-        let settled =
-            |r: Result<bool, String>| Some(futures::future::ready((position, job_id, r)).boxed());
+        let settled = |r: Result<bool, String>| {
+            Some(futures::future::ready((position, event_id, job_id, r)).boxed())
+        };
         // Routing may read the store on a cache miss; retry it rather than skip the event.
         let mut attempt = 0u32;
         let route = loop {
@@ -437,13 +513,13 @@ impl Relay {
             .await
             .map_err(|e| SessionError::Publish {
                 position,
-                detail: e.to_string(),
+                detail: scrub(&e),
             })?;
         tracing::debug!(position, ?job_id, %subject, "published to NATS");
         Ok(Some(
             async move {
-                let r = ack.await.map(|a| a.duplicate).map_err(|e| e.to_string());
-                (position, job_id, r)
+                let r = ack.await.map(|a| a.duplicate).map_err(scrub);
+                (position, event_id, job_id, r)
             }
             .boxed(),
         ))

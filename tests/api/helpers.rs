@@ -96,7 +96,7 @@ pub async fn spawn(o: Options) -> Spawned {
         bootstrap_api_key: o.bootstrap_key.clone(),
         delete_wait_seconds: o.delete_wait.as_secs().max(1),
         cancel_timeout_seconds: o.cancel_timeout_seconds,
-        nats_url: o.nats.as_ref().map(|n| n.0.clone()),
+        nats_url: o.nats.as_ref().map(|n| n.0.clone().into()),
         nats_stream: o
             .nats
             .as_ref()
