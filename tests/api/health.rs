@@ -385,6 +385,8 @@ async fn health_shows_the_relay_publishing_the_log() {
         let (_, body) = app.get("/health").await;
         let relay = &body["relay"];
         if relay["connected"] == true && relay["published_position"].as_u64() >= Some(head) {
+            assert_eq!(relay["healthy"], true, "{body}");
+            assert_eq!(body["status"], "healthy", "{body}");
             break;
         }
         assert!(
