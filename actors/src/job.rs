@@ -87,7 +87,11 @@ impl Default for Backoff {
 /// recovery takes the job over).
 fn worth_retrying(result: &Result<Executed, CommandError>) -> Option<&StoreError> {
     match result {
-        Err(CommandError::Store(e)) if !matches!(e, StoreError::Closed) => Some(e),
+        Err(CommandError::Store(e))
+            if !matches!(e, StoreError::Closed | StoreError::Corrupt { .. }) =>
+        {
+            Some(e)
+        }
         _ => None,
     }
 }
