@@ -1027,3 +1027,37 @@ fn prefixed(context: &str, e: StoreError) -> StoreError {
 fn sql_error(path: &Path, e: &rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("{}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::ffi;
+
+    fn failure(code: std::os::raw::c_int, message: &str) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(message.to_owned()))
+    }
+
+    #[test]
+    fn writes_sqlite_cannot_make_are_unavailable_with_a_cause_that_names_no_file() {
+        for (code, cause) in [
+            (ffi::SQLITE_FULL, "database or disk is full"),
+            (ffi::SQLITE_IOERR_WRITE, "disk I/O error"),
+            (ffi::SQLITE_IOERR_FSYNC, "disk I/O error"),
+            (ffi::SQLITE_READONLY, "the database is read-only"),
+            (ffi::SQLITE_CANTOPEN, "unable to open the database file"),
+            (
+                ffi::SQLITE_BUSY,
+                "the database is locked by another process",
+            ),
+        ] {
+            let e = write_error(&failure(code, "disk trouble at /srv/secret/events.db"));
+            assert!(
+                matches!(&e, StoreError::Unavailable { cause: c } if c == cause),
+                "{code}: {e:?}"
+            );
+            assert!(!e.to_string().contains("/srv"), "{e}");
+        }
+        let other = write_error(&failure(ffi::SQLITE_MISMATCH, "datatype mismatch"));
+        assert!(matches!(other, StoreError::Backend(_)), "{other:?}");
+    }
+}
