@@ -75,6 +75,12 @@ impl HealthProbe for RelayProbe {
     fn status(&self) -> serde_json::Value {
         serde_json::to_value(self.0.status()).unwrap_or(serde_json::Value::Null)
     }
+
+    /// Disconnected, or more events behind the log than the read model may be.
+    fn healthy(&self) -> bool {
+        let s = self.0.status();
+        s.connected && s.lag <= crate::api::health::MAX_HEALTHY_LAG
+    }
 }
 
 pub struct Application {

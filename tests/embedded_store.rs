@@ -400,3 +400,59 @@ async fn followers_served_from_memory_miss_nothing_another_process_wrote() {
     .expect("the follower delivers both events, its own and the other process's");
     assert_eq!(seen, vec![(6, "theirs".to_owned()), (7, "mine".to_owned())]);
 }
+
+/// A real SQLITE_FULL (the database capped at its current size): the append fails with the
+/// cause a client can read, stores nothing, the store remembers the failure, and the next
+/// append after room is made succeeds and clears it, without reopening anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_appends_with_the_cause_until_there_is_room_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    assert_eq!(store.write_failure(), None);
+    store.limit_pages(Some(1));
+    let mut stored = 0;
+    let refused = loop {
+        assert!(stored < 2000, "the capped database never filled up");
+        match store
+            .append("s", ExpectedVersion::Exact(stored), vec![sample(stored)])
+            .await
+        {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+    };
+    let full = "database or disk is full".to_string();
+    assert!(
+        matches!(&refused, StoreError::Unavailable { cause } if *cause == full),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.to_string(),
+        "event store cannot write: database or disk is full"
+    );
+    assert_eq!(store.write_failure(), Some(full.clone()));
+    // An append of several events (under a savepoint) fails the same way.
+    let many = (0..20).map(|i| sample(stored + i)).collect();
+    let again = store
+        .append("s", ExpectedVersion::Exact(stored), many)
+        .await
+        .unwrap_err();
+    assert!(again.is_unavailable(), "{again:?}");
+    assert_eq!(store.write_failure(), Some(full));
+    assert_eq!(
+        store.read_stream("s", 0).await.unwrap().len() as u64,
+        stored,
+        "nothing of a refused append is stored"
+    );
+
+    store.limit_pages(None);
+    store
+        .append("s", ExpectedVersion::Exact(stored), vec![sample(stored)])
+        .await
+        .expect("room again: the append succeeds");
+    assert_eq!(store.write_failure(), None, "a commit clears the failure");
+    assert_eq!(
+        store.read_stream("s", 0).await.unwrap().len() as u64,
+        stored + 1
+    );
+}

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_domain::{
-    EntityCounts, EventStore, JobCommand, JobState, JobStatus, Metadata, SharedClock,
+    EntityCounts, EventStore, JobCommand, JobState, JobStatus, Metadata, SharedClock, StoreError,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +51,48 @@ impl Default for JobSettings {
             worker_name: format!("syncjobs-{}", std::process::id()),
             run_handle: None,
         }
+    }
+}
+
+/// The waits between tries of a write a job cannot do without (its final event, the start
+/// of a pending job) that the store refused: 100 ms, doubling up to 5 s, for as long as it
+/// takes. A store that cannot write (a full disk) usually recovers without a restart, and a
+/// job left `running` with no run would hold its connection's next run off until one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    /// The wait before the next try; each one is twice the last, up to [`Backoff::MAX`].
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(Self::MAX);
+        delay
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}
+
+/// Whether a command that failed this way is worth trying again later: the store could
+/// not write (or gave up on conflicts). Not a rejection (the job moved on: nothing to
+/// write), a corrupt stream, or a closed store (the process is stopping; the next start's
+/// recovery takes the job over).
+fn worth_retrying(result: &Result<Executed, CommandError>) -> Option<&StoreError> {
+    match result {
+        Err(CommandError::Store(e))
+            if !matches!(e, StoreError::Closed | StoreError::Corrupt { .. }) =>
+        {
+            Some(e)
+        }
+        _ => None,
     }
 }
 
@@ -111,6 +153,8 @@ pub struct JobActor {
     state: Option<JobState>,
     run: Option<Run>,
     span: tracing::Span,
+    /// Waits between tries of a refused write the job needs (see [`Backoff`]).
+    retry: Backoff,
 }
 
 impl JobActor {
@@ -128,6 +172,7 @@ impl JobActor {
             state: None,
             run: None,
             span: tracing::info_span!("job", job_id = %job_id),
+            retry: Backoff::default(),
         }
     }
 
@@ -169,6 +214,7 @@ impl JobActor {
         let status = executed.state.status;
         let before = self.state.as_ref().map(|s| s.status);
         self.state = Some(executed.state.clone());
+        self.retry = Backoff::default();
         if before != Some(status) {
             tracing::info!(parent: &self.span, status = %status, "job status");
             self.supervisor.do_send(JobUpdate {
@@ -188,7 +234,27 @@ impl JobActor {
         }
     }
 
-    /// What to do with a job just loaded from its stream.
+    /// After a write the job needs (`what`) was refused by the store: the wait before trying
+    /// again (logged), or None when a retry would not help (see [`worth_retrying`]).
+    fn retry_delay(
+        &mut self,
+        result: &Result<Executed, CommandError>,
+        what: &'static str,
+    ) -> Option<Duration> {
+        let error = worth_retrying(result)?;
+        let delay = self.retry.next_delay();
+        tracing::warn!(
+            parent: &self.span,
+            job_id = %self.job_id,
+            error = %error,
+            retry_in_ms = delay.as_millis() as u64,
+            "{what} not recorded; trying again"
+        );
+        Some(delay)
+    }
+
+    /// What to do with a job just loaded from its stream (and again, later, when the write
+    /// that decision made was refused by the store).
     fn resume(&mut self, ctx: &mut Context<Self>) {
         let Some(state) = self.state.clone() else {
             ctx.stop();
@@ -210,6 +276,8 @@ impl JobActor {
                             act.applied(&res, ctx);
                             if act.state.as_ref().map(|s| s.status) == Some(JobStatus::Running) {
                                 act.start_run(ctx);
+                            } else if let Some(delay) = act.retry_delay(&res, "start") {
+                                ctx.run_later(delay, |act, ctx| act.resume(ctx));
                             }
                         }),
                 );
@@ -224,10 +292,12 @@ impl JobActor {
                     error_category: Some("interrupted".into()),
                     counts,
                 };
-                ctx.wait(
-                    self.command(cmd, meta)
-                        .map(|res, act, ctx| act.applied(&res, ctx)),
-                );
+                ctx.wait(self.command(cmd, meta).map(|res, act, ctx| {
+                    act.applied(&res, ctx);
+                    if let Some(delay) = act.retry_delay(&res, "final event") {
+                        ctx.run_later(delay, |act, ctx| act.resume(ctx));
+                    }
+                }));
             }
             // No worker is left to confirm; the supervisor's watchdog will end it.
             JobStatus::Cancelling => {}
@@ -406,6 +476,8 @@ impl Handler<RunFinished> for JobActor {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, msg: RunFinished, _ctx: &mut Context<Self>) -> Self::Result {
+        // Sent again later if the store cannot record the final event now.
+        let again = RunFinished(msg.0.clone());
         let status = self.state.as_ref().map(|s| s.status);
         let cmd = match msg.0 {
             RunOutcome::Completed(counts) => JobCommand::Complete { counts },
@@ -429,6 +501,10 @@ impl Handler<RunFinished> for JobActor {
                 tracing::warn!(parent: &act.span, error = %e, "late report from the worker: dropped");
             }
             act.applied(&res, ctx);
+            // Decided again on the state of then: a cancel recorded meanwhile is honoured.
+            if let Some(delay) = act.retry_delay(&res, "final event") {
+                ctx.notify_later(again, delay);
+            }
         })))
     }
 }

@@ -16,7 +16,7 @@ pub mod runner;
 pub mod supervisor;
 
 pub use command::{CommandError, Executed};
-pub use job::{JobSettings, INTERRUPTED};
+pub use job::{Backoff, JobSettings, INTERRUPTED};
 pub use pipeline::Pipeline;
 pub use runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};
 pub use supervisor::{

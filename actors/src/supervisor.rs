@@ -12,7 +12,8 @@
 
 use crate::command::{self, CommandError, Executed};
 use crate::job::{
-    ForceCancel, JobActor, JobEnv, JobGone, JobSettings, JobUpdate, RequestCancel, Shutdown,
+    Backoff, ForceCancel, JobActor, JobEnv, JobGone, JobSettings, JobUpdate, RequestCancel,
+    Shutdown,
 };
 use crate::runner::SyncRunner;
 use actix::prelude::*;
@@ -147,6 +148,8 @@ struct Entry {
     status: JobStatus,
     addr: Option<Addr<JobActor>>,
     watchdog: Option<(DateTime<Utc>, SpawnHandle)>,
+    /// Waits between tries of a ForceCancelled the store refused.
+    force_retry: Backoff,
 }
 
 pub struct Supervisor {
@@ -211,6 +214,7 @@ impl Supervisor {
                 status: state.status,
                 addr: Some(addr),
                 watchdog: None,
+                force_retry: Backoff::default(),
             },
         );
     }
@@ -355,6 +359,7 @@ impl Supervisor {
                 status: JobStatus::Pending,
                 addr: None,
                 watchdog: None,
+                force_retry: Backoff::default(),
             },
         );
         let env = self.env.clone();
@@ -545,8 +550,19 @@ impl Handler<WatchdogFired> for Supervisor {
                     act.forget(job_id, ctx);
                 }
                 Err(e) => {
-                    tracing::error!(%job_id, error = %e, "watchdog could not force-cancel; retrying in 1 s");
-                    let retry_at = act.env.clock.now() + chrono::Duration::seconds(1);
+                    // The job must not stay `cancelling` for ever: try until it lands.
+                    let Some(entry) = act.jobs.get_mut(&job_id) else {
+                        return;
+                    };
+                    let delay = entry.force_retry.next_delay();
+                    tracing::error!(
+                        %job_id,
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "watchdog could not force-cancel; trying again"
+                    );
+                    let retry_at = act.env.clock.now()
+                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                     act.arm_watchdog(job_id, retry_at, ctx);
                 }
             }),

@@ -26,7 +26,7 @@ impl ExpectedVersion {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Someone else appended first. Reload, decide again; never overwrite.
     #[error("version conflict on stream {stream}: expected {expected:?}, actual {actual}")]
@@ -39,6 +39,12 @@ pub enum StoreError {
     Corrupt { position: u64, reason: String },
     #[error("event store is closed")]
     Closed,
+    /// The backend cannot write at all (disk full, I/O error, read-only file system...):
+    /// nothing of the append is stored, and the same append may well succeed once the
+    /// operator has fixed the cause, so callers answer 503 or retry, not 500. `cause` is
+    /// short and names no file (it reaches clients); the backend logs the full error.
+    #[error("event store cannot write: {cause}")]
+    Unavailable { cause: String },
     #[error("event store backend error: {0}")]
     Backend(String),
 }
@@ -46,6 +52,11 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })
+    }
+
+    /// A write the backend could not make (see [`StoreError::Unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
     }
 }
 
@@ -80,6 +91,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// A backend's name, for logs and `/health`.
     fn backend(&self) -> &'static str;
+
+    /// While writes fail: the cause of the last one that did ([`StoreError::Unavailable`]'s
+    /// `cause`). A backend sets it when a write fails and clears it with its next
+    /// successful commit, so `/health` can say `degraded` exactly while the disk is full.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// How many events a follower asks for at a time.
@@ -324,6 +342,9 @@ impl EventStore for InMemoryStore {
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod contract;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod faults;
 
 #[cfg(test)]
 mod tests {

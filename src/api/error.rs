@@ -56,6 +56,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Closed => ApiError::Unavailable("Event store is unavailable".into()),
+            // The cause is path-free by contract (the store logged the full error); the
+            // client learns why, and that retrying later may work.
+            StoreError::Unavailable { cause } => {
+                ApiError::Unavailable(format!("Event store cannot write: {cause}"))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -77,8 +82,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(cause) = self {
-            tracing::error!(%cause, "request failed");
+        match self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
+            ApiError::Unavailable(detail) => tracing::warn!(%detail, "request refused: 503"),
+            _ => {}
         }
         HttpResponse::build(self.status_code())
             .json(serde_json::json!({ "detail": self.to_string() }))
@@ -129,5 +136,19 @@ mod tests {
             "causes are never sent"
         );
         assert_eq!(body(StoreError::Closed.into()).0, 503);
+    }
+
+    #[test]
+    fn a_store_that_cannot_write_answers_503_naming_the_cause() {
+        let full = StoreError::Unavailable {
+            cause: "database or disk is full".into(),
+        };
+        assert_eq!(
+            body(full.into()),
+            (
+                503,
+                serde_json::json!({"detail": "Event store cannot write: database or disk is full"})
+            )
+        );
     }
 }

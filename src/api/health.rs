@@ -1,10 +1,28 @@
-//! `GET /health`: Airweave's `{"status": "healthy"}`, plus what an operator wants to see:
-//! the store, how far the read model lags behind it, how many server-sent event streams are
-//! open, and any registered probe (the NATS relay registers one). Needs no key, like Airweave's.
+//! `GET /health`: Airweave's `{"status": "healthy"}`, with `degraded` and `down` beside it.
+//!
+//! Without a key (or with a key that is not valid: a load balancer's probe is never refused)
+//! the answer is that one field, so an anonymous caller learns nothing about the tenants or
+//! the infrastructure. With a valid `x-api-key` it adds what an operator wants to see: why
+//! the status is what it is, the store, how far the read model lags behind it, the
+//! supervisor, how many server-sent event streams are open, every registered probe (the NATS
+//! relay registers one), and the counts of the key's own organization.
+//!
+//! `down` (503): the store is closed or the supervisor stopped; nothing works. `degraded`
+//! (200): the store cannot write, the read model lags more than [`MAX_HEALTHY_LAG`] events,
+//! or a probe says it is unhealthy; reads still work.
 
-use super::{ok_json, ApiError, AppState};
+use super::{ApiContext, AppState};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+use syncjobs_projections::ReadModel;
+use uuid::Uuid;
+
+/// Events a follower of the log (the read model, the relay) may be behind its head before
+/// the service says `degraded`: far more than a burst of appends leaves in flight, so only
+/// a follower that is stuck or falling behind for good trips it.
+pub const MAX_HEALTHY_LAG: u64 = 10_000;
 
 /// A component that reports its own state on `/health`.
 pub trait HealthProbe: Send + Sync + 'static {
@@ -12,37 +30,134 @@ pub trait HealthProbe: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// A small JSON object; must not block.
     fn status(&self) -> Value;
+    /// False while the component fails or lags: the service is then `degraded`. Must not
+    /// block.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
-pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let head = *state.store.watch_head().borrow();
-    let stats = state.projection.read(|m| m.stats());
-    let mut body = Map::new();
-    body.insert("status".into(), json!("healthy"));
-    body.insert(
-        "store".into(),
-        json!({ "backend": state.store.backend(), "head": head }),
-    );
-    body.insert(
-        "projection".into(),
-        json!({
-            "position": stats.position,
-            "lag": head.saturating_sub(stats.position),
-            "collections": stats.collections,
-            "source_connections": stats.source_connections,
-            "active_jobs": stats.active_jobs,
-        }),
-    );
-    let jobs = match state.jobs.stats().await {
-        Ok(s) => {
-            json!({ "status": "running", "live_jobs": s.live_jobs, "armed_watchdogs": s.armed_watchdogs })
-        }
-        Err(_) => json!({ "status": "stopped" }),
-    };
-    body.insert("supervisor".into(), jobs);
-    body.insert("streams".into(), json!({ "open": state.streams.open() }));
-    for probe in &state.probes {
-        body.insert(probe.name().into(), probe.status());
+/// The one field every caller sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Down,
+}
+
+pub async fn health(state: web::Data<AppState>, key: Option<ApiContext>) -> HttpResponse {
+    let head_rx = state.store.watch_head();
+    let head = *head_rx.borrow();
+    // The store drops its head's sender once it is closed and its writer has stopped.
+    let store_closed = head_rx.has_changed().is_err();
+    let write_failure = state.store.write_failure();
+    let organization = key.as_ref().map(|k| k.organization_id);
+    let (position, counts) = state
+        .projection
+        .read(|m| (m.position(), organization.map(|org| OrgCounts::of(m, org))));
+    let lag = head.saturating_sub(position);
+    let supervisor = state.jobs.stats().await.ok();
+
+    let mut down = Vec::new();
+    if store_closed {
+        down.push("the event store is closed".to_string());
     }
-    ok_json(&body)
+    if supervisor.is_none() {
+        down.push("the job supervisor is not running".to_string());
+    }
+    let mut degraded = Vec::new();
+    if let Some(cause) = &write_failure {
+        degraded.push(format!("the event store cannot write: {cause}"));
+    }
+    if lag > MAX_HEALTHY_LAG {
+        degraded.push(format!("the read model is {lag} events behind the log"));
+    }
+    for probe in &state.probes {
+        if !probe.healthy() {
+            degraded.push(format!("{} is unhealthy", probe.name()));
+        }
+    }
+    let status = if !down.is_empty() {
+        Health::Down
+    } else if !degraded.is_empty() {
+        Health::Degraded
+    } else {
+        Health::Healthy
+    };
+    if status != Health::Healthy {
+        tracing::debug!(?status, ?down, ?degraded, "health");
+    }
+
+    let mut body = Map::new();
+    body.insert("status".into(), json!(status));
+    if let Some(counts) = counts {
+        down.extend(degraded);
+        body.insert("reasons".into(), json!(down));
+        body.insert(
+            "store".into(),
+            json!({
+                "backend": state.store.backend(),
+                "head": head,
+                "writable": write_failure.is_none() && !store_closed,
+                "write_failure": write_failure,
+            }),
+        );
+        body.insert(
+            "projection".into(),
+            json!({
+                "position": position,
+                "lag": lag,
+                "collections": counts.collections,
+                "source_connections": counts.source_connections,
+                "active_jobs": counts.active_jobs,
+            }),
+        );
+        let jobs = match supervisor {
+            Some(s) => {
+                json!({ "status": "running", "live_jobs": s.live_jobs, "armed_watchdogs": s.armed_watchdogs })
+            }
+            None => json!({ "status": "stopped" }),
+        };
+        body.insert("supervisor".into(), jobs);
+        body.insert("streams".into(), json!({ "open": state.streams.open() }));
+        for probe in &state.probes {
+            let mut line = probe.status();
+            if let Value::Object(fields) = &mut line {
+                fields.insert("healthy".into(), json!(probe.healthy()));
+            }
+            body.insert(probe.name().into(), line);
+        }
+    }
+    let code = match status {
+        Health::Down => StatusCode::SERVICE_UNAVAILABLE,
+        Health::Healthy | Health::Degraded => StatusCode::OK,
+    };
+    HttpResponse::build(code).json(body)
+}
+
+/// What the read model holds for one organization: a key sees its own tenant only.
+struct OrgCounts {
+    collections: usize,
+    source_connections: usize,
+    active_jobs: usize,
+}
+
+impl OrgCounts {
+    fn of(m: &ReadModel, organization_id: Uuid) -> OrgCounts {
+        let mut source_connections = 0;
+        let mut active_jobs = 0;
+        for sc in m.source_connections(organization_id) {
+            source_connections += 1;
+            // A connection has at most one active job, and it is its newest.
+            if m.last_job(sc.id).is_some_and(|j| j.status.is_active()) {
+                active_jobs += 1;
+            }
+        }
+        OrgCounts {
+            collections: m.collections(organization_id).count(),
+            source_connections,
+            active_jobs,
+        }
+    }
 }

@@ -9,6 +9,10 @@
 //!
 //! Reads use a small pool of separate connections on tokio's blocking pool; in WAL mode they
 //! read a committed snapshot and never wait for the writer.
+//!
+//! A write SQLite cannot make (disk full, I/O error, read-only file system, a lock held too
+//! long) fails with [`StoreError::Unavailable`] naming the cause, and the store remembers it
+//! ([`EventStore::write_failure`]) until a commit succeeds again, so `/health` can say so.
 
 use super::checkpoint::{self, Checkpointer};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -101,7 +105,17 @@ pub struct EmbeddedStore {
     commits: Arc<AtomicU64>,
     recent: Arc<Mutex<Recent>>,
     dir: PathBuf,
+    /// The cause of the last failed write, until a commit succeeds (shared with the writer).
+    write_failure: Arc<Mutex<Option<String>>>,
+    /// A `max_page_count` for the writer to apply before its next transaction (see
+    /// [`EmbeddedStore::limit_pages`]); [`NO_PAGE_LIMIT_CHANGE`] when there is none.
+    page_limit: Arc<AtomicU64>,
 }
+
+/// [`EmbeddedStore::page_limit`] when no change is pending.
+const NO_PAGE_LIMIT_CHANGE: u64 = 0;
+/// SQLite's own largest `max_page_count`: what lifting a limit goes back to.
+const SQLITE_MAX_PAGE_COUNT: u64 = 4_294_967_294;
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir` and starts its writer thread.
@@ -127,7 +141,11 @@ impl EmbeddedStore {
         let (head_tx, head_rx) = watch::channel(head);
         let commits = Arc::new(AtomicU64::new(0));
         let recent = Arc::new(Mutex::new(Recent::default()));
+        let write_failure = Arc::new(Mutex::new(None));
+        let page_limit = Arc::new(AtomicU64::new(NO_PAGE_LIMIT_CHANGE));
         let writer = Writer {
+            write_failure: write_failure.clone(),
+            page_limit: page_limit.clone(),
             recent: recent.clone(),
             conn,
             versions: HashMap::new(),
@@ -154,7 +172,20 @@ impl EmbeddedStore {
             commits,
             recent,
             dir: dir.to_owned(),
+            write_failure,
+            page_limit,
         }))
+    }
+
+    /// Caps the database at `pages` pages (SQLite's `max_page_count`, never below its
+    /// current size) from the writer's next transaction on, or lifts the cap (`None`).
+    /// Appends that need more room then fail exactly as on a full disk (`SQLITE_FULL`):
+    /// the way tests and fire drills make a real "disk full" without filling a disk.
+    pub fn limit_pages(&self, pages: Option<u64>) {
+        let pages = pages
+            .unwrap_or(SQLITE_MAX_PAGE_COUNT)
+            .clamp(1, SQLITE_MAX_PAGE_COUNT);
+        self.page_limit.store(pages, Ordering::Relaxed);
     }
 
     /// Stops taking appends (they fail with [`StoreError::Closed`]). Appends already queued
@@ -293,6 +324,10 @@ impl EventStore for EmbeddedStore {
     fn backend(&self) -> &'static str {
         "embedded"
     }
+
+    fn write_failure(&self) -> Option<String> {
+        lock(&self.write_failure).clone()
+    }
 }
 
 /// The single owner of the write connection.
@@ -310,6 +345,8 @@ struct Writer {
     /// Stopped after the connection is closed.
     checkpointer: Checkpointer,
     recent: Arc<Mutex<Recent>>,
+    write_failure: Arc<Mutex<Option<String>>>,
+    page_limit: Arc<AtomicU64>,
 }
 
 /// How many of the latest committed events the store keeps in memory for followers.
@@ -363,7 +400,7 @@ struct Batch {
     outcomes: Vec<Outcome>,
     last_position: u64,
     /// Set once the transaction cannot commit: every append of the batch then fails with it.
-    failed: Option<String>,
+    failed: Option<StoreError>,
 }
 
 impl Writer {
@@ -460,8 +497,21 @@ impl Writer {
     /// its appends.
     fn begin(&mut self) -> Batch {
         let mut batch = Batch::default();
+        let limit = self
+            .page_limit
+            .swap(NO_PAGE_LIMIT_CHANGE, Ordering::Relaxed);
+        if limit != NO_PAGE_LIMIT_CHANGE {
+            match self
+                .conn
+                .pragma_update_and_check(None, "max_page_count", clamp(limit), |r| {
+                    r.get::<_, i64>(0)
+                }) {
+                Ok(pages) => tracing::warn!(pages, "event store size limit set"),
+                Err(e) => tracing::error!(error = %e, "cannot set the event store's size limit"),
+            }
+        }
         let opened = run_cached(&self.conn, "BEGIN IMMEDIATE")
-            .and_then(|()| data_version(&self.conn).map_err(backend));
+            .and_then(|()| data_version(&self.conn).map_err(|e| write_error(&e)));
         match opened {
             Ok(now) => {
                 if now != self.data_version || self.versions.len() > VERSION_CACHE_LIMIT {
@@ -469,7 +519,7 @@ impl Writer {
                     self.data_version = now;
                 }
             }
-            Err(e) => batch.failed = Some(format!("cannot begin: {e}")),
+            Err(e) => batch.failed = Some(prefixed("cannot begin", e)),
         }
         batch
     }
@@ -497,10 +547,13 @@ impl Writer {
         // An I/O error can make SQLite roll the whole transaction back by itself; going on
         // would autocommit the rest piecemeal behind the batch's back.
         if self.conn.is_autocommit() {
-            batch.failed = Some(format!(
-                "the database rolled the batch back ({})",
-                outcome.err().map(|e| e.to_string()).unwrap_or_default()
-            ));
+            batch.failed = Some(match outcome {
+                Err(e @ StoreError::Unavailable { .. }) => e,
+                other => StoreError::Backend(format!(
+                    "the database rolled the batch back ({})",
+                    other.err().map(|e| e.to_string()).unwrap_or_default()
+                )),
+            });
             return;
         }
         batch.outcomes.push(outcome);
@@ -510,7 +563,7 @@ impl Writer {
     fn finish(&mut self, mut batch: Batch) {
         if batch.failed.is_none() {
             if let Err(e) = run_cached(&self.conn, "COMMIT") {
-                batch.failed = Some(e.to_string());
+                batch.failed = Some(prefixed("commit failed", e));
             }
         }
         match batch.failed {
@@ -529,6 +582,12 @@ impl Writer {
                     // Before the replies: whoever got an answer finds the head past it.
                     self.head_tx.send_replace(batch.last_position);
                 }
+                // An append of the batch may still have found no room.
+                let refused = batch.outcomes.iter().find_map(|o| match o {
+                    Err(StoreError::Unavailable { cause }) => Some(cause.clone()),
+                    _ => None,
+                });
+                self.note_write(refused);
                 for (reply, outcome) in batch.replies.into_iter().zip(batch.outcomes) {
                     let _ = reply.send(outcome);
                 }
@@ -542,11 +601,30 @@ impl Writer {
                 // Nothing of the batch is stored; what the cache learned from it is void.
                 self.versions.clear();
                 tracing::error!(error = %e, requests = batch.replies.len(), "event store commit failed");
+                if let StoreError::Unavailable { cause } = &e {
+                    self.note_write(Some(cause.clone()));
+                }
                 for reply in batch.replies {
-                    let _ = reply.send(Err(StoreError::Backend(format!("commit failed: {e}"))));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
+    }
+}
+
+impl Writer {
+    /// Records how the last commit went: `Some(cause)` while writes fail, `None` once one
+    /// worked. Logged only when that changes, so a full disk does not flood the log.
+    fn note_write(&self, refused: Option<String>) {
+        let mut failure = lock(&self.write_failure);
+        if *failure == refused {
+            return;
+        }
+        match &refused {
+            Some(cause) => tracing::error!(%cause, "event store cannot write"),
+            None => tracing::info!("event store writes again"),
+        }
+        *failure = refused;
     }
 }
 
@@ -579,7 +657,7 @@ fn append_one(
     let actual = match versions.get(&stream) {
         Some(v) => *v,
         None => {
-            let v = stream_version(tx, &stream).map_err(backend)?;
+            let v = stream_version(tx, &stream).map_err(|e| write_error(&e))?;
             versions.insert(stream.clone(), v);
             v
         }
@@ -626,7 +704,9 @@ fn append_one(
                 .collect())
         }
         Err(e) => {
-            if savepoint {
+            // A full disk or an I/O error may have rolled the whole transaction back, and
+            // the savepoint with it: then there is nothing to go back to.
+            if savepoint && !tx.is_autocommit() {
                 run_cached(tx, "ROLLBACK TO append")?;
                 run_cached(tx, "RELEASE append")?;
             }
@@ -641,7 +721,7 @@ fn append_one(
                     actual,
                 })
             } else {
-                Err(backend(e))
+                Err(write_error(&e))
             }
         }
     }
@@ -674,12 +754,12 @@ fn insert_events(
     Ok(positions)
 }
 
-/// Runs a parameterless statement, prepared once per connection.
+/// Runs a parameterless statement, prepared once per connection (the writer's).
 fn run_cached(tx: &Connection, sql: &str) -> Result<(), StoreError> {
     tx.prepare_cached(sql)
         .and_then(|mut stmt| stmt.execute([]))
         .map(drop)
-        .map_err(backend)
+        .map_err(|e| write_error(&e))
 }
 
 fn stream_version(conn: &Connection, stream: &str) -> Result<u64, rusqlite::Error> {
@@ -895,6 +975,70 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// A failed write: [`StoreError::Unavailable`] when SQLite could not write at all (what an
+/// operator fixes: space, the disk, permissions, another process's lock), with a fixed,
+/// path-free cause for clients; anything else stays a backend error. The full error is
+/// logged here, since the cause leaves out SQLite's own message.
+fn write_error(e: &rusqlite::Error) -> StoreError {
+    let cause = match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "database or disk is full",
+        Some(ErrorCode::SystemIoFailure) => "disk I/O error",
+        Some(ErrorCode::ReadOnly) => "the database is read-only",
+        Some(ErrorCode::CannotOpen) => "unable to open the database file",
+        Some(ErrorCode::PermissionDenied) => "access permission denied",
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            "the database is locked by another process"
+        }
+        _ => return StoreError::Backend(e.to_string()),
+    };
+    tracing::warn!(error = %e, "event store write failed");
+    StoreError::Unavailable {
+        cause: cause.to_owned(),
+    }
+}
+
+/// Adds where a backend error happened; a cause meant for clients stays as it is.
+fn prefixed(context: &str, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Backend(m) => StoreError::Backend(format!("{context}: {m}")),
+        other => other,
+    }
+}
+
 fn sql_error(path: &Path, e: &rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::ffi;
+
+    fn failure(code: std::os::raw::c_int, message: &str) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(message.to_owned()))
+    }
+
+    #[test]
+    fn writes_sqlite_cannot_make_are_unavailable_with_a_cause_that_names_no_file() {
+        for (code, cause) in [
+            (ffi::SQLITE_FULL, "database or disk is full"),
+            (ffi::SQLITE_IOERR_WRITE, "disk I/O error"),
+            (ffi::SQLITE_IOERR_FSYNC, "disk I/O error"),
+            (ffi::SQLITE_READONLY, "the database is read-only"),
+            (ffi::SQLITE_CANTOPEN, "unable to open the database file"),
+            (
+                ffi::SQLITE_BUSY,
+                "the database is locked by another process",
+            ),
+        ] {
+            let e = write_error(&failure(code, "disk trouble at /srv/secret/events.db"));
+            assert!(
+                matches!(&e, StoreError::Unavailable { cause: c } if c == cause),
+                "{code}: {e:?}"
+            );
+            assert!(!e.to_string().contains("/srv"), "{e}");
+        }
+        let other = write_error(&failure(ffi::SQLITE_MISMATCH, "datatype mismatch"));
+        assert!(matches!(other, StoreError::Backend(_)), "{other:?}");
+    }
 }

@@ -5,7 +5,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use syncjobs::api::keys;
+use syncjobs::api::{keys, HealthProbe};
 use syncjobs::config::Settings;
 use syncjobs::startup::{Application, Components};
 use syncjobs::store::embedded::EmbeddedStore;
@@ -53,6 +53,8 @@ pub struct Options {
     pub nats: Option<(String, String, String)>,
     /// Heartbeat period of server-sent event streams.
     pub sse_heartbeat: Duration,
+    /// Extra `/health` probes.
+    pub probes: Vec<Arc<dyn HealthProbe>>,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             max_body_bytes: 16 * 1024,
             nats: None,
             sse_heartbeat: Duration::from_secs(30),
+            probes: Vec::new(),
         }
     }
 }
@@ -136,7 +139,7 @@ pub async fn spawn(o: Options) -> Spawned {
             progress_interval: Duration::from_millis(50),
             ..Default::default()
         },
-        probes: vec![],
+        probes: o.probes,
     };
     let mut app = Application::build(&settings, components)
         .await

@@ -177,10 +177,11 @@ async fn subscribing_needs_a_key_and_never_shows_another_organizations_job() {
     assert_eq!(status, 200);
 }
 
-/// Open streams on /health, as an operator sees them.
+/// Open streams on /health, as an operator (with a key) sees them.
 async fn open_streams(app: &crate::helpers::TestApp) -> u64 {
-    let r = app.client.get(app.url("/health")).send().await.unwrap();
-    parts(r).await.1["streams"]["open"].as_u64().unwrap()
+    app.get("/health").await.1["streams"]["open"]
+        .as_u64()
+        .unwrap()
 }
 
 #[actix_web::test]
