@@ -518,8 +518,11 @@ impl Handler<WatchdogFired> for Supervisor {
                         return result;
                     }
                 }
+                // No live actor to ask: ask the destination what the job's run wrote, as
+                // the actor would, since that run will never report it.
                 let cmd = JobCommand::ForceCancel {
                     now: env.clock.now(),
+                    durable: env.runner.durable_counts(job_id).await,
                 };
                 let meta = Metadata {
                     causation_id: None,
