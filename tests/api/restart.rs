@@ -188,9 +188,19 @@ async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
         "forced {:?} after the request, before its 3 s deadline",
         requested.elapsed()
     );
+    // Neither run reported its last writes: both endings take the destination's counts.
     assert_eq!(
         forced["error_details"],
-        json!({"forced_by": "watchdog", "timeout_seconds": 3})
+        json!({"forced_by": "watchdog", "timeout_seconds": 3, "counts_reconciled": true})
+    );
+    assert_eq!(
+        forced["entities_inserted"],
+        second.entity_count(stuck_sc).await
+    );
+    assert_eq!(failed["error_details"], json!({"counts_reconciled": true}));
+    assert_eq!(
+        failed["entities_inserted"],
+        second.entity_count(running_sc).await
     );
 }
 
