@@ -422,6 +422,7 @@ async fn a_subscriber_sees_every_event_of_a_run_in_order_with_its_subject() {
             SyncJobEvent::Cancelled {
                 counts: EntityCounts::default(),
                 note: None,
+                counts_reconciled: false,
             },
         )
         .await;

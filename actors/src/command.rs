@@ -47,6 +47,17 @@ pub async fn load(store: &dyn EventStore, job_id: Uuid) -> Result<Option<JobStat
     fold_recorded(job_id, None, &events)
 }
 
+/// [`load`], with the global position of the stream's last event (what a reader must have
+/// folded to show this state).
+pub async fn load_with_position(
+    store: &dyn EventStore,
+    job_id: Uuid,
+) -> Result<Option<(JobState, u64)>, CommandError> {
+    let events = store.read_stream(&stream::job(job_id), 0).await?;
+    let position = events.last().map_or(0, |e| e.global_position);
+    Ok(fold_recorded(job_id, None, &events)?.map(|state| (state, position)))
+}
+
 fn fold_recorded(
     job_id: Uuid,
     mut state: Option<JobState>,

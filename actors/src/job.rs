@@ -20,8 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// The error text of a job whose worker died with the process that ran it.
-pub const INTERRUPTED: &str = "interrupted: the service stopped while the job was running";
+pub use syncjobs_domain::job::INTERRUPTED;
 
 /// What every job actor shares: the store, the clock, the runner and the knobs.
 pub struct JobEnv {
@@ -201,6 +200,25 @@ impl JobActor {
         .into_actor(self)
     }
 
+    /// [`JobActor::command`] for a command that ends the job without its run's report: it
+    /// first asks the runner what the job durably wrote, so that the final event records
+    /// those counts rather than the last checkpoint's.
+    fn command_reconciled(
+        &self,
+        make: impl FnOnce(Option<EntityCounts>) -> JobCommand + 'static,
+        metadata: Metadata,
+    ) -> impl ActorFuture<Self, Output = Result<Executed, CommandError>> {
+        let env = self.env.clone();
+        let known = self.state.clone();
+        let job_id = self.job_id;
+        async move {
+            let cmd = make(env.runner.durable_counts(job_id).await);
+            command::execute(&*env.store, &*env.clock, job_id, known, &cmd, &metadata).await
+        }
+        .instrument(self.span.clone())
+        .into_actor(self)
+    }
+
     /// Folds a command's result into the actor and reacts to the new status.
     fn applied(&mut self, result: &Result<Executed, CommandError>, ctx: &mut Context<Self>) {
         let executed = match result {
@@ -284,20 +302,18 @@ impl JobActor {
             }
             JobStatus::Running => {
                 // We only ever load a running job after a restart: its worker died with the
-                // process that ran it, and nothing will ever finish it.
-                let counts = state.counts;
+                // process that ran it, and nothing will ever finish it. Its last checkpoint
+                // may be behind what it wrote: the destination knows.
                 let meta = self.metadata("recovery");
-                let cmd = JobCommand::Fail {
-                    error: INTERRUPTED.into(),
-                    error_category: Some("interrupted".into()),
-                    counts,
-                };
-                ctx.wait(self.command(cmd, meta).map(|res, act, ctx| {
-                    act.applied(&res, ctx);
-                    if let Some(delay) = act.retry_delay(&res, "final event") {
-                        ctx.run_later(delay, |act, ctx| act.resume(ctx));
-                    }
-                }));
+                ctx.wait(
+                    self.command_reconciled(|durable| JobCommand::Interrupt { durable }, meta)
+                        .map(|res, act, ctx| {
+                            act.applied(&res, ctx);
+                            if let Some(delay) = act.retry_delay(&res, "final event") {
+                                ctx.run_later(delay, |act, ctx| act.resume(ctx));
+                            }
+                        }),
+                );
             }
             // No worker is left to confirm; the supervisor's watchdog will end it.
             JobStatus::Cancelling => {}
@@ -435,17 +451,18 @@ impl Handler<ForceCancel> for JobActor {
     type Result = AtomicResponse<Self, Result<Executed, CommandError>>;
 
     fn handle(&mut self, _msg: ForceCancel, _ctx: &mut Context<Self>) -> Self::Result {
-        let cmd = JobCommand::ForceCancel {
-            now: self.env.clock.now(),
-        };
+        let now = self.env.clock.now();
         let meta = self.metadata("watchdog");
-        AtomicResponse::new(Box::pin(self.command(cmd, meta).map(|res, act, ctx| {
-            if res.is_ok() {
-                tracing::warn!(parent: &act.span, "force-cancelled by the watchdog");
-            }
-            act.applied(&res, ctx);
-            res
-        })))
+        let force = move |durable| JobCommand::ForceCancel { now, durable };
+        AtomicResponse::new(Box::pin(self.command_reconciled(force, meta).map(
+            |res, act, ctx| {
+                if res.is_ok() {
+                    tracing::warn!(parent: &act.span, "force-cancelled by the watchdog");
+                }
+                act.applied(&res, ctx);
+                res
+            },
+        )))
     }
 }
 

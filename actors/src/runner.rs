@@ -65,4 +65,12 @@ pub trait SyncRunner: Send + Sync + 'static {
         cancel: CancellationToken,
         progress: ProgressSink,
     ) -> RunOutcome;
+
+    /// What the job's runs durably wrote, as the destination counts it, for a final event
+    /// recorded without the run's own report (recovery after a crash, the watchdog). None:
+    /// this runner keeps no such record, or it cannot be read now; the last checkpoint is
+    /// used instead.
+    async fn durable_counts(&self, _job_id: Uuid) -> Option<EntityCounts> {
+        None
+    }
 }

@@ -6,7 +6,8 @@
 //!   the log, never from boot, so a restart neither resets nor loses it.
 //! - Recovery (on start, before any message): the global log is folded; pending jobs are
 //!   started, running ones are failed as interrupted, cancelling ones get their watchdog
-//!   re-armed (firing at once when overdue).
+//!   re-armed (firing at once when overdue). Both endings record the counts the destination
+//!   durably holds for the job: the dead (or stuck) run's last checkpoint may be behind them.
 //!
 //! [`Jobs`] is the cheap, cloneable handle the API uses.
 
@@ -86,13 +87,27 @@ impl From<Executed> for CommandOutcome {
     }
 }
 
+/// Why the write side refused or failed a command.
+///
+/// The refusals that name a job's state carry where that state is in the log, so that an
+/// answer revealing it can wait, as a 200 does, until the read model shows it too: a client
+/// told `completed` must not read `running` on its next GET.
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
     #[error(transparent)]
     Job(#[from] JobError),
-    /// The source connection already has a job in this (non-final) status.
-    #[error("Cannot start new sync: a sync job is already {0}")]
-    AlreadyActive(JobStatus),
+    /// The job is not pending or running. `position`: the global position of the last
+    /// event of its stream once the refusal was decided (0 if unknown).
+    #[error("Cannot cancel job in {status} state")]
+    CannotCancel { status: JobStatus, position: u64 },
+    /// The source connection already has a job (`job_id`) in this (non-final) status.
+    /// `position` as for `CannotCancel`; 0 when the job's creation is still being appended.
+    #[error("Cannot start new sync: a sync job is already {status}")]
+    AlreadyActive {
+        status: JobStatus,
+        job_id: Uuid,
+        position: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("job stream is corrupt: {0}")]
@@ -104,6 +119,10 @@ pub enum JobsError {
 impl From<CommandError> for JobsError {
     fn from(e: CommandError) -> Self {
         match e {
+            CommandError::Rejected(JobError::CannotCancel(status)) => JobsError::CannotCancel {
+                status,
+                position: 0,
+            },
             CommandError::Rejected(e) => JobsError::Job(e),
             CommandError::Store(e) => JobsError::Store(e),
             e @ CommandError::Corrupt { .. } => JobsError::Corrupt(e.to_string()),
@@ -251,6 +270,18 @@ impl Supervisor {
     }
 }
 
+/// The global position of the last event of a job's stream (0 if it has none or cannot be
+/// read: then the answer waits for nothing, as before).
+async fn stream_head(store: &dyn EventStore, job_id: Uuid) -> u64 {
+    match store.read_stream(&stream::job(job_id), 0).await {
+        Ok(events) => events.last().map_or(0, |e| e.global_position),
+        Err(error) => {
+            tracing::warn!(%job_id, %error, "cannot read the job's stream for a refusal");
+            0
+        }
+    }
+}
+
 /// Folds the whole global log into the states of the jobs that are not final.
 async fn unfinished_jobs(store: &dyn EventStore) -> Result<Vec<JobState>, CommandError> {
     let mut states: HashMap<Uuid, JobState> = HashMap::new();
@@ -346,8 +377,12 @@ impl Supervisor {
         req: NewJob,
     ) -> ResponseActFuture<Self, Result<CommandOutcome, JobsError>> {
         let sc = req.source_connection_id;
-        if let Some((_, status)) = self.active_on(sc) {
-            return Box::pin(fut::ready(Err(JobsError::AlreadyActive(status))));
+        if let Some((job_id, status)) = self.active_on(sc) {
+            return Box::pin(fut::ready(Err(JobsError::AlreadyActive {
+                status,
+                job_id,
+                position: 0,
+            })));
         }
         // Reserve the connection before the append so a second create cannot slip in.
         let job_id = Uuid::now_v7();
@@ -411,18 +446,26 @@ impl Handler<CreateJob> for Supervisor {
         // The log decides.
         let store = self.env.store.clone();
         Box::pin(
-            async move { command::load(&*store, active).await }
+            async move { command::load_with_position(&*store, active).await }
                 .into_actor(self)
                 .then(move |loaded, act, ctx| match loaded {
-                    Ok(Some(state)) if state.status.is_final() => {
+                    Ok(Some((state, _))) if state.status.is_final() => {
                         act.forget(active, ctx);
                         act.create(req)
                     }
-                    Ok(Some(state)) => {
-                        Box::pin(fut::ready(Err(JobsError::AlreadyActive(state.status))))
+                    Ok(Some((state, position))) => {
+                        Box::pin(fut::ready(Err(JobsError::AlreadyActive {
+                            status: state.status,
+                            job_id: active,
+                            position,
+                        })))
                     }
                     // Not in the log yet: another create is appending it right now.
-                    Ok(None) => Box::pin(fut::ready(Err(JobsError::AlreadyActive(status)))),
+                    Ok(None) => Box::pin(fut::ready(Err(JobsError::AlreadyActive {
+                        status,
+                        job_id: active,
+                        position: 0,
+                    }))),
                     Err(e) => Box::pin(fut::ready(Err(e.into()))),
                 }),
         )
@@ -443,31 +486,43 @@ impl Handler<CancelJob> for Supervisor {
             correlation_id: Some(job_id),
             caused_by: requested_by.clone(),
         };
+        let store = env.store.clone();
+        let decided = async move {
+            if let Some(addr) = addr {
+                let asked = addr
+                    .send(RequestCancel {
+                        requested_by: requested_by.clone(),
+                        timeout_seconds,
+                        metadata: meta.clone(),
+                    })
+                    .await;
+                match asked {
+                    Ok(result) => return result,
+                    // The actor stopped meanwhile (its job just ended): decide on the log.
+                    Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {}
+                }
+            }
+            // No live actor: the job is final, unknown, or being created. The log decides.
+            let cancel = JobCommand::RequestCancel {
+                requested_by,
+                timeout_seconds,
+            };
+            command::execute(&*env.store, &*env.clock, job_id, None, &cancel, &meta).await
+        };
         Box::pin(
             async move {
-                if let Some(addr) = addr {
-                    let asked = addr
-                        .send(RequestCancel {
-                            requested_by: requested_by.clone(),
-                            timeout_seconds,
-                            metadata: meta.clone(),
-                        })
-                        .await;
-                    match asked {
-                        Ok(result) => return result,
-                        // The actor stopped meanwhile (its job just ended): decide on the log.
-                        Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {}
+                match decided.await {
+                    Ok(executed) => Ok(executed.into()),
+                    Err(CommandError::Rejected(JobError::CannotCancel(status))) => {
+                        // Decided on the stream as it was, at the latest, now: the read model
+                        // shows the state named once it has folded the stream's head.
+                        let position = stream_head(&*store, job_id).await;
+                        Err(JobsError::CannotCancel { status, position })
                     }
+                    Err(e) => Err(e.into()),
                 }
-                // No live actor: the job is final, unknown, or being created. The log decides.
-                let cancel = JobCommand::RequestCancel {
-                    requested_by,
-                    timeout_seconds,
-                };
-                command::execute(&*env.store, &*env.clock, job_id, None, &cancel, &meta).await
             }
-            .into_actor(self)
-            .map(|res, _act, _ctx| res.map(Into::into).map_err(Into::into)),
+            .into_actor(self),
         )
     }
 }
@@ -523,8 +578,11 @@ impl Handler<WatchdogFired> for Supervisor {
                         return result;
                     }
                 }
+                // No live actor to ask: ask the destination what the job's run wrote, as
+                // the actor would, since that run will never report it.
                 let cmd = JobCommand::ForceCancel {
                     now: env.clock.now(),
+                    durable: env.runner.durable_counts(job_id).await,
                 };
                 let meta = Metadata {
                     causation_id: None,

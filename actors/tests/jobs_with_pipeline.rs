@@ -4,13 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::pipeline::{EntitySink, MemoryDestination};
-use syncjobs_actors::{command, start_supervisor, Jobs, NewJob, Pipeline, SupervisorSettings};
+use syncjobs_actors::{
+    command, start_supervisor, JobSettings, Jobs, NewJob, Pipeline, SupervisorSettings, INTERRUPTED,
+};
 use syncjobs_domain::events::stream;
-use syncjobs_domain::{EventStore, InMemoryStore, JobState, JobStatus};
+use syncjobs_domain::{EventStore, InMemoryStore, JobState, JobStatus, SyncJobEvent};
 use uuid::Uuid;
 
 mod support;
 use support::{clock, paused, run_for, settle};
+use syncjobs_domain::SharedClock;
 
 struct World {
     store: Arc<InMemoryStore>,
@@ -21,22 +24,61 @@ struct World {
 fn world(cancel_timeout: Duration) -> World {
     let store = InMemoryStore::new();
     let destination = MemoryDestination::new();
+    let settings = SupervisorSettings {
+        cancel_timeout,
+        ..Default::default()
+    };
+    World {
+        jobs: process(&store, &destination, clock(), settings),
+        store,
+        destination,
+    }
+}
+
+/// A service process on `store` and `destination`: a supervisor that recovers from the log.
+fn process(
+    store: &Arc<InMemoryStore>,
+    destination: &Arc<MemoryDestination>,
+    clock: SharedClock,
+    settings: SupervisorSettings,
+) -> Jobs {
     let sink: Arc<dyn EntitySink> = destination.clone();
-    let clock = clock();
-    let jobs = start_supervisor(
+    start_supervisor(
         store.clone(),
         Arc::new(Pipeline::new(sink, 4)),
         clock,
-        SupervisorSettings {
-            cancel_timeout,
+        settings,
+    )
+}
+
+/// Checkpoints every `every` only: the rows written since the last one are what a crash
+/// or a forced cancel leaves unreported.
+fn sparse_checkpoints(every: Duration, cancel_timeout: Duration) -> SupervisorSettings {
+    SupervisorSettings {
+        cancel_timeout,
+        job: JobSettings {
+            progress_every_entities: 1000,
+            progress_interval: every,
             ..Default::default()
         },
-    );
-    World {
-        store,
-        destination,
-        jobs,
+        ..Default::default()
     }
+}
+
+/// The counts of the job's last checkpoint, and its final event.
+async fn checkpoint_and_end(store: &Arc<InMemoryStore>, job: Uuid) -> (u64, SyncJobEvent) {
+    let events = store.read_stream(&stream::job(job), 0).await.unwrap();
+    let checkpoint = events
+        .iter()
+        .rev()
+        .find_map(|e| match e.job_event() {
+            Some(SyncJobEvent::ProgressRecorded { counts }) => Some(counts.inserted),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let end = events.last().unwrap().job_event().unwrap().clone();
+    assert!(end.is_final(), "{end:?}");
+    (checkpoint, end)
 }
 
 fn timed(sc: Uuid, config: serde_json::Value) -> NewJob {
@@ -117,8 +159,11 @@ fn a_source_that_ignores_cancel_ends_force_cancelled_by_the_watchdog() {
         );
         assert_eq!(
             s.error_details,
-            Some(serde_json::json!({"forced_by": "watchdog", "timeout_seconds": 2}))
+            Some(serde_json::json!({
+                "forced_by": "watchdog", "timeout_seconds": 2, "counts_reconciled": true
+            }))
         );
+        assert_eq!(s.counts.inserted, w.destination.count(sc));
         let events = w.store.read_stream(&stream::job(job), 0).await.unwrap();
         assert_eq!(events.last().unwrap().event_type(), "ForceCancelled");
 
@@ -128,6 +173,143 @@ fn a_source_that_ignores_cancel_ends_force_cancelled_by_the_watchdog() {
         assert_eq!(w.destination.count(sc), rows);
         let later = w.store.read_stream(&stream::job(job), 0).await.unwrap();
         assert_eq!(later.len(), events.len());
+    });
+}
+
+#[test]
+fn a_job_cut_off_by_a_crash_fails_interrupted_with_the_counts_of_the_rows_it_wrote() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let destination = MemoryDestination::new();
+        let clock = clock();
+        let settings = || sparse_checkpoints(Duration::from_secs(1), Duration::from_secs(180));
+        let first = process(&store, &destination, clock.clone(), settings());
+        let sc = Uuid::now_v7();
+        let config = serde_json::json!({"entity_count": 1000, "duration_seconds": 100.0});
+        let job = first.create(timed(sc, config)).await.unwrap().state.job_id;
+        run_for(Duration::from_millis(2600)).await;
+        // The process dies: its actors and runs are dropped, no final event is written.
+        first.shutdown().await;
+        settle().await;
+        let written = destination.count(sc);
+        assert_eq!(state(&store, job).await.status, JobStatus::Running);
+
+        let second = process(&store, &destination, clock, settings());
+        second.ready().await;
+        settle().await;
+        let s = state(&store, job).await;
+        assert_eq!(s.status, JobStatus::Failed);
+        assert_eq!(s.error.as_deref(), Some(INTERRUPTED));
+        let (checkpoint, end) = checkpoint_and_end(&store, job).await;
+        assert!(
+            checkpoint < written,
+            "the crash left rows unreported: checkpoint {checkpoint}, rows {written}"
+        );
+        assert_eq!(
+            s.counts.inserted, written,
+            "the final counts are the rows the job wrote"
+        );
+        assert!(
+            matches!(
+                end,
+                SyncJobEvent::JobFailed {
+                    counts_reconciled: true,
+                    ..
+                }
+            ),
+            "{end:?}"
+        );
+        assert_eq!(
+            s.error_details,
+            Some(serde_json::json!({"counts_reconciled": true}))
+        );
+    });
+}
+
+#[test]
+fn a_forced_cancel_records_the_rows_the_stuck_run_wrote() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let destination = MemoryDestination::new();
+        // No checkpoint before the watchdog fires (the run itself stops writing at the
+        // cancel, so a checkpoint after it would catch up with the rows).
+        let settings = sparse_checkpoints(Duration::from_secs(10), Duration::from_secs(3));
+        let jobs = process(&store, &destination, clock(), settings);
+        let sc = Uuid::now_v7();
+        let config = serde_json::json!({
+            "entity_count": 1000, "duration_seconds": 100.0, "ignore_cancel": true
+        });
+        let job = jobs.create(timed(sc, config)).await.unwrap().state.job_id;
+        run_for(Duration::from_millis(1500)).await;
+        jobs.cancel(job, "api-key:t".into()).await.unwrap();
+        run_for(Duration::from_millis(2999)).await;
+        assert_eq!(state(&store, job).await.status, JobStatus::Cancelling);
+        run_for(Duration::from_millis(1)).await;
+
+        let s = state(&store, job).await;
+        assert_eq!(s.status, JobStatus::Cancelled);
+        let written = destination.count(sc);
+        let (checkpoint, end) = checkpoint_and_end(&store, job).await;
+        assert!(
+            checkpoint < written,
+            "the stuck run wrote past its checkpoint: checkpoint {checkpoint}, rows {written}"
+        );
+        assert_eq!(s.counts.inserted, written, "the rows, not the checkpoint");
+        assert!(
+            matches!(
+                end,
+                SyncJobEvent::ForceCancelled {
+                    counts_reconciled: true,
+                    ..
+                }
+            ),
+            "{end:?}"
+        );
+    });
+}
+
+#[test]
+fn a_job_recovered_cancelling_is_forced_with_the_rows_its_dead_run_wrote() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let destination = MemoryDestination::new();
+        let clock = clock();
+        let settings = || sparse_checkpoints(Duration::from_secs(1), Duration::from_secs(3));
+        let first = process(&store, &destination, clock.clone(), settings());
+        let sc = Uuid::now_v7();
+        let config = serde_json::json!({
+            "entity_count": 1000, "duration_seconds": 100.0, "ignore_cancel": true
+        });
+        let job = first.create(timed(sc, config)).await.unwrap().state.job_id;
+        run_for(Duration::from_millis(1500)).await;
+        first.cancel(job, "api-key:t".into()).await.unwrap();
+        run_for(Duration::from_millis(50)).await;
+        // Killed within ~60 ms of the cancel.
+        first.shutdown().await;
+        settle().await;
+        let written = destination.count(sc);
+
+        let second = process(&store, &destination, clock, settings());
+        second.ready().await;
+        run_for(Duration::from_secs(3)).await;
+        let s = state(&store, job).await;
+        assert_eq!(s.status, JobStatus::Cancelled);
+        let (checkpoint, end) = checkpoint_and_end(&store, job).await;
+        assert!(
+            checkpoint < written,
+            "checkpoint {checkpoint}, rows {written}"
+        );
+        assert_eq!(s.counts.inserted, written);
+        assert!(
+            matches!(
+                end,
+                SyncJobEvent::ForceCancelled {
+                    counts_reconciled: true,
+                    ..
+                }
+            ),
+            "{end:?}"
+        );
     });
 }
 

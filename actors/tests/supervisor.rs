@@ -368,7 +368,10 @@ async fn a_hundred_concurrent_cancels_record_exactly_one_request() {
         assert!(
             matches!(
                 r,
-                JobsError::Job(JobError::CannotCancel(JobStatus::Cancelling))
+                JobsError::CannotCancel {
+                    status: JobStatus::Cancelling,
+                    position
+                } if *position > 0
             ),
             "{r:?}"
         );
@@ -566,7 +569,10 @@ async fn one_active_job_per_source_connection() {
     assert!(
         matches!(
             err,
-            JobsError::AlreadyActive(JobStatus::Pending | JobStatus::Running)
+            JobsError::AlreadyActive {
+                status: JobStatus::Pending | JobStatus::Running,
+                ..
+            }
         ),
         "{err}"
     );
@@ -575,6 +581,13 @@ async fn one_active_job_per_source_connection() {
     assert_eq!(
         err.to_string(),
         "Cannot start new sync: a sync job is already running"
+    );
+    let started = events(&store, first.state.job_id).await.pop().unwrap();
+    assert_eq!(started.event_type(), "JobStarted");
+    assert!(
+        matches!(err, JobsError::AlreadyActive { job_id, position, .. }
+            if job_id == first.state.job_id && position == started.global_position),
+        "the refusal names the job and where its state is in the log: {err:?}"
     );
     // Once the job is final (the worker confirms the cancel) the connection is free again.
     jobs.cancel(first.state.job_id, "t".into()).await.unwrap();
@@ -619,6 +632,13 @@ async fn unknown_and_finished_jobs_cannot_be_cancelled() {
     settle().await;
     let err = jobs.cancel(job, "t".into()).await.unwrap_err();
     assert_eq!(err.to_string(), "Cannot cancel job in completed state");
+    // The refusal says where the state it names is in the log: its stream's last event.
+    let last = events(&store, job).await.pop().unwrap();
+    assert_eq!(last.event_type(), "JobCompleted");
+    assert!(
+        matches!(err, JobsError::CannotCancel { status: JobStatus::Completed, position } if position == last.global_position),
+        "{err:?}"
+    );
 }
 
 /// Ignores the cancel signal, then reports long after the watchdog gave up on it.
@@ -686,5 +706,5 @@ async fn a_connection_whose_job_the_log_shows_final_takes_a_new_run_at_once() {
         .expect("the log says the first job ended");
     assert_ne!(second.state.job_id, first);
     let err = jobs.create(new_job(sc)).await.unwrap_err();
-    assert!(matches!(err, JobsError::AlreadyActive(_)), "{err}");
+    assert!(matches!(err, JobsError::AlreadyActive { .. }), "{err}");
 }

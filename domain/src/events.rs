@@ -47,6 +47,30 @@ impl EntityCounts {
             && self.skipped >= earlier.skipped
             && self.failed >= earlier.failed
     }
+
+    /// The counts a final event records when the run's own report is lost (its process
+    /// died, or the watchdog gave up on it): each counter is the larger of the last
+    /// checkpoint (`self`) and what the destination durably holds for the job. The pipeline
+    /// reports a write only after it commits, so the checkpoint is never ahead of the
+    /// destination and the result is the destination's count; taking the larger one keeps
+    /// counts from going down for what the destination does not track (`skipped`) or does
+    /// not know (a job written before it kept per-job counts).
+    pub fn reconciled_with(&self, durable: &EntityCounts) -> EntityCounts {
+        EntityCounts {
+            inserted: self.inserted.max(durable.inserted),
+            updated: self.updated.max(durable.updated),
+            deleted: self.deleted.max(durable.deleted),
+            kept: self.kept.max(durable.kept),
+            skipped: self.skipped.max(durable.skipped),
+            failed: self.failed.max(durable.failed),
+        }
+    }
+}
+
+/// `skip_serializing_if` for flags that are false unless something unusual happened, so
+/// events without it keep the exact bytes they always had.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Everything that happens to a sync job.
@@ -80,6 +104,10 @@ pub enum SyncJobEvent {
         #[serde(default)]
         error_category: Option<String>,
         counts: EntityCounts,
+        /// True when `counts` were read back from the destination because the run's own
+        /// report was lost (see [`EntityCounts::reconciled_with`]). Absent means false.
+        #[serde(default, skip_serializing_if = "is_false")]
+        counts_reconciled: bool,
     },
     /// A client asked to stop the job. `timeout_seconds` is the watchdog timeout in force
     /// when the request was recorded, so that the deadline never moves afterwards.
@@ -92,6 +120,9 @@ pub enum SyncJobEvent {
         counts: EntityCounts,
         #[serde(default)]
         note: Option<String>,
+        /// As on JobFailed.
+        #[serde(default, skip_serializing_if = "is_false")]
+        counts_reconciled: bool,
     },
     /// The worker did not confirm within the timeout; the watchdog ended the job.
     ForceCancelled {
@@ -99,6 +130,10 @@ pub enum SyncJobEvent {
         timeout_seconds: u64,
         requested_at: DateTime<Utc>,
         counts: EntityCounts,
+        /// As on JobFailed: the stuck worker never reported, so the watchdog asks the
+        /// destination what it wrote.
+        #[serde(default, skip_serializing_if = "is_false")]
+        counts_reconciled: bool,
     },
 }
 
@@ -417,6 +452,7 @@ mod tests {
                 error: "boom".into(),
                 error_category: None,
                 counts: EntityCounts::default(),
+                counts_reconciled: true,
             }
             .into(),
             SyncJobEvent::CancelRequested {
@@ -427,6 +463,7 @@ mod tests {
             SyncJobEvent::Cancelled {
                 counts: EntityCounts::default(),
                 note: None,
+                counts_reconciled: false,
             }
             .into(),
             SyncJobEvent::ForceCancelled {
@@ -434,6 +471,7 @@ mod tests {
                 timeout_seconds: 180,
                 requested_at: now,
                 counts: EntityCounts::default(),
+                counts_reconciled: true,
             }
             .into(),
             CollectionEvent::CollectionCreated {
@@ -509,6 +547,65 @@ mod tests {
                 assert_eq!(back, e, "hint {hint}: {json}");
             }
         }
+    }
+
+    #[test]
+    fn the_reconciled_flag_is_written_only_when_set_and_absent_reads_as_false() {
+        let failed = |counts_reconciled| SyncJobEvent::JobFailed {
+            error: "x".into(),
+            error_category: None,
+            counts: EntityCounts::default(),
+            counts_reconciled,
+        };
+        let plain = Event::from(failed(false)).to_json().unwrap();
+        assert!(!plain.contains("counts_reconciled"), "{plain}");
+        let marked = Event::from(failed(true)).to_json().unwrap();
+        assert!(marked.contains(r#""counts_reconciled":true"#), "{marked}");
+        // A body stored before the field existed.
+        let old = r#"{"type":"ForceCancelled","data":{"error":"e","timeout_seconds":180,
+            "requested_at":"2026-11-29T10:00:00Z","counts":{"inserted":3}}}"#;
+        let Event::Job(SyncJobEvent::ForceCancelled {
+            counts_reconciled, ..
+        }) = Event::from_stored(CURRENT_SCHEMA_VERSION, old).unwrap()
+        else {
+            panic!("not a ForceCancelled");
+        };
+        assert!(!counts_reconciled);
+    }
+
+    #[test]
+    fn reconciled_counts_take_the_destinations_and_never_go_down() {
+        let checkpoint = EntityCounts {
+            inserted: 10,
+            kept: 2,
+            skipped: 1,
+            ..Default::default()
+        };
+        let destination = EntityCounts {
+            inserted: 14,
+            updated: 3,
+            kept: 2,
+            failed: 1,
+            ..Default::default()
+        };
+        let r = checkpoint.reconciled_with(&destination);
+        assert_eq!(
+            r,
+            EntityCounts {
+                inserted: 14,
+                updated: 3,
+                kept: 2,
+                skipped: 1, // the destination never sees skipped entities
+                failed: 1,
+                deleted: 0,
+            }
+        );
+        assert!(r.dominates(&checkpoint));
+        // A destination that knows nothing of the job (written before it kept counts).
+        assert_eq!(
+            checkpoint.reconciled_with(&EntityCounts::default()),
+            checkpoint
+        );
     }
 
     #[test]

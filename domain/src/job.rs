@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
+/// The error text of a job whose worker died with the process that ran it.
+pub const INTERRUPTED: &str = "interrupted: the service stopped while the job was running";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -192,12 +195,16 @@ impl JobState {
                 error,
                 error_category,
                 counts,
+                counts_reconciled,
             } => {
                 self.counts = *counts;
                 self.status = JobStatus::Failed;
                 self.completed_at = Some(at);
                 self.error = Some(error.clone());
                 self.error_category = error_category.clone();
+                if *counts_reconciled {
+                    self.error_details = Some(serde_json::json!({ "counts_reconciled": true }));
+                }
             }
             SyncJobEvent::CancelRequested {
                 timeout_seconds, ..
@@ -206,18 +213,30 @@ impl JobState {
                 self.cancel_requested_at = Some(at);
                 self.cancel_timeout_seconds = Some(*timeout_seconds);
             }
-            SyncJobEvent::Cancelled { counts, note } => {
+            SyncJobEvent::Cancelled {
+                counts,
+                note,
+                counts_reconciled,
+            } => {
                 self.counts = *counts;
                 self.status = JobStatus::Cancelled;
                 self.completed_at = Some(at);
+                let mut details = serde_json::Map::new();
                 if let Some(note) = note {
-                    self.error_details = Some(serde_json::json!({ "note": note }));
+                    details.insert("note".into(), note.clone().into());
+                }
+                if *counts_reconciled {
+                    details.insert("counts_reconciled".into(), true.into());
+                }
+                if !details.is_empty() {
+                    self.error_details = Some(details.into());
                 }
             }
             SyncJobEvent::ForceCancelled {
                 error,
                 timeout_seconds,
                 counts,
+                counts_reconciled,
                 ..
             } => {
                 self.counts = *counts;
@@ -225,11 +244,25 @@ impl JobState {
                 self.completed_at = Some(at);
                 self.error = Some(error.clone());
                 self.error_category = Some("cancel_timeout".into());
-                self.error_details = Some(serde_json::json!({
+                let mut details = serde_json::json!({
                     "forced_by": "watchdog",
                     "timeout_seconds": timeout_seconds,
-                }));
+                });
+                if *counts_reconciled {
+                    details["counts_reconciled"] = true.into();
+                }
+                self.error_details = Some(details);
             }
+        }
+    }
+
+    /// The counts of a final event that ends the job without its run's report: the last
+    /// checkpoint reconciled with what the destination durably holds for the job, when the
+    /// caller could ask it (`durable`), and whether they were.
+    fn final_counts(&self, durable: Option<&EntityCounts>) -> (EntityCounts, bool) {
+        match durable {
+            Some(durable) => (self.counts.reconciled_with(durable), true),
+            None => (self.counts, false),
         }
     }
 
@@ -271,6 +304,7 @@ impl JobState {
                 Cancelling => Ok(vec![SyncJobEvent::Cancelled {
                     counts: *counts,
                     note: Some("the run finished before it saw the cancel signal".into()),
+                    counts_reconciled: false,
                 }]),
                 _ => reject(),
             },
@@ -283,12 +317,14 @@ impl JobState {
                     error: error.clone(),
                     error_category: error_category.clone(),
                     counts: *counts,
+                    counts_reconciled: false,
                 }]),
                 Cancelling => Ok(vec![SyncJobEvent::Cancelled {
                     counts: *counts,
                     note: Some(format!(
                         "the run stopped with an error while cancelling: {error}"
                     )),
+                    counts_reconciled: false,
                 }]),
                 _ => reject(),
             },
@@ -304,6 +340,7 @@ impl JobState {
                     SyncJobEvent::Cancelled {
                         counts: self.counts,
                         note: None,
+                        counts_reconciled: false,
                     },
                 ]),
                 Running => Ok(vec![SyncJobEvent::CancelRequested {
@@ -316,10 +353,23 @@ impl JobState {
                 Cancelling => Ok(vec![SyncJobEvent::Cancelled {
                     counts: *counts,
                     note: None,
+                    counts_reconciled: false,
                 }]),
                 _ => reject(),
             },
-            JobCommand::ForceCancel { now } => {
+            JobCommand::Interrupt { durable } => match s {
+                Running => {
+                    let (counts, counts_reconciled) = self.final_counts(durable.as_ref());
+                    Ok(vec![SyncJobEvent::JobFailed {
+                        error: INTERRUPTED.into(),
+                        error_category: Some("interrupted".into()),
+                        counts,
+                        counts_reconciled,
+                    }])
+                }
+                _ => reject(),
+            },
+            JobCommand::ForceCancel { now, durable } => {
                 let Some(deadline) = self.watchdog_deadline() else {
                     return reject();
                 };
@@ -327,6 +377,7 @@ impl JobState {
                     return Err(JobError::NotYetDue { deadline });
                 }
                 let timeout_seconds = self.cancel_timeout_seconds.unwrap_or_default();
+                let (counts, counts_reconciled) = self.final_counts(durable.as_ref());
                 Ok(vec![SyncJobEvent::ForceCancelled {
                     error: format!(
                         "Cancellation forced by the watchdog after {timeout_seconds} seconds \
@@ -334,7 +385,8 @@ impl JobState {
                     ),
                     timeout_seconds,
                     requested_at: self.cancel_requested_at.unwrap_or(*now),
-                    counts: self.counts,
+                    counts,
+                    counts_reconciled,
                 }])
             }
         }
@@ -372,8 +424,17 @@ pub enum JobCommand {
     ConfirmCancelled {
         counts: EntityCounts,
     },
+    /// Recovery found the job running, its worker gone with the process that ran it: it
+    /// fails as [`INTERRUPTED`]. `durable` is what the destination holds for the job (None
+    /// when it could not be asked): the last checkpoint may be behind the rows written.
+    Interrupt {
+        durable: Option<EntityCounts>,
+    },
+    /// The watchdog's verdict. `durable` as for [`JobCommand::Interrupt`]: the stuck worker
+    /// will not report what it wrote after its last checkpoint.
     ForceCancel {
         now: DateTime<Utc>,
+        durable: Option<EntityCounts>,
     },
 }
 
@@ -387,6 +448,7 @@ impl JobCommand {
             JobCommand::Fail { .. } => "fail",
             JobCommand::RequestCancel { .. } => "cancel",
             JobCommand::ConfirmCancelled { .. } => "confirm cancelled",
+            JobCommand::Interrupt { .. } => "interrupt",
             JobCommand::ForceCancel { .. } => "force cancel",
         }
     }
@@ -493,12 +555,14 @@ mod tests {
             error: "x".into(),
             error_category: None,
             counts: counts(1),
+            counts_reconciled: false,
         }
     }
     fn cancelled() -> SyncJobEvent {
         SyncJobEvent::Cancelled {
             counts: counts(1),
             note: None,
+            counts_reconciled: false,
         }
     }
     fn force_cancelled() -> SyncJobEvent {
@@ -507,6 +571,7 @@ mod tests {
             timeout_seconds: 180,
             requested_at: t(2),
             counts: counts(1),
+            counts_reconciled: false,
         }
     }
 
@@ -575,7 +640,8 @@ mod tests {
                 cancel_requested(),
                 SyncJobEvent::Cancelled {
                     counts: EntityCounts::default(),
-                    note: None
+                    note: None,
+                    counts_reconciled: false,
                 }
             ]
         );
@@ -597,7 +663,10 @@ mod tests {
             JobCommand::Complete { counts: counts(1) },
             JobCommand::RecordProgress { counts: counts(1) },
             JobCommand::ConfirmCancelled { counts: counts(1) },
-            JobCommand::ForceCancel { now: t(10_000) },
+            JobCommand::ForceCancel {
+                now: t(10_000),
+                durable: None,
+            },
         ] {
             assert!(
                 matches!(
@@ -641,7 +710,10 @@ mod tests {
         for cmd in [
             JobCommand::Start { worker: "w".into() },
             JobCommand::ConfirmCancelled { counts: counts(1) },
-            JobCommand::ForceCancel { now: t(10_000) },
+            JobCommand::ForceCancel {
+                now: t(10_000),
+                durable: None,
+            },
         ] {
             assert!(matches!(
                 when(&g, cmd),
@@ -703,12 +775,20 @@ mod tests {
             when(
                 &g,
                 JobCommand::ForceCancel {
-                    now: deadline - Duration::milliseconds(1)
+                    now: deadline - Duration::milliseconds(1),
+                    durable: None,
                 }
             ),
             Err(JobError::NotYetDue { deadline })
         );
-        let events = when(&g, JobCommand::ForceCancel { now: deadline }).unwrap();
+        let events = when(
+            &g,
+            JobCommand::ForceCancel {
+                now: deadline,
+                durable: None,
+            },
+        )
+        .unwrap();
         let [SyncJobEvent::ForceCancelled {
             error,
             timeout_seconds,
@@ -748,7 +828,10 @@ mod tests {
             JobCommand::Complete { counts: counts(9) },
             fail_cmd(),
             JobCommand::ConfirmCancelled { counts: counts(9) },
-            JobCommand::ForceCancel { now: t(100_000) },
+            JobCommand::ForceCancel {
+                now: t(100_000),
+                durable: None,
+            },
         ];
         for g in &finals {
             let status = given(g).unwrap().status;
@@ -768,6 +851,89 @@ mod tests {
                 format!("Cannot cancel job in {status} state")
             );
         }
+    }
+
+    #[test]
+    fn an_interrupted_run_fails_with_the_counts_its_destination_holds_and_says_so() {
+        let g = [
+            created(),
+            started(),
+            SyncJobEvent::ProgressRecorded { counts: counts(4) },
+        ];
+        let events = when(
+            &g,
+            JobCommand::Interrupt {
+                durable: Some(counts(9)),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            events,
+            vec![SyncJobEvent::JobFailed {
+                error: INTERRUPTED.into(),
+                error_category: Some("interrupted".into()),
+                counts: counts(9),
+                counts_reconciled: true,
+            }]
+        );
+        let mut all = g.to_vec();
+        all.extend(events);
+        let s = given(&all).unwrap();
+        assert_eq!((s.status, s.counts), (JobStatus::Failed, counts(9)));
+        assert_eq!(
+            s.error_details,
+            Some(serde_json::json!({"counts_reconciled": true}))
+        );
+        // A destination that could not be asked: the checkpoint, not claimed as reconciled.
+        assert!(matches!(
+            when(&g, JobCommand::Interrupt { durable: None }).unwrap()[..],
+            [SyncJobEvent::JobFailed { counts: c, counts_reconciled: false, .. }] if c == counts(4)
+        ));
+        // Only a running job has a run to interrupt.
+        for g in [
+            vec![created()],
+            vec![created(), started(), cancel_requested()],
+        ] {
+            assert!(matches!(
+                when(&g, JobCommand::Interrupt { durable: None }),
+                Err(JobError::InvalidTransition { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_forced_cancel_records_the_destinations_counts_and_says_so() {
+        let g = [
+            created(),
+            started(),
+            SyncJobEvent::ProgressRecorded { counts: counts(4) },
+            cancel_requested(),
+        ];
+        let deadline = t(3) + Duration::seconds(180);
+        let events = when(
+            &g,
+            JobCommand::ForceCancel {
+                now: deadline,
+                durable: Some(counts(30)),
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            events[..],
+            [SyncJobEvent::ForceCancelled { counts: c, counts_reconciled: true, .. }] if c == counts(30)
+        ));
+        let mut all = g.to_vec();
+        all.extend(events);
+        let s = given(&all).unwrap();
+        assert_eq!(s.counts, counts(30));
+        assert_eq!(
+            s.error_details,
+            Some(serde_json::json!({
+                "forced_by": "watchdog",
+                "timeout_seconds": 180,
+                "counts_reconciled": true
+            }))
+        );
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! - v1: counts were flat fields of the job events (`{"inserted":..,"updated":..}`), and
 //!   CancelRequested had no `timeout_seconds` (the timeout was the fixed 180 s default).
 //! - v2 (current): counts live under `counts`; CancelRequested records its timeout.
+//!
+//! A field added with a default that means "as before" needs no new version: bodies
+//! without it decode as they always did, and older builds ignore it. So far:
+//! `counts_reconciled` on JobFailed, Cancelled and ForceCancelled (absent: false), written
+//! only when true.
 
 use crate::events::{Event, EventFamily, CURRENT_SCHEMA_VERSION};
 use serde::Deserialize;
@@ -146,6 +151,23 @@ mod tests {
             Event::Job(SyncJobEvent::CancelRequested {
                 requested_by: "api-key:1".into(),
                 timeout_seconds: 180
+            })
+        );
+    }
+
+    #[test]
+    fn a_v1_final_event_reads_as_current_and_not_reconciled() {
+        let v1 = r#"{"type":"JobFailed","data":{"error":"e","inserted":3}}"#;
+        assert_eq!(
+            decode(1, v1).unwrap(),
+            Event::Job(SyncJobEvent::JobFailed {
+                error: "e".into(),
+                error_category: None,
+                counts: EntityCounts {
+                    inserted: 3,
+                    ..Default::default()
+                },
+                counts_reconciled: false,
             })
         );
     }

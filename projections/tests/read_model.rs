@@ -139,6 +139,7 @@ fn failed() -> SyncJobEvent {
         error: "boom".into(),
         error_category: None,
         counts: counts(1),
+        counts_reconciled: false,
     }
 }
 fn cancel_requested() -> SyncJobEvent {
@@ -151,6 +152,7 @@ fn cancelled(n: u64) -> SyncJobEvent {
     SyncJobEvent::Cancelled {
         counts: counts(n),
         note: None,
+        counts_reconciled: false,
     }
 }
 

@@ -22,13 +22,43 @@ use uuid::Uuid;
 pub fn jobs_error(e: JobsError) -> ApiError {
     match e {
         JobsError::Job(JobError::NotFound) => ApiError::job_not_found(),
-        JobsError::Job(e @ JobError::CannotCancel(_)) => ApiError::BadRequest(e.to_string()),
         JobsError::Job(e) => ApiError::BadRequest(e.to_string()),
-        e @ JobsError::AlreadyActive(_) => ApiError::BadRequest(e.to_string()),
+        e @ (JobsError::CannotCancel { .. } | JobsError::AlreadyActive { .. }) => {
+            ApiError::BadRequest(e.to_string())
+        }
         JobsError::Store(e) => e.into(),
         e @ JobsError::Corrupt(_) => ApiError::internal(e),
         JobsError::Unavailable => ApiError::Unavailable("The job supervisor is not running".into()),
     }
+}
+
+/// [`jobs_error`], once the read model shows the state the refusal names: like a 200, a
+/// 400 that says `completed` (or `already running`) is never followed by a GET that still
+/// says otherwise. Bounded by the read-your-writes timeout, as [`AppState::settle`] is.
+pub async fn refusal(state: &AppState, e: JobsError) -> ApiError {
+    match &e {
+        JobsError::CannotCancel { position, .. } => state.settle(*position).await,
+        JobsError::AlreadyActive {
+            position, job_id, ..
+        } => {
+            if *position > 0 {
+                state.settle(*position).await;
+            } else {
+                // Its creation was still being appended: wait for the job itself.
+                let job_id = *job_id;
+                let timeout = state.settings.read_your_writes_timeout;
+                if !state
+                    .projection
+                    .wait_until(|m| m.job(job_id).is_some(), timeout)
+                    .await
+                {
+                    tracing::warn!(%job_id, "read model lagging behind an active job");
+                }
+            }
+        }
+        _ => {}
+    }
+    jobs_error(e)
 }
 
 /// Answers with the job as the command left it (`pending` after a run, `cancelling` or
@@ -55,7 +85,7 @@ pub async fn start_job(
                 .map(|sc| (sc.short_name.clone(), sc.config.clone()))
         })
         .ok_or_else(ApiError::source_connection_not_found)?;
-    let outcome = state
+    let outcome = match state
         .jobs
         .create(NewJob {
             source_connection_id,
@@ -65,7 +95,10 @@ pub async fn start_job(
             caused_by: ctx.principal(),
         })
         .await
-        .map_err(jobs_error)?;
+    {
+        Ok(outcome) => outcome,
+        Err(e) => return Err(refusal(state, e).await),
+    };
     tracing::info!(job_id = %outcome.state.job_id, %source_connection_id, "sync job created");
     Ok(outcome)
 }
@@ -174,11 +207,10 @@ pub async fn cancel(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (sc, job_id) = owned_job(&state, &ctx, &path.0, &path.1)?;
-    let outcome = state
-        .jobs
-        .cancel(job_id, ctx.principal())
-        .await
-        .map_err(jobs_error)?;
+    let outcome = match state.jobs.cancel(job_id, ctx.principal()).await {
+        Ok(outcome) => outcome,
+        Err(e) => return Err(refusal(&state, e).await),
+    };
     tracing::info!(%job_id, source_connection_id = %sc, status = %outcome.state.status, "sync job cancel requested");
     respond_with_job(&state, &outcome).await
 }
@@ -199,7 +231,7 @@ pub async fn cancel_active(
                 tracing::info!(%job_id, status = %o.state.status, "sync job cancelled for a delete")
             }
             // Already cancelling, or ended meanwhile: nothing to ask.
-            Err(JobsError::Job(JobError::CannotCancel(_) | JobError::NotFound)) => {}
+            Err(JobsError::CannotCancel { .. } | JobsError::Job(JobError::NotFound)) => {}
             Err(err) => tracing::warn!(%job_id, %err, "could not cancel a sync job for a delete"),
         }
     }

@@ -281,6 +281,7 @@ mod tests {
                 ..Default::default()
             },
             note: None,
+            counts_reconciled: false,
         };
         store
             .append(
@@ -312,6 +313,7 @@ mod tests {
             error: "boom".into(),
             error_category: None,
             counts: EntityCounts::default(),
+            counts_reconciled: false,
         };
         store
             .append(

@@ -162,6 +162,16 @@ pub fn counts_text(c: &EntityCounts) -> String {
     }
 }
 
+/// Said after the counts of a final event that took them from the destination (the run's
+/// own report was lost: a crash, a forced cancel), so a reader knows where they came from.
+fn reconciled_text(reconciled: bool) -> &'static str {
+    if reconciled {
+        " (reconciled from the destination)"
+    } else {
+        ""
+    }
+}
+
 /// What matters about an event, on one line.
 pub fn essentials(e: &RecordedEvent) -> String {
     let Event::Job(event) = &e.event else {
@@ -186,33 +196,48 @@ pub fn essentials(e: &RecordedEvent) -> String {
             error,
             error_category,
             counts,
+            counts_reconciled,
         } => {
             let category = error_category
                 .as_deref()
                 .map(|c| format!(" category={c}"))
                 .unwrap_or_default();
-            format!("error={error:?}{category} counts: {}", counts_text(counts))
+            format!(
+                "error={error:?}{category} counts: {}{}",
+                counts_text(counts),
+                reconciled_text(*counts_reconciled)
+            )
         }
         SyncJobEvent::CancelRequested {
             requested_by,
             timeout_seconds,
         } => format!("requested_by={requested_by} timeout={timeout_seconds}s"),
-        SyncJobEvent::Cancelled { counts, note } => {
+        SyncJobEvent::Cancelled {
+            counts,
+            note,
+            counts_reconciled,
+        } => {
             let note = note
                 .as_deref()
                 .map(|n| format!(" note={n:?}"))
                 .unwrap_or_default();
-            format!("counts: {}{note}", counts_text(counts))
+            format!(
+                "counts: {}{}{note}",
+                counts_text(counts),
+                reconciled_text(*counts_reconciled)
+            )
         }
         SyncJobEvent::ForceCancelled {
             timeout_seconds,
             requested_at,
             counts,
+            counts_reconciled,
             ..
         } => format!(
-            "timeout={timeout_seconds}s requested_at={} counts: {}",
+            "timeout={timeout_seconds}s requested_at={} counts: {}{}",
             absolute(*requested_at),
-            counts_text(counts)
+            counts_text(counts),
+            reconciled_text(*counts_reconciled)
         ),
     }
 }

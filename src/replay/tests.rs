@@ -96,7 +96,10 @@ async fn force_cancelled_job(store: &InMemoryStore, id: Uuid) {
     exec(store, id, cancel("api-key:k1"), 2301, "api-key:k1")
         .await
         .unwrap();
-    let force = JobCommand::ForceCancel { now: at(182_301) };
+    let force = JobCommand::ForceCancel {
+        now: at(182_301),
+        durable: None,
+    };
     exec(store, id, force, 182_301, "watchdog").await.unwrap();
 }
 
@@ -264,6 +267,44 @@ async fn events_lists_one_aligned_line_per_event_with_relative_times() {
     );
     assert!(lines[3].contains("counts: inserted=5"), "{}", lines[3]);
     assert!(!out.contains('\x1b'), "plain output has no escape codes");
+}
+
+#[tokio::test]
+async fn events_and_replay_say_when_final_counts_were_reconciled_from_the_destination() {
+    let store = InMemoryStore::new();
+    let id = job(2);
+    exec(&store, id, create(id), 0, "api-key:k1").await.unwrap();
+    exec(&store, id, start(), 10, "worker:w1").await.unwrap();
+    let progress = JobCommand::RecordProgress { counts: counts(5) };
+    exec(&store, id, progress, 20, "worker:w1").await.unwrap();
+    let interrupt = JobCommand::Interrupt {
+        durable: Some(counts(9)),
+    };
+    exec(&store, id, interrupt, 5000, "recovery").await.unwrap();
+    let (code, out) = run_cmd(
+        DebugCommand::Events {
+            job_id: id,
+            server: ServerArgs::default(),
+        },
+        Some(store.clone()),
+        false,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let last = *rows(&out).last().unwrap();
+    assert!(
+        last.contains("JobFailed")
+            && last.contains("counts: inserted=9 (reconciled from the destination)"),
+        "{out}"
+    );
+    assert!(
+        !rows(&out)[3].contains("reconciled"),
+        "a checkpoint is not: {out}"
+    );
+    let (code, out) = run_cmd(replay_cmd(id, None, false), Some(store), false).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"counts_reconciled\":true"), "{out}");
+    assert!(!out.contains("problems"), "{out}");
 }
 
 #[tokio::test]
@@ -668,6 +709,7 @@ async fn verify_names_every_corrupted_stream_and_exits_1() {
         timeout_seconds: 180,
         requested_at: at(1000),
         counts: EntityCounts::default(),
+        counts_reconciled: false,
     };
     forge(&store, job(7), early, 101_000).await;
 
@@ -886,6 +928,7 @@ async fn replay_of_a_broken_history_shows_where_it_broke_and_exits_1() {
         timeout_seconds: 180,
         requested_at: at(1000),
         counts: EntityCounts::default(),
+        counts_reconciled: false,
     };
     forge(&store, job(7), early, 101_000).await;
     let (code, out) = run_cmd(replay_cmd(job(7), None, false), Some(store), false).await;

@@ -188,8 +188,106 @@ async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
         "forced {:?} after the request, before its 3 s deadline",
         requested.elapsed()
     );
+    // Neither run reported its last writes: both endings take the destination's counts.
     assert_eq!(
         forced["error_details"],
-        json!({"forced_by": "watchdog", "timeout_seconds": 3})
+        json!({"forced_by": "watchdog", "timeout_seconds": 3, "counts_reconciled": true})
+    );
+    assert_eq!(
+        forced["entities_inserted"],
+        second.entity_count(stuck_sc).await
+    );
+    assert_eq!(failed["error_details"], json!({"counts_reconciled": true}));
+    assert_eq!(
+        failed["entities_inserted"],
+        second.entity_count(running_sc).await
+    );
+}
+
+/// A process died while its job ran: the log has the job's start and a checkpoint of 3
+/// entities, the destination 10 rows the job wrote after it. The next start fails the job
+/// as interrupted with the destination's counts, and says they were reconciled.
+#[actix_web::test]
+async fn a_job_interrupted_by_a_crash_shows_the_rows_it_wrote_not_its_last_checkpoint() {
+    use syncjobs_actors::pipeline::Entity;
+    use syncjobs_domain::events::stream;
+    use syncjobs_domain::{EntityCounts, ExpectedVersion, Metadata, NewEvent, SyncJobEvent};
+
+    let first = spawn_app().await;
+    let sc = first.idle_connection(json!({"entity_count": 50})).await;
+    let (_, connection) = first.get(&format!("/source-connections/{sc}")).await;
+    let organization_id: uuid::Uuid = connection["organization_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let job = uuid::Uuid::now_v7();
+    let events = [
+        SyncJobEvent::JobCreated {
+            job_id: job,
+            source_connection_id: sc,
+            organization_id,
+            short_name: "timed".into(),
+            config: json!({"entity_count": 50}),
+        },
+        SyncJobEvent::JobStarted {
+            worker: "dead".into(),
+        },
+        SyncJobEvent::ProgressRecorded {
+            counts: EntityCounts {
+                inserted: 3,
+                ..Default::default()
+            },
+        },
+    ]
+    .into_iter()
+    .map(|e| NewEvent::new(e, chrono::Utc::now(), Metadata::default()))
+    .collect();
+    first
+        .store
+        .append(&stream::job(job), ExpectedVersion::Exact(0), events)
+        .await
+        .unwrap();
+    let records = (0..10)
+        .map(|i| {
+            Entity {
+                entity_id: format!("e-{i}"),
+                entity_type: "TimedEntity".into(),
+                content: json!({ "i": i }),
+            }
+            .into_record()
+            .unwrap()
+        })
+        .collect();
+    first.destination.write(sc, job, records, 0).await.unwrap();
+    first.handle.stop(true).await;
+
+    let second = spawn(Options {
+        store: Some(first.store.clone()),
+        data_dir: Some(Arc::clone(&first.data_dir)),
+        bootstrap_key: Some(first.key.clone()),
+        ..Options::default()
+    })
+    .await
+    .app;
+    let failed = second.wait_status(sc, job, "failed").await;
+    assert_eq!(failed["entities_inserted"], 10, "{failed}");
+    assert_eq!(
+        failed["entities_inserted"],
+        second.get(&format!("/source-connections/{sc}")).await.1["entities"]["total_entities"],
+        "the job's counts are what the destination holds"
+    );
+    assert_eq!(failed["error_category"], "interrupted");
+    assert_eq!(failed["error_details"], json!({"counts_reconciled": true}));
+    let last = second.job_events(job).await.pop().unwrap();
+    assert!(
+        matches!(
+            last.job_event(),
+            Some(SyncJobEvent::JobFailed {
+                counts_reconciled: true,
+                ..
+            })
+        ),
+        "{last:?}"
     );
 }

@@ -8,6 +8,11 @@
 //! worker never waits for a batch to fill and cancel latency stays one commit. Each request
 //! runs in its own savepoint, so one request's error fails only that request. Stats read on
 //! their own connection (WAL lets readers run beside the writer).
+//!
+//! Per job it keeps what that job's writes did (inserted, updated, kept, deleted, failed),
+//! updated in the transaction of the writes themselves: when a job's run dies without
+//! reporting (a crash, a worker the watchdog gives up on), these are the counts of what it
+//! durably wrote, where its last progress checkpoint may be some rows behind.
 
 use super::entity::EntityRecord;
 use async_trait::async_trait;
@@ -17,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use syncjobs_domain::EntityCounts;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -72,21 +78,30 @@ impl From<rusqlite::Error> for DestinationError {
 #[async_trait]
 pub trait EntitySink: Send + Sync + 'static {
     /// Resolves each record against what is stored for (source connection, entity id) and
-    /// writes inserts and updates atomically: on `Err` nothing of this call was written.
-    /// Returns one action per record, in order.
+    /// writes inserts and updates atomically, adding what it did, plus `failed` (entities of
+    /// the batch that failed processing and were not written), to `job_id`'s counts in the
+    /// same transaction: on `Err` nothing of this call was written or counted. Returns one
+    /// action per record, in order.
     async fn write(
         &self,
         source_connection_id: Uuid,
+        job_id: Uuid,
         records: Vec<EntityRecord>,
+        failed: u64,
     ) -> Result<Vec<WriteAction>, DestinationError>;
 
     /// Deletes the source connection's entities whose ids are not in `seen` (the end of a
-    /// completed run); returns how many were deleted.
+    /// completed run), counted as `job_id`'s deletes; returns how many were deleted.
     async fn delete_unseen(
         &self,
         source_connection_id: Uuid,
+        job_id: Uuid,
         seen: HashSet<String>,
     ) -> Result<u64, DestinationError>;
+
+    /// What `job_id`'s writes durably did (`skipped` is never known here: it is decided
+    /// before the destination). All zero for a job that wrote nothing.
+    async fn counts_for_job(&self, job_id: Uuid) -> Result<EntityCounts, DestinationError>;
 
     /// Entity counts per type for `GET /source-connections/{id}`.
     async fn stats(&self, source_connection_id: Uuid) -> Result<EntityStats, DestinationError>;
@@ -99,13 +114,10 @@ pub trait EntitySink: Send + Sync + 'static {
 type Reply<T> = oneshot::Sender<Result<T, DestinationError>>;
 
 enum WriterCommand {
-    Write {
-        source_connection_id: Uuid,
-        records: Vec<EntityRecord>,
-        reply: Reply<Vec<WriteAction>>,
-    },
+    Write(WriteRequest),
     DeleteUnseen {
         source_connection_id: Uuid,
+        job_id: Uuid,
         seen: HashSet<String>,
         reply: Reply<u64>,
     },
@@ -143,6 +155,14 @@ CREATE TABLE IF NOT EXISTS entities (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     UNIQUE (source_connection_id, entity_id)
+);
+CREATE TABLE IF NOT EXISTS job_counts (
+    job_id TEXT PRIMARY KEY,
+    inserted INTEGER NOT NULL DEFAULT 0,
+    updated INTEGER NOT NULL DEFAULT 0,
+    kept INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -221,15 +241,21 @@ impl EntitySink for SqliteDestination {
     async fn write(
         &self,
         source_connection_id: Uuid,
+        job_id: Uuid,
         records: Vec<EntityRecord>,
+        failed: u64,
     ) -> Result<Vec<WriteAction>, DestinationError> {
-        if records.is_empty() {
+        if records.is_empty() && failed == 0 {
             return Ok(Vec::new());
         }
-        self.ask(|reply| WriterCommand::Write {
-            source_connection_id,
-            records,
-            reply,
+        self.ask(|reply| {
+            WriterCommand::Write(WriteRequest {
+                source_connection_id,
+                job_id,
+                records,
+                failed,
+                reply,
+            })
         })
         .await
     }
@@ -237,12 +263,37 @@ impl EntitySink for SqliteDestination {
     async fn delete_unseen(
         &self,
         source_connection_id: Uuid,
+        job_id: Uuid,
         seen: HashSet<String>,
     ) -> Result<u64, DestinationError> {
         self.ask(|reply| WriterCommand::DeleteUnseen {
             source_connection_id,
+            job_id,
             seen,
             reply,
+        })
+        .await
+    }
+
+    async fn counts_for_job(&self, job_id: Uuid) -> Result<EntityCounts, DestinationError> {
+        let job = job_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT inserted, updated, kept, deleted, failed FROM job_counts WHERE job_id = ?1",
+            )?;
+            let mut rows = stmt.query([&job])?;
+            let Some(row) = rows.next()? else {
+                return Ok(EntityCounts::default());
+            };
+            let n = |i: usize| row.get::<_, i64>(i).map(i64::unsigned_abs);
+            Ok(EntityCounts {
+                inserted: n(0)?,
+                updated: n(1)?,
+                kept: n(2)?,
+                deleted: n(3)?,
+                failed: n(4)?,
+                skipped: 0,
+            })
         })
         .await
     }
@@ -299,23 +350,15 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriterCommand>) {
             },
         };
         match command {
-            WriterCommand::Write {
-                source_connection_id,
-                records,
-                reply,
-            } => {
-                let mut total = records.len();
-                let mut group = vec![(source_connection_id, records, reply)];
+            WriterCommand::Write(request) => {
+                let mut total = request.records.len();
+                let mut group = vec![request];
                 // Take what is already queued, never wait for more: a lone write commits now.
                 while total < MAX_TXN_ENTITIES {
                     match rx.try_recv() {
-                        Ok(WriterCommand::Write {
-                            source_connection_id,
-                            records,
-                            reply,
-                        }) => {
-                            total += records.len();
-                            group.push((source_connection_id, records, reply));
+                        Ok(WriterCommand::Write(request)) => {
+                            total += request.records.len();
+                            group.push(request);
                         }
                         Ok(other) => {
                             pending = Some(other);
@@ -328,10 +371,11 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriterCommand>) {
             }
             WriterCommand::DeleteUnseen {
                 source_connection_id,
+                job_id,
                 seen,
                 reply,
             } => {
-                let result = delete_unseen(&mut conn, source_connection_id, &seen);
+                let result = delete_unseen(&mut conn, source_connection_id, job_id, &seen);
                 let _ = reply.send(result.map_err(DestinationError::from));
             }
             WriterCommand::Purge {
@@ -351,7 +395,15 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriterCommand>) {
     tracing::debug!("entity store writer stopped");
 }
 
-type WriteRequest = (Uuid, Vec<EntityRecord>, Reply<Vec<WriteAction>>);
+/// One `write` call, queued for the writer thread.
+struct WriteRequest {
+    source_connection_id: Uuid,
+    job_id: Uuid,
+    records: Vec<EntityRecord>,
+    failed: u64,
+    reply: Reply<Vec<WriteAction>>,
+}
+
 type WriteResult = Result<Vec<WriteAction>, DestinationError>;
 
 fn now_micros() -> i64 {
@@ -363,14 +415,16 @@ fn commit_group(conn: &mut Connection, group: Vec<WriteRequest>) {
     let mut outcomes: Vec<(Reply<Vec<WriteAction>>, WriteResult)> = Vec::with_capacity(group.len());
     let committed = (|| -> rusqlite::Result<()> {
         let mut tx = conn.transaction()?;
-        for (scid, records, reply) in group {
+        for request in group {
             let result = (|| -> rusqlite::Result<Vec<WriteAction>> {
                 let sp = tx.savepoint()?;
-                let actions = apply_records(&sp, &scid.to_string(), &records, now)?;
+                let scid = request.source_connection_id.to_string();
+                let actions = apply_records(&sp, &scid, &request.records, now)?;
+                count_for_job(&sp, request.job_id, &actions, request.failed)?;
                 sp.commit()?;
                 Ok(actions)
             })();
-            outcomes.push((reply, result.map_err(DestinationError::from)));
+            outcomes.push((request.reply, result.map_err(DestinationError::from)));
         }
         tx.commit()
     })();
@@ -446,9 +500,55 @@ fn apply_records(
     Ok(actions)
 }
 
+/// Adds one write's actions (and its failed entities) to the job's counts; called inside
+/// the write's savepoint, so the counts commit or roll back with the rows.
+fn count_for_job(
+    conn: &Connection,
+    job_id: Uuid,
+    actions: &[WriteAction],
+    failed: u64,
+) -> rusqlite::Result<()> {
+    let mut counts = EntityCounts {
+        failed,
+        ..EntityCounts::default()
+    };
+    for action in actions {
+        match action {
+            WriteAction::Inserted => counts.inserted += 1,
+            WriteAction::Updated => counts.updated += 1,
+            WriteAction::Kept => counts.kept += 1,
+        }
+    }
+    add_job_counts(conn, job_id, &counts)
+}
+
+fn add_job_counts(conn: &Connection, job_id: Uuid, c: &EntityCounts) -> rusqlite::Result<()> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "INSERT INTO job_counts (job_id, inserted, updated, kept, deleted, failed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (job_id) DO UPDATE SET
+           inserted = inserted + excluded.inserted,
+           updated = updated + excluded.updated,
+           kept = kept + excluded.kept,
+           deleted = deleted + excluded.deleted,
+           failed = failed + excluded.failed",
+    )?
+    .execute(params![
+        job_id.to_string(),
+        n(c.inserted),
+        n(c.updated),
+        n(c.kept),
+        n(c.deleted),
+        n(c.failed)
+    ])?;
+    Ok(())
+}
+
 fn delete_unseen(
     conn: &mut Connection,
     scid: Uuid,
+    job_id: Uuid,
     seen: &HashSet<String>,
 ) -> rusqlite::Result<u64> {
     let scid = scid.to_string();
@@ -468,6 +568,14 @@ fn delete_unseen(
             deleted += delete.execute(params![scid, id])? as u64;
         }
     }
+    add_job_counts(
+        &tx,
+        job_id,
+        &EntityCounts {
+            deleted,
+            ..EntityCounts::default()
+        },
+    )?;
     tx.commit()?;
     Ok(deleted)
 }
@@ -477,6 +585,8 @@ mod tests {
     use super::*;
     use crate::pipeline::entity::Entity;
     use serde_json::json;
+
+    const JOB: Uuid = Uuid::from_u128(7);
 
     fn record(id: &str, ty: &str, v: serde_json::Value) -> EntityRecord {
         Entity {
@@ -496,10 +606,12 @@ mod tests {
         let first = dest
             .write(
                 a,
+                JOB,
                 vec![
                     record("1", "T", json!({"v": 1})),
                     record("2", "U", json!({"v": 2})),
                 ],
+                0,
             )
             .await
             .unwrap();
@@ -507,17 +619,19 @@ mod tests {
         let second = dest
             .write(
                 a,
+                JOB,
                 vec![
                     record("1", "T", json!({"v": 1})),
                     record("2", "U", json!({"v": 3})),
                 ],
+                0,
             )
             .await
             .unwrap();
         assert_eq!(second, vec![WriteAction::Kept, WriteAction::Updated]);
         // The same id under another source connection is another entity.
         let other = dest
-            .write(b, vec![record("1", "T", json!({"v": 1}))])
+            .write(b, JOB, vec![record("1", "T", json!({"v": 1}))], 0)
             .await
             .unwrap();
         assert_eq!(other, vec![WriteAction::Inserted]);
@@ -546,10 +660,10 @@ mod tests {
                 .map(|i| record(&i.to_string(), "T", json!({"i": i})))
                 .collect()
         };
-        dest.write(a, recs(5)).await.unwrap();
-        dest.write(b, recs(3)).await.unwrap();
+        dest.write(a, JOB, recs(5), 0).await.unwrap();
+        dest.write(b, JOB, recs(3), 0).await.unwrap();
         let seen: HashSet<String> = ["0", "2"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(dest.delete_unseen(a, seen).await.unwrap(), 3);
+        assert_eq!(dest.delete_unseen(a, JOB, seen).await.unwrap(), 3);
         assert_eq!(dest.stats(a).await.unwrap().total_entities, 2);
         assert_eq!(dest.stats(b).await.unwrap().total_entities, 3);
         assert_eq!(dest.purge(b).await.unwrap(), 3);
@@ -563,7 +677,7 @@ mod tests {
         let scid = Uuid::new_v4();
         {
             let dest = SqliteDestination::open(dir.path()).unwrap();
-            dest.write(scid, vec![record("x", "T", json!({}))])
+            dest.write(scid, JOB, vec![record("x", "T", json!({}))], 0)
                 .await
                 .unwrap();
         }
@@ -571,7 +685,7 @@ mod tests {
         assert!(dir.path().join(ENTITIES_FILE).exists());
         assert_eq!(dest.stats(scid).await.unwrap().total_entities, 1);
         let again = dest
-            .write(scid, vec![record("x", "T", json!({}))])
+            .write(scid, JOB, vec![record("x", "T", json!({}))], 0)
             .await
             .unwrap();
         assert_eq!(again, vec![WriteAction::Kept]);
@@ -590,7 +704,7 @@ mod tests {
                 for i in 0..50 {
                     let id = format!("{w}-{i}");
                     let r = dest
-                        .write(scid, vec![record(&id, "T", json!({"i": i}))])
+                        .write(scid, JOB, vec![record(&id, "T", json!({"i": i}))], 0)
                         .await;
                     if r.unwrap() == vec![WriteAction::Inserted] {
                         inserted += 1;
@@ -605,6 +719,91 @@ mod tests {
         }
         assert_eq!(total, 800);
         assert_eq!(dest.stats(scid).await.unwrap().total_entities, 800);
+    }
+
+    #[tokio::test]
+    async fn each_jobs_counts_are_kept_with_its_writes_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let scid = Uuid::new_v4();
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        {
+            let dest = SqliteDestination::open(dir.path()).unwrap();
+            let recs = |n: usize, v: i64| -> Vec<EntityRecord> {
+                (0..n)
+                    .map(|i| record(&i.to_string(), "T", json!({"i": i, "v": v})))
+                    .collect()
+            };
+            dest.write(scid, first, recs(5, 1), 2).await.unwrap();
+            // A second run: 3 changed, 2 the same, 1 new; then a delete of the unseen.
+            let mut again = recs(3, 2);
+            again.extend(recs(6, 1).into_iter().skip(3));
+            dest.write(scid, second, again, 0).await.unwrap();
+            let seen: HashSet<String> =
+                ["0", "1", "2", "3"].iter().map(|s| s.to_string()).collect();
+            assert_eq!(dest.delete_unseen(scid, second, seen).await.unwrap(), 2);
+            // Only failures in a batch: counted all the same.
+            dest.write(scid, second, vec![], 1).await.unwrap();
+            // Purging the connection's entities leaves what its jobs did on record.
+            dest.purge(scid).await.unwrap();
+        }
+        let dest = SqliteDestination::open(dir.path()).unwrap();
+        assert_eq!(
+            dest.counts_for_job(first).await.unwrap(),
+            EntityCounts {
+                inserted: 5,
+                failed: 2,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            dest.counts_for_job(second).await.unwrap(),
+            EntityCounts {
+                inserted: 1,
+                updated: 3,
+                kept: 2,
+                deleted: 2,
+                failed: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            dest.counts_for_job(Uuid::new_v4()).await.unwrap(),
+            EntityCounts::default()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_counts_nothing_for_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = SqliteDestination::open(dir.path()).unwrap();
+        let scid = Uuid::new_v4();
+        dest.write(scid, JOB, vec![record("a", "T", json!({}))], 0)
+            .await
+            .unwrap();
+        // A record the table refuses (NOT NULL) makes the whole request roll back.
+        let mut bad = record("b", "T", json!({}));
+        bad.entity_type = String::new();
+        {
+            let conn = Connection::open(dir.path().join(ENTITIES_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TRIGGER no_empty BEFORE INSERT ON entities WHEN NEW.entity_type = ''
+                 BEGIN SELECT RAISE(ABORT, 'empty type'); END;",
+            )
+            .unwrap();
+        }
+        let err = dest
+            .write(scid, JOB, vec![record("c", "T", json!({})), bad], 3)
+            .await;
+        assert!(err.is_err(), "{err:?}");
+        assert_eq!(
+            dest.counts_for_job(JOB).await.unwrap(),
+            EntityCounts {
+                inserted: 1,
+                ..Default::default()
+            },
+            "neither the rows nor the counts of the failed request"
+        );
+        assert_eq!(dest.stats(scid).await.unwrap().total_entities, 1);
     }
 
     #[test]

@@ -6,10 +6,11 @@ use super::destination::{DestinationError, EntitySink, EntityStats, TypeStats, W
 use super::entity::EntityRecord;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use syncjobs_domain::EntityCounts;
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -19,10 +20,17 @@ struct Row {
     updated_at: DateTime<Utc>,
 }
 
+/// The rows and each job's counts, under one lock so that they change together.
+#[derive(Debug, Default)]
+struct Tables {
+    rows: BTreeMap<(Uuid, String), Row>,
+    jobs: HashMap<Uuid, EntityCounts>,
+}
+
 /// A destination held in memory.
 #[derive(Debug, Default)]
 pub struct MemoryDestination {
-    rows: Mutex<BTreeMap<(Uuid, String), Row>>,
+    tables: Mutex<Tables>,
     write_delay: Duration,
     fail_after_writes: Option<usize>,
     writes: AtomicUsize,
@@ -50,13 +58,14 @@ impl MemoryDestination {
         })
     }
 
-    fn rows(&self) -> MutexGuard<'_, BTreeMap<(Uuid, String), Row>> {
-        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many entities a source connection has.
     pub fn count(&self, source_connection_id: Uuid) -> u64 {
-        self.rows()
+        self.tables()
+            .rows
             .keys()
             .filter(|(scid, _)| *scid == source_connection_id)
             .count() as u64
@@ -68,7 +77,9 @@ impl EntitySink for MemoryDestination {
     async fn write(
         &self,
         source_connection_id: Uuid,
+        job_id: Uuid,
         records: Vec<EntityRecord>,
+        failed: u64,
     ) -> Result<Vec<WriteAction>, DestinationError> {
         if !self.write_delay.is_zero() {
             tokio::time::sleep(self.write_delay).await;
@@ -80,7 +91,10 @@ impl EntitySink for MemoryDestination {
             ));
         }
         let now = Utc::now();
-        let mut rows = self.rows();
+        let mut tables = self.tables();
+        let Tables { rows, jobs } = &mut *tables;
+        let counts = jobs.entry(job_id).or_default();
+        counts.failed += failed;
         let mut actions = Vec::with_capacity(records.len());
         for r in records {
             let key = (source_connection_id, r.entity_id);
@@ -89,6 +103,11 @@ impl EntitySink for MemoryDestination {
                 Some(row) if row.hash == r.hash => WriteAction::Kept,
                 Some(_) => WriteAction::Updated,
             };
+            match action {
+                WriteAction::Inserted => counts.inserted += 1,
+                WriteAction::Updated => counts.updated += 1,
+                WriteAction::Kept => counts.kept += 1,
+            }
             if action != WriteAction::Kept {
                 rows.insert(
                     key,
@@ -107,17 +126,26 @@ impl EntitySink for MemoryDestination {
     async fn delete_unseen(
         &self,
         source_connection_id: Uuid,
+        job_id: Uuid,
         seen: HashSet<String>,
     ) -> Result<u64, DestinationError> {
-        let mut rows = self.rows();
-        let before = rows.len();
-        rows.retain(|(scid, id), _| *scid != source_connection_id || seen.contains(id));
-        Ok((before - rows.len()) as u64)
+        let mut tables = self.tables();
+        let before = tables.rows.len();
+        tables
+            .rows
+            .retain(|(scid, id), _| *scid != source_connection_id || seen.contains(id));
+        let deleted = (before - tables.rows.len()) as u64;
+        tables.jobs.entry(job_id).or_default().deleted += deleted;
+        Ok(deleted)
+    }
+
+    async fn counts_for_job(&self, job_id: Uuid) -> Result<EntityCounts, DestinationError> {
+        Ok(self.tables().jobs.get(&job_id).copied().unwrap_or_default())
     }
 
     async fn stats(&self, source_connection_id: Uuid) -> Result<EntityStats, DestinationError> {
         let mut stats = EntityStats::default();
-        for ((scid, _), row) in self.rows().iter() {
+        for ((scid, _), row) in self.tables().rows.iter() {
             if *scid != source_connection_id {
                 continue;
             }
@@ -133,7 +161,7 @@ impl EntitySink for MemoryDestination {
     }
 
     async fn purge(&self, source_connection_id: Uuid) -> Result<u64, DestinationError> {
-        let mut rows = self.rows();
+        let rows = &mut self.tables().rows;
         let before = rows.len();
         rows.retain(|(scid, _), _| *scid != source_connection_id);
         Ok((before - rows.len()) as u64)

@@ -125,6 +125,7 @@ impl Pipeline {
                 rx,
                 sink: Arc::clone(&self.destination),
                 scid,
+                job_id: spec.job_id,
                 stop: stop.clone(),
                 shared: Arc::clone(&shared),
                 batch_size: self.batch_size,
@@ -154,7 +155,11 @@ impl Pipeline {
             tracing::warn!(job_id = %spec.job_id, %error, ?counts, "sync run failed");
             return RunOutcome::Failed { error, counts };
         }
-        match self.destination.delete_unseen(scid, seen).await {
+        match self
+            .destination
+            .delete_unseen(scid, spec.job_id, seen)
+            .await
+        {
             Ok(deleted) => {
                 shared.update(|c| c.deleted += deleted);
                 let counts = shared.counts();
@@ -196,6 +201,16 @@ impl SyncRunner for Pipeline {
         };
         self.run_source(source.as_ref(), &spec, cancel, progress)
             .await
+    }
+
+    async fn durable_counts(&self, job_id: Uuid) -> Option<EntityCounts> {
+        match self.destination.counts_for_job(job_id).await {
+            Ok(counts) => Some(counts),
+            Err(error) => {
+                tracing::warn!(%job_id, %error, "cannot read the job's counts from the destination");
+                None
+            }
+        }
     }
 }
 
@@ -260,6 +275,7 @@ struct Crew {
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Entity>>>,
     sink: Arc<dyn EntitySink>,
     scid: Uuid,
+    job_id: Uuid,
     stop: CancellationToken,
     shared: Arc<Shared>,
     batch_size: usize,
@@ -336,6 +352,7 @@ async fn work(crew: Crew) {
         rx,
         sink,
         scid,
+        job_id,
         stop,
         shared,
         batch_size,
@@ -377,14 +394,14 @@ async fn work(crew: Crew) {
                 }
             }
         }
-        if failed > 0 {
-            shared.update(|c| c.failed += failed);
-        }
-        if records.is_empty() {
+        // Failures are counted with the batch's write, in the destination's transaction,
+        // and reported after it: reported counts are never ahead of the destination's.
+        if records.is_empty() && failed == 0 {
             continue;
         }
-        match sink.write(scid, records).await {
+        match sink.write(scid, job_id, records, failed).await {
             Ok(actions) => shared.update(|c| {
+                c.failed += failed;
                 for action in actions {
                     match action {
                         WriteAction::Inserted => c.inserted += 1,

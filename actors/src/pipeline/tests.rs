@@ -80,6 +80,64 @@ async fn first_sync_inserts_every_entity_and_the_stats_show_them() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_run_that_dies_leaves_the_counts_of_what_it_wrote_in_the_destination() {
+    let dest = MemoryDestination::with_write_delay(Duration::from_millis(5));
+    let pipeline = Arc::new(Pipeline::new(dest.clone(), 4));
+    let scid = Uuid::new_v4();
+    let spec = spec(scid, json!({"entity_count": 200, "duration_seconds": 2}));
+    let job_id = spec.job_id;
+    let (progress, reported) = ProgressSink::new();
+    let task = {
+        let pipeline = Arc::clone(&pipeline);
+        tokio::spawn(async move { pipeline.run(spec, CancellationToken::new(), progress).await })
+    };
+    tokio::time::sleep(Duration::from_millis(703)).await;
+    // The process dies: no outcome, no last report, writes in flight lost.
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+
+    let durable = pipeline
+        .durable_counts(job_id)
+        .await
+        .expect("the destination answers");
+    assert!(durable.inserted > 0, "{durable:?}");
+    assert_eq!(
+        durable.inserted,
+        dest.count(scid),
+        "the counts are the rows"
+    );
+    let reported = *reported.borrow();
+    assert!(
+        durable.dominates(&reported),
+        "what the run reported is never ahead of the destination: {reported:?} > {durable:?}"
+    );
+    assert_eq!(
+        pipeline.durable_counts(Uuid::new_v4()).await,
+        Some(EntityCounts::default())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completed_runs_counts_are_the_destinations() {
+    let (_dir, dest) = sqlite();
+    let pipeline = Pipeline::new(dest.clone(), 4);
+    let scid = Uuid::new_v4();
+    run(
+        &pipeline,
+        spec(scid, json!({"entity_count": 30, "seed": 1})),
+    )
+    .await;
+    let second = spec(scid, json!({"entity_count": 20, "seed": 1}));
+    let job_id = second.job_id;
+    let (outcome, _) = run(&pipeline, second).await;
+    assert_eq!(outcome.counts().deleted, 10, "{outcome:?}");
+    assert_eq!(
+        pipeline.durable_counts(job_id).await,
+        Some(outcome.counts())
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn rerun_of_the_same_seed_keeps_everything() {
     let (_dir, dest) = sqlite();
     let pipeline = Pipeline::new(dest.clone(), 4);
@@ -431,7 +489,9 @@ impl EntitySink for GatedSink {
     async fn write(
         &self,
         scid: Uuid,
+        job_id: Uuid,
         records: Vec<EntityRecord>,
+        failed: u64,
     ) -> Result<Vec<WriteAction>, DestinationError> {
         let permit = self
             .gate
@@ -439,14 +499,18 @@ impl EntitySink for GatedSink {
             .await
             .map_err(|_| DestinationError::Closed)?;
         permit.forget();
-        self.inner.write(scid, records).await
+        self.inner.write(scid, job_id, records, failed).await
     }
     async fn delete_unseen(
         &self,
         scid: Uuid,
+        job_id: Uuid,
         seen: HashSet<String>,
     ) -> Result<u64, DestinationError> {
-        self.inner.delete_unseen(scid, seen).await
+        self.inner.delete_unseen(scid, job_id, seen).await
+    }
+    async fn counts_for_job(&self, job_id: Uuid) -> Result<EntityCounts, DestinationError> {
+        self.inner.counts_for_job(job_id).await
     }
     async fn stats(&self, scid: Uuid) -> Result<EntityStats, DestinationError> {
         self.inner.stats(scid).await
@@ -570,21 +634,27 @@ impl EntitySink for WatchedSink {
     async fn write(
         &self,
         scid: Uuid,
+        job_id: Uuid,
         records: Vec<EntityRecord>,
+        failed: u64,
     ) -> Result<Vec<WriteAction>, DestinationError> {
         self.writers.lock().unwrap().insert(tokio::task::id());
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.inner.write(scid, records).await
+        self.inner.write(scid, job_id, records, failed).await
     }
     async fn delete_unseen(
         &self,
         scid: Uuid,
+        job_id: Uuid,
         seen: HashSet<String>,
     ) -> Result<u64, DestinationError> {
-        self.inner.delete_unseen(scid, seen).await
+        self.inner.delete_unseen(scid, job_id, seen).await
+    }
+    async fn counts_for_job(&self, job_id: Uuid) -> Result<EntityCounts, DestinationError> {
+        self.inner.counts_for_job(job_id).await
     }
     async fn stats(&self, scid: Uuid) -> Result<EntityStats, DestinationError> {
         self.inner.stats(scid).await
