@@ -13,6 +13,7 @@ mod jobs;
 mod lifecycle;
 mod openapi;
 mod process;
+mod protocol;
 mod restart;
 mod shutdown;
 mod source_connections;
