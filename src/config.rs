@@ -87,6 +87,27 @@ pub struct Settings {
     #[arg(long, env = "SYNCJOBS_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Milliseconds a handler waits for a request body to arrive in full; past it the answer
+    /// is 408 and the connection is closed, so a client that promises a body and never sends
+    /// it cannot hold a connection (and its handler) open.
+    #[arg(long, env = "SYNCJOBS_BODY_TIMEOUT_MS", default_value_t = 5000)]
+    pub body_timeout_ms: u64,
+
+    /// Milliseconds a new connection has to send its first request's line and headers
+    /// (actix's `client_request_timeout`); past it the server answers 408 and closes.
+    /// 0 disables the limit.
+    #[arg(long, env = "SYNCJOBS_HEADER_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_timeout_ms: u64,
+
+    /// Seconds an idle keep-alive connection stays open between requests (0: no keep-alive).
+    #[arg(long, env = "SYNCJOBS_KEEP_ALIVE_SECONDS", default_value_t = 5)]
+    pub keep_alive_seconds: u64,
+
+    /// Most connections each HTTP worker holds at once; beyond it new connections wait in
+    /// the listen queue until one closes (event streams count while open).
+    #[arg(long, env = "SYNCJOBS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "SYNCJOBS_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
@@ -146,6 +167,10 @@ impl Default for Settings {
             delete_wait_seconds: 15,
             read_your_writes_timeout_ms: 5000,
             max_body_bytes: 256 * 1024,
+            body_timeout_ms: 5000,
+            header_timeout_ms: 5000,
+            keep_alive_seconds: 5,
+            max_connections: 10_000,
             http_workers: None,
             shutdown_timeout_seconds: 30,
             sse_heartbeat_ms: 30_000,
@@ -164,6 +189,7 @@ impl Settings {
     pub fn api(&self) -> ApiSettings {
         ApiSettings {
             max_body_bytes: self.max_body_bytes,
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
             read_your_writes_timeout: Duration::from_millis(self.read_your_writes_timeout_ms),
             delete_wait: Duration::from_secs(self.delete_wait_seconds),
             sse_heartbeat: Duration::from_millis(self.sse_heartbeat_ms),
@@ -221,6 +247,10 @@ mod tests {
         }
         assert_eq!(parsed.cancel_timeout_seconds, d.cancel_timeout_seconds);
         assert_eq!(parsed.delete_wait_seconds, d.delete_wait_seconds);
+        assert_eq!(parsed.body_timeout_ms, d.body_timeout_ms);
+        assert_eq!(parsed.header_timeout_ms, d.header_timeout_ms);
+        assert_eq!(parsed.keep_alive_seconds, d.keep_alive_seconds);
+        assert_eq!(parsed.max_connections, d.max_connections);
         assert!(parsed.handle_signals);
     }
 

@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::telemetry;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::http::KeepAlive;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
@@ -27,6 +28,9 @@ use syncjobs_projections::{
 
 /// How long start-up waits for the read model to catch up with the log before serving.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a connection being closed (after an error answer, or a response to a request
+/// whose body was not read) may linger so the client reads the answer before the reset.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the projector looks for events appended by other processes.
 const EXTERNAL_WRITES_POLL: Duration = Duration::from_secs(1);
 
@@ -314,7 +318,18 @@ fn serve(
     })
     .listen(listener)?
     .workers(workers)
-    .shutdown_timeout(settings.shutdown_timeout_seconds);
+    .shutdown_timeout(settings.shutdown_timeout_seconds)
+    // The client timeouts, set here rather than left to actix's defaults (README,
+    // "HTTP limits"): a slow first request head is cut with 408, an idle keep-alive
+    // connection is closed, and each worker holds a bounded number of connections. Bodies
+    // are bounded by the handlers that read them (`SYNCJOBS_BODY_TIMEOUT_MS`).
+    .client_request_timeout(Duration::from_millis(settings.header_timeout_ms))
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+    .keep_alive(match settings.keep_alive_seconds {
+        0 => KeepAlive::Disabled,
+        s => KeepAlive::Timeout(Duration::from_secs(s)),
+    })
+    .max_connections(settings.max_connections.max(1));
     if !settings.handle_signals {
         server = server.disable_signals();
     }

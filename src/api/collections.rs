@@ -6,7 +6,7 @@ use super::commands::{
     CollectionError, CollectionName, CommandError,
 };
 use super::error::ApiError;
-use super::input::{check_len, read_json, valid_readable_id, Fields, Query};
+use super::input::{check_len, check_text, read_json, valid_readable_id, Fields, Query, Text};
 use super::wire::CollectionOut;
 use super::{ok_json, source_connections, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -42,10 +42,11 @@ pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json(&req, payload, state.settings.max_body_bytes).await?;
+    let body = read_json(&req, payload, &state.settings).await?;
     let f = Fields(&body);
     let name = f.req_str("name")?;
     check_len("name", name, 4, 64)?;
+    check_text("name", name, Text::OneLine)?;
     let readable_id = match f.opt_str("readable_id")? {
         Some(rid) => {
             if !valid_readable_id(rid) {

@@ -22,6 +22,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("Method Not Allowed")]
     MethodNotAllowed,
+    /// The request body did not arrive in time; the connection is closed after the answer.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A dependency is gone (store closed, supervisor stopped); retrying later may work.
     #[error("{0}")]
     Unavailable(String),
@@ -76,6 +79,7 @@ impl ResponseError for ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,8 +91,12 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(detail) => tracing::warn!(%detail, "request refused: 503"),
             _ => {}
         }
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "detail": self.to_string() }))
+        let mut res = HttpResponse::build(self.status_code());
+        if let ApiError::RequestTimeout(_) = self {
+            // The rest of the body may still come: the connection cannot be reused.
+            res.force_close();
+        }
+        res.json(serde_json::json!({ "detail": self.to_string() }))
     }
 }
 

@@ -32,8 +32,9 @@ pub mod sse;
 pub mod subscribe;
 pub mod wire;
 
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
-use actix_web::{web, HttpResponse, Route};
+use actix_web::{web, HttpResponse, ResponseError, Route};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub use normalize::TrimPath;
 pub struct ApiSettings {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long a handler waits for a request body to arrive in full (then 408).
+    pub body_timeout: Duration,
     /// How long a command waits for the read model to show its own append.
     pub read_your_writes_timeout: Duration,
     /// How long a delete waits for the syncs it cancelled to reach a final state.
@@ -64,6 +67,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             max_body_bytes: 256 * 1024,
+            body_timeout: Duration::from_secs(5),
             read_your_writes_timeout: Duration::from_secs(5),
             delete_wait: Duration::from_secs(15),
             sse_heartbeat: sse::HEARTBEAT_EVERY,
@@ -307,7 +311,15 @@ impl<'a> RouteNode<'a> {
         for e in endpoints {
             resource = resource.route((e.route)());
         }
-        resource.default_service(web::to(method_not_allowed))
+        let allow = endpoints
+            .iter()
+            .map(|e| e.method.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let allow = HeaderValue::from_str(&allow).ok();
+        resource.default_service(web::to(move || {
+            std::future::ready(method_not_allowed(allow.clone()))
+        }))
     }
 }
 
@@ -316,6 +328,12 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("Not Found".into()))
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+/// A known path with another method: 405 with the JSON `detail` and the `Allow` header
+/// RFC 9110 requires (clients and fuzzers read it to learn what the path takes).
+fn method_not_allowed(allow: Option<HeaderValue>) -> HttpResponse {
+    let mut res = ApiError::MethodNotAllowed.error_response();
+    if let Some(allow) = allow {
+        res.headers_mut().insert(header::ALLOW, allow);
+    }
+    res
 }

@@ -7,7 +7,7 @@ use super::commands::{
     CommandError, SourceConnectionError, SourceConnectionStream,
 };
 use super::error::ApiError;
-use super::input::{check_len, path_uuid, read_json, Fields, Query};
+use super::input::{check_len, check_text, path_uuid, read_json, Fields, Query, Text};
 use super::wire::{SourceConnectionListItemOut, SourceConnectionOut};
 use super::{entities, jobs, ok_json, sources, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -62,17 +62,25 @@ pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json(&req, payload, state.settings.max_body_bytes).await?;
+    let body = read_json(&req, payload, &state.settings).await?;
     let f = Fields(&body);
     let short_name = f.req_str("short_name")?;
+    check_text("short_name", short_name, Text::OneLine)?;
     let readable_collection_id = f.req_str("readable_collection_id")?;
+    check_text(
+        "readable_collection_id",
+        readable_collection_id,
+        Text::OneLine,
+    )?;
     let name = f.opt_str("name")?;
     if let Some(name) = name {
         check_len("name", name, 4, 42)?;
+        check_text("name", name, Text::OneLine)?;
     }
     let description = f.opt_str("description")?;
     if let Some(d) = description {
         check_len("description", d, 0, 255)?;
+        check_text("description", d, Text::MultiLine)?;
     }
     let config = f.opt_object("config")?;
     let authentication = f.opt_object("authentication")?;

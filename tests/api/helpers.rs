@@ -55,6 +55,8 @@ pub struct Options {
     pub sse_heartbeat: Duration,
     /// Extra `/health` probes.
     pub probes: Vec<Arc<dyn HealthProbe>>,
+    /// Last changes to the settings (HTTP limits, ...), after all of the above.
+    pub settings: fn(&mut Settings),
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             nats: None,
             sse_heartbeat: Duration::from_secs(30),
             probes: Vec::new(),
+            settings: |_| {},
         }
     }
 }
@@ -93,7 +96,7 @@ pub async fn spawn(o: Options) -> Spawned {
     let data_dir = o
         .data_dir
         .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("a temp dir")));
-    let settings = Settings {
+    let mut settings = Settings {
         bind: "127.0.0.1:0".into(),
         data_dir: data_dir.path().to_owned(),
         bootstrap_api_key: o.bootstrap_key.clone(),
@@ -116,6 +119,7 @@ pub async fn spawn(o: Options) -> Spawned {
         sse_heartbeat_ms: o.sse_heartbeat.as_millis() as u64,
         ..Settings::default()
     };
+    (o.settings)(&mut settings);
     let destination: Arc<dyn EntitySink> = match o.destination {
         Destination::Sqlite => {
             SqliteDestination::open(&settings.destination_dir()).expect("a destination")

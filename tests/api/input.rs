@@ -30,6 +30,18 @@ async fn bad_input_is_refused_clearly_and_records_nothing() {
         (Method::POST, "/source-connections".into(), Some(r#"{"short_name": "timed", "readable_collection_id": "target", "config": {"duration_seconds": "slow"}}"#.into()), 422, "config.duration_seconds"),
         (Method::POST, "/source-connections".into(), Some(r#"{"short_name": "timed", "readable_collection_id": "target", "name": "abc"}"#.into()), 422, "name: must be between 4 and 42"),
         (Method::POST, "/source-connections".into(), Some(r#"{"short_name": "timed", "readable_collection_id": "target", "authentication": {"credentials": "pw"}}"#.into()), 422, "authentication.credentials"),
+        (Method::POST, "/collections".into(), Some(r#"{"name":"dup","name":"long enough"}"#.into()), 422, "name: duplicate key in JSON object"),
+        (Method::POST, "/collections".into(), Some(r#"{"name":"long enough","readable_id":"a","readable_id":"b"}"#.into()), 422, "readable_id: duplicate key in JSON object"),
+        (Method::POST, "/source-connections".into(), Some(r#"{"short_name": "timed", "readable_collection_id": "target", "config": {"entity_count": 5, "entity_count": 6}}"#.into()), 422, "config.entity_count: duplicate key in JSON object"),
+        (Method::POST, "/source-connections".into(), Some(r#"{"short_name": "timed", "readable_collection_id": "target", "authentication": {"credentials": {"k": 1, "k": 2}}}"#.into()), 422, "authentication.credentials.k: duplicate key"),
+        (Method::POST, "/collections".into(), Some(r#"{"name": "nul\u0000name"}"#.into()), 422, "name: control characters are not allowed (U+0000 at character 4)"),
+        (Method::POST, "/collections".into(), Some(r#"{"name": "two\nlines"}"#.into()), 422, "name: control characters are not allowed (U+000A"),
+        (Method::POST, "/collections".into(), Some(json!({"name": "c1 \u{85} char"}).to_string()), 422, "name: control characters are not allowed (U+0085"),
+        (Method::POST, "/collections".into(), Some(r#"{"name": "Valid", "readable_id": "a\u0000"}"#.into()), 422, "readable_id: must match"),
+        (Method::POST, "/source-connections".into(), Some(r#"{"short_name": "timed", "readable_collection_id": "target", "name": "tab\there"}"#.into()), 422, "name: control characters are not allowed (U+0009"),
+        (Method::POST, "/source-connections".into(), Some(r#"{"short_name": "timed", "readable_collection_id": "target", "description": "bell\u0007"}"#.into()), 422, "description: control characters are not allowed (U+0007"),
+        (Method::POST, "/source-connections".into(), Some(r#"{"short_name": "timed", "readable_collection_id": "tar\u007fget"}"#.into()), 422, "readable_collection_id: control characters are not allowed (U+007F"),
+        (Method::POST, "/source-connections".into(), Some(r#"{"short_name": "timed\u0000", "readable_collection_id": "target"}"#.into()), 422, "short_name: control characters are not allowed"),
         (Method::GET, "/source-connections/not-a-uuid".into(), None, 422, "source_connection_id is not a valid UUID: not-a-uuid"),
         (Method::DELETE, "/source-connections/not-a-uuid".into(), None, 422, "source_connection_id is not a valid UUID"),
         (Method::POST, "/source-connections/not-a-uuid/run".into(), None, 422, "source_connection_id is not a valid UUID"),
@@ -104,4 +116,40 @@ async fn an_oversized_body_without_a_length_is_refused_while_streaming() {
         .unwrap();
     let (status, body) = parts(r).await;
     assert_eq!(status, 413, "{body}");
+}
+
+#[actix_web::test]
+async fn a_description_may_span_lines_and_nulls_mean_absent() {
+    let app = spawn_app().await;
+    app.collection_with_id("target").await;
+    let (status, body) = app
+        .post(
+            "/source-connections",
+            json!({
+                "short_name": "timed",
+                "readable_collection_id": "target",
+                "name": null,
+                "description": "first line\r\n\tsecond line",
+                "config": null,
+                "authentication": null,
+                "sync_immediately": false,
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["description"], "first line\r\n\tsecond line");
+    assert_eq!(body["name"], "Timed Connection");
+    let (status, body) = app
+        .post(
+            "/collections",
+            json!({"name": "Null Readable Id", "readable_id": null}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["readable_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("null-readable-id-")),
+        "{body}"
+    );
 }

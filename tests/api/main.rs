@@ -14,6 +14,7 @@ mod lifecycle;
 mod openapi;
 mod process;
 mod refusals;
+mod protocol;
 mod restart;
 mod shutdown;
 mod source_connections;

@@ -170,6 +170,24 @@ mod tests {
         assert_eq!(message, "config must be an object");
     }
 
+    /// JSON Schema's `integer` (the OpenAPI document's word) includes `5.0`; so does
+    /// pydantic's `int` in Airweave.
+    #[test]
+    fn integral_numbers_written_with_a_fraction_are_integers() {
+        let out = validate_source_config("timed", &json!({"entity_count": 5.0, "seed": -232546.0}))
+            .unwrap();
+        assert_eq!(out["entity_count"], json!(5));
+        assert_eq!(out["seed"], json!(-232546));
+        for past_i64 in ["1e19", "-9223372036854775809", "9223372036854775808"] {
+            let bad: Value = serde_json::from_str(past_i64).unwrap();
+            let (_, message) = invalid_message("timed", json!({ "seed": bad }));
+            assert!(
+                message.starts_with("config.seed must be an integer"),
+                "{message}"
+            );
+        }
+    }
+
     #[test]
     fn unknown_keys_are_refused() {
         let (field, message) = invalid_message("timed", json!({"entity_cont": 5}));

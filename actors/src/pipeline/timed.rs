@@ -79,6 +79,19 @@ impl Default for TimedConfig {
     }
 }
 
+/// An integer as JSON Schema (and Airweave's pydantic) sees one: `5` or `5.0`, not `5.5`.
+/// The OpenAPI document says `integer`, which admits `5.0`, so the server must too.
+fn json_integer(v: &Value) -> Option<i64> {
+    match v.as_i64() {
+        Some(n) => Some(n),
+        None => v
+            .as_f64()
+            // Strictly inside ±2^63: an integer literal just past i64 reads as ±2^63 here.
+            .filter(|f| f.fract() == 0.0 && *f > i64::MIN as f64 && *f < i64::MAX as f64)
+            .map(|f| f as i64),
+    }
+}
+
 fn shorten(key: &str) -> String {
     key.chars().take(64).collect()
 }
@@ -108,14 +121,15 @@ impl TimedConfig {
         }
         if let Some(v) = map.get("entity_count") {
             let field = "config.entity_count";
+            // Past i64 is out of range, not "not an integer".
             let n = match v {
-                Value::Number(n) if n.is_i64() || n.is_u64() => n.as_i64().unwrap_or(i64::MAX),
-                _ => {
-                    return Err(SourceConfigError::invalid(
+                Value::Number(n) if n.is_u64() => n.as_i64().unwrap_or(i64::MAX),
+                v => json_integer(v).ok_or_else(|| {
+                    SourceConfigError::invalid(
                         field,
                         format!("{field} must be an integer between {MIN_COUNT} and {MAX_COUNT}"),
-                    ))
-                }
+                    )
+                })?,
             };
             if !(MIN_COUNT..=MAX_COUNT).contains(&n) {
                 return Err(SourceConfigError::invalid(
@@ -146,7 +160,7 @@ impl TimedConfig {
         }
         if let Some(v) = map.get("seed") {
             let field = "config.seed";
-            out.seed = v.as_i64().ok_or_else(|| {
+            out.seed = json_integer(v).ok_or_else(|| {
                 SourceConfigError::invalid(
                     field,
                     format!(
