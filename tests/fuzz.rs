@@ -388,8 +388,13 @@ fn source_connection_body() -> impl Strategy<Value = Map<String, Value>> {
         (
             prop_oneof![3 => config.prop_map(Some), 1 => field(vec![json!({})])],
             field(auth),
-            // false: no job starts, so a refusal can be checked to record nothing
-            field(vec![json!(false)]),
+            // Never true (nor absent): a started job would append on its own, and a refusal
+            // must be seen to record nothing. Wrong types are refused.
+            prop_oneof![
+                8 => Just(Some(json!(false))),
+                1 => Just(Some(json!("yes"))),
+                1 => Just(Some(json!(0))),
+            ],
         ),
     )
         .prop_map(
