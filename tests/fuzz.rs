@@ -925,9 +925,9 @@ fn exported_histories_replay_or_are_refused_cleanly() {
         .unwrap();
 }
 
-/// Found by `exported_histories_replay_or_are_refused_cleanly`: an export whose
-/// CancelRequested carries a timeout past chrono's range made `replay --file` panic while
-/// it printed the watchdog deadline.
+/// The panic the event fuzz target found (domain/tests/fuzz_events.rs), reached from an
+/// export: a CancelRequested whose timeout is past chrono's range made `replay --file`
+/// panic while it printed the watchdog deadline; counts near `u64::MAX` overflowed.
 #[test]
 fn replaying_a_cancel_timeout_beyond_the_calendar_answers_instead_of_panicking() {
     let rt = runtime();

@@ -137,7 +137,7 @@ proptest! {
     }
 }
 
-/// Found by `damaged_bodies_decode_or_are_refused_never_panic`: a CancelRequested whose
+/// Found by the targets above (their `use_decoded` step): a CancelRequested whose
 /// stored timeout is beyond chrono's range made `watchdog_deadline` panic (the service's
 /// recovery and `syncjobs replay` both ask for it). Such a deadline is simply never reached.
 #[test]
