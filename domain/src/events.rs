@@ -30,12 +30,16 @@ pub struct EntityCounts {
 impl EntityCounts {
     /// Entities the source yielded that reached a verdict (Airweave's `entities_encountered`).
     pub fn encountered(&self) -> u64 {
-        self.inserted + self.updated + self.kept + self.skipped + self.failed
+        // Saturating: counts come from stored histories too, and a damaged one must not
+        // overflow (a panic in a debug build, a wrong total in a release one).
+        [self.updated, self.kept, self.skipped, self.failed]
+            .into_iter()
+            .fold(self.inserted, u64::saturating_add)
     }
 
     /// Every counter, for "did anything move" and "did anything go down" checks.
     pub fn total(&self) -> u64 {
-        self.encountered() + self.deleted
+        self.encountered().saturating_add(self.deleted)
     }
 
     /// True when no counter is smaller than in `earlier`: counts are cumulative and never shrink.

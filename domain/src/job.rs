@@ -85,7 +85,13 @@ impl JobState {
         }
         let at = self.cancel_requested_at?;
         let secs = self.cancel_timeout_seconds?;
-        Some(at + Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000)))
+        // A timeout past the calendar's end (a damaged or hand-made history) is a deadline
+        // never reached, not a panic in recovery or `replay`.
+        let deadline = i64::try_from(secs)
+            .ok()
+            .and_then(Duration::try_seconds)
+            .and_then(|d| at.checked_add_signed(d));
+        Some(deadline.unwrap_or(DateTime::<Utc>::MAX_UTC))
     }
 
     /// completed_at - started_at in seconds, once both exist.
