@@ -99,7 +99,11 @@ async fn read(body: Vec<u8>, declared: Option<String>) -> Result<Map<String, Val
     let payload = web::Payload::from_request(&req, &mut payload)
         .await
         .expect("a payload");
-    read_json(&req, payload, LIMIT).await
+    let settings = syncjobs::api::ApiSettings {
+        max_body_bytes: LIMIT,
+        ..Default::default()
+    };
+    read_json(&req, payload, &settings).await
 }
 
 #[test]
@@ -910,7 +914,12 @@ fn exported_histories_replay_or_are_refused_cleanly() {
                 };
                 let mut out = Vec::new();
                 let (result, largest) = alloc_probe::largest_allocation(|| {
-                    rt.block_on(syncjobs::replay::run(cmd, None, &mut out, json))
+                    rt.block_on(syncjobs::replay::run(
+                        cmd,
+                        Err("no store in this test".into()),
+                        &mut out,
+                        json,
+                    ))
                 });
                 prop_assert!(
                     largest <= alloc_probe::allowance(text.len()),
@@ -1000,7 +1009,12 @@ fn replaying_a_cancel_timeout_beyond_the_calendar_answers_instead_of_panicking()
         };
         let mut out = Vec::new();
         let code = rt
-            .block_on(syncjobs::replay::run(cmd, None, &mut out, false))
+            .block_on(syncjobs::replay::run(
+                cmd,
+                Err("no store in this test".into()),
+                &mut out,
+                false,
+            ))
             .expect("replayed");
         assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
         assert!(String::from_utf8_lossy(&out).contains("cancelling"));

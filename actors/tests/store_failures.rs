@@ -149,7 +149,13 @@ fn a_final_event_the_store_refuses_is_tried_again_until_it_lands() {
         assert_eq!(state(&inner, job).await.status, JobStatus::Running);
         let busy = jobs.create(new_job(sc)).await.unwrap_err();
         assert!(
-            matches!(busy, JobsError::AlreadyActive { status: JobStatus::Running, .. }),
+            matches!(
+                busy,
+                JobsError::AlreadyActive {
+                    status: JobStatus::Running,
+                    ..
+                }
+            ),
             "{busy}"
         );
 

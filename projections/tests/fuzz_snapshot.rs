@@ -126,6 +126,7 @@ fn model() -> impl Strategy<Value = ReadModel> {
                     error: s.name.clone(),
                     error_category: None,
                     counts,
+                    counts_reconciled: i % 2 == 0,
                 }),
                 4..=6 => job_events.push(SyncJobEvent::CancelRequested {
                     requested_by: "api".into(),
@@ -134,12 +135,17 @@ fn model() -> impl Strategy<Value = ReadModel> {
                 _ => {}
             }
             match s.job {
-                5 => job_events.push(SyncJobEvent::Cancelled { counts, note: None }),
+                5 => job_events.push(SyncJobEvent::Cancelled {
+                    counts,
+                    note: None,
+                    counts_reconciled: false,
+                }),
                 6 => job_events.push(SyncJobEvent::ForceCancelled {
                     error: "forced".into(),
                     timeout_seconds: 3,
                     requested_at: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
                     counts,
+                    counts_reconciled: true,
                 }),
                 _ => {}
             }

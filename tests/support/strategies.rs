@@ -105,27 +105,36 @@ pub fn job_event() -> impl Strategy<Value = SyncJobEvent> {
         text().prop_map(|worker| SyncJobEvent::JobStarted { worker }),
         counts().prop_map(|counts| SyncJobEvent::ProgressRecorded { counts }),
         counts().prop_map(|counts| SyncJobEvent::JobCompleted { counts }),
-        (text(), prop::option::of(text()), counts()).prop_map(|(error, error_category, counts)| {
-            SyncJobEvent::JobFailed {
+        (text(), prop::option::of(text()), counts(), any::<bool>()).prop_map(
+            |(error, error_category, counts, counts_reconciled)| SyncJobEvent::JobFailed {
                 error,
                 error_category,
                 counts,
+                counts_reconciled,
             }
-        }),
+        ),
         (text(), timeout()).prop_map(|(requested_by, timeout_seconds)| {
             SyncJobEvent::CancelRequested {
                 requested_by,
                 timeout_seconds,
             }
         }),
-        (counts(), prop::option::of(text()))
-            .prop_map(|(counts, note)| SyncJobEvent::Cancelled { counts, note }),
-        (text(), timeout(), any_time(), counts()).prop_map(
-            |(error, timeout_seconds, requested_at, counts)| SyncJobEvent::ForceCancelled {
-                error,
-                timeout_seconds,
-                requested_at,
+        (counts(), prop::option::of(text()), any::<bool>()).prop_map(
+            |(counts, note, counts_reconciled)| SyncJobEvent::Cancelled {
                 counts,
+                note,
+                counts_reconciled,
+            }
+        ),
+        (text(), timeout(), any_time(), counts(), any::<bool>()).prop_map(
+            |(error, timeout_seconds, requested_at, counts, counts_reconciled)| {
+                SyncJobEvent::ForceCancelled {
+                    error,
+                    timeout_seconds,
+                    requested_at,
+                    counts,
+                    counts_reconciled,
+                }
             }
         ),
     ]
