@@ -190,14 +190,7 @@ impl JobActor {
         cmd: JobCommand,
         metadata: Metadata,
     ) -> impl ActorFuture<Self, Output = Result<Executed, CommandError>> {
-        let env = self.env.clone();
-        let known = self.state.clone();
-        let job_id = self.job_id;
-        async move {
-            command::execute(&*env.store, &*env.clock, job_id, known, &cmd, &metadata).await
-        }
-        .instrument(self.span.clone())
-        .into_actor(self)
+        self.command_from(async move { cmd }, metadata)
     }
 
     /// [`JobActor::command`] for a command that ends the job without its run's report: it
@@ -208,11 +201,25 @@ impl JobActor {
         make: impl FnOnce(Option<EntityCounts>) -> JobCommand + 'static,
         metadata: Metadata,
     ) -> impl ActorFuture<Self, Output = Result<Executed, CommandError>> {
+        let runner = self.env.runner.clone();
+        let job_id = self.job_id;
+        self.command_from(
+            async move { make(runner.durable_counts(job_id).await) },
+            metadata,
+        )
+    }
+
+    /// Runs the command `cmd` resolves to against the current state.
+    fn command_from(
+        &self,
+        cmd: impl std::future::Future<Output = JobCommand> + 'static,
+        metadata: Metadata,
+    ) -> impl ActorFuture<Self, Output = Result<Executed, CommandError>> {
         let env = self.env.clone();
         let known = self.state.clone();
         let job_id = self.job_id;
         async move {
-            let cmd = make(env.runner.durable_counts(job_id).await);
+            let cmd = cmd.await;
             command::execute(&*env.store, &*env.clock, job_id, known, &cmd, &metadata).await
         }
         .instrument(self.span.clone())
