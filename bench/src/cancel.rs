@@ -38,14 +38,22 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     let levels = if cfg.quick { QUICK_LEVELS } else { LEVELS };
     let dir = tempfile::tempdir_in(&cfg.work_dir)?;
     let key = format!("bench-{}", Uuid::new_v4().simple());
+    let data_dir = dir.path().join("data");
+    let history = crate::history::prepare(cfg, &data_dir).await?;
     let mut server = ServerProcess::syncjobs(SyncjobsServer {
         bin: &cfg.server_bin,
-        data_dir: &dir.path().join("data"),
+        data_dir: &data_dir,
         api_key: &key,
         env: vec![],
     })?;
     let api = Api::new(&server.base_url, &key)?;
-    server.wait_ready(&api, 0, Duration::from_secs(60)).await?;
+    server
+        .wait_ready(
+            &api,
+            history.map_or(0, |h| h.head),
+            crate::history::READY_TIMEOUT,
+        )
+        .await?;
     let collection = api.create_collection("bench cancel").await?;
 
     let mut running: Vec<Job> = Vec::new();
@@ -128,9 +136,10 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
          same jobs run. The verdict compares each level's p99 with its floor's p99, and every \
          level must meet it. Jobs: timed \
          sources of {SLOW_COUNT} entities over {SLOW_SECONDS:.0} s. Server RSS at the end: \
-         {:.0} MB.\n",
+         {:.0} MB. The server ran {}.\n",
         table.render(),
-        rss.rss_mb()
+        rss.rss_mb(),
+        crate::history::History::describe(history)
     );
     Ok(Outcome {
         headline: format!(

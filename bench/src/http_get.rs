@@ -28,6 +28,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     let dir = tempfile::tempdir_in(&cfg.work_dir)?;
     let key = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let data_dir = dir.path().join("data");
+    let history = crate::history::prepare(cfg, &data_dir).await?;
     let mut server = ServerProcess::syncjobs(SyncjobsServer {
         bin: &cfg.server_bin,
         data_dir: &data_dir,
@@ -35,7 +36,13 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         env: vec![],
     })?;
     let api = Api::new(&server.base_url, &key)?;
-    server.wait_ready(&api, 0, Duration::from_secs(60)).await?;
+    server
+        .wait_ready(
+            &api,
+            history.map_or(0, |h| h.head),
+            crate::history::READY_TIMEOUT,
+        )
+        .await?;
 
     // One finished job: its body no longer changes while it is served.
     let collection = api.create_collection("bench http get").await?;
@@ -112,7 +119,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     })?;
     let quiet_api = Api::new(&quiet.base_url, &key)?;
     quiet
-        .wait_ready(&quiet_api, 0, Duration::from_secs(60))
+        .wait_ready(&quiet_api, 0, crate::history::READY_TIMEOUT)
         .await?;
     bench.warm_up(&quiet_api.url(&path)).await?;
     let quiet_ratio = bench
@@ -138,12 +145,13 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
          the bare server's CPU per request over syncjobs' (higher is better, like the \
          throughput ratio). Ratio of the mean requests/s of the default rounds: \
          {default_ratio:.2}; with `SYNCJOBS_LOG=warn`: {quiet_ratio:.2}. Server RSS after its \
-         rounds: {:.0} MB.\n",
+         rounds: {:.0} MB. The server ran {}.\n",
         table.render(),
         duration.as_secs(),
         body.len(),
         http_workers(),
         rss.rss_mb(),
+        crate::history::History::describe(history),
     );
     Ok(Outcome {
         headline: format!(

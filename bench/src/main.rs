@@ -11,6 +11,8 @@ mod baseline_server;
 mod cancel;
 mod client;
 mod error;
+mod growth;
+mod history;
 mod http_get;
 mod machine;
 mod pipeline;
@@ -66,6 +68,10 @@ struct RunArgs {
     /// Smaller sizes and shorter runs: a quick look, not figures to record.
     #[arg(long)]
     quick: bool,
+    /// Run #2, #3 and #5 on a store that already holds this many completed jobs (0: a
+    /// fresh store). Each size is generated once and kept under the work directory.
+    #[arg(long, default_value_t = 0)]
+    history: u64,
     /// Where the report goes.
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
@@ -90,6 +96,8 @@ struct RunArgs {
 /// What every benchmark gets.
 pub struct Config {
     pub quick: bool,
+    /// Jobs of history under #2, #3 and #5 (0: a fresh store).
+    pub history: u64,
     pub work_dir: PathBuf,
     pub server_bin: PathBuf,
     /// This binary, for the baseline server of #2.
@@ -97,13 +105,16 @@ pub struct Config {
     pub wrk: PathBuf,
 }
 
+/// The benchmarks `--history` puts on a store with history.
+const HISTORY_BENCHES: [u8; 3] = [2, 3, 5];
+
 struct Bench {
     number: u8,
     title: &'static str,
     target: &'static str,
 }
 
-const BENCHES: [Bench; 6] = [
+const BENCHES: [Bench; 7] = [
     Bench {
         number: 1,
         title: "durable appends/s, 1/16/256 concurrent appenders",
@@ -133,6 +144,11 @@ const BENCHES: [Bench; 6] = [
         number: 6,
         title: "pipeline entities/s, 10 x 10,000 timed entities",
         target: ">= 0.5 x raw batched inserts",
+    },
+    Bench {
+        number: 7,
+        title: "start-up and memory against history (10k, 100k, 1M jobs)",
+        target: "at 1M jobs: RSS <= 200 MB, start until healthy <= 2 s (issue #13)",
     },
 ];
 
@@ -202,6 +218,7 @@ async fn run(args: RunArgs) -> Result<Report> {
     let bench_bin = std::env::current_exe()?;
     let config = Config {
         quick: args.quick,
+        history: args.history,
         work_dir: args.work_dir.clone(),
         server_bin: args
             .server_bin
@@ -240,6 +257,13 @@ async fn run(args: RunArgs) -> Result<Report> {
                 return Err(BenchError::failed(format!("interrupted by {signal}")));
             }
         };
+        let mut outcome = outcome;
+        if config.history > 0 && HISTORY_BENCHES.contains(&bench.number) {
+            outcome.headline = format!(
+                "{} [on {} jobs of history]",
+                outcome.headline, config.history
+            );
+        }
         eprintln!("   {}", outcome.headline);
         report.sections.push(Section {
             number: bench.number,
@@ -263,6 +287,7 @@ async fn run_one(number: u8, config: &Config) -> Result<Outcome> {
         4 => recovery::run(config).await,
         5 => scale::run(config).await,
         6 => pipeline::run(config).await,
+        7 => growth::run(config).await,
         n => Err(BenchError::failed(format!("no benchmark #{n}"))),
     }
 }

@@ -36,11 +36,11 @@ const APPENDERS: usize = 64;
 const READY_TIMEOUT: Duration = Duration::from_secs(900);
 const TARGET: f64 = 2.0;
 
-struct Generated {
-    events: u64,
-    head: u64,
-    connections: u64,
-    took: Duration,
+pub struct Generated {
+    pub events: u64,
+    pub head: u64,
+    pub connections: u64,
+    pub took: Duration,
 }
 
 pub async fn run(cfg: &Config) -> Result<Outcome> {
@@ -199,7 +199,7 @@ fn check_projected(health: &serde_json::Value, generated: &Generated) -> Result<
 
 /// Writes the store: the organization, its collections and source connections, then `jobs`
 /// completed job streams, each in one append, from [`APPENDERS`] concurrent appenders.
-async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
+pub async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
     let started = Instant::now();
     let store = {
         let dir = store_dir.to_path_buf();

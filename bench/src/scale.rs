@@ -33,14 +33,22 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     };
     let dir = tempfile::tempdir_in(&cfg.work_dir)?;
     let key = format!("bench-{}", Uuid::new_v4().simple());
+    let data_dir = dir.path().join("data");
+    let history = crate::history::prepare(cfg, &data_dir).await?;
     let mut server = ServerProcess::syncjobs(SyncjobsServer {
         bin: &cfg.server_bin,
-        data_dir: &dir.path().join("data"),
+        data_dir: &data_dir,
         api_key: &key,
         env: vec![],
     })?;
     let api = Api::new(&server.base_url, &key)?;
-    server.wait_ready(&api, 0, Duration::from_secs(60)).await?;
+    server
+        .wait_ready(
+            &api,
+            history.map_or(0, |h| h.head),
+            crate::history::READY_TIMEOUT,
+        )
+        .await?;
     let idle = server.memory()?;
     let collection = api.create_collection("bench scale").await?;
     eprintln!("   starting {count} jobs");
@@ -135,10 +143,11 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
          longest duration), each on its own source connection. The GETs pick a random job \
          of those and run back to back from {CLIENTS} clients (closed loop), {:.0} s after \
          the last job started. The verdict takes the larger RSS of the two samples taken \
-         with the jobs running. `/health` at the end: `{}`.\n",
+         with the jobs running. `/health` at the end: `{}`. The server ran {}.\n",
         table.render(),
         SETTLE.as_secs_f64(),
-        health
+        health,
+        crate::history::History::describe(history)
     );
     Ok(Outcome {
         headline: format!(
