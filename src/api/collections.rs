@@ -181,11 +181,5 @@ async fn remove_source_connections(
             .map(|sc| sc.id)
             .collect()
     });
-    for id in ids {
-        match source_connections::remove(state, ctx, id).await {
-            Ok(_) | Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    source_connections::remove_all(state, ctx, &ids).await
 }

@@ -217,8 +217,37 @@ pub async fn delete(
 pub async fn remove(state: &AppState, ctx: &ApiContext, id: Uuid) -> Result<u64, ApiError> {
     let live = jobs::cancel_active(state, ctx, id).await;
     if !live.is_empty() {
-        wait_for_jobs_to_end(state, id).await;
+        wait_for_jobs_to_end(state, &[id]).await;
     }
+    remove_stopped(state, ctx, id, &live).await
+}
+
+/// Deletes several source connections (a collection's): every live job of all of them is
+/// cancelled first and waited for once, so k stuck syncs cost one bounded wait, not k.
+pub async fn remove_all(state: &AppState, ctx: &ApiContext, ids: &[Uuid]) -> Result<(), ApiError> {
+    let mut live = Vec::with_capacity(ids.len());
+    for &id in ids {
+        live.push(jobs::cancel_active(state, ctx, id).await);
+    }
+    if live.iter().any(|jobs| !jobs.is_empty()) {
+        wait_for_jobs_to_end(state, ids).await;
+    }
+    for (&id, live) in ids.iter().zip(&live) {
+        match remove_stopped(state, ctx, id, live).await {
+            Ok(_) | Err(ApiError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The rest of a delete once the connection's `live` jobs were cancelled and waited for.
+async fn remove_stopped(
+    state: &AppState,
+    ctx: &ApiContext,
+    id: Uuid,
+    live: &[Uuid],
+) -> Result<u64, ApiError> {
     let clock = state.clock.clone();
     let recorded = decide_and_append(
         &state.store,
@@ -235,27 +264,27 @@ pub async fn remove(state: &AppState, ctx: &ApiContext, id: Uuid) -> Result<u64,
     // too before the purge, so that nothing it writes outlives the connection.
     let raced = jobs::cancel_active(state, ctx, id).await;
     if raced.iter().any(|j| !live.contains(j)) {
-        wait_for_jobs_to_end(state, id).await;
+        wait_for_jobs_to_end(state, &[id]).await;
     }
     entities::purge(state, id).await;
     tracing::info!(source_connection_id = %id, "source connection deleted");
     Ok(position)
 }
 
-/// Airweave's barrier: wait (bounded) until the connection's cancelled syncs are final.
-async fn wait_for_jobs_to_end(state: &AppState, id: Uuid) {
+/// Airweave's barrier: wait (bounded) until the connections' cancelled syncs are final.
+async fn wait_for_jobs_to_end(state: &AppState, ids: &[Uuid]) {
     let ended = state
         .projection
         .wait_until(
-            |m| m.active_jobs_of(id).is_empty(),
+            |m| ids.iter().all(|id| m.active_jobs_of(*id).is_empty()),
             state.settings.delete_wait,
         )
         .await;
     if !ended {
         tracing::warn!(
-            source_connection_id = %id,
+            source_connections = ids.len(),
             wait = ?state.settings.delete_wait,
-            "deleting a source connection whose sync has not stopped yet"
+            "deleting source connections whose syncs have not stopped yet"
         );
     }
 }

@@ -128,3 +128,41 @@ async fn the_wait_for_a_sync_that_will_not_stop_is_bounded() {
     }
     assert_eq!(app.get(&format!("/source-connections/{sc}")).await.0, 404);
 }
+
+#[actix_web::test]
+async fn a_collection_with_several_syncs_that_will_not_stop_waits_once_not_once_per_sync() {
+    let app = spawn_app_with(Options {
+        cancel_timeout_seconds: 30,
+        delete_wait: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let c = app.collection("Stuck Syncs").await;
+    let readable = c["readable_id"].as_str().unwrap().to_owned();
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        let sc = id(&app
+            .source_connection(
+                &readable,
+                json!({"entity_count": 1000, "duration_seconds": 30, "ignore_cancel": true}),
+            )
+            .await);
+        let job = id(&app.run(sc).await);
+        app.wait_status(sc, job, "running").await;
+        connections.push(sc);
+    }
+    let started = Instant::now();
+    let (status, _) = app.delete(&format!("/collections/{readable}")).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    // One bounded wait of 1 s for all three, where waiting for each in turn took 3 s (the
+    // upper bound leaves room for a loaded machine).
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    for sc in connections {
+        assert_eq!(app.get(&format!("/source-connections/{sc}")).await.0, 404);
+    }
+    assert_eq!(app.get(&format!("/collections/{readable}")).await.0, 404);
+}
