@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::pipeline::{EntitySink, MemoryDestination};
 use syncjobs_actors::{
-    command, start_supervisor, JobSettings, Jobs, NewJob, Pipeline, SupervisorSettings, INTERRUPTED,
+    start_supervisor, JobSettings, Jobs, NewJob, Pipeline, SupervisorSettings, INTERRUPTED,
 };
 use syncjobs_domain::events::stream;
-use syncjobs_domain::{EventStore, InMemoryStore, JobState, JobStatus, SyncJobEvent};
+use syncjobs_domain::{EventStore, InMemoryStore, JobStatus, SyncJobEvent};
 use uuid::Uuid;
 
 mod support;
-use support::{clock, paused, run_for, settle};
+use support::{clock, paused, run_for, settle, state};
 use syncjobs_domain::SharedClock;
 
 struct World {
@@ -89,10 +89,6 @@ fn timed(sc: Uuid, config: serde_json::Value) -> NewJob {
         config,
         caused_by: "test".into(),
     }
-}
-
-async fn state(store: &Arc<InMemoryStore>, job: Uuid) -> JobState {
-    command::load(&**store, job).await.unwrap().unwrap()
 }
 
 #[test]

@@ -7,21 +7,20 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::{
-    command, start_supervisor, Backoff, Jobs, JobsError, NewJob, ProgressSink, Recovery,
-    RunOutcome, RunSpec, SupervisorSettings, SyncRunner, INTERRUPTED,
+    start_supervisor, Backoff, Jobs, JobsError, ProgressSink, Recovery, RunOutcome, RunSpec,
+    SupervisorSettings, SyncRunner, INTERRUPTED,
 };
 use syncjobs_domain::events::stream;
 use syncjobs_domain::store::faults::FaultyStore;
-use syncjobs_domain::{EntityCounts, EventStore, InMemoryStore, JobState, JobStatus};
+use syncjobs_domain::{EventStore, InMemoryStore, JobStatus};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod support;
-use support::{clock, job_in_log, paused, settle};
+use support::{clock, counts, job_in_log, new_job, paused, settings, settle, state, TIMEOUT};
 
 const FULL: &str = "database or disk is full";
-const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Completes when the test says so.
 struct OnSignal(Arc<Notify>);
@@ -42,37 +41,6 @@ impl SyncRunner for Stuck {
     async fn run(&self, _: RunSpec, _: CancellationToken, _: ProgressSink) -> RunOutcome {
         std::future::pending().await
     }
-}
-
-fn counts(n: u64) -> EntityCounts {
-    EntityCounts {
-        inserted: n,
-        ..Default::default()
-    }
-}
-
-fn settings() -> SupervisorSettings {
-    SupervisorSettings {
-        cancel_timeout: TIMEOUT,
-        ..Default::default()
-    }
-}
-
-fn new_job(sc: Uuid) -> NewJob {
-    NewJob {
-        source_connection_id: sc,
-        organization_id: Uuid::from_u128(1),
-        short_name: "timed".into(),
-        config: serde_json::json!({}),
-        caused_by: "test".into(),
-    }
-}
-
-async fn state(store: &Arc<InMemoryStore>, job: Uuid) -> JobState {
-    command::load(&**store, job)
-        .await
-        .unwrap()
-        .expect("job exists")
 }
 
 async fn types(store: &Arc<InMemoryStore>, job: Uuid) -> Vec<&'static str> {

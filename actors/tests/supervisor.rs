@@ -5,22 +5,22 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::{
-    command, start_supervisor, CommandError, Jobs, JobsError, NewJob, ProgressSink, Recovery,
-    RunOutcome, RunSpec, SupervisorSettings, SyncRunner, INTERRUPTED,
+    command, start_supervisor, CommandError, Jobs, JobsError, ProgressSink, Recovery, RunOutcome,
+    RunSpec, SupervisorSettings, SyncRunner, INTERRUPTED,
 };
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
     Clock, EntityCounts, EventStore, ExpectedVersion, InMemoryStore, JobCommand, JobError,
-    JobState, JobStatus, Metadata, NewEvent, RecordedEvent, SyncJobEvent,
+    JobStatus, Metadata, NewEvent, RecordedEvent, SyncJobEvent,
 };
 use tokio::sync::Notify;
 
 mod support;
-use support::{clock, job_in_log, paused, run_for, settle};
+use support::{
+    clock, counts, job_in_log, new_job, paused, run_for, settings, settle, state, TIMEOUT,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A source that never stops by itself and ignores the cancel signal (a hung upstream API).
 struct Stuck;
@@ -69,37 +69,6 @@ impl SyncRunner for OnSignal {
         self.0.notified().await;
         RunOutcome::Completed(counts(7))
     }
-}
-
-fn counts(n: u64) -> EntityCounts {
-    EntityCounts {
-        inserted: n,
-        ..Default::default()
-    }
-}
-
-fn settings() -> SupervisorSettings {
-    SupervisorSettings {
-        cancel_timeout: TIMEOUT,
-        ..Default::default()
-    }
-}
-
-fn new_job(sc: Uuid) -> NewJob {
-    NewJob {
-        source_connection_id: sc,
-        organization_id: Uuid::from_u128(1),
-        short_name: "timed".into(),
-        config: serde_json::json!({}),
-        caused_by: "test".into(),
-    }
-}
-
-async fn state(store: &Arc<InMemoryStore>, job: Uuid) -> JobState {
-    command::load(&**store, job)
-        .await
-        .unwrap()
-        .expect("job exists")
 }
 
 async fn events(store: &Arc<InMemoryStore>, job: Uuid) -> Vec<RecordedEvent> {

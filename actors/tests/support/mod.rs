@@ -6,8 +6,10 @@
 use chrono::{TimeZone, Utc};
 use std::sync::Arc;
 use std::time::Duration;
-use syncjobs_actors::command;
-use syncjobs_domain::{Clock, InMemoryStore, JobCommand, JobState, Metadata, TokioClock};
+use syncjobs_actors::{command, NewJob, SupervisorSettings};
+use syncjobs_domain::{
+    Clock, EntityCounts, InMemoryStore, JobCommand, JobState, Metadata, TokioClock,
+};
 use uuid::Uuid;
 
 /// Runs a test on an actix System whose tokio clock is paused from the start: time moves
@@ -70,4 +72,39 @@ pub async fn job_in_log(store: &Arc<InMemoryStore>, clock: &dyn Clock, started: 
             .state;
     }
     state
+}
+
+/// The watchdog's timeout in these tests (the API's default).
+pub const TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn counts(n: u64) -> EntityCounts {
+    EntityCounts {
+        inserted: n,
+        ..Default::default()
+    }
+}
+
+pub fn settings() -> SupervisorSettings {
+    SupervisorSettings {
+        cancel_timeout: TIMEOUT,
+        ..Default::default()
+    }
+}
+
+pub fn new_job(sc: Uuid) -> NewJob {
+    NewJob {
+        source_connection_id: sc,
+        organization_id: Uuid::from_u128(1),
+        short_name: "timed".into(),
+        config: serde_json::json!({}),
+        caused_by: "test".into(),
+    }
+}
+
+/// The job's state as its stream says.
+pub async fn state(store: &Arc<InMemoryStore>, job: Uuid) -> JobState {
+    command::load(&**store, job)
+        .await
+        .unwrap()
+        .expect("job exists")
 }
