@@ -1,6 +1,5 @@
 //! syncjobs: the server and CLI, wiring the event-sourced core to the outside world.
 //!
-//! - [`store`]: EventStore backends (embedded SQLite is the default).
 //! - [`bus`]: the NATS relay that publishes the global log.
 //! - [`api`]: actix-web routes speaking Airweave's public API.
 //! - [`replay`]: history, time travel and verification of the log.
@@ -13,5 +12,4 @@ pub mod config;
 pub mod datadir;
 pub mod replay;
 pub mod startup;
-pub mod store;
 pub mod telemetry;

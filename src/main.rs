@@ -13,11 +13,11 @@ use syncjobs::config::Settings;
 use syncjobs::datadir::{self, DataDirLock};
 use syncjobs::replay::{self, DebugCommand};
 use syncjobs::startup::{Application, Components};
-use syncjobs::store::embedded::EmbeddedStore;
 use syncjobs::telemetry;
 use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
 use syncjobs_actors::Pipeline;
 use syncjobs_domain::{EventStore, SharedClock, SystemClock};
+use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -112,8 +112,7 @@ fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String>
 
 /// Opens the store only if it exists: reading commands never create one.
 fn open_existing_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String> {
-    datadir::require_store(data_dir, syncjobs::store::embedded::DB_FILE)
-        .map_err(|e| e.to_string())?;
+    datadir::require_store(data_dir, DB_FILE).map_err(|e| e.to_string())?;
     open_store(data_dir)
 }
 
