@@ -5,10 +5,10 @@
 //! scripts can capture it); the server logs through `tracing` on stderr.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use syncjobs::api::keys;
+use syncjobs::backend::{self, Mode, StoreConfig};
 use syncjobs::config::Settings;
 use syncjobs::datadir::{self, DataDirLock};
 use syncjobs::replay::{self, DebugCommand};
@@ -17,7 +17,6 @@ use syncjobs::telemetry;
 use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
 use syncjobs_actors::Pipeline;
 use syncjobs_domain::{EventStore, SharedClock, SystemClock};
-use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -50,13 +49,6 @@ enum Command {
     Debug(DebugCommand),
 }
 
-#[derive(clap::Args)]
-struct StoreArgs {
-    /// Directory of the embedded event store.
-    #[arg(long, env = "SYNCJOBS_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-}
-
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key for an organization (created if new) and print it, once.
@@ -68,18 +60,18 @@ enum KeysCommand {
         #[arg(long)]
         expires_in_days: Option<u32>,
         #[command(flatten)]
-        store: StoreArgs,
+        store: StoreConfig,
     },
     /// Revoke a key by its id or its shown prefix.
     Revoke {
         key: String,
         #[command(flatten)]
-        store: StoreArgs,
+        store: StoreConfig,
     },
     /// List keys: id, prefix, organization, state. Never the keys themselves.
     List {
         #[command(flatten)]
-        store: StoreArgs,
+        store: StoreConfig,
     },
 }
 
@@ -104,16 +96,11 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Opens the embedded event store under the data directory (creating it if needed).
-fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String> {
-    let store = EmbeddedStore::open(data_dir).map_err(|e| e.to_string())?;
-    Ok(store)
-}
-
-/// Opens the store only if it exists: reading commands never create one.
-fn open_existing_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String> {
-    datadir::require_store(data_dir, DB_FILE).map_err(|e| e.to_string())?;
-    open_store(data_dir)
+/// Opens the configured store for a command (see `syncjobs::backend`).
+fn open_store(config: &StoreConfig, mode: Mode) -> Result<Arc<dyn EventStore>, String> {
+    backend::open(config, mode)
+        .map(|opened| opened.store)
+        .map_err(|e| e.to_string())
 }
 
 async fn serve(settings: Settings) -> Result<(), String> {
@@ -121,7 +108,8 @@ async fn serve(settings: Settings) -> Result<(), String> {
     // Before anything touches the directory: a second server on it must not recover the
     // first one's jobs. Held until `serve` returns.
     let _owner = DataDirLock::acquire(&settings.data_dir).map_err(|e| e.to_string())?;
-    let store = open_store(&settings.store_dir())?;
+    // Held, like the lock, until `serve` returns.
+    let opened = backend::open(&settings.store_config(), Mode::Serve).map_err(|e| e.to_string())?;
     let clock: SharedClock = Arc::new(SystemClock);
     let destination =
         SqliteDestination::open(&settings.destination_dir()).map_err(|e| e.to_string())?;
@@ -137,7 +125,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
             .map_err(|e| format!("cannot start the sync-run threads: {e}"))?,
     ));
     let components = Components {
-        store,
+        store: opened.store.clone(),
         clock,
         destination: sink,
         runner,
@@ -176,12 +164,11 @@ impl Drop for RunThreads {
     }
 }
 
-/// The debugging commands read the store under SYNCJOBS_DATA_DIR (default ./data) if there
-/// is one; `replay --file` and `--server` need none.
+/// The debugging commands read the store of SYNCJOBS_STORE, else the one under
+/// SYNCJOBS_DATA_DIR (default ./data), if there is one; `replay --file` and `--server` need
+/// none.
 async fn debug_command(cmd: DebugCommand) -> ExitCode {
-    let data_dir = std::env::var_os("SYNCJOBS_DATA_DIR")
-        .map_or_else(|| PathBuf::from("./data"), PathBuf::from);
-    let store = open_existing_store(&data_dir);
+    let store = open_store(&StoreConfig::from_env(), Mode::Existing);
     let mut out = std::io::stdout().lock();
     match replay::run(cmd, store, &mut out, replay::color_for_stdout()).await {
         Ok(code) => ExitCode::from(code),
@@ -200,7 +187,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
             expires_in_days,
             store,
         } => {
-            let store = open_store(&store.data_dir)?;
+            let store = open_store(&store, Mode::Create)?;
             let expires_at =
                 expires_in_days.map(|d| clock.now() + chrono::Duration::days(i64::from(d)));
             let key = keys::create_key(&store, &clock, &org, expires_at, "cli")
@@ -219,7 +206,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::Revoke { key, store } => {
-            let store = open_existing_store(&store.data_dir)?;
+            let store = open_store(&store, Mode::Existing)?;
             let id = keys::revoke_key(&store, &clock, &key, "cli")
                 .await
                 .map_err(|e| e.to_string())?;
@@ -227,7 +214,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::List { store } => {
-            let store = open_existing_store(&store.data_dir)?;
+            let store = open_store(&store, Mode::Existing)?;
             let all = keys::list_keys(&store).await.map_err(|e| e.to_string())?;
             for k in all {
                 let state = if k.revoked {
