@@ -214,7 +214,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
                 key.prefix,
                 expires_at.map_or(String::new(), |t| format!(
                     ", expires {}",
-                    syncjobs::api::wire::format_ts(&t)
+                    syncjobs_domain::time::micros(&t)
                 ))
             );
             Ok(())
@@ -236,7 +236,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
                 } else {
                     match k.expires_at {
                         Some(t) if t <= clock.now() => "expired".to_owned(),
-                        Some(t) => format!("expires {}", syncjobs::api::wire::format_ts(&t)),
+                        Some(t) => format!("expires {}", syncjobs_domain::time::micros(&t)),
                         None => "active".to_owned(),
                     }
                 };

@@ -115,15 +115,6 @@ pub fn ok_json(body: &impl Serialize) -> Result<HttpResponse, ApiError> {
         .body(bytes))
 }
 
-/// One job as a JSON 200 response ([`wire::JobOut::write_json`]).
-pub fn ok_job(job: &wire::JobOut) -> Result<HttpResponse, ApiError> {
-    let mut bytes = Vec::with_capacity(512);
-    job.write_json(&mut bytes).map_err(ApiError::internal)?;
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(bytes))
-}
-
 /// One served route. [`configure`] registers exactly these, and the OpenAPI test checks
 /// the document against them.
 pub struct Endpoint {
