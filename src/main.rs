@@ -75,25 +75,28 @@ enum KeysCommand {
     },
 }
 
-#[actix_web::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     datadir::private_files();
     let cli = Cli::parse();
-    let result = match cli.command {
-        None => serve(cli.serve).await,
-        Some(Command::Serve(settings)) => serve(settings).await,
-        Some(Command::Keys { action }) => keys_command(action).await,
-        Some(Command::Debug(cmd)) => return debug_command(cmd).await,
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    // Held until everything else has stopped: dropping it writes the last log lines.
+    let logs = match &command {
+        Command::Serve(settings) => Some(telemetry::init(&settings.log, settings.log_format)),
+        _ => None,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            // The log lines before the failure come first, then the failure.
-            telemetry::flush();
-            eprintln!("syncjobs: {message}");
-            ExitCode::FAILURE
+    let result = actix_web::rt::System::new().block_on(async move {
+        match command {
+            Command::Serve(settings) => serve(settings).await.map(|()| ExitCode::SUCCESS),
+            Command::Keys { action } => keys_command(action).await.map(|()| ExitCode::SUCCESS),
+            Command::Debug(cmd) => Ok(debug_command(cmd).await),
         }
-    }
+    });
+    // The log lines before a failure come first, then the failure.
+    drop(logs);
+    result.unwrap_or_else(|message| {
+        eprintln!("syncjobs: {message}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Opens the configured store for a command (see `syncjobs::backend`).
@@ -103,8 +106,8 @@ fn open_store(config: &StoreConfig, mode: Mode) -> Result<Arc<dyn EventStore>, S
         .map_err(|e| e.to_string())
 }
 
+/// Serves until a signal stops the server. Logs go through the writer `main` installed.
 async fn serve(settings: Settings) -> Result<(), String> {
-    telemetry::init(&settings.log, settings.log_format);
     // Before anything touches the directory: a second server on it must not recover the
     // first one's jobs. Held until `serve` returns.
     let _owner = DataDirLock::acquire(&settings.data_dir).map_err(|e| e.to_string())?;
@@ -200,7 +203,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
                 key.prefix,
                 expires_at.map_or(String::new(), |t| format!(
                     ", expires {}",
-                    syncjobs::api::wire::format_ts(&t)
+                    syncjobs_domain::time::micros(&t)
                 ))
             );
             Ok(())
@@ -222,7 +225,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
                 } else {
                     match k.expires_at {
                         Some(t) if t <= clock.now() => "expired".to_owned(),
-                        Some(t) => format!("expires {}", syncjobs::api::wire::format_ts(&t)),
+                        Some(t) => format!("expires {}", syncjobs_domain::time::micros(&t)),
                         None => "active".to_owned(),
                     }
                 };

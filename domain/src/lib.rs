@@ -9,6 +9,7 @@
 //!   contract suite every backend must pass.
 //! - [`upcast`]: reads older schema versions as the current one.
 //! - [`clock`]: wall time behind a trait so timers can be tested on tokio's paused clock.
+//! - [`time`]: the one timestamp codec (RFC 3339 text at each reader's precision).
 //! - [`redact`]: masks the passwords and tokens of connection URLs in anything printed.
 
 pub mod clock;
@@ -16,6 +17,7 @@ pub mod events;
 pub mod job;
 pub mod redact;
 pub mod store;
+pub mod time;
 pub mod upcast;
 
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
