@@ -15,7 +15,6 @@
 //! ([`EventStore::write_failure`]) until a commit succeeds again, so `/health` can say so.
 
 use crate::checkpoint::{self, Checkpointer};
-use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -263,7 +262,7 @@ impl EventStore for EmbeddedStore {
                         event.event.event_type()
                     ))
                 })?;
-                let recorded_at = format_time(&event.recorded_at);
+                let recorded_at = syncjobs_domain::time::nanos(&event.recorded_at);
                 Ok(Prepared {
                     event,
                     data,
@@ -952,11 +951,6 @@ fn optional_text<'r>(row: &'r Row<'_>, i: usize) -> Result<Option<&'r str>, rusq
     value
         .as_str_or_null()
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, value.data_type(), Box::new(e)))
-}
-
-/// Full precision, fixed width, UTC: the stored text parses back to the identical instant.
-fn format_time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
 /// An INTEGER column that must not be negative (SQLite integers are signed).

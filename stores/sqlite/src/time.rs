@@ -5,12 +5,13 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 /// Parses a stored RFC 3339 time. The store always writes `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`
 /// (UTC, nanoseconds): that shape is read directly, because chrono's general RFC 3339
 /// parser was ~5% of a start-up that decodes every event of the log. Anything else,
-/// including whatever the direct path does not accept, is left to chrono.
+/// including whatever the direct path does not accept, is left to the one codec
+/// ([`syncjobs_domain::time::parse`]).
 pub(crate) fn parse_stored(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     if let Some(t) = parse_fixed(s.as_bytes()) {
         return Ok(t);
     }
-    Ok(DateTime::parse_from_rfc3339(s)?.with_timezone(&Utc))
+    syncjobs_domain::time::parse(s)
 }
 
 /// The exact shape the store writes, or None (then chrono decides).
