@@ -203,9 +203,15 @@ impl Settings {
         ApiSettings {
             max_body_bytes: self.max_body_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
+            sse_heartbeat: Duration::from_millis(self.sse_heartbeat_ms),
+        }
+    }
+
+    /// The use cases' waits on the read model.
+    pub fn app(&self) -> crate::app::Settings {
+        crate::app::Settings {
             read_your_writes_timeout: Duration::from_millis(self.read_your_writes_timeout_ms),
             delete_wait: Duration::from_secs(self.delete_wait_seconds),
-            sse_heartbeat: Duration::from_millis(self.sse_heartbeat_ms),
         }
     }
 

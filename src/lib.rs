@@ -3,12 +3,14 @@
 //! - [`backend`]: which EventStore the process runs on (`SYNCJOBS_STORE`); each backend is a
 //!   crate of its own (`stores/sqlite`, the embedded default).
 //! - [`bus`]: the NATS relay that publishes the global log.
-//! - [`api`]: actix-web routes speaking Airweave's public API.
+//! - [`app`]: the use cases (create, delete, run, cancel, keys), called by the API and the CLI.
+//! - [`api`]: actix-web routes speaking Airweave's public API: parse, call a use case, answer.
 //! - [`replay`]: history, time travel and verification of the log.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring and logs.
 //! - [`datadir`]: one server per data directory (an OS lock), files for the owner only.
 
 pub mod api;
+pub mod app;
 pub mod backend;
 pub mod bus;
 pub mod config;

@@ -7,7 +7,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::sync::Arc;
-use syncjobs::api::keys;
+use syncjobs::app::keys;
 use syncjobs::backend::{self, Mode, StoreConfig};
 use syncjobs::config::Settings;
 use syncjobs::datadir::{self, DataDirLock};

@@ -3,8 +3,10 @@
 //! [`Application::build`] takes the event store as a parameter so that tests can inject one
 //! (zero2prod's shape: build, read the bound port, `run_until_stopped`).
 
-use crate::api::keys::{self, AccessError, Bootstrap, NewKey};
+use crate::api::keys::AccessError;
 use crate::api::{self, error::extractor_error, AppState, HealthProbe};
+use crate::app;
+use crate::app::keys::{self, Bootstrap, NewKey};
 use crate::bus::{spawn_relay, RelayConfig, RelayHandle, RelayMonitor};
 use crate::config::Settings;
 use crate::telemetry;
@@ -131,9 +133,6 @@ impl Application {
 
         let bootstrap =
             keys::bootstrap(&c.store, &c.clock, settings.bootstrap_api_key.as_deref()).await?;
-        if bootstrap.registered {
-            tracing::info!("bootstrap API key registered for the default organization");
-        }
         projection
             .wait_for(bootstrap.position, CATCH_UP_TIMEOUT)
             .await?;
@@ -172,12 +171,15 @@ impl Application {
         jobs.ready().await;
 
         let state = web::Data::new(AppState {
-            store: c.store,
-            projection,
-            clock: c.clock,
-            destination: c.destination,
-            jobs: jobs.clone(),
-            settings: settings.api(),
+            app: app::App {
+                store: c.store,
+                clock: c.clock,
+                jobs: jobs.clone(),
+                projection,
+                destination: c.destination,
+                settings: settings.app(),
+            },
+            http: settings.api(),
             probes,
             streams: Default::default(),
         });

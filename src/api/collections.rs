@@ -1,105 +1,36 @@
 //! `/collections`: create, list, get, delete (which deletes its source connections first).
 
-use super::auth::ApiContext;
-use super::commands::{
-    decide_and_append, decide_create_collection, decide_delete_collection, readable_id_from_name,
-    CollectionError, CollectionName, CommandError,
-};
 use super::error::ApiError;
-use super::input::{check_len, check_text, read_json, valid_readable_id, Fields, Query, Text};
+use super::input::{check_len, check_readable_id, check_text, read_json, Fields, Query, Text};
 use super::wire::CollectionOut;
-use super::{ok_json, source_connections, AppState};
+use super::{ok_json, AppState};
+use crate::app::{lookup, Caller};
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::collections::HashMap;
-use syncjobs_domain::events::stream;
-use syncjobs_domain::RecordedEvent;
-use syncjobs_projections::Collection;
-use uuid::Uuid;
-
-/// Longest readable id accepted (Airweave sets none; ours bounds the stream name).
-const MAX_READABLE_ID: usize = 128;
-
-fn command_error(e: CommandError<CollectionError>) -> ApiError {
-    match e {
-        CommandError::Rejected(CollectionError::AlreadyExists(rid)) => {
-            ApiError::BadRequest(CollectionError::AlreadyExists(rid).to_string())
-        }
-        CommandError::Rejected(CollectionError::NotFound) => ApiError::collection_not_found(),
-        CommandError::Store(e) => e.into(),
-        CommandError::Contention(s) => {
-            ApiError::Unavailable(format!("Too many concurrent changes to {s}"))
-        }
-    }
-}
-
-fn last_position(recorded: &[RecordedEvent]) -> u64 {
-    recorded.last().map_or(0, |r| r.global_position)
-}
 
 pub async fn create(
-    ctx: ApiContext,
+    caller: Caller,
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json(&req, payload, &state.settings).await?;
+    let body = read_json(&req, payload, &state.http).await?;
     let f = Fields(&body);
     let name = f.req_str("name")?;
     check_len("name", name, 4, 64)?;
     check_text("name", name, Text::OneLine)?;
-    let readable_id = match f.opt_str("readable_id")? {
-        Some(rid) => {
-            if !valid_readable_id(rid) {
-                return Err(ApiError::Unprocessable(
-                    "readable_id: must match ^[a-z0-9]+(-[a-z0-9]+)*$ (lower-case letters and \
-                     digits, in groups separated by single hyphens)"
-                        .into(),
-                ));
-            }
-            check_len("readable_id", rid, 1, MAX_READABLE_ID)?;
-            rid.to_owned()
-        }
-        None => readable_id_from_name(name),
-    };
-    let org = ctx.organization_id;
-    let id = Uuid::now_v7();
-    let clock = state.clock.clone();
-    let recorded = decide_and_append(
-        &state.store,
-        &stream::collection_name(org, &readable_id),
-        || clock.now(),
-        &ctx.metadata(),
-        |s: &CollectionName| decide_create_collection(s, id, org, name, &readable_id),
-    )
-    .await
-    .map_err(command_error)?;
-    state.settle(last_position(&recorded)).await;
-    let at = recorded
-        .first()
-        .map_or_else(|| state.clock.now(), |r| r.recorded_at);
-    tracing::info!(collection_id = %id, %readable_id, "collection created");
+    let readable_id = f.opt_str("readable_id")?;
+    if let Some(rid) = readable_id {
+        check_readable_id(rid)?;
+    }
+    let created = state.create_collection(&caller, name, readable_id).await?;
     state
         .projection
-        .read(|m| match m.collection(org, &readable_id) {
-            Some(c) if c.id == id => ok_json(&CollectionOut::new(m, c)),
-            // The projection lagged past the bound: answer from the event itself.
-            _ => {
-                let c = Collection {
-                    id,
-                    organization_id: org,
-                    name: name.to_owned(),
-                    readable_id: readable_id.clone(),
-                    created_at: at,
-                    modified_at: at,
-                    created_position: last_position(&recorded),
-                };
-                ok_json(&CollectionOut::new(m, &c))
-            }
-        })
+        .read(|m| ok_json(&CollectionOut::new(m, &created)))
 }
 
 pub async fn list(
-    ctx: ApiContext,
+    caller: Caller,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -109,7 +40,7 @@ pub async fn list(
     let search = q.opt_str("search").map(str::to_lowercase);
     state.projection.read(|m| {
         let page: Vec<CollectionOut> = m
-            .collections(ctx.organization_id)
+            .collections(caller.organization_id)
             .filter(|c| {
                 search
                     .as_deref()
@@ -124,62 +55,30 @@ pub async fn list(
 }
 
 pub async fn get(
-    ctx: ApiContext,
+    caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .projection
-        .read(|m| match m.collection(ctx.organization_id, &path) {
-            Some(c) => ok_json(&CollectionOut::new(m, c)),
-            None => Err(ApiError::collection_not_found()),
-        })
+    state.projection.read(|m| {
+        ok_json(&CollectionOut::new(
+            m,
+            lookup::collection(m, &caller, &path)?,
+        ))
+    })
 }
 
 pub async fn delete(
-    ctx: ApiContext,
+    caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let org = ctx.organization_id;
-    let readable_id = path.into_inner();
     // The answer is the collection as it was before anything was removed.
-    let (collection_id, before) = state
-        .projection
-        .read(|m| {
-            m.collection(org, &readable_id)
-                .map(|c| (c.id, ok_json(&CollectionOut::new(m, c))))
-        })
-        .ok_or_else(ApiError::collection_not_found)?;
+    let (collection_id, before) = state.projection.read(|m| {
+        lookup::collection(m, &caller, &path).map(|c| (c.id, ok_json(&CollectionOut::new(m, c))))
+    })?;
     let before = before?;
-    remove_source_connections(&state, &ctx, collection_id).await?;
-    let clock = state.clock.clone();
-    let recorded = decide_and_append(
-        &state.store,
-        &stream::collection_name(org, &readable_id),
-        || clock.now(),
-        &ctx.metadata(),
-        |s: &CollectionName| decide_delete_collection(s, collection_id),
-    )
-    .await
-    .map_err(command_error)?;
-    state.settle(last_position(&recorded)).await;
-    // A source connection created in the collection while it was being deleted.
-    remove_source_connections(&state, &ctx, collection_id).await?;
-    tracing::info!(%collection_id, %readable_id, "collection deleted");
+    state
+        .delete_collection(&caller, &path, collection_id)
+        .await?;
     Ok(before)
-}
-
-/// Deletes every source connection of the collection the way `DELETE /source-connections/{id}` does.
-async fn remove_source_connections(
-    state: &AppState,
-    ctx: &ApiContext,
-    collection_id: Uuid,
-) -> Result<(), ApiError> {
-    let ids: Vec<Uuid> = state.projection.read(|m| {
-        m.source_connections_in_collection(collection_id)
-            .map(|sc| sc.id)
-            .collect()
-    });
-    source_connections::remove_all(state, ctx, &ids).await
 }

@@ -1,9 +1,12 @@
 //! The one place that maps failures to HTTP: every error answers JSON `{"detail": "..."}`
 //! with the status and text of the wire contract, never a stack trace or an empty body.
+//! The use cases' reasons ([`app::Error`]) become statuses and the contract's words here,
+//! and only here (input that does not parse is worded by `input`, which reads it).
 
+use crate::app;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use syncjobs_domain::StoreError;
+use syncjobs_domain::{JobError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -34,24 +37,76 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn not_found(what: &str) -> Self {
-        ApiError::NotFound(format!("{what} not found"))
-    }
-
-    pub fn collection_not_found() -> Self {
-        ApiError::not_found("Collection")
-    }
-
-    pub fn source_connection_not_found() -> Self {
-        ApiError::not_found("Source connection")
-    }
-
-    pub fn job_not_found() -> Self {
-        ApiError::not_found("Sync job")
-    }
-
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         ApiError::Internal(cause.to_string())
+    }
+
+    /// A path no route serves (FastAPI's 404).
+    pub fn no_route() -> Self {
+        ApiError::NotFound("Not Found".into())
+    }
+}
+
+impl From<app::Error> for ApiError {
+    fn from(e: app::Error) -> Self {
+        use app::Error as E;
+        match e {
+            E::CollectionNotFound => ApiError::NotFound("Collection not found".into()),
+            E::CollectionExists(readable_id) => ApiError::BadRequest(format!(
+                "Collection with readable_id '{readable_id}' already exists"
+            )),
+            E::SourceConnectionNotFound => ApiError::NotFound("Source connection not found".into()),
+            E::SourceConnectionExists => {
+                ApiError::BadRequest("Source connection already exists".into())
+            }
+            E::UnknownSource(short_name) => {
+                ApiError::NotFound(format!("Source '{short_name}' not found"))
+            }
+            // The registry's message names the field (`config.entity_count must be ...`).
+            E::InvalidSourceConfig { message } => ApiError::Unprocessable(message),
+            E::CredentialsNotAnObject => {
+                ApiError::Unprocessable("authentication.credentials: expected an object".into())
+            }
+            E::UnsupportedAuthentication { short_name } => ApiError::BadRequest(format!(
+                "Source {short_name} does not support this authentication method. \
+                 Supported methods: ['direct']"
+            )),
+            E::JobNotFound | E::Job(JobError::NotFound) => {
+                ApiError::NotFound("Sync job not found".into())
+            }
+            E::JobOfAnotherConnection => {
+                ApiError::BadRequest("Sync job does not belong to this source connection".into())
+            }
+            E::CannotCancel(status) | E::Job(JobError::CannotCancel(status)) => {
+                ApiError::BadRequest(format!("Cannot cancel job in {status} state"))
+            }
+            E::AlreadyActive(status) => ApiError::BadRequest(format!(
+                "Cannot start new sync: a sync job is already {status}"
+            )),
+            E::Job(JobError::AlreadyExists) => {
+                ApiError::BadRequest("Sync job already exists".into())
+            }
+            E::Job(JobError::InvalidTransition { status, command }) => {
+                ApiError::BadRequest(format!("Cannot {command} a job in {status} state"))
+            }
+            E::Job(JobError::CountsWentDown) => {
+                ApiError::BadRequest("Counts may not go down".into())
+            }
+            E::Job(JobError::NotYetDue { deadline }) => ApiError::BadRequest(format!(
+                "The watchdog deadline {deadline} has not passed yet"
+            )),
+            E::JobVersionNotFound { version, last } => ApiError::NotFound(format!(
+                "Sync job version {version} not found: its versions are 1 to {last}"
+            )),
+            E::Contention(stream) => {
+                ApiError::Unavailable(format!("Too many concurrent changes to {stream}"))
+            }
+            E::Store(e) => e.into(),
+            E::History(cause) => ApiError::Internal(cause),
+            E::SupervisorStopped => {
+                ApiError::Unavailable("The job supervisor is not running".into())
+            }
+        }
     }
 }
 
@@ -134,7 +189,7 @@ mod tests {
             )
         );
         assert_eq!(
-            body(ApiError::job_not_found()),
+            body(app::Error::JobNotFound.into()),
             (404, serde_json::json!({"detail": "Sync job not found"}))
         );
         let (status, detail) = body(ApiError::Internal("disk on fire at /secret/path".into()));
@@ -157,6 +212,81 @@ mod tests {
                 503,
                 serde_json::json!({"detail": "Event store cannot write: database or disk is full"})
             )
+        );
+    }
+
+    #[test]
+    fn the_use_cases_reasons_answer_the_contract_words() {
+        use syncjobs_domain::JobStatus;
+        let detail = |e: app::Error| body(e.into());
+        let bad_request = |text: &str| (400, serde_json::json!({ "detail": text }));
+        assert_eq!(
+            detail(app::Error::CannotCancel(JobStatus::Completed)),
+            bad_request("Cannot cancel job in completed state")
+        );
+        assert_eq!(
+            detail(app::Error::AlreadyActive(JobStatus::Running)),
+            bad_request("Cannot start new sync: a sync job is already running")
+        );
+        assert_eq!(
+            detail(app::Error::CollectionExists("twice".into())),
+            bad_request("Collection with readable_id 'twice' already exists")
+        );
+        assert_eq!(
+            detail(app::Error::UnsupportedAuthentication {
+                short_name: "timed".into()
+            }),
+            bad_request(
+                "Source timed does not support this authentication method. \
+                 Supported methods: ['direct']"
+            )
+        );
+        assert_eq!(
+            detail(app::Error::JobOfAnotherConnection),
+            bad_request("Sync job does not belong to this source connection")
+        );
+        assert_eq!(
+            detail(app::Error::SourceConnectionNotFound),
+            (
+                404,
+                serde_json::json!({"detail": "Source connection not found"})
+            )
+        );
+        assert_eq!(
+            detail(app::Error::UnknownSource("nope".into())),
+            (
+                404,
+                serde_json::json!({"detail": "Source 'nope' not found"})
+            )
+        );
+        assert_eq!(
+            detail(app::Error::JobVersionNotFound {
+                version: 9,
+                last: 4
+            }),
+            (
+                404,
+                serde_json::json!({"detail": "Sync job version 9 not found: its versions are 1 to 4"})
+            )
+        );
+        assert_eq!(
+            detail(app::Error::Contention("collection_name-x".into())),
+            (
+                503,
+                serde_json::json!({"detail": "Too many concurrent changes to collection_name-x"})
+            )
+        );
+        assert_eq!(
+            detail(app::Error::SupervisorStopped),
+            (
+                503,
+                serde_json::json!({"detail": "The job supervisor is not running"})
+            )
+        );
+        let (status, hidden) = detail(app::Error::History("job stream is corrupt".into()));
+        assert_eq!(
+            (status, &hidden["detail"]),
+            (500, &serde_json::json!("Internal server error"))
         );
     }
 }

@@ -11,7 +11,8 @@
 //! (200): the store cannot write, the read model lags more than [`MAX_HEALTHY_LAG`] events,
 //! or a probe says it is unhealthy; reads still work.
 
-use super::{ApiContext, AppState};
+use super::AppState;
+use crate::app::Caller;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
@@ -46,7 +47,7 @@ pub enum Health {
     Down,
 }
 
-pub async fn health(state: web::Data<AppState>, key: Option<ApiContext>) -> HttpResponse {
+pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResponse {
     let head_rx = state.store.watch_head();
     let head = *head_rx.borrow();
     // The store drops its head's sender once it is closed and its writer has stopped.

@@ -315,6 +315,14 @@ pub fn path_uuid(param: &str, value: &str) -> Result<Uuid, ApiError> {
     }
 }
 
+/// The two ids of a job's path (`/source-connections/{id}/jobs/{job_id}`), in that order.
+pub fn job_path(path: &(String, String)) -> Result<(Uuid, Uuid), ApiError> {
+    Ok((
+        path_uuid("source_connection_id", &path.0)?,
+        path_uuid("job_id", &path.1)?,
+    ))
+}
+
 /// Echoes at most a bounded piece of client input back in an error.
 pub fn clip(value: &str) -> String {
     const MAX: usize = 100;
@@ -372,6 +380,55 @@ pub fn valid_readable_id(s: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
+}
+
+/// Longest readable id accepted (Airweave sets none; ours bounds the stream name).
+const MAX_READABLE_ID: usize = 128;
+
+/// Checks a readable id chosen by the client: Airweave's pattern, then our length bound.
+pub fn check_readable_id(rid: &str) -> Result<(), ApiError> {
+    if !valid_readable_id(rid) {
+        return Err(ApiError::Unprocessable(
+            "readable_id: must match ^[a-z0-9]+(-[a-z0-9]+)*$ (lower-case letters and \
+             digits, in groups separated by single hyphens)"
+                .into(),
+        ));
+    }
+    check_len("readable_id", rid, 1, MAX_READABLE_ID)
+}
+
+/// The header a reconnecting EventSource sends with the last `id:` it received.
+pub const LAST_EVENT_ID: &str = "last-event-id";
+
+/// The version to resume after: 0 without the header (or with an empty one, which
+/// EventSource never sends but a proxy might), 422 for anything but an integer >= 0.
+pub fn last_event_id(req: &HttpRequest) -> Result<u64, ApiError> {
+    let Some(value) = req.headers().get(LAST_EVENT_ID) else {
+        return Ok(0);
+    };
+    let bad = |shown: &str| {
+        ApiError::Unprocessable(format!(
+            "Last-Event-ID must be a stream version (an integer >= 0), got {shown:?}"
+        ))
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| bad("a header that is not text"))?
+        .trim();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse::<u64>().map_err(|_| bad(&clip(text)))
+}
+
+/// The required `version` query parameter of a job's state: a stream version.
+pub fn job_version(query: &HashMap<String, String>) -> Result<u64, ApiError> {
+    if !query.contains_key("version") {
+        return Err(ApiError::Unprocessable(
+            "version is required: the stream version to show the job at (1 or more)".into(),
+        ));
+    }
+    Ok(Query(query).int("version", 0, 0, i64::MAX)? as u64)
 }
 
 #[cfg(test)]

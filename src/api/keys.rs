@@ -1,4 +1,6 @@
 //! Organizations and API keys: pure decisions over the `access` stream, and their appends.
+//! The use cases over them (create, revoke, list, the start-up key) are `app::keys`,
+//! re-exported here for the tests and the benchmarks that name them by this path.
 //!
 //! Keys are random strings shown once; the store and the read model hold only their SHA-256
 //! hash and a short prefix to tell them apart. Every change is decided against the fold of
@@ -17,8 +19,10 @@ use syncjobs_domain::{
 };
 use uuid::Uuid;
 
-/// The organization of keys made at first start or from SYNCJOBS_BOOTSTRAP_API_KEY.
-pub const DEFAULT_ORGANIZATION: &str = "default";
+pub use crate::app::keys::{
+    bootstrap, create_key, list_keys, revoke_key, Bootstrap, NewKey, DEFAULT_ORGANIZATION,
+};
+
 /// Every generated key starts with this, so that a leaked one is easy to recognise.
 pub const KEY_PREFIX: &str = "sjk_";
 /// Characters of a key kept in clear (in events and listings) to tell keys apart.
@@ -295,18 +299,12 @@ pub async fn execute(
     Err(AccessError::Contention)
 }
 
-/// A key just made: the only moment its clear text exists.
-#[derive(Debug, Clone)]
-pub struct NewKey {
-    pub key: String,
-    pub key_id: Uuid,
-    pub organization_id: Uuid,
-    pub prefix: String,
-    /// Global position of the append (0 if nothing was appended).
-    pub position: u64,
-}
-
-fn record_for(organization: &str, key: &str, expires_at: Option<DateTime<Utc>>) -> NewKeyRecord {
+/// The record of `key` for `organization`: fresh ids, and the key only as hash and prefix.
+pub(crate) fn record_for(
+    organization: &str,
+    key: &str,
+    expires_at: Option<DateTime<Utc>>,
+) -> NewKeyRecord {
     NewKeyRecord {
         organization: organization.to_owned(),
         new_organization_id: Uuid::now_v7(),
@@ -317,110 +315,9 @@ fn record_for(organization: &str, key: &str, expires_at: Option<DateTime<Utc>>) 
     }
 }
 
-fn new_key_from(key: String, recorded: &[RecordedEvent]) -> Option<NewKey> {
-    recorded.iter().find_map(|r| match &r.event {
-        Event::Access(AccessEvent::ApiKeyCreated {
-            key_id,
-            organization_id,
-            prefix,
-            ..
-        }) => Some(NewKey {
-            key: key.clone(),
-            key_id: *key_id,
-            organization_id: *organization_id,
-            prefix: prefix.clone(),
-            position: recorded.last().map_or(0, |l| l.global_position),
-        }),
-        _ => None,
-    })
-}
-
-/// Makes a new key for `organization` (created if new) and returns it in clear, once.
-pub async fn create_key(
-    store: &Arc<dyn EventStore>,
-    clock: &SharedClock,
-    organization: &str,
-    expires_at: Option<DateTime<Utc>>,
-    caused_by: &str,
-) -> Result<NewKey, AccessError> {
-    let key = generate_key();
-    let cmd = AccessCommand::CreateKey(record_for(organization, &key, expires_at));
-    let recorded = execute(store, clock, caused_by, &cmd).await?;
-    new_key_from(key, &recorded).ok_or(AccessError::Contention)
-}
-
-/// What the start-up key handling did.
-#[derive(Debug, Clone, Default)]
-pub struct Bootstrap {
-    /// A key generated because the store knew none: to be printed once, never logged.
-    pub generated: Option<NewKey>,
-    /// Whether SYNCJOBS_BOOTSTRAP_API_KEY was new to the store and got registered.
-    pub registered: bool,
-    /// Global position of whatever was appended (0 if nothing).
-    pub position: u64,
-}
-
-/// At start-up: registers `bootstrap_key` for the default organization unless the store
-/// knows it (whatever other keys exist); without one, makes a first key if there is none.
-pub async fn bootstrap(
-    store: &Arc<dyn EventStore>,
-    clock: &SharedClock,
-    bootstrap_key: Option<&str>,
-) -> Result<Bootstrap, AccessError> {
-    match bootstrap_key {
-        Some(key) => {
-            validate_key(key)?;
-            let cmd = AccessCommand::RegisterKey(record_for(DEFAULT_ORGANIZATION, key, None));
-            let recorded = execute(store, clock, "bootstrap", &cmd).await?;
-            Ok(Bootstrap {
-                generated: None,
-                registered: !recorded.is_empty(),
-                position: recorded.last().map_or(0, |r| r.global_position),
-            })
-        }
-        None => {
-            let key = generate_key();
-            let cmd = AccessCommand::CreateFirstKey(record_for(DEFAULT_ORGANIZATION, &key, None));
-            let recorded = execute(store, clock, "bootstrap", &cmd).await?;
-            let generated = new_key_from(key, &recorded);
-            Ok(Bootstrap {
-                position: generated.as_ref().map_or(0, |k| k.position),
-                generated,
-                registered: false,
-            })
-        }
-    }
-}
-
-/// Revokes the key with this id or shown prefix.
-pub async fn revoke_key(
-    store: &Arc<dyn EventStore>,
-    clock: &SharedClock,
-    selector: &str,
-    caused_by: &str,
-) -> Result<Uuid, AccessError> {
-    let cmd = AccessCommand::RevokeKey {
-        selector: selector.to_owned(),
-    };
-    let recorded = execute(store, clock, caused_by, &cmd).await?;
-    recorded
-        .iter()
-        .find_map(|r| match &r.event {
-            Event::Access(AccessEvent::ApiKeyRevoked { key_id }) => Some(*key_id),
-            _ => None,
-        })
-        .ok_or_else(|| AccessError::NoSuchKey(selector.to_owned()))
-}
-
-/// Every key the store knows, oldest first.
-pub async fn list_keys(store: &Arc<dyn EventStore>) -> Result<Vec<KeyInfo>, AccessError> {
-    Ok(Access::fold(&store.read_stream(stream::ACCESS, 0).await?).keys)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use syncjobs_domain::{InMemoryStore, SystemClock};
 
     fn record(org: &str, key: &str) -> NewKeyRecord {
         record_for(org, key, None)
@@ -581,51 +478,5 @@ mod tests {
             decide(&access, &none),
             Err(AccessError::NoSuchKey(_))
         ));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn racing_first_starts_make_exactly_one_key() {
-        let store: Arc<dyn EventStore> = InMemoryStore::new();
-        let clock: SharedClock = Arc::new(SystemClock);
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let (store, clock) = (store.clone(), clock.clone());
-                tokio::spawn(async move { bootstrap(&store, &clock, None).await.unwrap() })
-            })
-            .collect();
-        let mut generated = 0;
-        for t in tasks {
-            generated += usize::from(t.await.unwrap().generated.is_some());
-        }
-        assert_eq!(generated, 1);
-        let keys = list_keys(&store).await.unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].organization, DEFAULT_ORGANIZATION);
-    }
-
-    #[tokio::test]
-    async fn the_bootstrap_key_is_registered_once_whatever_else_exists() {
-        let store: Arc<dyn EventStore> = InMemoryStore::new();
-        let clock: SharedClock = Arc::new(SystemClock);
-        create_key(&store, &clock, "acme", None, "cli")
-            .await
-            .unwrap();
-        let b = bootstrap(&store, &clock, Some("my-known-test-key-123"))
-            .await
-            .unwrap();
-        assert!(b.registered && b.generated.is_none() && b.position > 0);
-        let again = bootstrap(&store, &clock, Some("my-known-test-key-123"))
-            .await
-            .unwrap();
-        assert!(!again.registered && again.position == 0);
-        let keys = list_keys(&store).await.unwrap();
-        assert_eq!(keys.len(), 2);
-        assert_eq!(keys[1].key_hash, hash_key("my-known-test-key-123"));
-        assert_eq!(keys[1].organization, DEFAULT_ORGANIZATION);
-        let stored = serde_json::to_string(&store.read_all(0, 100).await.unwrap()).unwrap();
-        assert!(
-            !stored.contains("my-known-test-key-123"),
-            "keys are stored only as hashes"
-        );
     }
 }

@@ -1,68 +1,24 @@
 //! `/source-connections`: create (and start a first sync), list, get, delete (which stops
 //! its syncs first and removes what they wrote).
 
-use super::auth::ApiContext;
-use super::commands::{
-    decide_and_append, decide_create_source_connection, decide_delete_source_connection,
-    CommandError, SourceConnectionError, SourceConnectionStream,
-};
 use super::error::ApiError;
 use super::input::{check_len, check_text, path_uuid, read_json, Fields, Query, Text};
 use super::wire::{SourceConnectionListItemOut, SourceConnectionOut};
-use super::{entities, jobs, ok_json, sources, AppState};
+use super::{ok_json, AppState};
+use crate::app::source_connections::NewSourceConnection;
+use crate::app::{lookup, Caller};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{Map, Value};
 use std::collections::HashMap;
 use syncjobs_actors::pipeline::EntityStats;
-use syncjobs_domain::events::stream;
-use syncjobs_domain::SourceConnectionEvent;
 use uuid::Uuid;
 
-fn command_error(e: CommandError<SourceConnectionError>) -> ApiError {
-    match e {
-        CommandError::Rejected(SourceConnectionError::NotFound) => {
-            ApiError::source_connection_not_found()
-        }
-        CommandError::Rejected(other) => ApiError::BadRequest(other.to_string()),
-        CommandError::Store(e) => e.into(),
-        CommandError::Contention(s) => {
-            ApiError::Unavailable(format!("Too many concurrent changes to {s}"))
-        }
-    }
-}
-
-/// Airweave's authentication shapes; syncjobs' sources take direct credentials only.
-fn auth_method(
-    short_name: &str,
-    auth: Option<&Map<String, Value>>,
-) -> Result<&'static str, ApiError> {
-    let unsupported = || {
-        ApiError::BadRequest(format!(
-            "Source {short_name} does not support this authentication method. \
-             Supported methods: ['direct']"
-        ))
-    };
-    let Some(auth) = auth else {
-        // Airweave would start an OAuth browser flow here; the timed source needs no
-        // secret, so a missing `authentication` means direct, authenticated.
-        return Ok("direct");
-    };
-    match auth.get("credentials") {
-        Some(Value::Object(_)) => Ok("direct"),
-        Some(other) if !other.is_null() => Err(ApiError::Unprocessable(
-            "authentication.credentials: expected an object".into(),
-        )),
-        _ => Err(unsupported()),
-    }
-}
-
 pub async fn create(
-    ctx: ApiContext,
+    caller: Caller,
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_json(&req, payload, &state.settings).await?;
+    let body = read_json(&req, payload, &state.http).await?;
     let f = Fields(&body);
     let short_name = f.req_str("short_name")?;
     check_text("short_name", short_name, Text::OneLine)?;
@@ -82,72 +38,37 @@ pub async fn create(
         check_len("description", d, 0, 255)?;
         check_text("description", d, Text::MultiLine)?;
     }
-    let config = f.opt_object("config")?;
-    let authentication = f.opt_object("authentication")?;
-    let sync_immediately = f.opt_bool("sync_immediately")?.unwrap_or(true);
-
-    // Airweave's order: the source, its authentication, its config, then the collection.
-    let config = sources::validate_config(short_name, config)?;
-    let method = auth_method(short_name, authentication)?;
-    let org = ctx.organization_id;
-    let collection_id = state
-        .projection
-        .read(|m| m.collection(org, readable_collection_id).map(|c| c.id))
-        .ok_or_else(ApiError::collection_not_found)?;
-
-    let id = Uuid::now_v7();
-    let name = name.map_or_else(
-        || format!("{} Connection", sources::display_name(short_name)),
-        str::to_owned,
-    );
-    let created = SourceConnectionEvent::SourceConnectionCreated {
-        source_connection_id: id,
-        organization_id: org,
-        collection_id,
-        readable_collection_id: readable_collection_id.to_owned(),
+    let new = NewSourceConnection {
+        short_name,
+        readable_collection_id,
         name,
-        description: description.map(str::to_owned),
-        short_name: short_name.to_owned(),
-        config: config.clone(),
-        auth_method: method.to_owned(),
-        authenticated: true,
+        description,
+        config: f.opt_object("config")?,
+        authentication: f.opt_object("authentication")?,
+        sync_immediately: f.opt_bool("sync_immediately")?.unwrap_or(true),
     };
-    let clock = state.clock.clone();
-    let recorded = decide_and_append(
-        &state.store,
-        &stream::source_connection(id),
-        || clock.now(),
-        &ctx.metadata(),
-        |s: &SourceConnectionStream| decide_create_source_connection(s, created.clone()),
-    )
-    .await
-    .map_err(command_error)?;
-    let mut position = recorded.last().map_or(0, |r| r.global_position);
-    tracing::info!(source_connection_id = %id, %short_name, "source connection created");
-    if sync_immediately {
-        state.settle(position).await;
-        position = position.max(jobs::start_job(&state, &ctx, id).await?.position);
-    }
-    state.settle(position).await;
-    respond(&state, org, id, &EntityStats::default())
+    let id = state.create_source_connection(&caller, new).await?;
+    respond(&state, &caller, id, &EntityStats::default())
 }
 
+/// The connection as the read model shows it now, with the destination's `entities`.
 fn respond(
     state: &AppState,
-    org: Uuid,
+    caller: &Caller,
     id: Uuid,
     entities: &EntityStats,
 ) -> Result<HttpResponse, ApiError> {
-    state
-        .projection
-        .read(|m| match m.source_connection(org, id) {
-            Some(sc) => ok_json(&SourceConnectionOut::new(m, sc, entities)),
-            None => Err(ApiError::source_connection_not_found()),
-        })
+    state.projection.read(|m| {
+        ok_json(&SourceConnectionOut::new(
+            m,
+            lookup::source_connection(m, caller, id)?,
+            entities,
+        ))
+    })
 }
 
 pub async fn list(
-    ctx: ApiContext,
+    caller: Caller,
     state: web::Data<AppState>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -155,7 +76,7 @@ pub async fn list(
     let skip = q.int("skip", 0, 0, i64::MAX)? as usize;
     let limit = q.int("limit", 100, 1, 1000)? as usize;
     let collection = q.opt_str("collection");
-    let org = ctx.organization_id;
+    let org = caller.organization_id;
     let page: Vec<Uuid> = state.projection.read(|m| {
         m.source_connections(org)
             .filter(|sc| collection.is_none_or(|c| sc.readable_collection_id == c))
@@ -164,7 +85,7 @@ pub async fn list(
             .map(|sc| sc.id)
             .collect()
     });
-    let totals = entities::totals(&state, &page).await;
+    let totals = state.entity_totals(&page).await;
     state.projection.read(|m| {
         let items: Vec<SourceConnectionListItemOut> = page
             .iter()
@@ -179,112 +100,33 @@ pub async fn list(
 }
 
 /// The id of an existing source connection of the caller's organization, or 404.
-pub fn existing(state: &AppState, ctx: &ApiContext, raw_id: &str) -> Result<Uuid, ApiError> {
+fn existing(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Uuid, ApiError> {
     let id = path_uuid("source_connection_id", raw_id)?;
     state
         .projection
-        .read(|m| m.source_connection(ctx.organization_id, id).is_some())
-        .then_some(id)
-        .ok_or_else(ApiError::source_connection_not_found)
+        .read(|m| lookup::source_connection(m, caller, id).map(|_| id))
+        .map_err(ApiError::from)
 }
 
 pub async fn get(
-    ctx: ApiContext,
+    caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = existing(&state, &ctx, &path)?;
-    let stats = entities::summary(&state, id).await;
-    respond(&state, ctx.organization_id, id, &stats)
+    let id = existing(&state, &caller, &path)?;
+    let stats = state.entity_stats(id).await;
+    respond(&state, &caller, id, &stats)
 }
 
 pub async fn delete(
-    ctx: ApiContext,
+    caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = existing(&state, &ctx, &path)?;
+    let id = existing(&state, &caller, &path)?;
     // The answer is the connection as it was, before its syncs were stopped.
-    let stats = entities::summary(&state, id).await;
-    let before = respond(&state, ctx.organization_id, id, &stats)?;
-    remove(&state, &ctx, id).await?;
+    let stats = state.entity_stats(id).await;
+    let before = respond(&state, &caller, id, &stats)?;
+    state.delete_source_connection(&caller, id).await?;
     Ok(before)
-}
-
-/// Deletes a source connection: cancels its live jobs, waits (bounded) for them to end,
-/// records the deletion, stops any job that raced it, then purges what its syncs wrote.
-/// Returns the deletion's position.
-pub async fn remove(state: &AppState, ctx: &ApiContext, id: Uuid) -> Result<u64, ApiError> {
-    let live = jobs::cancel_active(state, ctx, id).await;
-    if !live.is_empty() {
-        wait_for_jobs_to_end(state, &[id]).await;
-    }
-    remove_stopped(state, ctx, id, &live).await
-}
-
-/// Deletes several source connections (a collection's): every live job of all of them is
-/// cancelled first and waited for once, so k stuck syncs cost one bounded wait, not k.
-pub async fn remove_all(state: &AppState, ctx: &ApiContext, ids: &[Uuid]) -> Result<(), ApiError> {
-    let mut live = Vec::with_capacity(ids.len());
-    for &id in ids {
-        live.push(jobs::cancel_active(state, ctx, id).await);
-    }
-    if live.iter().any(|jobs| !jobs.is_empty()) {
-        wait_for_jobs_to_end(state, ids).await;
-    }
-    for (&id, live) in ids.iter().zip(&live) {
-        match remove_stopped(state, ctx, id, live).await {
-            Ok(_) | Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// The rest of a delete once the connection's `live` jobs were cancelled and waited for.
-async fn remove_stopped(
-    state: &AppState,
-    ctx: &ApiContext,
-    id: Uuid,
-    live: &[Uuid],
-) -> Result<u64, ApiError> {
-    let clock = state.clock.clone();
-    let recorded = decide_and_append(
-        &state.store,
-        &stream::source_connection(id),
-        || clock.now(),
-        &ctx.metadata(),
-        |s: &SourceConnectionStream| decide_delete_source_connection(s, id),
-    )
-    .await
-    .map_err(command_error)?;
-    let position = recorded.last().map_or(0, |r| r.global_position);
-    state.settle(position).await;
-    // A job started while the delete was under way has no connection any more: stop it
-    // too before the purge, so that nothing it writes outlives the connection.
-    let raced = jobs::cancel_active(state, ctx, id).await;
-    if raced.iter().any(|j| !live.contains(j)) {
-        wait_for_jobs_to_end(state, &[id]).await;
-    }
-    entities::purge(state, id).await;
-    tracing::info!(source_connection_id = %id, "source connection deleted");
-    Ok(position)
-}
-
-/// Airweave's barrier: wait (bounded) until the connections' cancelled syncs are final.
-async fn wait_for_jobs_to_end(state: &AppState, ids: &[Uuid]) {
-    let ended = state
-        .projection
-        .wait_until(
-            |m| ids.iter().all(|id| m.active_jobs_of(*id).is_empty()),
-            state.settings.delete_wait,
-        )
-        .await;
-    if !ended {
-        tracing::warn!(
-            source_connections = ids.len(),
-            wait = ?state.settings.delete_wait,
-            "deleting source connections whose syncs have not stopped yet"
-        );
-    }
 }

@@ -12,12 +12,11 @@
 //! - `{"type":"heartbeat"}` after 30 s without a message;
 //! - `{"type":"error","message":"..."}` if the log cannot be read, then the end.
 
-use super::auth::ApiContext;
 use super::error::ApiError;
 use super::input::path_uuid;
-use super::jobs::own_job;
 use super::sse::{follow_job, frame, response, settle_final, store_failure, with_heartbeat};
 use super::AppState;
+use crate::app::{self, lookup, Caller};
 use crate::replay::state_at;
 use actix_web::web::{self, Bytes};
 use actix_web::HttpResponse;
@@ -104,12 +103,12 @@ pub fn progress_frames(
     live: BoxStream<'static, Result<RecordedEvent, StoreError>>,
 ) -> Result<BoxStream<'static, Bytes>, ApiError> {
     let Some(last) = initial.last() else {
-        return Err(ApiError::job_not_found());
+        return Err(app::Error::JobNotFound.into());
     };
     let (last_version, last_at) = (last.version, last.recorded_at);
     let job = state_at(initial, last_version)
-        .map_err(ApiError::internal)?
-        .ok_or_else(ApiError::job_not_found)?;
+        .map_err(app::Error::from)?
+        .ok_or(app::Error::JobNotFound)?;
     let mut first = vec![json_frame(&Typed {
         kind: "connected",
         job_id: Some(job_id),
@@ -171,14 +170,14 @@ fn next_frame(
 }
 
 pub async fn subscribe(
-    ctx: ApiContext,
+    caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job_id = path_uuid("job_id", &path)?;
     state
         .projection
-        .read(|m| own_job(m, &ctx, job_id).map(|_| ()))?;
+        .read(|m| lookup::job(m, &caller, job_id).map(|_| ()))?;
     let initial = state.store.read_stream(&stream::job(job_id), 0).await?;
     let last = initial.last().map_or(0, |e| e.version);
     // The read model may lag the log a little: show nothing it does not show yet.
@@ -193,7 +192,7 @@ pub async fn subscribe(
     let frames = progress_frames(job_id, &initial, live)?;
     let guard = state.streams.track("subscribe", job_id);
     Ok(response(
-        with_heartbeat(frames, state.settings.sse_heartbeat, heartbeat()),
+        with_heartbeat(frames, state.http.sse_heartbeat, heartbeat()),
         guard,
     ))
 }

@@ -1,0 +1,110 @@
+//! Running a sync and cancelling a job. Ownership (organization, source connection, job of
+//! that connection) is checked on the read model before the supervisor is asked anything;
+//! the job's actor then decides against the job's own stream, which is what makes racing
+//! cancels record exactly one request.
+
+use super::{lookup, App, Caller, Error};
+use syncjobs_actors::{CommandOutcome, JobsError, NewJob};
+use syncjobs_domain::{JobError, JobState};
+use uuid::Uuid;
+
+impl App {
+    /// Starts a sync of the caller's source connection: the new job, `pending`, once the
+    /// read model shows it. A delete of the connection that raced the start wins: the job
+    /// is cancelled again and the connection is not found.
+    pub async fn run_sync(
+        &self,
+        caller: &Caller,
+        source_connection_id: Uuid,
+    ) -> Result<JobState, Error> {
+        let outcome = self.start_job(caller, source_connection_id).await?;
+        self.settle(outcome.position).await;
+        // A delete that raced this run has already swept the connection's jobs, or will not
+        // see this one: then stop it here rather than let it sync for a deleted connection.
+        let deleted = self
+            .projection
+            .read(|m| lookup::source_connection(m, caller, source_connection_id).is_err());
+        if deleted {
+            let _ = self
+                .jobs
+                .cancel(outcome.state.job_id, caller.principal())
+                .await;
+            return Err(Error::SourceConnectionNotFound);
+        }
+        Ok(outcome.state)
+    }
+
+    /// Asks job `job_id` of the caller's source connection `sc` to stop: the job as the
+    /// request left it (`cancelling`, or `cancelled` if it had not started), once the read
+    /// model shows at least that much.
+    pub async fn cancel_job(
+        &self,
+        caller: &Caller,
+        sc: Uuid,
+        job_id: Uuid,
+    ) -> Result<JobState, Error> {
+        self.projection
+            .read(|m| lookup::connection_job(m, caller, sc, job_id).map(|_| ()))?;
+        let outcome = match self.jobs.cancel(job_id, caller.principal()).await {
+            Ok(outcome) => outcome,
+            Err(e) => return Err(self.refusal(e).await),
+        };
+        tracing::info!(%job_id, source_connection_id = %sc, status = %outcome.state.status, "sync job cancel requested");
+        self.settle(outcome.position).await;
+        Ok(outcome.state)
+    }
+
+    /// Asks the supervisor for a pending job of the connection. Not settled: the caller
+    /// waits for the position it answers with.
+    pub(super) async fn start_job(
+        &self,
+        caller: &Caller,
+        source_connection_id: Uuid,
+    ) -> Result<CommandOutcome, Error> {
+        let (short_name, config) = self.projection.read(|m| {
+            lookup::source_connection(m, caller, source_connection_id)
+                .map(|sc| (sc.short_name.clone(), sc.config.clone()))
+        })?;
+        let outcome = match self
+            .jobs
+            .create(NewJob {
+                source_connection_id,
+                organization_id: caller.organization_id,
+                short_name,
+                config,
+                caused_by: caller.principal(),
+            })
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => return Err(self.refusal(e).await),
+        };
+        tracing::info!(job_id = %outcome.state.job_id, %source_connection_id, "sync job created");
+        Ok(outcome)
+    }
+
+    /// Asks every pending or running job of the connection to stop; returns the ids of its
+    /// jobs that were not final (cancelling ones included, which need no asking).
+    pub(super) async fn cancel_active(
+        &self,
+        caller: &Caller,
+        source_connection_id: Uuid,
+    ) -> Vec<Uuid> {
+        let active = self
+            .projection
+            .read(|m| m.active_jobs_of(source_connection_id));
+        for &job_id in &active {
+            match self.jobs.cancel(job_id, caller.principal()).await {
+                Ok(o) => {
+                    tracing::info!(%job_id, status = %o.state.status, "sync job cancelled for a delete")
+                }
+                // Already cancelling, or ended meanwhile: nothing to ask.
+                Err(JobsError::CannotCancel { .. } | JobsError::Job(JobError::NotFound)) => {}
+                Err(err) => {
+                    tracing::warn!(%job_id, %err, "could not cancel a sync job for a delete")
+                }
+            }
+        }
+        active
+    }
+}

@@ -1,0 +1,50 @@
+//! The caller's own things on the read model. Another organization's collection,
+//! connection or job does not exist for a caller: it is "not found", never "forbidden".
+
+use super::{Caller, Error};
+use syncjobs_domain::JobState;
+use syncjobs_projections::{Collection, ReadModel, SourceConnection};
+use uuid::Uuid;
+
+/// The caller's collection with this readable id.
+pub fn collection<'m>(
+    m: &'m ReadModel,
+    caller: &Caller,
+    readable_id: &str,
+) -> Result<&'m Collection, Error> {
+    m.collection(caller.organization_id, readable_id)
+        .ok_or(Error::CollectionNotFound)
+}
+
+/// The caller's source connection with this id.
+pub fn source_connection<'m>(
+    m: &'m ReadModel,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<&'m SourceConnection, Error> {
+    m.source_connection(caller.organization_id, id)
+        .ok_or(Error::SourceConnectionNotFound)
+}
+
+/// The caller's job, whatever its connection.
+pub fn job<'m>(m: &'m ReadModel, caller: &Caller, job_id: Uuid) -> Result<&'m JobState, Error> {
+    m.job(job_id)
+        .filter(|j| j.organization_id == caller.organization_id)
+        .ok_or(Error::JobNotFound)
+}
+
+/// The job of the caller's source connection `sc`: first the connection (not found), then
+/// the job (not found), then that the job is the connection's.
+pub fn connection_job<'m>(
+    m: &'m ReadModel,
+    caller: &Caller,
+    sc: Uuid,
+    job_id: Uuid,
+) -> Result<&'m JobState, Error> {
+    source_connection(m, caller, sc)?;
+    let job = job(m, caller, job_id)?;
+    if job.source_connection_id != sc {
+        return Err(Error::JobOfAnotherConnection);
+    }
+    Ok(job)
+}
