@@ -98,11 +98,11 @@ pub enum JobsError {
     Job(#[from] JobError),
     /// The job is not pending or running. `position`: the global position of the last
     /// event of its stream once the refusal was decided (0 if unknown).
-    #[error("Cannot cancel job in {status} state")]
+    #[error("a job in {status} state cannot be cancelled")]
     CannotCancel { status: JobStatus, position: u64 },
     /// The source connection already has a job (`job_id`) in this (non-final) status.
     /// `position` as for `CannotCancel`; 0 when the job's creation is still being appended.
-    #[error("Cannot start new sync: a sync job is already {status}")]
+    #[error("the source connection has a sync job {status} already")]
     AlreadyActive {
         status: JobStatus,
         job_id: Uuid,

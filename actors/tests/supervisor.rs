@@ -344,7 +344,10 @@ async fn a_hundred_concurrent_cancels_record_exactly_one_request() {
             ),
             "{r:?}"
         );
-        assert_eq!(r.to_string(), "Cannot cancel job in cancelling state");
+        assert_eq!(
+            r.to_string(),
+            "a job in cancelling state cannot be cancelled"
+        );
     }
     let n = types(&events(&store, job).await)
         .iter()
@@ -484,7 +487,10 @@ async fn cancel_racing_completion_through_the_actors_ends_once() {
         assert_eq!(finals, 1, "{:?}", types(&evs));
         match cancel {
             Ok(o) => assert_eq!(o.state.status, JobStatus::Cancelling),
-            Err(e) => assert_eq!(e.to_string(), "Cannot cancel job in completed state"),
+            Err(e) => assert_eq!(
+                e.to_string(),
+                "a job in completed state cannot be cancelled"
+            ),
         }
     }
 }
@@ -549,7 +555,7 @@ async fn one_active_job_per_source_connection() {
     let err = jobs.create(new_job(sc)).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "Cannot start new sync: a sync job is already running"
+        "the source connection has a sync job running already"
     );
     let started = events(&store, first.state.job_id).await.pop().unwrap();
     assert_eq!(started.event_type(), "JobStarted");
@@ -595,12 +601,15 @@ async fn unknown_and_finished_jobs_cannot_be_cancelled() {
         settings(),
     );
     let err = jobs.cancel(Uuid::now_v7(), "t".into()).await.unwrap_err();
-    assert_eq!(err.to_string(), "Sync job not found");
+    assert_eq!(err.to_string(), "no such job");
     let job = running_job(&store, &jobs).await;
     signal.notify_one();
     settle().await;
     let err = jobs.cancel(job, "t".into()).await.unwrap_err();
-    assert_eq!(err.to_string(), "Cannot cancel job in completed state");
+    assert_eq!(
+        err.to_string(),
+        "a job in completed state cannot be cancelled"
+    );
     // The refusal says where the state it names is in the log: its stream's last event.
     let last = events(&store, job).await.pop().unwrap();
     assert_eq!(last.event_type(), "JobCompleted");

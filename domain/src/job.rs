@@ -484,14 +484,15 @@ impl JobCommand {
     }
 }
 
-/// Why a command was refused. The texts of `CannotCancel` and `NotFound` are the API's.
+/// Why a command was refused. The API words these its own way (`api::error` in the
+/// server); the texts here are for logs and tests.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum JobError {
-    #[error("Sync job not found")]
+    #[error("no such job")]
     NotFound,
-    #[error("Sync job already exists")]
+    #[error("the job exists already")]
     AlreadyExists,
-    #[error("Cannot cancel job in {0} state")]
+    #[error("a job in {0} state cannot be cancelled")]
     CannotCancel(JobStatus),
     #[error("Cannot {command} a job in {status} state")]
     InvalidTransition {
@@ -854,7 +855,7 @@ mod tests {
             assert_eq!(when(g, cancel_cmd()), Err(JobError::CannotCancel(status)));
             assert_eq!(
                 when(g, cancel_cmd()).unwrap_err().to_string(),
-                format!("Cannot cancel job in {status} state")
+                format!("a job in {status} state cannot be cancelled")
             );
         }
     }

@@ -33,7 +33,7 @@ pub trait Source: Send + Sync + 'static {
 /// Why a source connection's source or config was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceConfigError {
-    /// No source has this short_name. The API answers 404 with this text.
+    /// No source has this short_name (the API answers 404, in its own words).
     #[error("Source '{0}' not found")]
     UnknownSource(String),
     /// A config field is missing its type or range, or is not a field of the source.
