@@ -73,12 +73,7 @@ pub async fn delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     // The answer is the collection as it was before anything was removed.
-    let (collection_id, before) = state.projection.read(|m| {
-        lookup::collection(m, &caller, &path).map(|c| (c.id, ok_json(&CollectionOut::new(m, c))))
-    })?;
-    let before = before?;
     state
-        .delete_collection(&caller, &path, collection_id)
-        .await?;
-    Ok(before)
+        .delete_collection(&caller, &path, |m, c| ok_json(&CollectionOut::new(m, c)))
+        .await?
 }

@@ -123,10 +123,11 @@ pub async fn delete(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = existing(&state, &caller, &path)?;
+    let id = path_uuid("source_connection_id", &path)?;
     // The answer is the connection as it was, before its syncs were stopped.
-    let stats = state.entity_stats(id).await;
-    let before = respond(&state, &caller, id, &stats)?;
-    state.delete_source_connection(&caller, id).await?;
-    Ok(before)
+    state
+        .delete_source_connection(&caller, id, |m, sc, stats| {
+            ok_json(&SourceConnectionOut::new(m, sc, stats))
+        })
+        .await?
 }

@@ -1,11 +1,11 @@
 //! Creating a collection, and deleting one (its source connections first).
 
-use super::{last_position, App, Caller, Error};
+use super::{last_position, lookup, App, Caller, Error};
 use crate::api::commands::{
     decide_create_collection, decide_delete_collection, readable_id_from_name, CollectionName,
 };
 use syncjobs_domain::events::stream;
-use syncjobs_projections::Collection;
+use syncjobs_projections::{Collection, ReadModel};
 use uuid::Uuid;
 
 impl App {
@@ -51,15 +51,19 @@ impl App {
         }))
     }
 
-    /// Deletes the caller's collection `collection_id`, held under `readable_id`: each of its
-    /// source connections as a delete of that connection does (syncs stopped, entities
-    /// purged), then the collection, then any connection created in it meanwhile.
-    pub async fn delete_collection(
+    /// Deletes the caller's collection `readable_id`: each of its source connections as a
+    /// delete of that connection does (syncs stopped, entities purged), then the collection,
+    /// then any connection created in it meanwhile. Returns `before` of the collection as it
+    /// was before anything was removed (what a client is answered).
+    pub async fn delete_collection<R>(
         &self,
         caller: &Caller,
         readable_id: &str,
-        collection_id: Uuid,
-    ) -> Result<(), Error> {
+        before: impl FnOnce(&ReadModel, &Collection) -> R,
+    ) -> Result<R, Error> {
+        let (collection_id, before) = self
+            .projection
+            .read(|m| lookup::collection(m, caller, readable_id).map(|c| (c.id, before(m, c))))?;
         self.delete_source_connections_in(caller, collection_id)
             .await?;
         let recorded = self
@@ -74,7 +78,7 @@ impl App {
         self.delete_source_connections_in(caller, collection_id)
             .await?;
         tracing::info!(%collection_id, %readable_id, "collection deleted");
-        Ok(())
+        Ok(before)
     }
 
     async fn delete_source_connections_in(

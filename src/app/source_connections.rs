@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use syncjobs_actors::pipeline::{validate_source_config, EntityStats};
 use syncjobs_domain::events::stream;
 use syncjobs_domain::SourceConnectionEvent;
+use syncjobs_projections::{ReadModel, SourceConnection};
 use uuid::Uuid;
 
 /// A source connection to create, as a client describes it (Airweave's shapes).
@@ -110,15 +111,26 @@ impl App {
 
     /// Deletes the caller's source connection: cancels its live jobs, waits (bounded) for
     /// them to end, records the deletion, stops any job that raced it, then purges what its
-    /// syncs wrote. Returns the deletion's position.
-    pub async fn delete_source_connection(&self, caller: &Caller, id: Uuid) -> Result<u64, Error> {
+    /// syncs wrote. Returns `before` of the connection and its entities as they were before
+    /// its syncs were stopped (what a client is answered).
+    pub async fn delete_source_connection<R>(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        before: impl FnOnce(&ReadModel, &SourceConnection, &EntityStats) -> R,
+    ) -> Result<R, Error> {
         self.projection
             .read(|m| lookup::source_connection(m, caller, id).map(|_| ()))?;
+        let stats = self.entity_stats(id).await;
+        let before = self
+            .projection
+            .read(|m| lookup::source_connection(m, caller, id).map(|sc| before(m, sc, &stats)))?;
         let live = self.cancel_active(caller, id).await;
         if !live.is_empty() {
             self.wait_for_jobs_to_end(&[id]).await;
         }
-        self.delete_stopped(caller, id, &live).await
+        self.delete_stopped(caller, id, &live).await?;
+        Ok(before)
     }
 
     /// Deletes several source connections (a collection's): every live job of all of them
@@ -146,7 +158,7 @@ impl App {
     }
 
     /// The rest of a delete once the connection's `live` jobs were cancelled and waited for.
-    async fn delete_stopped(&self, caller: &Caller, id: Uuid, live: &[Uuid]) -> Result<u64, Error> {
+    async fn delete_stopped(&self, caller: &Caller, id: Uuid, live: &[Uuid]) -> Result<(), Error> {
         let recorded = self
             .execute(
                 caller,
@@ -154,8 +166,7 @@ impl App {
                 |s: &SourceConnectionStream| decide_delete_source_connection(s, id),
             )
             .await?;
-        let position = last_position(&recorded);
-        self.settle(position).await;
+        self.settle(last_position(&recorded)).await;
         // A job started while the delete was under way has no connection any more: stop it
         // too before the purge, so that nothing it writes outlives the connection.
         let raced = self.cancel_active(caller, id).await;
@@ -164,7 +175,7 @@ impl App {
         }
         self.purge(id).await;
         tracing::info!(source_connection_id = %id, "source connection deleted");
-        Ok(position)
+        Ok(())
     }
 
     /// What the destination holds for a connection; zero (and a warning) if it cannot say.

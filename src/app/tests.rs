@@ -198,7 +198,15 @@ async fn a_sync_started_while_its_connection_is_deleted_is_stopped_before_the_de
         }),
     );
 
-    app.delete_source_connection(&caller, id).await.unwrap();
+    let before = app
+        .delete_source_connection(&caller, id, |_, sc, _| sc.name.clone())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        before, "Timed Connection",
+        "answered with the connection as it was"
+    );
 
     assert_eq!(
         jobs_in_log(&store, id).await,
