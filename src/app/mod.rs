@@ -14,6 +14,10 @@
 //! - [`caller`]: who is asking, and what its events record about it.
 //! - `wait`: read-your-writes: a use case answers once the read model shows its appends,
 //!   and a refusal that names a job's state once the read model shows that state.
+//!
+//! Commands on collections and source connections go through one call, `App::execute`;
+//! the keys' through `api::keys::execute`. The decisions they run still live in
+//! `api::commands` and `api::keys`, until those aggregates move to `domain`.
 
 pub mod caller;
 pub mod collections;
@@ -66,6 +70,7 @@ pub struct App {
     pub destination: Arc<dyn EntitySink>,
     pub settings: Settings,
 }
+
 impl App {
     /// The command path of collections and source connections, on the caller's behalf:
     /// reads `stream`, decides, appends at the version decided on (again on a conflict).
