@@ -691,25 +691,27 @@ mod tests {
         for (status, history) in &histories {
             let g = given(history);
             assert_eq!(g.state().0.as_ref().map(|s| s.status), Some(*status));
-            let accepts = |cmd: &JobCommand| match (status, cmd) {
-                (Pending, JobCommand::Start { .. } | JobCommand::Fail { .. }) => true,
-                (Pending | Running, JobCommand::RequestCancel { .. }) => true,
-                (
-                    Running,
-                    JobCommand::RecordProgress { .. }
-                    | JobCommand::Complete { .. }
-                    | JobCommand::Fail { .. }
-                    | JobCommand::Interrupt { .. },
-                ) => true,
-                (
-                    Cancelling,
-                    JobCommand::RecordProgress { .. }
-                    | JobCommand::Complete { .. }
-                    | JobCommand::Fail { .. }
-                    | JobCommand::ConfirmCancelled { .. }
-                    | JobCommand::ForceCancel { .. },
-                ) => true,
-                _ => false,
+            let accepts = |cmd: &JobCommand| {
+                matches!(
+                    (status, cmd),
+                    (Pending, JobCommand::Start { .. } | JobCommand::Fail { .. })
+                        | (Pending | Running, JobCommand::RequestCancel { .. })
+                        | (
+                            Running,
+                            JobCommand::RecordProgress { .. }
+                                | JobCommand::Complete { .. }
+                                | JobCommand::Fail { .. }
+                                | JobCommand::Interrupt { .. },
+                        )
+                        | (
+                            Cancelling,
+                            JobCommand::RecordProgress { .. }
+                                | JobCommand::Complete { .. }
+                                | JobCommand::Fail { .. }
+                                | JobCommand::ConfirmCancelled { .. }
+                                | JobCommand::ForceCancel { .. },
+                        )
+                )
             };
             for cmd in [
                 create_cmd(),

@@ -1,14 +1,13 @@
 //! `/collections`: create, list, get, delete (which deletes its source connections first).
 
 use super::auth::ApiContext;
-use super::commands::readable_id_from_name;
+use super::commands::{self, readable_id_from_name};
 use super::error::ApiError;
 use super::input::{check_len, check_text, read_json, valid_readable_id, Fields, Query, Text};
 use super::wire::CollectionOut;
 use super::{ok_json, source_connections, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::collections::HashMap;
-use syncjobs_actors::command;
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{CollectionCommand, CollectionName, RecordedEvent};
 use syncjobs_projections::Collection;
@@ -16,28 +15,6 @@ use uuid::Uuid;
 
 /// Longest readable id accepted (Airweave sets none; ours bounds the stream name).
 const MAX_READABLE_ID: usize = 128;
-
-/// Runs a command on the stream of `readable_id` in `org`; what it appended.
-async fn execute(
-    state: &AppState,
-    ctx: &ApiContext,
-    org: Uuid,
-    readable_id: &str,
-    cmd: CollectionCommand,
-) -> Result<Vec<RecordedEvent>, ApiError> {
-    let stream = stream::collection_name(org, readable_id);
-    let meta = ctx.metadata();
-    let executed = command::execute::<CollectionName>(
-        &*state.store,
-        &*state.clock,
-        &stream,
-        None,
-        &cmd,
-        &meta,
-    )
-    .await?;
-    Ok(executed.events)
-}
 
 fn last_position(recorded: &[RecordedEvent]) -> u64 {
     recorded.last().map_or(0, |r| r.global_position)
@@ -76,7 +53,8 @@ pub async fn create(
         name: name.to_owned(),
         readable_id: readable_id.clone(),
     };
-    let recorded = execute(&state, &ctx, org, &readable_id, create).await?;
+    let stream = stream::collection_name(org, &readable_id);
+    let recorded = commands::execute::<CollectionName>(&state, &ctx, &stream, &create).await?;
     state.settle(last_position(&recorded)).await;
     let at = recorded
         .first()
@@ -158,7 +136,8 @@ pub async fn delete(
     let before = before?;
     remove_source_connections(&state, &ctx, collection_id).await?;
     let delete = CollectionCommand::Delete { collection_id };
-    let recorded = execute(&state, &ctx, org, &readable_id, delete).await?;
+    let stream = stream::collection_name(org, &readable_id);
+    let recorded = commands::execute::<CollectionName>(&state, &ctx, &stream, &delete).await?;
     state.settle(last_position(&recorded)).await;
     // A source connection created in the collection while it was being deleted.
     remove_source_connections(&state, &ctx, collection_id).await?;

@@ -1,7 +1,30 @@
-//! Readable ids: how a collection's id is made from its name when none is given.
+//! The API's door to the one command path (`syncjobs_actors::command`), and readable ids:
+//! how a collection's id is made from its name when none is given.
 //!
-//! The aggregates themselves (collections, source connections) live in `syncjobs_domain`,
-//! and their one command path in `syncjobs_actors::command`.
+//! The aggregates themselves (collections, source connections) live in `syncjobs_domain`.
+
+use super::auth::ApiContext;
+use super::error::ApiError;
+use super::AppState;
+use syncjobs_actors::command;
+use syncjobs_domain::{Aggregate, RecordedEvent};
+
+/// Runs `cmd` on `stream` as the request's principal; what it appended (nothing when there
+/// was nothing to do), or the API's answer to why not.
+pub async fn execute<A: Aggregate>(
+    state: &AppState,
+    ctx: &ApiContext,
+    stream: &str,
+    cmd: &A::Command,
+) -> Result<Vec<RecordedEvent>, ApiError>
+where
+    ApiError: From<A::Error>,
+{
+    let meta = ctx.metadata();
+    let executed =
+        command::execute::<A>(&*state.store, &*state.clock, stream, None, cmd, &meta).await?;
+    Ok(executed.events)
+}
 
 /// Airweave's readable id from a name: lower-case, only `[a-z0-9]` and single hyphens,
 /// then a random 6-character suffix (`Finance Data` -> `finance-data-ab12x9`).

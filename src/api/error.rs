@@ -70,7 +70,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl<E: std::error::Error + Into<ApiError>> From<CommandError<E>> for ApiError {
+impl<E: std::error::Error> From<CommandError<E>> for ApiError
+where
+    ApiError: From<E>,
+{
     fn from(e: CommandError<E>) -> Self {
         match e {
             CommandError::Rejected(e) => e.into(),

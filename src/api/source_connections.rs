@@ -2,6 +2,7 @@
 //! its syncs first and removes what they wrote).
 
 use super::auth::ApiContext;
+use super::commands;
 use super::error::ApiError;
 use super::input::{check_len, check_text, path_uuid, read_json, Fields, Query, Text};
 use super::wire::{SourceConnectionListItemOut, SourceConnectionOut};
@@ -9,34 +10,10 @@ use super::{entities, jobs, ok_json, sources, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use syncjobs_actors::command;
 use syncjobs_actors::pipeline::EntityStats;
 use syncjobs_domain::events::stream;
-use syncjobs_domain::{
-    RecordedEvent, SourceConnection, SourceConnectionCommand, SourceConnectionEvent,
-};
+use syncjobs_domain::{SourceConnection, SourceConnectionCommand, SourceConnectionEvent};
 use uuid::Uuid;
-
-/// Runs a command on the source connection's stream; what it appended.
-async fn execute(
-    state: &AppState,
-    ctx: &ApiContext,
-    id: Uuid,
-    cmd: SourceConnectionCommand,
-) -> Result<Vec<RecordedEvent>, ApiError> {
-    let stream = stream::source_connection(id);
-    let meta = ctx.metadata();
-    let executed = command::execute::<SourceConnection>(
-        &*state.store,
-        &*state.clock,
-        &stream,
-        None,
-        &cmd,
-        &meta,
-    )
-    .await?;
-    Ok(executed.events)
-}
 
 /// Airweave's authentication shapes; syncjobs' sources take direct credentials only.
 fn auth_method(
@@ -119,7 +96,9 @@ pub async fn create(
         auth_method: method.to_owned(),
         authenticated: true,
     };
-    let recorded = execute(&state, &ctx, id, SourceConnectionCommand::Create(created)).await?;
+    let create = SourceConnectionCommand::Create(created);
+    let stream = stream::source_connection(id);
+    let recorded = commands::execute::<SourceConnection>(&state, &ctx, &stream, &create).await?;
     let mut position = recorded.last().map_or(0, |r| r.global_position);
     tracing::info!(source_connection_id = %id, %short_name, "source connection created");
     if sync_immediately {
@@ -249,7 +228,8 @@ async fn remove_stopped(
     let delete = SourceConnectionCommand::Delete {
         source_connection_id: id,
     };
-    let recorded = execute(state, ctx, id, delete).await?;
+    let stream = stream::source_connection(id);
+    let recorded = commands::execute::<SourceConnection>(state, ctx, &stream, &delete).await?;
     let position = recorded.last().map_or(0, |r| r.global_position);
     state.settle(position).await;
     // A job started while the delete was under way has no connection any more: stop it
