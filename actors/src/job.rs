@@ -239,7 +239,8 @@ impl JobActor {
                 state: Job(Some(state)),
                 ..
             }) => state,
-            // Only a rejection leaves no job: there is nothing to apply.
+            // A refusal changed nothing; and no command that is not refused leaves no job
+            // (a decision on none creates or refuses).
             Ok(_) | Err(CommandError::Rejected(_)) => return,
             Err(e) => {
                 tracing::error!(parent: &self.span, error = %e, "command failed");
