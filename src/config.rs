@@ -3,6 +3,7 @@
 //! keep data under `./data`.
 
 use crate::api::ApiSettings;
+use crate::backend::StoreConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 use syncjobs_domain::redact::redact_url;
@@ -61,6 +62,17 @@ pub struct Settings {
     /// Directory of the embedded event store, the read-model checkpoint and the destination.
     #[arg(long, env = "SYNCJOBS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR. Unset: the
+    /// embedded store in the data directory.
+    // Opened by `crate::backend::open`, as the `keys` commands' `StoreConfig` is.
+    #[arg(
+        long,
+        env = "SYNCJOBS_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub store: Option<SecretUrl>,
 
     /// An API key to accept (registered for the default organization if the store does not
     /// know it yet). For scripts and tests; never printed.
@@ -162,6 +174,7 @@ impl Default for Settings {
         Settings {
             bind: "127.0.0.1:8001".into(),
             data_dir: PathBuf::from("./data"),
+            store: None,
             bootstrap_api_key: None,
             cancel_timeout_seconds: 180,
             delete_wait_seconds: 15,
@@ -200,9 +213,12 @@ impl Settings {
         Duration::from_secs(self.cancel_timeout_seconds)
     }
 
-    /// Where the event store keeps its file (`events.db`).
-    pub fn store_dir(&self) -> PathBuf {
-        self.data_dir.clone()
+    /// Where the event store is: `--store`, else the embedded store in the data directory.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            url: self.store.clone(),
+            data_dir: self.data_dir.clone(),
+        }
     }
 
     /// The read model's checkpoint file.

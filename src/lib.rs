@@ -1,6 +1,7 @@
 //! syncjobs: the server and CLI, wiring the event-sourced core to the outside world.
 //!
-//! - [`store`]: EventStore backends (embedded SQLite is the default).
+//! - [`backend`]: which EventStore the process runs on (`SYNCJOBS_STORE`); each backend is a
+//!   crate of its own (`stores/sqlite`, the embedded default).
 //! - [`bus`]: the NATS relay that publishes the global log.
 //! - [`api`]: actix-web routes speaking Airweave's public API.
 //! - [`replay`]: history, time travel and verification of the log.
@@ -8,10 +9,10 @@
 //! - [`datadir`]: one server per data directory (an OS lock), files for the owner only.
 
 pub mod api;
+pub mod backend;
 pub mod bus;
 pub mod config;
 pub mod datadir;
 pub mod replay;
 pub mod startup;
-pub mod store;
 pub mod telemetry;

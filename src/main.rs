@@ -5,15 +5,14 @@
 //! scripts can capture it); the server logs through `tracing` on stderr.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use syncjobs::api::keys;
+use syncjobs::backend::{self, Mode, StoreConfig};
 use syncjobs::config::Settings;
 use syncjobs::datadir::{self, DataDirLock};
 use syncjobs::replay::{self, DebugCommand};
 use syncjobs::startup::{Application, Components};
-use syncjobs::store::embedded::EmbeddedStore;
 use syncjobs::telemetry;
 use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
 use syncjobs_actors::Pipeline;
@@ -50,13 +49,6 @@ enum Command {
     Debug(DebugCommand),
 }
 
-#[derive(clap::Args)]
-struct StoreArgs {
-    /// Directory of the embedded event store.
-    #[arg(long, env = "SYNCJOBS_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-}
-
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key for an organization (created if new) and print it, once.
@@ -68,61 +60,59 @@ enum KeysCommand {
         #[arg(long)]
         expires_in_days: Option<u32>,
         #[command(flatten)]
-        store: StoreArgs,
+        store: StoreConfig,
     },
     /// Revoke a key by its id or its shown prefix.
     Revoke {
         key: String,
         #[command(flatten)]
-        store: StoreArgs,
+        store: StoreConfig,
     },
     /// List keys: id, prefix, organization, state. Never the keys themselves.
     List {
         #[command(flatten)]
-        store: StoreArgs,
+        store: StoreConfig,
     },
 }
 
-#[actix_web::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     datadir::private_files();
     let cli = Cli::parse();
-    let result = match cli.command {
-        None => serve(cli.serve).await,
-        Some(Command::Serve(settings)) => serve(settings).await,
-        Some(Command::Keys { action }) => keys_command(action).await,
-        Some(Command::Debug(cmd)) => return debug_command(cmd).await,
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    // Held until everything else has stopped: dropping it writes the last log lines.
+    let logs = match &command {
+        Command::Serve(settings) => Some(telemetry::init(&settings.log, settings.log_format)),
+        _ => None,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            // The log lines before the failure come first, then the failure.
-            telemetry::flush();
-            eprintln!("syncjobs: {message}");
-            ExitCode::FAILURE
+    let result = actix_web::rt::System::new().block_on(async move {
+        match command {
+            Command::Serve(settings) => serve(settings).await.map(|()| ExitCode::SUCCESS),
+            Command::Keys { action } => keys_command(action).await.map(|()| ExitCode::SUCCESS),
+            Command::Debug(cmd) => Ok(debug_command(cmd).await),
         }
-    }
+    });
+    // The log lines before a failure come first, then the failure.
+    drop(logs);
+    result.unwrap_or_else(|message| {
+        eprintln!("syncjobs: {message}");
+        ExitCode::FAILURE
+    })
 }
 
-/// Opens the embedded event store under the data directory (creating it if needed).
-fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String> {
-    let store = EmbeddedStore::open(data_dir).map_err(|e| e.to_string())?;
-    Ok(store)
+/// Opens the configured store for a command (see `syncjobs::backend`).
+fn open_store(config: &StoreConfig, mode: Mode) -> Result<Arc<dyn EventStore>, String> {
+    backend::open(config, mode)
+        .map(|opened| opened.store)
+        .map_err(|e| e.to_string())
 }
 
-/// Opens the store only if it exists: reading commands never create one.
-fn open_existing_store(data_dir: &std::path::Path) -> Result<Arc<dyn EventStore>, String> {
-    datadir::require_store(data_dir, syncjobs::store::embedded::DB_FILE)
-        .map_err(|e| e.to_string())?;
-    open_store(data_dir)
-}
-
+/// Serves until a signal stops the server. Logs go through the writer `main` installed.
 async fn serve(settings: Settings) -> Result<(), String> {
-    telemetry::init(&settings.log, settings.log_format);
     // Before anything touches the directory: a second server on it must not recover the
     // first one's jobs. Held until `serve` returns.
     let _owner = DataDirLock::acquire(&settings.data_dir).map_err(|e| e.to_string())?;
-    let store = open_store(&settings.store_dir())?;
+    // Held, like the lock, until `serve` returns.
+    let opened = backend::open(&settings.store_config(), Mode::Serve).map_err(|e| e.to_string())?;
     let clock: SharedClock = Arc::new(SystemClock);
     let destination =
         SqliteDestination::open(&settings.destination_dir()).map_err(|e| e.to_string())?;
@@ -138,7 +128,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
             .map_err(|e| format!("cannot start the sync-run threads: {e}"))?,
     ));
     let components = Components {
-        store,
+        store: opened.store.clone(),
         clock,
         destination: sink,
         runner,
@@ -177,12 +167,11 @@ impl Drop for RunThreads {
     }
 }
 
-/// The debugging commands read the store under SYNCJOBS_DATA_DIR (default ./data) if there
-/// is one; `replay --file` and `--server` need none.
+/// The debugging commands read the store of SYNCJOBS_STORE, else the one under
+/// SYNCJOBS_DATA_DIR (default ./data), if there is one; `replay --file` and `--server` need
+/// none.
 async fn debug_command(cmd: DebugCommand) -> ExitCode {
-    let data_dir = std::env::var_os("SYNCJOBS_DATA_DIR")
-        .map_or_else(|| PathBuf::from("./data"), PathBuf::from);
-    let store = open_existing_store(&data_dir);
+    let store = open_store(&StoreConfig::from_env(), Mode::Existing);
     let mut out = std::io::stdout().lock();
     match replay::run(cmd, store, &mut out, replay::color_for_stdout()).await {
         Ok(code) => ExitCode::from(code),
@@ -201,7 +190,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
             expires_in_days,
             store,
         } => {
-            let store = open_store(&store.data_dir)?;
+            let store = open_store(&store, Mode::Create)?;
             let expires_at =
                 expires_in_days.map(|d| clock.now() + chrono::Duration::days(i64::from(d)));
             let key = keys::create_key(&store, &clock, &org, expires_at, "cli")
@@ -214,13 +203,13 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
                 key.prefix,
                 expires_at.map_or(String::new(), |t| format!(
                     ", expires {}",
-                    syncjobs::api::wire::format_ts(&t)
+                    syncjobs_domain::time::micros(&t)
                 ))
             );
             Ok(())
         }
         KeysCommand::Revoke { key, store } => {
-            let store = open_existing_store(&store.data_dir)?;
+            let store = open_store(&store, Mode::Existing)?;
             let id = keys::revoke_key(&store, &clock, &key, "cli")
                 .await
                 .map_err(|e| e.to_string())?;
@@ -228,7 +217,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::List { store } => {
-            let store = open_existing_store(&store.data_dir)?;
+            let store = open_store(&store, Mode::Existing)?;
             let all = keys::list_keys(&store).await.map_err(|e| e.to_string())?;
             for k in all {
                 let state = if k.revoked {
@@ -236,7 +225,7 @@ async fn keys_command(action: KeysCommand) -> Result<(), String> {
                 } else {
                     match k.expires_at {
                         Some(t) if t <= clock.now() => "expired".to_owned(),
-                        Some(t) => format!("expires {}", syncjobs::api::wire::format_ts(&t)),
+                        Some(t) => format!("expires {}", syncjobs_domain::time::micros(&t)),
                         None => "active".to_owned(),
                     }
                 };

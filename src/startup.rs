@@ -11,7 +11,7 @@ use crate::telemetry;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::KeepAlive;
-use actix_web::middleware::{from_fn, Next};
+use actix_web::middleware::{from_fn, Next, NormalizePath};
 use actix_web::{web, App, HttpServer};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -313,7 +313,8 @@ fn serve(
             .app_data(web::PathConfig::default().error_handler(|e, _| extractor_error(e, "path")))
             .configure(api::configure)
             .default_service(web::to(api::not_found))
-            .wrap(api::TrimPath)
+            // `/collections/` and `//collections` route as `/collections`.
+            .wrap(NormalizePath::trim())
             .wrap(from_fn(log_request))
     })
     .listen(listener)?
@@ -337,7 +338,7 @@ fn serve(
 }
 
 /// The access log: one line per request ([`telemetry::access_log`]), with the path as the
-/// client sent it (before `TrimPath`). The URI is kept by reference count rather than
+/// client sent it (before `NormalizePath`). The URI is kept by reference count rather than
 /// copied: this runs on every request.
 async fn log_request(
     req: ServiceRequest,

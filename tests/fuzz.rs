@@ -34,12 +34,12 @@ use strategies::{event, job_event, json_value, mutate, mutation, pointers, store
 use syncjobs::api::input::{check_len, path_uuid, read_json, Fields};
 use syncjobs::api::ApiError;
 use syncjobs::replay::{export_line, DebugCommand, ReplayError, ServerArgs};
-use syncjobs::store::embedded::EmbeddedStore;
 use syncjobs_domain::events::{stream, CURRENT_SCHEMA_VERSION};
 use syncjobs_domain::{
     EntityCounts, Event, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent,
     StoreError, SyncJobEvent,
 };
+use syncjobs_store_sqlite::EmbeddedStore;
 use uuid::Uuid;
 
 fn runtime() -> tokio::runtime::Runtime {

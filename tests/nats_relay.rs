@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use syncjobs::bus::{spawn_relay, RelayConfig, RelayHandle, RelayStatus};
-use syncjobs::store::embedded::{EmbeddedStore, DB_FILE};
 use syncjobs_domain::events::{
     stream, AccessEvent, CollectionEvent, EntityCounts, Event, Metadata, NewEvent, RecordedEvent,
     SourceConnectionEvent, SyncJobEvent,
 };
 use syncjobs_domain::store::{EventStore, ExpectedVersion, InMemoryStore};
+use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 use uuid::Uuid;
 
 fn require_services() -> bool {

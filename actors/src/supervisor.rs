@@ -415,11 +415,7 @@ impl Supervisor {
             short_name: req.short_name,
             config: req.config,
         };
-        let meta = Metadata {
-            causation_id: None,
-            correlation_id: Some(job_id),
-            caused_by: req.caused_by,
-        };
+        let meta = Metadata::caused_by(req.caused_by).with_correlation(job_id);
         Box::pin(
             async move {
                 let stream = stream::job(job_id);
@@ -492,11 +488,7 @@ impl Handler<CancelJob> for Supervisor {
         let timeout_seconds = self.cancel_timeout.as_secs();
         let job_id = msg.job_id;
         let requested_by = msg.requested_by;
-        let meta = Metadata {
-            causation_id: None,
-            correlation_id: Some(job_id),
-            caused_by: requested_by.clone(),
-        };
+        let meta = Metadata::caused_by(requested_by.clone()).with_correlation(job_id);
         let store = env.store.clone();
         let decided = async move {
             if let Some(addr) = addr {
@@ -596,11 +588,7 @@ impl Handler<WatchdogFired> for Supervisor {
                     now: env.clock.now(),
                     durable: env.runner.durable_counts(job_id).await,
                 };
-                let meta = Metadata {
-                    causation_id: None,
-                    correlation_id: Some(job_id),
-                    caused_by: "watchdog".into(),
-                };
+                let meta = Metadata::caused_by("watchdog").with_correlation(job_id);
                 let stream = stream::job(job_id);
                 command::execute(&*env.store, &*env.clock, &stream, None, &cmd, &meta).await
             }

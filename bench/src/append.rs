@@ -16,8 +16,8 @@ use crate::Config;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use syncjobs::store::embedded::EmbeddedStore;
 use syncjobs_domain::{EventStore, ExpectedVersion};
+use syncjobs_store_sqlite::EmbeddedStore;
 use uuid::Uuid;
 
 const APPENDERS: [usize; 3] = [1, 16, 256];
@@ -195,7 +195,7 @@ async fn raw_inserts(
     store.close();
     store.closed().await;
     drop(store);
-    let path = dir.join(syncjobs::store::embedded::DB_FILE);
+    let path = dir.join(syncjobs_store_sqlite::DB_FILE);
     let correlation = Uuid::new_v4();
     tokio::task::spawn_blocking(move || {
         raw::insert_events(&path, streams, batch, run_for, |n| {

@@ -19,7 +19,7 @@ use crate::stats::thousands;
 use crate::Config;
 use std::path::Path;
 use std::time::Duration;
-use syncjobs::store::embedded::DB_FILE;
+use syncjobs_store_sqlite::DB_FILE;
 use uuid::Uuid;
 
 const SIZES: [u64; 3] = [10_000, 100_000, 1_000_000];

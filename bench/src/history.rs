@@ -13,7 +13,7 @@ use crate::recovery;
 use crate::Config;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use syncjobs::store::embedded::DB_FILE;
+use syncjobs_store_sqlite::DB_FILE;
 
 /// How a benchmark's history was made.
 #[derive(Debug, Clone, Copy)]

@@ -4,7 +4,6 @@
 //! the blocking pool.
 
 use crate::error::{BenchError, Result};
-use chrono::SecondsFormat;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -61,7 +60,7 @@ impl EventRow {
             event_id: e.event_id.to_string(),
             event_type: e.event.event_type(),
             data: e.event.to_json()?,
-            recorded_at: e.recorded_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
+            recorded_at: syncjobs_domain::time::nanos(&e.recorded_at),
             causation_id: e.metadata.causation_id.map(|u| u.to_string()),
             correlation_id: e.metadata.correlation_id.map(|u| u.to_string()),
             caused_by: e.metadata.caused_by.clone(),
@@ -92,8 +91,8 @@ pub fn insert_events(
     make: impl Fn(u64) -> NewEvent,
 ) -> Result<Inserted> {
     let mut conn = open_durable(path)?;
-    let checkpointer =
-        syncjobs::store::checkpoint::attach(&mut conn, path).map_err(BenchError::failed)?;
+    let checkpointer = syncjobs_store_sqlite::checkpoint::attach(&mut conn, path)
+        .map_err(|e| BenchError::failed(e.to_string()))?;
     let names: Vec<String> = (0..streams).map(|s| format!("raw-{s}")).collect();
     let mut versions = vec![0u64; streams];
     let mut next = 0usize;

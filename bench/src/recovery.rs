@@ -21,9 +21,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use syncjobs::store::embedded::{EmbeddedStore, DB_FILE};
 use syncjobs_domain::events::{stream, NewEvent};
 use syncjobs_domain::{EventStore, ExpectedVersion};
+use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 use uuid::Uuid;
 
 const JOBS: u64 = 100_000;

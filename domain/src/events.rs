@@ -142,19 +142,6 @@ pub enum SyncJobEvent {
 }
 
 impl SyncJobEvent {
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            SyncJobEvent::JobCreated { .. } => "JobCreated",
-            SyncJobEvent::JobStarted { .. } => "JobStarted",
-            SyncJobEvent::ProgressRecorded { .. } => "ProgressRecorded",
-            SyncJobEvent::JobCompleted { .. } => "JobCompleted",
-            SyncJobEvent::JobFailed { .. } => "JobFailed",
-            SyncJobEvent::CancelRequested { .. } => "CancelRequested",
-            SyncJobEvent::Cancelled { .. } => "Cancelled",
-            SyncJobEvent::ForceCancelled { .. } => "ForceCancelled",
-        }
-    }
-
     /// True for events after which the job may change no more.
     pub fn is_final(&self) -> bool {
         matches!(
@@ -242,17 +229,9 @@ impl Event {
     pub fn event_type(&self) -> &'static str {
         match self {
             Event::Job(e) => e.event_type(),
-            Event::Collection(CollectionEvent::CollectionCreated { .. }) => "CollectionCreated",
-            Event::Collection(CollectionEvent::CollectionDeleted { .. }) => "CollectionDeleted",
-            Event::SourceConnection(SourceConnectionEvent::SourceConnectionCreated { .. }) => {
-                "SourceConnectionCreated"
-            }
-            Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted { .. }) => {
-                "SourceConnectionDeleted"
-            }
-            Event::Access(AccessEvent::OrganizationCreated { .. }) => "OrganizationCreated",
-            Event::Access(AccessEvent::ApiKeyCreated { .. }) => "ApiKeyCreated",
-            Event::Access(AccessEvent::ApiKeyRevoked { .. }) => "ApiKeyRevoked",
+            Event::Collection(e) => e.event_type(),
+            Event::SourceConnection(e) => e.event_type(),
+            Event::Access(e) => e.event_type(),
         }
     }
 
@@ -289,17 +268,62 @@ pub enum EventFamily {
     Access,
 }
 
-impl EventFamily {
-    /// The family of an event type name (`JobCreated` -> `Job`); None for an unknown name.
-    pub fn of(event_type: &str) -> Option<EventFamily> {
-        Some(match event_type {
-            "JobCreated" | "JobStarted" | "ProgressRecorded" | "JobCompleted" | "JobFailed"
-            | "CancelRequested" | "Cancelled" | "ForceCancelled" => EventFamily::Job,
-            "CollectionCreated" | "CollectionDeleted" => EventFamily::Collection,
-            "SourceConnectionCreated" | "SourceConnectionDeleted" => EventFamily::SourceConnection,
-            "OrganizationCreated" | "ApiKeyCreated" | "ApiKeyRevoked" => EventFamily::Access,
-            _ => return None,
-        })
+/// Builds, from the one table of event types below, each enum's `event_type()`,
+/// [`EventFamily::of`] and the [`event_type`] constants.
+macro_rules! event_types {
+    ($($family:ident: $enum:ident { $($variant:ident = $constant:ident),+ $(,)? })+) => {
+        /// Every event type name, as stored, published (the last token of a NATS subject) and
+        /// shown. Each is its variant's own name, the `type` tag serde writes.
+        pub mod event_type {
+            $($(pub const $constant: &str = stringify!($variant);)+)+
+        }
+
+        $(impl $enum {
+            /// The event's type name (one of [`event_type`]).
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $($enum::$variant { .. } => event_type::$constant,)+
+                }
+            }
+        })+
+
+        impl EventFamily {
+            /// The family of an event type name (`JobCreated` -> `Job`); None for an unknown
+            /// name.
+            pub fn of(name: &str) -> Option<EventFamily> {
+                match name {
+                    $($(event_type::$constant)|+ => Some(EventFamily::$family),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+// The table: every event type, by family. A variant missing here does not compile.
+event_types! {
+    Job: SyncJobEvent {
+        JobCreated = JOB_CREATED,
+        JobStarted = JOB_STARTED,
+        ProgressRecorded = PROGRESS_RECORDED,
+        JobCompleted = JOB_COMPLETED,
+        JobFailed = JOB_FAILED,
+        CancelRequested = CANCEL_REQUESTED,
+        Cancelled = CANCELLED,
+        ForceCancelled = FORCE_CANCELLED,
+    }
+    Collection: CollectionEvent {
+        CollectionCreated = COLLECTION_CREATED,
+        CollectionDeleted = COLLECTION_DELETED,
+    }
+    SourceConnection: SourceConnectionEvent {
+        SourceConnectionCreated = SOURCE_CONNECTION_CREATED,
+        SourceConnectionDeleted = SOURCE_CONNECTION_DELETED,
+    }
+    Access: AccessEvent {
+        OrganizationCreated = ORGANIZATION_CREATED,
+        ApiKeyCreated = API_KEY_CREATED,
+        ApiKeyRevoked = API_KEY_REVOKED,
     }
 }
 
@@ -372,6 +396,33 @@ pub struct Metadata {
     /// A principal: `api-key:<key id>`, `watchdog`, `worker:<name>`, `recovery`, `cli`.
     #[serde(default)]
     pub caused_by: String,
+}
+
+impl Metadata {
+    /// Metadata naming only its principal (`cli`, `watchdog`, `api-key:<id>`, ...).
+    pub fn caused_by(principal: impl Into<String>) -> Metadata {
+        Metadata {
+            causation_id: None,
+            correlation_id: None,
+            caused_by: principal.into(),
+        }
+    }
+
+    /// With the id shared by every event of one operation (a request, a job).
+    pub fn with_correlation(self, id: Uuid) -> Metadata {
+        Metadata {
+            correlation_id: Some(id),
+            ..self
+        }
+    }
+
+    /// With the id of the event or request that directly caused this one.
+    pub fn with_causation(self, id: Uuid) -> Metadata {
+        Metadata {
+            causation_id: Some(id),
+            ..self
+        }
+    }
 }
 
 /// An event about to be appended.

@@ -13,6 +13,7 @@
 //! - `testkit` (feature `testkit`): the given/when/then harness every aggregate is tested with.
 //! - [`upcast`]: reads older schema versions as the current one.
 //! - [`clock`]: wall time behind a trait so timers can be tested on tokio's paused clock.
+//! - [`time`]: the one timestamp codec (RFC 3339 text at each reader's precision).
 //! - [`redact`]: masks the passwords and tokens of connection URLs in anything printed.
 
 pub mod access;
@@ -26,6 +27,7 @@ pub mod source_connection;
 pub mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod time;
 pub mod upcast;
 
 pub use access::{Access, AccessCommand, AccessError, KeyInfo, NewKeyRecord};

@@ -10,7 +10,7 @@
 //! `counts_reconciled` on JobFailed, Cancelled and ForceCancelled (absent: false), written
 //! only when true.
 
-use crate::events::{Event, EventFamily, CURRENT_SCHEMA_VERSION};
+use crate::events::{event_type, Event, EventFamily, CURRENT_SCHEMA_VERSION};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -103,7 +103,11 @@ fn v1_to_v2(mut value: Value) -> Value {
         return value;
     };
     match kind.as_str() {
-        "ProgressRecorded" | "JobCompleted" | "JobFailed" | "Cancelled" | "ForceCancelled" => {
+        event_type::PROGRESS_RECORDED
+        | event_type::JOB_COMPLETED
+        | event_type::JOB_FAILED
+        | event_type::CANCELLED
+        | event_type::FORCE_CANCELLED => {
             let mut counts = Map::new();
             for field in COUNT_FIELDS {
                 if let Some(n) = data.remove(field) {
@@ -112,7 +116,7 @@ fn v1_to_v2(mut value: Value) -> Value {
             }
             data.entry("counts").or_insert(Value::Object(counts));
         }
-        "CancelRequested" => {
+        event_type::CANCEL_REQUESTED => {
             data.entry("timeout_seconds")
                 .or_insert(Value::from(V1_CANCEL_TIMEOUT_SECONDS));
         }

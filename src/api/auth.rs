@@ -50,11 +50,9 @@ impl ApiContext {
 
     pub fn metadata(&self) -> Metadata {
         let request_id = self.request_id();
-        Metadata {
-            causation_id: Some(request_id),
-            correlation_id: Some(request_id),
-            caused_by: self.principal(),
-        }
+        Metadata::caused_by(self.principal())
+            .with_causation(request_id)
+            .with_correlation(request_id)
     }
 }
 

@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::input::{path_uuid, Query};
 use super::source_connections::existing;
 use super::wire::JobOut;
-use super::{ok_job, ok_json, AppState};
+use super::{ok_json, AppState};
 use actix_web::{web, HttpResponse};
 use std::collections::HashMap;
 use syncjobs_actors::{CommandOutcome, JobsError, NewJob};
@@ -69,7 +69,7 @@ async fn respond_with_job(
     outcome: &CommandOutcome,
 ) -> Result<HttpResponse, ApiError> {
     state.settle(outcome.position).await;
-    ok_job(&JobOut::new(&outcome.state))
+    ok_json(&JobOut::new(&outcome.state))
 }
 
 /// Asks the supervisor for a pending job of the connection; returns its outcome.
@@ -198,7 +198,7 @@ pub async fn get(
     // Checked and answered under one read of the model: the answer is the job checked.
     state
         .projection
-        .read(|m| ok_job(&JobOut::new(connection_job(m, &ctx, sc, job_id)?)))
+        .read(|m| ok_json(&JobOut::new(connection_job(m, &ctx, sc, job_id)?)))
 }
 
 pub async fn cancel(

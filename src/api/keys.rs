@@ -41,10 +41,7 @@ async fn execute(
     caused_by: &str,
     command: &AccessCommand,
 ) -> Result<Vec<RecordedEvent>, KeysError> {
-    let meta = Metadata {
-        caused_by: caused_by.to_owned(),
-        ..Default::default()
-    };
+    let meta = Metadata::caused_by(caused_by);
     let executed =
         command::execute::<Access>(&**store, &**clock, stream::ACCESS, None, command, &meta)
             .await?;

@@ -10,8 +10,7 @@
 //!   version; [`subscribe`]: Airweave's progress stream; [`sse`]: following a job's stream
 //!   in the log, shared by both streams.
 //! - [`input`]: bounded, typed reading of bodies, paths and queries; [`error`]: the one
-//!   mapping of failures to HTTP; [`wire`]: response bodies; [`normalize`]: trailing and
-//!   repeated slashes.
+//!   mapping of failures to HTTP; [`wire`]: response bodies.
 //!
 //! Commands append, then wait (bounded) until the projection has folded their own append
 //! before answering, so a 200 is visible to the next GET of any client.
@@ -26,7 +25,6 @@ pub mod history;
 pub mod input;
 pub mod jobs;
 pub mod keys;
-pub mod normalize;
 pub mod openapi;
 pub mod source_connections;
 pub mod sources;
@@ -48,7 +46,6 @@ use syncjobs_projections::Projection;
 pub use auth::ApiContext;
 pub use error::ApiError;
 pub use health::HealthProbe;
-pub use normalize::TrimPath;
 
 /// Limits and waits of the API.
 #[derive(Debug, Clone)]
@@ -115,15 +112,6 @@ pub fn ok_json(body: &impl Serialize) -> Result<HttpResponse, ApiError> {
     // One job is ~400 bytes: start there rather than grow from serde_json's 128.
     let mut bytes = Vec::with_capacity(512);
     serde_json::to_writer(&mut bytes, body).map_err(ApiError::internal)?;
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(bytes))
-}
-
-/// One job as a JSON 200 response ([`wire::JobOut::write_json`]).
-pub fn ok_job(job: &wire::JobOut) -> Result<HttpResponse, ApiError> {
-    let mut bytes = Vec::with_capacity(512);
-    job.write_json(&mut bytes).map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(bytes))

@@ -17,7 +17,6 @@ use super::error::ApiError;
 use super::input::path_uuid;
 use super::jobs::own_job;
 use super::sse::{follow_job, frame, response, settle_final, store_failure, with_heartbeat};
-use super::wire::format_ts;
 use super::AppState;
 use crate::replay::state_at;
 use actix_web::web::{self, Bytes};
@@ -68,7 +67,7 @@ fn progress(job: &JobState, at: DateTime<Utc>) -> Bytes {
         skipped: c.skipped,
         entities_encountered: BTreeMap::from([(ENCOUNTERED_KEY, c.encountered())]),
         status: job.status.is_final().then(|| job.status.as_str()),
-        last_update_timestamp: format_ts(&at),
+        last_update_timestamp: syncjobs_domain::time::micros(&at),
     })
 }
 

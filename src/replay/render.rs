@@ -9,7 +9,7 @@
 use super::check::{Issue, Problem, VerifyReport};
 use super::timeline::Replay;
 use super::ReplayError;
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, Utc};
 use std::fmt::Write as _;
 use syncjobs_domain::{EntityCounts, Event, JobState, JobStatus, RecordedEvent, SyncJobEvent};
 
@@ -119,7 +119,7 @@ impl Table {
 
 /// `2025-01-01T00:00:02.301Z`.
 pub fn absolute(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    syncjobs_domain::time::millis(&t)
 }
 
 /// `+2.301s`, `+182.400s`, `+1h02m03.004s`: seconds up to an hour (easy to compare with a

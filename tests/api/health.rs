@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs::api::HealthProbe;
-use syncjobs::store::embedded::EmbeddedStore;
 use syncjobs_domain::store::faults::FaultyStore;
+use syncjobs_store_sqlite::EmbeddedStore;
 
 const FULL: &str = "database or disk is full";
 

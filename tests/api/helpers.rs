@@ -8,11 +8,11 @@ use std::time::Duration;
 use syncjobs::api::{keys, HealthProbe};
 use syncjobs::config::Settings;
 use syncjobs::startup::{Application, Components};
-use syncjobs::store::embedded::EmbeddedStore;
 use syncjobs::telemetry;
 use syncjobs_actors::pipeline::{EntitySink, MemoryDestination, SqliteDestination};
 use syncjobs_actors::{JobSettings, Pipeline};
 use syncjobs_domain::{EventStore, RecordedEvent, SharedClock, SystemClock};
+use syncjobs_store_sqlite::EmbeddedStore;
 use uuid::Uuid;
 
 /// Where the pipeline writes in a test application.

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use syncjobs::store::embedded::EmbeddedStore;
 use syncjobs_domain::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError};
+use syncjobs_store_sqlite::EmbeddedStore;
 use tokio::sync::watch;
 use uuid::Uuid;
 

@@ -88,14 +88,7 @@ pub fn content_hash(entity_type: &str, canonical_content: &str) -> String {
     hasher.update(entity_type.as_bytes());
     hasher.update([0u8]);
     hasher.update(canonical_content.as_bytes());
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = hasher.finalize();
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    out
+    const_hex::encode(hasher.finalize())
 }
 
 /// Serialises a JSON value with object keys sorted at every level and no whitespace.

@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use syncjobs::store::embedded::{EmbeddedStore, DB_FILE};
 use syncjobs_domain::store::contract::{self, sample};
 use syncjobs_domain::{EntityCounts, Event, EventStore, ExpectedVersion, StoreError, SyncJobEvent};
+use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 use tempfile::TempDir;
 
 async fn open(dir: &Path) -> Arc<EmbeddedStore> {

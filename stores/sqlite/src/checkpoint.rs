@@ -23,6 +23,23 @@ pub const CHECKPOINT_PAGES: i32 = 1000;
 /// WAL pages past which the writer checkpoints itself (see [`attach`]).
 pub const WRITER_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 
+/// Why the checkpointer could not start; the store reports it as a backend error.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: cannot open the checkpointer's connection: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("cannot start the checkpointer: {0}")]
+    Spawn(std::io::Error),
+    #[error("{path}: cannot hook the WAL checkpointer: {source}")]
+    Hook {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
 /// The running checkpointer; [`Checkpointer::stop`] ends it.
 pub struct Checkpointer {
     thread: JoinHandle<()>,
@@ -45,12 +62,10 @@ impl Signal {
 
 impl Checkpointer {
     /// Opens its own connection to `path` and starts the thread.
-    pub fn start(path: &Path) -> Result<(Checkpointer, Signal), String> {
-        let conn = open(path).map_err(|e| {
-            format!(
-                "{}: cannot open the checkpointer's connection: {e}",
-                path.display()
-            )
+    pub fn start(path: &Path) -> Result<(Checkpointer, Signal), CheckpointError> {
+        let conn = open(path).map_err(|source| CheckpointError::Open {
+            path: path.display().to_string(),
+            source,
         })?;
         let (tx, rx) = mpsc::sync_channel(1);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -59,7 +74,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("syncjobs-store-checkpointer".into())
             .spawn(move || run(conn, rx, &stop, path))
-            .map_err(|e| format!("cannot start the checkpointer: {e}"))?;
+            .map_err(CheckpointError::Spawn)?;
         let checkpointer = Checkpointer {
             thread,
             stopping,
@@ -82,7 +97,7 @@ impl Checkpointer {
 /// Starts a checkpointer for the database at `path` and hooks the writer's connection
 /// `conn` to it, replacing SQLite's own auto-checkpoint (which would run inside a commit).
 /// The benchmarks' raw baseline uses this too, so it checkpoints as the store does.
-pub fn attach(conn: &mut Connection, path: &Path) -> Result<Checkpointer, String> {
+pub fn attach(conn: &mut Connection, path: &Path) -> Result<Checkpointer, CheckpointError> {
     let (checkpointer, checkpoint) = Checkpointer::start(path)?;
     conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
         if pages >= WRITER_CHECKPOINT_PAGES {
@@ -98,7 +113,10 @@ pub fn attach(conn: &mut Connection, path: &Path) -> Result<Checkpointer, String
         // Never an error: the commit has happened, and an error would report it failed.
         Ok(())
     }))
-    .map_err(|e| format!("{}: cannot hook the WAL checkpointer: {e}", path.display()))?;
+    .map_err(|source| CheckpointError::Hook {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(checkpointer)
 }
 

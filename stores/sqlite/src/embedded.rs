@@ -14,7 +14,7 @@
 //! long) fails with [`StoreError::Unavailable`] naming the cause, and the store remembers it
 //! ([`EventStore::write_failure`]) until a commit succeeds again, so `/health` can say so.
 
-use super::checkpoint::{self, Checkpointer};
+use crate::checkpoint::{self, Checkpointer};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
 use std::collections::{HashMap, VecDeque};
@@ -135,7 +135,8 @@ impl EmbeddedStore {
             .map_err(|e| sql_error(&path, &e))?;
         let data_version = data_version(&conn).map_err(|e| sql_error(&path, &e))?;
 
-        let checkpointer = checkpoint::attach(&mut conn, &path).map_err(StoreError::Backend)?;
+        let checkpointer =
+            checkpoint::attach(&mut conn, &path).map_err(|e| StoreError::Backend(e.to_string()))?;
 
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(head);
@@ -911,7 +912,7 @@ fn decode_row(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
         ));
     }
     let recorded_at = text(row, 7).map_err(|e| at("recorded_at unreadable", &e))?;
-    let recorded_at = super::time::parse_stored(recorded_at)
+    let recorded_at = crate::time::parse_stored(recorded_at)
         .map_err(|e| at("recorded_at is no RFC 3339 time", &e))?;
     let uuid_at = |i: usize, what: &str| -> Result<Option<Uuid>, StoreError> {
         let raw = optional_text(row, i).map_err(|e| at(what, &e))?;
