@@ -1,10 +1,7 @@
 //! `/collections`: create, list, get, delete (which deletes its source connections first).
 
 use super::auth::ApiContext;
-use super::commands::{
-    decide_and_append, decide_create_collection, decide_delete_collection, readable_id_from_name,
-    CollectionError, CollectionName, CommandError,
-};
+use super::commands::{self, readable_id_from_name};
 use super::error::ApiError;
 use super::input::{check_len, check_text, read_json, valid_readable_id, Fields, Query, Text};
 use super::wire::CollectionOut;
@@ -12,25 +9,12 @@ use super::{ok_json, source_connections, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::collections::HashMap;
 use syncjobs_domain::events::stream;
-use syncjobs_domain::RecordedEvent;
+use syncjobs_domain::{CollectionCommand, CollectionName, RecordedEvent};
 use syncjobs_projections::Collection;
 use uuid::Uuid;
 
 /// Longest readable id accepted (Airweave sets none; ours bounds the stream name).
 const MAX_READABLE_ID: usize = 128;
-
-fn command_error(e: CommandError<CollectionError>) -> ApiError {
-    match e {
-        CommandError::Rejected(CollectionError::AlreadyExists(rid)) => {
-            ApiError::BadRequest(CollectionError::AlreadyExists(rid).to_string())
-        }
-        CommandError::Rejected(CollectionError::NotFound) => ApiError::collection_not_found(),
-        CommandError::Store(e) => e.into(),
-        CommandError::Contention(s) => {
-            ApiError::Unavailable(format!("Too many concurrent changes to {s}"))
-        }
-    }
-}
 
 fn last_position(recorded: &[RecordedEvent]) -> u64 {
     recorded.last().map_or(0, |r| r.global_position)
@@ -63,16 +47,14 @@ pub async fn create(
     };
     let org = ctx.organization_id;
     let id = Uuid::now_v7();
-    let clock = state.clock.clone();
-    let recorded = decide_and_append(
-        &state.store,
-        &stream::collection_name(org, &readable_id),
-        || clock.now(),
-        &ctx.metadata(),
-        |s: &CollectionName| decide_create_collection(s, id, org, name, &readable_id),
-    )
-    .await
-    .map_err(command_error)?;
+    let create = CollectionCommand::Create {
+        collection_id: id,
+        organization_id: org,
+        name: name.to_owned(),
+        readable_id: readable_id.clone(),
+    };
+    let stream = stream::collection_name(org, &readable_id);
+    let recorded = commands::execute::<CollectionName>(&state, &ctx, &stream, &create).await?;
     state.settle(last_position(&recorded)).await;
     let at = recorded
         .first()
@@ -153,16 +135,9 @@ pub async fn delete(
         .ok_or_else(ApiError::collection_not_found)?;
     let before = before?;
     remove_source_connections(&state, &ctx, collection_id).await?;
-    let clock = state.clock.clone();
-    let recorded = decide_and_append(
-        &state.store,
-        &stream::collection_name(org, &readable_id),
-        || clock.now(),
-        &ctx.metadata(),
-        |s: &CollectionName| decide_delete_collection(s, collection_id),
-    )
-    .await
-    .map_err(command_error)?;
+    let delete = CollectionCommand::Delete { collection_id };
+    let stream = stream::collection_name(org, &readable_id);
+    let recorded = commands::execute::<CollectionName>(&state, &ctx, &stream, &delete).await?;
     state.settle(last_position(&recorded)).await;
     // A source connection created in the collection while it was being deleted.
     remove_source_connections(&state, &ctx, collection_id).await?;

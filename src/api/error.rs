@@ -3,7 +3,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use syncjobs_domain::StoreError;
+use syncjobs_actors::command::CommandError;
+use syncjobs_domain::{CollectionError, SourceConnectionError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -65,6 +66,40 @@ impl From<StoreError> for ApiError {
                 ApiError::Unavailable(format!("Event store cannot write: {cause}"))
             }
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl<E: std::error::Error> From<CommandError<E>> for ApiError
+where
+    ApiError: From<E>,
+{
+    fn from(e: CommandError<E>) -> Self {
+        match e {
+            CommandError::Rejected(e) => e.into(),
+            CommandError::Store(e) => e.into(),
+            CommandError::Contention { stream, .. } => {
+                ApiError::Unavailable(format!("Too many concurrent changes to {stream}"))
+            }
+            e @ CommandError::Corrupt { .. } => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<CollectionError> for ApiError {
+    fn from(e: CollectionError) -> Self {
+        match e {
+            CollectionError::NotFound => ApiError::collection_not_found(),
+            e @ CollectionError::AlreadyExists(_) => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<SourceConnectionError> for ApiError {
+    fn from(e: SourceConnectionError) -> Self {
+        match e {
+            SourceConnectionError::NotFound => ApiError::source_connection_not_found(),
+            other => ApiError::BadRequest(other.to_string()),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The REST API: Airweave's public routes for collections, source connections and sync jobs
 //! (see /work/shared/API.md, the wire contract), served from the read model.
 //!
-//! - [`auth`]: `x-api-key` -> organization; [`keys`]: organizations and keys (hashes only).
-//! - [`commands`]: decisions for collections and source connections, appended optimistically.
+//! - [`auth`]: `x-api-key` -> organization; [`keys`]: the flows that make and revoke keys
+//!   (the access aggregate itself is `syncjobs_domain::access`).
+//! - [`commands`]: runs a command through the one command path as the request's principal;
+//!   readable ids from names.
 //! - [`collections`], [`source_connections`], [`jobs`]: the handlers; [`health`], [`openapi`].
 //! - [`history`]: a job's own events (JSON or server-sent events) and its state at any
 //!   version; [`subscribe`]: Airweave's progress stream; [`sse`]: following a job's stream

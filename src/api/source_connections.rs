@@ -2,10 +2,7 @@
 //! its syncs first and removes what they wrote).
 
 use super::auth::ApiContext;
-use super::commands::{
-    decide_and_append, decide_create_source_connection, decide_delete_source_connection,
-    CommandError, SourceConnectionError, SourceConnectionStream,
-};
+use super::commands;
 use super::error::ApiError;
 use super::input::{check_len, check_text, path_uuid, read_json, Fields, Query, Text};
 use super::wire::{SourceConnectionListItemOut, SourceConnectionOut};
@@ -15,21 +12,8 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use syncjobs_actors::pipeline::EntityStats;
 use syncjobs_domain::events::stream;
-use syncjobs_domain::SourceConnectionEvent;
+use syncjobs_domain::{SourceConnection, SourceConnectionCommand, SourceConnectionEvent};
 use uuid::Uuid;
-
-fn command_error(e: CommandError<SourceConnectionError>) -> ApiError {
-    match e {
-        CommandError::Rejected(SourceConnectionError::NotFound) => {
-            ApiError::source_connection_not_found()
-        }
-        CommandError::Rejected(other) => ApiError::BadRequest(other.to_string()),
-        CommandError::Store(e) => e.into(),
-        CommandError::Contention(s) => {
-            ApiError::Unavailable(format!("Too many concurrent changes to {s}"))
-        }
-    }
-}
 
 /// Airweave's authentication shapes; syncjobs' sources take direct credentials only.
 fn auth_method(
@@ -112,16 +96,9 @@ pub async fn create(
         auth_method: method.to_owned(),
         authenticated: true,
     };
-    let clock = state.clock.clone();
-    let recorded = decide_and_append(
-        &state.store,
-        &stream::source_connection(id),
-        || clock.now(),
-        &ctx.metadata(),
-        |s: &SourceConnectionStream| decide_create_source_connection(s, created.clone()),
-    )
-    .await
-    .map_err(command_error)?;
+    let create = SourceConnectionCommand::Create(created);
+    let stream = stream::source_connection(id);
+    let recorded = commands::execute::<SourceConnection>(&state, &ctx, &stream, &create).await?;
     let mut position = recorded.last().map_or(0, |r| r.global_position);
     tracing::info!(source_connection_id = %id, %short_name, "source connection created");
     if sync_immediately {
@@ -248,16 +225,11 @@ async fn remove_stopped(
     id: Uuid,
     live: &[Uuid],
 ) -> Result<u64, ApiError> {
-    let clock = state.clock.clone();
-    let recorded = decide_and_append(
-        &state.store,
-        &stream::source_connection(id),
-        || clock.now(),
-        &ctx.metadata(),
-        |s: &SourceConnectionStream| decide_delete_source_connection(s, id),
-    )
-    .await
-    .map_err(command_error)?;
+    let delete = SourceConnectionCommand::Delete {
+        source_connection_id: id,
+    };
+    let stream = stream::source_connection(id);
+    let recorded = commands::execute::<SourceConnection>(state, ctx, &stream, &delete).await?;
     let position = recorded.last().map_or(0, |r| r.global_position);
     state.settle(position).await;
     // A job started while the delete was under way has no connection any more: stop it
