@@ -3,10 +3,9 @@
 //! [`Application::build`] takes the event store as a parameter so that tests can inject one
 //! (zero2prod's shape: build, read the bound port, `run_until_stopped`).
 
-use crate::api::keys::AccessError;
 use crate::api::{self, error::extractor_error, AppState, HealthProbe};
 use crate::app;
-use crate::app::keys::{self, Bootstrap, NewKey};
+use crate::app::keys::{self, Bootstrap, KeysError, NewKey};
 use crate::bus::{spawn_relay, RelayConfig, RelayHandle, RelayMonitor};
 use crate::config::Settings;
 use crate::telemetry;
@@ -61,7 +60,7 @@ pub enum StartupError {
         source: std::io::Error,
     },
     #[error("API keys: {0}")]
-    Keys(#[from] AccessError),
+    Keys(#[from] KeysError),
     #[error("the read model did not catch up with the event log: {0}")]
     CatchUp(#[from] syncjobs_projections::Lagging),
     #[error("NATS relay: {0}")]

@@ -1,137 +1,138 @@
-//! decide -> append (expected version) -> apply, with reload-and-retry on conflict.
+//! The one command path: load (fold) -> decide -> append (expected version) -> evolve, with
+//! reload-and-decide-again on conflict.
 //!
-//! Every write to a job stream goes through [`execute`], whether it comes from the job's
-//! actor, the supervisor's watchdog or recovery. Optimistic concurrency makes this safe
-//! across threads and processes: a conflict means someone else appended first, so we reload
-//! and decide again against what they wrote, never overwrite it.
+//! Every write to any aggregate's stream goes through [`execute`]: a job's, from its actor,
+//! the supervisor's watchdog or recovery; a collection's or source connection's, from the
+//! API; the access stream's, from the API, the `keys` CLI and the start-up bootstrap key.
+//! Optimistic concurrency makes this safe across threads and processes: a conflict means
+//! someone else appended first, so we read what they wrote and decide again against it,
+//! never overwrite it.
 
-use syncjobs_domain::events::stream;
 use syncjobs_domain::{
-    Clock, EventStore, ExpectedVersion, JobCommand, JobError, JobState, Metadata, NewEvent,
-    RecordedEvent, StoreError,
+    Aggregate, Clock, EventStore, ExpectedVersion, FoldError, Metadata, NewEvent, RecordedEvent,
+    StoreError,
 };
-use uuid::Uuid;
 
-/// How many conflicts in a row one command tolerates before giving up. Each retry means
-/// another writer made progress, so hitting this needs a pathological storm of writers.
-const MAX_CONFLICT_RETRIES: usize = 64;
+/// How many conflicts in a row one command tolerates before giving up, whatever the
+/// aggregate. Each retry means another writer made progress, so hitting this needs a
+/// pathological storm of writers on one stream.
+pub const MAX_CONFLICT_RETRIES: usize = 64;
 
 /// Why a command did not take effect.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub enum CommandError<E> {
+    /// The aggregate refused the command (its own words).
     #[error(transparent)]
-    Rejected(#[from] JobError),
-    #[error("job {job_id} stream does not fold: {reason}")]
-    Corrupt { job_id: Uuid, reason: String },
+    Rejected(E),
+    /// The stream does not fold: a corrupted or hand-edited log.
+    #[error("stream {stream} does not fold: {reason}")]
+    Corrupt { stream: String, reason: FoldError },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// [`MAX_CONFLICT_RETRIES`] conflicts in a row. `aggregate` is [`Aggregate::NAME`].
+    #[error("too many concurrent changes to {aggregate}; try again")]
+    Contention {
+        stream: String,
+        aggregate: &'static str,
+    },
 }
 
 /// A command's effect: the state after it, and the events it appended (possibly none).
 #[derive(Debug, Clone)]
-pub struct Executed {
-    pub state: JobState,
+pub struct Executed<A> {
+    pub state: A,
     pub events: Vec<RecordedEvent>,
 }
 
-impl Executed {
+impl<A> Executed<A> {
     /// Global position of the last appended event (0 if nothing was appended).
     pub fn position(&self) -> u64 {
         self.events.last().map_or(0, |e| e.global_position)
     }
 }
 
-/// Loads a job's state by folding its stream.
-pub async fn load(store: &dyn EventStore, job_id: Uuid) -> Result<Option<JobState>, CommandError> {
-    let events = store.read_stream(&stream::job(job_id), 0).await?;
-    fold_recorded(job_id, None, &events)
+/// The state of `stream`, folded from its first event.
+pub async fn load<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &str,
+) -> Result<A, CommandError<A::Error>> {
+    Ok(load_with_position(store, stream).await?.0)
 }
 
 /// [`load`], with the global position of the stream's last event (what a reader must have
-/// folded to show this state).
-pub async fn load_with_position(
+/// folded to show this state; 0 for an empty stream).
+pub async fn load_with_position<A: Aggregate>(
     store: &dyn EventStore,
-    job_id: Uuid,
-) -> Result<Option<(JobState, u64)>, CommandError> {
-    let events = store.read_stream(&stream::job(job_id), 0).await?;
+    stream: &str,
+) -> Result<(A, u64), CommandError<A::Error>> {
+    let events = store.read_stream(stream, 0).await?;
     let position = events.last().map_or(0, |e| e.global_position);
-    Ok(fold_recorded(job_id, None, &events)?.map(|state| (state, position)))
+    let mut state = A::initial();
+    evolve(stream, &mut state, &events)?;
+    Ok((state, position))
 }
 
-fn fold_recorded(
-    job_id: Uuid,
-    mut state: Option<JobState>,
+fn evolve<A: Aggregate>(
+    stream: &str,
+    state: &mut A,
     events: &[RecordedEvent],
-) -> Result<Option<JobState>, CommandError> {
-    for e in events {
-        let Some(job_event) = e.job_event() else {
-            return Err(CommandError::Corrupt {
-                job_id,
-                reason: format!("{} in a job stream", e.event_type()),
-            });
-        };
-        state = Some(
-            JobState::evolve(state, job_event, e.recorded_at).map_err(|err| {
-                CommandError::Corrupt {
-                    job_id,
-                    reason: err.to_string(),
-                }
-            })?,
-        );
-    }
-    Ok(state)
+) -> Result<(), CommandError<A::Error>> {
+    state
+        .evolve_all(events)
+        .map_err(|reason| CommandError::Corrupt {
+            stream: stream.to_owned(),
+            reason,
+        })
 }
 
-/// Runs `command` against the job, starting from `known` (a possibly stale state; None to
-/// load it). Returns the new state and what was appended.
-pub async fn execute(
+/// Runs `command` against the aggregate of `stream`, starting from `known` (a possibly
+/// stale state; None to load it). Returns the state after it and what was appended: an
+/// empty decision appends nothing.
+pub async fn execute<A: Aggregate>(
     store: &dyn EventStore,
     clock: &dyn Clock,
-    job_id: Uuid,
-    known: Option<JobState>,
-    command: &JobCommand,
+    stream: &str,
+    known: Option<A>,
+    command: &A::Command,
     metadata: &Metadata,
-) -> Result<Executed, CommandError> {
-    let stream_id = stream::job(job_id);
+) -> Result<Executed<A>, CommandError<A::Error>> {
     let mut state = match known {
-        Some(s) => Some(s),
-        None => load(store, job_id).await?,
+        Some(state) => state,
+        None => load(store, stream).await?,
     };
     for _ in 0..MAX_CONFLICT_RETRIES {
-        let decided = command.decide_on(state.as_ref())?;
+        let decided = state.decide(command).map_err(CommandError::Rejected)?;
         if decided.is_empty() {
-            let state = state.ok_or(JobError::NotFound)?;
             return Ok(Executed {
                 state,
                 events: vec![],
             });
         }
-        let expected = ExpectedVersion::Exact(state.as_ref().map_or(0, |s| s.version));
+        let expected = ExpectedVersion::Exact(state.version());
         let now = clock.now();
         let new_events = decided
             .into_iter()
             .map(|e| NewEvent::new(e, now, metadata.clone()))
             .collect();
-        match store.append(&stream_id, expected, new_events).await {
+        match store.append(stream, expected, new_events).await {
             Ok(recorded) => {
-                let state = fold_recorded(job_id, state, &recorded)?.ok_or(JobError::NotFound)?;
+                evolve(stream, &mut state, &recorded)?;
                 return Ok(Executed {
                     state,
                     events: recorded,
                 });
             }
             Err(e) if e.is_conflict() => {
-                tracing::debug!(%job_id, command = command.name(), "version conflict, reloading");
+                tracing::debug!(stream, aggregate = A::NAME, "version conflict, reloading");
                 // Fold only what we have not seen yet.
-                let after = state.as_ref().map_or(0, |s| s.version);
-                let newer = store.read_stream(&stream_id, after).await?;
-                state = fold_recorded(job_id, state, &newer)?;
+                let newer = store.read_stream(stream, state.version()).await?;
+                evolve(stream, &mut state, &newer)?;
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Err(StoreError::Backend(format!(
-        "job {job_id}: gave up after {MAX_CONFLICT_RETRIES} version conflicts in a row"
-    ))
-    .into())
+    Err(CommandError::Contention {
+        stream: stream.to_owned(),
+        aggregate: A::NAME,
+    })
 }

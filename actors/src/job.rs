@@ -12,8 +12,10 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
+use syncjobs_domain::events::stream;
 use syncjobs_domain::{
-    EntityCounts, EventStore, JobCommand, JobState, JobStatus, Metadata, SharedClock, StoreError,
+    EntityCounts, EventStore, Job, JobCommand, JobError, JobState, JobStatus, Metadata,
+    SharedClock, StoreError,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +23,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use syncjobs_domain::job::INTERRUPTED;
+
+/// What a command to a job comes to: the job after it and its events, or why not.
+pub type JobResult = Result<Executed<Job>, CommandError<JobError>>;
 
 /// What every job actor shares: the store, the clock, the runner and the knobs.
 pub struct JobEnv {
@@ -81,16 +86,17 @@ impl Default for Backoff {
 }
 
 /// Whether a command that failed this way is worth trying again later: the store could
-/// not write (or gave up on conflicts). Not a rejection (the job moved on: nothing to
+/// not write, or gave up on conflicts. Not a rejection (the job moved on: nothing to
 /// write), a corrupt stream, or a closed store (the process is stopping; the next start's
 /// recovery takes the job over).
-fn worth_retrying(result: &Result<Executed, CommandError>) -> Option<&StoreError> {
+fn worth_retrying(result: &JobResult) -> Option<&dyn std::error::Error> {
     match result {
         Err(CommandError::Store(e))
             if !matches!(e, StoreError::Closed | StoreError::Corrupt { .. }) =>
         {
             Some(e)
         }
+        Err(e @ CommandError::Contention { .. }) => Some(e),
         _ => None,
     }
 }
@@ -113,7 +119,7 @@ pub struct JobGone {
 
 /// Ask the job to stop (API cancel or delete).
 #[derive(Message)]
-#[rtype(result = "Result<Executed, CommandError>")]
+#[rtype(result = "JobResult")]
 pub struct RequestCancel {
     pub requested_by: String,
     pub timeout_seconds: u64,
@@ -122,7 +128,7 @@ pub struct RequestCancel {
 
 /// The watchdog's verdict: the deadline passed without a confirmation.
 #[derive(Message)]
-#[rtype(result = "Result<Executed, CommandError>")]
+#[rtype(result = "JobResult")]
 pub struct ForceCancel;
 
 /// Stop the actor without touching the log (process shutdown). Its run is abandoned; the
@@ -189,7 +195,7 @@ impl JobActor {
         &self,
         cmd: JobCommand,
         metadata: Metadata,
-    ) -> impl ActorFuture<Self, Output = Result<Executed, CommandError>> {
+    ) -> impl ActorFuture<Self, Output = JobResult> {
         self.command_from(async move { cmd }, metadata)
     }
 
@@ -200,7 +206,7 @@ impl JobActor {
         &self,
         make: impl FnOnce(Option<EntityCounts>) -> JobCommand + 'static,
         metadata: Metadata,
-    ) -> impl ActorFuture<Self, Output = Result<Executed, CommandError>> {
+    ) -> impl ActorFuture<Self, Output = JobResult> {
         let runner = self.env.runner.clone();
         let job_id = self.job_id;
         self.command_from(
@@ -214,38 +220,43 @@ impl JobActor {
         &self,
         cmd: impl std::future::Future<Output = JobCommand> + 'static,
         metadata: Metadata,
-    ) -> impl ActorFuture<Self, Output = Result<Executed, CommandError>> {
+    ) -> impl ActorFuture<Self, Output = JobResult> {
         let env = self.env.clone();
-        let known = self.state.clone();
-        let job_id = self.job_id;
+        let known = self.state.clone().map(Job::from);
+        let stream = stream::job(self.job_id);
         async move {
             let cmd = cmd.await;
-            command::execute(&*env.store, &*env.clock, job_id, known, &cmd, &metadata).await
+            command::execute(&*env.store, &*env.clock, &stream, known, &cmd, &metadata).await
         }
         .instrument(self.span.clone())
         .into_actor(self)
     }
 
     /// Folds a command's result into the actor and reacts to the new status.
-    fn applied(&mut self, result: &Result<Executed, CommandError>, ctx: &mut Context<Self>) {
-        let executed = match result {
-            Ok(executed) => executed,
-            Err(CommandError::Rejected(_)) => return,
+    fn applied(&mut self, result: &JobResult, ctx: &mut Context<Self>) {
+        let state = match result {
+            Ok(Executed {
+                state: Job(Some(state)),
+                ..
+            }) => state,
+            // A refusal changed nothing; and no command that is not refused leaves no job
+            // (a decision on none creates or refuses).
+            Ok(_) | Err(CommandError::Rejected(_)) => return,
             Err(e) => {
                 tracing::error!(parent: &self.span, error = %e, "command failed");
                 return;
             }
         };
-        let status = executed.state.status;
+        let status = state.status;
         let before = self.state.as_ref().map(|s| s.status);
-        self.state = Some(executed.state.clone());
+        self.state = Some(state.clone());
         self.retry = Backoff::default();
         if before != Some(status) {
             tracing::info!(parent: &self.span, status = %status, "job status");
             self.supervisor.do_send(JobUpdate {
                 job_id: self.job_id,
                 status,
-                watchdog_deadline: executed.state.watchdog_deadline(),
+                watchdog_deadline: state.watchdog_deadline(),
             });
         }
         match status {
@@ -261,11 +272,7 @@ impl JobActor {
 
     /// After a write the job needs (`what`) was refused by the store: the wait before trying
     /// again (logged), or None when a retry would not help (see [`worth_retrying`]).
-    fn retry_delay(
-        &mut self,
-        result: &Result<Executed, CommandError>,
-        what: &'static str,
-    ) -> Option<Duration> {
+    fn retry_delay(&mut self, result: &JobResult, what: &'static str) -> Option<Duration> {
         let error = worth_retrying(result)?;
         let delay = self.retry.next_delay();
         tracing::warn!(
@@ -408,11 +415,11 @@ impl Actor for JobActor {
         let env = self.env.clone();
         let job_id = self.job_id;
         ctx.wait(
-            async move { command::load(&*env.store, job_id).await }
+            async move { command::load::<Job>(&*env.store, &stream::job(job_id)).await }
                 .instrument(self.span.clone())
                 .into_actor(self)
                 .map(|loaded, act, ctx| match loaded {
-                    Ok(state) => {
+                    Ok(Job(state)) => {
                         act.state = state;
                         act.resume(ctx);
                     }
@@ -438,7 +445,7 @@ impl Actor for JobActor {
 }
 
 impl Handler<RequestCancel> for JobActor {
-    type Result = AtomicResponse<Self, Result<Executed, CommandError>>;
+    type Result = AtomicResponse<Self, JobResult>;
 
     fn handle(&mut self, msg: RequestCancel, _ctx: &mut Context<Self>) -> Self::Result {
         let cmd = JobCommand::RequestCancel {
@@ -455,7 +462,7 @@ impl Handler<RequestCancel> for JobActor {
 }
 
 impl Handler<ForceCancel> for JobActor {
-    type Result = AtomicResponse<Self, Result<Executed, CommandError>>;
+    type Result = AtomicResponse<Self, JobResult>;
 
     fn handle(&mut self, _msg: ForceCancel, _ctx: &mut Context<Self>) -> Self::Result {
         let now = self.env.clock.now();

@@ -2,8 +2,9 @@
 //!
 //! - [`runner`]: the seam between a job and the work it drives (`SyncRunner`).
 //! - [`pipeline`]: the real runner: sources, bounded worker pool, embedded destination.
-//! - [`command`]: decide -> append (expected version) -> apply, reloading on conflict; the
-//!   one path by which anything is written to a job stream.
+//! - [`command`]: the one command path of every aggregate (jobs, collections, source
+//!   connections, access): load, decide, append (expected version), on conflict read the
+//!   newer events and decide again, within one bound.
 //! - [`job`]: `JobActor`, one per live job, rebuilt from its stream; drives the run and
 //!   throttles its progress into checkpoints.
 //! - [`supervisor`]: the registry of live jobs, the watchdog, recovery after a restart, and
@@ -16,7 +17,7 @@ pub mod runner;
 pub mod supervisor;
 
 pub use command::{CommandError, Executed};
-pub use job::{Backoff, JobSettings, INTERRUPTED};
+pub use job::{Backoff, JobResult, JobSettings, INTERRUPTED};
 pub use pipeline::Pipeline;
 pub use runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};
 pub use supervisor::{

@@ -13,8 +13,8 @@
 
 use crate::command::{self, CommandError, Executed};
 use crate::job::{
-    Backoff, ForceCancel, JobActor, JobEnv, JobGone, JobSettings, JobUpdate, RequestCancel,
-    Shutdown,
+    Backoff, ForceCancel, JobActor, JobEnv, JobGone, JobResult, JobSettings, JobUpdate,
+    RequestCancel, Shutdown,
 };
 use crate::runner::SyncRunner;
 use actix::prelude::*;
@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
-    EventStore, JobCommand, JobError, JobState, JobStatus, Metadata, SharedClock, StoreError,
+    Aggregate, EventStore, Job, JobCommand, JobError, JobState, JobStatus, Metadata, SharedClock,
+    StoreError,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -78,12 +79,15 @@ pub struct CommandOutcome {
     pub position: u64,
 }
 
-impl From<Executed> for CommandOutcome {
-    fn from(e: Executed) -> Self {
-        CommandOutcome {
-            position: e.position(),
-            state: e.state,
-        }
+impl TryFrom<Executed<Job>> for CommandOutcome {
+    type Error = JobsError;
+
+    /// Every command that does not refuse leaves a job (a decision on none creates or
+    /// refuses), so the `NotFound` here is only a guard.
+    fn try_from(e: Executed<Job>) -> Result<Self, JobsError> {
+        let position = e.position();
+        let state = e.state.0.ok_or(JobError::NotFound)?;
+        Ok(CommandOutcome { state, position })
     }
 }
 
@@ -116,8 +120,8 @@ pub enum JobsError {
     Unavailable,
 }
 
-impl From<CommandError> for JobsError {
-    fn from(e: CommandError) -> Self {
+impl From<CommandError<JobError>> for JobsError {
+    fn from(e: CommandError<JobError>) -> Self {
         match e {
             CommandError::Rejected(JobError::CannotCancel(status)) => JobsError::CannotCancel {
                 status,
@@ -126,6 +130,10 @@ impl From<CommandError> for JobsError {
             CommandError::Rejected(e) => JobsError::Job(e),
             CommandError::Store(e) => JobsError::Store(e),
             e @ CommandError::Corrupt { .. } => JobsError::Corrupt(e.to_string()),
+            // As a store that cannot write now: the API answers 500, the actor tries again.
+            e @ CommandError::Contention { .. } => {
+                JobsError::Store(StoreError::Backend(e.to_string()))
+            }
         }
     }
 }
@@ -282,31 +290,33 @@ async fn stream_head(store: &dyn EventStore, job_id: Uuid) -> u64 {
     }
 }
 
-/// Folds the whole global log into the states of the jobs that are not final.
-async fn unfinished_jobs(store: &dyn EventStore) -> Result<Vec<JobState>, CommandError> {
-    let mut states: HashMap<Uuid, JobState> = HashMap::new();
+/// Folds the whole global log into the states of the jobs that are not final, each in
+/// place through the job aggregate's own fold.
+async fn unfinished_jobs(store: &dyn EventStore) -> Result<Vec<JobState>, CommandError<JobError>> {
+    let mut jobs: HashMap<Uuid, Job> = HashMap::new();
     let mut after = 0;
     loop {
         let batch = store.read_all(after, 4096).await?;
         let Some(last) = batch.last() else { break };
         after = last.global_position;
         for e in &batch {
-            let (Some(job_id), Some(event)) = (stream::job_id(&e.stream_id), e.job_event()) else {
+            let (Some(job_id), Some(_)) = (stream::job_id(&e.stream_id), e.job_event()) else {
                 continue;
             };
-            let before = states.remove(&job_id);
-            match JobState::evolve(before, event, e.recorded_at) {
-                Ok(s) if s.status.is_final() => {}
-                Ok(s) => {
-                    states.insert(job_id, s);
+            let job = jobs.entry(job_id).or_default();
+            match job.evolve(e) {
+                Ok(()) if job.0.as_ref().is_some_and(|s| s.status.is_final()) => {
+                    jobs.remove(&job_id);
                 }
+                Ok(()) => {}
                 Err(err) => {
+                    jobs.remove(&job_id);
                     tracing::error!(%job_id, error = %err, "job stream does not fold; skipped by recovery");
                 }
             }
         }
     }
-    let mut jobs: Vec<JobState> = states.into_values().collect();
+    let mut jobs: Vec<JobState> = jobs.into_values().filter_map(|j| j.0).collect();
     jobs.sort_by_key(|s| s.created_at);
     Ok(jobs)
 }
@@ -315,13 +325,13 @@ async fn unfinished_jobs(store: &dyn EventStore) -> Result<Vec<JobState>, Comman
 async fn unfinished_of(
     store: &dyn EventStore,
     ids: &[Uuid],
-) -> Result<Vec<JobState>, CommandError> {
+) -> Result<Vec<JobState>, CommandError<JobError>> {
     let mut jobs = Vec::with_capacity(ids.len());
-    for &id in ids {
-        match command::load(store, id).await {
-            Ok(Some(state)) if !state.status.is_final() => jobs.push(state),
+    for &job_id in ids {
+        match command::load::<Job>(store, &stream::job(job_id)).await {
+            Ok(Job(Some(state))) if !state.status.is_final() => jobs.push(state),
             Ok(_) => {}
-            Err(CommandError::Corrupt { job_id, reason }) => {
+            Err(CommandError::Corrupt { reason, .. }) => {
                 tracing::error!(%job_id, %reason, "job stream does not fold; skipped by recovery");
             }
             Err(e) => return Err(e),
@@ -408,7 +418,8 @@ impl Supervisor {
         let meta = Metadata::caused_by(req.caused_by).with_correlation(job_id);
         Box::pin(
             async move {
-                command::execute(&*env.store, &*env.clock, job_id, None, &cmd, &meta).await
+                let stream = stream::job(job_id);
+                command::execute(&*env.store, &*env.clock, &stream, None, &cmd, &meta).await
             }
             .into_actor(self)
             .map(move |res, act, ctx| match res {
@@ -418,7 +429,7 @@ impl Supervisor {
                     if let Some(entry) = act.jobs.get_mut(&job_id) {
                         entry.addr = Some(addr);
                     }
-                    Ok(executed.into())
+                    CommandOutcome::try_from(executed)
                 }
                 Err(e) => {
                     act.forget(job_id, ctx);
@@ -442,14 +453,14 @@ impl Handler<CreateJob> for Supervisor {
         // The log decides.
         let store = self.env.store.clone();
         Box::pin(
-            async move { command::load_with_position(&*store, active).await }
+            async move { command::load_with_position::<Job>(&*store, &stream::job(active)).await }
                 .into_actor(self)
                 .then(move |loaded, act, ctx| match loaded {
-                    Ok(Some((state, _))) if state.status.is_final() => {
+                    Ok((Job(Some(state)), _)) if state.status.is_final() => {
                         act.forget(active, ctx);
                         act.create(req)
                     }
-                    Ok(Some((state, position))) => {
+                    Ok((Job(Some(state)), position)) => {
                         Box::pin(fut::ready(Err(JobsError::AlreadyActive {
                             status: state.status,
                             job_id: active,
@@ -457,7 +468,7 @@ impl Handler<CreateJob> for Supervisor {
                         })))
                     }
                     // Not in the log yet: another create is appending it right now.
-                    Ok(None) => Box::pin(fut::ready(Err(JobsError::AlreadyActive {
+                    Ok((Job(None), _)) => Box::pin(fut::ready(Err(JobsError::AlreadyActive {
                         status,
                         job_id: active,
                         position: 0,
@@ -499,12 +510,13 @@ impl Handler<CancelJob> for Supervisor {
                 requested_by,
                 timeout_seconds,
             };
-            command::execute(&*env.store, &*env.clock, job_id, None, &cancel, &meta).await
+            let stream = stream::job(job_id);
+            command::execute(&*env.store, &*env.clock, &stream, None, &cancel, &meta).await
         };
         Box::pin(
             async move {
                 match decided.await {
-                    Ok(executed) => Ok(executed.into()),
+                    Ok(executed) => CommandOutcome::try_from(executed),
                     Err(CommandError::Rejected(JobError::CannotCancel(status))) => {
                         // Decided on the stream as it was, at the latest, now: the read model
                         // shows the state named once it has folded the stream's head.
@@ -577,13 +589,14 @@ impl Handler<WatchdogFired> for Supervisor {
                     durable: env.runner.durable_counts(job_id).await,
                 };
                 let meta = Metadata::caused_by("watchdog").with_correlation(job_id);
-                command::execute(&*env.store, &*env.clock, job_id, None, &cmd, &meta).await
+                let stream = stream::job(job_id);
+                command::execute(&*env.store, &*env.clock, &stream, None, &cmd, &meta).await
             }
             .into_actor(self)
-            .map(move |res, act, ctx| match res {
+            .map(move |res: JobResult, act, ctx| match res {
                 Ok(executed) => {
                     tracing::warn!(%job_id, "job force-cancelled by the watchdog");
-                    if executed.state.status.is_final() {
+                    if executed.state.0.is_some_and(|s| s.status.is_final()) {
                         act.forget(job_id, ctx);
                     }
                 }

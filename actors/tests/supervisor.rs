@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::{
-    command, start_supervisor, CommandError, Jobs, JobsError, ProgressSink, Recovery, RunOutcome,
-    RunSpec, SupervisorSettings, SyncRunner, INTERRUPTED,
+    start_supervisor, CommandError, Jobs, JobsError, ProgressSink, Recovery, RunOutcome, RunSpec,
+    SupervisorSettings, SyncRunner, INTERRUPTED,
 };
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 mod support;
 use support::{
-    clock, counts, job_in_log, new_job, paused, run_for, settings, settle, state, TIMEOUT,
+    clock, counts, execute, job_in_log, new_job, paused, run_for, settings, settle, state, TIMEOUT,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -372,7 +372,7 @@ async fn concurrent_cancels_across_writers_record_one_request() {
                     requested_by: format!("node-{i}"),
                     timeout_seconds: 180,
                 };
-                command::execute(
+                execute(
                     &*store,
                     &*clock,
                     job,
@@ -411,7 +411,7 @@ async fn cancel_racing_completion_always_ends_in_exactly_one_final_event() {
         let race = |cmd: JobCommand| {
             let (store, clock, known) = (store.clone(), clock.clone(), running.clone());
             tokio::spawn(async move {
-                command::execute(
+                execute(
                     &*store,
                     &*clock,
                     job,
@@ -439,10 +439,10 @@ async fn cancel_racing_completion_always_ends_in_exactly_one_final_event() {
         };
         let _ = (a.await.unwrap(), b.await.unwrap());
         // If the cancel won, the worker's report then confirms it (as the actor does).
-        let s = command::load(&*store, job).await.unwrap().unwrap();
+        let s = state(&store, job).await;
         if s.status == JobStatus::Cancelling {
             let confirm = JobCommand::ConfirmCancelled { counts: counts(9) };
-            command::execute(&*store, &*clock, job, None, &confirm, &meta)
+            execute(&*store, &*clock, job, None, &confirm, &meta)
                 .await
                 .unwrap();
         }
@@ -674,7 +674,7 @@ async fn a_connection_whose_job_the_log_shows_final_takes_a_new_run_at_once() {
         },
         JobCommand::ConfirmCancelled { counts: counts(3) },
     ] {
-        command::execute(&*store, &*clock, first, None, &cmd, &meta)
+        execute(&*store, &*clock, first, None, &cmd, &meta)
             .await
             .unwrap();
     }

@@ -2,28 +2,42 @@
 //!
 //! - [`events`]: every event syncjobs records (jobs, collections, source connections,
 //!   access) and the envelope the store wraps them in.
-//! - [`job`]: a sync job's state as the fold of its events, and `decide(command)`, the one
-//!   place that knows the lifecycle.
+//! - [`aggregate`]: the one shape of every aggregate: state, `decide(command) -> events |
+//!   error`, `evolve(event)`; and [`FoldError`], a stream that does not fold.
+//! - The aggregates, one module each: [`job`] (a sync job's lifecycle, the one place that
+//!   knows it), [`collection`] (a readable id and the collection holding it),
+//!   [`source_connection`], [`access`] (organizations and API keys, and how keys are hashed).
 //! - [`store`]: the EventStore trait (optimistic-concurrency appends, stream reads, the global
 //!   log and a follower of it), an in-memory backend for tests, and (feature `testkit`) the
 //!   contract suite every backend must pass.
+//! - `testkit` (feature `testkit`): the given/when/then harness every aggregate is tested with.
 //! - [`upcast`]: reads older schema versions as the current one.
 //! - [`clock`]: wall time behind a trait so timers can be tested on tokio's paused clock.
 //! - [`time`]: the one timestamp codec (RFC 3339 text at each reader's precision).
 //! - [`redact`]: masks the passwords and tokens of connection URLs in anything printed.
 
+pub mod access;
+pub mod aggregate;
 pub mod clock;
+pub mod collection;
 pub mod events;
 pub mod job;
 pub mod redact;
+pub mod source_connection;
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod time;
 pub mod upcast;
 
+pub use access::{Access, AccessCommand, AccessError, KeyInfo, NewKeyRecord};
+pub use aggregate::{Aggregate, FoldError};
 pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
+pub use collection::{CollectionCommand, CollectionError, CollectionName};
 pub use events::{
     AccessEvent, CollectionEvent, EntityCounts, Event, Metadata, NewEvent, RecordedEvent,
     SourceConnectionEvent, SyncJobEvent, CURRENT_SCHEMA_VERSION,
 };
-pub use job::{FoldError, JobCommand, JobError, JobState, JobStatus};
+pub use job::{Job, JobCommand, JobError, JobState, JobStatus};
+pub use source_connection::{SourceConnection, SourceConnectionCommand, SourceConnectionError};
 pub use store::{follow, follow_batches, EventStore, ExpectedVersion, InMemoryStore, StoreError};

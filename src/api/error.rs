@@ -59,6 +59,9 @@ impl From<app::Error> for ApiError {
             E::SourceConnectionExists => {
                 ApiError::BadRequest("Source connection already exists".into())
             }
+            E::NotACreation => ApiError::BadRequest(
+                "Source connection creation must record SourceConnectionCreated".into(),
+            ),
             E::UnknownSource(short_name) => {
                 ApiError::NotFound(format!("Source '{short_name}' not found"))
             }

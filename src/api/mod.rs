@@ -3,9 +3,8 @@
 //! parses its input, calls one use case of [`crate::app`], and maps the result.
 //!
 //! - [`routes`]: the endpoint table and its registration; [`state`]: what handlers share.
-//! - [`auth`]: `x-api-key` -> the [`crate::app::Caller`]; [`keys`]: the `access` stream's
-//!   decisions (organizations and keys, hashes only).
-//! - [`commands`]: decisions for collections and source connections, appended optimistically.
+//! - [`auth`]: `x-api-key` -> the [`crate::app::Caller`]; [`keys`]: the key flows and the
+//!   key hash under the names the tests use (`app::keys`, `syncjobs_domain::access`).
 //! - [`collections`], [`source_connections`], [`jobs`]: the handlers; [`health`], [`openapi`].
 //! - [`history`]: a job's own events (JSON or server-sent events) and its state at any
 //!   version; [`subscribe`]: Airweave's progress stream; [`sse`]: following a job's stream
@@ -19,7 +18,6 @@
 
 pub mod auth;
 pub mod collections;
-pub mod commands;
 pub mod error;
 pub mod health;
 pub mod history;

@@ -1,10 +1,8 @@
 //! Creating a collection, and deleting one (its source connections first).
 
 use super::{last_position, lookup, App, Caller, Error};
-use crate::api::commands::{
-    decide_create_collection, decide_delete_collection, readable_id_from_name, CollectionName,
-};
 use syncjobs_domain::events::stream;
+use syncjobs_domain::{CollectionCommand, CollectionName};
 use syncjobs_projections::{Collection, ReadModel};
 use uuid::Uuid;
 
@@ -22,12 +20,14 @@ impl App {
         let readable_id = readable_id.map_or_else(|| readable_id_from_name(name), str::to_owned);
         let org = caller.organization_id;
         let id = Uuid::now_v7();
+        let create = CollectionCommand::Create {
+            collection_id: id,
+            organization_id: org,
+            name: name.to_owned(),
+            readable_id: readable_id.clone(),
+        };
         let recorded = self
-            .execute(
-                caller,
-                &stream::collection_name(org, &readable_id),
-                |s: &CollectionName| decide_create_collection(s, id, org, name, &readable_id),
-            )
+            .execute::<CollectionName>(caller, &stream::collection_name(org, &readable_id), &create)
             .await?;
         let position = last_position(&recorded);
         self.settle(position).await;
@@ -66,11 +66,12 @@ impl App {
             .read(|m| lookup::collection(m, caller, readable_id).map(|c| (c.id, before(m, c))))?;
         self.delete_source_connections_in(caller, collection_id)
             .await?;
+        let delete = CollectionCommand::Delete { collection_id };
         let recorded = self
-            .execute(
+            .execute::<CollectionName>(
                 caller,
                 &stream::collection_name(caller.organization_id, readable_id),
-                |s: &CollectionName| decide_delete_collection(s, collection_id),
+                &delete,
             )
             .await?;
         self.settle(last_position(&recorded)).await;
@@ -92,5 +93,53 @@ impl App {
                 .collect()
         });
         self.delete_source_connections(caller, &ids).await
+    }
+}
+
+/// Airweave's readable id from a name: lower-case, only `[a-z0-9]` and single hyphens,
+/// then a random 6-character suffix (`Finance Data` -> `finance-data-ab12x9`).
+pub fn readable_id_from_name(name: &str) -> String {
+    use rand::distr::{Distribution, Uniform};
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut slug = String::with_capacity(name.len() + 7);
+    let mut pending_hyphen = false;
+    for c in name.trim().chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            if pending_hyphen && !slug.is_empty() {
+                slug.push('-');
+            }
+            pending_hyphen = false;
+            slug.push(c);
+        } else if c.is_whitespace() || c == '-' {
+            pending_hyphen = true;
+        }
+        // anything else is dropped, as Airweave does
+    }
+    if !slug.is_empty() {
+        slug.push('-');
+    }
+    let mut rng = rand::rng();
+    if let Ok(pick) = Uniform::new(0, ALPHABET.len()) {
+        for _ in 0..6 {
+            slug.push(ALPHABET[pick.sample(&mut rng)] as char);
+        }
+    }
+    slug
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readable_ids_from_names_follow_airweave() {
+        let id = readable_id_from_name("  Finance  Data (Q1)! ");
+        assert!(id.starts_with("finance-data-q1-"), "{id}");
+        assert_eq!(id.len(), "finance-data-q1-".len() + 6);
+        assert!(crate::api::input::valid_readable_id(&id));
+        let only_suffix = readable_id_from_name("!!!!");
+        assert_eq!(only_suffix.len(), 6);
+        assert!(crate::api::input::valid_readable_id(&only_suffix));
+        assert_ne!(readable_id_from_name("same"), readable_id_from_name("same"));
     }
 }

@@ -1,11 +1,11 @@
 //! Why a use case did not do what it was asked, in the domain's terms. `api::error` maps
 //! each reason to a status and the contract's words; the CLI prints the `Display` text.
 
-use crate::api::commands::{CollectionError, CommandError, SourceConnectionError};
 use crate::replay::ReplayError;
+use syncjobs_actors::command::CommandError;
 use syncjobs_actors::pipeline::SourceConfigError;
 use syncjobs_actors::JobsError;
-use syncjobs_domain::{JobError, JobStatus, StoreError};
+use syncjobs_domain::{CollectionError, JobError, JobStatus, SourceConnectionError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,6 +18,9 @@ pub enum Error {
     SourceConnectionNotFound,
     #[error("the source connection exists already")]
     SourceConnectionExists,
+    /// A create that records something else than a creation: a caller's mistake.
+    #[error("a source connection's creation must record its creation")]
+    NotACreation,
     /// No source has this short name.
     #[error("no source {0:?}")]
     UnknownSource(String),
@@ -52,7 +55,7 @@ pub enum Error {
     Contention(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A job's stream does not fold, or cannot be exported.
+    /// A stream does not fold, or a job's history cannot be exported.
     #[error("a job's history cannot be read: {0}")]
     History(String),
     /// The job supervisor has stopped (the server is stopping).
@@ -90,30 +93,35 @@ impl From<SourceConfigError> for Error {
     }
 }
 
-impl From<CommandError<CollectionError>> for Error {
-    fn from(e: CommandError<CollectionError>) -> Self {
+impl<E: std::error::Error> From<CommandError<E>> for Error
+where
+    Error: From<E>,
+{
+    fn from(e: CommandError<E>) -> Self {
         match e {
-            CommandError::Rejected(CollectionError::AlreadyExists(rid)) => {
-                Error::CollectionExists(rid)
-            }
-            CommandError::Rejected(CollectionError::NotFound) => Error::CollectionNotFound,
+            CommandError::Rejected(e) => e.into(),
             CommandError::Store(e) => Error::Store(e),
-            CommandError::Contention(stream) => Error::Contention(stream),
+            CommandError::Contention { stream, .. } => Error::Contention(stream),
+            e @ CommandError::Corrupt { .. } => Error::History(e.to_string()),
         }
     }
 }
 
-impl From<CommandError<SourceConnectionError>> for Error {
-    fn from(e: CommandError<SourceConnectionError>) -> Self {
+impl From<CollectionError> for Error {
+    fn from(e: CollectionError) -> Self {
         match e {
-            CommandError::Rejected(SourceConnectionError::NotFound) => {
-                Error::SourceConnectionNotFound
-            }
-            CommandError::Rejected(SourceConnectionError::AlreadyExists) => {
-                Error::SourceConnectionExists
-            }
-            CommandError::Store(e) => Error::Store(e),
-            CommandError::Contention(stream) => Error::Contention(stream),
+            CollectionError::AlreadyExists(readable_id) => Error::CollectionExists(readable_id),
+            CollectionError::NotFound => Error::CollectionNotFound,
+        }
+    }
+}
+
+impl From<SourceConnectionError> for Error {
+    fn from(e: SourceConnectionError) -> Self {
+        match e {
+            SourceConnectionError::NotFound => Error::SourceConnectionNotFound,
+            SourceConnectionError::AlreadyExists => Error::SourceConnectionExists,
+            SourceConnectionError::NotACreation => Error::NotACreation,
         }
     }
 }

@@ -1,21 +1,53 @@
-//! API keys: create, revoke, list, and the key handling of a start. The CLI (`syncjobs keys`)
-//! and the server's start-up call these with the store alone: no read model, no supervisor.
+//! API keys: create, revoke, list, and the key handling of a start, over the `access`
+//! aggregate of `syncjobs_domain::access`. The CLI (`syncjobs keys`) and the server's
+//! start-up call these with the store alone: no read model, no supervisor.
 //!
-//! A key's clear text exists only in what [`create_key`] and [`bootstrap`] return; the
-//! store holds its hash and a short prefix (see `api::keys`, the `access` stream's
-//! decisions).
+//! A key's clear text exists only here, for the moment it is made: the aggregate, the store
+//! and the read model know only its hash and shown prefix.
 
-use crate::api::keys::{
-    execute, generate_key, record_for, validate_key, Access, AccessCommand, AccessError, KeyInfo,
-};
 use chrono::{DateTime, Utc};
+use rand::distr::{Alphanumeric, SampleString};
 use std::sync::Arc;
+use syncjobs_actors::command::{self, CommandError};
 use syncjobs_domain::events::stream;
-use syncjobs_domain::{AccessEvent, Event, EventStore, RecordedEvent, SharedClock};
+use syncjobs_domain::{
+    Access, AccessCommand, AccessError, AccessEvent, Aggregate, Event, EventStore, Metadata,
+    NewKeyRecord, RecordedEvent, SharedClock,
+};
 use uuid::Uuid;
 
-/// The organization of keys made at first start or from SYNCJOBS_BOOTSTRAP_API_KEY.
-pub const DEFAULT_ORGANIZATION: &str = "default";
+pub use syncjobs_domain::access::{
+    hash_key, key_hash_into, shown_prefix, validate_key, KeyInfo, DEFAULT_ORGANIZATION,
+    KEY_HASH_LEN, KEY_PREFIX,
+};
+
+/// Random characters after the prefix (~238 bits).
+const KEY_RANDOM_LEN: usize = 40;
+
+/// Why a key flow failed: the access aggregate's refusal, or the command path's trouble.
+pub type KeysError = CommandError<AccessError>;
+
+/// A new random key.
+pub fn generate_key() -> String {
+    let mut key = String::from(KEY_PREFIX);
+    Alphanumeric.append_string(&mut rand::rng(), &mut key, KEY_RANDOM_LEN);
+    key
+}
+
+/// Runs `command` on the `access` stream; the events appended (empty when there was
+/// nothing to do).
+async fn execute(
+    store: &Arc<dyn EventStore>,
+    clock: &SharedClock,
+    caused_by: &str,
+    command: &AccessCommand,
+) -> Result<Vec<RecordedEvent>, KeysError> {
+    let meta = Metadata::caused_by(caused_by);
+    let executed =
+        command::execute::<Access>(&**store, &**clock, stream::ACCESS, None, command, &meta)
+            .await?;
+    Ok(executed.events)
+}
 
 /// A key just made: the only moment its clear text exists.
 #[derive(Debug, Clone)]
@@ -26,6 +58,17 @@ pub struct NewKey {
     pub prefix: String,
     /// Global position of the append (0 if nothing was appended).
     pub position: u64,
+}
+
+fn record_for(organization: &str, key: &str, expires_at: Option<DateTime<Utc>>) -> NewKeyRecord {
+    NewKeyRecord {
+        organization: organization.to_owned(),
+        new_organization_id: Uuid::now_v7(),
+        key_id: Uuid::now_v7(),
+        key_hash: hash_key(key),
+        prefix: shown_prefix(key),
+        expires_at,
+    }
 }
 
 fn new_key_from(key: String, recorded: &[RecordedEvent]) -> Option<NewKey> {
@@ -53,11 +96,15 @@ pub async fn create_key(
     organization: &str,
     expires_at: Option<DateTime<Utc>>,
     caused_by: &str,
-) -> Result<NewKey, AccessError> {
+) -> Result<NewKey, KeysError> {
     let key = generate_key();
     let cmd = AccessCommand::CreateKey(record_for(organization, &key, expires_at));
     let recorded = execute(store, clock, caused_by, &cmd).await?;
-    new_key_from(key, &recorded).ok_or(AccessError::Contention)
+    // A CreateKey that is not refused always records its key: this is only a guard.
+    new_key_from(key, &recorded).ok_or_else(|| CommandError::Contention {
+        stream: stream::ACCESS.to_owned(),
+        aggregate: Access::NAME,
+    })
 }
 
 /// What the start-up key handling did.
@@ -77,10 +124,10 @@ pub async fn bootstrap(
     store: &Arc<dyn EventStore>,
     clock: &SharedClock,
     bootstrap_key: Option<&str>,
-) -> Result<Bootstrap, AccessError> {
+) -> Result<Bootstrap, KeysError> {
     match bootstrap_key {
         Some(key) => {
-            validate_key(key)?;
+            validate_key(key).map_err(CommandError::Rejected)?;
             let cmd = AccessCommand::RegisterKey(record_for(DEFAULT_ORGANIZATION, key, None));
             let recorded = execute(store, clock, "bootstrap", &cmd).await?;
             if !recorded.is_empty() {
@@ -112,7 +159,7 @@ pub async fn revoke_key(
     clock: &SharedClock,
     selector: &str,
     caused_by: &str,
-) -> Result<Uuid, AccessError> {
+) -> Result<Uuid, KeysError> {
     let cmd = AccessCommand::RevokeKey {
         selector: selector.to_owned(),
     };
@@ -123,21 +170,27 @@ pub async fn revoke_key(
             Event::Access(AccessEvent::ApiKeyRevoked { key_id }) => Some(*key_id),
             _ => None,
         })
-        .ok_or_else(|| AccessError::NoSuchKey(selector.to_owned()))
+        .ok_or_else(|| CommandError::Rejected(AccessError::NoSuchKey(selector.to_owned())))
 }
 
 /// Every key the store knows, oldest first.
-pub async fn list_keys(store: &Arc<dyn EventStore>) -> Result<Vec<KeyInfo>, AccessError> {
-    Ok(Access::fold(&store.read_stream(stream::ACCESS, 0).await?)
-        .keys()
-        .to_vec())
+pub async fn list_keys(store: &Arc<dyn EventStore>) -> Result<Vec<KeyInfo>, KeysError> {
+    let access = command::load::<Access>(&**store, stream::ACCESS).await?;
+    Ok(access.into_keys())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::keys::hash_key;
     use syncjobs_domain::{InMemoryStore, SystemClock};
+
+    #[test]
+    fn generated_keys_differ_and_are_valid_keys() {
+        let (a, b) = (generate_key(), generate_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with(KEY_PREFIX) && a.len() == KEY_PREFIX.len() + KEY_RANDOM_LEN);
+        assert!(validate_key(&a).is_ok());
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_first_starts_make_exactly_one_key() {

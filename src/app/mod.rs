@@ -15,9 +15,9 @@
 //! - `wait`: read-your-writes: a use case answers once the read model shows its appends,
 //!   and a refusal that names a job's state once the read model shows that state.
 //!
-//! Commands on collections and source connections go through one call, `App::execute`;
-//! the keys' through `api::keys::execute`. The decisions they run still live in
-//! `api::commands` and `api::keys`, until those aggregates move to `domain`.
+//! Every command on a collection or source connection goes through one call, `App::execute`
+//! (the keys' through `keys`' own): the one command path of `syncjobs_actors::command`, as
+//! the caller, over the aggregates of `syncjobs_domain`.
 
 pub mod caller;
 pub mod collections;
@@ -32,12 +32,12 @@ mod wait;
 pub use caller::Caller;
 pub use error::Error;
 
-use crate::api::commands::{decide_and_append, Aggregate, CommandError};
 use std::sync::Arc;
 use std::time::Duration;
+use syncjobs_actors::command::{self, CommandError};
 use syncjobs_actors::pipeline::EntitySink;
 use syncjobs_actors::Jobs;
-use syncjobs_domain::{Event, EventStore, RecordedEvent, SharedClock};
+use syncjobs_domain::{Aggregate, EventStore, RecordedEvent, SharedClock};
 use syncjobs_projections::Projection;
 
 /// How long use cases wait on the read model.
@@ -72,29 +72,21 @@ pub struct App {
 }
 
 impl App {
-    /// The command path of collections and source connections, on the caller's behalf:
-    /// reads `stream`, decides, appends at the version decided on (again on a conflict).
-    /// Returns what was appended; nothing when the decision was "no change".
-    async fn execute<A, E, Ev>(
+    /// Runs `cmd` on `stream` through the one command path, as the caller: what it
+    /// appended (nothing when there was nothing to do).
+    async fn execute<A: Aggregate>(
         &self,
         caller: &Caller,
         stream: &str,
-        decide: impl Fn(&A) -> Result<Vec<Ev>, E>,
+        cmd: &A::Command,
     ) -> Result<Vec<RecordedEvent>, Error>
     where
-        A: Aggregate,
-        Ev: Into<Event>,
-        Error: From<CommandError<E>>,
+        Error: From<CommandError<A::Error>>,
     {
-        let clock = self.clock.clone();
-        Ok(decide_and_append(
-            &self.store,
-            stream,
-            || clock.now(),
-            &caller.metadata(),
-            decide,
-        )
-        .await?)
+        let meta = caller.metadata();
+        let executed =
+            command::execute::<A>(&*self.store, &*self.clock, stream, None, cmd, &meta).await?;
+        Ok(executed.events)
     }
 }
 

@@ -2,13 +2,10 @@
 //! are stopped first, and what they wrote is removed after.
 
 use super::{last_position, lookup, App, Caller, Error};
-use crate::api::commands::{
-    decide_create_source_connection, decide_delete_source_connection, SourceConnectionStream,
-};
 use serde_json::{Map, Value};
 use syncjobs_actors::pipeline::{validate_source_config, EntityStats};
 use syncjobs_domain::events::stream;
-use syncjobs_domain::SourceConnectionEvent;
+use syncjobs_domain::{SourceConnectionCommand, SourceConnectionEvent};
 use syncjobs_projections::{ReadModel, SourceConnection};
 use uuid::Uuid;
 
@@ -92,11 +89,12 @@ impl App {
             auth_method: method.to_owned(),
             authenticated: true,
         };
+        let create = SourceConnectionCommand::Create(created);
         let recorded = self
-            .execute(
+            .execute::<syncjobs_domain::SourceConnection>(
                 caller,
                 &stream::source_connection(id),
-                |s: &SourceConnectionStream| decide_create_source_connection(s, created.clone()),
+                &create,
             )
             .await?;
         let mut position = last_position(&recorded);
@@ -159,11 +157,14 @@ impl App {
 
     /// The rest of a delete once the connection's `live` jobs were cancelled and waited for.
     async fn delete_stopped(&self, caller: &Caller, id: Uuid, live: &[Uuid]) -> Result<(), Error> {
+        let delete = SourceConnectionCommand::Delete {
+            source_connection_id: id,
+        };
         let recorded = self
-            .execute(
+            .execute::<syncjobs_domain::SourceConnection>(
                 caller,
                 &stream::source_connection(id),
-                |s: &SourceConnectionStream| decide_delete_source_connection(s, id),
+                &delete,
             )
             .await?;
         self.settle(last_position(&recorded)).await;

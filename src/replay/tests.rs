@@ -8,8 +8,9 @@ use clap::{CommandFactory, Parser};
 use std::sync::Arc;
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
-    CollectionEvent, EntityCounts, EventStore, ExpectedVersion, FoldError, InMemoryStore,
-    JobCommand, JobError, JobState, JobStatus, Metadata, NewEvent, RecordedEvent, SyncJobEvent,
+    Aggregate, CollectionEvent, EntityCounts, EventStore, ExpectedVersion, FoldError,
+    InMemoryStore, Job, JobCommand, JobError, JobStatus, Metadata, NewEvent, RecordedEvent,
+    SyncJobEvent,
 };
 
 fn at(ms: i64) -> DateTime<Utc> {
@@ -45,14 +46,9 @@ async fn exec(
     by: &str,
 ) -> Result<Vec<RecordedEvent>, JobError> {
     let history = store.read_stream(&stream::job(id), 0).await.unwrap();
-    let state = JobState::fold(
-        history
-            .iter()
-            .map(|e| (e.job_event().unwrap(), e.recorded_at)),
-    )
-    .unwrap();
-    let events = cmd.decide_on(state.as_ref())?;
-    let expected = state.as_ref().map_or(0, |s| s.version);
+    let state = Job::fold(&history).unwrap();
+    let events = state.decide(&cmd)?;
+    let expected = state.version();
     let new = events
         .into_iter()
         .map(|e| NewEvent::new(e, at(ms), meta(by)))

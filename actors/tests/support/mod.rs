@@ -6,9 +6,10 @@
 use chrono::{TimeZone, Utc};
 use std::sync::Arc;
 use std::time::Duration;
-use syncjobs_actors::{command, NewJob, SupervisorSettings};
+use syncjobs_actors::{command, JobResult, NewJob, SupervisorSettings};
+use syncjobs_domain::events::stream;
 use syncjobs_domain::{
-    Clock, EntityCounts, InMemoryStore, JobCommand, JobState, Metadata, TokioClock,
+    Clock, EntityCounts, EventStore, InMemoryStore, Job, JobCommand, JobState, Metadata, TokioClock,
 };
 use uuid::Uuid;
 
@@ -60,18 +61,32 @@ pub async fn job_in_log(store: &Arc<InMemoryStore>, clock: &dyn Clock, started: 
         short_name: "timed".into(),
         config: serde_json::json!({}),
     };
-    let mut state = command::execute(&**store, clock, job_id, None, &create, &meta)
+    let mut state = execute(&**store, clock, job_id, None, &create, &meta)
         .await
         .unwrap()
         .state;
     if started {
         let start = JobCommand::Start { worker: "w".into() };
-        state = command::execute(&**store, clock, job_id, Some(state), &start, &meta)
+        let known = state.0.clone();
+        state = execute(&**store, clock, job_id, known, &start, &meta)
             .await
             .unwrap()
             .state;
     }
-    state
+    state.0.expect("the job was created")
+}
+
+/// Runs `cmd` on a job's stream through the one command path, as another node would.
+pub async fn execute(
+    store: &dyn EventStore,
+    clock: &dyn Clock,
+    job_id: Uuid,
+    known: Option<JobState>,
+    cmd: &JobCommand,
+    meta: &Metadata,
+) -> JobResult {
+    let known = known.map(Job::from);
+    command::execute(store, clock, &stream::job(job_id), known, cmd, meta).await
 }
 
 /// The watchdog's timeout in these tests (the API's default).
@@ -103,8 +118,9 @@ pub fn new_job(sc: Uuid) -> NewJob {
 
 /// The job's state as its stream says.
 pub async fn state(store: &Arc<InMemoryStore>, job: Uuid) -> JobState {
-    command::load(&**store, job)
+    command::load::<Job>(&**store, &stream::job(job))
         .await
         .unwrap()
+        .0
         .expect("job exists")
 }
