@@ -6,6 +6,8 @@ use serde_json::{Map, Value};
 use syncjobs_actors::pipeline::{validate_source_config, EntityStats};
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{SourceConnectionCommand, SourceConnectionEvent};
+/// The aggregate (the read model's `SourceConnection` is the other one here).
+type Aggregate = syncjobs_domain::SourceConnection;
 use syncjobs_projections::{ReadModel, SourceConnection};
 use uuid::Uuid;
 
@@ -90,13 +92,8 @@ impl App {
             authenticated: true,
         };
         let create = SourceConnectionCommand::Create(created);
-        let recorded = self
-            .execute::<syncjobs_domain::SourceConnection>(
-                caller,
-                &stream::source_connection(id),
-                &create,
-            )
-            .await?;
+        let stream = stream::source_connection(id);
+        let recorded = self.execute::<Aggregate>(caller, &stream, &create).await?;
         let mut position = last_position(&recorded);
         tracing::info!(source_connection_id = %id, %short_name, "source connection created");
         if new.sync_immediately {
@@ -160,13 +157,8 @@ impl App {
         let delete = SourceConnectionCommand::Delete {
             source_connection_id: id,
         };
-        let recorded = self
-            .execute::<syncjobs_domain::SourceConnection>(
-                caller,
-                &stream::source_connection(id),
-                &delete,
-            )
-            .await?;
+        let stream = stream::source_connection(id);
+        let recorded = self.execute::<Aggregate>(caller, &stream, &delete).await?;
         self.settle(last_position(&recorded)).await;
         // A job started while the delete was under way has no connection any more: stop it
         // too before the purge, so that nothing it writes outlives the connection.
