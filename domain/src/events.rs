@@ -446,8 +446,12 @@ impl NewEvent {
 }
 
 /// An event as the store holds it: the envelope every reader sees.
+///
+/// `E` is the body: the typed [`Event`] everywhere but where a body is carried before it is
+/// read (an exported line keeps its raw JSON until it is upcast), so that both share one
+/// envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordedEvent {
+pub struct RecordedEvent<E = Event> {
     pub event_id: Uuid,
     pub stream_id: String,
     /// 1-based position within its stream.
@@ -459,7 +463,23 @@ pub struct RecordedEvent {
     pub schema_version: u32,
     #[serde(flatten)]
     pub metadata: Metadata,
-    pub event: Event,
+    pub event: E,
+}
+
+impl<E> RecordedEvent<E> {
+    /// The same envelope around another form of its body.
+    pub fn with_event<F>(self, event: F) -> RecordedEvent<F> {
+        RecordedEvent {
+            event_id: self.event_id,
+            stream_id: self.stream_id,
+            version: self.version,
+            global_position: self.global_position,
+            recorded_at: self.recorded_at,
+            schema_version: self.schema_version,
+            metadata: self.metadata,
+            event,
+        }
+    }
 }
 
 impl RecordedEvent {
