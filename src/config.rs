@@ -237,9 +237,9 @@ impl Settings {
         self.data_dir.join("read_model.json")
     }
 
-    /// The NATS relay's checkpoint file.
-    pub fn relay_checkpoint_path(&self) -> PathBuf {
-        self.data_dir.join(crate::bus::DEFAULT_CHECKPOINT_FILE)
+    /// The NATS relay's cursor file (its name predates the word: users' data dirs have it).
+    pub fn relay_cursor_path(&self) -> PathBuf {
+        self.data_dir.join(crate::bus::DEFAULT_CURSOR_FILE)
     }
 
     /// Where the destination keeps synced entities (`entities.db`).

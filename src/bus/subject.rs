@@ -11,7 +11,7 @@
 //!
 //! Only a stream's first event names its owner (org, source connection), so the router keeps
 //! a cache fed by the creation events it sees and reads the stream's first event on a miss
-//! (after a restart from a checkpoint, say).
+//! (after a restart from a cursor, say).
 
 use std::collections::HashMap;
 use syncjobs_domain::events::{
@@ -315,7 +315,7 @@ mod tests {
             },
         )
         .await;
-        // A fresh router (a relay restarted from a checkpoint past JobCreated).
+        // A fresh router (a relay restarted from a cursor past JobCreated).
         let mut router = Router::new("p");
         let route = router.route(store.as_ref(), &done).await.unwrap();
         assert_eq!(
