@@ -368,10 +368,7 @@ mod tests {
             t.elapsed() < Duration::from_secs(1),
             "shutdown waited out a retry"
         );
-        assert!(
-            !cursor.exists(),
-            "nothing was acknowledged, nothing saved"
-        );
+        assert!(!cursor.exists(), "nothing was acknowledged, nothing saved");
     }
 
     /// Log lines written while the returned guard lives, on this thread (a current-thread
@@ -486,10 +483,7 @@ mod tests {
         assert_eq!((r.from, r.to, r.republish), (5, 3, 0), "{r:?}");
         assert_eq!((s.published_position, s.lag), (3, 0));
         assert_eq!(
-            cursor::load(&path, DEFAULT_STREAM)
-                .await
-                .unwrap()
-                .position,
+            cursor::load(&path, DEFAULT_STREAM).await.unwrap().position,
             3,
             "the realigned cursor is saved"
         );

@@ -245,14 +245,7 @@ impl Relay {
         }
         let cfg = &self.cfg;
         let marks = self.marks.list();
-        match cursor::save(
-            &cfg.cursor_path,
-            &cfg.stream_name,
-            self.published,
-            marks,
-        )
-        .await
-        {
+        match cursor::save(&cfg.cursor_path, &cfg.stream_name, self.published, marks).await {
             Ok(()) => self.saved = self.published,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot save the NATS relay cursor");
