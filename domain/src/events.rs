@@ -54,8 +54,8 @@ impl EntityCounts {
 
     /// The counts a final event records when the run's own report is lost (its process
     /// died, or the watchdog gave up on it): each counter is the larger of the last
-    /// checkpoint (`self`) and what the destination durably holds for the job. The pipeline
-    /// reports a write only after it commits, so the checkpoint is never ahead of the
+    /// progress report (`self`) and what the destination durably holds for the job. The pipeline
+    /// reports a write only after it commits, so a progress report is never ahead of the
     /// destination and the result is the destination's count; taking the larger one keeps
     /// counts from going down for what the destination does not track (`skipped`) or does
     /// not know (a job written before it kept per-job counts).
@@ -96,7 +96,7 @@ pub enum SyncJobEvent {
         #[serde(default)]
         worker: String,
     },
-    /// A checkpoint of the counts so far (every N entities or T ms, never per entity).
+    /// A progress report: the counts so far (every N entities or T ms, never per entity).
     ProgressRecorded {
         counts: EntityCounts,
     },
@@ -650,7 +650,7 @@ mod tests {
 
     #[test]
     fn reconciled_counts_take_the_destinations_and_never_go_down() {
-        let checkpoint = EntityCounts {
+        let reported = EntityCounts {
             inserted: 10,
             kept: 2,
             skipped: 1,
@@ -663,7 +663,7 @@ mod tests {
             failed: 1,
             ..Default::default()
         };
-        let r = checkpoint.reconciled_with(&destination);
+        let r = reported.reconciled_with(&destination);
         assert_eq!(
             r,
             EntityCounts {
@@ -675,12 +675,9 @@ mod tests {
                 deleted: 0,
             }
         );
-        assert!(r.dominates(&checkpoint));
+        assert!(r.dominates(&reported));
         // A destination that knows nothing of the job (written before it kept counts).
-        assert_eq!(
-            checkpoint.reconciled_with(&EntityCounts::default()),
-            checkpoint
-        );
+        assert_eq!(reported.reconciled_with(&EntityCounts::default()), reported);
     }
 
     #[test]
