@@ -1,0 +1,106 @@
+//! Fresh databases for the tests, on the server at `SYNCJOBS_TEST_POSTGRES_URL` (e.g.
+//! `postgres://postgres@127.0.0.1:5432/postgres`; a role that may create databases). Unset:
+//! the tests skip, saying so, unless `SYNCJOBS_REQUIRE_SERVICES=1` makes that a failure.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use syncjobs_store_postgres::PgStore;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+pub const URL_VAR: &str = "SYNCJOBS_TEST_POSTGRES_URL";
+
+/// The server to test against, or None (after saying why) when the test is to be skipped.
+pub fn admin_url(test: &str) -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(u) if !u.trim().is_empty() => Some(u),
+        _ if std::env::var("SYNCJOBS_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("{test}: {URL_VAR} is unset but SYNCJOBS_REQUIRE_SERVICES=1")
+        }
+        _ => {
+            eprintln!(
+                "skipping {test}: {URL_VAR} is not set \
+                 (e.g. {URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres)"
+            );
+            None
+        }
+    }
+}
+
+/// `url` with its database replaced by `name` (its query string kept).
+pub fn with_database(url: &str, name: &str) -> String {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let base = match base[authority..].find('/') {
+        Some(slash) => &base[..authority + slash],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+pub async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of this test's own, dropped (with whatever is still connected) at the end,
+/// even when the test panics.
+pub struct TestDb {
+    admin: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create(admin: &str) -> TestDb {
+        let name = format!("syncjobs_test_{}", Uuid::new_v4().simple());
+        client(admin)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        TestDb {
+            admin: admin.to_owned(),
+            url: with_database(admin, &name),
+            name,
+        }
+    }
+
+    pub async fn store(&self) -> Arc<PgStore> {
+        PgStore::connect(&self.url).await.expect("the store opens")
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        client(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // A thread of its own: Drop may run inside the test's runtime, which cannot block.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                client(&admin)
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test database {}", self.name);
+        }
+    }
+}
