@@ -58,5 +58,5 @@ pub mod store;
 pub mod writer;
 
 pub use listen::LISTENER_NAME;
-pub use store::PgStore;
+pub use store::{PgStore, Schema};
 pub use syncjobs_domain::StoreError;

@@ -66,3 +66,18 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
     }
     Ok(done)
 }
+
+/// Fails unless the database has the store's schema (for commands that must not create it).
+pub async fn require(client: &Client) -> Result<(), StoreError> {
+    let row = client
+        .query_one("SELECT to_regclass('syncjobs_events') IS NOT NULL", &[])
+        .await
+        .map_err(|e| store_error(&e))?;
+    if row.get::<_, bool>(0) {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(
+            "no event store in this database (`syncjobs serve` creates it)".into(),
+        ))
+    }
+}

@@ -107,6 +107,15 @@ impl Drop for PgStore {
     }
 }
 
+/// Whether opening may create the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Create it, or bring it up to this build's (`serve`, `keys create`).
+    Migrate,
+    /// It must be there already; nothing is created (the reading commands).
+    MustExist,
+}
+
 struct Started {
     shared: Arc<Shared>,
     requests: mpsc::Sender<Request>,
@@ -121,19 +130,23 @@ impl PgStore {
         let runtime = OwnRuntime(Some(build_runtime()?));
         let handle = runtime_handle(&runtime)?;
         let url = url.to_owned();
-        let started = handle.spawn(start(url)).await.map_err(join_error)??;
+        let started = handle
+            .spawn(start(url, Schema::Migrate))
+            .await
+            .map_err(join_error)??;
         Ok(Arc::new(PgStore::assemble(started, handle, runtime)))
     }
 
     /// [`PgStore::connect`] for callers that may block (start-up, the CLI), from inside a
-    /// runtime or not.
-    pub fn open(url: &str) -> Result<Arc<PgStore>, StoreError> {
+    /// runtime or not; with [`Schema::MustExist`] a database without the store's schema is
+    /// refused, and nothing is created in it.
+    pub fn open(url: &str, schema: Schema) -> Result<Arc<PgStore>, StoreError> {
         let runtime = OwnRuntime(Some(build_runtime()?));
         let handle = runtime_handle(&runtime)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let url = url.to_owned();
         handle.spawn(async move {
-            let _ = tx.send(start(url).await);
+            let _ = tx.send(start(url, schema).await);
         });
         let started = rx.recv().map_err(|_| StoreError::Closed)??;
         Ok(Arc::new(PgStore::assemble(started, handle, runtime)))
@@ -205,7 +218,7 @@ fn join_error(e: tokio::task::JoinError) -> StoreError {
 }
 
 /// On the store's runtime: the pool, the schema, the head, the writer and the listener.
-async fn start(url: String) -> Result<Started, StoreError> {
+async fn start(url: String, schema: Schema) -> Result<Started, StoreError> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
         StoreError::Backend(format!("not a PostgreSQL URL: {}", redact(&e.to_string())))
     })?;
@@ -232,7 +245,12 @@ async fn start(url: String) -> Result<Started, StoreError> {
         .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
     let head = {
         let mut client = pool.get().await.map_err(|e| pool_error(&e))?;
-        migrate::migrate(&mut client).await?;
+        match schema {
+            Schema::Migrate => {
+                migrate::migrate(&mut client).await?;
+            }
+            Schema::MustExist => migrate::require(&client).await?,
+        }
         listen::head(&client).await.map_err(|e| store_error(&e))?
     };
     let shared = Arc::new(Shared {
