@@ -5,6 +5,7 @@
 //! - [`writer`]: the node's one writer, which group-commits its appends under the append lock.
 //! - [`listen`]: the node's listener (`LISTEN`/`NOTIFY`), which wakes followers.
 //! - [`migrate`]: the schema, as versioned migrations (`migrations/*.sql`) applied once.
+//! - [`testkit`] (feature `testkit`): fresh databases for tests.
 //! - `error`: PostgreSQL's errors as [`StoreError`]s (unavailable vs. backend; no credentials).
 //!
 //! # No reader ever skips an event: appends are serialised
@@ -55,6 +56,8 @@ mod error;
 pub mod listen;
 pub mod migrate;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod writer;
 
 pub use listen::LISTENER_NAME;

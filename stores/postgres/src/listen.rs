@@ -78,6 +78,7 @@ async fn listen(
         Ok(head) => {
             tracing::debug!(head, "event store listener is listening");
             shared.committed(head);
+            shared.listening.send_replace(true);
         }
         Err(e) => {
             driver.abort();
@@ -95,6 +96,7 @@ async fn listen(
             }
         }
     }
+    shared.listening.send_replace(false);
     driver.abort();
     Ok(())
 }

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     head: watch::Sender<u64>,
     /// The cause of the last failed write, until a commit succeeds.
     failure: Mutex<Option<String>>,
+    /// Whether the listener is listening (false while it reconnects).
+    pub(crate) listening: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -257,11 +259,20 @@ async fn start(url: String, schema: Schema) -> Result<Started, StoreError> {
         pool,
         head: watch::channel(head).0,
         failure: Mutex::new(None),
+        listening: watch::channel(false).0,
     });
     let (requests, rx) = mpsc::channel(QUEUE_CAPACITY);
     let stop = CancellationToken::new();
     tokio::spawn(writer::run(shared.clone(), rx));
     tokio::spawn(listen::run(shared.clone(), config, stop.clone()));
+    // Ready once other nodes' commits wake this one's followers.
+    let mut listening = shared.listening.subscribe();
+    if tokio::time::timeout(CONNECT_TIMEOUT, listening.wait_for(|l| *l))
+        .await
+        .is_err()
+    {
+        tracing::warn!("event store listener is not listening yet; it keeps trying");
+    }
     Ok(Started {
         shared,
         requests,

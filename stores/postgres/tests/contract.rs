@@ -1,11 +1,9 @@
 //! The PostgreSQL store against the whole EventStore contract, each check on a fresh
 //! database (see `support`).
 
-mod support;
-
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
-use support::{admin_url, TestDb};
+use syncjobs_store_postgres::testkit::{admin_url, TestDb};
 use syncjobs_domain::store::contract;
 use syncjobs_domain::EventStore;
 

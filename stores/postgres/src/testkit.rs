@@ -1,14 +1,15 @@
-//! Fresh databases for the tests, on the server at `SYNCJOBS_TEST_POSTGRES_URL` (e.g.
-//! `postgres://postgres@127.0.0.1:5432/postgres`; a role that may create databases). Unset:
-//! the tests skip, saying so, unless `SYNCJOBS_REQUIRE_SERVICES=1` makes that a failure.
-
-#![allow(dead_code)]
+//! Fresh databases for tests (feature `testkit`), on the server at
+//! `SYNCJOBS_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`; a role
+//! that may create databases). Unset: tests skip, saying so, unless
+//! `SYNCJOBS_REQUIRE_SERVICES=1` makes that a failure. Used by this crate's tests and by
+//! the API suite when it runs on PostgreSQL.
 
 use std::sync::Arc;
-use syncjobs_store_postgres::PgStore;
+use crate::PgStore;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
+/// The variable naming the test server.
 pub const URL_VAR: &str = "SYNCJOBS_TEST_POSTGRES_URL";
 
 /// The server to test against, or None (after saying why) when the test is to be skipped.
@@ -42,6 +43,7 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{base}/{name}{query}")
 }
 
+/// A plain connection, driven on the caller's runtime.
 pub async fn client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
@@ -59,6 +61,7 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A new, empty database on the server at `admin`.
     pub async fn create(admin: &str) -> TestDb {
         let name = format!("syncjobs_test_{}", Uuid::new_v4().simple());
         client(admin)
@@ -73,10 +76,12 @@ impl TestDb {
         }
     }
 
+    /// A store (an instance of its own: its own pool and listener) on this database.
     pub async fn store(&self) -> Arc<PgStore> {
         PgStore::connect(&self.url).await.expect("the store opens")
     }
 
+    /// A plain connection to this database.
     pub async fn client(&self) -> tokio_postgres::Client {
         client(&self.url).await
     }
