@@ -23,7 +23,8 @@ pub const BACKENDS: &str = "sqlite://DIR (the embedded SQLite store in DIR), \
 /// from the environment ([`StoreConfig::from_env`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreConfig {
-    /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR. Unset: the
+    /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR,
+    /// `postgres://USER@HOST:PORT/DB` a PostgreSQL database. Unset: the
     /// embedded store in the data directory.
     #[arg(
         long = "store",

@@ -6,6 +6,9 @@
 
 use std::sync::Arc;
 use crate::PgStore;
+use async_trait::async_trait;
+use syncjobs_domain::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError};
+use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -107,5 +110,55 @@ impl Drop for TestDb {
         if !matches!(dropped, Ok(Ok(()))) {
             eprintln!("could not drop the test database {}", self.name);
         }
+    }
+}
+
+/// A store on a database of its own, dropped when the last handle to the store goes (a
+/// restarted test app reusing the store keeps the database).
+pub async fn fresh_store(admin: &str) -> Arc<dyn EventStore> {
+    let db = TestDb::create(admin).await;
+    let store = db.store().await;
+    Arc::new(OwningStore { store, _db: db })
+}
+
+/// The store, then its database: fields drop in order.
+struct OwningStore {
+    store: Arc<PgStore>,
+    _db: TestDb,
+}
+
+#[async_trait]
+impl EventStore for OwningStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        after: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.read_stream(stream, after).await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.read_all(after, limit).await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.store.watch_head()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.store.write_failure()
     }
 }
