@@ -4,8 +4,8 @@
 //! reads the head, so whatever committed while it was away wakes the followers too: they
 //! then read on from their own position and miss nothing.
 
-use crate::writer::NOTIFY_CHANNEL;
 use crate::store::Shared;
+use crate::writer::NOTIFY_CHANNEL;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` is cancelled.
-pub(crate) async fn run(shared: Arc<Shared>, mut config: tokio_postgres::Config, stop: CancellationToken) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut config: tokio_postgres::Config,
+    stop: CancellationToken,
+) {
     config.application_name(LISTENER_NAME);
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -69,7 +73,9 @@ async fn listen(
         }
     });
     let caught_up = async {
-        client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")).await?;
+        client
+            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .await?;
         // Listening from here on: whatever committed before is in this head.
         head(&client).await
     }

@@ -11,11 +11,8 @@ use syncjobs_domain::StoreError;
 use tokio_postgres::Client;
 
 /// Every migration this build knows, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "events",
-    include_str!("../migrations/0001_events.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "events", include_str!("../migrations/0001_events.sql"))];
 
 /// The advisory lock key migrations are applied under ("syncjobs" + 0).
 pub(crate) const MIGRATION_LOCK: i64 = 0x7379_6e63_6a6f_6200;
@@ -32,7 +29,10 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
         .map_err(fail)?;
     tx.batch_execute(MIGRATIONS_TABLE).await.map_err(fail)?;
     let applied: Vec<i32> = tx
-        .query("SELECT version FROM syncjobs_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM syncjobs_migrations ORDER BY version",
+            &[],
+        )
         .await
         .map_err(fail)?
         .iter()

@@ -363,13 +363,14 @@ fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
     let stream_id: String = row
         .try_get(1)
         .map_err(|e| corrupt(format!("stream id unreadable: {e}")))?;
-    let at = |what: &str, e: &dyn std::fmt::Display| {
-        corrupt(format!("stream {stream_id}: {what}: {e}"))
-    };
+    let at =
+        |what: &str, e: &dyn std::fmt::Display| corrupt(format!("stream {stream_id}: {what}: {e}"));
     let version: i64 = row.try_get(2).map_err(|e| at("version unreadable", &e))?;
     let version = u64::try_from(version).map_err(|e| at("negative version", &e))?;
     let event_id = row.try_get(3).map_err(|e| at("event id unreadable", &e))?;
-    let event_type: &str = row.try_get(4).map_err(|e| at("event type unreadable", &e))?;
+    let event_type: &str = row
+        .try_get(4)
+        .map_err(|e| at("event type unreadable", &e))?;
     let schema_version: i32 = row
         .try_get(5)
         .map_err(|e| at("schema version unreadable", &e))?;
@@ -384,7 +385,9 @@ fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
             &format!("{event_type} != {}", event.event_type()),
         ));
     }
-    let ns: i64 = row.try_get(7).map_err(|e| at("recorded_at unreadable", &e))?;
+    let ns: i64 = row
+        .try_get(7)
+        .map_err(|e| at("recorded_at unreadable", &e))?;
     Ok(RecordedEvent {
         event_id,
         stream_id: stream_id.clone(),
@@ -395,7 +398,9 @@ fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
         metadata: Metadata {
             causation_id: row.try_get(8).map_err(|e| at("causation id", &e))?,
             correlation_id: row.try_get(9).map_err(|e| at("correlation id", &e))?,
-            caused_by: row.try_get(10).map_err(|e| at("caused_by unreadable", &e))?,
+            caused_by: row
+                .try_get(10)
+                .map_err(|e| at("caused_by unreadable", &e))?,
         },
         event,
     })

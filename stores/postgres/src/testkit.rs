@@ -4,9 +4,9 @@
 //! `SYNCJOBS_REQUIRE_SERVICES=1` makes that a failure. Used by this crate's tests and by
 //! the API suite when it runs on PostgreSQL.
 
-use std::sync::Arc;
 use crate::PgStore;
 use async_trait::async_trait;
+use std::sync::Arc;
 use syncjobs_domain::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;

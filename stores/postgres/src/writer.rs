@@ -2,7 +2,7 @@
 //! lock, checks each append's expected version, inserts the winners in one statement and
 //! commits once (group commit). See the crate docs for why appends are serialised.
 
-use crate::error::{is_unique_violation, pool_error, store_error};
+use crate::error::{is_unique_violation, pool_error, store_error, LOST};
 use crate::store::{clamp, Shared};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,7 +50,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
 /// One append's outcome before the commit: where its events go, or its answer.
 enum Planned {
     /// Its events take positions `position..` and versions `after + 1..`.
-    Insert { position: u64, after: u64 },
+    Insert {
+        position: u64,
+        after: u64,
+    },
     Done(Result<Vec<RecordedEvent>, StoreError>),
 }
 
@@ -71,7 +74,14 @@ struct Columns {
 }
 
 async fn commit(shared: &Shared, batch: Vec<Request>) {
-    match try_commit(shared, &batch).await {
+    let mut outcome = try_commit(shared, &batch).await;
+    if let Err(Failure::Lost(e)) = &outcome {
+        // Nothing was written: a pooled connection the server had closed (a restart, an
+        // idle timeout). Once more, on a fresh one, before anyone sees a 503.
+        tracing::debug!(error = %e, "append connection lost before its commit; retrying once");
+        outcome = try_commit(shared, &batch).await;
+    }
+    match outcome {
         Ok((planned, head)) => {
             if let Some(head) = head {
                 shared.committed(head);
@@ -104,7 +114,7 @@ async fn commit(shared: &Shared, batch: Vec<Request>) {
                 Failure::Unique { stream, expected } => {
                     conflict_after_race(shared, stream, expected).await
                 }
-                Failure::Store(e) => e,
+                Failure::Store(e) | Failure::Lost(e) => e,
             };
             shared.failed(&e);
             for request in batch {
@@ -121,6 +131,8 @@ enum Failure {
         stream: String,
         expected: ExpectedVersion,
     },
+    /// The connection broke before `COMMIT` was sent: nothing was written.
+    Lost(StoreError),
     Store(StoreError),
 }
 
@@ -151,7 +163,12 @@ async fn try_commit(
     shared: &Shared,
     batch: &[Request],
 ) -> Result<(Vec<Planned>, Option<u64>), Failure> {
-    let store = |e: tokio_postgres::Error| Failure::Store(store_error(&e));
+    let store = |e: tokio_postgres::Error| match store_error(&e) {
+        StoreError::Unavailable { cause } if cause == LOST => {
+            Failure::Lost(StoreError::Unavailable { cause })
+        }
+        e => Failure::Store(e),
+    };
     let mut client = shared
         .pool
         .get()
@@ -247,15 +264,26 @@ async fn try_commit(
         return Err(store(e));
     }
     // Delivered to every listener when (and only if) the transaction commits.
-    tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &head.to_string()])
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&NOTIFY_CHANNEL, &head.to_string()],
+    )
+    .await
+    .map_err(store)?;
+    // A connection lost from here on leaves the outcome unknown: no retry.
+    tx.commit()
         .await
-        .map_err(store)?;
-    tx.commit().await.map_err(store)?;
+        .map_err(|e| Failure::Store(store_error(&e)))?;
     Ok((planned, Some(head)))
 }
 
 /// The envelopes of an append that committed at `position..`, after stream version `after`.
-fn recorded(stream: String, events: Vec<Prepared>, position: u64, after: u64) -> Vec<RecordedEvent> {
+fn recorded(
+    stream: String,
+    events: Vec<Prepared>,
+    position: u64,
+    after: u64,
+) -> Vec<RecordedEvent> {
     events
         .into_iter()
         .enumerate()

@@ -6,9 +6,9 @@ use futures::StreamExt;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use syncjobs_store_postgres::testkit::{admin_url, TestDb};
 use syncjobs_domain::store::contract::sample;
 use syncjobs_domain::{follow, EventStore, ExpectedVersion, RecordedEvent};
+use syncjobs_store_postgres::testkit::{admin_url, TestDb};
 use syncjobs_store_postgres::writer::{APPEND_LOCK, NOTIFY_CHANNEL};
 use syncjobs_store_postgres::{PgStore, LISTENER_NAME};
 use tokio::sync::mpsc;
@@ -70,7 +70,10 @@ async fn begin_held_append<'c>(
         .await
         .unwrap();
     let head: i64 = tx
-        .query_one("SELECT coalesce(max(position), 0) FROM syncjobs_events", &[])
+        .query_one(
+            "SELECT coalesce(max(position), 0) FROM syncjobs_events",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -153,11 +156,18 @@ async fn a_held_append_is_delivered_once_in_order_and_nothing_passes_it() {
     }
     let mut landed = positions(&landed);
     landed.sort_unstable();
-    assert_eq!(landed, vec![5, 6, 7], "the later appends come after the held one");
+    assert_eq!(
+        landed,
+        vec![5, 6, 7],
+        "the later appends come after the held one"
+    );
 
     let (seen_a, seen_b) = (next(&mut fa, 4).await, next(&mut fb, 4).await);
     assert_eq!(positions(&seen_a), vec![4, 5, 6, 7]);
-    assert_eq!(seen_a[0].event_id, held_id, "the held event, once it commits");
+    assert_eq!(
+        seen_a[0].event_id, held_id,
+        "the held event, once it commits"
+    );
     assert_eq!(ids(&seen_a), ids(&seen_b), "every follower sees one order");
     quiet(&mut fa, "after the log's end").await;
     quiet(&mut fb, "after the log's end").await;
@@ -275,7 +285,11 @@ async fn delay(
     version: u64,
 ) -> Duration {
     let rec = writer
-        .append(stream, ExpectedVersion::Exact(version), vec![sample(version)])
+        .append(
+            stream,
+            ExpectedVersion::Exact(version),
+            vec![sample(version)],
+        )
         .await
         .unwrap();
     let committed = Instant::now();
@@ -327,7 +341,11 @@ async fn followers_are_woken_by_another_instance_and_survive_a_cut_listener() {
         );
     }
     let seen = next(&mut rx, 5).await;
-    assert_eq!(ids(&seen), ids(&written), "nothing missed while it was away");
+    assert_eq!(
+        ids(&seen),
+        ids(&written),
+        "nothing missed while it was away"
+    );
     quiet(&mut rx, "after catching up").await;
     // Listening again: woken by the next commit as before.
     let mut delays = Vec::new();
@@ -353,7 +371,43 @@ async fn followers_are_woken_by_another_instance_and_survive_a_cut_listener() {
         if listening == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "each instance listens again ({listening})");
+        assert!(
+            Instant::now() < deadline,
+            "each instance listens again ({listening})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_cut_by_the_server_cost_no_append() {
+    let Some(admin) = admin_url("pooled_connections_cut_by_the_server_cost_no_append") else {
+        return;
+    };
+    let db = TestDb::create(&admin).await;
+    let store = db.store().await;
+    store
+        .append("s", ExpectedVersion::Exact(0), vec![sample(0)])
+        .await
+        .unwrap();
+    // The server closes every connection of the store's pool (as a restart would).
+    let cut: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'syncjobs'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cut >= 1, "the pool's connections were cut ({cut})");
+    let rec = store
+        .append("s", ExpectedVersion::Exact(1), vec![sample(1)])
+        .await
+        .expect("the append goes through on a fresh connection");
+    assert_eq!(rec[0].global_position, 2);
+    assert_eq!(store.read_stream("s", 0).await.unwrap().len(), 2);
+    assert!(store.write_failure().is_none());
 }

@@ -3,9 +3,9 @@
 
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
-use syncjobs_store_postgres::testkit::{admin_url, TestDb};
 use syncjobs_domain::store::contract;
 use syncjobs_domain::EventStore;
+use syncjobs_store_postgres::testkit::{admin_url, TestDb};
 
 struct Harness {
     admin: String,

@@ -30,7 +30,10 @@ async fn nodes_starting_together_apply_each_migration_once() {
     let applied: Vec<i32> = db
         .client()
         .await
-        .query("SELECT version FROM syncjobs_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM syncjobs_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -38,7 +41,10 @@ async fn nodes_starting_together_apply_each_migration_once() {
         .collect();
     let known: Vec<i32> = MIGRATIONS.iter().map(|m| m.0).collect();
     assert_eq!(applied, known, "each migration recorded once");
-    assert_eq!(tables(&db).await, ["syncjobs_events", "syncjobs_migrations"]);
+    assert_eq!(
+        tables(&db).await,
+        ["syncjobs_events", "syncjobs_migrations"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +58,10 @@ async fn a_reading_command_creates_nothing_and_a_newer_schema_is_refused() {
     let refused = tokio::task::spawn_blocking(move || PgStore::open(&url, Schema::MustExist))
         .await
         .unwrap();
-    let e = refused.err().expect("no store in an empty database").to_string();
+    let e = refused
+        .err()
+        .expect("no store in an empty database")
+        .to_string();
     assert!(e.contains("no event store in this database"), "{e}");
     assert!(tables(&db).await.is_empty(), "nothing was created");
 
@@ -65,6 +74,10 @@ async fn a_reading_command_creates_nothing_and_a_newer_schema_is_refused() {
         )
         .await
         .unwrap();
-    let e = PgStore::connect(&db.url).await.err().expect("refused").to_string();
+    let e = PgStore::connect(&db.url)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("schema version 999 is newer"), "{e}");
 }
