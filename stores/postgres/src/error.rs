@@ -45,6 +45,15 @@ pub(crate) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
 }
 
+/// The connection `e` came from is gone (closed by the server, terminated, broken): what
+/// was not committed on it was rolled back.
+pub(crate) fn connection_gone(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => matches!(code.code(), "57P01" | "57P02") || code.code().starts_with("08"),
+        None => e.is_closed(),
+    }
+}
+
 fn unavailable_cause(e: &tokio_postgres::Error) -> Option<&'static str> {
     let Some(code) = e.code() else {
         if e.is_closed() {

@@ -1,6 +1,6 @@
 //! [`PgStore`]: the EventStore on PostgreSQL. See the crate docs for the method.
 
-use crate::error::{pool_error, store_error};
+use crate::error::{connection_gone, pool_error, store_error};
 use crate::writer::{Prepared, Request};
 use crate::{listen, migrate, writer};
 use async_trait::async_trait;
@@ -20,7 +20,7 @@ const READ_ALL: &str = include_str!("sql/read_all.sql");
 const READ_STREAM: &str = include_str!("sql/read_stream.sql");
 
 /// Connections a node keeps to the database (besides the listener's).
-const POOL_SIZE: usize = 8;
+pub(crate) const POOL_SIZE: usize = 8;
 /// How long connecting may take, and how long a request waits for a free connection,
 /// before it fails as unavailable: a request never hangs on a database that is away.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -183,13 +183,21 @@ impl PgStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let pool = self.shared.pool.clone();
         self.on_runtime(async move {
-            let client = pool.get().await.map_err(|e| pool_error(&e))?;
-            let after = clamp(after);
-            let rows = match &stream {
-                Some(stream) => client.query(sql, &[stream, &after]).await,
-                None => client.query(sql, &[&after, &clamp(limit as u64)]).await,
-            }
-            .map_err(|e| store_error(&e))?;
+            let (after, limit) = (clamp(after), clamp(limit as u64));
+            // A read on a connection the server has closed is simply made again on the
+            // next one (see the writer); the pool's size bounds the tries.
+            let mut tries = 0;
+            let rows = loop {
+                let client = pool.get().await.map_err(|e| pool_error(&e))?;
+                let read = match &stream {
+                    Some(stream) => client.query(sql, &[stream, &after]).await,
+                    None => client.query(sql, &[&after, &limit]).await,
+                };
+                match read {
+                    Err(e) if connection_gone(&e) && tries < POOL_SIZE => tries += 1,
+                    read => break read.map_err(|e| store_error(&e))?,
+                }
+            };
             rows.iter().map(decode_row).collect()
         })
         .await

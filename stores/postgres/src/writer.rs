@@ -2,8 +2,8 @@
 //! lock, checks each append's expected version, inserts the winners in one statement and
 //! commits once (group commit). See the crate docs for why appends are serialised.
 
-use crate::error::{is_unique_violation, pool_error, store_error, LOST};
-use crate::store::{clamp, Shared};
+use crate::error::{connection_gone, is_unique_violation, pool_error, store_error};
+use crate::store::{clamp, Shared, POOL_SIZE};
 use std::collections::HashMap;
 use std::sync::Arc;
 use syncjobs_domain::events::{NewEvent, RecordedEvent, CURRENT_SCHEMA_VERSION};
@@ -75,10 +75,14 @@ struct Columns {
 
 async fn commit(shared: &Shared, batch: Vec<Request>) {
     let mut outcome = try_commit(shared, &batch).await;
-    if let Err(Failure::Lost(e)) = &outcome {
-        // Nothing was written: a pooled connection the server had closed (a restart, an
-        // idle timeout). Once more, on a fresh one, before anyone sees a 503.
-        tracing::debug!(error = %e, "append connection lost before its commit; retrying once");
+    // Nothing was written: a pooled connection the server had closed (a restart, an idle
+    // timeout, a terminated backend). Again on the next one, before anyone sees a 503: each
+    // try drops a dead connection from the pool, so the pool's size bounds the tries.
+    for _ in 0..POOL_SIZE {
+        let Err(Failure::Lost(e)) = &outcome else {
+            break;
+        };
+        tracing::debug!(error = %e, "append connection lost before its commit; trying again");
         outcome = try_commit(shared, &batch).await;
     }
     match outcome {
@@ -163,11 +167,12 @@ async fn try_commit(
     shared: &Shared,
     batch: &[Request],
 ) -> Result<(Vec<Planned>, Option<u64>), Failure> {
-    let store = |e: tokio_postgres::Error| match store_error(&e) {
-        StoreError::Unavailable { cause } if cause == LOST => {
-            Failure::Lost(StoreError::Unavailable { cause })
+    let store = |e: tokio_postgres::Error| {
+        if connection_gone(&e) {
+            Failure::Lost(store_error(&e))
+        } else {
+            Failure::Store(store_error(&e))
         }
-        e => Failure::Store(e),
     };
     let mut client = shared
         .pool

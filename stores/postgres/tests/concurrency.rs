@@ -403,6 +403,7 @@ async fn pooled_connections_cut_by_the_server_cost_no_append() {
         .unwrap()
         .get(0);
     assert!(cut >= 1, "the pool's connections were cut ({cut})");
+    assert_eq!(store.read_all(0, 10).await.expect("reads go on").len(), 1);
     let rec = store
         .append("s", ExpectedVersion::Exact(1), vec![sample(1)])
         .await
