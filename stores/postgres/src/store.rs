@@ -189,9 +189,12 @@ impl PgStore {
             let mut tries = 0;
             let rows = loop {
                 let client = pool.get().await.map_err(|e| pool_error(&e))?;
-                let read = match &stream {
-                    Some(stream) => client.query(sql, &[stream, &after]).await,
-                    None => client.query(sql, &[&after, &limit]).await,
+                let read = match client.prepare_cached(sql).await {
+                    Ok(statement) => match &stream {
+                        Some(stream) => client.query(&statement, &[stream, &after]).await,
+                        None => client.query(&statement, &[&after, &limit]).await,
+                    },
+                    Err(e) => Err(e),
                 };
                 match read {
                     Err(e) if connection_gone(&e) && tries < POOL_SIZE => tries += 1,

@@ -6,6 +6,7 @@ use crate::error::{connection_gone, is_unique_violation, pool_error, store_error
 use crate::store::{clamp, Shared, POOL_SIZE};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use syncjobs_domain::events::{NewEvent, RecordedEvent, CURRENT_SCHEMA_VERSION};
 use syncjobs_domain::{ExpectedVersion, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +21,12 @@ pub const NOTIFY_CHANNEL: &str = "syncjobs_events";
 /// The most appends one commit carries: bounds the time the append lock is held.
 pub const MAX_BATCH: usize = 512;
 
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 pub(crate) const VERSIONS: &str = include_str!("sql/versions.sql");
 pub(crate) const INSERT: &str = include_str!("sql/insert.sql");
+
+type Param<'a> = dyn tokio_postgres::types::ToSql + Sync + 'a;
 
 pub(crate) type Reply = oneshot::Sender<Result<Vec<RecordedEvent>, StoreError>>;
 
@@ -42,8 +47,34 @@ pub(crate) struct Prepared {
 /// Runs until every sender is gone.
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
     let mut batch = Vec::new();
+    let mut answered = 0;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        linger(&mut rx, &mut batch, answered).await;
+        answered = batch.len();
         commit(&shared, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// The longest the writer waits for the appenders its last commit answered.
+const MAX_LINGER: Duration = Duration::from_millis(1);
+
+/// The fewest appends a commit must have answered for the writer to wait for them.
+const LINGER_MIN_GROUP: usize = 4;
+
+/// Concurrent appenders come back together right after a commit answers them; while the
+/// next commit holds the lock they could not join it. Waiting briefly for them (at most
+/// [`MAX_LINGER`], and only when the last commit answered several) lets one commit carry
+/// them all instead of alternating half-full batches.
+async fn linger(rx: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>, answered: usize) {
+    if answered < LINGER_MIN_GROUP {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + MAX_LINGER;
+    while batch.len() < answered.min(MAX_BATCH) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(request)) => batch.push(request),
+            _ => return,
+        }
     }
 }
 
@@ -180,17 +211,30 @@ async fn try_commit(
         .await
         .map_err(|e| Failure::Store(pool_error(&e)))?;
     let tx = client.transaction().await.map_err(store)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
-        .await
-        .map_err(store)?;
-    // A statement of its own, after the lock: under READ COMMITTED it reads a snapshot
-    // taken after the previous holder's commit became visible.
+    // Statements are prepared once per connection, and sent two at a time (pipelined):
+    // a batch costs four round trips (BEGIN, lock + versions, insert + notify, COMMIT).
+    let (lock, read_versions, insert, notify) = futures::try_join!(
+        tx.prepare_cached(LOCK),
+        tx.prepare_cached(VERSIONS),
+        tx.prepare_cached(INSERT),
+        tx.prepare_cached(NOTIFY),
+    )
+    .map_err(store)?;
     let mut streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
     streams.sort_unstable();
     streams.dedup();
+    // The versions are a statement of their own, run after the lock's: under READ
+    // COMMITTED it reads a snapshot taken after the previous holder's commit became visible.
+    let (lock_params, versions_params): ([&Param<'_>; 1], [&Param<'_>; 1]) =
+        ([&APPEND_LOCK], [&streams]);
+    let (_, rows) = futures::try_join!(
+        tx.execute(&lock, &lock_params),
+        tx.query(&read_versions, &versions_params),
+    )
+    .map_err(store)?;
     let mut head = 0u64;
     let mut versions: HashMap<String, u64> = HashMap::new();
-    for row in tx.query(VERSIONS, &[&streams]).await.map_err(store)? {
+    for row in rows {
         let stream: Option<String> = row.try_get(0).map_err(store)?;
         let n = u64::try_from(row.try_get::<_, i64>(1).map_err(store)?).unwrap_or(0);
         match stream {
@@ -242,24 +286,26 @@ async fn try_commit(
         // Conflicts and empty appends only: nothing to commit (dropping `tx` rolls back).
         return Ok((planned, None));
     }
-    let inserted = tx
-        .execute(
-            INSERT,
-            &[
-                &cols.position,
-                &cols.stream,
-                &cols.version,
-                &cols.event_id,
-                &cols.event_type,
-                &cols.schema_version,
-                &cols.data,
-                &cols.recorded_at_ns,
-                &cols.causation_id,
-                &cols.correlation_id,
-                &cols.caused_by,
-            ],
-        )
-        .await;
+    let head_text = head.to_string();
+    // Delivered to every listener when (and only if) the transaction commits.
+    let insert_params: [&Param<'_>; 11] = [
+        &cols.position,
+        &cols.stream,
+        &cols.version,
+        &cols.event_id,
+        &cols.event_type,
+        &cols.schema_version,
+        &cols.data,
+        &cols.recorded_at_ns,
+        &cols.causation_id,
+        &cols.correlation_id,
+        &cols.caused_by,
+    ];
+    let notify_params: [&Param<'_>; 2] = [&NOTIFY_CHANNEL, &head_text];
+    let inserted = futures::try_join!(
+        tx.execute(&insert, &insert_params),
+        tx.execute(&notify, &notify_params),
+    );
     if let Err(e) = inserted {
         if is_unique_violation(&e) {
             let stream = batch.first().map(|r| r.stream.clone()).unwrap_or_default();
@@ -268,13 +314,6 @@ async fn try_commit(
         }
         return Err(store(e));
     }
-    // Delivered to every listener when (and only if) the transaction commits.
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&NOTIFY_CHANNEL, &head.to_string()],
-    )
-    .await
-    .map_err(store)?;
     // A connection lost from here on leaves the outcome unknown: no retry.
     tx.commit()
         .await
