@@ -194,8 +194,30 @@ async fn conflict_after_race(
 
 /// Checks and inserts the batch in one transaction under the append lock. Returns each
 /// append's plan and the new head (None: nothing was written).
+///
+/// Two round trips: `BEGIN`, the lock and the versions go in one flight, the INSERT, the
+/// NOTIFY and `COMMIT` in the next (pipelined: sent together, run in order). The lock is
+/// held from the first flight's lock to the commit, across one round trip and the flush.
 async fn try_commit(
     shared: &Shared,
+    batch: &[Request],
+) -> Result<(Vec<Planned>, Option<u64>), Failure> {
+    let client = shared
+        .pool
+        .get()
+        .await
+        .map_err(|e| Failure::Store(pool_error(&e)))?;
+    let committed = commit_on(&client, batch).await;
+    if committed.is_err() {
+        // Its transaction may still be open: closed, not returned to the pool (closing it
+        // ends the transaction).
+        drop(deadpool_postgres::Object::take(client));
+    }
+    committed
+}
+
+async fn commit_on(
+    client: &deadpool_postgres::ClientWrapper,
     batch: &[Request],
 ) -> Result<(Vec<Planned>, Option<u64>), Failure> {
     let store = |e: tokio_postgres::Error| {
@@ -205,19 +227,12 @@ async fn try_commit(
             Failure::Store(store_error(&e))
         }
     };
-    let mut client = shared
-        .pool
-        .get()
-        .await
-        .map_err(|e| Failure::Store(pool_error(&e)))?;
-    let tx = client.transaction().await.map_err(store)?;
-    // Statements are prepared once per connection, and sent two at a time (pipelined):
-    // a batch costs four round trips (BEGIN, lock + versions, insert + notify, COMMIT).
+    // Prepared once per connection.
     let (lock, read_versions, insert, notify) = futures::try_join!(
-        tx.prepare_cached(LOCK),
-        tx.prepare_cached(VERSIONS),
-        tx.prepare_cached(INSERT),
-        tx.prepare_cached(NOTIFY),
+        client.prepare_cached(LOCK),
+        client.prepare_cached(VERSIONS),
+        client.prepare_cached(INSERT),
+        client.prepare_cached(NOTIFY),
     )
     .map_err(store)?;
     let mut streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
@@ -227,11 +242,14 @@ async fn try_commit(
     // COMMITTED it reads a snapshot taken after the previous holder's commit became visible.
     let (lock_params, versions_params): ([&Param<'_>; 1], [&Param<'_>; 1]) =
         ([&APPEND_LOCK], [&streams]);
-    let (_, rows) = futures::try_join!(
-        tx.execute(&lock, &lock_params),
-        tx.query(&read_versions, &versions_params),
-    )
-    .map_err(store)?;
+    let (begun, locked, rows) = futures::join!(
+        client.batch_execute("BEGIN"),
+        client.execute(&lock, &lock_params),
+        client.query(&read_versions, &versions_params),
+    );
+    begun.map_err(store)?;
+    locked.map_err(store)?;
+    let rows = rows.map_err(store)?;
     let mut head = 0u64;
     let mut versions: HashMap<String, u64> = HashMap::new();
     for row in rows {
@@ -283,11 +301,11 @@ async fn try_commit(
         versions.insert(r.stream.clone(), actual + r.events.len() as u64);
     }
     if head == first {
-        // Conflicts and empty appends only: nothing to commit (dropping `tx` rolls back).
+        // Conflicts and empty appends only: nothing to commit.
+        client.batch_execute("ROLLBACK").await.map_err(store)?;
         return Ok((planned, None));
     }
     let head_text = head.to_string();
-    // Delivered to every listener when (and only if) the transaction commits.
     let insert_params: [&Param<'_>; 11] = [
         &cols.position,
         &cols.stream,
@@ -301,23 +319,26 @@ async fn try_commit(
         &cols.correlation_id,
         &cols.caused_by,
     ];
+    // Delivered to every listener when (and only if) the transaction commits.
     let notify_params: [&Param<'_>; 2] = [&NOTIFY_CHANNEL, &head_text];
-    let inserted = futures::try_join!(
-        tx.execute(&insert, &insert_params),
-        tx.execute(&notify, &notify_params),
+    // After a failed INSERT the server answers COMMIT with a rollback.
+    let (inserted, notified, committed) = futures::join!(
+        client.execute(&insert, &insert_params),
+        client.execute(&notify, &notify_params),
+        client.batch_execute("COMMIT"),
     );
+    // COMMIT was sent: a connection lost now leaves the outcome unknown, so no retry.
+    let unknown = |e: tokio_postgres::Error| Failure::Store(store_error(&e));
     if let Err(e) = inserted {
         if is_unique_violation(&e) {
             let stream = batch.first().map(|r| r.stream.clone()).unwrap_or_default();
             let expected = batch.first().map_or(ExpectedVersion::Any, |r| r.expected);
             return Err(Failure::Unique { stream, expected });
         }
-        return Err(store(e));
+        return Err(unknown(e));
     }
-    // A connection lost from here on leaves the outcome unknown: no retry.
-    tx.commit()
-        .await
-        .map_err(|e| Failure::Store(store_error(&e)))?;
+    notified.map_err(unknown)?;
+    committed.map_err(unknown)?;
     Ok((planned, Some(head)))
 }
 
