@@ -63,7 +63,8 @@ pub struct Settings {
     #[arg(long, env = "SYNCJOBS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR. Unset: the
+    /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR,
+    /// `postgres://USER@HOST:PORT/DB` a PostgreSQL database. Unset: the
     /// embedded store in the data directory.
     // Opened by `crate::backend::open`, as the `keys` commands' `StoreConfig` is.
     #[arg(
