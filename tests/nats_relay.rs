@@ -764,7 +764,17 @@ fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
         .with_ansi(false)
         .with_writer(move || Sink(sink.clone()))
         .finish();
-    (buf, tracing::subscriber::set_default(subscriber))
+    // tracing-core caches a callsite's interest from the *registering* thread's default
+    // while at most one dispatcher is registered (tokio-rs/tracing#3611): a parallel test
+    // with no subscriber that reaches a relay callsite first would silence it for the whole
+    // process, and this capture would stay empty. A second dispatcher that lives as long as
+    // the process makes tracing ask every registered dispatcher; the rebuild re-asks the
+    // callsites cached before it existed.
+    static KEEPER: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    KEEPER.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    let guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    (buf, guard)
 }
 
 fn logged(buf: &Mutex<Vec<u8>>) -> String {
