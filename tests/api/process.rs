@@ -170,8 +170,8 @@ async fn first_start_prints_a_key_once_and_the_cli_manages_keys_of_a_running_ser
         .unwrap_or_else(|| panic!("no key printed: {first_out:?}"))
         .to_owned();
     assert!(
-        dir.path().join("read_model.snapshot").exists(),
-        "a checkpoint was written at the stop"
+        dir.path().join("read_model.db").exists(),
+        "the read model is kept on disk"
     );
 
     let server = start(dir.path(), &[]);
@@ -628,7 +628,7 @@ async fn data_files_and_directories_are_the_owners_alone() {
         |b| b["sync"]["last_job"]["status"] == "completed",
     )
     .await;
-    // A stop writes the read model's checkpoint; the CLI writes to the store too.
+    // The read model has its database; the CLI writes to the store too.
     assert!(terminate_keeping_logs(&mut server));
     let (ok, _, err) = cli(&dir, &["keys", "create", "--org", "other"]);
     assert!(ok, "{err}");
@@ -649,12 +649,7 @@ async fn data_files_and_directories_are_the_owners_alone() {
             }
         }
     }
-    for file in [
-        "events.db",
-        "entities.db",
-        "read_model.snapshot",
-        "serve.lock",
-    ] {
+    for file in ["events.db", "entities.db", "read_model.db", "serve.lock"] {
         assert!(seen.iter().any(|f| f == file), "{file} not among {seen:?}");
     }
 }
