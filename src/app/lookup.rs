@@ -41,7 +41,9 @@ pub fn connection_job(
     sc: Uuid,
     job_id: Uuid,
 ) -> Result<JobState, Error> {
-    source_connection(m, caller, sc)?;
+    if !m.has_source_connection(caller.organization_id, sc)? {
+        return Err(Error::SourceConnectionNotFound);
+    }
     let job = job(m, caller, job_id)?;
     if job.source_connection_id != sc {
         return Err(Error::JobOfAnotherConnection);

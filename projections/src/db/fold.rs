@@ -24,7 +24,7 @@ use uuid::Uuid;
 /// Final job rows of deleted connections removed per purge transaction: small enough that
 /// a step never holds the writer for long, large enough that 100,000 rows go in well under
 /// a second.
-pub const PURGE_BATCH: usize = 2_000;
+pub const PURGE_BATCH: usize = 1_000;
 
 /// A job not final yet, with the position of its creation (its row's order).
 #[derive(Debug, Clone)]
@@ -192,12 +192,22 @@ impl Writer {
     }
 }
 
-fn exists(tx: &Transaction<'_>, sql: &str, id: Uuid) -> rusqlite::Result<bool> {
+/// Whether `table` has the row `id`.
+fn has_row(tx: &Transaction<'_>, table: &str, id: Uuid) -> rusqlite::Result<bool> {
     Ok(tx
-        .prepare_cached(sql)?
+        .prepare_cached(&format!("SELECT 1 FROM {table} WHERE id = ?1"))?
         .query_row([id], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// Deletes the row `id` of `table`; the organization it belonged to, if it existed.
+fn remove_row(tx: &Transaction<'_>, table: &str, id: Uuid) -> rusqlite::Result<Option<Uuid>> {
+    tx.prepare_cached(&format!(
+        "DELETE FROM {table} WHERE id = ?1 RETURNING organization_id"
+    ))?
+    .query_row([id], |r| r.get(0))
+    .optional()
 }
 
 fn add_counts(
@@ -401,11 +411,7 @@ impl Batch<'_> {
                 name,
                 readable_id,
             } => {
-                if exists(
-                    self.tx,
-                    "SELECT 1 FROM collections WHERE id = ?1",
-                    collection_id,
-                )? {
+                if has_row(self.tx, "collections", collection_id)? {
                     tracing::warn!(%collection_id, "CollectionCreated for a known collection; skipped");
                     return Ok(());
                 }
@@ -427,14 +433,7 @@ impl Batch<'_> {
                 add_counts(self.tx, organization_id, 1, 0, 0)?;
             }
             CollectionEvent::CollectionDeleted { collection_id } => {
-                let org: Option<Uuid> = self
-                    .tx
-                    .prepare_cached(
-                        "DELETE FROM collections WHERE id = ?1 RETURNING organization_id",
-                    )?
-                    .query_row([collection_id], |r| r.get(0))
-                    .optional()?;
-                if let Some(org) = org {
+                if let Some(org) = remove_row(self.tx, "collections", collection_id)? {
                     add_counts(self.tx, org, -1, 0, 0)?;
                 }
             }
@@ -461,11 +460,7 @@ impl Batch<'_> {
                 auth_method,
                 authenticated,
             } => {
-                if exists(
-                    self.tx,
-                    "SELECT 1 FROM source_connections WHERE id = ?1",
-                    source_connection_id,
-                )? {
+                if has_row(self.tx, "source_connections", source_connection_id)? {
                     tracing::warn!(%source_connection_id, "SourceConnectionCreated for a known one; skipped");
                     return Ok(());
                 }
@@ -497,14 +492,7 @@ impl Batch<'_> {
             SourceConnectionEvent::SourceConnectionDeleted {
                 source_connection_id: id,
             } => {
-                let org: Option<Uuid> = self
-                    .tx
-                    .prepare_cached(
-                        "DELETE FROM source_connections WHERE id = ?1 RETURNING organization_id",
-                    )?
-                    .query_row([id], |r| r.get(0))
-                    .optional()?;
-                let Some(org) = org else {
+                let Some(org) = remove_row(self.tx, "source_connections", id)? else {
                     return Ok(());
                 };
                 // Its final jobs vanish from reads now (a job is readable while its

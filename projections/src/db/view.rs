@@ -140,6 +140,16 @@ impl ReadView<'_> {
         Ok(out)
     }
 
+    /// Every row of `sql`, in order.
+    fn all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, ReadError> {
+        self.page(sql, params, row, 0, usize::MAX, |_| true)
+    }
+
     // ---- access -----------------------------------------------------------------------
 
     /// The newest key with this hash, and whether its organization exists (cached).
@@ -188,13 +198,10 @@ impl ReadView<'_> {
 
     /// Every key, oldest first (for `syncjobs keys list`).
     pub fn api_keys(&self) -> Result<Vec<ApiKey>, ReadError> {
-        self.page(
+        self.all(
             &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id"),
             [],
             key_row,
-            0,
-            usize::MAX,
-            |_| true,
         )
     }
 
@@ -311,6 +318,22 @@ impl ReadView<'_> {
         )
     }
 
+    /// Whether the source connection exists and belongs to the organization (an index probe,
+    /// no row decoded: `GET` one job checks this on every call).
+    pub fn has_source_connection(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+    ) -> Result<bool, ReadError> {
+        Ok(self
+            .one(
+                "SELECT 1 FROM source_connections WHERE id = ?1 AND organization_id = ?2",
+                [id, organization_id],
+                |_| Ok(()),
+            )?
+            .is_some())
+    }
+
     /// An organization's source connections, newest first: `skip` then at most `limit` of
     /// those `keep` accepts.
     pub fn source_connections(
@@ -338,16 +361,13 @@ impl ReadView<'_> {
         &self,
         collection_id: Uuid,
     ) -> Result<Vec<SourceConnection>, ReadError> {
-        self.page(
+        self.all(
             &format!(
                 "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
                  WHERE collection_id = ?1 ORDER BY created_position DESC"
             ),
             [collection_id],
             source_connection_row,
-            0,
-            usize::MAX,
-            |_| true,
         )
     }
 
@@ -413,27 +433,17 @@ impl ReadView<'_> {
 
     /// Ids of the connection's jobs that are pending, running or cancelling.
     pub fn active_jobs_of(&self, source_connection_id: Uuid) -> Result<Vec<Uuid>, ReadError> {
-        self.page(
+        self.all(
             "SELECT id FROM jobs WHERE source_connection_id = ?1 AND active = 1
              ORDER BY created_position DESC",
             [source_connection_id],
             |r| r.get(0),
-            0,
-            usize::MAX,
-            |_| true,
         )
     }
 
     /// Ids of every job, of any connection, that is pending, running or cancelling.
     pub fn unfinished_jobs(&self) -> Result<Vec<Uuid>, ReadError> {
-        self.page(
-            "SELECT id FROM jobs WHERE active = 1",
-            [],
-            |r| r.get(0),
-            0,
-            usize::MAX,
-            |_| true,
-        )
+        self.all("SELECT id FROM jobs WHERE active = 1", [], |r| r.get(0))
     }
 
     /// What `/health` shows for an organization: kept by the fold, one row.
@@ -467,13 +477,10 @@ impl ReadView<'_> {
     /// Every readable row (diagnostics and tests: O(model), never on a request path).
     pub fn dump(&self) -> Result<ModelDump, ReadError> {
         let all = |sql: &str| format!("{sql} ORDER BY 1");
-        let jobs: Vec<Vec<u8>> = self.page(
+        let jobs: Vec<Vec<u8>> = self.all(
             &all(&format!("SELECT j.state FROM jobs j WHERE {JOB_VISIBLE}")),
             [],
             |r| r.get(0),
-            0,
-            usize::MAX,
-            |_| true,
         )?;
         Ok(ModelDump {
             position: self.position,
