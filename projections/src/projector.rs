@@ -56,7 +56,7 @@ impl Projection {
     /// An empty read model in a temporary directory, removed when the last handle goes
     /// (tests, and tools that fold a log once).
     pub fn temporary() -> Result<(Projection, ProjectionWriter), ReadError> {
-        let dir = tempfile::tempdir().map_err(|e| ReadError::Decode(e.to_string()))?;
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("read_model.db");
         Self::open_in(&path, u64::MAX, Some(dir))
     }
@@ -194,7 +194,7 @@ impl ProjectionWriter {
         let this = self.clone_handle();
         tokio::task::spawn_blocking(move || this.apply_batch(events))
             .await
-            .map_err(|e| ReadError::Decode(format!("the projector's commit task failed: {e}")))?
+            .map_err(|e| ReadError::Task(e.to_string()))?
     }
 
     /// One purge step on a blocking thread; whether more remains.

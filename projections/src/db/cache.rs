@@ -6,6 +6,7 @@
 //! between, so a row read before a commit can never be cached after it.
 
 use hashlink::LruCache;
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Mutex;
 
@@ -34,7 +35,10 @@ impl<K: Hash + Eq, V: Clone> Cache<K, V> {
     }
 
     /// The cached value, or the generation to pass to [`Cache::fill`] after reading it.
-    pub fn get(&self, key: &K) -> Result<V, u64> {
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Result<V, u64>
+    where
+        K: Borrow<Q>,
+    {
         let mut inner = self.lock();
         match inner.rows.get(key) {
             Some(v) => Ok(v.clone()),

@@ -63,6 +63,11 @@ pub enum ReadError {
     Sql(#[from] rusqlite::Error),
     #[error("read model row cannot be decoded: {0}")]
     Decode(String),
+    #[error("read model: {0}")]
+    Io(#[from] std::io::Error),
+    /// The blocking task that committed a batch did not finish (it panicked).
+    #[error("the read model's commit task failed: {0}")]
+    Task(String),
 }
 
 /// The database: where the writer commits and the readers read.

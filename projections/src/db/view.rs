@@ -154,7 +154,7 @@ impl ReadView<'_> {
 
     /// The newest key with this hash, and whether its organization exists (cached).
     fn key_by_hash(&self, key_hash: &str) -> Result<Option<(ApiKey, bool)>, ReadError> {
-        let generation = match self.db.keys.get(&key_hash.to_owned()) {
+        let generation = match self.db.keys.get(key_hash) {
             Ok(found) => return Ok(found),
             Err(generation) => generation,
         };
