@@ -19,6 +19,7 @@ use syncjobs_domain::{
     AccessEvent, CollectionEvent, Event, JobState, JobStatus, RecordedEvent, SourceConnectionEvent,
     SyncJobEvent,
 };
+use syncjobs_store_sqlite::checkpoint::Checkpointer;
 use uuid::Uuid;
 
 /// Final job rows of deleted connections removed per purge transaction: small enough that
@@ -48,6 +49,16 @@ pub struct Writer {
     conn: Connection,
     position: u64,
     live: HashMap<Uuid, LiveJob>,
+    /// Stopped (after a checkpoint under way) when the writer goes.
+    checkpointer: Option<Checkpointer>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
+        }
+    }
 }
 
 /// One batch's work in progress.
@@ -63,11 +74,12 @@ struct Batch<'t> {
 
 impl Writer {
     /// The writer of an opened database: its position and its live jobs.
-    pub(crate) fn load(conn: Connection) -> Result<Writer, ReadError> {
+    pub(crate) fn load(conn: Connection, checkpointer: Checkpointer) -> Result<Writer, ReadError> {
         let mut w = Writer {
             conn,
             position: 0,
             live: HashMap::new(),
+            checkpointer: Some(checkpointer),
         };
         w.reload()?;
         Ok(w)

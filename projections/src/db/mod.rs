@@ -10,6 +10,9 @@
 //!
 //! WAL with `synchronous=NORMAL`: a power loss may lose the last commits, never corrupt the
 //! file, and the lost tail is folded again from the stored position (the log is the truth).
+//! The WAL is checkpointed off the commit path by the store's checkpointer
+//! (`syncjobs_store_sqlite::checkpoint`), so no commit (and no read-your-writes wait behind
+//! it) pays for copying pages back.
 
 pub mod cache;
 pub mod fold;
@@ -65,6 +68,8 @@ pub enum ReadError {
     Decode(String),
     #[error("read model: {0}")]
     Io(#[from] std::io::Error),
+    #[error("read model WAL checkpointer: {0}")]
+    Checkpointer(String),
     /// The blocking task that committed a batch did not finish (it panicked).
     #[error("the read model's commit task failed: {0}")]
     Task(String),
@@ -116,7 +121,7 @@ impl ReadDb {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -124,7 +129,9 @@ impl ReadDb {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         prepare_schema(&conn, head).map_err(open_err)?;
-        let writer = Writer::load(conn)?;
+        let checkpointer = syncjobs_store_sqlite::checkpoint::attach(&mut conn, path)
+            .map_err(|e| ReadError::Checkpointer(e.to_string()))?;
+        let writer = Writer::load(conn, checkpointer)?;
         let db = ReadDb {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
