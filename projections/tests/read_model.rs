@@ -760,3 +760,46 @@ async fn a_file_that_is_no_database_is_replaced_by_a_rebuild() {
     writer.apply_batch(events.iter().cloned()).unwrap();
     assert_eq!(projection.read(|m| m.dump()).unwrap(), fold(&events).dump());
 }
+
+/// The caches of final jobs and of keys never answer what the database no longer says.
+#[tokio::test]
+async fn cached_rows_follow_deletes_revocations_and_new_keys() {
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let c = h.collection(org, "c").await;
+    let sc = h.source_connection(org, c, "c").await;
+    let done = h.job(org, sc, &[started(), completed(1)]).await;
+    let m = fold(&h.all().await);
+    let now = Utc.timestamp_opt(1_850_000_000, 0).unwrap();
+    // Read twice: the second answer may come from the caches.
+    for _ in 0..2 {
+        assert!(m.job(done).is_some());
+        assert!(m.authenticate("k", now).is_none(), "no such key yet");
+    }
+    let key = Uuid::new_v4();
+    h.append(
+        stream::ACCESS,
+        AccessEvent::ApiKeyCreated {
+            key_id: key,
+            organization_id: org,
+            key_hash: "k".into(),
+            prefix: "p".into(),
+            expires_at: None,
+        },
+    )
+    .await;
+    h.append(
+        &stream::source_connection(sc),
+        SourceConnectionEvent::SourceConnectionDeleted {
+            source_connection_id: sc,
+        },
+    )
+    .await;
+    m.apply(&h.all().await);
+    assert!(m.job(done).is_none(), "its connection is gone");
+    assert!(m.authenticate("k", now).is_some(), "the new key works at once");
+    h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
+        .await;
+    m.apply(&h.all().await);
+    assert!(m.authenticate("k", now).is_none(), "revoked at once");
+}
