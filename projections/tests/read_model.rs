@@ -797,7 +797,10 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys() {
     .await;
     m.apply(&h.all().await);
     assert!(m.job(done).is_none(), "its connection is gone");
-    assert!(m.authenticate("k", now).is_some(), "the new key works at once");
+    assert!(
+        m.authenticate("k", now).is_some(),
+        "the new key works at once"
+    );
     h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
         .await;
     m.apply(&h.all().await);

@@ -69,6 +69,9 @@ struct Batch<'t> {
     touched: HashSet<Uuid>,
     /// Jobs that became final in this batch (no longer in `live`).
     finished: HashMap<Uuid, LiveJob>,
+    /// Source connection -> its organization if it exists, as looked up in this batch (a
+    /// job's creation and its end each need it; a rebuild folds one of each per job).
+    connections: HashMap<Uuid, Option<Uuid>>,
     committed: Committed,
 }
 
@@ -149,6 +152,7 @@ impl Writer {
                 live: &mut self.live,
                 touched: HashSet::new(),
                 finished: HashMap::new(),
+                connections: HashMap::new(),
                 committed: Committed::default(),
             };
             for e in events {
@@ -249,6 +253,16 @@ fn connection_organization(tx: &Transaction<'_>, id: Uuid) -> rusqlite::Result<O
 }
 
 impl Batch<'_> {
+    /// The organization of an existing source connection (looked up once per batch).
+    fn connection_organization(&mut self, id: Uuid) -> rusqlite::Result<Option<Uuid>> {
+        if let Some(org) = self.connections.get(&id) {
+            return Ok(*org);
+        }
+        let org = connection_organization(self.tx, id)?;
+        self.connections.insert(id, org);
+        Ok(org)
+    }
+
     fn apply(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
         let at = e.recorded_at;
         let position = e.global_position;
@@ -323,7 +337,7 @@ impl Batch<'_> {
             return Ok(());
         };
         let sc_id = job.state.source_connection_id;
-        match connection_organization(self.tx, sc_id)? {
+        match self.connection_organization(sc_id)? {
             Some(org) => {
                 let column = match status {
                     JobStatus::Completed => Some("successful_runs"),
@@ -375,7 +389,7 @@ impl Batch<'_> {
             },
         );
         self.touched.insert(job_id);
-        if let Some(org) = connection_organization(self.tx, sc_id)? {
+        if let Some(org) = self.connection_organization(sc_id)? {
             self.tx
                 .prepare_cached(
                     "UPDATE source_connections SET total_runs = total_runs + 1 WHERE id = ?1",
@@ -500,6 +514,8 @@ impl Batch<'_> {
                         position as i64
                     ])?;
                 add_counts(self.tx, organization_id, 0, 1, 0)?;
+                self.connections
+                    .insert(source_connection_id, Some(organization_id));
             }
             SourceConnectionEvent::SourceConnectionDeleted {
                 source_connection_id: id,
@@ -507,6 +523,7 @@ impl Batch<'_> {
                 let Some(org) = remove_row(self.tx, "source_connections", id)? else {
                     return Ok(());
                 };
+                self.connections.insert(id, None);
                 // Its final jobs vanish from reads now (a job is readable while its
                 // connection exists or while it is active) and their rows go in later
                 // transactions; live ones stay findable until they end.
