@@ -11,17 +11,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use syncjobs_domain::redact::redact_url;
 use syncjobs_domain::{EventStore, StoreError};
+use syncjobs_store_postgres::{PgStore, Schema};
 use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 
 /// The backends this build has, as an unknown one's error lists them.
-pub const BACKENDS: &str = "sqlite://DIR (the embedded SQLite store in DIR)";
+pub const BACKENDS: &str = "sqlite://DIR (the embedded SQLite store in DIR), \
+    postgres://USER@HOST:PORT/DB or postgresql://... (PostgreSQL)";
 
 /// Where the event store is. The `keys` commands take it as flags; `serve` builds it from
 /// its settings ([`crate::config::Settings::store_config`]); the debugging commands read it
 /// from the environment ([`StoreConfig::from_env`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreConfig {
-    /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR. Unset: the
+    /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR,
+    /// `postgres://USER@HOST:PORT/DB` a PostgreSQL database. Unset: the
     /// embedded store in the data directory.
     #[arg(
         long = "store",
@@ -66,6 +69,9 @@ pub enum BackendError {
     /// The URL names no backend of this build; `url` has its credentials masked.
     #[error("event store {url} (--store / SYNCJOBS_STORE): {reason}; this build has: {BACKENDS}")]
     Config { url: String, reason: String },
+    /// The backend is known but the store would not open; `url` has its credentials masked.
+    #[error("event store {url}: {source}")]
+    Open { url: String, source: StoreError },
     #[error(transparent)]
     DataDir(#[from] DataDirError),
     #[error(transparent)]
@@ -97,6 +103,7 @@ pub fn open(config: &StoreConfig, mode: Mode) -> Result<OpenedStore, BackendErro
     match scheme.to_ascii_lowercase().as_str() {
         "sqlite" if rest.is_empty() => Err(fail("sqlite:// names no directory".into())),
         "sqlite" => sqlite(Path::new(rest), config, mode),
+        "postgres" | "postgresql" => postgres(url, mode),
         _ => Err(fail(format!("no backend '{scheme}'"))),
     }
 }
@@ -115,6 +122,25 @@ fn sqlite(dir: &Path, config: &StoreConfig, mode: Mode) -> Result<OpenedStore, B
     Ok(OpenedStore {
         store,
         _owner: owner,
+    })
+}
+
+/// The PostgreSQL store at `url`. Its schema is created by `serve` and `keys create`; the
+/// reading commands require it. The data directory's lock (taken by `serve`) still guards
+/// what stays in the data directory: the read model and the destination.
+fn postgres(url: &str, mode: Mode) -> Result<OpenedStore, BackendError> {
+    let schema = match mode {
+        Mode::Serve | Mode::Create => Schema::Migrate,
+        Mode::Existing => Schema::MustExist,
+    };
+    let store: Arc<dyn EventStore> =
+        PgStore::open(url, schema).map_err(|source| BackendError::Open {
+            url: redact_url(url).into_owned(),
+            source,
+        })?;
+    Ok(OpenedStore {
+        store,
+        _owner: None,
     })
 }
 
@@ -153,15 +179,27 @@ mod tests {
 
     #[test]
     fn an_unknown_backend_is_named_with_the_ones_this_build_has_and_no_password() {
-        let e = error("postgres://app:s3cret@db.internal:5432/jobs");
-        assert!(e.contains("no backend 'postgres'"), "{e}");
+        let e = error("mysql://app:s3cret@db.internal:3306/jobs");
+        assert!(e.contains("no backend 'mysql'"), "{e}");
         assert!(e.contains("sqlite://DIR"), "{e}");
+        assert!(e.contains("postgres://USER@HOST:PORT/DB"), "{e}");
         assert!(e.contains("SYNCJOBS_STORE"), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
-        assert!(
-            e.contains("postgres://app:***@db.internal:5432/jobs"),
-            "{e}"
-        );
+        assert!(e.contains("mysql://app:***@db.internal:3306/jobs"), "{e}");
+    }
+
+    #[test]
+    fn an_unreachable_postgres_store_is_named_without_its_password() {
+        // Port 1: nothing listens there, the connection is refused at once.
+        for scheme in ["postgres", "postgresql"] {
+            let e = error(&format!("{scheme}://app:s3cret@127.0.0.1:1/jobs"));
+            assert!(
+                e.contains(&format!("event store {scheme}://app:***@127.0.0.1:1/jobs")),
+                "{e}"
+            );
+            assert!(e.contains("the database is unreachable"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub struct Settings {
     #[arg(long, env = "SYNCJOBS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR. Unset: the
+    /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR,
+    /// `postgres://USER@HOST:PORT/DB` a PostgreSQL database. Unset: the
     /// embedded store in the data directory.
     // Opened by `crate::backend::open`, as the `keys` commands' `StoreConfig` is.
     #[arg(
@@ -246,9 +247,9 @@ impl Settings {
         ]
     }
 
-    /// The NATS relay's checkpoint file.
-    pub fn relay_checkpoint_path(&self) -> PathBuf {
-        self.data_dir.join(crate::bus::DEFAULT_CHECKPOINT_FILE)
+    /// The NATS relay's cursor file (its name predates the word: users' data dirs have it).
+    pub fn relay_cursor_path(&self) -> PathBuf {
+        self.data_dir.join(crate::bus::DEFAULT_CURSOR_FILE)
     }
 
     /// Where the destination keeps synced entities (`entities.db`).

@@ -90,7 +90,7 @@ impl DataDirLock {
 
 /// Files this process creates are its owner's alone (0600; directories 0700): the log holds
 /// every organization's data and the key hashes. Called first thing in `main`, so SQLite's
-/// databases and their WAL files, checkpoints and snapshots all follow it.
+/// databases and their WAL files, the relay's cursor and snapshots all follow it.
 pub fn private_files() {
     #[cfg(unix)]
     // SAFETY: umask only sets the process's file-creation mask; it cannot fail.

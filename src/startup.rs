@@ -141,7 +141,7 @@ impl Application {
         let mut probes = c.probes;
         let relay = match &settings.nats_url {
             Some(url) => {
-                let mut cfg = RelayConfig::new(url.clone(), settings.relay_checkpoint_path());
+                let mut cfg = RelayConfig::new(url.clone(), settings.relay_cursor_path());
                 cfg.stream_name = settings.nats_stream.clone();
                 cfg.subject_prefix = settings.nats_subject_prefix.clone();
                 cfg.validate()

@@ -81,8 +81,8 @@ impl Drop for DeleteStreamOnDrop {
     }
 }
 
-fn relay_config(url: &str, names: &Names, checkpoint: &Path) -> RelayConfig {
-    let mut cfg = RelayConfig::new(url, checkpoint);
+fn relay_config(url: &str, names: &Names, cursor: &Path) -> RelayConfig {
+    let mut cfg = RelayConfig::new(url, cursor);
     cfg.stream_name = names.stream.clone();
     cfg.subject_prefix = names.prefix.clone();
     cfg.backoff_initial = Duration::from_millis(20);
@@ -383,7 +383,7 @@ async fn a_subscriber_sees_every_event_of_a_run_in_order_with_its_subject() {
         .await;
     let relay = spawn_relay(
         world.store.clone(),
-        relay_config(&url, &names, &dir.path().join("checkpoint")),
+        relay_config(&url, &names, &dir.path().join("cursor")),
     );
     let job_b = world.create_job(sc_b).await;
     world.job_event(job_a, progress(3)).await;
@@ -485,7 +485,7 @@ async fn a_relay_restarted_after_a_crash_loses_nothing_and_duplicates_keep_their
         stream: names.stream.clone(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let checkpoint = dir.path().join("checkpoint");
+    let cursor = dir.path().join("cursor");
     let client = async_nats::connect(url.as_str())
         .await
         .expect("connect to NATS");
@@ -502,16 +502,16 @@ async fn a_relay_restarted_after_a_crash_loses_nothing_and_duplicates_keep_their
         world.job_event(job, progress(i)).await;
     }
 
-    // Relay 1 publishes everything, then crashes before it ever saved its checkpoint.
-    let mut cfg = relay_config(&url, &names, &checkpoint);
-    cfg.checkpoint_interval = Duration::from_secs(3600);
+    // Relay 1 publishes everything, then crashes before it ever saved its cursor.
+    let mut cfg = relay_config(&url, &names, &cursor);
+    cfg.cursor_save_interval = Duration::from_secs(3600);
     let relay = spawn_relay(world.store.clone(), cfg);
     caught_up(&relay, world.head()).await;
     relay.abort();
     let first = receive(&mut sub, world.published().len()).await;
     assert!(
-        !checkpoint.exists(),
-        "the crash happened before any checkpoint save"
+        !cursor.exists(),
+        "the crash happened before any cursor save"
     );
 
     // While no relay runs, the job goes on.
@@ -519,8 +519,8 @@ async fn a_relay_restarted_after_a_crash_loses_nothing_and_duplicates_keep_their
         world.job_event(job, progress(i)).await;
     }
 
-    // Relay 2 starts from the (missing) checkpoint: it republishes what relay 1 had sent.
-    let relay = spawn_relay(world.store.clone(), relay_config(&url, &names, &checkpoint));
+    // Relay 2 starts from the (missing) cursor: it republishes what relay 1 had sent.
+    let relay = spawn_relay(world.store.clone(), relay_config(&url, &names, &cursor));
     caught_up(&relay, world.head()).await;
     let second = receive(&mut sub, world.published().len()).await;
     // A core subscriber sees the republished events again, each with the same Nats-Msg-Id...
@@ -537,11 +537,11 @@ async fn a_relay_restarted_after_a_crash_loses_nothing_and_duplicates_keep_their
         &stream_contents(&js, &names.stream).await,
     );
 
-    // A clean stop saves the checkpoint; relay 3 resumes after it, mid-job: it has not seen
+    // A clean stop saves the cursor; relay 3 resumes after it, mid-job: it has not seen
     // the job's JobCreated, and must still find the job's organization and source connection.
     relay.shutdown().await;
-    assert!(checkpoint.exists());
-    let relay = spawn_relay(world.store.clone(), relay_config(&url, &names, &checkpoint));
+    assert!(cursor.exists());
+    let relay = spawn_relay(world.store.clone(), relay_config(&url, &names, &cursor));
     wait_for(&relay, "relay 3 to connect", |s| s.connected).await;
     assert_eq!(relay.status().published_position, world.head());
     assert_quiet(&mut sub).await;
@@ -686,7 +686,7 @@ async fn the_relay_rides_out_a_nats_outage_and_catches_up_in_order() {
     let job_a = world.create_job(sc_a).await;
     let relay = spawn_relay(
         world.store.clone(),
-        relay_config(&url, &names, &dir.path().join("checkpoint")),
+        relay_config(&url, &names, &dir.path().join("cursor")),
     );
     wait_for(&relay, "a connect error", |s| s.last_error.is_some()).await;
     let s = relay.status();
@@ -729,7 +729,7 @@ async fn the_relay_rides_out_a_nats_outage_and_catches_up_in_order() {
     assert_exactly_the_log(&world, &names.prefix, &stored);
 
     // NATS comes back without its storage: the stream is gone, and the relay rebuilds it
-    // from the log (the source of truth) instead of carrying on from its checkpoint.
+    // from the log (the source of truth) instead of carrying on from its cursor.
     server.kill();
     wait_for(&relay, "the relay to notice the outage", |s| !s.connected).await;
     server.store_dir = dir.path().join("jetstream-wiped");
@@ -781,7 +781,7 @@ async fn open_embedded(dir: &Path) -> Arc<EmbeddedStore> {
 
 /// A crash lost the last commit of `events.db` (SQLite drops a torn WAL frame), after the
 /// relay had published it. Events recorded since take the lost positions: the relay must
-/// publish them, though its checkpoint says it is past them.
+/// publish them, though its cursor says it is past them.
 #[tokio::test]
 async fn after_the_log_lost_its_tail_the_relay_realigns_and_publishes_what_took_its_place() {
     let Some(url) = nats_url(
@@ -797,7 +797,7 @@ async fn after_the_log_lost_its_tail_the_relay_realigns_and_publishes_what_took_
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let checkpoint = data.join("nats-relay.checkpoint");
+    let cursor = data.join("nats-relay.checkpoint");
     let client = async_nats::connect(url.as_str())
         .await
         .expect("connect to NATS");
@@ -813,17 +813,17 @@ async fn after_the_log_lost_its_tail_the_relay_realigns_and_publishes_what_took_
     for i in 1..=5 {
         world.job_event(job, progress(i)).await;
     }
-    let relay = spawn_relay(store.clone(), relay_config(&url, &names, &checkpoint));
+    let relay = spawn_relay(store.clone(), relay_config(&url, &names, &cursor));
     caught_up(&relay, world.head()).await;
     relay.shutdown().await;
-    let checkpoint_at = world.head();
+    let cursor_at = world.head();
     let first_run = world.published().into_iter().cloned().collect::<Vec<_>>();
 
     // The crash: the last 3 events are gone from the log, not from JetStream.
     store.close();
     store.closed().await;
     drop(store);
-    let kept = checkpoint_at - 3;
+    let kept = cursor_at - 3;
     let db = rusqlite::Connection::open(data.join(DB_FILE)).unwrap();
     let deleted = db
         .execute(
@@ -836,7 +836,7 @@ async fn after_the_log_lost_its_tail_the_relay_realigns_and_publishes_what_took_
     world.events.truncate(kept as usize);
 
     // The service starts again and goes on: new events take positions kept+1.. and beyond
-    // the old checkpoint.
+    // the old cursor.
     let store = open_embedded(&data).await;
     world.store = store.clone();
     for i in 10..15 {
@@ -844,24 +844,24 @@ async fn after_the_log_lost_its_tail_the_relay_realigns_and_publishes_what_took_
     }
     let new_events: Vec<RecordedEvent> = world.events[kept as usize..].to_vec();
     assert_eq!(new_events[0].global_position, kept + 1);
-    assert!(world.head() > checkpoint_at);
+    assert!(world.head() > cursor_at);
 
     let mut sub = subscribe(&client, &names.prefix).await;
-    let relay = spawn_relay(store.clone(), relay_config(&url, &names, &checkpoint));
+    let relay = spawn_relay(store.clone(), relay_config(&url, &names, &cursor));
     caught_up(&relay, world.head()).await;
     let status = relay.status();
     relay.shutdown().await;
 
     // It says so, on /health and in the log.
     let r = status.realigned.clone().expect("realigned on /health");
-    assert_eq!(r.from, checkpoint_at, "{r:?}");
-    assert!(r.to <= kept && checkpoint_at - r.to < 2 * 3, "{r:?}");
+    assert_eq!(r.from, cursor_at, "{r:?}");
+    assert!(r.to <= kept && cursor_at - r.to < 2 * 3, "{r:?}");
     assert_eq!(r.republish, world.head() - r.to, "{r:?}");
     let logs = logged(&logs);
     assert!(
         logs.lines().any(|l| l.contains("WARN")
             && l.contains("realigning")
-            && l.contains(&format!("from={checkpoint_at}"))
+            && l.contains(&format!("from={cursor_at}"))
             && l.contains(&format!("to={}", r.to))
             && l.contains(&format!("republish={}", r.republish))),
         "{logs}"
@@ -898,8 +898,8 @@ async fn after_the_log_lost_its_tail_the_relay_realigns_and_publishes_what_took_
         .collect();
     assert_eq!(stored, want);
 
-    // A later start finds the log and its checkpoint in agreement: no realignment.
-    let relay = spawn_relay(store.clone(), relay_config(&url, &names, &checkpoint));
+    // A later start finds the log and its cursor in agreement: no realignment.
+    let relay = spawn_relay(store.clone(), relay_config(&url, &names, &cursor));
     wait_for(&relay, "the relay to connect", |s| s.connected).await;
     assert_eq!(relay.status().realigned, None);
     assert_eq!(relay.status().published_position, world.head());

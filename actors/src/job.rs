@@ -3,7 +3,7 @@
 //! Commands are handled one at a time (`AtomicResponse`): decide -> append -> apply runs to
 //! its end before the next message, so the actor never decides on a state it has not yet
 //! applied. The sync run itself is a separate task holding a cancellation token; it reports
-//! counts through a watch channel that a throttle turns into ProgressRecorded checkpoints.
+//! counts through a watch channel that a throttle turns into ProgressRecorded reports.
 //! The actor stops once its job is final: a finished job holds no actor.
 
 use crate::command::{self, CommandError, Executed};
@@ -37,9 +37,9 @@ pub struct JobEnv {
 
 #[derive(Debug, Clone)]
 pub struct JobSettings {
-    /// Record a checkpoint once this many more entities reached a verdict...
+    /// Record a progress report once this many more entities reached a verdict...
     pub progress_every_entities: u64,
-    /// ...or this long after the last checkpoint, whichever comes first.
+    /// ...or this long after the last one, whichever comes first.
     pub progress_interval: Duration,
     /// Names this process in JobStarted, for debugging multi-worker setups.
     pub worker_name: String,
@@ -201,7 +201,7 @@ impl JobActor {
 
     /// [`JobActor::command`] for a command that ends the job without its run's report: it
     /// first asks the runner what the job durably wrote, so that the final event records
-    /// those counts rather than the last checkpoint's.
+    /// those counts rather than the last progress report's.
     fn command_reconciled(
         &self,
         make: impl FnOnce(Option<EntityCounts>) -> JobCommand + 'static,
@@ -316,7 +316,7 @@ impl JobActor {
             }
             JobStatus::Running => {
                 // We only ever load a running job after a restart: its worker died with the
-                // process that ran it, and nothing will ever finish it. Its last checkpoint
+                // process that ran it, and nothing will ever finish it. Its last progress report
                 // may be behind what it wrote: the destination knows.
                 let meta = self.metadata("recovery");
                 ctx.wait(
@@ -378,7 +378,7 @@ impl JobActor {
     }
 }
 
-/// Turns the run's stream of cumulative counts into checkpoints: one once
+/// Turns the run's stream of cumulative counts into progress reports: one once
 /// `every` more entities reached a verdict, or once `interval` passed with news.
 async fn progress_throttle(
     mut progress: watch::Receiver<EntityCounts>,

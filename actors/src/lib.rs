@@ -6,7 +6,7 @@
 //!   connections, access): load, decide, append (expected version), on conflict read the
 //!   newer events and decide again, within one bound.
 //! - [`job`]: `JobActor`, one per live job, rebuilt from its stream; drives the run and
-//!   throttles its progress into checkpoints.
+//!   throttles its counts into progress reports.
 //! - [`supervisor`]: the registry of live jobs, the watchdog, recovery after a restart, and
 //!   [`Jobs`], the handle the API holds.
 

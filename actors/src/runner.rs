@@ -68,8 +68,8 @@ pub trait SyncRunner: Send + Sync + 'static {
 
     /// What the job's runs durably wrote, as the destination counts it, for a final event
     /// recorded without the run's own report (recovery after a crash, the watchdog). None:
-    /// this runner keeps no such record, or it cannot be read now; the last checkpoint is
-    /// used instead.
+    /// this runner keeps no such record, or it cannot be read now; the last progress report's
+    /// counts are used instead.
     async fn durable_counts(&self, _job_id: Uuid) -> Option<EntityCounts> {
         None
     }

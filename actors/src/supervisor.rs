@@ -7,7 +7,7 @@
 //! - Recovery (on start, before any message): the global log is folded; pending jobs are
 //!   started, running ones are failed as interrupted, cancelling ones get their watchdog
 //!   re-armed (firing at once when overdue). Both endings record the counts the destination
-//!   durably holds for the job: the dead (or stuck) run's last checkpoint may be behind them.
+//!   durably holds for the job: the dead (or stuck) run's last progress report may be behind them.
 //!
 //! [`Jobs`] is the cheap, cloneable handle the API uses.
 

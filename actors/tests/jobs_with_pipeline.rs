@@ -51,9 +51,9 @@ fn process(
     )
 }
 
-/// Checkpoints every `every` only: the rows written since the last one are what a crash
+/// Progress reported every `every` only: the rows written since the last one are what a crash
 /// or a forced cancel leaves unreported.
-fn sparse_checkpoints(every: Duration, cancel_timeout: Duration) -> SupervisorSettings {
+fn sparse_progress_reports(every: Duration, cancel_timeout: Duration) -> SupervisorSettings {
     SupervisorSettings {
         cancel_timeout,
         job: JobSettings {
@@ -65,10 +65,10 @@ fn sparse_checkpoints(every: Duration, cancel_timeout: Duration) -> SupervisorSe
     }
 }
 
-/// The counts of the job's last checkpoint, and its final event.
-async fn checkpoint_and_end(store: &Arc<InMemoryStore>, job: Uuid) -> (u64, SyncJobEvent) {
+/// The counts of the job's last progress report, and its final event.
+async fn last_report_and_end(store: &Arc<InMemoryStore>, job: Uuid) -> (u64, SyncJobEvent) {
     let events = store.read_stream(&stream::job(job), 0).await.unwrap();
-    let checkpoint = events
+    let reported = events
         .iter()
         .rev()
         .find_map(|e| match e.job_event() {
@@ -78,7 +78,7 @@ async fn checkpoint_and_end(store: &Arc<InMemoryStore>, job: Uuid) -> (u64, Sync
         .unwrap_or(0);
     let end = events.last().unwrap().job_event().unwrap().clone();
     assert!(end.is_final(), "{end:?}");
-    (checkpoint, end)
+    (reported, end)
 }
 
 fn timed(sc: Uuid, config: serde_json::Value) -> NewJob {
@@ -178,7 +178,7 @@ fn a_job_cut_off_by_a_crash_fails_interrupted_with_the_counts_of_the_rows_it_wro
         let store = InMemoryStore::new();
         let destination = MemoryDestination::new();
         let clock = clock();
-        let settings = || sparse_checkpoints(Duration::from_secs(1), Duration::from_secs(180));
+        let settings = || sparse_progress_reports(Duration::from_secs(1), Duration::from_secs(180));
         let first = process(&store, &destination, clock.clone(), settings());
         let sc = Uuid::now_v7();
         let config = serde_json::json!({"entity_count": 1000, "duration_seconds": 100.0});
@@ -196,10 +196,10 @@ fn a_job_cut_off_by_a_crash_fails_interrupted_with_the_counts_of_the_rows_it_wro
         let s = state(&store, job).await;
         assert_eq!(s.status, JobStatus::Failed);
         assert_eq!(s.error.as_deref(), Some(INTERRUPTED));
-        let (checkpoint, end) = checkpoint_and_end(&store, job).await;
+        let (reported, end) = last_report_and_end(&store, job).await;
         assert!(
-            checkpoint < written,
-            "the crash left rows unreported: checkpoint {checkpoint}, rows {written}"
+            reported < written,
+            "the crash left rows unreported: reported {reported}, rows {written}"
         );
         assert_eq!(
             s.counts.inserted, written,
@@ -227,9 +227,9 @@ fn a_forced_cancel_records_the_rows_the_stuck_run_wrote() {
     paused(async {
         let store = InMemoryStore::new();
         let destination = MemoryDestination::new();
-        // No checkpoint before the watchdog fires (the run itself stops writing at the
-        // cancel, so a checkpoint after it would catch up with the rows).
-        let settings = sparse_checkpoints(Duration::from_secs(10), Duration::from_secs(3));
+        // No progress report before the watchdog fires (the run itself stops writing at the
+        // cancel, so a report after it would catch up with the rows).
+        let settings = sparse_progress_reports(Duration::from_secs(10), Duration::from_secs(3));
         let jobs = process(&store, &destination, clock(), settings);
         let sc = Uuid::now_v7();
         let config = serde_json::json!({
@@ -245,12 +245,12 @@ fn a_forced_cancel_records_the_rows_the_stuck_run_wrote() {
         let s = state(&store, job).await;
         assert_eq!(s.status, JobStatus::Cancelled);
         let written = destination.count(sc);
-        let (checkpoint, end) = checkpoint_and_end(&store, job).await;
+        let (reported, end) = last_report_and_end(&store, job).await;
         assert!(
-            checkpoint < written,
-            "the stuck run wrote past its checkpoint: checkpoint {checkpoint}, rows {written}"
+            reported < written,
+            "the stuck run wrote past its last report: reported {reported}, rows {written}"
         );
-        assert_eq!(s.counts.inserted, written, "the rows, not the checkpoint");
+        assert_eq!(s.counts.inserted, written, "the rows, not the last report");
         assert!(
             matches!(
                 end,
@@ -270,7 +270,7 @@ fn a_job_recovered_cancelling_is_forced_with_the_rows_its_dead_run_wrote() {
         let store = InMemoryStore::new();
         let destination = MemoryDestination::new();
         let clock = clock();
-        let settings = || sparse_checkpoints(Duration::from_secs(1), Duration::from_secs(3));
+        let settings = || sparse_progress_reports(Duration::from_secs(1), Duration::from_secs(3));
         let first = process(&store, &destination, clock.clone(), settings());
         let sc = Uuid::now_v7();
         let config = serde_json::json!({
@@ -290,11 +290,8 @@ fn a_job_recovered_cancelling_is_forced_with_the_rows_its_dead_run_wrote() {
         run_for(Duration::from_secs(3)).await;
         let s = state(&store, job).await;
         assert_eq!(s.status, JobStatus::Cancelled);
-        let (checkpoint, end) = checkpoint_and_end(&store, job).await;
-        assert!(
-            checkpoint < written,
-            "checkpoint {checkpoint}, rows {written}"
-        );
+        let (reported, end) = last_report_and_end(&store, job).await;
+        assert!(reported < written, "reported {reported}, rows {written}");
         assert_eq!(s.counts.inserted, written);
         assert!(
             matches!(

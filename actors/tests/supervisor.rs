@@ -496,7 +496,7 @@ async fn cancel_racing_completion_through_the_actors_ends_once() {
 }
 
 #[test]
-fn progress_is_checkpointed_not_recorded_per_entity() {
+fn progress_is_reported_in_batches_not_per_entity() {
     paused(async {
         let store = InMemoryStore::new();
         let runner = Graceful {
@@ -516,7 +516,7 @@ fn progress_is_checkpointed_not_recorded_per_entity() {
             .collect();
         assert!(
             (5..=20).contains(&progress.len()),
-            "about one checkpoint per 100 entities, got {}",
+            "about one progress report per 100 entities, got {}",
             progress.len()
         );
         assert!(progress.windows(2).all(|w| w[1].dominates(&w[0])));

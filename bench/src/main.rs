@@ -5,6 +5,16 @@
 //! #1 and #6 drive the library in process (embedded store, pipeline); #2-#5 drive the
 //! `syncjobs` binary over HTTP on 127.0.0.1, as a client would. Every server this starts is
 //! stopped when its benchmark ends, fails, or the run is interrupted.
+//!
+//! - The benchmarks, one module each: [`append`] (#1), [`http_get`] (#2), [`cancel`] (#3),
+//!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7).
+//! - Their baselines: [`raw`] (plain rusqlite doing the same physical work) and
+//!   [`baseline_server`] (#2's bare actix-web server).
+//! - What they drive: [`server`] (starts and stops the processes), [`client`] (the REST API),
+//!   [`wrk`] (the HTTP load tool), [`workload`] (the events the service records),
+//!   [`history`] (stores that already hold N jobs).
+//! - What they report: [`stats`] (percentiles), [`machine`] (what it ran on), [`report`]
+//!   (`bench/results/latest.md`), [`error`] (why a benchmark could not run).
 
 mod append;
 mod baseline_server;

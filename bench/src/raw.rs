@@ -91,7 +91,7 @@ pub fn insert_events(
     make: impl Fn(u64) -> NewEvent,
 ) -> Result<Inserted> {
     let mut conn = open_durable(path)?;
-    let checkpointer = syncjobs_store_sqlite::checkpoint::attach(&mut conn, path)
+    let checkpointer = syncjobs_store_sqlite::wal_checkpoint::attach(&mut conn, path)
         .map_err(|e| BenchError::failed(e.to_string()))?;
     let names: Vec<String> = (0..streams).map(|s| format!("raw-{s}")).collect();
     let mut versions = vec![0u64; streams];

@@ -18,7 +18,7 @@ const QUICK_JOBS: usize = 1_000;
 const SETUP_CONCURRENCY: usize = 32;
 /// Clients issuing GETs back to back during the measurement.
 const CLIENTS: usize = 4;
-/// Lets the start-up burst (10,000 JobStarted, first checkpoints) settle before measuring.
+/// Lets the start-up burst (10,000 JobStarted, first progress reports) settle before measuring.
 const SETTLE: Duration = Duration::from_secs(3);
 /// Stops a client that somehow never reaches its deadline.
 const MAX_GETS_PER_CLIENT: usize = 1_000_000;

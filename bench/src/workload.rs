@@ -1,5 +1,5 @@
 //! The events the benchmarks write: what the service itself records for a job (created,
-//! started, progress checkpoints, completed) and for the objects around it, so that bodies,
+//! started, progress reports, completed) and for the objects around it, so that bodies,
 //! sizes and indexes are the real ones.
 
 use chrono::{DateTime, Duration as TimeDelta, Utc};
@@ -10,10 +10,10 @@ use syncjobs_domain::events::{
 };
 use uuid::Uuid;
 
-/// Progress checkpoints in one generated job stream (the "ProgressRecorded x7").
-pub const CHECKPOINTS: u64 = 7;
-/// Events in one generated job stream: created, started, the checkpoints, completed.
-pub const EVENTS_PER_JOB: u64 = CHECKPOINTS + 3;
+/// Progress reports in one generated job stream (the "ProgressRecorded x7").
+pub const PROGRESS_REPORTS: u64 = 7;
+/// Events in one generated job stream: created, started, the progress reports, completed.
+pub const EVENTS_PER_JOB: u64 = PROGRESS_REPORTS + 3;
 
 fn metadata(correlation_id: Uuid, caused_by: &str) -> Metadata {
     Metadata {
@@ -30,7 +30,7 @@ fn counts(inserted: u64) -> EntityCounts {
     }
 }
 
-/// A progress checkpoint of a running job, as a worker records it.
+/// A progress report of a running job, as a worker records it.
 pub fn progress(inserted: u64, correlation_id: Uuid) -> NewEvent {
     NewEvent::new(
         SyncJobEvent::ProgressRecorded {
@@ -46,32 +46,34 @@ pub fn timed_config(entity_count: u64, duration_seconds: f64, seed: i64) -> serd
     json!({"entity_count": entity_count, "duration_seconds": duration_seconds, "seed": seed})
 }
 
-/// The stream of a job that ran to completion: JobCreated, JobStarted, [`CHECKPOINTS`]
-/// progress checkpoints and JobCompleted, five seconds apart from `at`.
+/// The stream of a job that ran to completion: JobCreated, JobStarted, [`PROGRESS_REPORTS`]
+/// progress reports and JobCompleted, five seconds apart from `at`.
 pub fn completed_job(
     job_id: Uuid,
     source_connection_id: Uuid,
     organization_id: Uuid,
     at: DateTime<Utc>,
 ) -> Vec<NewEvent> {
-    let per_checkpoint = 100;
+    let per_report = 100;
     let mut bodies = vec![
         SyncJobEvent::JobCreated {
             job_id,
             source_connection_id,
             organization_id,
             short_name: "timed".into(),
-            config: timed_config(per_checkpoint * CHECKPOINTS, 60.0, 42),
+            config: timed_config(per_report * PROGRESS_REPORTS, 60.0, 42),
         },
         SyncJobEvent::JobStarted {
             worker: "syncjobs-bench".into(),
         },
     ];
-    bodies.extend((1..=CHECKPOINTS).map(|k| SyncJobEvent::ProgressRecorded {
-        counts: counts(k * per_checkpoint),
-    }));
+    bodies.extend(
+        (1..=PROGRESS_REPORTS).map(|k| SyncJobEvent::ProgressRecorded {
+            counts: counts(k * per_report),
+        }),
+    );
     bodies.push(SyncJobEvent::JobCompleted {
-        counts: counts(CHECKPOINTS * per_checkpoint),
+        counts: counts(PROGRESS_REPORTS * per_report),
     });
     let correlation_id = Uuid::new_v4();
     bodies

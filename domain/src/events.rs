@@ -54,8 +54,8 @@ impl EntityCounts {
 
     /// The counts a final event records when the run's own report is lost (its process
     /// died, or the watchdog gave up on it): each counter is the larger of the last
-    /// checkpoint (`self`) and what the destination durably holds for the job. The pipeline
-    /// reports a write only after it commits, so the checkpoint is never ahead of the
+    /// progress report (`self`) and what the destination durably holds for the job. The pipeline
+    /// reports a write only after it commits, so a progress report is never ahead of the
     /// destination and the result is the destination's count; taking the larger one keeps
     /// counts from going down for what the destination does not track (`skipped`) or does
     /// not know (a job written before it kept per-job counts).
@@ -96,7 +96,7 @@ pub enum SyncJobEvent {
         #[serde(default)]
         worker: String,
     },
-    /// A checkpoint of the counts so far (every N entities or T ms, never per entity).
+    /// A progress report: the counts so far (every N entities or T ms, never per entity).
     ProgressRecorded {
         counts: EntityCounts,
     },
@@ -446,8 +446,12 @@ impl NewEvent {
 }
 
 /// An event as the store holds it: the envelope every reader sees.
+///
+/// `E` is the body: the typed [`Event`] everywhere but where a body is carried before it is
+/// read (an exported line keeps its raw JSON until it is upcast), so that both share one
+/// envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordedEvent {
+pub struct RecordedEvent<E = Event> {
     pub event_id: Uuid,
     pub stream_id: String,
     /// 1-based position within its stream.
@@ -459,7 +463,23 @@ pub struct RecordedEvent {
     pub schema_version: u32,
     #[serde(flatten)]
     pub metadata: Metadata,
-    pub event: Event,
+    pub event: E,
+}
+
+impl<E> RecordedEvent<E> {
+    /// The same envelope around another form of its body.
+    pub fn with_event<F>(self, event: F) -> RecordedEvent<F> {
+        RecordedEvent {
+            event_id: self.event_id,
+            stream_id: self.stream_id,
+            version: self.version,
+            global_position: self.global_position,
+            recorded_at: self.recorded_at,
+            schema_version: self.schema_version,
+            metadata: self.metadata,
+            event,
+        }
+    }
 }
 
 impl RecordedEvent {
@@ -630,7 +650,7 @@ mod tests {
 
     #[test]
     fn reconciled_counts_take_the_destinations_and_never_go_down() {
-        let checkpoint = EntityCounts {
+        let reported = EntityCounts {
             inserted: 10,
             kept: 2,
             skipped: 1,
@@ -643,7 +663,7 @@ mod tests {
             failed: 1,
             ..Default::default()
         };
-        let r = checkpoint.reconciled_with(&destination);
+        let r = reported.reconciled_with(&destination);
         assert_eq!(
             r,
             EntityCounts {
@@ -655,12 +675,9 @@ mod tests {
                 deleted: 0,
             }
         );
-        assert!(r.dominates(&checkpoint));
+        assert!(r.dominates(&reported));
         // A destination that knows nothing of the job (written before it kept counts).
-        assert_eq!(
-            checkpoint.reconciled_with(&EntityCounts::default()),
-            checkpoint
-        );
+        assert_eq!(reported.reconciled_with(&EntityCounts::default()), reported);
     }
 
     #[test]

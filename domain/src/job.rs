@@ -265,7 +265,7 @@ impl JobState {
     }
 
     /// The counts of a final event that ends the job without its run's report: the last
-    /// checkpoint reconciled with what the destination durably holds for the job, when the
+    /// progress report's counts reconciled with what the destination durably holds for the job, when the
     /// caller could ask it (`durable`), and whether they were.
     fn final_counts(&self, durable: Option<&EntityCounts>) -> (EntityCounts, bool) {
         match durable {
@@ -434,12 +434,12 @@ pub enum JobCommand {
     },
     /// Recovery found the job running, its worker gone with the process that ran it: it
     /// fails as [`INTERRUPTED`]. `durable` is what the destination holds for the job (None
-    /// when it could not be asked): the last checkpoint may be behind the rows written.
+    /// when it could not be asked): the last progress report may be behind the rows written.
     Interrupt {
         durable: Option<EntityCounts>,
     },
     /// The watchdog's verdict. `durable` as for [`JobCommand::Interrupt`]: the stuck worker
-    /// will not report what it wrote after its last checkpoint.
+    /// will not report what it wrote after its last progress report.
     ForceCancel {
         now: DateTime<Utc>,
         durable: Option<EntityCounts>,
@@ -979,7 +979,7 @@ mod tests {
             s.error_details,
             Some(serde_json::json!({"counts_reconciled": true}))
         );
-        // A destination that could not be asked: the checkpoint, not claimed as reconciled.
+        // A destination that could not be asked: the last reported counts, not claimed as reconciled.
         assert!(matches!(
             g.when(JobCommand::Interrupt { durable: None }).accepted().0[..],
             [SyncJobEvent::JobFailed { counts: c, counts_reconciled: false, .. }] if c == counts(4)

@@ -9,7 +9,7 @@
 //!   [`source_connection`], [`access`] (organizations and API keys, and how keys are hashed).
 //! - [`store`]: the EventStore trait (optimistic-concurrency appends, stream reads, the global
 //!   log and a follower of it), an in-memory backend for tests, and (feature `testkit`) the
-//!   contract suite every backend must pass.
+//!   contract suite every backend must pass and a store that refuses writes on demand.
 //! - `testkit` (feature `testkit`): the given/when/then harness every aggregate is tested with.
 //! - [`upcast`]: reads older schema versions as the current one.
 //! - [`clock`]: wall time behind a trait so timers can be tested on tokio's paused clock.

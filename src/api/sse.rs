@@ -344,8 +344,8 @@ pub(crate) mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn following_sees_every_version_once_while_appends_race_the_first_read() {
+    /// A store holding one job's JobCreated, the job, its stream and what a client has read.
+    async fn created_job() -> (Arc<InMemoryStore>, Uuid, String, Vec<RecordedEvent>) {
         let store = InMemoryStore::new();
         let job = Uuid::new_v4();
         let name = stream::job(job);
@@ -354,6 +354,12 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let initial = store.read_stream(&name, 0).await.unwrap();
+        (store, job, name, initial)
+    }
+
+    #[tokio::test]
+    async fn following_sees_every_version_once_while_appends_race_the_first_read() {
+        let (store, job, name, initial) = created_job().await;
         let writer = {
             let store = store.clone();
             let name = name.clone();
@@ -386,14 +392,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_resume_point_past_the_end_waits_and_the_final_event_still_ends_the_stream() {
-        let store = InMemoryStore::new();
-        let job = Uuid::new_v4();
-        let name = stream::job(job);
-        store
-            .append(&name, ExpectedVersion::Exact(0), vec![ev(created(job))])
-            .await
-            .unwrap();
-        let initial = store.read_stream(&name, 0).await.unwrap();
+        let (store, job, name, initial) = created_job().await;
         let mut s = follow_job(store.clone(), job, initial, 3);
         for v in 1..=4u64 {
             store

@@ -4,7 +4,7 @@
 //! Messages (each one `data: <json>` line, no `id:`, like Airweave):
 //! - first `{"type":"connected","job_id":"..."}`;
 //! - then, if the job already has counts, one progress message with them, and one more per
-//!   checkpoint (`ProgressRecorded`) appended while connected: Airweave's `SyncProgressUpdate`
+//!   progress report (`ProgressRecorded`) appended while connected: Airweave's `SyncProgressUpdate`
 //!   (`inserted, updated, deleted, kept, skipped, entities_encountered, status: null,
 //!   last_update_timestamp`);
 //! - the same shape with `status` set (`completed`, `failed`, `cancelled`) when the job is
@@ -118,13 +118,13 @@ pub fn progress_frames(
         first.push(progress(&job, last_at));
         return Ok(futures::stream::iter(first).boxed());
     }
-    // Counts change only with a checkpoint (final events end above), so the last one says
+    // Counts change only with a progress report (final events end above), so the last one says
     // when the current counts were recorded.
-    let last_checkpoint = initial
+    let last_report = initial
         .iter()
         .rev()
         .find(|e| matches!(e.job_event(), Some(SyncJobEvent::ProgressRecorded { .. })));
-    if let Some(e) = last_checkpoint {
+    if let Some(e) = last_report {
         first.push(progress(&job, e.recorded_at));
     }
     let live = live
@@ -157,8 +157,8 @@ fn next_frame(
     };
     match JobState::evolve(job.take(), event, e.recorded_at) {
         Ok(next) => {
-            let checkpoint = matches!(event, SyncJobEvent::ProgressRecorded { .. });
-            let out = (checkpoint || event.is_final()).then(|| progress(&next, e.recorded_at));
+            let report = matches!(event, SyncJobEvent::ProgressRecorded { .. });
+            let out = (report || event.is_final()).then(|| progress(&next, e.recorded_at));
             *job = Some(next);
             (out, false)
         }
@@ -218,7 +218,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn connected_then_current_counts_heartbeats_checkpoints_and_the_final_message() {
+    async fn connected_then_current_counts_heartbeats_progress_reports_and_the_final_message() {
         let store = InMemoryStore::new();
         let job = Uuid::new_v4();
         let name = stream::job(job);

@@ -277,24 +277,14 @@ mod tests {
     use chrono::TimeZone;
 
     fn job() -> JobState {
-        JobState {
+        let created = syncjobs_domain::SyncJobEvent::JobCreated {
             job_id: Uuid::from_u128(1),
             source_connection_id: Uuid::from_u128(2),
             organization_id: Uuid::from_u128(3),
             short_name: "timed".into(),
             config: serde_json::json!({}),
-            status: syncjobs_domain::JobStatus::Pending,
-            created_at: Utc::now(),
-            started_at: None,
-            completed_at: None,
-            counts: Default::default(),
-            error: None,
-            error_category: None,
-            error_details: None,
-            cancel_requested_at: None,
-            cancel_timeout_seconds: None,
-            version: 1,
-        }
+        };
+        JobState::created(created, Utc::now()).unwrap()
     }
 
     /// Field order, `null` for what is absent, integers, floats and timestamps with

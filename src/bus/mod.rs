@@ -1,7 +1,7 @@
-//! The NATS relay: follows the global log from a durable checkpoint and publishes every event
+//! The NATS relay: follows the global log from a durable cursor and publishes every event
 //! to a JetStream stream, so that other systems can react to job lifecycles without polling.
 //!
-//! Delivery is at-least-once: the checkpoint moves only after JetStream acknowledges, and each
+//! Delivery is at-least-once: the cursor moves only after JetStream acknowledges, and each
 //! message carries `Nats-Msg-Id` = the event id, so JetStream drops the duplicates a restart
 //! republishes (within its duplicate window). NATS being down never touches the write path:
 //! the relay is a reader of the log like any projection; it just lags, retries with capped
@@ -11,7 +11,7 @@
 //! The NATS URL may carry a password or token: it is only ever printed redacted
 //! ([`syncjobs_domain::redact`]), in logs, errors, `/health` and `Debug`.
 
-mod checkpoint;
+mod cursor;
 mod relay;
 pub mod subject;
 
@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 pub const DEFAULT_STREAM: &str = "SYNCJOBS";
 /// The subject prefix; every subject is `<prefix>.<...>`, and the stream holds `<prefix>.>`.
 pub const DEFAULT_SUBJECT_PREFIX: &str = "syncjobs.events";
-/// The checkpoint's file name under the data dir, for the app's wiring.
-pub const DEFAULT_CHECKPOINT_FILE: &str = "nats-relay.checkpoint";
+/// The cursor's file name under the data dir, for the app's wiring. It keeps the relay's
+/// earlier word for its cursor: data dirs of earlier releases hold a file of this name.
+pub const DEFAULT_CURSOR_FILE: &str = "nats-relay.checkpoint";
 
 /// How the relay connects and publishes. Build with [`RelayConfig::new`] and adjust fields.
 /// Its `Debug` masks the URL's credentials.
@@ -42,7 +43,7 @@ pub struct RelayConfig {
     /// server wants them: `nats://user:password@host:port` or `nats://token@host:port`.
     pub nats_url: String,
     /// Where the acknowledged position is saved (a small file, replaced atomically).
-    pub checkpoint_path: PathBuf,
+    pub cursor_path: PathBuf,
     /// The JetStream stream, created if absent with subjects `<subject_prefix>.>`.
     pub stream_name: String,
     pub subject_prefix: String,
@@ -51,7 +52,7 @@ pub struct RelayConfig {
     /// duplicates through (subscribers dedup by event id).
     pub duplicate_window: Duration,
     /// Publishes awaiting their ack at once. Pipelining makes catching up fast; acks are
-    /// still taken in order, so the checkpoint never jumps a gap.
+    /// still taken in order, so the cursor never jumps a gap.
     pub max_in_flight: usize,
     /// How long one publish may wait for its ack (and JetStream API calls for an answer).
     pub ack_timeout: Duration,
@@ -60,14 +61,14 @@ pub struct RelayConfig {
     pub backoff_max: Duration,
     /// How often the acknowledged position is written to disk while publishing. A crash
     /// loses at most this much progress, which is republished (and deduplicated).
-    pub checkpoint_interval: Duration,
+    pub cursor_save_interval: Duration,
 }
 
 impl std::fmt::Debug for RelayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayConfig")
             .field("nats_url", &redact_url(&self.nats_url))
-            .field("checkpoint_path", &self.checkpoint_path)
+            .field("cursor_path", &self.cursor_path)
             .field("stream_name", &self.stream_name)
             .field("subject_prefix", &self.subject_prefix)
             .field("duplicate_window", &self.duplicate_window)
@@ -75,16 +76,16 @@ impl std::fmt::Debug for RelayConfig {
             .field("ack_timeout", &self.ack_timeout)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
-            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("cursor_save_interval", &self.cursor_save_interval)
             .finish()
     }
 }
 
 impl RelayConfig {
-    pub fn new(nats_url: impl Into<String>, checkpoint_path: impl Into<PathBuf>) -> Self {
+    pub fn new(nats_url: impl Into<String>, cursor_path: impl Into<PathBuf>) -> Self {
         RelayConfig {
             nats_url: nats_url.into(),
-            checkpoint_path: checkpoint_path.into(),
+            cursor_path: cursor_path.into(),
             stream_name: DEFAULT_STREAM.to_owned(),
             subject_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
             duplicate_window: Duration::from_secs(120),
@@ -92,7 +93,7 @@ impl RelayConfig {
             ack_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
-            checkpoint_interval: Duration::from_millis(200),
+            cursor_save_interval: Duration::from_millis(200),
         }
     }
 
@@ -114,10 +115,10 @@ impl RelayConfig {
         if self.ack_timeout.is_zero() {
             return bad("ack_timeout must be positive".into());
         }
-        if self.checkpoint_interval.is_zero()
-            || self.checkpoint_interval > Duration::from_secs(86_400)
+        if self.cursor_save_interval.is_zero()
+            || self.cursor_save_interval > Duration::from_secs(86_400)
         {
-            return bad("checkpoint_interval must be between 1ns and 1 day".into());
+            return bad("cursor_save_interval must be between 1ns and 1 day".into());
         }
         Ok(())
     }
@@ -144,12 +145,12 @@ pub struct RelayStatus {
     /// The last failure, kept until the next success so an operator can see why it lags.
     /// URL credentials in it are masked.
     pub last_error: Option<String>,
-    /// Set when this relay found the log behind its checkpoint at start (a lost tail, a
+    /// Set when this relay found the log behind its cursor at start (a lost tail, a
     /// restored backup) and went back to it: what it did, for the operator to check.
     pub realigned: Option<Realignment>,
 }
 
-/// The relay went back from position `from` (its checkpoint) to `to` (where the log still
+/// The relay went back from position `from` (its cursor) to `to` (where the log still
 /// holds what it had published) and publishes the `republish` events then after `to`.
 /// JetStream still holds what was published for the lost positions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -237,7 +238,7 @@ impl RelayHandle {
     }
 
     /// Stops the relay: waits for the acks in flight (bounded by the ack timeout), saves the
-    /// checkpoint and returns.
+    /// cursor and returns.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
@@ -247,8 +248,8 @@ impl RelayHandle {
         }
     }
 
-    /// Stops the relay at once, without waiting for acks or saving the checkpoint: what a
-    /// crash does. The next relay republishes from the last saved checkpoint.
+    /// Stops the relay at once, without waiting for acks or saving the cursor: what a
+    /// crash does. The next relay republishes from the last saved cursor.
     pub fn abort(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
@@ -318,10 +319,10 @@ mod tests {
     async fn with_nats_unreachable_appends_go_on_and_health_shows_the_lag() {
         let store = InMemoryStore::new();
         let dir = tempfile::tempdir().unwrap();
-        let checkpoint = dir.path().join(DEFAULT_CHECKPOINT_FILE);
+        let cursor = dir.path().join(DEFAULT_CURSOR_FILE);
         let mut cfg = RelayConfig::new(
             format!("nats://127.0.0.1:{}", closed_port()),
-            checkpoint.clone(),
+            cursor.clone(),
         );
         cfg.backoff_initial = Duration::from_millis(10);
         cfg.backoff_max = Duration::from_millis(40);
@@ -367,10 +368,7 @@ mod tests {
             t.elapsed() < Duration::from_secs(1),
             "shutdown waited out a retry"
         );
-        assert!(
-            !checkpoint.exists(),
-            "nothing was acknowledged, nothing saved"
-        );
+        assert!(!cursor.exists(), "nothing was acknowledged, nothing saved");
     }
 
     /// Log lines written while the returned guard lives, on this thread (a current-thread
@@ -408,7 +406,7 @@ mod tests {
         let port = closed_port();
         let mut cfg = RelayConfig::new(
             format!("nats://user:s3cret@127.0.0.1:{port}"),
-            dir.path().join(DEFAULT_CHECKPOINT_FILE),
+            dir.path().join(DEFAULT_CURSOR_FILE),
         );
         cfg.backoff_initial = Duration::from_millis(10);
         cfg.backoff_max = Duration::from_millis(20);
@@ -442,7 +440,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_checkpoint_ahead_of_the_log_is_realigned_and_said_so() {
+    async fn a_cursor_ahead_of_the_log_is_realigned_and_said_so() {
         let (logs, _guard) = capture_logs();
         let store = InMemoryStore::new();
         let job = Uuid::new_v4();
@@ -461,8 +459,8 @@ mod tests {
         }
         // The relay had published 5 events; the log lost the last 2 (a torn WAL).
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DEFAULT_CHECKPOINT_FILE);
-        let mut marks = checkpoint::Marks::default();
+        let path = dir.path().join(DEFAULT_CURSOR_FILE);
+        let mut marks = cursor::Marks::default();
         for (p, id) in ids
             .iter()
             .copied()
@@ -471,7 +469,7 @@ mod tests {
         {
             marks.note(p as u64 + 1, id);
         }
-        checkpoint::save(&path, DEFAULT_STREAM, 5, marks.list())
+        cursor::save(&path, DEFAULT_STREAM, 5, marks.list())
             .await
             .unwrap();
         let mut cfg = RelayConfig::new(format!("nats://127.0.0.1:{}", closed_port()), &path);
@@ -485,12 +483,9 @@ mod tests {
         assert_eq!((r.from, r.to, r.republish), (5, 3, 0), "{r:?}");
         assert_eq!((s.published_position, s.lag), (3, 0));
         assert_eq!(
-            checkpoint::load(&path, DEFAULT_STREAM)
-                .await
-                .unwrap()
-                .position,
+            cursor::load(&path, DEFAULT_STREAM).await.unwrap().position,
             3,
-            "the realigned checkpoint is saved"
+            "the realigned cursor is saved"
         );
         let logs = text(&logs);
         assert!(

@@ -1,4 +1,4 @@
-//! The relay task: load the checkpoint, then forever connect, ensure the stream, follow the
+//! The relay task: load the cursor, then forever connect, ensure the stream, follow the
 //! log and publish, retrying with capped exponential backoff after any failure.
 //!
 //! Publishes are pipelined (up to `max_in_flight`) on one connection, which keeps them in
@@ -8,10 +8,10 @@
 //! JetStream drops what it already has by `Nats-Msg-Id`.
 //!
 //! Before publishing, the relay checks that the log still holds what it published (see
-//! [`checkpoint::agreed_position`]); if the log went back, it realigns to it and publishes
+//! [`cursor::agreed_position`]); if the log went back, it realigns to it and publishes
 //! what now stands at the lost positions.
 
-use super::checkpoint::{self, Marks, Saved};
+use super::cursor::{self, Marks, Saved};
 use super::subject::{job_id_of, Route, Router};
 use super::{Realignment, RelayConfig, Shared};
 use async_nats::jetstream::context::{Context, ContextBuilder, GetStreamErrorKind};
@@ -31,7 +31,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// One publish awaiting its ack: position, event id (for the checkpoint's marks), job id (for
+/// One publish awaiting its ack: position, event id (for the cursor's marks), job id (for
 /// logs), and the outcome (`Ok(true)` when JetStream reported a duplicate).
 type PendingAck = BoxFuture<'static, (u64, Uuid, Option<Uuid>, Result<bool, String>)>;
 
@@ -88,7 +88,7 @@ struct Relay {
     router: Router,
     /// Highest contiguous position acknowledged by JetStream (or skipped).
     published: u64,
-    /// What the checkpoint file holds.
+    /// What the cursor file holds.
     saved: u64,
     /// Ids of events passed up to `published`, saved with it to tell a log that went back.
     marks: Marks,
@@ -114,10 +114,10 @@ impl Relay {
     async fn main(&mut self) {
         let mut attempt = 0u32;
         let saved = loop {
-            match checkpoint::load(&self.cfg.checkpoint_path, &self.cfg.stream_name).await {
+            match cursor::load(&self.cfg.cursor_path, &self.cfg.stream_name).await {
                 Ok(s) => break s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the NATS relay checkpoint; retrying");
+                    tracing::warn!(error = %e, "cannot read the NATS relay cursor; retrying");
                     self.note_error(&e);
                     if !self.pause(attempt).await {
                         return;
@@ -134,7 +134,7 @@ impl Relay {
             match self.realign(&saved).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "NATS relay cannot check its checkpoint against the log; retrying");
+                    tracing::warn!(error = %e, "NATS relay cannot check its cursor against the log; retrying");
                     self.note_error(&e);
                     if !self.pause(attempt).await {
                         return;
@@ -184,12 +184,12 @@ impl Relay {
     }
 
     /// Goes back to where the log still holds what was published, when the log went back under
-    /// the checkpoint (a torn WAL lost the last commit, an older backup was restored): without
-    /// this the relay would wait for the head to pass its checkpoint and never publish the
+    /// the cursor (a torn WAL lost the last commit, an older backup was restored): without
+    /// this the relay would wait for the head to pass its cursor and never publish the
     /// events that then take the lost positions, while JetStream keeps the lost ones.
     async fn realign(&mut self, saved: &Saved) -> Result<(), syncjobs_domain::StoreError> {
         let head = *self.store.watch_head().borrow();
-        let to = checkpoint::agreed_position(self.store.as_ref(), saved, head).await?;
+        let to = cursor::agreed_position(self.store.as_ref(), saved, head).await?;
         if to == saved.position {
             return Ok(());
         }
@@ -199,7 +199,7 @@ impl Relay {
             to,
             head,
             republish,
-            "NATS relay checkpoint is ahead of the log (lost tail or restored backup); \
+            "NATS relay cursor is ahead of the log (lost tail or restored backup); \
              realigning to the log and publishing the {republish} event(s) now after position {to}"
         );
         *self
@@ -245,17 +245,10 @@ impl Relay {
         }
         let cfg = &self.cfg;
         let marks = self.marks.list();
-        match checkpoint::save(
-            &cfg.checkpoint_path,
-            &cfg.stream_name,
-            self.published,
-            marks,
-        )
-        .await
-        {
+        match cursor::save(&cfg.cursor_path, &cfg.stream_name, self.published, marks).await {
             Ok(()) => self.saved = self.published,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot save the NATS relay checkpoint");
+                tracing::warn!(error = %e, "cannot save the NATS relay cursor");
                 self.note_error(&e);
             }
         }
@@ -277,6 +270,7 @@ impl Relay {
                 // hand): rebuild it from the log, which is the source of truth.
                 tracing::warn!(
                     stream = %self.cfg.stream_name,
+                    // The log field keeps its name for those who search the logs by it.
                     checkpoint = self.published,
                     "JetStream stream was absent; republishing the whole log"
                 );
@@ -387,7 +381,7 @@ impl Relay {
     async fn pump(&mut self, js: &Context) -> Result<End, SessionError> {
         let mut events = follow(self.store.clone(), self.published);
         let mut acks: FuturesOrdered<PendingAck> = FuturesOrdered::new();
-        let every = self.cfg.checkpoint_interval;
+        let every = self.cfg.cursor_save_interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let cancel = self.cancel.clone();

@@ -11,7 +11,7 @@
 //!
 //! Only a stream's first event names its owner (org, source connection), so the router keeps
 //! a cache fed by the creation events it sees and reads the stream's first event on a miss
-//! (after a restart from a checkpoint, say).
+//! (after a restart from a cursor, say).
 
 use std::collections::HashMap;
 use syncjobs_domain::events::{
@@ -269,6 +269,16 @@ mod tests {
         r.remove(0)
     }
 
+    fn job_created(org: Uuid, sc: Uuid, job: Uuid) -> SyncJobEvent {
+        SyncJobEvent::JobCreated {
+            job_id: job,
+            source_connection_id: sc,
+            organization_id: org,
+            short_name: "timed".into(),
+            config: serde_json::Value::Null,
+        }
+    }
+
     fn is_valid_subject(s: &str) -> bool {
         s.split('.')
             .all(|t| !t.is_empty() && !t.chars().any(forbidden))
@@ -279,18 +289,7 @@ mod tests {
         let store = InMemoryStore::new();
         let (org, sc, job) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let s = stream::job(job);
-        let created = append(
-            &store,
-            &s,
-            SyncJobEvent::JobCreated {
-                job_id: job,
-                source_connection_id: sc,
-                organization_id: org,
-                short_name: "timed".into(),
-                config: serde_json::Value::Null,
-            },
-        )
-        .await;
+        let created = append(&store, &s, job_created(org, sc, job)).await;
         let started = append(&store, &s, SyncJobEvent::JobStarted { worker: "w".into() }).await;
         let mut router = Router::new("syncjobs.events");
         for (ev, ty) in [(&created, "JobCreated"), (&started, "JobStarted")] {
@@ -307,18 +306,7 @@ mod tests {
         let store = InMemoryStore::new();
         let (org, sc, job) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let s = stream::job(job);
-        append(
-            &store,
-            &s,
-            SyncJobEvent::JobCreated {
-                job_id: job,
-                source_connection_id: sc,
-                organization_id: org,
-                short_name: "timed".into(),
-                config: serde_json::Value::Null,
-            },
-        )
-        .await;
+        append(&store, &s, job_created(org, sc, job)).await;
         let done = append(
             &store,
             &s,
@@ -327,7 +315,7 @@ mod tests {
             },
         )
         .await;
-        // A fresh router (a relay restarted from a checkpoint past JobCreated).
+        // A fresh router (a relay restarted from a cursor past JobCreated).
         let mut router = Router::new("p");
         let route = router.route(store.as_ref(), &done).await.unwrap();
         assert_eq!(

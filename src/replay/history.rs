@@ -10,47 +10,34 @@
 
 use super::cli::ServerArgs;
 use super::ReplayError;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use syncjobs_domain::events::stream;
-use syncjobs_domain::{Event, EventStore, Metadata, RecordedEvent, CURRENT_SCHEMA_VERSION};
+use syncjobs_domain::{Event, EventStore, RecordedEvent, CURRENT_SCHEMA_VERSION};
 use uuid::Uuid;
 
-/// One exported event.
+/// One exported event: the store's envelope with the body as raw JSON (read only once the
+/// line says which schema it was written with), plus the schema of that body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportLine {
-    pub event_id: Uuid,
-    pub stream_id: String,
-    pub version: u64,
-    pub global_position: u64,
-    pub recorded_at: DateTime<Utc>,
-    /// The schema version the event was first written with; kept through export and import
-    /// so that a history says which code wrote it.
-    pub schema_version: u32,
+    /// The envelope; its `schema_version` is the one the event was first written with, kept
+    /// through export and import so that a history says which code wrote it. Its `event` is
+    /// `{"type": .., "data": ..}`, kept as raw JSON until upcast.
+    #[serde(flatten)]
+    pub recorded: RecordedEvent<serde_json::Value>,
     /// The schema version of `event` as written in this line. Exports write bodies already
     /// upcast, so this is usually newer than `schema_version`. When absent (a line written by
     /// an older build, by hand, or a bare `RecordedEvent`) the body is read at
     /// `schema_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_schema_version: Option<u32>,
-    #[serde(flatten)]
-    pub metadata: Metadata,
-    /// `{"type": .., "data": ..}`, kept as raw JSON until upcast.
-    pub event: serde_json::Value,
 }
 
 /// The export form of one event, as JSON (what `GET .../events` may answer, one per element).
 pub fn export_value(e: &RecordedEvent) -> Result<serde_json::Value, ReplayError> {
+    let body = serde_json::to_value(&e.event).map_err(std::io::Error::from)?;
     let line = ExportLine {
-        event_id: e.event_id,
-        stream_id: e.stream_id.clone(),
-        version: e.version,
-        global_position: e.global_position,
-        recorded_at: e.recorded_at,
-        schema_version: e.schema_version,
+        recorded: e.clone().with_event(body),
         body_schema_version: Some(CURRENT_SCHEMA_VERSION),
-        metadata: e.metadata.clone(),
-        event: serde_json::to_value(&e.event).map_err(std::io::Error::from)?,
     };
     Ok(serde_json::to_value(line).map_err(std::io::Error::from)?)
 }
@@ -65,22 +52,13 @@ pub fn import_value(value: serde_json::Value, line: usize) -> Result<RecordedEve
     let bad = |reason: String| ReplayError::BadLine { line, reason };
     let l: ExportLine =
         serde_json::from_value(value).map_err(|e| bad(format!("not an exported event: {e}")))?;
-    let body_version = l.body_schema_version.unwrap_or(l.schema_version);
-    let event = Event::from_stored(body_version, &l.event.to_string()).map_err(|e| {
+    let body_version = l.body_schema_version.unwrap_or(l.recorded.schema_version);
+    let event = Event::from_stored(body_version, &l.recorded.event.to_string()).map_err(|e| {
         bad(format!(
             "unreadable event body (schema v{body_version}): {e}"
         ))
     })?;
-    Ok(RecordedEvent {
-        event_id: l.event_id,
-        stream_id: l.stream_id,
-        version: l.version,
-        global_position: l.global_position,
-        recorded_at: l.recorded_at,
-        schema_version: l.schema_version,
-        metadata: l.metadata,
-        event,
-    })
+    Ok(l.recorded.with_event(event))
 }
 
 /// Reads a JSON Lines export of one stream. Blank lines are skipped; anything else that is

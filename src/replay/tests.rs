@@ -295,7 +295,7 @@ async fn events_and_replay_say_when_final_counts_were_reconciled_from_the_destin
     );
     assert!(
         !rows(&out)[3].contains("reconciled"),
-        "a checkpoint is not: {out}"
+        "a progress report is not: {out}"
     );
     let (code, out) = run_cmd(replay_cmd(id, None, false), Some(store), false).await;
     assert_eq!(code, 0, "{out}");

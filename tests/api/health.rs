@@ -2,7 +2,9 @@
 //! one, `degraded` while the store cannot write), unknown routes and methods, and the NATS
 //! relay line.
 
-use crate::helpers::{id, lasting, parts, spawn_app, spawn_app_with, Options, TestApp};
+use crate::helpers::{
+    id, lasting, parts, postgres_server, spawn_app, spawn_app_with, Options, TestApp,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +88,11 @@ async fn health_with_a_key_shows_the_details_and_only_its_organizations_counts()
     assert_eq!(status, 200);
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["reasons"], json!([]));
-    assert_eq!(body["store"]["backend"], "embedded");
+    let backend = match postgres_server() {
+        Some(_) => "postgres",
+        None => "embedded",
+    };
+    assert_eq!(body["store"]["backend"], backend);
     assert_eq!(body["store"]["writable"], true);
     assert!(body["projection"]["lag"].is_u64(), "{body}");
     assert_eq!(body["supervisor"]["status"], "running");

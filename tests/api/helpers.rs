@@ -32,7 +32,8 @@ pub struct TestApp {
     /// A key of a second organization, "other".
     pub other_key: String,
     pub client: reqwest::Client,
-    /// The production store (embedded SQLite) in the app's data directory.
+    /// The production store: embedded SQLite in the app's data directory, or PostgreSQL
+    /// (see [`postgres_server`]).
     pub store: Arc<dyn EventStore>,
     pub destination: Arc<dyn EntitySink>,
     pub handle: actix_web::dev::ServerHandle,
@@ -41,7 +42,7 @@ pub struct TestApp {
 }
 
 pub struct Options {
-    /// Reuse a store (restarts); default: a new embedded store in the data directory.
+    /// Reuse a store (restarts); default: a new store (see [`postgres_server`]).
     pub store: Option<Arc<dyn EventStore>>,
     pub data_dir: Option<Arc<tempfile::TempDir>>,
     pub bootstrap_key: Option<String>,
@@ -91,6 +92,21 @@ pub async fn spawn_app_with(o: Options) -> TestApp {
     spawn(o).await.app
 }
 
+/// `SYNCJOBS_TEST_STORE=postgres`: the suite runs on PostgreSQL (the server at
+/// `SYNCJOBS_TEST_POSTGRES_URL`), each app on a fresh database dropped with its store.
+/// Unset or `sqlite`: the embedded store in the app's data directory. Tests that exercise
+/// the embedded store itself open it explicitly either way.
+pub fn postgres_server() -> Option<String> {
+    match std::env::var("SYNCJOBS_TEST_STORE").as_deref() {
+        Ok("postgres") => Some(
+            std::env::var(syncjobs_store_postgres::testkit::URL_VAR)
+                .expect("SYNCJOBS_TEST_STORE=postgres needs SYNCJOBS_TEST_POSTGRES_URL"),
+        ),
+        Ok("") | Ok("sqlite") | Err(_) => None,
+        Ok(other) => panic!("SYNCJOBS_TEST_STORE={other}: expected sqlite or postgres"),
+    }
+}
+
 pub async fn spawn(o: Options) -> Spawned {
     telemetry::init_for_tests();
     let data_dir = o
@@ -128,9 +144,10 @@ pub async fn spawn(o: Options) -> Spawned {
         Destination::FailingAfter(n) => MemoryDestination::failing_after(n, Duration::ZERO),
     };
     let clock: SharedClock = Arc::new(SystemClock);
-    let store: Arc<dyn EventStore> = match o.store {
-        Some(store) => store,
-        None => EmbeddedStore::open(data_dir.path()).expect("an embedded store"),
+    let store: Arc<dyn EventStore> = match (o.store, postgres_server()) {
+        (Some(store), _) => store,
+        (None, Some(admin)) => syncjobs_store_postgres::testkit::fresh_store(&admin).await,
+        (None, None) => EmbeddedStore::open(data_dir.path()).expect("an embedded store"),
     };
     let dyn_store = store.clone();
     let components = Components {

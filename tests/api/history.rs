@@ -22,7 +22,7 @@ fn exported(events: &[RecordedEvent]) -> Vec<Value> {
     events.iter().map(|e| export_value(e).unwrap()).collect()
 }
 
-/// A job of about 25 events (20 checkpoints) over 1.5 s.
+/// A job of about 25 events (20 progress reports) over 1.5 s.
 async fn short_run(app: &TestApp) -> (Uuid, Uuid) {
     let sc = app
         .idle_connection(json!({"entity_count": 100, "duration_seconds": 1.5}))

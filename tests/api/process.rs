@@ -453,37 +453,54 @@ fn a_port_already_taken_is_a_clear_error_not_a_crash() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// `SYNCJOBS_STORE` naming a backend this build does not have: `serve` and the CLI refuse it
-/// at once with the backends they do have, the exit code of any other configuration error,
-/// and the URL's password masked.
+/// `SYNCJOBS_STORE` naming a backend this build does not have, or a PostgreSQL server that is
+/// not there: `serve` and the CLI refuse it at once (the first with the backends they do
+/// have), the exit code of any other configuration error, and the URL's password masked.
 #[test]
 fn an_unknown_store_backend_is_a_clear_error_naming_the_ones_this_build_has() {
     let dir = tempfile::tempdir().unwrap();
-    let url = "postgres://app:s3cret@127.0.0.1:5432/jobs";
-    for (args, code) in [
-        (&[][..], 1),
-        (&["keys", "create"], 1),
-        (&["keys", "list"], 1),
-        (&["verify"], 2),
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    for (url, masked, says) in [
+        (
+            "mysql://app:s3cret@127.0.0.1:3306/jobs",
+            "mysql://app:***@127.0.0.1:3306/jobs",
+            "no backend 'mysql'",
+        ),
+        (
+            "postgres://app:s3cret@127.0.0.1:1/jobs",
+            "postgres://app:***@127.0.0.1:1/jobs",
+            "the database is unreachable",
+        ),
     ] {
-        let out = syncjobs(dir.path())
-            .env("SYNCJOBS_STORE", url)
-            .args(args)
-            .output()
-            .expect("the binary runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("syncjobs: ")
-                && stderr.contains("no backend 'postgres'")
-                && stderr.contains("sqlite://DIR"),
-            "{args:?}: the error names the backends of this build: {stderr}"
-        );
-        assert!(
-            stderr.contains("postgres://app:***@127.0.0.1:5432/jobs") && !stderr.contains("s3cret"),
-            "{args:?}: {stderr}"
-        );
-        assert!(!stderr.contains("panicked"), "{stderr}");
+        for (args, code) in [
+            (&[][..], 1),
+            (&["keys", "create"], 1),
+            (&["keys", "list"], 1),
+            (&["verify"], 2),
+        ] {
+            let out = syncjobs(dir.path())
+                .env("SYNCJOBS_STORE", url)
+                .args(args)
+                .output()
+                .expect("the binary runs");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("syncjobs: ") && stderr.contains(says),
+                "{args:?}: the error says what is wrong: {stderr}"
+            );
+            if url.starts_with("mysql") {
+                assert!(
+                    stderr.contains("sqlite://DIR") && stderr.contains("postgres://"),
+                    "{args:?}: the error names the backends of this build: {stderr}"
+                );
+            }
+            assert!(
+                stderr.contains(masked) && !stderr.contains("s3cret"),
+                "{args:?}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
     }
     assert!(
         !dir.path().join("events.db").exists(),

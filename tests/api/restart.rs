@@ -217,11 +217,11 @@ async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
     );
 }
 
-/// A process died while its job ran: the log has the job's start and a checkpoint of 3
+/// A process died while its job ran: the log has the job's start and a progress report of 3
 /// entities, the destination 10 rows the job wrote after it. The next start fails the job
 /// as interrupted with the destination's counts, and says they were reconciled.
 #[actix_web::test]
-async fn a_job_interrupted_by_a_crash_shows_the_rows_it_wrote_not_its_last_checkpoint() {
+async fn a_job_interrupted_by_a_crash_shows_the_rows_it_wrote_not_its_last_progress_report() {
     use syncjobs_actors::pipeline::Entity;
     use syncjobs_domain::events::stream;
     use syncjobs_domain::{EntityCounts, ExpectedVersion, Metadata, NewEvent, SyncJobEvent};

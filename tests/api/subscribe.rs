@@ -1,5 +1,5 @@
 //! Airweave's `GET /sync/job/{job_id}/subscribe`, read by a real HTTP client while real
-//! timed jobs run: connected, progress per checkpoint, the final message, the end.
+//! timed jobs run: connected, a message per progress report, the final message, the end.
 
 use crate::helpers::{id, lasting, parts, spawn_app, spawn_app_with, Destination, Options};
 use crate::sse_client::SseStream;
@@ -34,14 +34,14 @@ fn assert_progress_shape(m: &Value) {
 }
 
 #[actix_web::test]
-async fn connecting_mid_run_gives_connected_then_each_checkpoint_then_the_final_message_and_the_end(
+async fn connecting_mid_run_gives_connected_then_each_progress_report_then_the_final_message_and_the_end(
 ) {
     let app = spawn_app().await;
     let sc = app
         .idle_connection(json!({"entity_count": 100, "duration_seconds": 1.5}))
         .await;
     let job = id(&app.run(sc).await);
-    app.wait_job(sc, job, "past a checkpoint", |j| {
+    app.wait_job(sc, job, "past a progress report", |j| {
         j["entities_inserted"].as_u64() > Some(0)
     })
     .await;
@@ -64,12 +64,13 @@ async fn connecting_mid_run_gives_connected_then_each_checkpoint_then_the_final_
     );
     assert!(
         progress.len() >= 2,
-        "the current counts and live checkpoints: {progress:?}"
+        "the current counts and live progress reports: {progress:?}"
     );
 
-    // Each message is a checkpoint of the log: the current one at connect, then every later one.
+    // Each message is a progress report from the log: the current one at connect, then every
+    // later one.
     let log = app.job_events(job).await;
-    let checkpoints: Vec<u64> = log
+    let reports: Vec<u64> = log
         .iter()
         .filter_map(|e| match e.job_event() {
             Some(SyncJobEvent::ProgressRecorded { counts }) => Some(counts.inserted),
@@ -81,8 +82,8 @@ async fn connecting_mid_run_gives_connected_then_each_checkpoint_then_the_final_
         .map(|m| m["inserted"].as_u64().unwrap())
         .collect();
     assert!(
-        checkpoints.ends_with(&seen),
-        "sent {seen:?}, log has {checkpoints:?}"
+        reports.ends_with(&seen),
+        "sent {seen:?}, log has {reports:?}"
     );
 
     let done = app.job(sc, job).await;
@@ -105,7 +106,7 @@ async fn a_cancel_ends_the_subscription_with_status_cancelled() {
     let job = id(&app.run(sc).await);
     let mut s = SseStream::get(&app, &subscribe_path(job), &[]).await;
     assert_eq!(s.next_data().await.unwrap().json()["type"], "connected");
-    // Live checkpoints arrive while the job runs.
+    // Live progress reports arrive while the job runs.
     let live = s.next_data().await.unwrap().json();
     assert_progress_shape(&live);
     let (status, body) = app
@@ -224,7 +225,7 @@ async fn a_client_that_goes_away_leaves_no_stream_behind() {
 async fn quiet_streams_carry_heartbeats_and_still_end_when_the_job_does() {
     let app = spawn_app_with(Options {
         sse_heartbeat: Duration::from_millis(100),
-        // Each write takes 800 ms: the counts, hence the checkpoints, stand still meanwhile.
+        // Each write takes 800 ms: the counts, hence the progress reports, stand still meanwhile.
         destination: Destination::Slow(Duration::from_millis(800)),
         ..Options::default()
     })
@@ -245,7 +246,10 @@ async fn quiet_streams_carry_heartbeats_and_still_end_when_the_job_does() {
             }
         }
     }
-    assert_eq!(beats, 2, "Airweave's heartbeat message between checkpoints");
+    assert_eq!(
+        beats, 2,
+        "Airweave's heartbeat message between progress reports"
+    );
     // Our stream, resumed far past its end: nothing to send but heartbeat comments.
     let mut events = SseStream::get(
         &app,

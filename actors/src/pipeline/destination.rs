@@ -12,7 +12,7 @@
 //! Per job it keeps what that job's writes did (inserted, updated, kept, deleted, failed),
 //! updated in the transaction of the writes themselves: when a job's run dies without
 //! reporting (a crash, a worker the watchdog gives up on), these are the counts of what it
-//! durably wrote, where its last progress checkpoint may be some rows behind.
+//! durably wrote, where its last progress report may be some rows behind.
 
 use super::entity::EntityRecord;
 use async_trait::async_trait;

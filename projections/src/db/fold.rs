@@ -19,7 +19,7 @@ use syncjobs_domain::{
     AccessEvent, CollectionEvent, Event, JobState, JobStatus, RecordedEvent, SourceConnectionEvent,
     SyncJobEvent,
 };
-use syncjobs_store_sqlite::checkpoint::Checkpointer;
+use syncjobs_store_sqlite::wal_checkpoint::Checkpointer;
 use uuid::Uuid;
 
 /// Final job rows of deleted connections removed per purge transaction: small enough that

@@ -11,7 +11,7 @@
 //! WAL with `synchronous=NORMAL`: a power loss may lose the last commits, never corrupt the
 //! file, and the lost tail is folded again from the stored position (the log is the truth).
 //! The WAL is checkpointed off the commit path by the store's checkpointer
-//! (`syncjobs_store_sqlite::checkpoint`), so no commit (and no read-your-writes wait behind
+//! (`syncjobs_store_sqlite::wal_checkpoint`), so no commit (and no read-your-writes wait behind
 //! it) pays for copying pages back.
 
 pub mod cache;
@@ -129,7 +129,7 @@ impl ReadDb {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         prepare_schema(&conn, head).map_err(open_err)?;
-        let checkpointer = syncjobs_store_sqlite::checkpoint::attach(&mut conn, path)
+        let checkpointer = syncjobs_store_sqlite::wal_checkpoint::attach(&mut conn, path)
             .map_err(|e| ReadError::Checkpointer(e.to_string()))?;
         let writer = Writer::load(conn, checkpointer)?;
         let db = ReadDb {

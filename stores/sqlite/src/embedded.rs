@@ -14,7 +14,7 @@
 //! long) fails with [`StoreError::Unavailable`] naming the cause, and the store remembers it
 //! ([`EventStore::write_failure`]) until a commit succeeds again, so `/health` can say so.
 
-use crate::checkpoint::{self, Checkpointer};
+use crate::wal_checkpoint::{self, Checkpointer};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, Row};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -134,8 +134,8 @@ impl EmbeddedStore {
             .map_err(|e| sql_error(&path, &e))?;
         let data_version = data_version(&conn).map_err(|e| sql_error(&path, &e))?;
 
-        let checkpointer =
-            checkpoint::attach(&mut conn, &path).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let checkpointer = wal_checkpoint::attach(&mut conn, &path)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
 
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (head_tx, head_rx) = watch::channel(head);

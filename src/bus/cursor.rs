@@ -1,12 +1,12 @@
-//! The relay's durable checkpoint: the last global position JetStream acknowledged.
+//! The relay's durable cursor: the last global position JetStream acknowledged.
 //!
 //! A small JSON file `{"stream": "SYNCJOBS", "position": 42, "marks": [...]}` replaced
 //! atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves either the
-//! old or the new checkpoint, never a torn one. The stream name is kept so that pointing the
+//! old or the new cursor, never a torn one. The stream name is kept so that pointing the
 //! relay at another stream republishes everything instead of silently starting half-way.
 //!
 //! The marks are the ids of a few events the relay passed, at positions spaced exponentially
-//! back from the checkpoint. They let the relay tell that the log went back under it (a torn
+//! back from the cursor. They let the relay tell that the log went back under it (a torn
 //! WAL that lost the last commit, a restored older backup): the positions then hold other
 //! events, or none, and [`agreed_position`] finds where the log and the relay still agree.
 
@@ -17,14 +17,14 @@ use syncjobs_domain::store::{EventStore, StoreError};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("checkpoint {path}: {source}")]
+pub enum CursorError {
+    #[error("cursor {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("checkpoint task failed: {0}")]
+    #[error("cursor task failed: {0}")]
     Join(String),
 }
 
@@ -32,7 +32,7 @@ pub enum CheckpointError {
 struct File {
     stream: String,
     position: u64,
-    /// Absent in checkpoints of earlier releases: those can only tell a log that got shorter.
+    /// Absent in cursors of earlier releases: those can only tell a log that got shorter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     marks: Vec<Mark>,
 }
@@ -44,11 +44,11 @@ pub struct Mark {
     pub event_id: Uuid,
 }
 
-/// What a checkpoint holds.
+/// What a cursor holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Saved {
     pub position: u64,
-    /// Newest first; the first is at `position` (none in an earlier release's checkpoint).
+    /// Newest first; the first is at `position` (none in an earlier release's cursor).
     pub marks: Vec<Mark>,
 }
 
@@ -99,9 +99,9 @@ impl Marks {
 }
 
 /// The highest position up to which the log still holds what the relay published, given its
-/// checkpoint and the log's head now: `saved.position` when nothing went back. Positions past
+/// cursor and the log's head now: `saved.position` when nothing went back. Positions past
 /// the head are gone; a mark whose position now holds another event was lost and taken by a
-/// new one. Without marks (an earlier release's checkpoint) only a shorter log can be told.
+/// new one. Without marks (an earlier release's cursor) only a shorter log can be told.
 /// No mark agreeing at all means the log was replaced: 0, everything is published again.
 pub async fn agreed_position(
     store: &dyn EventStore,
@@ -127,20 +127,20 @@ pub async fn agreed_position(
 
 /// The saved position for `stream`, or 0 when there is none. An unreadable or foreign file
 /// also gives 0 (with a warning): republishing is safe, skipping is not.
-pub async fn load(path: &Path, stream: &str) -> Result<Saved, CheckpointError> {
+pub async fn load(path: &Path, stream: &str) -> Result<Saved, CursorError> {
     let path = path.to_owned();
     let stream = stream.to_owned();
     tokio::task::spawn_blocking(move || load_blocking(&path, &stream))
         .await
-        .map_err(|e| CheckpointError::Join(e.to_string()))?
+        .map_err(|e| CursorError::Join(e.to_string()))?
 }
 
-fn load_blocking(path: &Path, stream: &str) -> Result<Saved, CheckpointError> {
+fn load_blocking(path: &Path, stream: &str) -> Result<Saved, CursorError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
         Err(source) => {
-            return Err(CheckpointError::Io {
+            return Err(CursorError::Io {
                 path: path.to_owned(),
                 source,
             })
@@ -160,7 +160,7 @@ fn load_blocking(path: &Path, stream: &str) -> Result<Saved, CheckpointError> {
                 path = %path.display(),
                 saved_stream = %f.stream,
                 stream,
-                "relay checkpoint is for another stream; republishing from the start"
+                "relay cursor is for another stream; republishing from the start"
             );
             Ok(Saved::default())
         }
@@ -168,20 +168,20 @@ fn load_blocking(path: &Path, stream: &str) -> Result<Saved, CheckpointError> {
             tracing::warn!(
                 path = %path.display(),
                 error = %e,
-                "relay checkpoint is unreadable; republishing from the start"
+                "relay cursor is unreadable; republishing from the start"
             );
             Ok(Saved::default())
         }
     }
 }
 
-/// Replaces the checkpoint with `position` and `marks`, durably.
+/// Replaces the cursor with `position` and `marks`, durably.
 pub async fn save(
     path: &Path,
     stream: &str,
     position: u64,
     marks: Vec<Mark>,
-) -> Result<(), CheckpointError> {
+) -> Result<(), CursorError> {
     let path = path.to_owned();
     let body = File {
         stream: stream.to_owned(),
@@ -190,11 +190,11 @@ pub async fn save(
     };
     tokio::task::spawn_blocking(move || save_blocking(&path, &body))
         .await
-        .map_err(|e| CheckpointError::Join(e.to_string()))?
+        .map_err(|e| CursorError::Join(e.to_string()))?
 }
 
-fn save_blocking(path: &Path, body: &File) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io {
+fn save_blocking(path: &Path, body: &File) -> Result<(), CursorError> {
+    let io = |source| CursorError::Io {
         path: path.to_owned(),
         source,
     };
@@ -215,7 +215,7 @@ fn save_blocking(path: &Path, body: &File) -> Result<(), CheckpointError> {
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)?;
-    // The rename itself must survive a power cut, or the old checkpoint comes back.
+    // The rename itself must survive a power cut, or the old cursor comes back.
     #[cfg(unix)]
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
@@ -232,7 +232,7 @@ mod tests {
     use syncjobs_domain::store::{ExpectedVersion, InMemoryStore};
 
     #[tokio::test]
-    async fn a_saved_checkpoint_is_read_back_and_leaves_no_temp_file() {
+    async fn a_saved_cursor_is_read_back_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join("relay.checkpoint");
         assert_eq!(
@@ -267,7 +267,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_torn_or_foreign_checkpoint_republishes_from_the_start() {
+    async fn a_torn_or_foreign_cursor_republishes_from_the_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c");
         std::fs::write(&path, b"{\"stream\":\"S\",\"posi").unwrap();
@@ -275,7 +275,7 @@ mod tests {
         save(&path, "OTHER", 7, vec![]).await.unwrap();
         assert_eq!(load(&path, "S").await.unwrap(), Saved::default());
         assert_eq!(load(&path, "OTHER").await.unwrap().position, 7);
-        // An earlier release's checkpoint has no marks.
+        // An earlier release's cursor has no marks.
         std::fs::write(&path, br#"{"stream":"S","position":9}"#).unwrap();
         assert_eq!(
             load(&path, "S").await.unwrap(),
@@ -346,17 +346,17 @@ mod tests {
         // Nothing went back, and the log went on.
         assert_eq!(agreed(&s, log_of(&published, 0).await).await, 100);
         assert_eq!(agreed(&s, log_of(&published, 7).await).await, 100);
-        // The last commit (3 events) was lost: head behind the checkpoint...
+        // The last commit (3 events) was lost: head behind the cursor...
         let at = agreed(&s, log_of(&published[..97], 0).await).await;
         assert!((95..=97).contains(&at), "{at}");
-        // ...or new events took the lost positions and more: head past the checkpoint.
+        // ...or new events took the lost positions and more: head past the cursor.
         assert_eq!(agreed(&s, log_of(&published[..97], 10).await).await, at);
         // An older backup restored: far back, but not to the start.
         let at = agreed(&s, log_of(&published[..30], 80).await).await;
         assert!((1..=30).contains(&at) && 100 - at < 2 * 70, "{at}");
         // Another log altogether: everything again.
         assert_eq!(agreed(&s, log_of(&[], 120).await).await, 0);
-        // An earlier release's checkpoint (no marks) can only tell a shorter log.
+        // An earlier release's cursor (no marks) can only tell a shorter log.
         let old = Saved {
             position: 100,
             marks: vec![],

@@ -1,0 +1,114 @@
+//! The node's listener: one connection of its own `LISTEN`s on [`NOTIFY_CHANNEL`], and every
+//! notification (a commit's last position, from any node) moves the head that followers
+//! watch. When the connection drops it reconnects with backoff, and once listening again
+//! reads the head, so whatever committed while it was away wakes the followers too: they
+//! then read on from their own position and miss nothing.
+
+use crate::store::Shared;
+use crate::writer::NOTIFY_CHANNEL;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use syncjobs_domain::redact::redact;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// The listener's `application_name`, so an operator (or a test) can find its connection.
+pub const LISTENER_NAME: &str = "syncjobs-listen";
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs until `stop` is cancelled.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut config: tokio_postgres::Config,
+    stop: CancellationToken,
+) {
+    config.application_name(LISTENER_NAME);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let listened = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listen(&shared, &config) => r,
+        };
+        match listened {
+            // It listened, then lost the connection: try again at once.
+            Ok(()) => backoff = FIRST_BACKOFF,
+            Err(e) => {
+                tracing::warn!(error = %redact(&e.to_string()), retry_in = ?backoff, "event store listener cannot connect");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Connects, listens, catches up, then hands notifications on until the connection ends.
+async fn listen(
+    shared: &Shared,
+    config: &tokio_postgres::Config,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut notified) = tokio::sync::mpsc::unbounded_channel();
+    // The connection's messages, notifications among them, come only by polling it.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().parse::<u64>().ok()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %redact(&e.to_string()), "event store listener lost its connection");
+                    break;
+                }
+            }
+        }
+    });
+    let caught_up = async {
+        client
+            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .await?;
+        // Listening from here on: whatever committed before is in this head.
+        head(&client).await
+    }
+    .await;
+    match caught_up {
+        Ok(head) => {
+            tracing::debug!(head, "event store listener is listening");
+            shared.committed(head);
+            shared.listening.send_replace(true);
+        }
+        Err(e) => {
+            driver.abort();
+            return Err(e);
+        }
+    }
+    while let Some(position) = notified.recv().await {
+        match position {
+            Some(p) => shared.committed(p),
+            // Not ours to understand: read the head instead of guessing.
+            None => {
+                if let Ok(h) = head(&client).await {
+                    shared.committed(h);
+                }
+            }
+        }
+    }
+    shared.listening.send_replace(false);
+    driver.abort();
+    Ok(())
+}
+
+/// The last committed position (0: an empty log).
+pub(crate) async fn head(client: &tokio_postgres::Client) -> Result<u64, tokio_postgres::Error> {
+    let row = client.query_one(crate::store::HEAD, &[]).await?;
+    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+}

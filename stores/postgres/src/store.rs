@@ -1,0 +1,423 @@
+//! [`PgStore`]: the EventStore on PostgreSQL. See the crate docs for the method.
+
+use crate::error::{connection_gone, pool_error, store_error};
+use crate::writer::{Prepared, Request};
+use crate::{listen, migrate, writer};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use syncjobs_domain::events::{Event, Metadata, NewEvent, RecordedEvent};
+use syncjobs_domain::redact::redact;
+use syncjobs_domain::{EventStore, ExpectedVersion, StoreError};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{NoTls, Row};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) const HEAD: &str = include_str!("sql/head.sql");
+const READ_ALL: &str = include_str!("sql/read_all.sql");
+const READ_STREAM: &str = include_str!("sql/read_stream.sql");
+
+/// Connections a node keeps to the database (besides the listener's).
+pub(crate) const POOL_SIZE: usize = 8;
+/// How long connecting may take, and how long a request waits for a free connection,
+/// before it fails as unavailable: a request never hangs on a database that is away.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Appends that may wait for the writer before appenders wait in turn (backpressure).
+const QUEUE_CAPACITY: usize = 4 * writer::MAX_BATCH;
+
+/// What the writer, the listener and the store share.
+pub(crate) struct Shared {
+    pub(crate) pool: Pool,
+    head: watch::Sender<u64>,
+    /// The cause of the last failed write, until a commit succeeds.
+    failure: Mutex<Option<String>>,
+    /// Whether the listener is listening (false while it reconnects).
+    pub(crate) listening: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Every position up to `position` is committed (appends commit in position order).
+    pub(crate) fn committed(&self, position: u64) {
+        self.head.send_if_modified(|head| {
+            let newer = position > *head;
+            if newer {
+                *head = position;
+            }
+            newer
+        });
+    }
+
+    /// This node's commit succeeded: writes work (again).
+    pub(crate) fn wrote(&self) {
+        *lock(&self.failure) = None;
+    }
+
+    pub(crate) fn failed(&self, e: &StoreError) {
+        if let StoreError::Unavailable { cause } = e {
+            *lock(&self.failure) = Some(cause.clone());
+        }
+    }
+
+    /// The stream's current version (0: no events).
+    pub(crate) async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(|e| pool_error(&e))?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM syncjobs_events WHERE stream_id = $1",
+                &[&stream],
+            )
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A runtime of the store's own, shut down without waiting when the store goes (dropping a
+/// runtime from async code would panic).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The EventStore on PostgreSQL. Open with [`PgStore::connect`] (async) or
+/// [`PgStore::open`] (blocking); dropping the last handle closes it.
+pub struct PgStore {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<Request>,
+    head: watch::Receiver<u64>,
+    stop: CancellationToken,
+    handle: tokio::runtime::Handle,
+    // Last: dropped after everything that runs on it.
+    _runtime: OwnRuntime,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Whether opening may create the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Create it, or bring it up to this build's (`serve`, `keys create`).
+    Migrate,
+    /// It must be there already; nothing is created (the reading commands).
+    MustExist,
+}
+
+struct Started {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<Request>,
+    stop: CancellationToken,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`), brings the schema up to date and
+    /// starts the writer and the listener. Works from any runtime, or none is needed
+    /// beyond the caller's: the store drives its connections on threads of its own.
+    pub async fn connect(url: &str) -> Result<Arc<PgStore>, StoreError> {
+        let runtime = OwnRuntime(Some(build_runtime()?));
+        let handle = runtime_handle(&runtime)?;
+        let url = url.to_owned();
+        let started = handle
+            .spawn(start(url, Schema::Migrate))
+            .await
+            .map_err(join_error)??;
+        Ok(Arc::new(PgStore::assemble(started, handle, runtime)))
+    }
+
+    /// [`PgStore::connect`] for callers that may block (start-up, the CLI), from inside a
+    /// runtime or not; with [`Schema::MustExist`] a database without the store's schema is
+    /// refused, and nothing is created in it.
+    pub fn open(url: &str, schema: Schema) -> Result<Arc<PgStore>, StoreError> {
+        let runtime = OwnRuntime(Some(build_runtime()?));
+        let handle = runtime_handle(&runtime)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let url = url.to_owned();
+        handle.spawn(async move {
+            let _ = tx.send(start(url, schema).await);
+        });
+        let started = rx.recv().map_err(|_| StoreError::Closed)??;
+        Ok(Arc::new(PgStore::assemble(started, handle, runtime)))
+    }
+
+    fn assemble(started: Started, handle: tokio::runtime::Handle, runtime: OwnRuntime) -> Self {
+        PgStore {
+            head: started.shared.head.subscribe(),
+            shared: started.shared,
+            requests: started.requests,
+            stop: started.stop,
+            handle,
+            _runtime: runtime,
+        }
+    }
+
+    /// Runs `f` on the store's runtime, where its connections live.
+    async fn on_runtime<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.handle.spawn(f).await.map_err(join_error)?
+    }
+
+    async fn query(
+        &self,
+        sql: &'static str,
+        stream: Option<String>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let pool = self.shared.pool.clone();
+        self.on_runtime(async move {
+            let (after, limit) = (clamp(after), clamp(limit as u64));
+            // A read on a connection the server has closed is simply made again on the
+            // next one (see the writer); the pool's size bounds the tries.
+            let mut tries = 0;
+            let rows = loop {
+                let client = pool.get().await.map_err(|e| pool_error(&e))?;
+                let read = match client.prepare_cached(sql).await {
+                    Ok(statement) => match &stream {
+                        Some(stream) => client.query(&statement, &[stream, &after]).await,
+                        None => client.query(&statement, &[&after, &limit]).await,
+                    },
+                    Err(e) => Err(e),
+                };
+                match read {
+                    Err(e) if connection_gone(&e) && tries < POOL_SIZE => tries += 1,
+                    read => break read.map_err(|e| store_error(&e))?,
+                }
+            };
+            rows.iter().map(decode_row).collect()
+        })
+        .await
+    }
+}
+
+fn build_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("syncjobs-pg")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot start the PostgreSQL threads: {e}")))
+}
+
+fn runtime_handle(rt: &OwnRuntime) -> Result<tokio::runtime::Handle, StoreError> {
+    rt.0.as_ref()
+        .map(|rt| rt.handle().clone())
+        .ok_or(StoreError::Closed)
+}
+
+fn join_error(e: tokio::task::JoinError) -> StoreError {
+    if e.is_cancelled() {
+        StoreError::Closed
+    } else {
+        StoreError::Backend(format!("event store task failed: {e}"))
+    }
+}
+
+/// On the store's runtime: the pool, the schema, the head, the writer and the listener.
+async fn start(url: String, schema: Schema) -> Result<Started, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        StoreError::Backend(format!("not a PostgreSQL URL: {}", redact(&e.to_string())))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("syncjobs");
+    }
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
+    let head = {
+        let mut client = pool.get().await.map_err(|e| pool_error(&e))?;
+        match schema {
+            Schema::Migrate => {
+                migrate::migrate(&mut client).await?;
+            }
+            Schema::MustExist => migrate::require(&client).await?,
+        }
+        listen::head(&client).await.map_err(|e| store_error(&e))?
+    };
+    let shared = Arc::new(Shared {
+        pool,
+        head: watch::channel(head).0,
+        failure: Mutex::new(None),
+        listening: watch::channel(false).0,
+    });
+    let (requests, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let stop = CancellationToken::new();
+    tokio::spawn(writer::run(shared.clone(), rx));
+    tokio::spawn(listen::run(shared.clone(), config, stop.clone()));
+    // Ready once other nodes' commits wake this one's followers.
+    let mut listening = shared.listening.subscribe();
+    if tokio::time::timeout(CONNECT_TIMEOUT, listening.wait_for(|l| *l))
+        .await
+        .is_err()
+    {
+        tracing::warn!("event store listener is not listening yet; it keeps trying");
+    }
+    Ok(Started {
+        shared,
+        requests,
+        stop,
+    })
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let events = events
+            .into_iter()
+            .map(prepare)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let appended = answer.await.map_err(|_| StoreError::Closed)?;
+        if appended.is_ok() {
+            self.shared.wrote();
+        }
+        appended
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        after: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.query(READ_STREAM, Some(stream.to_owned()), after, 0)
+            .await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.query(READ_ALL, None, after, limit).await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        lock(&self.shared.failure).clone()
+    }
+}
+
+/// Serialises the body off the writer, which then does nothing but database work.
+fn prepare(event: NewEvent) -> Result<Prepared, StoreError> {
+    let data = event
+        .event
+        .to_json()
+        .map_err(|e| StoreError::Backend(format!("cannot serialise the event: {e}")))?;
+    let recorded_at_ns = event.recorded_at.timestamp_nanos_opt().ok_or_else(|| {
+        StoreError::Backend(format!(
+            "recorded_at {} is out of the storable range",
+            event.recorded_at
+        ))
+    })?;
+    Ok(Prepared {
+        event,
+        data,
+        recorded_at_ns,
+    })
+}
+
+/// Rebuilds the envelope of one stored row; anything unreadable names the row's position.
+fn decode_row(row: &Row) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get(0).map_err(|e| store_error(&e))?;
+    let position = u64::try_from(position).unwrap_or(0);
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    let stream_id: String = row
+        .try_get(1)
+        .map_err(|e| corrupt(format!("stream id unreadable: {e}")))?;
+    let at =
+        |what: &str, e: &dyn std::fmt::Display| corrupt(format!("stream {stream_id}: {what}: {e}"));
+    let version: i64 = row.try_get(2).map_err(|e| at("version unreadable", &e))?;
+    let version = u64::try_from(version).map_err(|e| at("negative version", &e))?;
+    let event_id = row.try_get(3).map_err(|e| at("event id unreadable", &e))?;
+    let event_type: &str = row
+        .try_get(4)
+        .map_err(|e| at("event type unreadable", &e))?;
+    let schema_version: i32 = row
+        .try_get(5)
+        .map_err(|e| at("schema version unreadable", &e))?;
+    let schema_version =
+        u32::try_from(schema_version).map_err(|e| at("negative schema version", &e))?;
+    let data: &str = row.try_get(6).map_err(|e| at("body unreadable", &e))?;
+    let event = Event::from_stored_as(schema_version, event_type, data)
+        .map_err(|e| at(&format!("{event_type} body does not decode"), &e))?;
+    if event.event_type() != event_type {
+        return Err(at(
+            "event type column disagrees with the body",
+            &format!("{event_type} != {}", event.event_type()),
+        ));
+    }
+    let ns: i64 = row
+        .try_get(7)
+        .map_err(|e| at("recorded_at unreadable", &e))?;
+    Ok(RecordedEvent {
+        event_id,
+        stream_id: stream_id.clone(),
+        version,
+        global_position: position,
+        recorded_at: DateTime::<Utc>::from_timestamp_nanos(ns),
+        schema_version,
+        metadata: Metadata {
+            causation_id: row.try_get(8).map_err(|e| at("causation id", &e))?,
+            correlation_id: row.try_get(9).map_err(|e| at("correlation id", &e))?,
+            caused_by: row
+                .try_get(10)
+                .map_err(|e| at("caused_by unreadable", &e))?,
+        },
+        event,
+    })
+}
+
+/// Positions and versions never get near `i64::MAX`.
+pub(crate) fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,164 @@
+//! Fresh databases for tests (feature `testkit`), on the server at
+//! `SYNCJOBS_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`; a role
+//! that may create databases). Unset: tests skip, saying so, unless
+//! `SYNCJOBS_REQUIRE_SERVICES=1` makes that a failure. Used by this crate's tests and by
+//! the API suite when it runs on PostgreSQL.
+
+use crate::PgStore;
+use async_trait::async_trait;
+use std::sync::Arc;
+use syncjobs_domain::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+/// The variable naming the test server.
+pub const URL_VAR: &str = "SYNCJOBS_TEST_POSTGRES_URL";
+
+/// The server to test against, or None (after saying why) when the test is to be skipped.
+pub fn admin_url(test: &str) -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(u) if !u.trim().is_empty() => Some(u),
+        _ if std::env::var("SYNCJOBS_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("{test}: {URL_VAR} is unset but SYNCJOBS_REQUIRE_SERVICES=1")
+        }
+        _ => {
+            eprintln!(
+                "skipping {test}: {URL_VAR} is not set \
+                 (e.g. {URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres)"
+            );
+            None
+        }
+    }
+}
+
+/// `url` with its database replaced by `name` (its query string kept).
+pub fn with_database(url: &str, name: &str) -> String {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let base = match base[authority..].find('/') {
+        Some(slash) => &base[..authority + slash],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+/// A plain connection, driven on the caller's runtime.
+pub async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of this test's own, dropped (with whatever is still connected) at the end,
+/// even when the test panics.
+pub struct TestDb {
+    admin: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A new, empty database on the server at `admin`.
+    pub async fn create(admin: &str) -> TestDb {
+        let name = format!("syncjobs_test_{}", Uuid::new_v4().simple());
+        client(admin)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        TestDb {
+            admin: admin.to_owned(),
+            url: with_database(admin, &name),
+            name,
+        }
+    }
+
+    /// A store (an instance of its own: its own pool and listener) on this database.
+    pub async fn store(&self) -> Arc<PgStore> {
+        PgStore::connect(&self.url).await.expect("the store opens")
+    }
+
+    /// A plain connection to this database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        client(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // A thread of its own: Drop may run inside the test's runtime, which cannot block.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                client(&admin)
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test database {}", self.name);
+        }
+    }
+}
+
+/// A store on a database of its own, dropped when the last handle to the store goes (a
+/// restarted test app reusing the store keeps the database).
+pub async fn fresh_store(admin: &str) -> Arc<dyn EventStore> {
+    let db = TestDb::create(admin).await;
+    let store = db.store().await;
+    Arc::new(OwningStore { store, _db: db })
+}
+
+/// The store, then its database: fields drop in order.
+struct OwningStore {
+    store: Arc<PgStore>,
+    _db: TestDb,
+}
+
+#[async_trait]
+impl EventStore for OwningStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        after: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.read_stream(stream, after).await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.read_all(after, limit).await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.store.watch_head()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.store.write_failure()
+    }
+}
