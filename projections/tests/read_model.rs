@@ -806,3 +806,26 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys() {
     m.apply(&h.all().await);
     assert!(m.authenticate("k", now).is_none(), "revoked at once");
 }
+
+/// Two writers on one file (a server still stopping while the next one starts on the same
+/// data directory): each folds every event, and still none applies twice.
+#[tokio::test]
+async fn a_second_writer_on_the_same_file_never_applies_an_event_twice() {
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let c = h.collection(org, "c").await;
+    let sc = h.source_connection(org, c, "c").await;
+    let job = h.job(org, sc, &[started()]).await;
+    let half = h.all().await.len();
+    h.job_event(job, completed(3)).await;
+    let events = h.all().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("read_model.db");
+    let (first, one) = Projection::open(&path, u64::MAX).unwrap();
+    one.apply_batch(events[..half].iter().cloned()).unwrap();
+    // The next server starts: it sees the running job too.
+    let (_, two) = Projection::open(&path, u64::MAX).unwrap();
+    two.apply_batch(events.iter().cloned()).unwrap();
+    one.apply_batch(events.iter().cloned()).unwrap();
+    assert_eq!(first.read(|m| m.dump()).unwrap(), fold(&events).dump());
+}

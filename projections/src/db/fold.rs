@@ -12,7 +12,7 @@
 
 use super::{encode_job, time, ReadError, PROJECTION_NAME};
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
@@ -91,11 +91,7 @@ impl Writer {
     /// Reads the position and the live jobs back from the database (at start, and after a
     /// batch failed to commit, whose changes to the live jobs are then forgotten).
     fn reload(&mut self) -> Result<(), ReadError> {
-        self.position = self.conn.query_row(
-            "SELECT position FROM projection WHERE name = ?1",
-            [PROJECTION_NAME],
-            |r| r.get::<_, i64>(0),
-        )? as u64;
+        self.position = stored_position(&self.conn)?;
         self.live.clear();
         let mut stmt = self
             .conn
@@ -144,7 +140,23 @@ impl Writer {
         &mut self,
         events: impl IntoIterator<Item = RecordedEvent>,
     ) -> Result<Committed, ReadError> {
-        let tx = self.conn.transaction()?;
+        // The write lock from the start, and the position as stored under it: a second
+        // writer on the file (a server still stopping while the next one starts on the same
+        // data directory, as tests do) can never make an event apply twice.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored = stored_position(&tx)?;
+        if stored != self.position {
+            drop(tx);
+            tracing::warn!(
+                stored,
+                folded = self.position,
+                "the read model was moved by another writer; taking its state"
+            );
+            self.reload()?;
+            return self.try_batch(events);
+        }
         let mut position = self.position;
         let committed = {
             let mut batch = Batch {
@@ -206,6 +218,16 @@ impl Writer {
         tracing::debug!(source_connection_id = %sc, removed, "purged jobs of a deleted source connection");
         Ok(true)
     }
+}
+
+/// The position stored with the rows.
+fn stored_position(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT position FROM projection WHERE name = ?1",
+        [PROJECTION_NAME],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|p| p as u64)
 }
 
 /// Whether `table` has the row `id`.
