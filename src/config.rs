@@ -134,7 +134,9 @@ pub struct Settings {
     #[arg(long, env = "SYNCJOBS_SSE_HEARTBEAT_MS", default_value_t = 30_000)]
     pub sse_heartbeat_ms: u64,
 
-    /// Seconds between read-model checkpoints (written only when the model moved).
+    /// Ignored, accepted so that existing deployments still start: the read model has no
+    /// periodic checkpoint any more (it lives in `read_model.db` and commits every batch with
+    /// its position).
     #[arg(long, env = "SYNCJOBS_CHECKPOINT_EVERY_SECONDS", default_value_t = 10)]
     pub checkpoint_every_seconds: u64,
 
@@ -199,6 +201,9 @@ impl Default for Settings {
     }
 }
 
+/// The read model's database file in the data directory.
+pub const READ_MODEL_FILE: &str = "read_model.db";
+
 impl Settings {
     pub fn api(&self) -> ApiSettings {
         ApiSettings {
@@ -228,14 +233,18 @@ impl Settings {
         }
     }
 
-    /// The read model's checkpoint file.
-    pub fn checkpoint_path(&self) -> PathBuf {
-        self.data_dir.join("read_model.snapshot")
+    /// The read model's database (SQLite, beside the log).
+    pub fn read_model_path(&self) -> PathBuf {
+        self.data_dir.join(READ_MODEL_FILE)
     }
 
-    /// Where releases before the binary checkpoint kept theirs (JSON); never read now.
-    pub fn legacy_checkpoint_path(&self) -> PathBuf {
-        self.data_dir.join("read_model.json")
+    /// Where earlier releases kept the read model's checkpoint (JSON, then a binary
+    /// snapshot); never read now.
+    pub fn legacy_checkpoint_paths(&self) -> [PathBuf; 2] {
+        [
+            self.data_dir.join("read_model.json"),
+            self.data_dir.join("read_model.snapshot"),
+        ]
     }
 
     /// The NATS relay's cursor file (its name predates the word: users' data dirs have it).

@@ -1,5 +1,6 @@
-//! The `syncjobs` command: `serve` (the default), `keys create|revoke|list`, and the
-//! debugging commands `events`, `replay`, `export`, `verify` (see `syncjobs::replay`).
+//! The `syncjobs` command: `serve` (the default), `keys create|revoke|list`,
+//! `rebuild-read-model`, and the debugging commands `events`, `replay`, `export`, `verify`
+//! (see `syncjobs::replay`).
 //!
 //! The CLI prints its results on stdout (a new key is printed once, alone on its line, so
 //! scripts can capture it); the server logs through `tracing` on stderr.
@@ -45,6 +46,9 @@ enum Command {
         #[command(subcommand)]
         action: KeysCommand,
     },
+    /// Rebuild the read model (`read_model.db`) from the event log, while no server runs on
+    /// the data directory. A start does it by itself when the read model's layout changed.
+    RebuildReadModel(Settings),
     #[command(flatten)]
     Debug(DebugCommand),
 }
@@ -88,6 +92,9 @@ fn main() -> ExitCode {
         match command {
             Command::Serve(settings) => serve(settings).await.map(|()| ExitCode::SUCCESS),
             Command::Keys { action } => keys_command(action).await.map(|()| ExitCode::SUCCESS),
+            Command::RebuildReadModel(settings) => rebuild_read_model(settings)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Debug(cmd) => Ok(debug_command(cmd).await),
         }
     });
@@ -153,6 +160,37 @@ async fn serve(settings: Settings) -> Result<(), String> {
     }
     app.run_until_stopped().await.map_err(|e| e.to_string())
 }
+
+/// Empties the read model and folds the whole log into it again. Refused while a server
+/// holds the data directory (its projector is the read model's only writer).
+async fn rebuild_read_model(settings: Settings) -> Result<(), String> {
+    let _owner = DataDirLock::acquire(&settings.data_dir).map_err(|e| e.to_string())?;
+    let store = open_store(&settings.store_config(), Mode::Existing)?;
+    let path = settings.read_model_path();
+    syncjobs_projections::db::reset(&path).map_err(|e| e.to_string())?;
+    let head = *store.watch_head().borrow();
+    let (projection, writer) =
+        syncjobs_projections::Projection::open(&path, head).map_err(|e| e.to_string())?;
+    loop {
+        let events = store
+            .read_all(projection.position(), REBUILD_BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        if events.is_empty() {
+            break;
+        }
+        writer.apply_batch(events).map_err(|e| e.to_string())?;
+    }
+    println!(
+        "read model rebuilt from the log: {} events, in {}",
+        projection.position(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// Events folded per transaction by `rebuild-read-model`.
+const REBUILD_BATCH: usize = 4096;
 
 /// The sync runs' runtime. Dropping a runtime inside an async context panics, so on every
 /// way out of `serve` (a failed start included) it is let go without waiting: runs still

@@ -1,4 +1,4 @@
-//! Wiring: the read model (checkpoint + catch-up), start-up keys, and the HTTP server.
+//! Wiring: the read model (its database + catch-up), start-up keys, and the HTTP server.
 //!
 //! [`Application::build`] takes the event store as a parameter so that tests can inject one
 //! (zero2prod's shape: build, read the bound port, `run_until_stopped`).
@@ -24,7 +24,7 @@ use syncjobs_actors::{
 use syncjobs_domain::redact::redact;
 use syncjobs_domain::{EventStore, SharedClock};
 use syncjobs_projections::{
-    load_model, spawn_projector, Projection, ProjectorConfig, ProjectorHandle,
+    spawn_projector, Projection, ProjectorConfig, ProjectorHandle, ReadError,
 };
 
 /// How long start-up waits for the read model to catch up with the log before serving.
@@ -63,6 +63,8 @@ pub enum StartupError {
     Keys(#[from] KeysError),
     #[error("the read model did not catch up with the event log: {0}")]
     CatchUp(#[from] syncjobs_projections::Lagging),
+    #[error("{0}")]
+    ReadModel(#[from] ReadError),
     #[error("NATS relay: {0}")]
     Relay(String),
     #[error("{0}")]
@@ -105,22 +107,21 @@ impl Application {
             source,
         })?;
 
-        // The read model: checkpoint, then the log after it.
-        let checkpoint = settings.checkpoint_path();
-        remove_legacy_checkpoint(&settings.legacy_checkpoint_path());
-        let model = {
-            let (store, path) = (c.store.clone(), checkpoint.clone());
-            tokio::task::spawn_blocking(move || load_model(Some(&path), store.as_ref()))
+        // The read model: its database resumes from its stored position and follows the log.
+        for legacy in settings.legacy_checkpoint_paths() {
+            remove_legacy_checkpoint(&legacy);
+        }
+        let (projection, writer) = {
+            let path = settings.read_model_path();
+            let head = *c.store.watch_head().borrow();
+            tokio::task::spawn_blocking(move || Projection::open(&path, head))
                 .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .map_err(|e| std::io::Error::other(e.to_string()))??
         };
-        let projection = Projection::new(model);
         let projector = spawn_projector(
             c.store.clone(),
-            projection.clone(),
+            writer,
             ProjectorConfig {
-                snapshot_path: Some(checkpoint),
-                snapshot_every: Duration::from_secs(settings.checkpoint_every_seconds.max(1)),
                 // Keys made by `syncjobs keys create` (another process) show up within this.
                 poll_every: Some(EXTERNAL_WRITES_POLL),
             },
@@ -156,7 +157,7 @@ impl Application {
         // The write side: recovers unfinished jobs before it takes commands. The read model
         // has just caught up with the log's head, so it names them; each is then rebuilt from
         // its own stream.
-        let unfinished = projection.read(|m| m.unfinished_jobs());
+        let unfinished = projection.read(|m| m.unfinished_jobs())?;
         let jobs = start_supervisor(
             c.store.clone(),
             c.runner,
@@ -230,10 +231,11 @@ impl Application {
 
     /// Serves until stopped (SIGTERM/SIGINT, or the handle): stops taking requests, lets
     /// in-flight ones (and their appends) finish, stops the job actors (unfinished jobs are
-    /// recovered from the log at the next start), then writes a last read-model checkpoint.
+    /// recovered from the log at the next start), then stops the projector (whatever it
+    /// folded is already committed).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        tracing::info!("HTTP server stopped; stopping job actors and writing the checkpoint");
+        tracing::info!("HTTP server stopped; stopping job actors and the projector");
         self.jobs.shutdown().await;
         if let Some(relay) = self.relay {
             relay.shutdown().await;
@@ -243,9 +245,9 @@ impl Application {
     }
 }
 
-/// An earlier release's JSON checkpoint is of no use to this one (the read model is then
-/// rebuilt from the log, as without a checkpoint): remove it rather than leave a large file
-/// that nothing reads. A failure to remove it changes nothing else.
+/// An earlier release's checkpoint (JSON or binary snapshot) is of no use to this one (the
+/// read model lives in its database, rebuilt from the log when new): remove it rather than
+/// leave a large file that nothing reads. A failure to remove it changes nothing else.
 fn remove_legacy_checkpoint(path: &std::path::Path) {
     match std::fs::remove_file(path) {
         Ok(()) => tracing::info!(

@@ -1,21 +1,23 @@
 //! syncjobs-projections: the read side, derived only from the event log.
 //!
-//! - [`model`]: [`ReadModel`], organizations, API keys (hashes), collections, source
-//!   connections and job rows, folded in idempotently by global position.
-//! - [`projector`]: the task that follows the global log into a shared [`Projection`], and
-//!   `wait_for(position)` for read-your-writes.
-//! - [`snapshot`]: the persisted checkpoint (model + position), written atomically; a
-//!   snapshot plus the log after it gives the same model as the whole log.
+//! - [`model`]: the rows the API serves (organizations, API keys by hash, collections,
+//!   source connections; jobs are the domain's `JobState`) and their derived statuses.
+//! - [`db`]: the read model in SQLite (`read_model.db`): the writer that folds a batch and
+//!   commits its rows with the position in one transaction, the indexed queries on pooled
+//!   read connections, bounded caches; only live jobs stay in memory.
+//! - [`projector`]: the task that follows the global log into the database, the shared
+//!   [`Projection`] readers use, and `wait_for(position)` for read-your-writes.
 
+pub mod db;
 pub mod model;
 pub mod projector;
-pub mod snapshot;
 
+pub use db::view::OrganizationCounts;
+pub use db::{ReadError, ReadView};
 pub use model::{
-    ApiKey, Collection, CollectionStatus, ModelStats, Organization, ReadModel, SourceConnection,
+    ApiKey, Collection, CollectionStatus, ModelDump, Organization, SourceConnection,
     SourceConnectionStatus,
 };
 pub use projector::{
-    load_model, spawn_projector, Lagging, Projection, ProjectorConfig, ProjectorHandle,
+    spawn_projector, Lagging, Projection, ProjectionWriter, ProjectorConfig, ProjectorHandle,
 };
-pub use snapshot::SnapshotError;

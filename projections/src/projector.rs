@@ -1,29 +1,34 @@
-//! The projector: a task that follows the store's global log from the model's position and
-//! folds every event into the shared read model, plus the [`Projection`] handle readers use.
+//! The projector: a task that follows the store's global log from the read model's stored
+//! position and commits every batch into `read_model.db`, plus the [`Projection`] handle
+//! readers use.
 //!
-//! Readers take a short read lock (never across an await). Writers to the store learn the
-//! global position of their append and call [`Projection::wait_for`] before answering, which
-//! is what makes read-your-writes hold: a 200 means the next GET already shows the change.
+//! A batch's rows and position commit in one transaction; the position is published (and
+//! the readers' caches invalidated) only after the commit. Writers to the store learn the
+//! global position of their append and call [`Projection::wait_for`] before answering,
+//! which is what makes read-your-writes hold: a 200 means the next GET already shows the
+//! change. Readers never wait for the writer (WAL).
 
-use crate::model::ReadModel;
-use crate::snapshot;
+use crate::db::fold::Committed;
+use crate::db::{ReadDb, ReadError, ReadView, Writer};
 use futures::StreamExt;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncjobs_domain::{follow_batches, EventStore, RecordedEvent};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// The shared read model and its position. Cheap to clone.
+/// The read model and its published position. Cheap to clone.
 #[derive(Clone)]
 pub struct Projection {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    model: RwLock<ReadModel>,
+    db: ReadDb,
     position: watch::Sender<u64>,
+    /// The directory of a [`Projection::temporary`] read model, removed with it.
+    _temporary: Option<tempfile::TempDir>,
 }
 
 /// The projection did not reach a position within the time allowed.
@@ -34,33 +39,61 @@ pub struct Lagging {
     pub reached: u64,
 }
 
+/// The single writer of a [`Projection`], shared with the blocking threads it commits on.
+pub struct ProjectionWriter {
+    writer: Arc<Mutex<Writer>>,
+    projection: Projection,
+}
+
 impl Projection {
-    pub fn new(model: ReadModel) -> Self {
-        let position = model.position();
-        Projection {
+    /// Opens the read model at `path` (see [`ReadDb::open`]): the handle readers use and
+    /// the writer the projector (or a test) folds with. `head` is the log's head: a read
+    /// model ahead of it belongs to another log and is rebuilt.
+    pub fn open(path: &Path, head: u64) -> Result<(Projection, ProjectionWriter), ReadError> {
+        Self::open_in(path, head, None)
+    }
+
+    /// An empty read model in a temporary directory, removed when the last handle goes
+    /// (tests, and tools that fold a log once).
+    pub fn temporary() -> Result<(Projection, ProjectionWriter), ReadError> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("read_model.db");
+        Self::open_in(&path, u64::MAX, Some(dir))
+    }
+
+    fn open_in(
+        path: &Path,
+        head: u64,
+        temporary: Option<tempfile::TempDir>,
+    ) -> Result<(Projection, ProjectionWriter), ReadError> {
+        let opened = ReadDb::open(path, head)?;
+        let projection = Projection {
             shared: Arc::new(Shared {
-                model: RwLock::new(model),
-                position: watch::channel(position).0,
+                db: opened.db,
+                position: watch::channel(opened.writer.position()).0,
+                _temporary: temporary,
             }),
-        }
+        };
+        let writer = ProjectionWriter {
+            writer: Arc::new(Mutex::new(opened.writer)),
+            projection: projection.clone(),
+        };
+        Ok((projection, writer))
     }
 
-    fn read_guard(&self) -> RwLockReadGuard<'_, ReadModel> {
-        // Writers only fold events, which cannot panic half-way through a meaningful
-        // change; a poisoned lock still holds a usable model.
-        self.shared.model.read().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` against the model on a pooled read connection. Keep `f` short and never
+    /// await in it.
+    pub fn read<R, E: From<ReadError>>(
+        &self,
+        f: impl FnOnce(&ReadView<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        // Taken before the read: the rows seen are at least this recent.
+        let position = self.position();
+        let db = &self.shared.db;
+        db.with_reader(|conn| f(&ReadView { db, conn, position }))?
     }
 
-    fn write_guard(&self) -> RwLockWriteGuard<'_, ReadModel> {
-        self.shared.model.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `f` against the model under a read lock. Keep `f` short and never await in it.
-    pub fn read<R>(&self, f: impl FnOnce(&ReadModel) -> R) -> R {
-        f(&self.read_guard())
-    }
-
-    /// The position of the last event folded in.
+    /// The position of the last event committed and published.
     pub fn position(&self) -> u64 {
         *self.shared.position.borrow()
     }
@@ -70,21 +103,13 @@ impl Projection {
         self.shared.position.subscribe()
     }
 
-    /// Folds a batch in under one write lock and publishes the new position.
-    pub fn apply_batch(&self, events: impl IntoIterator<Item = RecordedEvent>) -> u64 {
-        let position = {
-            let mut m = self.write_guard();
-            for e in events {
-                m.apply_owned(e);
-            }
-            m.position()
-        };
+    fn publish(&self, c: Committed) {
+        self.shared.db.invalidate(c.jobs_changed, c.keys_changed);
         self.shared.position.send_if_modified(|p| {
-            let changed = *p != position;
-            *p = position;
+            let changed = *p != c.position;
+            *p = c.position;
             changed
         });
-        position
     }
 
     /// Waits until the model has folded in the event at `position` (bounded by `timeout`).
@@ -101,84 +126,109 @@ impl Projection {
     }
 
     /// Waits until `pred` holds on the model, re-checking after every change of position.
-    /// Returns whether it held before `timeout`.
+    /// Returns whether it held before `timeout` (a read error counts as not yet).
     pub async fn wait_until(
         &self,
-        mut pred: impl FnMut(&ReadModel) -> bool,
+        mut pred: impl FnMut(&ReadView<'_>) -> Result<bool, ReadError>,
         timeout: Duration,
     ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.shared.position.subscribe();
+        let mut check = || {
+            self.read(&mut pred).unwrap_or_else(|err| {
+                tracing::warn!(%err, "read model unreadable while waiting");
+                false
+            })
+        };
         loop {
             // Subscribed (and marked seen) before checking, so no change can slip between.
             rx.borrow_and_update();
-            if self.read(&mut pred) {
+            if check() {
                 return true;
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return self.read(&mut pred),
+                _ => return check(),
+            }
+        }
+    }
+}
+
+impl ProjectionWriter {
+    /// The position of the last event committed (published right after each commit; read
+    /// without waiting for a commit in progress).
+    pub fn position(&self) -> u64 {
+        self.projection.position()
+    }
+
+    /// Ids of the jobs pending, running or cancelling (held in memory): what the supervisor
+    /// recovers at start-up.
+    pub fn unfinished_jobs(&self) -> Vec<uuid::Uuid> {
+        self.lock().unfinished_jobs()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        // A panic in a fold leaves the writer at its last committed state (the batch
+        // rolled back with its transaction).
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits a batch and publishes its position (on this thread: tests, tools).
+    pub fn apply_batch(
+        &self,
+        events: impl IntoIterator<Item = RecordedEvent>,
+    ) -> Result<u64, ReadError> {
+        let committed = self.lock().apply_batch(events)?;
+        self.projection.publish(committed);
+        Ok(committed.position)
+    }
+
+    /// Removes one batch of final jobs of deleted source connections (on this thread);
+    /// whether more remains.
+    pub fn purge_step(&self) -> Result<bool, ReadError> {
+        self.lock().purge_step()
+    }
+
+    /// [`ProjectionWriter::apply_batch`] on a blocking thread.
+    async fn commit(&self, events: Vec<RecordedEvent>) -> Result<u64, ReadError> {
+        let this = self.clone_handle();
+        tokio::task::spawn_blocking(move || this.apply_batch(events))
+            .await
+            .map_err(|e| ReadError::Task(e.to_string()))?
+    }
+
+    /// One purge step on a blocking thread; whether more remains.
+    async fn purge(&self) -> bool {
+        let this = self.clone_handle();
+        let step = tokio::task::spawn_blocking(move || this.purge_step()).await;
+        match step {
+            Ok(Ok(more)) => more,
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "cannot purge jobs of deleted source connections");
+                false
+            }
+            Err(err) => {
+                tracing::warn!(%err, "purge task failed");
+                false
             }
         }
     }
 
-    /// Encodes a snapshot of the model (under the read lock) and its position.
-    fn encode_snapshot(&self) -> Result<(Vec<u8>, u64), snapshot::SnapshotError> {
-        let m = self.read_guard();
-        Ok((snapshot::encode(&m)?, m.position()))
+    fn clone_handle(&self) -> ProjectionWriter {
+        ProjectionWriter {
+            writer: self.writer.clone(),
+            projection: self.projection.clone(),
+        }
     }
 }
 
 /// How the projector runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ProjectorConfig {
-    /// Where the snapshot (the persisted checkpoint) lives; None keeps nothing on disk.
-    pub snapshot_path: Option<PathBuf>,
-    /// How often a snapshot is written when the model has moved since the last one.
-    pub snapshot_every: Duration,
     /// How often to look for events another process appended (the store's head only
     /// announces this process's commits; `syncjobs keys create` runs as another process).
     /// None: only this process writes.
     pub poll_every: Option<Duration>,
-}
-
-impl Default for ProjectorConfig {
-    fn default() -> Self {
-        ProjectorConfig {
-            snapshot_path: None,
-            snapshot_every: Duration::from_secs(10),
-            poll_every: None,
-        }
-    }
-}
-
-/// Loads the snapshot at `path` if it is usable against `store`, else an empty model.
-/// A snapshot ahead of the store's head belongs to another store and is ignored.
-pub fn load_model(path: Option<&std::path::Path>, store: &dyn EventStore) -> ReadModel {
-    let Some(path) = path else {
-        return ReadModel::new();
-    };
-    match snapshot::load(path) {
-        Ok(Some(m)) => {
-            let head = *store.watch_head().borrow();
-            if m.position() > head {
-                tracing::warn!(
-                    snapshot_position = m.position(),
-                    store_head = head,
-                    "read model snapshot is ahead of the store; rebuilding from the log"
-                );
-                ReadModel::new()
-            } else {
-                tracing::info!(position = m.position(), "read model loaded from snapshot");
-                m
-            }
-        }
-        Ok(None) => ReadModel::new(),
-        Err(err) => {
-            tracing::warn!(%err, "read model snapshot unusable; rebuilding from the log");
-            ReadModel::new()
-        }
-    }
 }
 
 /// The running projector task.
@@ -188,7 +238,7 @@ pub struct ProjectorHandle {
 }
 
 impl ProjectorHandle {
-    /// Stops following and writes a last snapshot.
+    /// Stops following (everything folded is already committed).
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -207,32 +257,45 @@ impl Drop for ProjectorHandle {
     }
 }
 
-/// How long to pause after a read error before following on (the follower retries itself).
+/// How long to pause after a read or commit error before following on.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
-/// Most events folded under one write lock.
+/// Most events folded in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// Spawns the projector on the current tokio runtime, following from the model's position.
+/// Spawns the projector on the current tokio runtime, following from the stored position.
 pub fn spawn_projector(
     store: Arc<dyn EventStore>,
-    projection: Projection,
+    writer: ProjectionWriter,
     config: ProjectorConfig,
 ) -> ProjectorHandle {
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(run(store, projection, config, stop_rx));
+    let task = tokio::spawn(run(store, writer, config, stop_rx));
     ProjectorHandle {
         stop: Some(stop_tx),
         task: Some(task),
     }
 }
 
+/// Commits `events` in batches of at most [`MAX_BATCH`]; false after an error (logged).
+async fn commit_all(writer: &ProjectionWriter, events: Vec<RecordedEvent>) -> bool {
+    let mut events = events.into_iter();
+    while events.len() > 0 {
+        let chunk: Vec<RecordedEvent> = events.by_ref().take(MAX_BATCH).collect();
+        if let Err(err) = writer.commit(chunk).await {
+            tracing::error!(%err, "projector cannot commit to the read model");
+            return false;
+        }
+    }
+    true
+}
+
 async fn run(
     store: Arc<dyn EventStore>,
-    projection: Projection,
+    writer: ProjectionWriter,
     config: ProjectorConfig,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let start = projection.position();
+    let start = writer.position();
     tracing::info!(
         from = start,
         backend = store.backend(),
@@ -248,11 +311,9 @@ async fn run(
     );
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.tick().await;
-    let mut saved = start;
-    let mut tick = tokio::time::interval(config.snapshot_every.max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     let mut polled_at = start;
+    // Deleted connections whose final jobs may still have rows (one left by a crash too).
+    let mut purging = true;
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -262,9 +323,11 @@ async fn run(
                     break;
                 }
                 Some(Ok(batch)) => {
-                    let mut batch = batch.into_iter();
-                    while batch.len() > 0 {
-                        projection.apply_batch(batch.by_ref().take(MAX_BATCH));
+                    purging = true;
+                    if !commit_all(&writer, batch).await {
+                        tokio::time::sleep(ERROR_BACKOFF).await;
+                        // What was read but not committed is read again.
+                        events = follow_batches(store.clone(), writer.position());
                     }
                 }
                 Some(Err(err)) => {
@@ -272,22 +335,25 @@ async fn run(
                     tokio::time::sleep(ERROR_BACKOFF).await;
                 }
             },
+            more = writer.purge(), if purging => purging = more,
             _ = poll.tick() => {
                 // Events of other processes: the follower would only see them at the next
                 // local commit. Poll only while the follower is idle (a busy one will get
                 // there itself, and a poll racing it would read the backlog twice); after
                 // folding what the poll found, follow on from there instead of re-reading it.
-                let position = projection.position();
+                let position = writer.position();
                 if position != polled_at {
                     polled_at = position;
                     continue;
                 }
                 let mut found_any = false;
                 loop {
-                    match store.read_all(projection.position(), MAX_BATCH).await {
+                    match store.read_all(writer.position(), MAX_BATCH).await {
                         Ok(found) if !found.is_empty() => {
-                            projection.apply_batch(found);
                             found_any = true;
+                            if !commit_all(&writer, found).await {
+                                break;
+                            }
                         }
                         Ok(_) => break,
                         Err(err) => {
@@ -296,47 +362,11 @@ async fn run(
                         }
                     }
                 }
-                polled_at = projection.position();
+                polled_at = writer.position();
                 if found_any {
                     events = follow_batches(store.clone(), polled_at);
                 }
             }
-            _ = tick.tick() => {
-                if projection.position() > saved {
-                    saved = save_snapshot(&projection, &config, saved).await;
-                }
-            }
-        }
-    }
-    if projection.position() > saved {
-        save_snapshot(&projection, &config, saved).await;
-    }
-}
-
-/// Writes a snapshot off the async threads; returns the position now saved.
-async fn save_snapshot(projection: &Projection, config: &ProjectorConfig, saved: u64) -> u64 {
-    let Some(path) = config.snapshot_path.clone() else {
-        return saved;
-    };
-    let projection = projection.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let (bytes, position) = projection.encode_snapshot().map_err(|e| e.to_string())?;
-        snapshot::write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
-        Ok::<u64, String>(position)
-    })
-    .await;
-    match result {
-        Ok(Ok(position)) => {
-            tracing::debug!(position, "read model snapshot written");
-            position
-        }
-        Ok(Err(err)) => {
-            tracing::warn!(%err, "read model snapshot not written");
-            saved
-        }
-        Err(err) => {
-            tracing::warn!(%err, "read model snapshot task failed");
-            saved
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The read model against histories written to a real (in-memory) store: what each kind of
-//! event does to the rows, rebuilds from zero against snapshot + follow, and the projector.
+//! event does to the rows, a restart from the stored position against a rebuild from zero,
+//! and the projector.
 
 use chrono::{Duration as ChronoDuration, TimeZone, Utc};
 use std::sync::Arc;
@@ -7,11 +8,11 @@ use std::time::Duration;
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
     AccessEvent, CollectionEvent, EntityCounts, Event, EventStore, ExpectedVersion, InMemoryStore,
-    JobStatus, Metadata, NewEvent, RecordedEvent, SourceConnectionEvent, SyncJobEvent,
+    JobState, JobStatus, Metadata, NewEvent, RecordedEvent, SourceConnectionEvent, SyncJobEvent,
 };
 use syncjobs_projections::{
-    load_model, snapshot, spawn_projector, CollectionStatus, Projection, ProjectorConfig,
-    ReadModel, SourceConnectionStatus,
+    spawn_projector, ApiKey, Collection, CollectionStatus, ModelDump, Organization, Projection,
+    ProjectionWriter, ProjectorConfig, ReadError, SourceConnection, SourceConnectionStatus,
 };
 use uuid::Uuid;
 
@@ -156,11 +157,84 @@ fn cancelled(n: u64) -> SyncJobEvent {
     }
 }
 
-fn fold(events: &[RecordedEvent]) -> ReadModel {
-    let mut m = ReadModel::new();
-    for e in events {
-        m.apply(e);
+/// A read model in a database of its own, with the queries the API makes.
+struct Model {
+    projection: Projection,
+    writer: ProjectionWriter,
+    _dir: tempfile::TempDir,
+}
+
+impl Model {
+    fn new() -> Model {
+        let dir = tempfile::tempdir().unwrap();
+        let (projection, writer) =
+            Projection::open(&dir.path().join("read_model.db"), u64::MAX).unwrap();
+        Model {
+            projection,
+            writer,
+            _dir: dir,
+        }
     }
+
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&syncjobs_projections::ReadView<'_>) -> Result<R, ReadError>,
+    ) -> R {
+        self.projection.read(f).unwrap()
+    }
+
+    /// Folds `events` in one transaction; the new position.
+    fn apply(&self, events: &[RecordedEvent]) -> u64 {
+        self.writer.apply_batch(events.iter().cloned()).unwrap()
+    }
+
+    fn position(&self) -> u64 {
+        self.projection.position()
+    }
+    fn dump(&self) -> ModelDump {
+        self.read(|m| m.dump())
+    }
+    fn job(&self, id: Uuid) -> Option<JobState> {
+        self.read(|m| m.job(id))
+    }
+    fn jobs_of(&self, sc: Uuid) -> Vec<JobState> {
+        self.read(|m| m.jobs_of(sc, 0, usize::MAX))
+    }
+    fn last_job(&self, sc: Uuid) -> Option<JobState> {
+        self.read(|m| m.last_job(sc))
+    }
+    fn active_jobs_of(&self, sc: Uuid) -> Vec<Uuid> {
+        self.read(|m| m.active_jobs_of(sc))
+    }
+    fn source_connection(&self, org: Uuid, id: Uuid) -> Option<SourceConnection> {
+        self.read(|m| m.source_connection(org, id))
+    }
+    fn source_connections(&self, org: Uuid) -> Vec<SourceConnection> {
+        self.read(|m| m.source_connections(org, 0, usize::MAX, |_| true))
+    }
+    fn source_connection_status(&self, sc: SourceConnection) -> SourceConnectionStatus {
+        self.read(|m| m.source_connection_status(&sc))
+    }
+    fn collection(&self, org: Uuid, rid: &str) -> Option<Collection> {
+        self.read(|m| m.collection(org, rid))
+    }
+    fn collections(&self, org: Uuid) -> Vec<Collection> {
+        self.read(|m| m.collections(org, 0, usize::MAX, |_| true))
+    }
+    fn collection_status(&self, id: Uuid) -> CollectionStatus {
+        self.read(|m| m.collection_status(id))
+    }
+    fn authenticate(&self, hash: &str, now: chrono::DateTime<Utc>) -> Option<ApiKey> {
+        self.read(|m| m.authenticate(hash, now))
+    }
+    fn organization_by_name(&self, name: &str) -> Option<Organization> {
+        self.read(|m| m.organization_by_name(name))
+    }
+}
+
+fn fold(events: &[RecordedEvent]) -> Model {
+    let m = Model::new();
+    m.apply(events);
     m
 }
 
@@ -279,7 +353,7 @@ async fn jobs_list_newest_first_and_runs_are_counted() {
     let b = h.job(org, sc, &[started(), failed()]).await;
     let d = h.job(org, sc, &[]).await;
     let m = fold(&h.all().await);
-    let ids: Vec<Uuid> = m.jobs_of(sc).map(|j| j.job_id).collect();
+    let ids: Vec<Uuid> = m.jobs_of(sc).iter().map(|j| j.job_id).collect();
     assert_eq!(ids, vec![d, b, a]);
     let row = m.source_connection(org, sc).unwrap();
     assert_eq!(
@@ -291,6 +365,11 @@ async fn jobs_list_newest_first_and_runs_are_counted() {
     assert_eq!(
         m.source_connection_status(row),
         SourceConnectionStatus::Syncing
+    );
+    assert_eq!(
+        m.dump().counts,
+        vec![(org, [1, 1, 1])],
+        "health's counts: the pending job is active"
     );
 }
 
@@ -335,8 +414,11 @@ async fn organizations_see_only_their_own_rows() {
     assert_eq!(m.collection(a, "same").unwrap().id, ca);
     assert_eq!(m.collection(b, "same").unwrap().id, cb);
     assert!(m.source_connection(b, sca).is_none());
-    assert_eq!(m.source_connections(b).count(), 0);
-    assert_eq!(m.collections(a).map(|c| c.id).collect::<Vec<_>>(), vec![ca]);
+    assert_eq!(m.source_connections(b).len(), 0);
+    assert_eq!(
+        m.collections(a).iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![ca]
+    );
 }
 
 #[tokio::test]
@@ -424,32 +506,29 @@ async fn applying_an_event_twice_is_a_no_op() {
     let h = rich_history().await;
     let events = h.all().await;
     let once = fold(&events);
-    let mut twice = fold(&events);
+    let twice = fold(&events);
     for e in &events {
-        assert!(!twice.apply(e));
-        assert!(!twice.apply_owned(e.clone()));
+        assert_eq!(twice.apply(std::slice::from_ref(e)), events.len() as u64);
     }
-    assert_eq!(once, twice);
+    assert_eq!(once.dump(), twice.dump());
 }
 
 #[tokio::test]
-async fn folding_owned_events_gives_the_same_model() {
+async fn folding_event_by_event_gives_the_same_model_as_one_batch() {
     let h = rich_history().await;
     let events = h.all().await;
-    let mut owned = ReadModel::new();
-    for e in events.iter().cloned() {
-        assert!(owned.apply_owned(e));
+    let one_by_one = Model::new();
+    for e in &events {
+        assert_eq!(one_by_one.apply(std::slice::from_ref(e)), e.global_position);
     }
-    assert_eq!(owned, fold(&events));
+    assert_eq!(one_by_one.dump(), fold(&events).dump());
 }
 
 #[tokio::test]
-async fn a_rebuild_from_zero_equals_snapshot_plus_follow() {
+async fn a_restart_from_the_stored_position_equals_a_rebuild_from_zero() {
     let h = rich_history().await;
     let events = h.all().await;
-    let from_zero = fold(&events);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("read_model.snapshot");
+    let from_zero = fold(&events).dump();
     for cut in [
         0,
         1,
@@ -458,51 +537,105 @@ async fn a_rebuild_from_zero_equals_snapshot_plus_follow() {
         events.len() - 1,
         events.len(),
     ] {
-        snapshot::save(&path, &fold(&events[..cut])).unwrap();
-        let mut resumed = snapshot::load(&path).unwrap().unwrap();
-        assert_eq!(resumed.position(), cut as u64);
-        // at-least-once: the follower may redeliver from before the checkpoint
-        for e in &events[cut.saturating_sub(2)..] {
-            resumed.apply(e);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read_model.db");
+        {
+            let (_, writer) = Projection::open(&path, u64::MAX).unwrap();
+            writer.apply_batch(events[..cut].iter().cloned()).unwrap();
         }
-        assert_eq!(resumed, from_zero, "cut at {cut}");
+        let (resumed, writer) = Projection::open(&path, u64::MAX).unwrap();
+        assert_eq!(resumed.position(), cut as u64);
+        // at-least-once: the follower may redeliver from before the stored position
+        writer
+            .apply_batch(events[cut.saturating_sub(2)..].iter().cloned())
+            .unwrap();
+        assert_eq!(
+            resumed.read(|m| m.dump()).unwrap(),
+            from_zero,
+            "cut at {cut}"
+        );
     }
 }
 
 #[tokio::test]
-async fn a_snapshot_of_another_format_or_ahead_of_the_store_is_ignored() {
+async fn a_read_model_ahead_of_the_store_or_of_another_schema_is_rebuilt() {
     let h = rich_history().await;
+    let events = h.all().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("read_model.snapshot");
-    // A format-1 (JSON) checkpoint, as earlier releases wrote it.
-    snapshot::write_atomic(&path, br#"{"format":1,"model":null}"#).unwrap();
-    assert!(matches!(
-        snapshot::load(&path),
-        Err(syncjobs_projections::SnapshotError::NotASnapshot { .. })
-    ));
-    assert_eq!(load_model(Some(&path), h.store.as_ref()).position(), 0);
-    snapshot::save(&path, &fold(&h.all().await)).unwrap();
-    let empty = InMemoryStore::new();
-    assert_eq!(load_model(Some(&path), empty.as_ref()).position(), 0);
-    assert!(load_model(Some(&path), h.store.as_ref()).position() > 0);
+    let path = dir.path().join("read_model.db");
+    let head = events.len() as u64;
+    {
+        let (_, writer) = Projection::open(&path, head).unwrap();
+        writer.apply_batch(events.iter().cloned()).unwrap();
+    }
+    assert_eq!(Projection::open(&path, head).unwrap().0.position(), head);
+    // Another (shorter) log: this model is not of it.
+    let (emptied, _) = Projection::open(&path, head - 1).unwrap();
+    assert_eq!(emptied.position(), 0);
+    assert_eq!(emptied.read(|m| m.dump()).unwrap(), ModelDump::default());
+    {
+        let (_, writer) = Projection::open(&path, head).unwrap();
+        writer.apply_batch(events.iter().cloned()).unwrap();
+    }
+    // A schema this build does not know.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE projection SET schema_version = 999", [])
+        .unwrap();
+    let (rebuilt, _) = Projection::open(&path, head).unwrap();
+    assert_eq!(rebuilt.position(), 0);
+    assert_eq!(rebuilt.read(|m| m.dump()).unwrap(), ModelDump::default());
+}
+
+#[tokio::test]
+async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later() {
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let c = h.collection(org, "c").await;
+    let sc = h.source_connection(org, c, "c").await;
+    let mut done = Vec::new();
+    for _ in 0..(syncjobs_projections::db::fold::PURGE_BATCH + 5) {
+        done.push(h.job(org, sc, &[started(), completed(1)]).await);
+    }
+    let live = h.job(org, sc, &[started()]).await;
+    h.append(
+        &stream::source_connection(sc),
+        SourceConnectionEvent::SourceConnectionDeleted {
+            source_connection_id: sc,
+        },
+    )
+    .await;
+    let m = fold(&h.all().await);
+    assert!(m.job(done[0]).is_none());
+    assert_eq!(
+        m.jobs_of(sc).iter().map(|j| j.job_id).collect::<Vec<_>>(),
+        vec![live]
+    );
+    assert_eq!(m.dump().counts, vec![(org, [1, 0, 0])]);
+    let rows = |m: &Model| m.read(|v| v.job_rows());
+    assert_eq!(rows(&m), done.len() as u64 + 1);
+    while m.writer.purge_step().unwrap() {}
+    assert_eq!(rows(&m), 1, "only the live job's row is left");
+    h.job_event(live, cancel_requested()).await;
+    h.job_event(live, cancelled(1)).await;
+    let events = h.all().await;
+    m.apply(&events);
+    assert_eq!(
+        rows(&m),
+        0,
+        "a job ending after its connection is gone is forgotten"
+    );
+    assert_eq!(m.dump(), fold(&events).dump());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_projector_follows_live_appends_and_writes_its_checkpoint() {
+async fn the_projector_follows_live_appends_and_commits_them() {
     let mut h = rich_history().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("read_model.snapshot");
+    let path = dir.path().join("read_model.db");
     let store: Arc<dyn EventStore> = h.store.clone();
-    let projection = Projection::new(ReadModel::new());
-    let handle = spawn_projector(
-        store.clone(),
-        projection.clone(),
-        ProjectorConfig {
-            snapshot_path: Some(path.clone()),
-            snapshot_every: Duration::from_millis(20),
-            poll_every: None,
-        },
-    );
+    let (projection, writer) = Projection::open(&path, u64::MAX).unwrap();
+    let handle = spawn_projector(store.clone(), writer, ProjectorConfig { poll_every: None });
     let org = h.org("late").await;
     let last = h.collection(org, "late").await;
     let head = *store.watch_head().borrow();
@@ -511,19 +644,29 @@ async fn the_projector_follows_live_appends_and_writes_its_checkpoint() {
         .await
         .unwrap();
     assert_eq!(
-        projection.read(|m| m.collection(org, "late").map(|c| c.id)),
+        projection
+            .read(|m| m.collection(org, "late"))
+            .unwrap()
+            .map(|c| c.id),
         Some(last)
     );
-    assert_eq!(projection.read(|m| m.clone()), fold(&h.all().await));
+    let expected = fold(&h.all().await).dump();
+    assert_eq!(projection.read(|m| m.dump()).unwrap(), expected);
     handle.shutdown().await;
-    let saved = snapshot::load(&path).unwrap().unwrap();
-    assert_eq!(saved.position(), head, "shutdown writes a last checkpoint");
-    assert_eq!(saved, fold(&h.all().await));
+    drop(projection);
+    let (reopened, _) = Projection::open(&path, u64::MAX).unwrap();
+    assert_eq!(
+        reopened.position(),
+        head,
+        "every batch is committed as it is folded"
+    );
+    assert_eq!(reopened.read(|m| m.dump()).unwrap(), expected);
 }
 
 #[tokio::test(start_paused = true)]
 async fn waiting_for_a_position_nobody_writes_is_bounded() {
-    let projection = Projection::new(ReadModel::new());
+    let m = Model::new();
+    let projection = m.projection.clone();
     let err = projection
         .wait_for(7, Duration::from_secs(3))
         .await
@@ -531,7 +674,7 @@ async fn waiting_for_a_position_nobody_writes_is_bounded() {
     assert_eq!((err.wanted, err.reached), (7, 0));
     assert!(
         !projection
-            .wait_until(|m| m.position() > 0, Duration::from_secs(1))
+            .wait_until(|m| Ok(m.position() > 0), Duration::from_secs(1))
             .await
     );
 }
@@ -582,13 +725,12 @@ async fn events_appended_by_another_process_are_picked_up_by_polling() {
         inner: h.store.clone(),
         silent_head: tokio::sync::watch::channel(0).0,
     });
-    let projection = Projection::new(ReadModel::new());
+    let m = Model::new();
+    let projection = m.projection.clone();
     let handle = spawn_projector(
         store,
-        projection.clone(),
+        m.writer,
         ProjectorConfig {
-            snapshot_path: None,
-            snapshot_every: Duration::from_secs(60),
             poll_every: Some(Duration::from_millis(10)),
         },
     );
@@ -598,6 +740,92 @@ async fn events_appended_by_another_process_are_picked_up_by_polling() {
         .wait_for(head, Duration::from_secs(5))
         .await
         .expect("polling found the other process's event");
-    assert!(projection.read(|m| m.organization(org).is_some()));
+    assert!(projection.read(|m| m.organization(org)).unwrap().is_some());
     handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_file_that_is_no_database_is_replaced_by_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("read_model.db");
+    std::fs::write(
+        &path,
+        b"SJREADMD an old snapshot, or garbage: no SQLite header",
+    )
+    .unwrap();
+    let (projection, writer) = Projection::open(&path, u64::MAX).unwrap();
+    assert_eq!(projection.position(), 0);
+    let h = rich_history().await;
+    let events = h.all().await;
+    writer.apply_batch(events.iter().cloned()).unwrap();
+    assert_eq!(projection.read(|m| m.dump()).unwrap(), fold(&events).dump());
+}
+
+/// The caches of final jobs and of keys never answer what the database no longer says.
+#[tokio::test]
+async fn cached_rows_follow_deletes_revocations_and_new_keys() {
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let c = h.collection(org, "c").await;
+    let sc = h.source_connection(org, c, "c").await;
+    let done = h.job(org, sc, &[started(), completed(1)]).await;
+    let m = fold(&h.all().await);
+    let now = Utc.timestamp_opt(1_850_000_000, 0).unwrap();
+    // Read twice: the second answer may come from the caches.
+    for _ in 0..2 {
+        assert!(m.job(done).is_some());
+        assert!(m.authenticate("k", now).is_none(), "no such key yet");
+    }
+    let key = Uuid::new_v4();
+    h.append(
+        stream::ACCESS,
+        AccessEvent::ApiKeyCreated {
+            key_id: key,
+            organization_id: org,
+            key_hash: "k".into(),
+            prefix: "p".into(),
+            expires_at: None,
+        },
+    )
+    .await;
+    h.append(
+        &stream::source_connection(sc),
+        SourceConnectionEvent::SourceConnectionDeleted {
+            source_connection_id: sc,
+        },
+    )
+    .await;
+    m.apply(&h.all().await);
+    assert!(m.job(done).is_none(), "its connection is gone");
+    assert!(
+        m.authenticate("k", now).is_some(),
+        "the new key works at once"
+    );
+    h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
+        .await;
+    m.apply(&h.all().await);
+    assert!(m.authenticate("k", now).is_none(), "revoked at once");
+}
+
+/// Two writers on one file (a server still stopping while the next one starts on the same
+/// data directory): each folds every event, and still none applies twice.
+#[tokio::test]
+async fn a_second_writer_on_the_same_file_never_applies_an_event_twice() {
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let c = h.collection(org, "c").await;
+    let sc = h.source_connection(org, c, "c").await;
+    let job = h.job(org, sc, &[started()]).await;
+    let half = h.all().await.len();
+    h.job_event(job, completed(3)).await;
+    let events = h.all().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("read_model.db");
+    let (first, one) = Projection::open(&path, u64::MAX).unwrap();
+    one.apply_batch(events[..half].iter().cloned()).unwrap();
+    // The next server starts: it sees the running job too.
+    let (_, two) = Projection::open(&path, u64::MAX).unwrap();
+    two.apply_batch(events.iter().cloned()).unwrap();
+    one.apply_batch(events.iter().cloned()).unwrap();
+    assert_eq!(first.read(|m| m.dump()).unwrap(), fold(&events).dump());
 }

@@ -33,9 +33,11 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     let hash = key_hash_into(key, &mut hash);
     let now = state.clock.now();
     let found = state.projection.read(|m| {
-        m.authenticate(hash, now)
-            .map(|k| (k.organization_id, k.key_id))
-    });
+        Ok::<_, ApiError>(
+            m.authenticate(hash, now)?
+                .map(|k| (k.organization_id, k.key_id)),
+        )
+    })?;
     match found {
         Some((organization_id, key_id)) => Ok(Caller::new(organization_id, key_id)),
         None => {

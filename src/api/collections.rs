@@ -26,7 +26,7 @@ pub async fn create(
     let created = state.create_collection(&caller, name, readable_id).await?;
     state
         .projection
-        .read(|m| ok_json(&CollectionOut::new(m, &created)))
+        .read(|m| ok_json(&CollectionOut::new(m, &created)?))
 }
 
 pub async fn list(
@@ -39,17 +39,15 @@ pub async fn list(
     let limit = q.int("limit", 100, 1, 1000)? as usize;
     let search = q.opt_str("search").map(str::to_lowercase);
     state.projection.read(|m| {
-        let page: Vec<CollectionOut> = m
-            .collections(caller.organization_id)
-            .filter(|c| {
-                search
-                    .as_deref()
-                    .is_none_or(|s| c.name.to_lowercase().contains(s) || c.readable_id.contains(s))
-            })
-            .skip(skip)
-            .take(limit)
+        let rows = m.collections(caller.organization_id, skip, limit, |c| {
+            search
+                .as_deref()
+                .is_none_or(|s| c.name.to_lowercase().contains(s) || c.readable_id.contains(s))
+        })?;
+        let page = rows
+            .iter()
             .map(|c| CollectionOut::new(m, c))
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         ok_json(&page)
     })
 }
@@ -62,8 +60,8 @@ pub async fn get(
     state.projection.read(|m| {
         ok_json(&CollectionOut::new(
             m,
-            lookup::collection(m, &caller, &path)?,
-        ))
+            &lookup::collection(m, &caller, &path)?,
+        )?)
     })
 }
 
@@ -74,6 +72,6 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     // The answer is the collection as it was before anything was removed.
     state
-        .delete_collection(&caller, &path, |m, c| ok_json(&CollectionOut::new(m, c)))
+        .delete_collection(&caller, &path, |m, c| ok_json(&CollectionOut::new(m, c)?))
         .await?
 }

@@ -109,6 +109,7 @@ impl From<app::Error> for ApiError {
             E::SupervisorStopped => {
                 ApiError::Unavailable("The job supervisor is not running".into())
             }
+            E::ReadModel(e) => e.into(),
         }
     }
 }
@@ -124,6 +125,13 @@ impl From<StoreError> for ApiError {
             }
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+/// The read model's database failed a read: logged, answered 500.
+impl From<syncjobs_projections::ReadError> for ApiError {
+    fn from(e: syncjobs_projections::ReadError) -> Self {
+        ApiError::Internal(e.to_string())
     }
 }
 

@@ -17,8 +17,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use syncjobs_projections::ReadModel;
-use uuid::Uuid;
+use syncjobs_projections::OrganizationCounts;
 
 /// Events a follower of the log (the read model, the relay) may be behind its head before
 /// the service says `degraded`: far more than a burst of appends leaves in flight, so only
@@ -54,9 +53,18 @@ pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResp
     let store_closed = head_rx.has_changed().is_err();
     let write_failure = state.store.write_failure();
     let organization = key.as_ref().map(|k| k.organization_id);
-    let (position, counts) = state
-        .projection
-        .read(|m| (m.position(), organization.map(|org| OrgCounts::of(m, org))));
+    let position = state.projection.position();
+    // Kept by the read model's fold (one row), never counted per call.
+    let mut read_failure = None;
+    let counts = organization.map(|org| {
+        state
+            .projection
+            .read(|m| m.organization_counts(org))
+            .unwrap_or_else(|e| {
+                read_failure = Some(e.to_string());
+                OrganizationCounts::default()
+            })
+    });
     let lag = head.saturating_sub(position);
     let supervisor = state.jobs.stats().await.ok();
 
@@ -70,6 +78,9 @@ pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResp
     let mut degraded = Vec::new();
     if let Some(cause) = &write_failure {
         degraded.push(format!("the event store cannot write: {cause}"));
+    }
+    if let Some(cause) = &read_failure {
+        degraded.push(format!("the read model cannot be read: {cause}"));
     }
     if lag > MAX_HEALTHY_LAG {
         degraded.push(format!("the read model is {lag} events behind the log"));
@@ -135,30 +146,4 @@ pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResp
         Health::Healthy | Health::Degraded => StatusCode::OK,
     };
     HttpResponse::build(code).json(body)
-}
-
-/// What the read model holds for one organization: a key sees its own tenant only.
-struct OrgCounts {
-    collections: usize,
-    source_connections: usize,
-    active_jobs: usize,
-}
-
-impl OrgCounts {
-    fn of(m: &ReadModel, organization_id: Uuid) -> OrgCounts {
-        let mut source_connections = 0;
-        let mut active_jobs = 0;
-        for sc in m.source_connections(organization_id) {
-            source_connections += 1;
-            // A connection has at most one active job, and it is its newest.
-            if m.last_job(sc.id).is_some_and(|j| j.status.is_active()) {
-                active_jobs += 1;
-            }
-        }
-        OrgCounts {
-            collections: m.collections(organization_id).count(),
-            source_connections,
-            active_jobs,
-        }
-    }
 }

@@ -29,8 +29,8 @@ pub async fn list(
     let limit = Query(&query).int("limit", 100, 1, 1000)? as usize;
     state.projection.read(|m| {
         lookup::source_connection(m, &caller, id)?;
-        let jobs: Vec<JobOut> = m.jobs_of(id).take(limit).map(JobOut::new).collect();
-        ok_json(&jobs)
+        let jobs = m.jobs_of(id, 0, limit)?;
+        ok_json(&jobs.iter().map(JobOut::new).collect::<Vec<_>>())
     })
 }
 
@@ -42,7 +42,7 @@ pub async fn get(
     let (sc, job_id) = job_path(&path)?;
     // Checked and answered under one read of the model: the answer is the job checked.
     state.projection.read(|m| {
-        ok_json(&JobOut::new(lookup::connection_job(
+        ok_json(&JobOut::new(&lookup::connection_job(
             m, &caller, sc, job_id,
         )?))
     })

@@ -10,6 +10,7 @@ use crate::app::{lookup, Caller};
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::collections::HashMap;
 use syncjobs_actors::pipeline::EntityStats;
+use syncjobs_projections::{ReadView, SourceConnection};
 use uuid::Uuid;
 
 pub async fn create(
@@ -59,12 +60,19 @@ fn respond(
     entities: &EntityStats,
 ) -> Result<HttpResponse, ApiError> {
     state.projection.read(|m| {
-        ok_json(&SourceConnectionOut::new(
-            m,
-            lookup::source_connection(m, caller, id)?,
-            entities,
-        ))
+        let sc = lookup::source_connection(m, caller, id)?;
+        connection_json(m, &sc, entities)
     })
+}
+
+/// The connection with its last job and status, as JSON.
+fn connection_json(
+    m: &ReadView<'_>,
+    sc: &SourceConnection,
+    entities: &EntityStats,
+) -> Result<HttpResponse, ApiError> {
+    let last = m.last_job(sc.id)?;
+    ok_json(&SourceConnectionOut::new(sc, last.as_ref(), entities))
 }
 
 pub async fn list(
@@ -78,23 +86,23 @@ pub async fn list(
     let collection = q.opt_str("collection");
     let org = caller.organization_id;
     let page: Vec<Uuid> = state.projection.read(|m| {
-        m.source_connections(org)
-            .filter(|sc| collection.is_none_or(|c| sc.readable_collection_id == c))
-            .skip(skip)
-            .take(limit)
-            .map(|sc| sc.id)
-            .collect()
-    });
+        let rows = m.source_connections(org, skip, limit, |sc| {
+            collection.is_none_or(|c| sc.readable_collection_id == c)
+        })?;
+        Ok::<_, ApiError>(rows.into_iter().map(|sc| sc.id).collect())
+    })?;
     let totals = state.entity_totals(&page).await;
     state.projection.read(|m| {
-        let items: Vec<SourceConnectionListItemOut> = page
+        let mut rows = Vec::with_capacity(page.len());
+        for (id, total) in page.iter().zip(totals) {
+            if let Some(sc) = m.source_connection(org, *id)? {
+                rows.push((sc, total));
+            }
+        }
+        let items = rows
             .iter()
-            .zip(totals)
-            .filter_map(|(id, total)| {
-                m.source_connection(org, *id)
-                    .map(|sc| SourceConnectionListItemOut::new(m, sc, total))
-            })
-            .collect();
+            .map(|(sc, total)| SourceConnectionListItemOut::new(m, sc, *total))
+            .collect::<Result<Vec<_>, _>>()?;
         ok_json(&items)
     })
 }
@@ -126,8 +134,6 @@ pub async fn delete(
     let id = path_uuid("source_connection_id", &path)?;
     // The answer is the connection as it was, before its syncs were stopped.
     state
-        .delete_source_connection(&caller, id, |m, sc, stats| {
-            ok_json(&SourceConnectionOut::new(m, sc, stats))
-        })
+        .delete_source_connection(&caller, id, connection_json)
         .await?
 }

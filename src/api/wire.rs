@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use syncjobs_actors::pipeline::EntityStats;
 use syncjobs_domain::time::serde_micros::{optional as opt_ts, required as ts};
 use syncjobs_domain::JobState;
-use syncjobs_projections::{Collection, ReadModel, SourceConnection};
+use syncjobs_projections::{
+    Collection, ReadError, ReadView, SourceConnection, SourceConnectionStatus,
+};
 use uuid::Uuid;
 
 /// Embedding facts of the destination: the embedded SQLite destination stores no vectors.
@@ -37,21 +39,22 @@ pub struct CollectionOut<'a> {
 }
 
 impl<'a> CollectionOut<'a> {
-    pub fn new(m: &'a ReadModel, c: &'a Collection) -> Self {
-        CollectionOut {
+    /// The collection with its status (read from its connections' last jobs).
+    pub fn new(m: &ReadView<'_>, c: &'a Collection) -> Result<Self, ReadError> {
+        Ok(CollectionOut {
             id: c.id,
             name: &c.name,
             readable_id: &c.readable_id,
             organization_id: c.organization_id,
             created_at: c.created_at,
             modified_at: c.modified_at,
-            status: m.collection_status(c.id).as_str(),
+            status: m.collection_status(c.id)?.as_str(),
             vector_size: VECTOR_SIZE,
             embedding_model_name: EMBEDDING_MODEL_NAME,
             sync_config: None,
             created_by_email: None,
             modified_by_email: None,
-        }
+        })
     }
 }
 
@@ -166,8 +169,12 @@ pub struct SourceConnectionOut<'a> {
 }
 
 impl<'a> SourceConnectionOut<'a> {
-    pub fn new(m: &'a ReadModel, sc: &'a SourceConnection, entities: &EntityStats) -> Self {
-        let last = m.last_job(sc.id);
+    /// The connection with its `last` job (its newest, if any).
+    pub fn new(
+        sc: &'a SourceConnection,
+        last: Option<&'a JobState>,
+        entities: &EntityStats,
+    ) -> Self {
         let failed_last = last.filter(|j| j.status == syncjobs_domain::JobStatus::Failed);
         SourceConnectionOut {
             id: sc.id,
@@ -176,7 +183,7 @@ impl<'a> SourceConnectionOut<'a> {
             description: sc.description.as_deref(),
             short_name: &sc.short_name,
             readable_collection_id: &sc.readable_collection_id,
-            status: m.source_connection_status(sc).as_str(),
+            status: SourceConnectionStatus::of(sc, last).as_str(),
             created_at: sc.created_at,
             modified_at: sc.modified_at,
             auth: AuthOut {
@@ -243,8 +250,12 @@ pub struct SourceConnectionListItemOut<'a> {
 }
 
 impl<'a> SourceConnectionListItemOut<'a> {
-    pub fn new(m: &'a ReadModel, sc: &'a SourceConnection, entity_count: u64) -> Self {
-        SourceConnectionListItemOut {
+    pub fn new(
+        m: &ReadView<'_>,
+        sc: &'a SourceConnection,
+        entity_count: u64,
+    ) -> Result<Self, ReadError> {
+        Ok(SourceConnectionListItemOut {
             id: sc.id,
             name: &sc.name,
             short_name: &sc.short_name,
@@ -255,8 +266,8 @@ impl<'a> SourceConnectionListItemOut<'a> {
             entity_count,
             federated_search: false,
             auth_method: &sc.auth_method,
-            status: m.source_connection_status(sc).as_str(),
-        }
+            status: m.source_connection_status(sc)?.as_str(),
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 use super::{last_position, lookup, App, Caller, Error};
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{CollectionCommand, CollectionName};
-use syncjobs_projections::{Collection, ReadModel};
+use syncjobs_projections::{Collection, ReadView};
 use uuid::Uuid;
 
 impl App {
@@ -35,11 +35,9 @@ impl App {
             .first()
             .map_or_else(|| self.clock.now(), |r| r.recorded_at);
         tracing::info!(collection_id = %id, %readable_id, "collection created");
-        let shown = self.projection.read(|m| {
-            m.collection(org, &readable_id)
-                .filter(|c| c.id == id)
-                .cloned()
-        });
+        let shown = self
+            .projection
+            .read(|m| Ok::<_, Error>(m.collection(org, &readable_id)?.filter(|c| c.id == id)))?;
         Ok(shown.unwrap_or_else(|| Collection {
             id,
             organization_id: org,
@@ -59,11 +57,11 @@ impl App {
         &self,
         caller: &Caller,
         readable_id: &str,
-        before: impl FnOnce(&ReadModel, &Collection) -> R,
+        before: impl FnOnce(&ReadView<'_>, &Collection) -> R,
     ) -> Result<R, Error> {
         let (collection_id, before) = self
             .projection
-            .read(|m| lookup::collection(m, caller, readable_id).map(|c| (c.id, before(m, c))))?;
+            .read(|m| lookup::collection(m, caller, readable_id).map(|c| (c.id, before(m, &c))))?;
         self.delete_source_connections_in(caller, collection_id)
             .await?;
         let delete = CollectionCommand::Delete { collection_id };
@@ -88,10 +86,13 @@ impl App {
         collection_id: Uuid,
     ) -> Result<(), Error> {
         let ids: Vec<Uuid> = self.projection.read(|m| {
-            m.source_connections_in_collection(collection_id)
-                .map(|sc| sc.id)
-                .collect()
-        });
+            Ok::<_, Error>(
+                m.source_connections_in_collection(collection_id)?
+                    .into_iter()
+                    .map(|sc| sc.id)
+                    .collect(),
+            )
+        })?;
         self.delete_source_connections(caller, &ids).await
     }
 }

@@ -61,6 +61,9 @@ pub enum Error {
     /// The job supervisor has stopped (the server is stopping).
     #[error("the job supervisor is not running")]
     SupervisorStopped,
+    /// The read model's database failed a read.
+    #[error(transparent)]
+    ReadModel(#[from] syncjobs_projections::ReadError),
 }
 
 impl From<JobsError> for Error {

@@ -21,9 +21,12 @@ impl App {
         self.settle(outcome.position).await;
         // A delete that raced this run has already swept the connection's jobs, or will not
         // see this one: then stop it here rather than let it sync for a deleted connection.
-        let deleted = self
-            .projection
-            .read(|m| lookup::source_connection(m, caller, source_connection_id).is_err());
+        let deleted = self.projection.read(|m| {
+            Ok::<_, Error>(
+                m.source_connection(caller.organization_id, source_connection_id)?
+                    .is_none(),
+            )
+        })?;
         if deleted {
             let _ = self
                 .jobs
@@ -61,10 +64,10 @@ impl App {
         caller: &Caller,
         source_connection_id: Uuid,
     ) -> Result<CommandOutcome, Error> {
-        let (short_name, config) = self.projection.read(|m| {
-            lookup::source_connection(m, caller, source_connection_id)
-                .map(|sc| (sc.short_name.clone(), sc.config.clone()))
-        })?;
+        let sc = self
+            .projection
+            .read(|m| lookup::source_connection(m, caller, source_connection_id))?;
+        let (short_name, config) = (sc.short_name, sc.config);
         let outcome = match self
             .jobs
             .create(NewJob {
@@ -89,10 +92,10 @@ impl App {
         &self,
         caller: &Caller,
         source_connection_id: Uuid,
-    ) -> Vec<Uuid> {
+    ) -> Result<Vec<Uuid>, Error> {
         let active = self
             .projection
-            .read(|m| m.active_jobs_of(source_connection_id));
+            .read(|m| m.active_jobs_of(source_connection_id))?;
         for &job_id in &active {
             match self.jobs.cancel(job_id, caller.principal()).await {
                 Ok(o) => {
@@ -105,6 +108,6 @@ impl App {
                 }
             }
         }
-        active
+        Ok(active)
     }
 }

@@ -3,45 +3,47 @@
 
 use super::{Caller, Error};
 use syncjobs_domain::JobState;
-use syncjobs_projections::{Collection, ReadModel, SourceConnection};
+use syncjobs_projections::{Collection, ReadView, SourceConnection};
 use uuid::Uuid;
 
 /// The caller's collection with this readable id.
-pub fn collection<'m>(
-    m: &'m ReadModel,
+pub fn collection(
+    m: &ReadView<'_>,
     caller: &Caller,
     readable_id: &str,
-) -> Result<&'m Collection, Error> {
-    m.collection(caller.organization_id, readable_id)
+) -> Result<Collection, Error> {
+    m.collection(caller.organization_id, readable_id)?
         .ok_or(Error::CollectionNotFound)
 }
 
 /// The caller's source connection with this id.
-pub fn source_connection<'m>(
-    m: &'m ReadModel,
+pub fn source_connection(
+    m: &ReadView<'_>,
     caller: &Caller,
     id: Uuid,
-) -> Result<&'m SourceConnection, Error> {
-    m.source_connection(caller.organization_id, id)
+) -> Result<SourceConnection, Error> {
+    m.source_connection(caller.organization_id, id)?
         .ok_or(Error::SourceConnectionNotFound)
 }
 
 /// The caller's job, whatever its connection.
-pub fn job<'m>(m: &'m ReadModel, caller: &Caller, job_id: Uuid) -> Result<&'m JobState, Error> {
-    m.job(job_id)
+pub fn job(m: &ReadView<'_>, caller: &Caller, job_id: Uuid) -> Result<JobState, Error> {
+    m.job(job_id)?
         .filter(|j| j.organization_id == caller.organization_id)
         .ok_or(Error::JobNotFound)
 }
 
 /// The job of the caller's source connection `sc`: first the connection (not found), then
 /// the job (not found), then that the job is the connection's.
-pub fn connection_job<'m>(
-    m: &'m ReadModel,
+pub fn connection_job(
+    m: &ReadView<'_>,
     caller: &Caller,
     sc: Uuid,
     job_id: Uuid,
-) -> Result<&'m JobState, Error> {
-    source_connection(m, caller, sc)?;
+) -> Result<JobState, Error> {
+    if !m.has_source_connection(caller.organization_id, sc)? {
+        return Err(Error::SourceConnectionNotFound);
+    }
     let job = job(m, caller, job_id)?;
     if job.source_connection_id != sc {
         return Err(Error::JobOfAnotherConnection);

@@ -8,7 +8,7 @@ use syncjobs_domain::events::stream;
 use syncjobs_domain::{SourceConnectionCommand, SourceConnectionEvent};
 /// The aggregate (the read model's `SourceConnection` is the other one here).
 type Aggregate = syncjobs_domain::SourceConnection;
-use syncjobs_projections::{ReadModel, SourceConnection};
+use syncjobs_projections::{ReadView, SourceConnection};
 use uuid::Uuid;
 
 /// A source connection to create, as a client describes it (Airweave's shapes).
@@ -112,15 +112,15 @@ impl App {
         &self,
         caller: &Caller,
         id: Uuid,
-        before: impl FnOnce(&ReadModel, &SourceConnection, &EntityStats) -> R,
+        before: impl FnOnce(&ReadView<'_>, &SourceConnection, &EntityStats) -> R,
     ) -> Result<R, Error> {
         self.projection
             .read(|m| lookup::source_connection(m, caller, id).map(|_| ()))?;
         let stats = self.entity_stats(id).await;
         let before = self
             .projection
-            .read(|m| lookup::source_connection(m, caller, id).map(|sc| before(m, sc, &stats)))?;
-        let live = self.cancel_active(caller, id).await;
+            .read(|m| lookup::source_connection(m, caller, id).map(|sc| before(m, &sc, &stats)))?;
+        let live = self.cancel_active(caller, id).await?;
         if !live.is_empty() {
             self.wait_for_jobs_to_end(&[id]).await;
         }
@@ -138,7 +138,7 @@ impl App {
     ) -> Result<(), Error> {
         let mut live = Vec::with_capacity(ids.len());
         for &id in ids {
-            live.push(self.cancel_active(caller, id).await);
+            live.push(self.cancel_active(caller, id).await?);
         }
         if live.iter().any(|jobs| !jobs.is_empty()) {
             self.wait_for_jobs_to_end(ids).await;
@@ -162,7 +162,7 @@ impl App {
         self.settle(last_position(&recorded)).await;
         // A job started while the delete was under way has no connection any more: stop it
         // too before the purge, so that nothing it writes outlives the connection.
-        let raced = self.cancel_active(caller, id).await;
+        let raced = self.cancel_active(caller, id).await?;
         if raced.iter().any(|j| !live.contains(j)) {
             self.wait_for_jobs_to_end(&[id]).await;
         }

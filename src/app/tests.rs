@@ -18,7 +18,7 @@ use syncjobs_domain::{
     EntityCounts, ExpectedVersion, InMemoryStore, JobStatus, Metadata, NewEvent, RecordedEvent,
     SourceConnectionEvent, StoreError, SyncJobEvent, SystemClock,
 };
-use syncjobs_projections::{spawn_projector, ProjectorConfig, ProjectorHandle, ReadModel};
+use syncjobs_projections::{spawn_projector, ProjectorConfig, ProjectorHandle};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -96,12 +96,8 @@ const WAIT: Duration = Duration::from_secs(5);
 
 async fn app_on(store: Arc<HookedStore>) -> (App, ProjectorHandle) {
     let store: Arc<dyn EventStore> = store;
-    let projection = Projection::new(ReadModel::new());
-    let projector = spawn_projector(
-        store.clone(),
-        projection.clone(),
-        ProjectorConfig::default(),
-    );
+    let (projection, writer) = Projection::temporary().unwrap();
+    let projector = spawn_projector(store.clone(), writer, ProjectorConfig::default());
     let clock: SharedClock = Arc::new(SystemClock);
     let jobs = start_supervisor(
         store.clone(),
@@ -215,7 +211,9 @@ async fn a_sync_started_while_its_connection_is_deleted_is_stopped_before_the_de
     );
     assert!(app
         .projection
-        .read(|m| m.source_connection(caller.organization_id, id).is_none()));
+        .read(|m| m.source_connection(caller.organization_id, id))
+        .unwrap()
+        .is_none());
 }
 
 #[actix_web::test]
@@ -280,9 +278,9 @@ async fn a_cancel_refused_for_a_final_job_names_the_state_the_read_model_shows()
     assert!(
         app.projection
             .wait_until(
-                |m| m
-                    .job(job.job_id)
-                    .is_some_and(|j| j.status == JobStatus::Cancelled),
+                |m| Ok(m
+                    .job(job.job_id)?
+                    .is_some_and(|j| j.status == JobStatus::Cancelled)),
                 WAIT
             )
             .await

@@ -38,7 +38,7 @@ impl App {
                     if !self
                         .projection
                         .wait_until(
-                            |m| m.job(job_id).is_some(),
+                            |m| Ok(m.job(job_id)?.is_some()),
                             self.settings.read_your_writes_timeout,
                         )
                         .await
@@ -59,9 +59,12 @@ impl App {
             .projection
             .wait_until(
                 |m| {
-                    source_connections
-                        .iter()
-                        .all(|id| m.active_jobs_of(*id).is_empty())
+                    for id in source_connections {
+                        if !m.active_jobs_of(*id)?.is_empty() {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
                 },
                 self.settings.delete_wait,
             )

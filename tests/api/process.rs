@@ -170,8 +170,8 @@ async fn first_start_prints_a_key_once_and_the_cli_manages_keys_of_a_running_ser
         .unwrap_or_else(|| panic!("no key printed: {first_out:?}"))
         .to_owned();
     assert!(
-        dir.path().join("read_model.snapshot").exists(),
-        "a checkpoint was written at the stop"
+        dir.path().join("read_model.db").exists(),
+        "the read model is kept on disk"
     );
 
     let server = start(dir.path(), &[]);
@@ -602,6 +602,43 @@ async fn a_second_server_on_the_same_data_directory_refuses_to_start_and_names_t
 }
 
 #[cfg(unix)]
+/// `rebuild-read-model` folds the whole log into a new read model: refused while a server
+/// holds the directory (its projector is the read model's one writer), and the next start
+/// answers exactly what the server answered before.
+#[actix_web::test]
+async fn the_read_model_is_rebuilt_by_command_only_while_no_server_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let key = "rebuild-test-key-0123456789";
+    let env = [("SYNCJOBS_BOOTSTRAP_API_KEY", key)];
+    let client = reqwest::Client::new();
+    let server = start(&dir, &env);
+    let (status, _) = parts(
+        client
+            .post(format!("{}/collections", server.address))
+            .header("x-api-key", key)
+            .json(&json!({"name": "Rebuilt", "readable_id": "rebuilt"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let before = get(&client, &server, key, "/collections").await;
+
+    let (ok, _, err) = cli(&dir, &["rebuild-read-model"]);
+    assert!(!ok, "refused beside a running server");
+    assert!(err.contains("in use by another syncjobs server"), "{err}");
+    assert!(terminate(server).0);
+
+    let (ok, out, err) = cli(&dir, &["rebuild-read-model"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("read model rebuilt from the log"), "{out}");
+    let server = start(&dir, &env);
+    assert_eq!(get(&client, &server, key, "/collections").await, before);
+    assert!(terminate(server).0);
+}
+
 #[actix_web::test]
 async fn data_files_and_directories_are_the_owners_alone() {
     use std::os::unix::fs::PermissionsExt;
@@ -645,7 +682,7 @@ async fn data_files_and_directories_are_the_owners_alone() {
         |b| b["sync"]["last_job"]["status"] == "completed",
     )
     .await;
-    // A stop writes the read model's checkpoint; the CLI writes to the store too.
+    // The read model has its database; the CLI writes to the store too.
     assert!(terminate_keeping_logs(&mut server));
     let (ok, _, err) = cli(&dir, &["keys", "create", "--org", "other"]);
     assert!(ok, "{err}");
@@ -666,12 +703,7 @@ async fn data_files_and_directories_are_the_owners_alone() {
             }
         }
     }
-    for file in [
-        "events.db",
-        "entities.db",
-        "read_model.snapshot",
-        "serve.lock",
-    ] {
+    for file in ["events.db", "entities.db", "read_model.db", "serve.lock"] {
         assert!(seen.iter().any(|f| f == file), "{file} not among {seen:?}");
     }
 }

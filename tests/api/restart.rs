@@ -1,5 +1,5 @@
-//! The read model is derived: a restart from its checkpoint, or a rebuild from the log with
-//! no checkpoint at all, answers exactly what the running server answered.
+//! The read model is derived: a restart from its database's stored position, or a rebuild
+//! from the log with no read model at all, answers exactly what the running server answered.
 
 use crate::helpers::{id, spawn, spawn_app, Options};
 use serde_json::json;
@@ -17,16 +17,19 @@ async fn snapshot_of_answers(
     ]
 }
 
-/// Waits until the read-model checkpoint on disk is at the store's head: the stopped
-/// application has written its last one and will write no other.
+/// Waits until the read model on disk is at the store's head: the stopped application has
+/// committed its last batch and will commit no other.
 async fn checkpoint_at_head(app: &crate::helpers::TestApp) {
-    let path = app.settings.checkpoint_path();
+    let path = app.settings.read_model_path();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let at = syncjobs_projections::snapshot::load(&path)
+        let at = rusqlite::Connection::open(&path).ok().and_then(|c| {
+            c.query_row("SELECT position FROM projection", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .ok()
-            .flatten()
-            .map(|m| m.position());
+            .map(|p| p as u64)
+        });
         if at == Some(app.head()) {
             return;
         }
@@ -53,7 +56,7 @@ async fn restarts_and_rebuilds_give_the_same_answers() {
     first.delete("/collections/extra").await;
     let before = snapshot_of_answers(&first, sc).await;
     first.handle.stop(true).await;
-    let checkpoint = first.settings.checkpoint_path();
+    let read_model = first.settings.read_model_path();
     checkpoint_at_head(&first).await;
 
     let options = || Options {
@@ -71,12 +74,22 @@ async fn restarts_and_rebuilds_give_the_same_answers() {
     from_checkpoint.handle.stop(true).await;
     checkpoint_at_head(&from_checkpoint).await;
 
-    std::fs::remove_file(&checkpoint).unwrap();
-    // What an earlier release left behind: a JSON checkpoint, which is neither read nor kept.
-    let legacy = first.settings.legacy_checkpoint_path();
-    std::fs::write(&legacy, br#"{"format":1,"model":{"position":1}}"#).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = read_model.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    // What earlier releases left behind: a JSON checkpoint and a binary snapshot, which are
+    // neither read nor kept.
+    let legacy = first.settings.legacy_checkpoint_paths();
+    for old in &legacy {
+        std::fs::write(old, br#"{"format":1,"model":{"position":1}}"#).unwrap();
+    }
     let rebuilt = spawn(options()).await.app;
-    assert!(!legacy.exists(), "the old JSON checkpoint is removed");
+    assert!(
+        legacy.iter().all(|old| !old.exists()),
+        "the old checkpoints are removed"
+    );
     let mut answers = snapshot_of_answers(&rebuilt, sc).await;
     answers[1][0]["entity_count"] = before[1][0]["entity_count"].clone();
     answers[2]["entities"] = before[2]["entities"].clone();

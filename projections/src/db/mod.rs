@@ -1,0 +1,289 @@
+//! The read model in SQLite: `read_model.db` beside the event log, a file of its own so that
+//! its writes never contend with the log's writer.
+//!
+//! - [`fold`]: the [`Writer`], which folds a batch of events into rows and commits them with
+//!   the position in one transaction (a crash never applies an event twice nor skips one);
+//!   only live jobs stay in its memory.
+//! - [`view`]: [`ReadView`], the indexed queries the API makes, on a pooled read-only
+//!   connection, with bounded caches of final jobs and API keys.
+//! - [`cache`]: the LRU cache the writer invalidates without racing the readers that fill it.
+//!
+//! WAL with `synchronous=NORMAL`: a power loss may lose the last commits, never corrupt the
+//! file, and the lost tail is folded again from the stored position (the log is the truth).
+//! The WAL is checkpointed off the commit path by the store's checkpointer
+//! (`syncjobs_store_sqlite::wal_checkpoint`), so no commit (and no read-your-writes wait behind
+//! it) pays for copying pages back.
+
+pub mod cache;
+pub mod fold;
+pub mod view;
+
+pub use fold::Writer;
+pub use view::ReadView;
+
+use crate::model::Organization;
+use cache::Cache;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use syncjobs_domain::JobState;
+use uuid::Uuid;
+
+/// The tables `schema.sql` creates. A file of another version is dropped and rebuilt from
+/// the log (bump this with every change of the tables or of the row encodings).
+pub const SCHEMA_VERSION: i64 = 1;
+/// The name of this projection's row in `projection`.
+pub const PROJECTION_NAME: &str = "read_model";
+
+const SCHEMA: &str = include_str!("schema.sql");
+/// Tables in the order they are dropped on a rebuild.
+const TABLES: [&str; 8] = [
+    "projection",
+    "organizations",
+    "api_keys",
+    "collections",
+    "source_connections",
+    "jobs",
+    "purge_queue",
+    "organization_counts",
+];
+/// Read connections kept open between reads (more are opened under load, then closed).
+const IDLE_READERS: usize = 8;
+/// Final jobs kept in memory for `GET` one job (immutable once final).
+const JOB_CACHE: usize = 4096;
+/// API keys kept in memory by hash (every request authenticates).
+const KEY_CACHE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("read model database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("read model database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("read model row cannot be decoded: {0}")]
+    Decode(String),
+    #[error("read model: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("read model WAL checkpointer: {0}")]
+    Checkpointer(String),
+    /// The blocking task that committed a batch did not finish (it panicked).
+    #[error("the read model's commit task failed: {0}")]
+    Task(String),
+}
+
+/// The database: where the writer commits and the readers read.
+pub struct ReadDb {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    pub(crate) jobs: Cache<Uuid, JobState>,
+    pub(crate) keys: Cache<String, Option<(crate::model::ApiKey, bool)>>,
+}
+
+/// A `read_model.db` file and its position, as found at start-up.
+pub struct Opened {
+    pub db: ReadDb,
+    pub writer: Writer,
+}
+
+impl ReadDb {
+    /// Opens (or creates) the read model at `path`: a file of another schema version, or one
+    /// ahead of the log's `head` (another store's), is emptied so the model is rebuilt from
+    /// the log. Loads the live jobs for the writer.
+    pub fn open(path: &Path, head: u64) -> Result<Opened, ReadError> {
+        match Self::try_open(path, head) {
+            Err(ReadError::Open { source, .. }) if is_damage(&source) => {
+                // Derived data: a damaged file costs a rebuild from the log, nothing more.
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %source,
+                    "read model database unusable; rebuilding it from the log"
+                );
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.as_os_str().to_owned();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(PathBuf::from(file));
+                }
+                Self::try_open(path, head)
+            }
+            other => other,
+        }
+    }
+
+    fn try_open(path: &Path, head: u64) -> Result<Opened, ReadError> {
+        let open_err = |source| ReadError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        prepare_schema(&conn, head).map_err(open_err)?;
+        let checkpointer = syncjobs_store_sqlite::wal_checkpoint::attach(&mut conn, path)
+            .map_err(|e| ReadError::Checkpointer(e.to_string()))?;
+        let writer = Writer::load(conn, checkpointer)?;
+        let db = ReadDb {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            jobs: Cache::new(JOB_CACHE),
+            keys: Cache::new(KEY_CACHE),
+        };
+        Ok(Opened { db, writer })
+    }
+
+    /// Runs `f` on a read-only connection from the pool.
+    pub fn with_reader<R>(&self, f: impl FnOnce(&Connection) -> R) -> Result<R, ReadError> {
+        let conn = self.lock_idle().pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        let out = f(&conn);
+        let mut idle = self.lock_idle();
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        Ok(out)
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_reader(&self) -> Result<Connection, ReadError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| ReadError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    /// After a commit that changed what the caches may hold.
+    pub(crate) fn invalidate(&self, jobs: bool, keys: bool) {
+        if jobs {
+            self.jobs.invalidate();
+        }
+        if keys {
+            self.keys.invalidate();
+        }
+    }
+}
+
+/// Not a database, or a damaged one.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+/// Creates the tables, or drops and recreates them when their version is not this build's
+/// or they are ahead of the log.
+fn prepare_schema(conn: &Connection, head: u64) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    let stored: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT schema_version, position FROM projection WHERE name = ?1",
+            [PROJECTION_NAME],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let rebuild = match stored {
+        None => false,
+        Some((version, _)) if version != SCHEMA_VERSION => {
+            tracing::warn!(
+                found = version,
+                expected = SCHEMA_VERSION,
+                "read model of another schema version; rebuilding it from the log"
+            );
+            true
+        }
+        Some((_, position)) if position as u64 > head => {
+            tracing::warn!(
+                read_model_position = position,
+                store_head = head,
+                "read model is ahead of the store; rebuilding it from the log"
+            );
+            true
+        }
+        Some(_) => false,
+    };
+    if rebuild {
+        drop_tables(conn)?;
+        conn.execute_batch(SCHEMA)?;
+    }
+    conn.execute(
+        "INSERT INTO projection (name, position, schema_version) VALUES (?1, 0, ?2)
+         ON CONFLICT (name) DO NOTHING",
+        rusqlite::params![PROJECTION_NAME, SCHEMA_VERSION],
+    )?;
+    Ok(())
+}
+
+fn drop_tables(conn: &Connection) -> rusqlite::Result<()> {
+    for table in TABLES {
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS {table}"))?;
+    }
+    Ok(())
+}
+
+/// Empties the read model at `path` so the next start rebuilds it from the log
+/// (`syncjobs rebuild-read-model`).
+pub fn reset(path: &Path) -> Result<(), ReadError> {
+    let conn = Connection::open(path).map_err(|source| ReadError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    drop_tables(&conn)?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}
+
+// ---- row codecs -------------------------------------------------------------------------
+
+pub(crate) fn time(t: &DateTime<Utc>) -> String {
+    syncjobs_domain::time::nanos(t)
+}
+
+pub(crate) fn parse_time(s: &str) -> rusqlite::Result<DateTime<Utc>> {
+    syncjobs_domain::time::parse(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+pub(crate) fn encode_job(state: &JobState) -> Result<Vec<u8>, ReadError> {
+    rmp_serde::to_vec(state).map_err(|e| ReadError::Decode(e.to_string()))
+}
+
+pub(crate) fn decode_job(bytes: &[u8]) -> Result<JobState, ReadError> {
+    rmp_serde::from_slice(bytes).map_err(|e| ReadError::Decode(e.to_string()))
+}
+
+pub(crate) fn organization_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Organization> {
+    Ok(Organization {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: parse_time(&r.get::<_, String>(2)?)?,
+    })
+}

@@ -1,0 +1,102 @@
+-- The read model's tables (SQLite). Plain SQL, so that a PostgreSQL twin is a translation
+-- of types (BLOB -> uuid/bytea, INTEGER -> bigint), not a redesign.
+--
+-- Ids are 16-byte BLOBs; timestamps are RFC 3339 UTC text with nine fractional digits
+-- (domain::time::nanos), which sorts as time does; `created_position` is the global
+-- position of a row's creation: the order of every listing, rebuilt identically.
+
+-- One row per projection: how far it has folded the log, and the shape of these tables.
+-- Rows and position are written in the same transaction.
+CREATE TABLE IF NOT EXISTS projection (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS organizations (
+    id BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS organizations_by_name ON organizations (name, created_position);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id BLOB PRIMARY KEY,
+    organization_id BLOB NOT NULL,
+    key_hash TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT,
+    created_position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_hash ON api_keys (key_hash, created_position);
+
+CREATE TABLE IF NOT EXISTS collections (
+    id BLOB PRIMARY KEY,
+    organization_id BLOB NOT NULL,
+    name TEXT NOT NULL,
+    readable_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    modified_at TEXT NOT NULL,
+    created_position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS collections_by_organization
+    ON collections (organization_id, created_position);
+CREATE INDEX IF NOT EXISTS collections_by_readable_id
+    ON collections (organization_id, readable_id, created_position);
+
+CREATE TABLE IF NOT EXISTS source_connections (
+    id BLOB PRIMARY KEY,
+    organization_id BLOB NOT NULL,
+    collection_id BLOB NOT NULL,
+    readable_collection_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT,
+    short_name TEXT NOT NULL,
+    config TEXT NOT NULL,
+    auth_method TEXT NOT NULL,
+    authenticated INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    modified_at TEXT NOT NULL,
+    created_position INTEGER NOT NULL,
+    total_runs INTEGER NOT NULL,
+    successful_runs INTEGER NOT NULL,
+    failed_runs INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS source_connections_by_organization
+    ON source_connections (organization_id, created_position);
+CREATE INDEX IF NOT EXISTS source_connections_by_collection
+    ON source_connections (collection_id, created_position);
+
+-- A job row: `state` is the job's JobState (MessagePack); the columns beside it are what
+-- lookups and lists need. A job stays readable while its connection exists or while it
+-- is active (a deleted connection's live jobs can still be cancelled).
+CREATE TABLE IF NOT EXISTS jobs (
+    id BLOB PRIMARY KEY,
+    source_connection_id BLOB NOT NULL,
+    organization_id BLOB NOT NULL,
+    active INTEGER NOT NULL,
+    created_position INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_source_connection
+    ON jobs (source_connection_id, created_position);
+CREATE INDEX IF NOT EXISTS jobs_live ON jobs (source_connection_id, created_position)
+    WHERE active = 1;
+
+-- Connections deleted whose final jobs are still to be removed, a batch per transaction
+-- (they are invisible from the moment of the deletion).
+CREATE TABLE IF NOT EXISTS purge_queue (
+    source_connection_id BLOB PRIMARY KEY
+);
+
+-- What /health shows per organization, kept by the fold instead of counted per call.
+-- active_jobs: active jobs of existing source connections.
+CREATE TABLE IF NOT EXISTS organization_counts (
+    organization_id BLOB PRIMARY KEY,
+    collections INTEGER NOT NULL,
+    source_connections INTEGER NOT NULL,
+    active_jobs INTEGER NOT NULL
+);

@@ -1,0 +1,548 @@
+//! The queries the API makes, each by an index, on a read-only connection.
+//!
+//! A job is readable while its source connection exists or while it is active: a deleted
+//! connection's final jobs vanish from reads at once (their rows are purged later), its live
+//! ones can still be found and cancelled until they end.
+
+use super::{decode_job, organization_row, parse_time, ReadDb, ReadError};
+use crate::model::{
+    ApiKey, Collection, CollectionStatus, ModelDump, Organization, SourceConnection,
+    SourceConnectionStatus,
+};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row};
+use syncjobs_domain::{JobState, JobStatus};
+use uuid::Uuid;
+
+/// What `/health` shows for one organization.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrganizationCounts {
+    pub collections: u64,
+    pub source_connections: u64,
+    /// Active jobs of its existing source connections.
+    pub active_jobs: u64,
+}
+
+/// Reads of the model at one moment (a pooled connection); cheap, short-lived.
+pub struct ReadView<'a> {
+    pub(crate) db: &'a ReadDb,
+    pub(crate) conn: &'a Connection,
+    pub(crate) position: u64,
+}
+
+const JOB_VISIBLE: &str = "(j.active = 1 OR EXISTS
+    (SELECT 1 FROM source_connections s WHERE s.id = j.source_connection_id))";
+
+const COLLECTION_COLUMNS: &str =
+    "id, organization_id, name, readable_id, created_at, modified_at, created_position";
+const SOURCE_CONNECTION_COLUMNS: &str =
+    "id, organization_id, collection_id, readable_collection_id,
+    name, description, short_name, config, auth_method, authenticated, created_at, modified_at,
+    created_position, total_runs, successful_runs, failed_runs";
+const KEY_COLUMNS: &str =
+    "key_id, organization_id, key_hash, prefix, created_at, expires_at, revoked_at";
+
+fn optional_time(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    r.get::<_, Option<String>>(i)?
+        .map(|s| parse_time(&s))
+        .transpose()
+}
+
+fn key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    Ok(ApiKey {
+        key_id: r.get(0)?,
+        organization_id: r.get(1)?,
+        key_hash: r.get(2)?,
+        prefix: r.get(3)?,
+        created_at: parse_time(&r.get::<_, String>(4)?)?,
+        expires_at: optional_time(r, 5)?,
+        revoked_at: optional_time(r, 6)?,
+    })
+}
+
+fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
+    Ok(Collection {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        name: r.get(2)?,
+        readable_id: r.get(3)?,
+        created_at: parse_time(&r.get::<_, String>(4)?)?,
+        modified_at: parse_time(&r.get::<_, String>(5)?)?,
+        created_position: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+fn source_connection_row(r: &Row<'_>) -> rusqlite::Result<SourceConnection> {
+    Ok(SourceConnection {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        collection_id: r.get(2)?,
+        readable_collection_id: r.get(3)?,
+        name: r.get(4)?,
+        description: r.get(5)?,
+        short_name: r.get(6)?,
+        config: r.get(7)?,
+        auth_method: r.get(8)?,
+        authenticated: r.get(9)?,
+        created_at: parse_time(&r.get::<_, String>(10)?)?,
+        modified_at: parse_time(&r.get::<_, String>(11)?)?,
+        created_position: r.get::<_, i64>(12)? as u64,
+        total_runs: r.get::<_, i64>(13)? as u64,
+        successful_runs: r.get::<_, i64>(14)? as u64,
+        failed_runs: r.get::<_, i64>(15)? as u64,
+    })
+}
+
+impl ReadView<'_> {
+    /// The global position of the last event folded in (committed and published).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, ReadError> {
+        Ok(self
+            .conn
+            .prepare_cached(sql)?
+            .query_row(params, row)
+            .optional()?)
+    }
+
+    /// Rows of `sql` in order, `skip`ped and at most `limit` of those `keep` accepts.
+    fn page<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+        skip: usize,
+        limit: usize,
+        mut keep: impl FnMut(&T) -> bool,
+    ) -> Result<Vec<T>, ReadError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        let (mut skipped, mut out) = (0, Vec::new());
+        while out.len() < limit {
+            let Some(r) = rows.next()? else { break };
+            let item = row(r)?;
+            if !keep(&item) {
+                continue;
+            }
+            if skipped < skip {
+                skipped += 1;
+                continue;
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    /// Every row of `sql`, in order.
+    fn all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, ReadError> {
+        self.page(sql, params, row, 0, usize::MAX, |_| true)
+    }
+
+    // ---- access -----------------------------------------------------------------------
+
+    /// The newest key with this hash, and whether its organization exists (cached).
+    fn key_by_hash(&self, key_hash: &str) -> Result<Option<(ApiKey, bool)>, ReadError> {
+        let generation = match self.db.keys.get(key_hash) {
+            Ok(found) => return Ok(found),
+            Err(generation) => generation,
+        };
+        let found = self.one(
+            &format!(
+                "SELECT {KEY_COLUMNS}, EXISTS (SELECT 1 FROM organizations o WHERE o.id = k.organization_id)
+                 FROM api_keys k WHERE key_hash = ?1 ORDER BY created_position DESC LIMIT 1"
+            ),
+            [key_hash],
+            |r| Ok((key_row(r)?, r.get::<_, bool>(7)?)),
+        )?;
+        self.db
+            .keys
+            .fill(generation, key_hash.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// The key with this SHA-256 hash, if it exists, is usable at `now` and its organization exists.
+    pub fn authenticate(
+        &self,
+        key_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, ReadError> {
+        Ok(self
+            .key_by_hash(key_hash)?
+            .filter(|(k, org)| *org && k.is_valid_at(now))
+            .map(|(k, _)| k))
+    }
+
+    pub fn api_key(&self, key_id: Uuid) -> Result<Option<ApiKey>, ReadError> {
+        self.one(
+            &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?1"),
+            [key_id],
+            key_row,
+        )
+    }
+
+    pub fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, ReadError> {
+        Ok(self.key_by_hash(key_hash)?.map(|(k, _)| k))
+    }
+
+    /// Every key, oldest first (for `syncjobs keys list`).
+    pub fn api_keys(&self) -> Result<Vec<ApiKey>, ReadError> {
+        self.all(
+            &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id"),
+            [],
+            key_row,
+        )
+    }
+
+    pub fn organization(&self, id: Uuid) -> Result<Option<Organization>, ReadError> {
+        self.one(
+            "SELECT id, name, created_at FROM organizations WHERE id = ?1",
+            [id],
+            organization_row,
+        )
+    }
+
+    pub fn organization_by_name(&self, name: &str) -> Result<Option<Organization>, ReadError> {
+        self.one(
+            "SELECT id, name, created_at FROM organizations WHERE name = ?1
+             ORDER BY created_position DESC LIMIT 1",
+            [name],
+            organization_row,
+        )
+    }
+
+    // ---- collections --------------------------------------------------------------------
+
+    pub fn collection(
+        &self,
+        organization_id: Uuid,
+        readable_id: &str,
+    ) -> Result<Option<Collection>, ReadError> {
+        self.one(
+            &format!(
+                "SELECT {COLLECTION_COLUMNS} FROM collections
+                 WHERE organization_id = ?1 AND readable_id = ?2
+                 ORDER BY created_position DESC LIMIT 1"
+            ),
+            rusqlite::params![organization_id, readable_id],
+            collection_row,
+        )
+    }
+
+    pub fn collection_by_id(&self, id: Uuid) -> Result<Option<Collection>, ReadError> {
+        self.one(
+            &format!("SELECT {COLLECTION_COLUMNS} FROM collections WHERE id = ?1"),
+            [id],
+            collection_row,
+        )
+    }
+
+    /// An organization's collections, newest first: `skip` then at most `limit` of those
+    /// `keep` accepts.
+    pub fn collections(
+        &self,
+        organization_id: Uuid,
+        skip: usize,
+        limit: usize,
+        keep: impl FnMut(&Collection) -> bool,
+    ) -> Result<Vec<Collection>, ReadError> {
+        self.page(
+            &format!(
+                "SELECT {COLLECTION_COLUMNS} FROM collections WHERE organization_id = ?1
+                 ORDER BY created_position DESC"
+            ),
+            [organization_id],
+            collection_row,
+            skip,
+            limit,
+            keep,
+        )
+    }
+
+    /// Airweave's rule: no authenticated connection -> NEEDS SOURCE; any connection whose
+    /// last job completed or is running -> ACTIVE; all failed -> ERROR; else NEEDS SOURCE.
+    pub fn collection_status(&self, collection_id: Uuid) -> Result<CollectionStatus, ReadError> {
+        let mut authenticated = 0usize;
+        let mut working = 0usize;
+        let mut failing = 0usize;
+        for sc in self.source_connections_in_collection(collection_id)? {
+            if !sc.authenticated {
+                continue;
+            }
+            authenticated += 1;
+            match self.last_job(sc.id)?.map(|j| j.status) {
+                Some(JobStatus::Completed | JobStatus::Running | JobStatus::Cancelling) => {
+                    working += 1
+                }
+                Some(JobStatus::Failed) => failing += 1,
+                _ => {}
+            }
+        }
+        Ok(if authenticated == 0 {
+            CollectionStatus::NeedsSource
+        } else if working > 0 {
+            CollectionStatus::Active
+        } else if failing == authenticated {
+            CollectionStatus::Error
+        } else {
+            CollectionStatus::NeedsSource
+        })
+    }
+
+    // ---- source connections -------------------------------------------------------------
+
+    /// The source connection if it exists and belongs to the organization.
+    pub fn source_connection(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<SourceConnection>, ReadError> {
+        self.one(
+            &format!(
+                "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
+                 WHERE id = ?1 AND organization_id = ?2"
+            ),
+            [id, organization_id],
+            source_connection_row,
+        )
+    }
+
+    /// Whether the source connection exists and belongs to the organization (an index probe,
+    /// no row decoded: `GET` one job checks this on every call).
+    pub fn has_source_connection(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+    ) -> Result<bool, ReadError> {
+        Ok(self
+            .one(
+                "SELECT 1 FROM source_connections WHERE id = ?1 AND organization_id = ?2",
+                [id, organization_id],
+                |_| Ok(()),
+            )?
+            .is_some())
+    }
+
+    /// An organization's source connections, newest first: `skip` then at most `limit` of
+    /// those `keep` accepts.
+    pub fn source_connections(
+        &self,
+        organization_id: Uuid,
+        skip: usize,
+        limit: usize,
+        keep: impl FnMut(&SourceConnection) -> bool,
+    ) -> Result<Vec<SourceConnection>, ReadError> {
+        self.page(
+            &format!(
+                "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
+                 WHERE organization_id = ?1 ORDER BY created_position DESC"
+            ),
+            [organization_id],
+            source_connection_row,
+            skip,
+            limit,
+            keep,
+        )
+    }
+
+    /// A collection's source connections, newest first.
+    pub fn source_connections_in_collection(
+        &self,
+        collection_id: Uuid,
+    ) -> Result<Vec<SourceConnection>, ReadError> {
+        self.all(
+            &format!(
+                "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
+                 WHERE collection_id = ?1 ORDER BY created_position DESC"
+            ),
+            [collection_id],
+            source_connection_row,
+        )
+    }
+
+    /// Status of a source connection from its last job ([`SourceConnectionStatus::of`]).
+    pub fn source_connection_status(
+        &self,
+        sc: &SourceConnection,
+    ) -> Result<SourceConnectionStatus, ReadError> {
+        if !sc.authenticated {
+            return Ok(SourceConnectionStatus::Inactive);
+        }
+        Ok(SourceConnectionStatus::of(
+            sc,
+            self.last_job(sc.id)?.as_ref(),
+        ))
+    }
+
+    // ---- jobs ---------------------------------------------------------------------------
+
+    /// One job; final ones come from a bounded cache (they never change).
+    pub fn job(&self, id: Uuid) -> Result<Option<JobState>, ReadError> {
+        let generation = match self.db.jobs.get(&id) {
+            Ok(job) => return Ok(Some(job)),
+            Err(generation) => generation,
+        };
+        let job = self.one(
+            &format!("SELECT j.state FROM jobs j WHERE j.id = ?1 AND {JOB_VISIBLE}"),
+            [id],
+            |r| r.get::<_, Vec<u8>>(0),
+        )?;
+        let job = job.map(|b| decode_job(&b)).transpose()?;
+        if let Some(j) = job.as_ref().filter(|j| j.status.is_final()) {
+            self.db.jobs.fill(generation, id, j.clone());
+        }
+        Ok(job)
+    }
+
+    /// A source connection's jobs, newest first (also a deleted connection's live jobs):
+    /// `skip` then at most `limit`.
+    pub fn jobs_of(
+        &self,
+        source_connection_id: Uuid,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<JobState>, ReadError> {
+        let blobs = self.page(
+            &format!(
+                "SELECT j.state FROM jobs j WHERE j.source_connection_id = ?1 AND {JOB_VISIBLE}
+                 ORDER BY j.created_position DESC"
+            ),
+            [source_connection_id],
+            |r| r.get::<_, Vec<u8>>(0),
+            skip,
+            limit,
+            |_| true,
+        )?;
+        blobs.iter().map(|b| decode_job(b)).collect()
+    }
+
+    pub fn last_job(&self, source_connection_id: Uuid) -> Result<Option<JobState>, ReadError> {
+        Ok(self.jobs_of(source_connection_id, 0, 1)?.pop())
+    }
+
+    /// Ids of the connection's jobs that are pending, running or cancelling.
+    pub fn active_jobs_of(&self, source_connection_id: Uuid) -> Result<Vec<Uuid>, ReadError> {
+        self.all(
+            "SELECT id FROM jobs WHERE source_connection_id = ?1 AND active = 1
+             ORDER BY created_position DESC",
+            [source_connection_id],
+            |r| r.get(0),
+        )
+    }
+
+    /// Ids of every job, of any connection, that is pending, running or cancelling.
+    pub fn unfinished_jobs(&self) -> Result<Vec<Uuid>, ReadError> {
+        self.all("SELECT id FROM jobs WHERE active = 1", [], |r| r.get(0))
+    }
+
+    /// What `/health` shows for an organization: kept by the fold, one row.
+    pub fn organization_counts(
+        &self,
+        organization_id: Uuid,
+    ) -> Result<OrganizationCounts, ReadError> {
+        Ok(self
+            .one(
+                "SELECT collections, source_connections, active_jobs FROM organization_counts
+                 WHERE organization_id = ?1",
+                [organization_id],
+                |r| {
+                    Ok(OrganizationCounts {
+                        collections: r.get::<_, i64>(0)? as u64,
+                        source_connections: r.get::<_, i64>(1)? as u64,
+                        active_jobs: r.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )?
+            .unwrap_or_default())
+    }
+
+    /// Job rows stored, readable or waiting to be purged (diagnostics and tests).
+    pub fn job_rows(&self) -> Result<u64, ReadError> {
+        Ok(self
+            .one("SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0))?
+            .unwrap_or(0) as u64)
+    }
+
+    /// Every readable row (diagnostics and tests: O(model), never on a request path).
+    pub fn dump(&self) -> Result<ModelDump, ReadError> {
+        let all = |sql: &str| format!("{sql} ORDER BY 1");
+        let jobs: Vec<Vec<u8>> = self.all(
+            &all(&format!("SELECT j.state FROM jobs j WHERE {JOB_VISIBLE}")),
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(ModelDump {
+            position: self.position,
+            organizations: self.page(
+                &all("SELECT id, name, created_at FROM organizations"),
+                [],
+                organization_row,
+                0,
+                usize::MAX,
+                |_| true,
+            )?,
+            api_keys: self.page(
+                &all(&format!("SELECT {KEY_COLUMNS} FROM api_keys")),
+                [],
+                key_row,
+                0,
+                usize::MAX,
+                |_| true,
+            )?,
+            collections: self.page(
+                &all(&format!("SELECT {COLLECTION_COLUMNS} FROM collections")),
+                [],
+                collection_row,
+                0,
+                usize::MAX,
+                |_| true,
+            )?,
+            source_connections: self.page(
+                &all(&format!(
+                    "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections"
+                )),
+                [],
+                source_connection_row,
+                0,
+                usize::MAX,
+                |_| true,
+            )?,
+            jobs: jobs
+                .iter()
+                .map(|b| decode_job(b))
+                .collect::<Result<_, _>>()?,
+            counts: self.page(
+                &all(
+                    "SELECT organization_id, collections, source_connections, active_jobs
+                     FROM organization_counts
+                     WHERE collections + source_connections + active_jobs <> 0",
+                ),
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        [
+                            r.get::<_, i64>(1)? as u64,
+                            r.get::<_, i64>(2)? as u64,
+                            r.get::<_, i64>(3)? as u64,
+                        ],
+                    ))
+                },
+                0,
+                usize::MAX,
+                |_| true,
+            )?,
+        })
+    }
+}
