@@ -2,6 +2,7 @@
 
 use super::error::ApiError;
 use super::input::{job_path, path_uuid, Query};
+use super::respond::ok_job;
 use super::wire::JobOut;
 use super::{ok_json, AppState};
 use crate::app::{lookup, Caller};
@@ -16,7 +17,7 @@ pub async fn run(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("source_connection_id", &path)?;
     let job = state.run_sync(&caller, id).await?;
-    ok_json(&JobOut::new(&job))
+    ok_job(&JobOut::new(&job))
 }
 
 pub async fn list(
@@ -42,7 +43,7 @@ pub async fn get(
     let (sc, job_id) = job_path(&path)?;
     // Checked and answered under one read of the model: the answer is the job checked.
     state.projection.read(|m| {
-        ok_json(&JobOut::new(&lookup::connection_job(
+        ok_job(&JobOut::new(&lookup::connection_job(
             m, &caller, sc, job_id,
         )?))
     })
@@ -57,5 +58,5 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let (sc, job_id) = job_path(&path)?;
     let job = state.cancel_job(&caller, sc, job_id).await?;
-    ok_json(&JobOut::new(&job))
+    ok_job(&JobOut::new(&job))
 }

@@ -16,6 +16,15 @@ use syncjobs_projections::{
 };
 use uuid::Uuid;
 
+/// An optional timestamp through the one codec's serde helper, for [`JobOut::write_json`].
+struct Micros<'a>(&'a Option<DateTime<Utc>>);
+
+impl Serialize for Micros<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        opt_ts(self.0, s)
+    }
+}
+
 /// Embedding facts of the destination: the embedded SQLite destination stores no vectors.
 pub const VECTOR_SIZE: u32 = 0;
 pub const EMBEDDING_MODEL_NAME: &str = "none";
@@ -96,6 +105,46 @@ impl<'a> JobOut<'a> {
             error_category: j.error_category.as_deref(),
             error_details: j.error_details.as_ref(),
         }
+    }
+
+    /// The bytes `serde_json::to_writer(out, self)` writes, without serde's machinery per
+    /// field (names are literals here; ids, statuses and timestamps need no escaping): one
+    /// job is the API's most frequent answer (clients poll it), and the derive cost 4% of
+    /// the CPU of `GET` one job (BENCHMARKS.md #2; kept by issue #12's 5% rule). A test
+    /// compares the two.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut uuid = Uuid::encode_buffer();
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut uuid).as_bytes());
+        if let Some(sc) = self.source_connection_id {
+            out.extend_from_slice(b"\",\"source_connection_id\":\"");
+            out.extend_from_slice(sc.hyphenated().encode_lower(&mut uuid).as_bytes());
+        }
+        out.extend_from_slice(b"\",\"status\":");
+        serde_json::to_writer(&mut *out, self.status)?;
+        out.extend_from_slice(b",\"started_at\":");
+        serde_json::to_writer(&mut *out, &Micros(&self.started_at))?;
+        out.extend_from_slice(b",\"completed_at\":");
+        serde_json::to_writer(&mut *out, &Micros(&self.completed_at))?;
+        out.extend_from_slice(b",\"duration_seconds\":");
+        serde_json::to_writer(&mut *out, &self.duration_seconds)?;
+        for (name, count) in [
+            (&b",\"entities_inserted\":"[..], self.entities_inserted),
+            (b",\"entities_updated\":", self.entities_updated),
+            (b",\"entities_deleted\":", self.entities_deleted),
+            (b",\"entities_failed\":", self.entities_failed),
+        ] {
+            out.extend_from_slice(name);
+            serde_json::to_writer(&mut *out, &count)?;
+        }
+        out.extend_from_slice(b",\"error\":");
+        serde_json::to_writer(&mut *out, &self.error)?;
+        out.extend_from_slice(b",\"error_category\":");
+        serde_json::to_writer(&mut *out, &self.error_category)?;
+        out.extend_from_slice(b",\"error_details\":");
+        serde_json::to_writer(&mut *out, &self.error_details)?;
+        out.push(b'}');
+        Ok(())
     }
 
     fn nested(j: &'a JobState) -> Self {
@@ -320,5 +369,37 @@ mod tests {
                 + r#""entities_failed":0,"error":"quote \" newline \n é","#
                 + r#""error_category":"source_error","error_details":{"retries":[1,2.5,null]}}"#
         );
+    }
+
+    #[test]
+    fn the_hand_written_job_body_is_the_bytes_serde_writes() {
+        let at = |s| Some(Utc.timestamp_opt(s, 123_456_789).unwrap());
+        let mut j = job();
+        let mut states = vec![j.clone()];
+        j.status = syncjobs_domain::JobStatus::Running;
+        j.started_at = at(1_776_938_400);
+        j.counts.inserted = 7;
+        states.push(j.clone());
+        j.status = syncjobs_domain::JobStatus::Failed;
+        j.completed_at = at(1_776_938_461);
+        j.counts.updated = u64::MAX;
+        j.error = Some("quote \" backslash \\ newline \n tab \t nul \u{0} é ✓".into());
+        j.error_category = Some("source_error".into());
+        j.error_details = Some(serde_json::json!({"retries": [1, 2.5, null], "why": "a\"b"}));
+        states.push(j.clone());
+        j.status = syncjobs_domain::JobStatus::Cancelled;
+        j.completed_at = Some(Utc.timestamp_opt(253_402_300_800, 1).unwrap()); // year 10000
+        states.push(j);
+        for state in &states {
+            for out in [JobOut::new(state), JobOut::nested(state)] {
+                let mut written = Vec::new();
+                out.write_json(&mut written).unwrap();
+                let serde = serde_json::to_vec(&out).unwrap();
+                assert_eq!(
+                    String::from_utf8(written).unwrap(),
+                    String::from_utf8(serde).unwrap()
+                );
+            }
+        }
     }
 }
