@@ -227,6 +227,9 @@ impl Model {
     fn authenticate(&self, hash: &str, now: chrono::DateTime<Utc>) -> Option<ApiKey> {
         self.read(|m| m.authenticate(hash, now))
     }
+    fn has_source_connection(&self, org: Uuid, id: Uuid) -> bool {
+        self.read(|m| m.has_source_connection(org, id))
+    }
     fn organization_by_name(&self, name: &str) -> Option<Organization> {
         self.read(|m| m.organization_by_name(name))
     }
@@ -775,6 +778,11 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys() {
     for _ in 0..2 {
         assert!(m.job(done).is_some());
         assert!(m.authenticate("k", now).is_none(), "no such key yet");
+        assert!(m.has_source_connection(org, sc));
+        assert!(
+            !m.has_source_connection(Uuid::new_v4(), sc),
+            "another organization's connection is not there"
+        );
     }
     let key = Uuid::new_v4();
     h.append(
@@ -797,6 +805,7 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys() {
     .await;
     m.apply(&h.all().await);
     assert!(m.job(done).is_none(), "its connection is gone");
+    assert!(!m.has_source_connection(org, sc), "gone at once, cached or not");
     assert!(
         m.authenticate("k", now).is_some(),
         "the new key works at once"

@@ -318,20 +318,27 @@ impl ReadView<'_> {
         )
     }
 
-    /// Whether the source connection exists and belongs to the organization (an index probe,
-    /// no row decoded: `GET` one job checks this on every call).
+    /// Whether the source connection exists and belongs to the organization: `GET` one job
+    /// checks this on every call, so an existing connection's organization is cached (an
+    /// index probe, no row decoded, on a miss).
     pub fn has_source_connection(
         &self,
         organization_id: Uuid,
         id: Uuid,
     ) -> Result<bool, ReadError> {
-        Ok(self
-            .one(
-                "SELECT 1 FROM source_connections WHERE id = ?1 AND organization_id = ?2",
-                [id, organization_id],
-                |_| Ok(()),
-            )?
-            .is_some())
+        let generation = match self.db.connections.get(&id) {
+            Ok(owner) => return Ok(owner == organization_id),
+            Err(generation) => generation,
+        };
+        let owner: Option<Uuid> = self.one(
+            "SELECT organization_id FROM source_connections WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if let Some(owner) = owner {
+            self.db.connections.fill(generation, id, owner);
+        }
+        Ok(owner == Some(organization_id))
     }
 
     /// An organization's source connections, newest first: `skip` then at most `limit` of
