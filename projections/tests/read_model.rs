@@ -805,7 +805,10 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys() {
     .await;
     m.apply(&h.all().await);
     assert!(m.job(done).is_none(), "its connection is gone");
-    assert!(!m.has_source_connection(org, sc), "gone at once, cached or not");
+    assert!(
+        !m.has_source_connection(org, sc),
+        "gone at once, cached or not"
+    );
     assert!(
         m.authenticate("k", now).is_some(),
         "the new key works at once"
