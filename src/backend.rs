@@ -203,6 +203,17 @@ mod tests {
     }
 
     #[test]
+    fn a_password_given_as_a_setting_is_never_printed() {
+        let e = error("host=db user=app password=s3cret dbname=jobs");
+        assert!(e.contains("not a URL"), "{e}");
+        assert!(e.contains("password=***"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = error("postgres://app@127.0.0.1:1/jobs?password=s3cret");
+        assert!(e.contains("the database is unreachable"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
     fn a_plain_path_or_an_empty_sqlite_url_is_refused() {
         assert!(error("./data").contains("not a URL"));
         assert!(error("sqlite://").contains("names no directory"));

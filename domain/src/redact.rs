@@ -1,5 +1,6 @@
-//! Hides the secrets of connection URLs (`scheme://user:password@host`) wherever a URL, or an
-//! error that may quote one, is printed or stored: logs, `/health`, start-up errors, `Debug`.
+//! Hides the secrets of connection URLs (`scheme://user:password@host`, and `password=...`
+//! as a URL's query parameter or a libpq `key=value` setting) wherever a URL, or an error
+//! that may quote one, is printed or stored: logs, `/health`, start-up errors, `Debug`.
 //!
 //! Scheme-agnostic on purpose: the same function serves `nats://` and `postgres://` URLs, and
 //! free text that merely contains them (a driver's error message). What stays is what an
@@ -12,13 +13,96 @@ pub const MASK: &str = "***";
 
 /// `text` with the userinfo of every `scheme://userinfo@host` in it masked:
 /// `user:password` becomes `user:***`, a lone `token` (NATS's `nats://token@host`) becomes
-/// `***`. Text without credentials comes back borrowed, unchanged.
+/// `***`; and the value of every secret setting (`password=`, `sslpassword=`, `token=`...,
+/// see [`SECRET_KEYS`]) masked, as PostgreSQL takes them in a URL's query
+/// (`postgres://h/db?password=...`) or in a `key=value` connection string. Text without
+/// credentials comes back borrowed, unchanged.
 ///
 /// A password may hold characters that should have been percent-encoded (`/`, `?`, `#`, `@`),
 /// so the userinfo ends at the last `@` before the host. When that is ambiguous (an `@` both
 /// inside the password and after a later `/`) more is masked rather than less: a leaked host
 /// name is better than a leaked password. Idempotent: masked text is masked text.
 pub fn redact(text: &str) -> Cow<'_, str> {
+    match redact_userinfo(text) {
+        Cow::Borrowed(t) => redact_settings(t),
+        Cow::Owned(s) => {
+            if let Cow::Owned(o) = redact_settings(&s) {
+                return Cow::Owned(o);
+            }
+            Cow::Owned(s)
+        }
+    }
+}
+
+/// Setting names whose values are secrets (compared without case).
+pub const SECRET_KEYS: [&str; 6] = [
+    "password",
+    "sslpassword",
+    "passwd",
+    "pass",
+    "token",
+    "secret",
+];
+
+/// The values of [`SECRET_KEYS`] settings masked: `key=value` where the key starts the text
+/// or follows a separator of a query (`?`, `&`, `;`) or of a `key=value` string (whitespace).
+/// A value ends at whitespace, `&` or a quote; a libpq value in single quotes ends at its
+/// closing quote.
+fn redact_settings(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let (mut copied, mut from) = (0, 0);
+    while let Some(found) = text[from..].find('=') {
+        let eq = from + found;
+        from = eq + 1;
+        let key_start = text[..eq]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let key = &text[key_start..eq];
+        let separated = key_start == 0
+            || matches!(
+                bytes[key_start - 1],
+                b'?' | b'&' | b';' | b'"' | b'\'' | b'('
+            )
+            || bytes[key_start - 1].is_ascii_whitespace();
+        if !separated || !SECRET_KEYS.iter().any(|k| key.eq_ignore_ascii_case(k)) {
+            continue;
+        }
+        let start = eq + 1;
+        let rest = &text[start..];
+        let len = if let Some(quoted) = rest.strip_prefix('\'') {
+            // libpq: `\'` and `\\` escape inside quotes.
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let close = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    close
+                })
+                .map_or(rest.len(), |(i, _)| i + 2)
+        } else {
+            rest.find(|c: char| c.is_whitespace() || matches!(c, '&' | '"' | '\'' | '`'))
+                .unwrap_or(rest.len())
+        };
+        if len == 0 || &rest[..len] == MASK {
+            continue;
+        }
+        out.push_str(&text[copied..start]);
+        out.push_str(MASK);
+        copied = start + len;
+        from = copied;
+    }
+    if copied == 0 {
+        Cow::Borrowed(text)
+    } else {
+        out.push_str(&text[copied..]);
+        Cow::Owned(out)
+    }
+}
+
+/// [`redact`]'s first half: the userinfo of every `scheme://userinfo@host`.
+fn redact_userinfo(text: &str) -> Cow<'_, str> {
     let mut out = String::new();
     // `copied`: how much of `text` is already in `out`; `from`: where to look for `://`.
     let (mut copied, mut from) = (0, 0);
@@ -80,7 +164,7 @@ pub fn redact_url(urls: &str) -> Cow<'_, str> {
             }
         })
         .collect();
-    Cow::Owned(items.join(","))
+    Cow::Owned(redact_settings(&items.join(",")).into_owned())
 }
 
 /// Where the part of a URL that can hold credentials ends: at whitespace, a quote or bracket
@@ -196,6 +280,46 @@ mod tests {
             assert_eq!(got, want, "{input}");
             assert!(!got.contains("s3"), "{input}: {got}");
             assert_eq!(redact(&got), got, "idempotent on {input}");
+        }
+    }
+
+    #[test]
+    fn secret_settings_in_a_query_or_a_key_value_string_are_masked() {
+        let cases = [
+            (
+                "postgres://db:5432/jobs?sslmode=require&password=s3cret",
+                "postgres://db:5432/jobs?sslmode=require&password=***",
+            ),
+            (
+                "postgres://db/jobs?PASSWORD=s3cret&application_name=x",
+                "postgres://db/jobs?PASSWORD=***&application_name=x",
+            ),
+            (
+                "host=db user=app password=s3cret dbname=jobs",
+                "host=db user=app password=*** dbname=jobs",
+            ),
+            ("password='s3 cr\\'et' host=db", "password=*** host=db"),
+            (
+                "event store host=db password=s3cret (SYNCJOBS_STORE): not a URL",
+                "event store host=db password=*** (SYNCJOBS_STORE): not a URL",
+            ),
+            ("token=s3cret", "token=***"),
+            (
+                "postgres://u:s3cret@h/db?sslpassword=s3cret",
+                "postgres://u:***@h/db?sslpassword=***",
+            ),
+        ];
+        for (input, want) in cases {
+            let got = redact(input);
+            assert_eq!(got, want, "{input}");
+            assert!(!got.contains("s3"), "{input}: {got}");
+            assert_eq!(redact(&got), got, "idempotent on {input}");
+        }
+        assert_eq!(redact_url("h:4222?password=s3cret"), "h:4222?password=***");
+        assert_eq!(redact_url("u:pw@h?password=s3cret"), "u:***@h?password=***");
+        // Not a setting: a longer key, or one inside a word.
+        for text in ["keypassword=x", "mypass=x", "a=b", "bypass=1"] {
+            assert!(matches!(redact(text), Cow::Borrowed(_)), "{text}");
         }
     }
 
