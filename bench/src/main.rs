@@ -7,7 +7,8 @@
 //! stopped when its benchmark ends, fails, or the run is interrupted.
 //!
 //! - The benchmarks, one module each: [`append`] (#1), [`http_get`] (#2), [`cancel`] (#3),
-//!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7).
+//!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7), [`postgres`]
+//!   (#10: the PostgreSQL store).
 //! - Their baselines: [`raw`] (plain rusqlite doing the same physical work) and
 //!   [`baseline_server`] (#2's bare actix-web server).
 //! - What they drive: [`server`] (starts and stops the processes), [`client`] (the REST API),
@@ -26,6 +27,7 @@ mod history;
 mod http_get;
 mod machine;
 mod pipeline;
+mod postgres;
 mod raw;
 mod recovery;
 mod report;
@@ -69,11 +71,14 @@ enum Command {
     /// Writes the store of #4 into a data directory and keeps it, e.g. to profile a start:
     /// `perf record -g -- syncjobs serve` with `SYNCJOBS_DATA_DIR` pointing at it.
     GenerateStore(recovery::GenerateArgs),
+    /// The other process of #10's follower delay (started by the benchmark).
+    #[command(hide = true)]
+    PgFollow(postgres::FollowArgs),
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// Benchmarks to run, by number (1-6); all when none is given.
+    /// Benchmarks to run, by number; all when none is given.
     benches: Vec<u8>,
     /// Smaller sizes and shorter runs: a quick look, not figures to record.
     #[arg(long)]
@@ -95,6 +100,14 @@ struct RunArgs {
     /// The HTTP load tool of #2.
     #[arg(long, default_value = "wrk")]
     wrk: PathBuf,
+    /// The PostgreSQL server of #10 (a role that may create databases; the run makes a
+    /// fresh one and drops it).
+    #[arg(
+        long,
+        env = "SYNCJOBS_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres: String,
     /// The command line to record in the report.
     #[arg(long, default_value = "bench/run")]
     command_line: String,
@@ -113,6 +126,8 @@ pub struct Config {
     /// This binary, for the baseline server of #2.
     pub bench_bin: PathBuf,
     pub wrk: PathBuf,
+    /// The PostgreSQL server of #10.
+    pub postgres: String,
 }
 
 /// The benchmarks `--history` puts on a store with history.
@@ -124,7 +139,7 @@ struct Bench {
     target: &'static str,
 }
 
-const BENCHES: [Bench; 7] = [
+const BENCHES: [Bench; 8] = [
     Bench {
         number: 1,
         title: "durable appends/s, 1/16/256 concurrent appenders",
@@ -160,6 +175,12 @@ const BENCHES: [Bench; 7] = [
         title: "start-up and memory against history (10k, 100k, 1M jobs)",
         target: "at 1M jobs: RSS <= 200 MB, start until healthy <= 2 s (issue #13)",
     },
+    Bench {
+        number: 10,
+        title:
+            "PostgreSQL: durable appends/s (1/16/256 appenders), follower delay across processes",
+        target: ">= 0.8 x raw INSERTs at 256 appenders (issue #14)",
+    },
 ];
 
 fn main() -> ExitCode {
@@ -192,6 +213,18 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::PgFollow(args)) => {
+            let Ok(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            return match rt.block_on(postgres::follow_command(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("syncjobs-bench pg-follow: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => {}
     }
     let Ok(runtime) = runtime() else {
@@ -220,8 +253,12 @@ async fn run(args: RunArgs) -> Result<Report> {
         .find(|n| !BENCHES.iter().any(|b| b.number == **n))
     {
         return Err(BenchError::failed(format!(
-            "no benchmark #{n} (there are 1 to {})",
-            BENCHES.len()
+            "no benchmark #{n} (there are {})",
+            BENCHES
+                .iter()
+                .map(|b| b.number.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     tokio::fs::create_dir_all(&args.work_dir).await?;
@@ -236,6 +273,7 @@ async fn run(args: RunArgs) -> Result<Report> {
             .unwrap_or_else(|| bench_bin.with_file_name("syncjobs")),
         bench_bin,
         wrk: args.wrk.clone(),
+        postgres: args.postgres.clone(),
     };
     let mut report = Report {
         machine: Machine::describe(&args.work_dir),
@@ -298,6 +336,7 @@ async fn run_one(number: u8, config: &Config) -> Result<Outcome> {
         5 => scale::run(config).await,
         6 => pipeline::run(config).await,
         7 => growth::run(config).await,
+        10 => postgres::run(config).await,
         n => Err(BenchError::failed(format!("no benchmark #{n}"))),
     }
 }

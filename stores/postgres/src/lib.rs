@@ -35,12 +35,15 @@
 //! into one transaction of two pipelined round trips (`BEGIN` + lock + versions, then one
 //! multi-row INSERT + NOTIFY + `COMMIT`), so throughput grows with the number of concurrent
 //! appenders instead of stopping at one flush per append. Several nodes take turns on the
-//! lock, a batch each. Measured on this machine (PostgreSQL 15 on loopback, 2 cores shared
-//! with other builds, load average 4-7, so the figures move by 2x from run to run;
-//! `examples/append_rate.rs`, one event per append, against raw single-row INSERTs, one per
-//! transaction, from as many connections): 1 appender ~250 appends/s (0.7-0.9x raw: both
-//! wait for one flush each), 16 appenders ~2,850 appends/s (0.4x raw, ~7,300/s). The price
-//! of "no reader ever skips an event" with dense positions is that gap at high concurrency.
+//! lock, a batch each. Under the lock, each stream's version is one backward probe of the
+//! (stream, version) index, so a batch's check costs the same however long its streams are.
+//! Measured by `bench/run 10` (PostgreSQL 15 on loopback, 2 cores shared with other builds
+//! at load 12; BENCHMARKS.md): 256 appenders ~21,000 appends/s, 4.2 x raw single-row
+//! INSERTs from as many tasks over a pool of the same size (PostgreSQL's own group commit
+//! shares their flushes) and 0.43 x raw INSERTs batched 256 rows per transaction with no
+//! lock and no check; 16 appenders ~0.6 x raw, 1 appender ~0.8 x (both wait for a flush
+//! per append, the store's lock and check add a round trip). The price of "no reader ever
+//! skips an event" with dense positions is that round trip and one committer at a time.
 //!
 //! # Followers are woken, not polling
 //!
@@ -67,5 +70,5 @@ pub mod testkit;
 pub mod writer;
 
 pub use listen::LISTENER_NAME;
-pub use store::{PgStore, Schema};
+pub use store::{PgStore, Schema, POOL_SIZE};
 pub use syncjobs_domain::StoreError;

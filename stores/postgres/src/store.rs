@@ -20,7 +20,7 @@ const READ_ALL: &str = include_str!("sql/read_all.sql");
 const READ_STREAM: &str = include_str!("sql/read_stream.sql");
 
 /// Connections a node keeps to the database (besides the listener's).
-pub(crate) const POOL_SIZE: usize = 8;
+pub const POOL_SIZE: usize = 8;
 /// How long connecting may take, and how long a request waits for a free connection,
 /// before it fails as unavailable: a request never hangs on a database that is away.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

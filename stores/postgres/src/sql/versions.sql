@@ -1,5 +1,12 @@
 -- Under the append lock: the log's head (stream NULL), then the current version of each
--- stream in $1 that has events. One round trip for a whole batch.
-SELECT NULL::text, coalesce(max(position), 0) FROM syncjobs_events
+-- stream in $1 that has events. One round trip for a whole batch, one index probe per
+-- stream: each stream's last version is read backwards from the unique (stream, version)
+-- index (a `max(version) ... GROUP BY` would read every version of every stream, and a
+-- long job's stream holds thousands of progress events).
+SELECT NULL::text, coalesce((SELECT max(position) FROM syncjobs_events), 0)
 UNION ALL
-SELECT stream_id, max(version) FROM syncjobs_events WHERE stream_id = ANY($1) GROUP BY stream_id
+SELECT s, v.version
+FROM unnest($1::text[]) AS s
+CROSS JOIN LATERAL (
+    SELECT version FROM syncjobs_events WHERE stream_id = s ORDER BY version DESC LIMIT 1
+) AS v
