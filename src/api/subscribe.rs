@@ -175,11 +175,11 @@ pub async fn subscribe(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job_id = path_uuid("job_id", &path)?;
+    // Subscribed before the store is read: see `live` on the hand-over.
+    let sub = state.live.subscribe(job_id);
     state
         .projection
         .read(|m| lookup::job(m, &caller, job_id).map(|_| ()))?;
-    // Subscribed before the store is read: see `live` on the hand-over.
-    let sub = state.live.subscribe(job_id);
     let initial = state.store.read_stream(&stream::job(job_id), 0).await?;
     let last = initial.last().map_or(0, |e| e.version);
     // The read model may lag the log a little: show nothing it does not show yet.
