@@ -3,6 +3,7 @@
 //! [`Application::build`] takes the event store as a parameter so that tests can inject one
 //! (zero2prod's shape: build, read the bound port, `run_until_stopped`).
 
+use crate::api::live::LiveJobs;
 use crate::api::{self, error::extractor_error, AppState, HealthProbe};
 use crate::app;
 use crate::app::keys::{self, Bootstrap, KeysError, NewKey};
@@ -170,6 +171,8 @@ impl Application {
         );
         jobs.ready().await;
 
+        // Started before the server takes requests: every live stream subscribes to it.
+        let live = LiveJobs::start(c.store.clone());
         let state = web::Data::new(AppState {
             app: app::App {
                 store: c.store,
@@ -182,6 +185,7 @@ impl Application {
             http: settings.api(),
             probes,
             streams: Default::default(),
+            live,
         });
 
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
@@ -236,6 +240,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         tracing::info!("HTTP server stopped; stopping job actors and the projector");
+        self.state.live.shutdown();
         self.jobs.shutdown().await;
         if let Some(relay) = self.relay {
             relay.shutdown().await;

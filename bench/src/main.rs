@@ -7,8 +7,8 @@
 //! stopped when its benchmark ends, fails, or the run is interrupted.
 //!
 //! - The benchmarks, one module each: [`append`] (#1), [`http_get`] (#2), [`cancel`] (#3),
-//!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7), [`postgres`]
-//!   (#10: the PostgreSQL store).
+//!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7), [`streams`] (#8),
+//!   [`postgres`] (#10: the PostgreSQL store).
 //! - Their baselines: [`raw`] (plain rusqlite doing the same physical work) and
 //!   [`baseline_server`] (#2's bare actix-web server).
 //! - What they drive: [`server`] (starts and stops the processes), [`client`] (the REST API),
@@ -34,6 +34,7 @@ mod report;
 mod scale;
 mod server;
 mod stats;
+mod streams;
 mod workload;
 mod wrk;
 
@@ -139,7 +140,7 @@ struct Bench {
     target: &'static str,
 }
 
-const BENCHES: [Bench; 8] = [
+const BENCHES: [Bench; 9] = [
     Bench {
         number: 1,
         title: "durable appends/s, 1/16/256 concurrent appenders",
@@ -174,6 +175,11 @@ const BENCHES: [Bench; 8] = [
         number: 7,
         title: "start-up and memory against history (10k, 100k, 1M jobs)",
         target: "at 1M jobs: RSS <= 200 MB, start until healthy <= 2 s (issue #13)",
+    },
+    Bench {
+        number: 8,
+        title: "write load with 1,000 open event streams (start/cancel jobs)",
+        target: ">= 0.9 x the events/s with no stream open (issue #18)",
     },
     Bench {
         number: 10,
@@ -336,6 +342,7 @@ async fn run_one(number: u8, config: &Config) -> Result<Outcome> {
         5 => scale::run(config).await,
         6 => pipeline::run(config).await,
         7 => growth::run(config).await,
+        8 => streams::run(config).await,
         10 => postgres::run(config).await,
         n => Err(BenchError::failed(format!("no benchmark #{n}"))),
     }

@@ -132,7 +132,14 @@ pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResp
             None => json!({ "status": "stopped" }),
         };
         body.insert("supervisor".into(), jobs);
-        body.insert("streams".into(), json!({ "open": state.streams.open() }));
+        body.insert(
+            "streams".into(),
+            json!({
+                "open": state.streams.open(),
+                "subscriptions": state.live.subscriptions(),
+                "overflows": state.live.overflows(),
+            }),
+        );
         for probe in &state.probes {
             let mut line = probe.status();
             if let Value::Object(fields) = &mut line {

@@ -40,15 +40,17 @@ pub async fn events(
     let live = accepts_event_stream(&req);
     let after = if live { last_event_id(&req)? } else { 0 };
     let (sc, job_id) = job_path(&path)?;
+    // A live stream subscribes before the store is read: see `live` on the hand-over.
+    let sub = live.then(|| state.live.subscribe(job_id));
     let events = state.job_events(&caller, sc, job_id).await?;
-    if !live {
+    let Some(sub) = sub else {
         let body = events
             .iter()
             .map(export_value)
             .collect::<Result<Vec<_>, _>>()
             .map_err(unreadable(job_id))?;
         return ok_json(&body);
-    }
+    };
     let last = events.last().ok_or(app::Error::JobNotFound)?;
     let finished = events
         .iter()
@@ -60,7 +62,7 @@ pub async fn events(
     }
     state.settle(last.global_position).await;
     let events = settle_final(
-        follow_job(state.store.clone(), job_id, events, after),
+        follow_job(sub, events, after),
         state.projection.clone(),
         state.settings.read_your_writes_timeout,
     );

@@ -8,7 +8,8 @@
 //! - [`collections`], [`source_connections`], [`jobs`]: the handlers; [`health`], [`openapi`].
 //! - [`history`]: a job's own events (JSON or server-sent events) and its state at any
 //!   version; [`subscribe`]: Airweave's progress stream; [`sse`]: following a job's stream
-//!   in the log, shared by both streams.
+//!   in the log, shared by both streams; [`live`]: the one follower of the log that fans
+//!   each job's events out to its open streams.
 //! - [`input`]: bounded, typed reading of bodies, paths and queries; [`error`]: the one
 //!   mapping of failures to HTTP statuses and texts; [`wire`]: response bodies and
 //!   [`respond`]: their 200s.
@@ -24,6 +25,7 @@ pub mod history;
 pub mod input;
 pub mod jobs;
 pub mod keys;
+pub mod live;
 pub mod openapi;
 pub mod respond;
 pub mod routes;

@@ -1,17 +1,19 @@
 //! Server-sent events built from the event log, shared by the two streaming routes
 //! ([`super::history`] and [`super::subscribe`]).
 //!
-//! [`follow_job`] reads one job's stream and then follows it by stream version: it waits on
-//! the store's head and re-reads the stream after the last version it read, so nothing
-//! appended between the first read and the live follow is missed or repeated, and the read
-//! model (which may lag) is never polled. It ends after the job's final event, which
+//! [`follow_job`] reads one job's stream and then follows it by stream version: the events
+//! come from the process's one follower of the log ([`super::live`]), subscribed to before
+//! the first read, so nothing appended between the first read and the live follow is
+//! missed or repeated, an open stream costs no store read per commit, and the read model
+//! (which may lag) is never polled. It ends after the job's final event, which
 //! [`settle_final`] holds back until the read model shows it too.
 //!
 //! Nothing here spawns a task: a stream lives inside the HTTP response body, and actix drops
-//! the body when the client goes away (at the latest on the next write, which a heartbeat
-//! forces). [`OpenStreams`] counts live streams, so a leak would show on `/health`, and
-//! ends them all when the server is asked to stop.
+//! the body (and with it the stream's subscription) when the client goes away (at the latest
+//! on the next write, which a heartbeat forces). [`OpenStreams`] counts live streams, so a
+//! leak would show on `/health`, and ends them all when the server is asked to stop.
 
+use super::live::{Next, Subscription};
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::HttpResponse;
@@ -23,9 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_domain::events::stream;
-use syncjobs_domain::{EventStore, RecordedEvent, StoreError};
+use syncjobs_domain::{RecordedEvent, StoreError};
 use syncjobs_projections::Projection;
-use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -172,22 +173,26 @@ pub fn with_heartbeat(
     .boxed()
 }
 
-/// The events of job `job_id` with version > `after`: first those of `initial` (what the
-/// caller already read: the stream from version 1, in order), then each new one as it is
-/// appended. Ends after the job's final event (even one at or before `after`: a client
-/// resuming past the end of a finished job gets nothing and the stream ends), when the
-/// store closes, or after yielding a read error.
+/// The events of the subscription's job with version > `after`: first those of `initial`
+/// (what the caller read from the store *after* subscribing: the stream from version 1, in
+/// order), then each new one as the follower of the log ([`super::live::LiveJobs`]) hands it
+/// over. Ends
+/// after the job's final event (even one at or before `after`: a client resuming past the
+/// end of a finished job gets nothing and the stream ends), when the follower stops, or
+/// after yielding a read error.
+///
+/// Versions join the two: what the subscription repeats of `initial` is dropped, and a
+/// version missing (or the subscription dropped for a slow client) is read from the store
+/// after the last version held, so every version comes once, in order.
 pub fn follow_job(
-    store: Arc<dyn EventStore>,
-    job_id: Uuid,
+    sub: Subscription,
     initial: Vec<RecordedEvent>,
     after: u64,
 ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
     struct Follow {
-        store: Arc<dyn EventStore>,
+        sub: Subscription,
         stream: String,
-        head: watch::Receiver<u64>,
-        /// The last version read from the store (emitted or not).
+        /// The last version held (emitted or not).
         read_upto: u64,
         after: u64,
         buf: VecDeque<RecordedEvent>,
@@ -196,31 +201,40 @@ pub fn follow_job(
     }
 
     impl Follow {
-        fn take(&mut self, batch: Vec<RecordedEvent>) {
-            for e in batch {
-                self.read_upto = self.read_upto.max(e.version);
-                if e.job_event().is_some_and(|j| j.is_final()) {
-                    self.finished = true;
-                }
-                if e.version > self.after {
-                    self.buf.push_back(e);
+        fn take(&mut self, e: RecordedEvent) {
+            self.read_upto = self.read_upto.max(e.version);
+            if e.job_event().is_some_and(|j| j.is_final()) {
+                self.finished = true;
+            }
+            if e.version > self.after {
+                self.buf.push_back(e);
+            }
+        }
+
+        /// Everything after the last version held, from the store.
+        async fn catch_up(&mut self) -> Result<(), StoreError> {
+            let store = self.sub.store().clone();
+            for e in store.read_stream(&self.stream, self.read_upto).await? {
+                if e.version > self.read_upto {
+                    self.take(e);
                 }
             }
+            Ok(())
         }
     }
 
-    let head = store.watch_head();
     let mut follow = Follow {
-        store,
-        stream: stream::job(job_id),
-        head,
+        stream: stream::job(sub.job_id()),
+        sub,
         read_upto: 0,
         after,
         buf: VecDeque::new(),
         finished: false,
         failed: false,
     };
-    follow.take(initial);
+    for e in initial {
+        follow.take(e);
+    }
     futures::stream::unfold(follow, |mut f| async move {
         loop {
             if let Some(e) = f.buf.pop_front() {
@@ -229,23 +243,26 @@ pub fn follow_job(
             if f.finished || f.failed {
                 return None;
             }
-            // Mark the head seen *before* reading: an append landing during the read
-            // changes it again and wakes the wait below, so it cannot be missed.
-            f.head.borrow_and_update();
-            match f.store.read_stream(&f.stream, f.read_upto).await {
-                Ok(batch) if !batch.is_empty() => {
-                    f.take(batch);
+            match f.sub.next().await {
+                Next::Event(e) if e.version <= f.read_upto => continue,
+                Next::Event(e) if e.version == f.read_upto + 1 => {
+                    f.take(Arc::unwrap_or_clone(e));
                     continue;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    f.failed = true;
-                    return Some((Err(e), f));
+                Next::Event(e) => {
+                    tracing::warn!(job_id = %f.sub.job_id(), version = e.version,
+                        held = f.read_upto, "a gap in a followed job stream; reading the log");
                 }
+                Next::Lagged => {
+                    tracing::debug!(job_id = %f.sub.job_id(), after = f.read_upto,
+                        "event stream catching up from the log");
+                    f.sub.renew();
+                }
+                Next::Closed => return None,
             }
-            if f.head.changed().await.is_err() {
-                // The store is gone (shutting down): nothing more will come.
-                return None;
+            if let Err(e) = f.catch_up().await {
+                f.failed = true;
+                return Some((Err(e), f));
             }
         }
     })
@@ -291,9 +308,10 @@ pub fn store_failure(job_id: Uuid, e: StoreError) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::api::live::LiveJobs;
     use chrono::Utc;
     use syncjobs_domain::events::{EntityCounts, SyncJobEvent};
-    use syncjobs_domain::{ExpectedVersion, InMemoryStore, Metadata, NewEvent};
+    use syncjobs_domain::{EventStore, ExpectedVersion, InMemoryStore, Metadata, NewEvent};
 
     pub(crate) fn ev(e: SyncJobEvent) -> NewEvent {
         NewEvent::new(e, Utc::now(), Metadata::default())
@@ -344,22 +362,37 @@ pub(crate) mod tests {
         ));
     }
 
-    /// A store holding one job's JobCreated, the job, its stream and what a client has read.
-    async fn created_job() -> (Arc<InMemoryStore>, Uuid, String, Vec<RecordedEvent>) {
+    /// Subscribes to `job`, then reads its stream from the store (the handlers' order): what
+    /// was read, and the follow from there.
+    pub(crate) async fn followed(
+        live: &LiveJobs,
+        job: Uuid,
+        after: u64,
+    ) -> (
+        Vec<RecordedEvent>,
+        BoxStream<'static, Result<RecordedEvent, StoreError>>,
+    ) {
+        let sub = live.subscribe(job);
+        let initial = sub.store().read_stream(&stream::job(job), 0).await.unwrap();
+        (initial.clone(), follow_job(sub, initial, after))
+    }
+
+    /// A store holding one job's JobCreated, its follower, the job and its stream.
+    async fn created_job() -> (Arc<InMemoryStore>, LiveJobs, Uuid, String) {
         let store = InMemoryStore::new();
+        let live = LiveJobs::start(store.clone());
         let job = Uuid::new_v4();
         let name = stream::job(job);
         store
             .append(&name, ExpectedVersion::Exact(0), vec![ev(created(job))])
             .await
             .unwrap();
-        let initial = store.read_stream(&name, 0).await.unwrap();
-        (store, job, name, initial)
+        (store, live, job, name)
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn following_sees_every_version_once_while_appends_race_the_first_read() {
-        let (store, job, name, initial) = created_job().await;
+        let (store, live, job, name) = created_job().await;
         let writer = {
             let store = store.clone();
             let name = name.clone();
@@ -382,18 +415,16 @@ pub(crate) mod tests {
                     .unwrap();
             })
         };
-        let versions: Vec<u64> = follow_job(store.clone(), job, initial, 0)
-            .map(|e| e.unwrap().version)
-            .collect()
-            .await;
+        let (_, s) = followed(&live, job, 0).await;
+        let versions: Vec<u64> = s.map(|e| e.unwrap().version).collect().await;
         writer.await.unwrap();
         assert_eq!(versions, (1..=202).collect::<Vec<_>>());
     }
 
     #[tokio::test]
     async fn a_resume_point_past_the_end_waits_and_the_final_event_still_ends_the_stream() {
-        let (store, job, name, initial) = created_job().await;
-        let mut s = follow_job(store.clone(), job, initial, 3);
+        let (store, live, job, name) = created_job().await;
+        let (_, mut s) = followed(&live, job, 3).await;
         for v in 1..=4u64 {
             store
                 .append(&name, ExpectedVersion::Exact(v), vec![ev(progress(v))])
@@ -403,8 +434,7 @@ pub(crate) mod tests {
         assert_eq!(s.next().await.unwrap().unwrap().version, 4);
         assert_eq!(s.next().await.unwrap().unwrap().version, 5);
         // A client that claims to have seen more than exists: the job ends at v6 <= 9.
-        let initial = store.read_stream(&name, 0).await.unwrap();
-        let mut beyond = follow_job(store.clone(), job, initial, 9);
+        let (_, mut beyond) = followed(&live, job, 9).await;
         let done = SyncJobEvent::JobCompleted {
             counts: EntityCounts::default(),
         };

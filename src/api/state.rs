@@ -1,7 +1,8 @@
 //! What every handler shares: the use cases' [`App`] and the HTTP side's own settings,
-//! health probes and open streams.
+//! health probes, open streams and the follower that feeds them.
 
 use super::health::HealthProbe;
+use super::live::LiveJobs;
 use super::sse;
 use crate::app::App;
 use std::ops::Deref;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub probes: Vec<Arc<dyn HealthProbe>>,
     /// Server-sent event streams being served now (on `/health`: a leak shows there).
     pub streams: sse::OpenStreams,
+    /// The one follower of the log that feeds every live stream.
+    pub live: LiveJobs,
 }
 
 impl Deref for AppState {

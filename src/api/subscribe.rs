@@ -175,6 +175,8 @@ pub async fn subscribe(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job_id = path_uuid("job_id", &path)?;
+    // Subscribed before the store is read: see `live` on the hand-over.
+    let sub = state.live.subscribe(job_id);
     state
         .projection
         .read(|m| lookup::job(m, &caller, job_id).map(|_| ()))?;
@@ -185,7 +187,7 @@ pub async fn subscribe(
         state.settle(e.global_position).await;
     }
     let live = settle_final(
-        follow_job(state.store.clone(), job_id, initial.clone(), last),
+        follow_job(sub, initial.clone(), last),
         state.projection.clone(),
         state.settings.read_your_writes_timeout,
     );
@@ -200,8 +202,9 @@ pub async fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::live::LiveJobs;
     use crate::api::sse::follow_job;
-    use crate::api::sse::tests::{created, ev, progress as progress_event};
+    use crate::api::sse::tests::{created, ev, followed, progress as progress_event};
     use serde_json::{json, Value};
     use std::time::Duration;
     use syncjobs_domain::events::EntityCounts;
@@ -231,8 +234,8 @@ mod tests {
             )
             .await
             .unwrap();
-        let initial = store.read_stream(&name, 0).await.unwrap();
-        let live = follow_job(store.clone(), job, initial.clone(), 3);
+        let hub = LiveJobs::start(store.clone());
+        let (initial, live) = followed(&hub, job, 3).await;
         let frames = progress_frames(job, &initial, live).unwrap();
         let mut s = with_heartbeat(frames, Duration::from_secs(30), heartbeat());
         let t0 = Instant::now();
@@ -321,8 +324,8 @@ mod tests {
             )
             .await
             .unwrap();
-        let initial = store.read_stream(&name, 0).await.unwrap();
-        let live = follow_job(store.clone(), job, initial.clone(), 2);
+        let hub = LiveJobs::start(store.clone());
+        let (initial, live) = followed(&hub, job, 2).await;
         let got: Vec<Value> = progress_frames(job, &initial, live)
             .unwrap()
             .map(|b| message(&b))
@@ -331,7 +334,7 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got[0]["type"], "connected");
         assert_eq!(got[1]["status"], "failed");
-        let nothing = follow_job(store, Uuid::new_v4(), vec![], 0);
+        let nothing = follow_job(hub.subscribe(Uuid::new_v4()), vec![], 0);
         assert!(
             progress_frames(job, &[], nothing).is_err(),
             "no events: 404"

@@ -366,3 +366,44 @@ async fn replay_with_server_reads_the_events_route() {
     assert!(!local.is_empty());
     assert_eq!(String::from_utf8(remote), String::from_utf8(local));
 }
+
+/// Many streams at once, each on its own job, all fed by the server's one follower of the
+/// log while every job commits: each gets exactly its own job's events, in order, and
+/// nothing of them is left subscribed afterwards.
+#[actix_web::test]
+async fn forty_concurrent_streams_each_get_exactly_their_own_jobs_events() {
+    const JOBS: usize = 40;
+    let app = spawn_app().await;
+    let mut jobs = Vec::new();
+    for _ in 0..JOBS {
+        let sc = app
+            .idle_connection(json!({"entity_count": 30, "duration_seconds": 3.0}))
+            .await;
+        jobs.push((sc, id(&app.run(sc).await)));
+    }
+    let streams = futures::future::join_all(jobs.iter().map(|(sc, job)| {
+        let path = events_path(*sc, *job);
+        let app = &app;
+        async move { SseStream::get(app, &path, &[]).await.rest().await }
+    }))
+    .await;
+    for ((_, job), got) in jobs.iter().zip(streams) {
+        let stored = app.job_events(*job).await;
+        assert!(stored.last().unwrap().job_event().unwrap().is_final());
+        assert_eq!(
+            ids(&got),
+            (1..=stored.len() as u64).collect::<Vec<_>>(),
+            "job {job}"
+        );
+        assert_eq!(
+            got.iter().map(Message::json).collect::<Vec<_>>(),
+            exported(&stored),
+            "job {job}"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.get("/health").await.1["streams"]["subscriptions"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "subscriptions left");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -205,13 +205,20 @@ async fn a_client_that_goes_away_leaves_no_stream_behind() {
     assert_eq!(a.next_data().await.unwrap().json()["type"], "connected");
     assert_eq!(b.next_data().await.unwrap().id, Some(1));
     assert_eq!(open_streams(&app).await, 2);
+    assert_eq!(
+        app.get("/health").await.1["streams"]["subscriptions"],
+        2,
+        "each open stream holds one subscription to the log's follower"
+    );
     drop(a);
     drop(b);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while open_streams(&app).await > 0 {
+    while open_streams(&app).await > 0
+        || app.get("/health").await.1["streams"]["subscriptions"] != 0
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "streams of gone clients still open"
+            "streams (or subscriptions) of gone clients still open"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
