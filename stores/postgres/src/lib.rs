@@ -70,5 +70,5 @@ pub mod testkit;
 pub mod writer;
 
 pub use listen::LISTENER_NAME;
-pub use store::{PgStore, Schema, POOL_SIZE};
+pub use store::{PgStore, Schema, Timeouts, POOL_SIZE};
 pub use syncjobs_domain::StoreError;

@@ -32,11 +32,12 @@ pub(crate) async fn run(
             _ = stop.cancelled() => return,
             r = listen(&shared, &config) => r,
         };
+        shared.listening.send_replace(false);
         match listened {
             // It listened, then lost the connection: try again at once.
             Ok(()) => backoff = FIRST_BACKOFF,
             Err(e) => {
-                tracing::warn!(error = %redact(&e.to_string()), retry_in = ?backoff, "event store listener cannot connect");
+                tracing::warn!(error = %redact(&e), retry_in = ?backoff, "event store listener cannot connect");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -47,12 +48,15 @@ pub(crate) async fn run(
     }
 }
 
-/// Connects, listens, catches up, then hands notifications on until the connection ends.
-async fn listen(
-    shared: &Shared,
-    config: &tokio_postgres::Config,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+/// Connects, listens, catches up, then hands notifications on until the connection ends or
+/// stops answering. `Err`: it never listened (the reason, for the log).
+async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> Result<(), String> {
+    let limits = shared.timeouts;
+    // Bounded as a whole: a server that accepts and then says nothing must not hold it.
+    let (client, mut connection) = tokio::time::timeout(limits.connect, config.connect(NoTls))
+        .await
+        .map_err(|_| format!("no answer within {} s", limits.connect.as_secs()))?
+        .map_err(|e| e.to_string())?;
     let (tx, mut notified) = tokio::sync::mpsc::unbounded_channel();
     // The connection's messages, notifications among them, come only by polling it.
     let driver = tokio::spawn(async move {
@@ -72,14 +76,16 @@ async fn listen(
             }
         }
     });
-    let caught_up = async {
+    let caught_up = tokio::time::timeout(limits.operation, async {
         client
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
             .await?;
         // Listening from here on: whatever committed before is in this head.
         head(&client).await
-    }
-    .await;
+    })
+    .await
+    .map_err(|_| format!("no answer within {} s", limits.operation.as_secs()))
+    .and_then(|r| r.map_err(|e| e.to_string()));
     match caught_up {
         Ok(head) => {
             tracing::debug!(head, "event store listener is listening");
@@ -91,18 +97,33 @@ async fn listen(
             return Err(e);
         }
     }
-    while let Some(position) = notified.recv().await {
-        match position {
-            Some(p) => shared.committed(p),
-            // Not ours to understand: read the head instead of guessing.
-            None => {
-                if let Ok(h) = head(&client).await {
-                    shared.committed(h);
+    // An idle connection is proven alive now and then: one that died without a word (a
+    // partition, a frozen server) would otherwise leave followers waiting for
+    // notifications that never come.
+    let mut check = tokio::time::interval(limits.listener_check);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.reset();
+    loop {
+        tokio::select! {
+            position = notified.recv() => match position {
+                Some(Some(p)) => shared.committed(p),
+                // Not ours to understand: read the head instead of guessing.
+                Some(None) => {
+                    if let Ok(Ok(h)) = tokio::time::timeout(limits.operation, head(&client)).await {
+                        shared.committed(h);
+                    }
+                }
+                None => break,
+            },
+            _ = check.tick() => {
+                let alive = tokio::time::timeout(limits.operation, client.simple_query("SELECT 1")).await;
+                if !matches!(alive, Ok(Ok(_))) {
+                    tracing::warn!(limit = ?limits.operation, "event store listener's connection does not answer; reconnecting");
+                    break;
                 }
             }
         }
     }
-    shared.listening.send_replace(false);
     driver.abort();
     Ok(())
 }

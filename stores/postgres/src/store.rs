@@ -21,16 +21,49 @@ const READ_STREAM: &str = include_str!("sql/read_stream.sql");
 
 /// Connections a node keeps to the database (besides the listener's).
 pub const POOL_SIZE: usize = 8;
-/// How long connecting may take, and how long a request waits for a free connection,
-/// before it fails as unavailable: a request never hangs on a database that is away.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// How long each kind of wait on the database may last before it fails as
+/// [`StoreError::Unavailable`]: a request never hangs on a database that is away, whether
+/// it refuses connections, drops them, or (a network partition, a frozen server) accepts
+/// and then answers nothing, which TCP alone would notice only after many minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening a connection, the startup handshake included.
+    pub connect: Duration,
+    /// Waiting for a pooled connection while all are busy.
+    pub pool_wait: Duration,
+    /// One read, or one append's commit (its outcome is then unknown, as with a connection
+    /// lost during `COMMIT`). The connection is closed, never reused.
+    pub operation: Duration,
+    /// How often the listener proves its idle connection alive (a notification is only
+    /// missed silently on a connection that died without a word).
+    pub listener_check: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            pool_wait: Duration::from_secs(10),
+            operation: Duration::from_secs(10),
+            listener_check: Duration::from_secs(5),
+        }
+    }
+}
+
+/// TCP keepalives on every connection: a peer that vanished is noticed by the kernel too.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// tokio-postgres's (and libpq's) keepalive idle time, which [`tune`] replaces.
+const LIBPQ_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 /// Appends that may wait for the writer before appenders wait in turn (backpressure).
 const QUEUE_CAPACITY: usize = 4 * writer::MAX_BATCH;
 
 /// What the writer, the listener and the store share.
 pub(crate) struct Shared {
     pub(crate) pool: Pool,
+    pub(crate) timeouts: Timeouts,
     head: watch::Sender<u64>,
     /// The cause of the last failed write, until a commit succeeds.
     failure: Mutex<Option<String>>,
@@ -64,14 +97,45 @@ impl Shared {
     /// The stream's current version (0: no events).
     pub(crate) async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
         let client = self.pool.get().await.map_err(|e| pool_error(&e))?;
-        let row = client
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM syncjobs_events WHERE stream_id = $1",
-                &[&stream],
-            )
-            .await
-            .map_err(|e| store_error(&e))?;
+        let row = bounded(self.timeouts.operation, client, async |client| {
+            client
+                .query_one(
+                    "SELECT coalesce(max(version), 0) FROM syncjobs_events WHERE stream_id = $1",
+                    &[&stream],
+                )
+                .await
+        })
+        .await?
+        .map_err(|e| store_error(&e))?;
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+}
+
+/// What a client sees when the database did not answer in time.
+pub(crate) fn timed_out(limit: Duration) -> StoreError {
+    tracing::warn!(
+        ?limit,
+        "event store unavailable: the database did not answer in time"
+    );
+    StoreError::Unavailable {
+        cause: format!("the database did not answer within {} s", limit.as_secs()),
+    }
+}
+
+/// Runs `op` on a pooled connection for at most `limit`. Past it the connection is closed
+/// (taken out of the pool, never handed out again: it may be stuck mid-statement) and the
+/// wait fails as unavailable.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    client: deadpool_postgres::Object,
+    op: impl AsyncFnOnce(&deadpool_postgres::ClientWrapper) -> T,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, op(&client)).await {
+        Ok(done) => Ok(done),
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(timed_out(limit))
+        }
     }
 }
 
@@ -129,11 +193,16 @@ impl PgStore {
     /// starts the writer and the listener. Works from any runtime, or none is needed
     /// beyond the caller's: the store drives its connections on threads of its own.
     pub async fn connect(url: &str) -> Result<Arc<PgStore>, StoreError> {
+        PgStore::connect_with(url, Timeouts::default()).await
+    }
+
+    /// [`PgStore::connect`] with waits of other lengths than the defaults.
+    pub async fn connect_with(url: &str, timeouts: Timeouts) -> Result<Arc<PgStore>, StoreError> {
         let runtime = OwnRuntime(Some(build_runtime()?));
         let handle = runtime_handle(&runtime)?;
         let url = url.to_owned();
         let started = handle
-            .spawn(start(url, Schema::Migrate))
+            .spawn(start(url, Schema::Migrate, timeouts))
             .await
             .map_err(join_error)??;
         Ok(Arc::new(PgStore::assemble(started, handle, runtime)))
@@ -148,7 +217,7 @@ impl PgStore {
         let (tx, rx) = std::sync::mpsc::channel();
         let url = url.to_owned();
         handle.spawn(async move {
-            let _ = tx.send(start(url, schema).await);
+            let _ = tx.send(start(url, schema, Timeouts::default()).await);
         });
         let started = rx.recv().map_err(|_| StoreError::Closed)??;
         Ok(Arc::new(PgStore::assemble(started, handle, runtime)))
@@ -182,20 +251,22 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let pool = self.shared.pool.clone();
+        let bound = self.shared.timeouts.operation;
         self.on_runtime(async move {
-            let (after, limit) = (clamp(after), clamp(limit as u64));
+            let (after, count) = (clamp(after), clamp(limit as u64));
             // A read on a connection the server has closed is simply made again on the
             // next one (see the writer); the pool's size bounds the tries.
             let mut tries = 0;
             let rows = loop {
                 let client = pool.get().await.map_err(|e| pool_error(&e))?;
-                let read = match client.prepare_cached(sql).await {
-                    Ok(statement) => match &stream {
+                let read = bounded(bound, client, async |client| {
+                    let statement = client.prepare_cached(sql).await?;
+                    match &stream {
                         Some(stream) => client.query(&statement, &[stream, &after]).await,
-                        None => client.query(&statement, &[&after, &limit]).await,
-                    },
-                    Err(e) => Err(e),
-                };
+                        None => client.query(&statement, &[&after, &count]).await,
+                    }
+                })
+                .await?;
                 match read {
                     Err(e) if connection_gone(&e) && tries < POOL_SIZE => tries += 1,
                     read => break read.map_err(|e| store_error(&e))?,
@@ -230,14 +301,43 @@ fn join_error(e: tokio::task::JoinError) -> StoreError {
     }
 }
 
+/// What the URL leaves unset, set so that a vanished peer is noticed: TCP keepalives (libpq's
+/// defaults wait two hours), a bound on unacknowledged sends, and a server-side end to a
+/// session left idle inside a transaction, since an append transaction holds the append lock
+/// and a node cut off mid-append must not hold every other node's appends for long.
+fn tune(config: &mut tokio_postgres::Config, timeouts: &Timeouts) {
+    if config.get_keepalives() {
+        if config.get_keepalives_idle() == LIBPQ_KEEPALIVE_IDLE {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVE_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(KEEPALIVE_RETRIES);
+        }
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(timeouts.operation);
+    }
+    let options = config.get_options().unwrap_or("").to_owned();
+    if !options.contains("idle_in_transaction_session_timeout") {
+        let idle = 2 * timeouts.operation.as_millis().max(1);
+        config.options(
+            format!("{options} -c idle_in_transaction_session_timeout={idle}").trim_start(),
+        );
+    }
+}
+
 /// On the store's runtime: the pool, the schema, the head, the writer and the listener.
-async fn start(url: String, schema: Schema) -> Result<Started, StoreError> {
+async fn start(url: String, schema: Schema, timeouts: Timeouts) -> Result<Started, StoreError> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
         StoreError::Backend(format!("not a PostgreSQL URL: {}", redact(&e.to_string())))
     })?;
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
+        config.connect_timeout(timeouts.connect);
     }
+    tune(&mut config, &timeouts);
     if config.get_application_name().is_none() {
         config.application_name("syncjobs");
     }
@@ -250,9 +350,9 @@ async fn start(url: String, schema: Schema) -> Result<Started, StoreError> {
     );
     let pool = Pool::builder(manager)
         .max_size(POOL_SIZE)
-        .wait_timeout(Some(POOL_WAIT))
-        .create_timeout(Some(CONNECT_TIMEOUT))
-        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .wait_timeout(Some(timeouts.pool_wait))
+        .create_timeout(Some(timeouts.connect))
+        .recycle_timeout(Some(timeouts.connect))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
@@ -268,6 +368,7 @@ async fn start(url: String, schema: Schema) -> Result<Started, StoreError> {
     };
     let shared = Arc::new(Shared {
         pool,
+        timeouts,
         head: watch::channel(head).0,
         failure: Mutex::new(None),
         listening: watch::channel(false).0,
@@ -278,7 +379,7 @@ async fn start(url: String, schema: Schema) -> Result<Started, StoreError> {
     tokio::spawn(listen::run(shared.clone(), config, stop.clone()));
     // Ready once other nodes' commits wake this one's followers.
     let mut listening = shared.listening.subscribe();
-    if tokio::time::timeout(CONNECT_TIMEOUT, listening.wait_for(|l| *l))
+    if tokio::time::timeout(timeouts.connect, listening.wait_for(|l| *l))
         .await
         .is_err()
     {

@@ -162,3 +162,115 @@ impl EventStore for OwningStore {
         self.store.write_failure()
     }
 }
+
+/// What a [`FaultProxy`] does with the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forwards both ways.
+    Pass,
+    /// A partition: connections (open and new) are kept, and nothing moves either way.
+    Blackhole,
+    /// The server is down: open connections are closed and new ones closed at once.
+    Refuse,
+}
+
+/// A TCP proxy in front of the test server whose traffic a test can stop, to show how the
+/// store behaves when the database goes away and comes back without stopping the shared
+/// server other tests use.
+pub struct FaultProxy {
+    /// `url` with its host and port replaced by the proxy's.
+    pub url: String,
+    mode: watch::Sender<Fault>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// A proxy to the server of `url` (a `postgres://...@host:port/...` URL).
+    pub async fn start(url: &str) -> FaultProxy {
+        let authority_start = url.find("://").map_or(0, |i| i + 3);
+        let rest = &url[authority_start..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        let host_port = authority.rsplit('@').next().unwrap_or(authority);
+        let target = if host_port.contains(':') {
+            host_port.to_owned()
+        } else {
+            format!("{host_port}:5432")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("the proxy binds");
+        let port = listener.local_addr().expect("an address").port();
+        let userinfo = authority
+            .rfind('@')
+            .map_or(String::new(), |at| authority[..=at].to_owned());
+        let proxied = format!(
+            "{}{userinfo}127.0.0.1:{port}{}",
+            &url[..authority_start],
+            &rest[authority_end..]
+        );
+        let (mode, _) = watch::channel(Fault::Pass);
+        let modes = mode.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let mut rx = modes.subscribe();
+                if *rx.borrow_and_update() == Fault::Refuse {
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    relay(inbound, outbound, rx).await;
+                });
+            }
+        });
+        FaultProxy {
+            url: proxied,
+            mode,
+            _accept: accept,
+        }
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.mode.send_replace(fault);
+    }
+}
+
+/// Copies both ways while the mode is `Pass`, holds still under `Blackhole`, and closes both
+/// sides under `Refuse`.
+async fn relay(
+    inbound: tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    mut mode: watch::Receiver<Fault>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    loop {
+        let current = *mode.borrow_and_update();
+        match current {
+            Fault::Refuse => return,
+            Fault::Blackhole => {
+                if mode.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Fault::Pass => {}
+        }
+        tokio::select! {
+            changed = mode.changed() => if changed.is_err() { return },
+            n = in_read.read(&mut up) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if out_write.write_all(&up[..n]).await.is_err() { return },
+            },
+            n = out_read.read(&mut down) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if in_write.write_all(&down[..n]).await.is_err() { return },
+            },
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! commits once (group commit). See the crate docs for why appends are serialised.
 
 use crate::error::{connection_gone, is_unique_violation, pool_error, store_error};
-use crate::store::{clamp, Shared, POOL_SIZE};
+use crate::store::{clamp, timed_out, Shared, POOL_SIZE};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,7 +207,13 @@ async fn try_commit(
         .get()
         .await
         .map_err(|e| Failure::Store(pool_error(&e)))?;
-    let committed = commit_on(&client, batch).await;
+    let limit = shared.timeouts.operation;
+    // Past the limit the outcome is unknown (COMMIT may have been sent): as with a
+    // connection lost during COMMIT, the appenders hear "unavailable", never a retry here.
+    let committed = match tokio::time::timeout(limit, commit_on(&client, batch)).await {
+        Ok(committed) => committed,
+        Err(_) => Err(Failure::Store(timed_out(limit))),
+    };
     if committed.is_err() {
         // Its transaction may still be open: closed, not returned to the pool (closing it
         // ends the transaction).
