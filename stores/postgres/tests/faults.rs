@@ -61,9 +61,9 @@ async fn a_partitioned_or_stopped_database_fails_fast_and_everything_resumes_aft
         .await
         .expect("appends");
     let mut expected_events = 1;
-    let mut version = 1;
 
-    for fault in [Fault::Blackhole, Fault::Refuse] {
+    // The stream's version before each round: one event, then one more per round.
+    for (version, fault) in (1..).zip([Fault::Blackhole, Fault::Refuse]) {
         proxy.set(fault);
         let cause = unavailable(
             "append",
@@ -98,7 +98,6 @@ async fn a_partitioned_or_stopped_database_fails_fast_and_everything_resumes_aft
         node.append(stream, ExpectedVersion::Exact(version), vec![sample(4)])
             .await
             .expect("the version the failed append wanted is free");
-        version += 1;
         expected_events += 1;
         assert!(
             node.write_failure().is_none(),
