@@ -4,6 +4,8 @@
 //!   (so it works from actix's single-threaded arbiters and from blocking start-up code).
 //! - [`writer`]: the node's one writer, which group-commits its appends under the append lock.
 //! - [`listen`]: the node's listener (`LISTEN`/`NOTIFY`), which wakes followers.
+//! - [`destination`]: [`PgDestination`], the destination (synced entities) in the same
+//!   database, for the nodes' workers to share; its method is in its module docs.
 //! - [`migrate`]: the schema, as versioned migrations (`migrations/*.sql`) applied once.
 //! - `testkit` (feature `testkit`): fresh databases for tests.
 //! - `error`: PostgreSQL's errors as [`StoreError`]s (unavailable vs. backend; no credentials).
@@ -58,6 +60,7 @@
 //! outcome unknown, as with any database: the caller gets `Unavailable`, and a retry with
 //! the same expected version either lands or conflicts.
 
+pub mod destination;
 mod error;
 pub mod listen;
 pub mod migrate;
@@ -66,6 +69,7 @@ pub mod store;
 pub mod testkit;
 pub mod writer;
 
+pub use destination::PgDestination;
 pub use listen::LISTENER_NAME;
 pub use store::{PgStore, Schema};
 pub use syncjobs_domain::StoreError;
