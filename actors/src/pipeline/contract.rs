@@ -411,7 +411,8 @@ pub async fn concurrent_writers_of_distinct_ids_lose_nothing(h: &dyn Harness) {
 }
 
 /// Several writers (jobs) write the same 300 ids at once, each in batches of its own order
-/// and half of them with other content: one row per id, every id inserted exactly once over
+/// and half of them with other content, through two instances of the destination on one
+/// storage (as two processes would): one row per id, every id inserted exactly once over
 /// all writers, and each job's counts are what its writes returned.
 pub async fn writers_of_the_same_ids_at_once_leave_one_row_each_and_counts_that_add_up(
     h: &dyn Harness,
@@ -419,11 +420,12 @@ pub async fn writers_of_the_same_ids_at_once_leave_one_row_each_and_counts_that_
     const IDS: usize = 300;
     const WRITERS: usize = 8;
     const BATCH: usize = 25;
-    let dest = h.open().await;
+    let instances = [h.open().await, h.open().await];
+    let dest = &instances[0];
     let scid = Uuid::new_v4();
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        let dest = Arc::clone(&dest);
+        let dest = Arc::clone(&instances[w % 2]);
         tasks.push(tokio::spawn(async move {
             let job = Uuid::new_v4();
             // Every writer starts elsewhere and half go backwards, so batches overlap in

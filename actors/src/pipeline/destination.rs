@@ -1,6 +1,8 @@
 //! The destination: the [`EntitySink`] trait and its embedded backend, [`SqliteDestination`]
 //! (`entities.db` beside the event store), keyed by (source connection, entity id) and
-//! holding each entity's hash, content and timestamps.
+//! holding each entity's hash, content and timestamps. On a PostgreSQL store the destination
+//! is `syncjobs_store_postgres::PgDestination` instead (that crate depends on this one for the
+//! trait); both pass the suite in `pipeline::contract`.
 //!
 //! All SQLite work runs off the async threads. Writes go to one writer thread that commits
 //! whatever requests are queued together in one transaction (group commit): under load the

@@ -1,4 +1,5 @@
-//! syncjobs-store-postgres: the EventStore on PostgreSQL, for several nodes on one database.
+//! syncjobs-store-postgres: the EventStore on PostgreSQL, for several nodes on one database,
+//! and the destination (synced entities) in the same database.
 //!
 //! - [`store`]: [`PgStore`], the store: a pool of connections on a small runtime of its own
 //!   (so it works from actix's single-threaded arbiters and from blocking start-up code).
