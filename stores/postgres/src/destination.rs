@@ -20,13 +20,17 @@
 //! before they exist (advisory locks per id, or SERIALIZABLE and retries). The upsert is
 //! atomic per row: a second writer of an id waits for the first's commit, then sees its row
 //! and updates or keeps it. Both writers' counts then add up: one insert, and one update or
-//! keep. The price is relying on the documented-by-use `xmax` trick; the contract test
-//! `a_write_reports_inserted_updated_and_kept` and the concurrency test pin it down.
+//! keep. The price is relying on `xmax`, which PostgreSQL does not document for this use
+//! (though it is widely relied on); the contract checks
+//! `a_write_reports_inserted_updated_and_kept_per_source_connection`,
+//! `an_id_twice_in_one_write_is_written_as_if_one_after_the_other` (an update of a row the
+//! same transaction inserted) and
+//! `writers_of_the_same_ids_at_once_leave_one_row_each_and_counts_that_add_up` pin it down.
 //!
 //! Deadlocks: writers sort each write's records by id (byte order; the column is `COLLATE
 //! "C"`), so two writers of overlapping ids take their row locks in one order. A deadlock
 //! PostgreSQL still detects (a write against a delete scanning in another order) rolls the
-//! statement back, and the write is retried. Ids that occur twice in one write are written
+//! statement back, and the write (or the delete batch) is retried. Ids that occur twice in one write are written
 //! in rounds (each round's ids distinct, one statement each) in one transaction, as if the
 //! records came one after the other.
 //!
@@ -42,8 +46,9 @@
 
 use crate::error::{connection_gone, unavailable_cause};
 use crate::migrate;
-use crate::store::OwnRuntime;
-use crate::store::{build_pool, build_runtime, join_error, parse_config, runtime_handle};
+use crate::store::{
+    build_pool, build_runtime, join_error, parse_config, runtime_handle, OwnRuntime,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, PoolError};
@@ -55,6 +60,7 @@ use syncjobs_actors::pipeline::{
 use syncjobs_domain::redact::{redact, redact_url};
 use syncjobs_domain::{EntityCounts, StoreError};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 const WRITE: &str = include_str!("sql/entity_write.sql");
@@ -206,6 +212,25 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// Runs one autocommit statement, again when PostgreSQL rolled it back for a deadlock or a
+/// serialisation failure (nothing of it was written, so a retry is safe).
+async fn retried<T, F, Fut>(mut statement: F) -> Result<T, tokio_postgres::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match statement().await {
+            Err(e) if retryable(&e) && tries < WRITE_TRIES => {
+                tracing::debug!(error = %e, "entity statement rolled back; retrying")
+            }
+            result => return result,
+        }
+    }
+}
+
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
@@ -216,7 +241,7 @@ async fn read<T>(
     pool: &Pool,
     what: &str,
     sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    params: &[&(dyn ToSql + Sync)],
     decode: impl Fn(&[tokio_postgres::Row]) -> Result<T, tokio_postgres::Error>,
 ) -> Result<T, DestinationError> {
     let mut tries = 0;
@@ -364,8 +389,8 @@ async fn delete_unseen(
             .filter(|id| !seen.contains(*id))
             .collect();
         if !unseen.is_empty() {
-            let row = client
-                .query_one(&delete, &[&scid, &job_id, &unseen])
+            let params: [&(dyn ToSql + Sync); 3] = [&scid, &job_id, &unseen];
+            let row = retried(|| client.query_one(&delete, &params))
                 .await
                 .map_err(fail)?;
             deleted += count(row.try_get(0).map_err(fail)?);
@@ -385,8 +410,8 @@ async fn purge(pool: &Pool, scid: Uuid) -> Result<u64, DestinationError> {
     let purge = client.prepare_cached(PURGE).await.map_err(fail)?;
     let mut deleted = 0;
     loop {
-        let n = client
-            .execute(&purge, &[&scid, &DELETE_BATCH])
+        let params: [&(dyn ToSql + Sync); 2] = [&scid, &DELETE_BATCH];
+        let n = retried(|| client.execute(&purge, &params))
             .await
             .map_err(fail)?;
         deleted += n;
