@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use std::sync::Arc;
 use syncjobs_actors::pipeline::contract::{record, Harness};
-use syncjobs_actors::pipeline::{DestinationError, EntitySink};
+use syncjobs_actors::pipeline::{DestinationError, EntitySink, WriteAction};
+use syncjobs_domain::EntityCounts;
 use syncjobs_store_postgres::testkit::{self, admin_url, TestDb};
 use syncjobs_store_postgres::PgDestination;
 use uuid::Uuid;
@@ -103,4 +104,65 @@ async fn a_database_gone_mid_way_fails_writes_with_context_and_no_panic() {
     );
     assert!(matches!(err, DestinationError::Storage(_)), "{err:?}");
     assert!(dest.stats(scid).await.is_err());
+}
+
+/// A write that PostgreSQL picks as a deadlock's victim is rolled back whole and made again,
+/// so it succeeds once the other transaction ends, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_rolled_back_by_a_deadlock_is_retried_and_counted_once() {
+    let Some(h) = harness("a_write_rolled_back_by_a_deadlock_is_retried_and_counted_once").await
+    else {
+        return;
+    };
+    let dest = h.open().await;
+    let scid = Uuid::new_v4();
+    let v = |n: i64| {
+        vec![
+            record("a", "T", serde_json::json!({ "v": n })),
+            record("b", "T", serde_json::json!({ "v": n })),
+        ]
+    };
+    dest.write(scid, Uuid::new_v4(), v(1), 0).await.unwrap();
+    // Another transaction holds "b"; the write locks "a" (ids in order), then waits for "b".
+    let mut other = h.0.client().await;
+    let tx = other.transaction().await.unwrap();
+    let lock = "UPDATE syncjobs_entities SET content = content WHERE entity_id = $1";
+    tx.execute(lock, &[&"b"]).await.unwrap();
+    let job = Uuid::new_v4();
+    let write = tokio::spawn({
+        let dest = dest.clone();
+        let records = v(2);
+        async move { dest.write(scid, job, records, 0).await }
+    });
+    let watcher = h.0.client().await;
+    while watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'syncjobs' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Now the other transaction wants "a": a cycle. The write waited first, so its backend
+    // finds the deadlock first and is the victim; the other gets "a" and commits.
+    tx.execute(lock, &[&"a"]).await.unwrap();
+    tx.commit().await.unwrap();
+    let actions = write
+        .await
+        .unwrap()
+        .expect("the write is retried and succeeds");
+    assert_eq!(actions, vec![WriteAction::Updated, WriteAction::Updated]);
+    assert_eq!(
+        dest.counts_for_job(job).await.unwrap(),
+        EntityCounts {
+            updated: 2,
+            ..Default::default()
+        },
+        "the rolled-back try counted nothing"
+    );
 }
