@@ -138,7 +138,8 @@ async fn a_write_rolled_back_by_a_deadlock_is_retried_and_counted_once() {
     while watcher
         .query_one(
             "SELECT count(*) FROM pg_stat_activity
-             WHERE application_name = 'syncjobs' AND wait_event_type = 'Lock'",
+             WHERE datname = current_database() AND application_name = 'syncjobs'
+               AND wait_event_type = 'Lock'",
             &[],
         )
         .await
