@@ -3,15 +3,17 @@
 //! `serve` and every CLI command open their store through [`open`], from a [`StoreConfig`]
 //! (`SYNCJOBS_STORE`, else the embedded store under `SYNCJOBS_DATA_DIR`). Each backend is a
 //! crate of its own (`stores/*`); adding one is that crate, one arm in [`open`]'s match and
-//! its line in [`BACKENDS`].
+//! its line in [`BACKENDS`]. `serve` opens the destination (synced entities) beside its
+//! store through [`open_destination`].
 
 use crate::config::SecretUrl;
 use crate::datadir::{self, DataDirError, DataDirLock};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use syncjobs_actors::pipeline::{DestinationError, EntitySink, SqliteDestination};
 use syncjobs_domain::redact::redact_url;
 use syncjobs_domain::{EventStore, StoreError};
-use syncjobs_store_postgres::{PgStore, Schema};
+use syncjobs_store_postgres::{PgDestination, PgStore, Schema};
 use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 
 /// The backends this build has, as an unknown one's error lists them.
@@ -72,6 +74,9 @@ pub enum BackendError {
     /// The backend is known but the store would not open; `url` has its credentials masked.
     #[error("event store {url}: {source}")]
     Open { url: String, source: StoreError },
+    /// The destination would not open (its error masks credentials).
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
     #[error(transparent)]
     DataDir(#[from] DataDirError),
     #[error(transparent)]
@@ -106,6 +111,21 @@ pub fn open(config: &StoreConfig, mode: Mode) -> Result<OpenedStore, BackendErro
         "postgres" | "postgresql" => postgres(url, mode),
         _ => Err(fail(format!("no backend '{scheme}'"))),
     }
+}
+
+/// Where syncs write entities, chosen with the store: on a PostgreSQL store, the same
+/// database (every node's workers then write one set of entities); otherwise the embedded
+/// SQLite destination (`entities.db`) in `data_dir`. Blocking, like [`open`].
+pub fn open_destination(
+    config: &StoreConfig,
+    data_dir: &Path,
+) -> Result<Arc<dyn EntitySink>, BackendError> {
+    let url = config.url.as_ref().map(SecretUrl::expose).unwrap_or("");
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    Ok(match scheme.as_deref() {
+        Some("postgres" | "postgresql") => PgDestination::open(url)?,
+        _ => SqliteDestination::open(data_dir)?,
+    })
 }
 
 /// The embedded store in `dir`.
@@ -211,6 +231,32 @@ mod tests {
         let e = error("postgres://app@127.0.0.1:1/jobs?password=s3cret");
         assert!(e.contains("the database is unreachable"), "{e}");
         assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn the_destination_is_in_the_data_directory_unless_the_store_is_postgres() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let elsewhere = format!("sqlite://{}", tmp.path().join("events").display());
+        for url in [None, Some(elsewhere)] {
+            let c = StoreConfig {
+                url: url.map(SecretUrl::from),
+                data_dir: data.clone(),
+            };
+            open_destination(&c, &data).unwrap();
+            assert!(data
+                .join(syncjobs_actors::pipeline::destination::ENTITIES_FILE)
+                .is_file());
+        }
+        // A PostgreSQL store: the destination is its database, which is tried (and here
+        // refused: port 1), and nothing is made in the data directory.
+        let other = tmp.path().join("other-data");
+        let c = config("postgres://app:s3cret@127.0.0.1:1/jobs", &other);
+        let e = open_destination(&c, &other).err().unwrap().to_string();
+        assert!(e.contains("postgres://app:***@127.0.0.1:1/jobs"), "{e}");
+        assert!(e.contains("the database is unreachable"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        assert!(!other.exists());
     }
 
     #[test]

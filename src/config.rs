@@ -252,7 +252,8 @@ impl Settings {
         self.data_dir.join(crate::bus::DEFAULT_CURSOR_FILE)
     }
 
-    /// Where the destination keeps synced entities (`entities.db`).
+    /// Where the embedded destination keeps synced entities (`entities.db`); on a
+    /// PostgreSQL store they live in its database instead (`backend::open_destination`).
     pub fn destination_dir(&self) -> PathBuf {
         self.data_dir.clone()
     }

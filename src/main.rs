@@ -15,7 +15,6 @@ use syncjobs::datadir::{self, DataDirLock};
 use syncjobs::replay::{self, DebugCommand};
 use syncjobs::startup::{Application, Components};
 use syncjobs::telemetry;
-use syncjobs_actors::pipeline::{EntitySink, SqliteDestination};
 use syncjobs_actors::Pipeline;
 use syncjobs_domain::{EventStore, SharedClock, SystemClock};
 
@@ -121,9 +120,8 @@ async fn serve(settings: Settings) -> Result<(), String> {
     // Held, like the lock, until `serve` returns.
     let opened = backend::open(&settings.store_config(), Mode::Serve).map_err(|e| e.to_string())?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let destination =
-        SqliteDestination::open(&settings.destination_dir()).map_err(|e| e.to_string())?;
-    let sink: Arc<dyn EntitySink> = destination;
+    let sink = backend::open_destination(&settings.store_config(), &settings.destination_dir())
+        .map_err(|e| e.to_string())?;
     let runner = Arc::new(Pipeline::new(sink.clone(), Pipeline::default_workers()));
     // Sync runs (source streams, hashing, worker pools) get their own threads so that a busy
     // pipeline never delays the actors' mailboxes, the watchdog or the projector.

@@ -1,7 +1,8 @@
 //! syncjobs-actors: the write side at run time.
 //!
 //! - [`runner`]: the seam between a job and the work it drives (`SyncRunner`).
-//! - [`pipeline`]: the real runner: sources, bounded worker pool, embedded destination.
+//! - [`pipeline`]: the real runner: sources, bounded worker pool, embedded destination
+//!   (the `EntitySink` trait, with its contract suite under feature `testkit`).
 //! - [`command`]: the one command path of every aggregate (jobs, collections, source
 //!   connections, access): load, decide, append (expected version), on conflict read the
 //!   newer events and decide again, within one bound.

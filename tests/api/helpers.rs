@@ -12,12 +12,14 @@ use syncjobs::telemetry;
 use syncjobs_actors::pipeline::{EntitySink, MemoryDestination, SqliteDestination};
 use syncjobs_actors::{JobSettings, Pipeline};
 use syncjobs_domain::{EventStore, RecordedEvent, SharedClock, SystemClock};
+use syncjobs_store_postgres::PgDestination;
 use syncjobs_store_sqlite::EmbeddedStore;
 use uuid::Uuid;
 
 /// Where the pipeline writes in a test application.
 pub enum Destination {
-    /// The production destination (SQLite) in the app's data directory.
+    /// The production destination of the app's store: SQLite in the app's data directory
+    /// beside an embedded store, PostgreSQL on the same database as a PostgreSQL store.
     Sqlite,
     /// In memory, each write call taking this long (a cancel waits for the one in flight).
     Slow(Duration),
@@ -107,6 +109,30 @@ pub fn postgres_server() -> Option<String> {
     }
 }
 
+/// The databases of the PostgreSQL stores this process's apps were given, so that an app
+/// restarted on the same store finds its destination on the same database.
+static DATABASES: std::sync::Mutex<Vec<(std::sync::Weak<dyn EventStore>, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn remember_database(store: &Arc<dyn EventStore>, url: String) {
+    let mut known = DATABASES.lock().unwrap();
+    known.retain(|(s, _)| s.strong_count() > 0);
+    known.push((Arc::downgrade(store), url));
+}
+
+/// The database of a PostgreSQL store made by [`spawn`]; None for an embedded store.
+fn database_of(store: &Arc<dyn EventStore>) -> Option<String> {
+    if store.backend() != "postgres" {
+        return None;
+    }
+    let known = DATABASES.lock().unwrap();
+    let found = known
+        .iter()
+        .find(|(s, _)| std::ptr::addr_eq(s.as_ptr(), Arc::as_ptr(store)))
+        .map(|(_, url)| url.clone());
+    Some(found.expect("a PostgreSQL store made by spawn (its database holds the destination)"))
+}
+
 pub async fn spawn(o: Options) -> Spawned {
     telemetry::init_for_tests();
     let data_dir = o
@@ -136,18 +162,23 @@ pub async fn spawn(o: Options) -> Spawned {
         ..Settings::default()
     };
     (o.settings)(&mut settings);
-    let destination: Arc<dyn EntitySink> = match o.destination {
-        Destination::Sqlite => {
-            SqliteDestination::open(&settings.destination_dir()).expect("a destination")
-        }
-        Destination::Slow(delay) => MemoryDestination::with_write_delay(delay),
-        Destination::FailingAfter(n) => MemoryDestination::failing_after(n, Duration::ZERO),
-    };
     let clock: SharedClock = Arc::new(SystemClock);
     let store: Arc<dyn EventStore> = match (o.store, postgres_server()) {
         (Some(store), _) => store,
-        (None, Some(admin)) => syncjobs_store_postgres::testkit::fresh_store(&admin).await,
+        (None, Some(admin)) => {
+            let (store, url) = syncjobs_store_postgres::testkit::fresh_store_with_url(&admin).await;
+            remember_database(&store, url);
+            store
+        }
         (None, None) => EmbeddedStore::open(data_dir.path()).expect("an embedded store"),
+    };
+    let destination: Arc<dyn EntitySink> = match o.destination {
+        Destination::Sqlite => match database_of(&store) {
+            Some(url) => PgDestination::connect(&url).await.expect("a destination"),
+            None => SqliteDestination::open(&settings.destination_dir()).expect("a destination"),
+        },
+        Destination::Slow(delay) => MemoryDestination::with_write_delay(delay),
+        Destination::FailingAfter(n) => MemoryDestination::failing_after(n, Duration::ZERO),
     };
     let dyn_store = store.clone();
     let components = Components {

@@ -739,3 +739,85 @@ fn reading_commands_never_create_a_store_and_say_there_is_none() {
         "nothing created"
     );
 }
+
+/// `serve` on a PostgreSQL store keeps the synced entities in that database (no
+/// `entities.db` in the data directory): the API shows their counts, a delete purges them.
+#[actix_web::test]
+async fn on_postgres_the_server_keeps_entities_in_the_database_not_the_data_directory() {
+    use syncjobs_store_postgres::testkit::{admin_url, TestDb};
+    let Some(admin) =
+        admin_url("on_postgres_the_server_keeps_entities_in_the_database_not_the_data_directory")
+    else {
+        return;
+    };
+    let db = TestDb::create(&admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = "pg-destination-key-0123456789";
+    let server = start(
+        dir.path(),
+        &[
+            ("SYNCJOBS_STORE", db.url.as_str()),
+            ("SYNCJOBS_BOOTSTRAP_API_KEY", key),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let req = client
+            .post(format!("{}{path}", server.address))
+            .header("x-api-key", key)
+            .json(&body);
+        async move { parts(req.send().await.expect("answered")).await }
+    };
+    let (status, body) = post(
+        "/collections",
+        json!({"name": "On PostgreSQL", "readable_id": "on-postgres"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, sc) = post(
+        "/source-connections",
+        json!({"short_name": "timed", "readable_collection_id": "on-postgres",
+               "config": {"entity_count": 25, "duration_seconds": 0.1}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{sc}");
+    let sc = sc["id"].as_str().unwrap().to_owned();
+    let path = format!("/source-connections/{sc}");
+    wait_until(&client, &server, key, &path, "synced", |b| {
+        b["entities"]["total_entities"] == 26
+    })
+    .await;
+    let sc_id = uuid::Uuid::parse_str(&sc).unwrap();
+    assert_eq!(
+        entity_rows(&db, sc_id).await,
+        26,
+        "the entities are in the database"
+    );
+    assert!(
+        !dir.path().join("entities.db").exists(),
+        "no entities.db in the data directory"
+    );
+    let r = client
+        .delete(format!("{}{path}", server.address))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 200);
+    assert_eq!(entity_rows(&db, sc_id).await, 0, "the delete purged them");
+    let (ok, _) = terminate(server);
+    assert!(ok, "exit 0");
+}
+
+/// How many entities of `sc` the PostgreSQL destination in `db` holds.
+async fn entity_rows(db: &syncjobs_store_postgres::testkit::TestDb, sc: uuid::Uuid) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM syncjobs_entities WHERE source_connection_id = $1",
+            &[&sc],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

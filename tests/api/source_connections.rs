@@ -237,3 +237,31 @@ async fn sync_details_and_entities_follow_finished_jobs() {
     let (_, list) = app.get("/source-connections").await;
     assert_eq!(list[0]["entity_count"], 4);
 }
+
+/// Entities live beside the store: `entities.db` in the data directory on the embedded
+/// store; the store's own database on PostgreSQL, with nothing in the data directory. Either
+/// way the API shows their counts and deleting the connection purges them.
+#[actix_web::test]
+async fn entities_live_beside_the_store_and_go_with_their_connection() {
+    let app = spawn_app().await;
+    let sc = app
+        .idle_connection(json!({"entity_count": 20, "duration_seconds": 0.1}))
+        .await;
+    let job = id(&app.run(sc).await);
+    app.wait_status(sc, job, "completed").await;
+    let (_, body) = app.get(&format!("/source-connections/{sc}")).await;
+    assert_eq!(body["entities"]["total_entities"], 21, "{body}");
+    let on_postgres = crate::helpers::postgres_server().is_some();
+    let file = app
+        .data_dir
+        .path()
+        .join(syncjobs_actors::pipeline::destination::ENTITIES_FILE);
+    assert_eq!(
+        file.exists(),
+        !on_postgres,
+        "entities.db in the data directory only beside the embedded store"
+    );
+    let (status, body) = app.delete(&format!("/source-connections/{sc}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.entity_count(sc).await, 0, "its entities went with it");
+}

@@ -1,6 +1,8 @@
 //! The destination: the [`EntitySink`] trait and its embedded backend, [`SqliteDestination`]
 //! (`entities.db` beside the event store), keyed by (source connection, entity id) and
-//! holding each entity's hash, content and timestamps.
+//! holding each entity's hash, content and timestamps. On a PostgreSQL store the destination
+//! is `syncjobs_store_postgres::PgDestination` instead (that crate depends on this one for the
+//! trait); both pass the suite in `pipeline::contract`.
 //!
 //! All SQLite work runs off the async threads. Writes go to one writer thread that commits
 //! whatever requests are queued together in one transaction (group commit): under load the
@@ -62,6 +64,10 @@ pub struct TypeStats {
 pub enum DestinationError {
     #[error("cannot open entity store {path}: {message}")]
     Open { path: PathBuf, message: String },
+    /// A database server's destination (PostgreSQL) would not open; `url` has its
+    /// credentials masked.
+    #[error("cannot open entity store {url}: {message}")]
+    Connect { url: String, message: String },
     #[error("entity store error: {0}")]
     Storage(String),
     #[error("entity store is closed")]
@@ -583,228 +589,9 @@ fn delete_unseen(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::entity::Entity;
-    use serde_json::json;
 
-    const JOB: Uuid = Uuid::from_u128(7);
-
-    fn record(id: &str, ty: &str, v: serde_json::Value) -> EntityRecord {
-        Entity {
-            entity_id: id.into(),
-            entity_type: ty.into(),
-            content: v,
-        }
-        .into_record()
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn resolves_new_changed_and_same_per_source_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = SqliteDestination::open(dir.path()).unwrap();
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let first = dest
-            .write(
-                a,
-                JOB,
-                vec![
-                    record("1", "T", json!({"v": 1})),
-                    record("2", "U", json!({"v": 2})),
-                ],
-                0,
-            )
-            .await
-            .unwrap();
-        assert_eq!(first, vec![WriteAction::Inserted, WriteAction::Inserted]);
-        let second = dest
-            .write(
-                a,
-                JOB,
-                vec![
-                    record("1", "T", json!({"v": 1})),
-                    record("2", "U", json!({"v": 3})),
-                ],
-                0,
-            )
-            .await
-            .unwrap();
-        assert_eq!(second, vec![WriteAction::Kept, WriteAction::Updated]);
-        // The same id under another source connection is another entity.
-        let other = dest
-            .write(b, JOB, vec![record("1", "T", json!({"v": 1}))], 0)
-            .await
-            .unwrap();
-        assert_eq!(other, vec![WriteAction::Inserted]);
-
-        let stats = dest.stats(a).await.unwrap();
-        assert_eq!(stats.total_entities, 2);
-        assert_eq!(stats.by_type["T"].count, 1);
-        assert_eq!(stats.by_type["U"].count, 1);
-        assert!(stats.by_type["U"].last_updated.is_some());
-        let wire = serde_json::to_value(&stats).unwrap();
-        assert_eq!(wire["by_type"]["T"]["count"], 1);
-        assert!(wire["by_type"]["T"]["last_updated"].is_string());
-        assert_eq!(
-            dest.stats(Uuid::new_v4()).await.unwrap(),
-            EntityStats::default()
-        );
-    }
-
-    #[tokio::test]
-    async fn delete_unseen_and_purge_touch_only_their_source_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = SqliteDestination::open(dir.path()).unwrap();
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let recs = |n: usize| -> Vec<EntityRecord> {
-            (0..n)
-                .map(|i| record(&i.to_string(), "T", json!({"i": i})))
-                .collect()
-        };
-        dest.write(a, JOB, recs(5), 0).await.unwrap();
-        dest.write(b, JOB, recs(3), 0).await.unwrap();
-        let seen: HashSet<String> = ["0", "2"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(dest.delete_unseen(a, JOB, seen).await.unwrap(), 3);
-        assert_eq!(dest.stats(a).await.unwrap().total_entities, 2);
-        assert_eq!(dest.stats(b).await.unwrap().total_entities, 3);
-        assert_eq!(dest.purge(b).await.unwrap(), 3);
-        assert_eq!(dest.stats(b).await.unwrap().total_entities, 0);
-        assert_eq!(dest.stats(a).await.unwrap().total_entities, 2);
-    }
-
-    #[tokio::test]
-    async fn entities_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let scid = Uuid::new_v4();
-        {
-            let dest = SqliteDestination::open(dir.path()).unwrap();
-            dest.write(scid, JOB, vec![record("x", "T", json!({}))], 0)
-                .await
-                .unwrap();
-        }
-        let dest = SqliteDestination::open(dir.path()).unwrap();
-        assert!(dir.path().join(ENTITIES_FILE).exists());
-        assert_eq!(dest.stats(scid).await.unwrap().total_entities, 1);
-        let again = dest
-            .write(scid, JOB, vec![record("x", "T", json!({}))], 0)
-            .await
-            .unwrap();
-        assert_eq!(again, vec![WriteAction::Kept]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writers_are_grouped_without_losing_any() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = SqliteDestination::open(dir.path()).unwrap();
-        let scid = Uuid::new_v4();
-        let mut tasks = Vec::new();
-        for w in 0..16 {
-            let dest = Arc::clone(&dest);
-            tasks.push(tokio::spawn(async move {
-                let mut inserted = 0;
-                for i in 0..50 {
-                    let id = format!("{w}-{i}");
-                    let r = dest
-                        .write(scid, JOB, vec![record(&id, "T", json!({"i": i}))], 0)
-                        .await;
-                    if r.unwrap() == vec![WriteAction::Inserted] {
-                        inserted += 1;
-                    }
-                }
-                inserted
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.unwrap();
-        }
-        assert_eq!(total, 800);
-        assert_eq!(dest.stats(scid).await.unwrap().total_entities, 800);
-    }
-
-    #[tokio::test]
-    async fn each_jobs_counts_are_kept_with_its_writes_and_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let scid = Uuid::new_v4();
-        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
-        {
-            let dest = SqliteDestination::open(dir.path()).unwrap();
-            let recs = |n: usize, v: i64| -> Vec<EntityRecord> {
-                (0..n)
-                    .map(|i| record(&i.to_string(), "T", json!({"i": i, "v": v})))
-                    .collect()
-            };
-            dest.write(scid, first, recs(5, 1), 2).await.unwrap();
-            // A second run: 3 changed, 2 the same, 1 new; then a delete of the unseen.
-            let mut again = recs(3, 2);
-            again.extend(recs(6, 1).into_iter().skip(3));
-            dest.write(scid, second, again, 0).await.unwrap();
-            let seen: HashSet<String> =
-                ["0", "1", "2", "3"].iter().map(|s| s.to_string()).collect();
-            assert_eq!(dest.delete_unseen(scid, second, seen).await.unwrap(), 2);
-            // Only failures in a batch: counted all the same.
-            dest.write(scid, second, vec![], 1).await.unwrap();
-            // Purging the connection's entities leaves what its jobs did on record.
-            dest.purge(scid).await.unwrap();
-        }
-        let dest = SqliteDestination::open(dir.path()).unwrap();
-        assert_eq!(
-            dest.counts_for_job(first).await.unwrap(),
-            EntityCounts {
-                inserted: 5,
-                failed: 2,
-                ..Default::default()
-            }
-        );
-        assert_eq!(
-            dest.counts_for_job(second).await.unwrap(),
-            EntityCounts {
-                inserted: 1,
-                updated: 3,
-                kept: 2,
-                deleted: 2,
-                failed: 1,
-                ..Default::default()
-            }
-        );
-        assert_eq!(
-            dest.counts_for_job(Uuid::new_v4()).await.unwrap(),
-            EntityCounts::default()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_write_that_fails_counts_nothing_for_its_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = SqliteDestination::open(dir.path()).unwrap();
-        let scid = Uuid::new_v4();
-        dest.write(scid, JOB, vec![record("a", "T", json!({}))], 0)
-            .await
-            .unwrap();
-        // A record the table refuses (NOT NULL) makes the whole request roll back.
-        let mut bad = record("b", "T", json!({}));
-        bad.entity_type = String::new();
-        {
-            let conn = Connection::open(dir.path().join(ENTITIES_FILE)).unwrap();
-            conn.execute_batch(
-                "CREATE TRIGGER no_empty BEFORE INSERT ON entities WHEN NEW.entity_type = ''
-                 BEGIN SELECT RAISE(ABORT, 'empty type'); END;",
-            )
-            .unwrap();
-        }
-        let err = dest
-            .write(scid, JOB, vec![record("c", "T", json!({})), bad], 3)
-            .await;
-        assert!(err.is_err(), "{err:?}");
-        assert_eq!(
-            dest.counts_for_job(JOB).await.unwrap(),
-            EntityCounts {
-                inserted: 1,
-                ..Default::default()
-            },
-            "neither the rows nor the counts of the failed request"
-        );
-        assert_eq!(dest.stats(scid).await.unwrap().total_entities, 1);
-    }
+    // The behaviour (writes, deletes, counts, reopen, failures) is the contract suite's
+    // (`contract.rs`), run on SQLite in `pipeline/tests.rs`; here what only a file has.
 
     #[test]
     fn open_reports_an_unusable_directory() {

@@ -44,6 +44,10 @@ pub enum ProcessingError {
     IdTooLong { len: usize },
     #[error("entity {entity_id} has an empty type")]
     EmptyType { entity_id: String },
+    /// PostgreSQL's text cannot hold a NUL byte: refused on every destination alike, so a
+    /// source behaves the same whichever store it writes to.
+    #[error("entity {what} contains a NUL byte")]
+    NulByte { what: &'static str },
     #[error("entity {entity_id} content is {len} bytes (at most {MAX_CONTENT_BYTES})")]
     ContentTooLarge { entity_id: String, len: usize },
 }
@@ -58,6 +62,11 @@ impl Entity {
             return Err(ProcessingError::IdTooLong {
                 len: self.entity_id.len(),
             });
+        }
+        for (what, text) in [("id", &self.entity_id), ("type", &self.entity_type)] {
+            if text.contains('\0') {
+                return Err(ProcessingError::NulByte { what });
+            }
         }
         if self.entity_type.is_empty() {
             return Err(ProcessingError::EmptyType {
@@ -202,6 +211,17 @@ mod tests {
             e(&long, "T", json!({})).into_record(),
             Err(ProcessingError::IdTooLong { .. })
         ));
+        assert_eq!(
+            e("a\0b", "T", json!({})).into_record(),
+            Err(ProcessingError::NulByte { what: "id" })
+        );
+        assert_eq!(
+            e("x", "T\0", json!({})).into_record(),
+            Err(ProcessingError::NulByte { what: "type" })
+        );
+        // In content a NUL is escaped (`\u0000`), which every destination stores.
+        let nul = e("x", "T", json!({"s": "a\0b"})).into_record().unwrap();
+        assert!(!nul.content.contains('\0'), "{}", nul.content);
         let big = json!({ "blob": "z".repeat(MAX_CONTENT_BYTES) });
         assert!(matches!(
             e("x", "T", big).into_record(),

@@ -12,7 +12,10 @@
 //! - [`entity`]: entities and their content hash.
 //! - [`destination`]: the `EntitySink` trait and the embedded SQLite destination.
 //! - [`memory`]: an in-memory destination for tests.
+//! - `contract` (feature `testkit`): the suite every destination backend passes.
 
+#[cfg(any(test, feature = "testkit"))]
+pub mod contract;
 pub mod destination;
 pub mod entity;
 pub mod memory;

@@ -1,83 +1,14 @@
 //! Pipeline runs end to end: the timed source through the worker pool into a destination
-//! (SQLite where the rows matter, the in-memory one where the paused clock must be exact).
+//! (the in-memory one where the paused clock must be exact); and the destination contract
+//! (`contract.rs`, which has the runs where the rows matter) on SQLite.
 
+use super::contract::{counts, run, run_and_cancel_after, spec};
 use super::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
-
-fn spec(scid: Uuid, config: Value) -> RunSpec {
-    RunSpec {
-        job_id: Uuid::new_v4(),
-        source_connection_id: scid,
-        organization_id: Uuid::new_v4(),
-        short_name: "timed".into(),
-        config,
-    }
-}
-
-fn counts(inserted: u64, updated: u64, deleted: u64, kept: u64) -> EntityCounts {
-    EntityCounts {
-        inserted,
-        updated,
-        deleted,
-        kept,
-        ..EntityCounts::default()
-    }
-}
-
-async fn run(pipeline: &Pipeline, spec: RunSpec) -> (RunOutcome, watch::Receiver<EntityCounts>) {
-    let (progress, rx) = ProgressSink::new();
-    let outcome = pipeline.run(spec, CancellationToken::new(), progress).await;
-    (outcome, rx)
-}
-
-/// Starts a run in a task and cancels it after `after` (tokio time).
-async fn run_and_cancel_after(
-    pipeline: Arc<Pipeline>,
-    spec: RunSpec,
-    after: Duration,
-) -> (RunOutcome, Duration) {
-    let cancel = CancellationToken::new();
-    let (progress, _rx) = ProgressSink::new();
-    let task = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move { pipeline.run(spec, cancel, progress).await })
-    };
-    tokio::time::sleep(after).await;
-    let signalled = Instant::now();
-    cancel.cancel();
-    let outcome = task.await.unwrap();
-    (outcome, Instant::now() - signalled)
-}
-
-fn sqlite() -> (tempfile::TempDir, Arc<SqliteDestination>) {
-    let dir = tempfile::tempdir().unwrap();
-    let dest = SqliteDestination::open(dir.path()).unwrap();
-    (dir, dest)
-}
-
-#[tokio::test(start_paused = true)]
-async fn first_sync_inserts_every_entity_and_the_stats_show_them() {
-    let (_dir, dest) = sqlite();
-    let pipeline = Pipeline::new(dest.clone(), 4);
-    let scid = Uuid::new_v4();
-    let (outcome, progress) = run(&pipeline, spec(scid, json!({"entity_count": 50}))).await;
-    assert_eq!(outcome, RunOutcome::Completed(counts(51, 0, 0, 0)));
-    assert_eq!(
-        *progress.borrow(),
-        outcome.counts(),
-        "progress ends at the final counts"
-    );
-
-    let stats = dest.stats(scid).await.unwrap();
-    assert_eq!(stats.total_entities, 51);
-    assert_eq!(stats.by_type["TimedEntity"].count, 50);
-    assert_eq!(stats.by_type["TimedContainerEntity"].count, 1);
-    assert!(stats.by_type["TimedEntity"].last_updated.is_some());
-}
 
 #[tokio::test(start_paused = true)]
 async fn a_run_that_dies_leaves_the_counts_of_what_it_wrote_in_the_destination() {
@@ -114,123 +45,6 @@ async fn a_run_that_dies_leaves_the_counts_of_what_it_wrote_in_the_destination()
     assert_eq!(
         pipeline.durable_counts(Uuid::new_v4()).await,
         Some(EntityCounts::default())
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_completed_runs_counts_are_the_destinations() {
-    let (_dir, dest) = sqlite();
-    let pipeline = Pipeline::new(dest.clone(), 4);
-    let scid = Uuid::new_v4();
-    run(
-        &pipeline,
-        spec(scid, json!({"entity_count": 30, "seed": 1})),
-    )
-    .await;
-    let second = spec(scid, json!({"entity_count": 20, "seed": 1}));
-    let job_id = second.job_id;
-    let (outcome, _) = run(&pipeline, second).await;
-    assert_eq!(outcome.counts().deleted, 10, "{outcome:?}");
-    assert_eq!(
-        pipeline.durable_counts(job_id).await,
-        Some(outcome.counts())
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn rerun_of_the_same_seed_keeps_everything() {
-    let (_dir, dest) = sqlite();
-    let pipeline = Pipeline::new(dest.clone(), 4);
-    let scid = Uuid::new_v4();
-    let config = json!({"entity_count": 40, "duration_seconds": 2, "seed": 9});
-    run(&pipeline, spec(scid, config.clone())).await;
-    let (outcome, _) = run(&pipeline, spec(scid, config)).await;
-    assert_eq!(outcome, RunOutcome::Completed(counts(0, 0, 0, 41)));
-    assert_eq!(dest.stats(scid).await.unwrap().total_entities, 41);
-}
-
-#[tokio::test(start_paused = true)]
-async fn changed_seed_inserts_the_new_ids_and_deletes_the_old() {
-    let (_dir, dest) = sqlite();
-    let pipeline = Pipeline::new(dest.clone(), 4);
-    let scid = Uuid::new_v4();
-    run(
-        &pipeline,
-        spec(scid, json!({"entity_count": 30, "seed": 1})),
-    )
-    .await;
-    let (outcome, _) = run(
-        &pipeline,
-        spec(scid, json!({"entity_count": 30, "seed": 2})),
-    )
-    .await;
-    // Ids carry the seed (`timed-<seed>-<i>`), so no id survives a seed change.
-    assert_eq!(outcome, RunOutcome::Completed(counts(31, 0, 31, 0)));
-    assert_eq!(dest.stats(scid).await.unwrap().total_entities, 31);
-}
-
-#[tokio::test(start_paused = true)]
-async fn changed_count_updates_what_changed_and_deletes_what_is_gone() {
-    let (_dir, dest) = sqlite();
-    let pipeline = Pipeline::new(dest.clone(), 4);
-    let scid = Uuid::new_v4();
-    run(&pipeline, spec(scid, json!({"entity_count": 20}))).await;
-    // Every entity's text says "Entity i of <count>", the container's says the count too.
-    let (outcome, _) = run(&pipeline, spec(scid, json!({"entity_count": 10}))).await;
-    assert_eq!(outcome, RunOutcome::Completed(counts(0, 11, 10, 0)));
-    let stats = dest.stats(scid).await.unwrap();
-    assert_eq!(stats.total_entities, 11);
-    assert_eq!(stats.by_type["TimedEntity"].count, 10);
-}
-
-#[tokio::test(start_paused = true)]
-async fn runs_of_other_source_connections_do_not_touch_each_other() {
-    let (_dir, dest) = sqlite();
-    let pipeline = Pipeline::new(dest.clone(), 4);
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-    run(&pipeline, spec(a, json!({"entity_count": 10}))).await;
-    let (outcome, _) = run(&pipeline, spec(b, json!({"entity_count": 5, "seed": 3}))).await;
-    assert_eq!(outcome, RunOutcome::Completed(counts(6, 0, 0, 0)));
-    assert_eq!(dest.stats(a).await.unwrap().total_entities, 11);
-}
-
-#[tokio::test(start_paused = true)]
-async fn cancel_midway_keeps_what_was_written_and_reports_exactly_that() {
-    let (_dir, dest) = sqlite();
-    let pipeline = Arc::new(Pipeline::new(dest.clone(), 4));
-    let scid = Uuid::new_v4();
-    // A full earlier run of 200 lets us check that a cancelled run deletes nothing.
-    run(
-        &pipeline,
-        spec(scid, json!({"entity_count": 200, "seed": 5})),
-    )
-    .await;
-    let config = json!({"entity_count": 100, "duration_seconds": 10, "seed": 6});
-    let (outcome, _) = run_and_cancel_after(
-        pipeline.clone(),
-        spec(scid, config.clone()),
-        Duration::from_millis(5050),
-    )
-    .await;
-    let RunOutcome::Cancelled(c) = outcome else {
-        panic!("expected Cancelled, got {outcome:?}");
-    };
-    // Entities 0..=50 were due by 5.05 s; the clock may run ahead of the SQLite thread, so
-    // fewer may have been written, never more, and never nothing (the first write was in flight).
-    assert!(c.inserted >= 1 && c.inserted <= 52, "{c:?}");
-    assert_eq!((c.updated, c.deleted, c.failed), (0, 0, 0));
-    let stats = dest.stats(scid).await.unwrap();
-    assert_eq!(
-        stats.total_entities,
-        201 + c.inserted,
-        "counts equal the new rows; old rows stay"
-    );
-
-    // Running it to the end afterwards finds what the cancelled run wrote.
-    let (outcome, _) = run(&pipeline, spec(scid, config)).await;
-    assert_eq!(
-        outcome,
-        RunOutcome::Completed(counts(101 - c.inserted, 0, 201, c.inserted))
     );
 }
 
@@ -314,33 +128,6 @@ async fn a_failing_destination_fails_the_run_with_the_counts_written() {
     assert!(
         Instant::now() - started < Duration::from_secs(1),
         "fails early, not at the end"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_sqlite_error_rolls_back_its_batch_and_is_not_counted() {
-    let (dir, dest) = sqlite();
-    let pipeline = Pipeline::new(dest.clone(), 4);
-    let scid = Uuid::new_v4();
-    // A real SQLite failure on one entity in the middle of the run.
-    let conn = rusqlite::Connection::open(dir.path().join(destination::ENTITIES_FILE)).unwrap();
-    conn.execute_batch(
-        "CREATE TRIGGER boom BEFORE INSERT ON entities WHEN NEW.entity_id = 'timed-42-30'
-         BEGIN SELECT RAISE(ABORT, 'injected constraint failure'); END;",
-    )
-    .unwrap();
-    drop(conn);
-    let (outcome, _) = run(&pipeline, spec(scid, json!({"entity_count": 60}))).await;
-    let RunOutcome::Failed { error, counts } = outcome else {
-        panic!("expected Failed, got {outcome:?}");
-    };
-    assert!(error.contains("injected constraint failure"), "{error}");
-    // The clock may run ahead of the SQLite thread, so how many got in first varies; what
-    // must hold is that the counts are exactly the rows.
-    assert!(counts.inserted < 61, "{counts:?}");
-    assert_eq!(
-        dest.stats(scid).await.unwrap().total_entities,
-        counts.inserted
     );
 }
 
@@ -593,20 +380,6 @@ async fn progress_is_cumulative_and_never_goes_back() {
     assert_eq!(seen.last(), Some(&outcome.counts()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_entities_through_sqlite_on_a_threaded_runtime() {
-    let (_dir, dest) = sqlite();
-    let pipeline = Pipeline::new(dest.clone(), Pipeline::default_workers());
-    let scid = Uuid::new_v4();
-    let config = json!({"entity_count": 3000, "duration_seconds": 0.1});
-    let (outcome, _) = run(&pipeline, spec(scid, config.clone())).await;
-    assert_eq!(outcome, RunOutcome::Completed(counts(3001, 0, 0, 0)));
-    let (outcome, _) = run(&pipeline, spec(scid, config)).await;
-    assert_eq!(outcome, RunOutcome::Completed(counts(0, 0, 0, 3001)));
-    assert_eq!(dest.purge(scid).await.unwrap(), 3001);
-    assert_eq!(dest.stats(scid).await.unwrap().total_entities, 0);
-}
-
 /// A destination that takes `delay` per write and notes which worker tasks wrote and how
 /// many writes were in flight at once.
 struct WatchedSink {
@@ -698,4 +471,38 @@ async fn a_slow_source_is_served_by_one_worker_and_a_fast_one_by_all() {
         4,
         "every worker wrote at once"
     );
+}
+
+/// The destination contract on the embedded SQLite destination, a fresh directory per test.
+mod sqlite_contract {
+    use super::super::contract::Harness;
+    use super::super::destination::ENTITIES_FILE;
+    use super::*;
+
+    struct Sqlite(tempfile::TempDir);
+
+    #[async_trait]
+    impl Harness for Sqlite {
+        async fn open(&self) -> Arc<dyn EntitySink> {
+            let dest = SqliteDestination::open(self.0.path()).expect("the destination opens");
+            assert!(self.0.path().join(ENTITIES_FILE).is_file());
+            dest
+        }
+
+        async fn fail_writes_of(&self, entity_id: &str) {
+            let conn = rusqlite::Connection::open(self.0.path().join(ENTITIES_FILE)).unwrap();
+            conn.execute_batch(&format!(
+                "CREATE TRIGGER fail_{n} BEFORE INSERT ON entities WHEN NEW.entity_id = '{entity_id}'
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+                n = Uuid::new_v4().simple()
+            ))
+            .unwrap();
+        }
+    }
+
+    async fn harness(_test: &str) -> Option<Sqlite> {
+        Some(Sqlite(tempfile::tempdir().unwrap()))
+    }
+
+    crate::destination_contract!(harness);
 }

@@ -54,7 +54,7 @@ pub(crate) fn connection_gone(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-fn unavailable_cause(e: &tokio_postgres::Error) -> Option<&'static str> {
+pub(crate) fn unavailable_cause(e: &tokio_postgres::Error) -> Option<&'static str> {
     let Some(code) = e.code() else {
         if e.is_closed() {
             return Some(LOST);

@@ -1,9 +1,12 @@
-//! syncjobs-store-postgres: the EventStore on PostgreSQL, for several nodes on one database.
+//! syncjobs-store-postgres: the EventStore on PostgreSQL, for several nodes on one database,
+//! and the destination (synced entities) in the same database.
 //!
 //! - [`store`]: [`PgStore`], the store: a pool of connections on a small runtime of its own
 //!   (so it works from actix's single-threaded arbiters and from blocking start-up code).
 //! - [`writer`]: the node's one writer, which group-commits its appends under the append lock.
 //! - [`listen`]: the node's listener (`LISTEN`/`NOTIFY`), which wakes followers.
+//! - [`destination`]: [`PgDestination`], the destination (synced entities) in the same
+//!   database, for the nodes' workers to share; its method is in its module docs.
 //! - [`migrate`]: the schema, as versioned migrations (`migrations/*.sql`) applied once.
 //! - `testkit` (feature `testkit`): fresh databases for tests.
 //! - `error`: PostgreSQL's errors as [`StoreError`]s (unavailable vs. backend; no credentials).
@@ -61,6 +64,7 @@
 //! outcome unknown, as with any database: the caller gets `Unavailable`, and a retry with
 //! the same expected version either lands or conflicts.
 
+pub mod destination;
 mod error;
 pub mod listen;
 pub mod migrate;
@@ -69,6 +73,7 @@ pub mod store;
 pub mod testkit;
 pub mod writer;
 
+pub use destination::PgDestination;
 pub use listen::LISTENER_NAME;
 pub use store::{PgStore, Schema, Timeouts, POOL_SIZE};
 pub use syncjobs_domain::StoreError;

@@ -11,8 +11,14 @@ use syncjobs_domain::StoreError;
 use tokio_postgres::Client;
 
 /// Every migration this build knows, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "events", include_str!("../migrations/0001_events.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "events", include_str!("../migrations/0001_events.sql")),
+    (
+        2,
+        "entities",
+        include_str!("../migrations/0002_entities.sql"),
+    ),
+];
 
 /// The advisory lock key migrations are applied under ("syncjobs" + 0).
 pub(crate) const MIGRATION_LOCK: i64 = 0x7379_6e63_6a6f_6200;
@@ -62,7 +68,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
     }
     tx.commit().await.map_err(fail)?;
     if !done.is_empty() {
-        tracing::info!(versions = ?done, "event store schema migrated");
+        tracing::info!(versions = ?done, "PostgreSQL schema migrated");
     }
     Ok(done)
 }

@@ -145,7 +145,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A runtime of the store's own, shut down without waiting when the store goes (dropping a
 /// runtime from async code would panic).
-struct OwnRuntime(Option<tokio::runtime::Runtime>);
+pub(crate) struct OwnRuntime(pub(crate) Option<tokio::runtime::Runtime>);
 
 impl Drop for OwnRuntime {
     fn drop(&mut self) {
@@ -278,7 +278,7 @@ impl PgStore {
     }
 }
 
-fn build_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
+pub(crate) fn build_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("syncjobs-pg")
@@ -287,13 +287,13 @@ fn build_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
         .map_err(|e| StoreError::Backend(format!("cannot start the PostgreSQL threads: {e}")))
 }
 
-fn runtime_handle(rt: &OwnRuntime) -> Result<tokio::runtime::Handle, StoreError> {
+pub(crate) fn runtime_handle(rt: &OwnRuntime) -> Result<tokio::runtime::Handle, StoreError> {
     rt.0.as_ref()
         .map(|rt| rt.handle().clone())
         .ok_or(StoreError::Closed)
 }
 
-fn join_error(e: tokio::task::JoinError) -> StoreError {
+pub(crate) fn join_error(e: tokio::task::JoinError) -> StoreError {
     if e.is_cancelled() {
         StoreError::Closed
     } else {
@@ -329,18 +329,31 @@ fn tune(config: &mut tokio_postgres::Config, timeouts: &Timeouts) {
     }
 }
 
-/// On the store's runtime: the pool, the schema, the head, the writer and the listener.
-async fn start(url: String, schema: Schema, timeouts: Timeouts) -> Result<Started, StoreError> {
+/// The connection settings of `url`, with the bounds every connection of this crate has.
+pub(crate) fn parse_config(
+    url: &str,
+    timeouts: &Timeouts,
+) -> Result<tokio_postgres::Config, StoreError> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
         StoreError::Backend(format!("not a PostgreSQL URL: {}", redact(&e.to_string())))
     })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(timeouts.connect);
     }
-    tune(&mut config, &timeouts);
+    tune(&mut config, timeouts);
     if config.get_application_name().is_none() {
         config.application_name("syncjobs");
     }
+    Ok(config)
+}
+
+/// A pool of up to `size` connections; waiting for one and making one are bounded, so a
+/// request fails as unavailable rather than hang on a database that is away.
+pub(crate) fn build_pool(
+    config: &tokio_postgres::Config,
+    size: usize,
+    timeouts: &Timeouts,
+) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         config.clone(),
         NoTls,
@@ -348,14 +361,20 @@ async fn start(url: String, schema: Schema, timeouts: Timeouts) -> Result<Starte
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    let pool = Pool::builder(manager)
-        .max_size(POOL_SIZE)
+    Pool::builder(manager)
+        .max_size(size)
         .wait_timeout(Some(timeouts.pool_wait))
         .create_timeout(Some(timeouts.connect))
         .recycle_timeout(Some(timeouts.connect))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
-        .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
+        .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))
+}
+
+/// On the store's runtime: the pool, the schema, the head, the writer and the listener.
+async fn start(url: String, schema: Schema, timeouts: Timeouts) -> Result<Started, StoreError> {
+    let config = parse_config(&url, &timeouts)?;
+    let pool = build_pool(&config, POOL_SIZE, &timeouts)?;
     let head = {
         let mut client = pool.get().await.map_err(|e| pool_error(&e))?;
         match schema {

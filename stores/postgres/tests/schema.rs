@@ -43,7 +43,12 @@ async fn nodes_starting_together_apply_each_migration_once() {
     assert_eq!(applied, known, "each migration recorded once");
     assert_eq!(
         tables(&db).await,
-        ["syncjobs_events", "syncjobs_migrations"]
+        [
+            "syncjobs_entities",
+            "syncjobs_entity_writes",
+            "syncjobs_events",
+            "syncjobs_migrations"
+        ]
     );
 }
 
