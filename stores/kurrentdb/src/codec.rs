@@ -130,7 +130,12 @@ pub(crate) fn decode(stored: Stored<'_>) -> Result<RecordedEvent, StoreError> {
 
 /// `event` as recorded at `revision` and `position`: what an append returns, without
 /// decoding what it has just written.
-pub(crate) fn recorded(stream: &str, event: NewEvent, revision: u64, position: u64) -> RecordedEvent {
+pub(crate) fn recorded(
+    stream: &str,
+    event: NewEvent,
+    revision: u64,
+    position: u64,
+) -> RecordedEvent {
     RecordedEvent {
         event_id: event.event_id,
         stream_id: stream.to_owned(),
@@ -163,7 +168,10 @@ mod tests {
     #[test]
     fn expected_versions_count_from_one_and_revisions_from_zero() {
         assert_eq!(stream_state(ExpectedVersion::Any), StreamState::Any);
-        assert_eq!(stream_state(ExpectedVersion::Exact(0)), StreamState::NoStream);
+        assert_eq!(
+            stream_state(ExpectedVersion::Exact(0)),
+            StreamState::NoStream
+        );
         assert_eq!(
             stream_state(ExpectedVersion::Exact(1)),
             StreamState::StreamRevision(0)
@@ -179,7 +187,11 @@ mod tests {
 
     #[test]
     fn a_wrong_expected_version_is_a_typed_conflict_with_our_versions() {
-        match conflict("job-1", ExpectedVersion::Exact(0), CurrentRevision::Current(0)) {
+        match conflict(
+            "job-1",
+            ExpectedVersion::Exact(0),
+            CurrentRevision::Current(0),
+        ) {
             StoreError::Conflict {
                 stream,
                 expected,

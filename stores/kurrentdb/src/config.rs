@@ -81,7 +81,9 @@ impl Scope {
     pub fn filter(&self) -> SubscriptionFilter {
         match self {
             Scope::Syncjobs => SubscriptionFilter::on_stream_name().regex(syncjobs_regex()),
-            Scope::Namespace(ns) => SubscriptionFilter::on_stream_name().add_prefix(format!("{ns}.")),
+            Scope::Namespace(ns) => {
+                SubscriptionFilter::on_stream_name().add_prefix(format!("{ns}."))
+            }
         }
     }
 }
@@ -183,7 +185,10 @@ mod tests {
             let config = parse(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(config.scope, Scope::Syncjobs);
         }
-        assert!(is_kurrent_url("ESDB://host:2113"), "schemes are case-insensitive");
+        assert!(
+            is_kurrent_url("ESDB://host:2113"),
+            "schemes are case-insensitive"
+        );
         for url in ["postgres://u@h/db", "sqlite:///tmp", "host:2113", ""] {
             assert_eq!(parse(url).unwrap_err(), ConfigError::Scheme, "{url}");
         }
@@ -191,7 +196,8 @@ mod tests {
 
     #[test]
     fn the_namespace_is_ours_and_the_client_never_sees_it() {
-        let url = "esdb://admin:changeit@db:2113?tls=false&syncjobsNamespace=t-1_a&nodePreference=leader";
+        let url =
+            "esdb://admin:changeit@db:2113?tls=false&syncjobsNamespace=t-1_a&nodePreference=leader";
         let (client, ns) = take_namespace(url).unwrap();
         assert_eq!(ns.as_deref(), Some("t-1_a"));
         assert_eq!(
@@ -204,7 +210,10 @@ mod tests {
         // Case-insensitive, alone in the query.
         let (client, ns) = take_namespace("esdb://db?SYNCJOBSNAMESPACE=x").unwrap();
         assert_eq!((client.as_str(), ns.as_deref()), ("esdb://db", Some("x")));
-        assert_eq!(take_namespace("esdb://db").unwrap(), ("esdb://db".into(), None));
+        assert_eq!(
+            take_namespace("esdb://db").unwrap(),
+            ("esdb://db".into(), None)
+        );
     }
 
     #[test]

@@ -80,7 +80,10 @@ mod tests {
             UNREACHABLE
         );
         assert_eq!(cause(Error::ConnectionClosed), LOST);
-        assert_eq!(cause(Error::ServerError("status: Unavailable".into())), DOWN);
+        assert_eq!(
+            cause(Error::ServerError("status: Unavailable".into())),
+            DOWN
+        );
         assert_eq!(cause(Error::DeadlineExceeded), TIMEOUT);
         assert_eq!(
             cause(Error::NotLeaderException(Endpoint {

@@ -52,6 +52,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn new(
+        settings: ClientSettings,
+        scope: Scope,
+        handle: tokio::runtime::Handle,
+    ) -> Result<Shared, StoreError> {
+        let client = Client::with_runtime_handle(handle.clone(), settings.clone())
+            .map_err(|e| StoreError::Backend(format!("KurrentDB client: {e}")))?;
+        Ok(Shared {
+            settings,
+            scope,
+            handle,
+            conn: Mutex::new(Conn {
+                generation: 0,
+                client,
+            }),
+            head: tokio_watch::channel(0).0,
+            failure: Mutex::new(None),
+        })
+    }
+
     pub(crate) fn client(&self) -> (u64, Client) {
         let conn = lock(&self.conn);
         (conn.generation, conn.client.clone())
@@ -66,7 +86,10 @@ impl Shared {
         }
         match Client::with_runtime_handle(self.handle.clone(), self.settings.clone()) {
             Ok(client) => {
-                tracing::info!(generation, "KurrentDB client rebuilt after a failed connect");
+                tracing::info!(
+                    generation,
+                    "KurrentDB client rebuilt after a failed connect"
+                );
                 conn.client = client;
                 conn.generation += 1;
             }
@@ -156,7 +179,10 @@ impl Shared {
         let name = self.scope.to_kurrent(&stream).into_owned();
         if events.is_empty() {
             // Nothing to write; the expected version is still checked.
-            let actual = self.stream_version(&name).await.map_err(|e| store_error(&e))?;
+            let actual = self
+                .stream_version(&name)
+                .await
+                .map_err(|e| store_error(&e))?;
             if !expected.matches(actual) {
                 return Err(StoreError::Conflict {
                     stream,
@@ -271,7 +297,11 @@ impl Shared {
             .map_or(0, |e| e.get_original_event().revision + 1))
     }
 
-    async fn read_stream(&self, stream: String, after: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_stream(
+        &self,
+        stream: String,
+        after: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let name = self.scope.to_kurrent(&stream).into_owned();
         let options = ReadStreamOptions::default().position(codec::stream_from(after));
         let events = self
@@ -330,7 +360,10 @@ impl Shared {
     ) -> Result<Option<RecordedEvent>, StoreError> {
         let e = e.get_original_event();
         let Some(ours) = stream.or_else(|| self.scope.from_kurrent(e.stream_id())) else {
-            tracing::warn!(stream = e.stream_id(), "skipping an event of a foreign stream in $all");
+            tracing::warn!(
+                stream = e.stream_id(),
+                "skipping an event of a foreign stream in $all"
+            );
             return Ok(None);
         };
         codec::decode(Stored {
@@ -407,7 +440,9 @@ impl KurrentStore {
             .spawn(start(url, handle.clone()))
             .await
             .map_err(join_error)??;
-        Ok(Arc::new(KurrentStore::assemble(shared, stop, handle, runtime)))
+        Ok(Arc::new(KurrentStore::assemble(
+            shared, stop, handle, runtime,
+        )))
     }
 
     /// [`KurrentStore::connect`] for callers that may block (start-up, the CLI), from
@@ -421,7 +456,9 @@ impl KurrentStore {
             let _ = tx.send(start(url, h).await);
         });
         let (shared, stop) = rx.recv().map_err(|_| StoreError::Closed)??;
-        Ok(Arc::new(KurrentStore::assemble(shared, stop, handle, runtime)))
+        Ok(Arc::new(KurrentStore::assemble(
+            shared, stop, handle, runtime,
+        )))
     }
 
     fn assemble(
@@ -457,19 +494,7 @@ async fn start(
 ) -> Result<(Arc<Shared>, CancellationToken), StoreError> {
     install_crypto_provider();
     let config = config::parse(&url).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let client = Client::with_runtime_handle(handle.clone(), config.settings.clone())
-        .map_err(|e| StoreError::Backend(format!("KurrentDB client: {e}")))?;
-    let shared = Arc::new(Shared {
-        settings: config.settings,
-        scope: config.scope,
-        handle,
-        conn: Mutex::new(Conn {
-            generation: 0,
-            client,
-        }),
-        head: tokio_watch::channel(0).0,
-        failure: Mutex::new(None),
-    });
+    let shared = Arc::new(Shared::new(config.settings, config.scope, handle)?);
     // The log's end first, then our head: an event of ours landing in between is at or
     // below the head, or after where the watcher starts.
     let log_end = shared.read_log_end().await.map_err(|e| store_error(&e))?;
@@ -541,5 +566,59 @@ impl EventStore for KurrentStore {
 
     fn write_failure(&self) -> Option<String> {
         lock(&self.shared.failure).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::UNREACHABLE;
+
+    /// Nothing listens on port 1 of the loopback: a connect is refused at once.
+    const REFUSED: &str = "esdb://admin:s3cret@127.0.0.1:1?tls=false";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_dead_after_a_failed_connect_is_rebuilt() {
+        install_crypto_provider();
+        let config = config::parse(REFUSED).unwrap();
+        let shared = Shared::new(
+            config.settings,
+            config.scope,
+            tokio::runtime::Handle::current(),
+        )
+        .unwrap();
+        let (_, old) = shared.client();
+        let first = shared.read_head().await.unwrap_err();
+        assert!(
+            matches!(first, kurrentdb::Error::GrpcConnectionError(_)),
+            "{first:?}"
+        );
+        // The pitfall: the client that failed to connect answers every later call with
+        // ConnectionClosed, without trying again.
+        let dead = old
+            .read_all(&ReadAllOptions::default().max_count(1))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(dead, kurrentdb::Error::ConnectionClosed),
+            "{dead:?}"
+        );
+        assert_eq!(shared.client().0, 1, "the dead client was replaced");
+        let again = shared.read_head().await.unwrap_err();
+        assert!(
+            matches!(again, kurrentdb::Error::GrpcConnectionError(_)),
+            "the new client tries the server again: {again:?}"
+        );
+        assert_eq!(shared.client().0, 2);
+    }
+
+    #[test]
+    fn an_unreachable_server_is_named_as_such_when_opening() {
+        match KurrentStore::open(REFUSED) {
+            Err(StoreError::Unavailable { cause }) => assert_eq!(cause, UNREACHABLE),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a store opened on a refused port"),
+        }
     }
 }

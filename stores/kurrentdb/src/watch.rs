@@ -44,7 +44,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut from: Position, stop: Cancellat
             // Whatever committed while no subscription was listening.
             match shared.read_head().await {
                 Ok(head) => shared.committed(head),
-                Err(e) => tracing::warn!(error = %store_error(&e), "cannot read the KurrentDB head"),
+                Err(e) => {
+                    tracing::warn!(error = %store_error(&e), "cannot read the KurrentDB head")
+                }
             }
         }
         first = false;
