@@ -87,11 +87,11 @@ pub(crate) fn encode(event: &NewEvent) -> Result<EventData, StoreError> {
     let unencodable = |e: serde_json::Error| {
         StoreError::Backend(format!("event {} cannot be encoded: {e}", event.event_id))
     };
-    Ok(EventData::json(event.event.event_type(), &event.event)
+    EventData::json(event.event.event_type(), &event.event)
         .map_err(unencodable)?
         .id(event.event_id)
         .metadata_as_json(&envelope)
-        .map_err(unencodable)?)
+        .map_err(unencodable)
 }
 
 /// One stored event's parts, as KurrentDB hands them back.
