@@ -261,7 +261,7 @@ impl Shared {
             .call(|client| {
                 let options = options.clone();
                 let name = name.to_owned();
-                async move { collect(client.read_stream(name, &options).await?).await }
+                async move { stream_events(&client, name, &options).await }
             })
             .await
             .map_err(|e| store_error(&e))?;
@@ -289,7 +289,7 @@ impl Shared {
             .call(|client| {
                 let options = options.clone();
                 let name = name.to_owned();
-                async move { collect(client.read_stream(name, &options).await?).await }
+                async move { stream_events(&client, name, &options).await }
             })
             .await?;
         Ok(last
@@ -308,7 +308,7 @@ impl Shared {
             .call(|client| {
                 let options = options.clone();
                 let name = name.clone();
-                async move { collect(client.read_stream(name, &options).await?).await }
+                async move { stream_events(&client, name, &options).await }
             })
             .await
             .map_err(|e| store_error(&e))?;
@@ -386,6 +386,20 @@ async fn bounded<T>(
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .unwrap_or(Err(kurrentdb::Error::DeadlineExceeded))
+}
+
+/// The events of a stream read; a stream that does not exist has none (KurrentDB says
+/// "not found" in the read's first answer, or, on some versions, as the call's status).
+async fn stream_events(
+    client: &Client,
+    name: String,
+    options: &ReadStreamOptions,
+) -> Result<Vec<ResolvedEvent>, kurrentdb::Error> {
+    match client.read_stream(name, options).await {
+        Ok(read) => collect(read).await,
+        Err(kurrentdb::Error::ResourceNotFound) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every event of a read; a stream that does not exist has none.
