@@ -17,8 +17,14 @@ use syncjobs_store_postgres::{PgDestination, PgStore, Schema};
 use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 
 /// The backends this build has, as an unknown one's error lists them.
+#[cfg(feature = "kurrentdb")]
 pub const BACKENDS: &str = "sqlite://DIR (the embedded SQLite store in DIR), \
-    postgres://USER@HOST:PORT/DB or postgresql://... (PostgreSQL)";
+    postgres://USER@HOST:PORT/DB or postgresql://... (PostgreSQL), \
+    kurrentdb://HOST:PORT or esdb://... (KurrentDB, its connection string)";
+#[cfg(not(feature = "kurrentdb"))]
+pub const BACKENDS: &str = "sqlite://DIR (the embedded SQLite store in DIR), \
+    postgres://USER@HOST:PORT/DB or postgresql://... (PostgreSQL); \
+    KurrentDB (kurrentdb://, esdb://) needs a build with `--features kurrentdb`";
 
 /// Where the event store is. The `keys` commands take it as flags; `serve` builds it from
 /// its settings ([`crate::config::Settings::store_config`]); the debugging commands read it
@@ -26,8 +32,9 @@ pub const BACKENDS: &str = "sqlite://DIR (the embedded SQLite store in DIR), \
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreConfig {
     /// The event store as a URL: `sqlite://DIR` is the embedded store in DIR,
-    /// `postgres://USER@HOST:PORT/DB` a PostgreSQL database. Unset: the
-    /// embedded store in the data directory.
+    /// `postgres://USER@HOST:PORT/DB` a PostgreSQL database, `kurrentdb://HOST:PORT` or
+    /// `esdb://...` a KurrentDB server (in a build with `--features kurrentdb`). Unset:
+    /// the embedded store in the data directory.
     #[arg(
         long = "store",
         env = "SYNCJOBS_STORE",
@@ -109,6 +116,8 @@ pub fn open(config: &StoreConfig, mode: Mode) -> Result<OpenedStore, BackendErro
         "sqlite" if rest.is_empty() => Err(fail("sqlite:// names no directory".into())),
         "sqlite" => sqlite(Path::new(rest), config, mode),
         "postgres" | "postgresql" => postgres(url, mode),
+        #[cfg(feature = "kurrentdb")]
+        s if syncjobs_store_kurrentdb::SCHEMES.contains(&s) => kurrentdb(url),
         _ => Err(fail(format!("no backend '{scheme}'"))),
     }
 }
@@ -155,6 +164,22 @@ fn postgres(url: &str, mode: Mode) -> Result<OpenedStore, BackendError> {
     };
     let store: Arc<dyn EventStore> =
         PgStore::open(url, schema).map_err(|source| BackendError::Open {
+            url: redact_url(url).into_owned(),
+            source,
+        })?;
+    Ok(OpenedStore {
+        store,
+        _owner: None,
+    })
+}
+
+/// The KurrentDB store at `url` (KurrentDB's connection string). Nothing is created on
+/// opening (KurrentDB has no schema), whatever the mode; the data directory's lock (taken by
+/// `serve`) still guards the read model and the destination.
+#[cfg(feature = "kurrentdb")]
+fn kurrentdb(url: &str) -> Result<OpenedStore, BackendError> {
+    let store: Arc<dyn EventStore> =
+        syncjobs_store_kurrentdb::KurrentStore::open(url).map_err(|source| BackendError::Open {
             url: redact_url(url).into_owned(),
             source,
         })?;
@@ -220,6 +245,30 @@ mod tests {
             assert!(e.contains("the database is unreachable"), "{e}");
             assert!(!e.contains("s3cret"), "{e}");
         }
+    }
+
+    #[cfg(feature = "kurrentdb")]
+    #[test]
+    fn an_unreachable_kurrentdb_store_is_named_without_its_password() {
+        // Port 1: nothing listens there, the connection is refused at once.
+        for scheme in ["kurrentdb", "esdb", "ESDB"] {
+            let e = error(&format!("{scheme}://admin:s3cret@127.0.0.1:1?tls=false"));
+            assert!(
+                e.contains(&format!("event store {scheme}://admin:***@127.0.0.1:1")),
+                "{e}"
+            );
+            assert!(e.contains("KurrentDB is unreachable"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
+
+    #[cfg(not(feature = "kurrentdb"))]
+    #[test]
+    fn a_kurrentdb_url_says_which_build_has_that_backend() {
+        let e = error("esdb://admin:s3cret@127.0.0.1:2113?tls=false");
+        assert!(e.contains("no backend 'esdb'"), "{e}");
+        assert!(e.contains("--features kurrentdb"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]

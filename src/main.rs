@@ -79,6 +79,10 @@ enum KeysCommand {
 }
 
 fn main() -> ExitCode {
+    // Before any TLS configuration is built (NATS, the KurrentDB client): with KurrentDB's
+    // aws-lc-rs beside async-nats' ring, rustls cannot choose a provider by itself.
+    #[cfg(feature = "kurrentdb")]
+    syncjobs_store_kurrentdb::install_crypto_provider();
     datadir::private_files();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));

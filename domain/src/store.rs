@@ -367,6 +367,82 @@ mod tests {
         contract::run_all(&Memory).await;
     }
 
+    /// The in-memory store with positions three apart: a backend like KurrentDB, whose
+    /// positions are offsets, for the contract's sparse checks.
+    struct Gapped {
+        inner: Arc<InMemoryStore>,
+        head: watch::Sender<u64>,
+    }
+
+    fn gapped(mut events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
+        for e in &mut events {
+            e.global_position *= 3;
+        }
+        events
+    }
+
+    #[async_trait]
+    impl EventStore for Gapped {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: ExpectedVersion,
+            events: Vec<NewEvent>,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            let recorded = gapped(self.inner.append(stream, expected, events).await?);
+            let head = *self.inner.watch_head().borrow() * 3;
+            self.head.send_if_modified(|h| {
+                let newer = head > *h;
+                *h = (*h).max(head);
+                newer
+            });
+            Ok(recorded)
+        }
+        async fn read_stream(
+            &self,
+            stream: &str,
+            after: u64,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            Ok(gapped(self.inner.read_stream(stream, after).await?))
+        }
+        async fn read_all(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            Ok(gapped(self.inner.read_all(after / 3, limit).await?))
+        }
+        fn watch_head(&self) -> watch::Receiver<u64> {
+            self.head.subscribe()
+        }
+        fn backend(&self) -> &'static str {
+            "gapped"
+        }
+    }
+
+    struct GappedHarness;
+
+    #[async_trait]
+    impl contract::Harness for GappedHarness {
+        async fn open(&self) -> Arc<dyn EventStore> {
+            Arc::new(Gapped {
+                inner: InMemoryStore::new(),
+                head: watch::channel(0).0,
+            })
+        }
+        async fn reopen(&self, _closed: Arc<dyn EventStore>) -> Option<Arc<dyn EventStore>> {
+            None
+        }
+        fn positions(&self) -> contract::Positions {
+            contract::Positions::Sparse
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_with_gaps_between_positions_passes_the_sparse_contract() {
+        contract::run_all(&GappedHarness).await;
+    }
+
     /// A backend whose positions have gaps (here: three apart) and whose reads may return
     /// fewer events than asked for (a page of at most `page`), as the trait allows.
     struct Sparse {

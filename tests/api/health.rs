@@ -3,7 +3,8 @@
 //! relay line.
 
 use crate::helpers::{
-    id, lasting, parts, postgres_server, spawn_app, spawn_app_with, Options, TestApp,
+    id, kurrentdb_server, lasting, parts, postgres_server, spawn_app, spawn_app_with, Options,
+    TestApp,
 };
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -88,9 +89,10 @@ async fn health_with_a_key_shows_the_details_and_only_its_organizations_counts()
     assert_eq!(status, 200);
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["reasons"], json!([]));
-    let backend = match postgres_server() {
-        Some(_) => "postgres",
-        None => "embedded",
+    let backend = match (postgres_server(), kurrentdb_server()) {
+        (Some(_), _) => "postgres",
+        (None, Some(_)) => "kurrentdb",
+        (None, None) => "embedded",
     };
     assert_eq!(body["store"]["backend"], backend);
     assert_eq!(body["store"]["writable"], true);

@@ -34,8 +34,8 @@ pub struct TestApp {
     /// A key of a second organization, "other".
     pub other_key: String,
     pub client: reqwest::Client,
-    /// The production store: embedded SQLite in the app's data directory, or PostgreSQL
-    /// (see [`postgres_server`]).
+    /// The production store: embedded SQLite in the app's data directory, PostgreSQL
+    /// (see [`postgres_server`]) or KurrentDB (see [`kurrentdb_server`]).
     pub store: Arc<dyn EventStore>,
     pub destination: Arc<dyn EntitySink>,
     pub handle: actix_web::dev::ServerHandle,
@@ -104,8 +104,8 @@ pub fn postgres_server() -> Option<String> {
             std::env::var(syncjobs_store_postgres::testkit::URL_VAR)
                 .expect("SYNCJOBS_TEST_STORE=postgres needs SYNCJOBS_TEST_POSTGRES_URL"),
         ),
-        Ok("") | Ok("sqlite") | Err(_) => None,
-        Ok(other) => panic!("SYNCJOBS_TEST_STORE={other}: expected sqlite or postgres"),
+        Ok("") | Ok("sqlite") | Ok("kurrentdb") | Err(_) => None,
+        Ok(other) => panic!("SYNCJOBS_TEST_STORE={other}: expected sqlite, postgres or kurrentdb"),
     }
 }
 
@@ -131,6 +131,36 @@ fn database_of(store: &Arc<dyn EventStore>) -> Option<String> {
         .find(|(s, _)| std::ptr::addr_eq(s.as_ptr(), Arc::as_ptr(store)))
         .map(|(_, url)| url.clone());
     Some(found.expect("a PostgreSQL store made by spawn (its database holds the destination)"))
+}
+
+/// `SYNCJOBS_TEST_STORE=kurrentdb`: the suite runs on the KurrentDB server at
+/// `KURRENTDB_URL`, each app in a namespace of its own (a fresh, empty store), in a build
+/// with `--features kurrentdb`. Never run where this was written: no server could be had.
+pub fn kurrentdb_server() -> Option<String> {
+    if std::env::var("SYNCJOBS_TEST_STORE").as_deref() != Ok("kurrentdb") {
+        return None;
+    }
+    #[cfg(not(feature = "kurrentdb"))]
+    panic!("SYNCJOBS_TEST_STORE=kurrentdb needs a build with --features kurrentdb");
+    #[cfg(feature = "kurrentdb")]
+    Some(std::env::var("KURRENTDB_URL").expect(
+        "SYNCJOBS_TEST_STORE=kurrentdb needs KURRENTDB_URL (e.g. esdb://127.0.0.1:2113?tls=false)",
+    ))
+}
+
+/// A new, empty store on the KurrentDB server at `url`.
+#[cfg(feature = "kurrentdb")]
+async fn fresh_kurrentdb_store(url: &str) -> Arc<dyn EventStore> {
+    let url =
+        syncjobs_store_kurrentdb::with_namespace(url, &format!("test-{}", Uuid::new_v4().simple()));
+    syncjobs_store_kurrentdb::KurrentStore::connect(&url)
+        .await
+        .expect("a KurrentDB store")
+}
+
+#[cfg(not(feature = "kurrentdb"))]
+async fn fresh_kurrentdb_store(_url: &str) -> Arc<dyn EventStore> {
+    unreachable!("kurrentdb_server() refuses a build without the kurrentdb feature")
 }
 
 pub async fn spawn(o: Options) -> Spawned {
@@ -163,14 +193,15 @@ pub async fn spawn(o: Options) -> Spawned {
     };
     (o.settings)(&mut settings);
     let clock: SharedClock = Arc::new(SystemClock);
-    let store: Arc<dyn EventStore> = match (o.store, postgres_server()) {
-        (Some(store), _) => store,
-        (None, Some(admin)) => {
+    let store: Arc<dyn EventStore> = match (o.store, postgres_server(), kurrentdb_server()) {
+        (Some(store), _, _) => store,
+        (None, Some(admin), _) => {
             let (store, url) = syncjobs_store_postgres::testkit::fresh_store_with_url(&admin).await;
             remember_database(&store, url);
             store
         }
-        (None, None) => EmbeddedStore::open(data_dir.path()).expect("an embedded store"),
+        (None, None, Some(url)) => fresh_kurrentdb_store(&url).await,
+        (None, None, None) => EmbeddedStore::open(data_dir.path()).expect("an embedded store"),
     };
     let destination: Arc<dyn EntitySink> = match o.destination {
         Destination::Sqlite => match database_of(&store) {
