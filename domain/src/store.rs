@@ -98,6 +98,14 @@ pub trait EventStore: Send + Sync + 'static {
     fn write_failure(&self) -> Option<String> {
         None
     }
+
+    /// While the backend has lost its connection to a database it shares with other nodes
+    /// (and is making it again): why. Reads and writes then fail as unavailable, and other
+    /// nodes' commits go unseen, even when this node tries nothing: `/health` says so. None
+    /// for a backend with nothing to lose (the embedded store).
+    fn connection_failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// How many events a follower asks for at a time.

@@ -121,7 +121,7 @@ impl From<StoreError> for ApiError {
             // The cause is path-free by contract (the store logged the full error); the
             // client learns why, and that retrying later may work.
             StoreError::Unavailable { cause } => {
-                ApiError::Unavailable(format!("Event store cannot write: {cause}"))
+                ApiError::Unavailable(format!("Event store is unavailable: {cause}"))
             }
             other => ApiError::Internal(other.to_string()),
         }
@@ -213,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_that_cannot_write_answers_503_naming_the_cause() {
+    fn an_unavailable_store_answers_503_naming_the_cause() {
         let full = StoreError::Unavailable {
             cause: "database or disk is full".into(),
         };
@@ -221,7 +221,7 @@ mod tests {
             body(full.into()),
             (
                 503,
-                serde_json::json!({"detail": "Event store cannot write: database or disk is full"})
+                serde_json::json!({"detail": "Event store is unavailable: database or disk is full"})
             )
         );
     }

@@ -8,7 +8,7 @@
 //! relay registers one), and the counts of the key's own organization.
 //!
 //! `down` (503): the store is closed or the supervisor stopped; nothing works. `degraded`
-//! (200): the store cannot write, the read model lags more than [`MAX_HEALTHY_LAG`] events,
+//! (200): the store cannot write or has lost its database, the read model lags more than [`MAX_HEALTHY_LAG`] events,
 //! or a probe says it is unhealthy; reads still work.
 
 use super::AppState;
@@ -52,6 +52,7 @@ pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResp
     // The store drops its head's sender once it is closed and its writer has stopped.
     let store_closed = head_rx.has_changed().is_err();
     let write_failure = state.store.write_failure();
+    let connection_failure = state.store.connection_failure();
     let organization = key.as_ref().map(|k| k.organization_id);
     let position = state.projection.position();
     // Kept by the read model's fold (one row), never counted per call.
@@ -76,6 +77,9 @@ pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResp
         down.push("the job supervisor is not running".to_string());
     }
     let mut degraded = Vec::new();
+    if let Some(cause) = &connection_failure {
+        degraded.push(format!("the event store is unreachable: {cause}"));
+    }
     if let Some(cause) = &write_failure {
         degraded.push(format!("the event store cannot write: {cause}"));
     }
@@ -113,6 +117,8 @@ pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResp
                 "head": head,
                 "writable": write_failure.is_none() && !store_closed,
                 "write_failure": write_failure,
+                "connected": connection_failure.is_none() && !store_closed,
+                "connection_failure": connection_failure,
             }),
         );
         body.insert(

@@ -181,7 +181,7 @@ async fn while_the_store_cannot_write_commands_answer_503_and_health_is_degraded
         (status.as_u16(), body),
         (
             503,
-            json!({"detail": "Event store cannot write: database or disk is full"})
+            json!({"detail": "Event store is unavailable: database or disk is full"})
         )
     );
     assert_eq!(
@@ -258,7 +258,7 @@ async fn a_full_disk_answers_503_naming_the_cause_until_there_is_room() {
         (status.as_u16(), body),
         (
             503,
-            json!({"detail": "Event store cannot write: database or disk is full"})
+            json!({"detail": "Event store is unavailable: database or disk is full"})
         )
     );
     assert_eq!(

@@ -5,6 +5,7 @@ mod auth;
 mod cancel;
 mod collections;
 mod deletes;
+mod faults;
 mod health;
 mod helpers;
 mod history;

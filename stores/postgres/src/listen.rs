@@ -38,6 +38,7 @@ pub(crate) async fn run(
             Ok(()) => backoff = FIRST_BACKOFF,
             Err(e) => {
                 tracing::warn!(error = %redact(&e), retry_in = ?backoff, "event store listener cannot connect");
+                *crate::store::lock(&shared.unreachable) = Some(redact(&e).into_owned());
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -91,6 +92,7 @@ async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> Result<(), 
             tracing::debug!(head, "event store listener is listening");
             shared.committed(head);
             shared.listening.send_replace(true);
+            *crate::store::lock(&shared.unreachable) = None;
         }
         Err(e) => {
             driver.abort();
@@ -119,6 +121,10 @@ async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> Result<(), 
                 let alive = tokio::time::timeout(limits.operation, client.simple_query("SELECT 1")).await;
                 if !matches!(alive, Ok(Ok(_))) {
                     tracing::warn!(limit = ?limits.operation, "event store listener's connection does not answer; reconnecting");
+                    *crate::store::lock(&shared.unreachable) = Some(format!(
+                        "the database did not answer within {} s",
+                        limits.operation.as_secs()
+                    ));
                     break;
                 }
             }

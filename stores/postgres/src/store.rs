@@ -69,6 +69,9 @@ pub(crate) struct Shared {
     failure: Mutex<Option<String>>,
     /// Whether the listener is listening (false while it reconnects).
     pub(crate) listening: watch::Sender<bool>,
+    /// Why the listener cannot listen, while it cannot (set once a reconnect fails, so a
+    /// lost connection that is made again at once never shows).
+    pub(crate) unreachable: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -139,7 +142,7 @@ pub(crate) async fn bounded<T>(
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -391,6 +394,7 @@ async fn start(url: String, schema: Schema, timeouts: Timeouts) -> Result<Starte
         head: watch::channel(head).0,
         failure: Mutex::new(None),
         listening: watch::channel(false).0,
+        unreachable: Mutex::new(None),
     });
     let (requests, rx) = mpsc::channel(QUEUE_CAPACITY);
     let stop = CancellationToken::new();
@@ -464,6 +468,10 @@ impl EventStore for PgStore {
 
     fn write_failure(&self) -> Option<String> {
         lock(&self.shared.failure).clone()
+    }
+
+    fn connection_failure(&self) -> Option<String> {
+        lock(&self.shared.unreachable).clone()
     }
 }
 

@@ -167,6 +167,10 @@ impl EventStore for OwningStore {
     fn write_failure(&self) -> Option<String> {
         self.store.write_failure()
     }
+
+    fn connection_failure(&self) -> Option<String> {
+        self.store.connection_failure()
+    }
 }
 
 /// What a [`FaultProxy`] does with the traffic.

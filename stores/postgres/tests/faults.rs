@@ -74,6 +74,10 @@ async fn a_partitioned_or_stopped_database_fails_fast_and_everything_resumes_aft
             node.write_failure().is_some(),
             "{fault:?}: the failure is reported ({cause})"
         );
+        until("the lost connection is reported", BOUND, async || {
+            node.connection_failure().is_some()
+        })
+        .await;
         unavailable("read_all", node.read_all(0, 10)).await;
         unavailable("read_stream", node.read_stream(stream, 0)).await;
         // The other node is not held up: no lock is left behind.
