@@ -168,6 +168,51 @@ impl Api {
         Job::from_json(&v, scid)
     }
 
+    /// The connection's jobs, newest first (`limit` 1..1000).
+    pub async fn jobs_of(&self, scid: Uuid, limit: usize) -> Result<Vec<Job>> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("/source-connections/{scid}/jobs?limit={limit}"),
+                None,
+            )
+            .await?;
+        v.as_array()
+            .ok_or_else(|| BenchError::failed(format!("a job list that is not a list: {v}")))?
+            .iter()
+            .map(|job| Job::from_json(job, scid))
+            .collect()
+    }
+
+    /// A page of the key's source connections, newest first: their ids.
+    pub async fn source_connection_ids(&self, skip: usize, limit: usize) -> Result<Vec<Uuid>> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("/source-connections?skip={skip}&limit={limit}"),
+                None,
+            )
+            .await?;
+        v.as_array()
+            .ok_or_else(|| BenchError::failed(format!("a listing that is not a list: {v}")))?
+            .iter()
+            .map(|sc| {
+                sc["id"]
+                    .as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or_else(|| {
+                        BenchError::failed(format!("a source connection without id: {sc}"))
+                    })
+            })
+            .collect()
+    }
+
+    /// Deletes a source connection; returns it as it was.
+    pub async fn delete_source_connection(&self, scid: Uuid) -> Result<Value> {
+        self.call(Method::DELETE, &format!("/source-connections/{scid}"), None)
+            .await
+    }
+
     /// Asks for the job's cancellation; returns the job as the answer shows it.
     pub async fn cancel(&self, scid: Uuid, job_id: Uuid) -> Result<Job> {
         let path = format!("{}/cancel", Api::job_path(scid, job_id));

@@ -7,7 +7,8 @@
 //! stopped when its benchmark ends, fails, or the run is interrupted.
 //!
 //! - The benchmarks, one module each: [`append`] (#1), [`http_get`] (#2), [`cancel`] (#3),
-//!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7).
+//!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7), [`delete`] (#9),
+//!   [`stall`] (#10, run only when named or with `--history`).
 //! - Their baselines: [`raw`] (plain rusqlite doing the same physical work) and
 //!   [`baseline_server`] (#2's bare actix-web server).
 //! - What they drive: [`server`] (starts and stops the processes), [`client`] (the REST API),
@@ -20,6 +21,7 @@ mod append;
 mod baseline_server;
 mod cancel;
 mod client;
+mod delete;
 mod error;
 mod growth;
 mod history;
@@ -31,6 +33,7 @@ mod recovery;
 mod report;
 mod scale;
 mod server;
+mod stall;
 mod stats;
 mod workload;
 mod wrk;
@@ -73,7 +76,8 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Benchmarks to run, by number (1-6); all when none is given.
+    /// Benchmarks to run, by number; when none is given, all but #10, which runs only with
+    /// `--history` (it compares a fresh store with one with history, for 2 minutes).
     benches: Vec<u8>,
     /// Smaller sizes and shorter runs: a quick look, not figures to record.
     #[arg(long)]
@@ -117,6 +121,8 @@ pub struct Config {
 
 /// The benchmarks `--history` puts on a store with history.
 const HISTORY_BENCHES: [u8; 3] = [2, 3, 5];
+/// Left out of a run that names no benchmark unless `--history` is given.
+const NEEDS_HISTORY: [u8; 1] = [10];
 
 struct Bench {
     number: u8,
@@ -124,7 +130,7 @@ struct Bench {
     target: &'static str,
 }
 
-const BENCHES: [Bench; 7] = [
+const BENCHES: [Bench; 9] = [
     Bench {
         number: 1,
         title: "durable appends/s, 1/16/256 concurrent appenders",
@@ -159,6 +165,16 @@ const BENCHES: [Bench; 7] = [
         number: 7,
         title: "start-up and memory against history (10k, 100k, 1M jobs)",
         target: "at 1M jobs: RSS <= 200 MB, start until healthy <= 2 s (issue #13)",
+    },
+    Bench {
+        number: 9,
+        title: "delete a source connection with 100,000 jobs, under probes",
+        target: "done (answered, rows gone) <= 1 s, no probe past 10 ms meanwhile (issue #13)",
+    },
+    Bench {
+        number: 10,
+        title: "no periodic stall: cancel and run for 2 minutes, fresh vs history",
+        target: "p99 of each command with history <= 2 x fresh (issue #13)",
     },
 ];
 
@@ -211,7 +227,11 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> Result<Report> {
     let selected: Vec<u8> = if args.benches.is_empty() {
-        BENCHES.iter().map(|b| b.number).collect()
+        BENCHES
+            .iter()
+            .map(|b| b.number)
+            .filter(|n| args.history > 0 || !NEEDS_HISTORY.contains(n))
+            .collect()
     } else {
         args.benches.clone()
     };
@@ -219,9 +239,10 @@ async fn run(args: RunArgs) -> Result<Report> {
         .iter()
         .find(|n| !BENCHES.iter().any(|b| b.number == **n))
     {
+        let numbers: Vec<String> = BENCHES.iter().map(|b| b.number.to_string()).collect();
         return Err(BenchError::failed(format!(
-            "no benchmark #{n} (there are 1 to {})",
-            BENCHES.len()
+            "no benchmark #{n} (there are {})",
+            numbers.join(", ")
         )));
     }
     tokio::fs::create_dir_all(&args.work_dir).await?;
@@ -298,6 +319,8 @@ async fn run_one(number: u8, config: &Config) -> Result<Outcome> {
         5 => scale::run(config).await,
         6 => pipeline::run(config).await,
         7 => growth::run(config).await,
+        9 => delete::run(config).await,
+        10 => stall::run(config).await,
         n => Err(BenchError::failed(format!("no benchmark #{n}"))),
     }
 }
