@@ -44,6 +44,8 @@ const WARM_UP: Duration = Duration::from_secs(1);
 const BEFORE: Duration = Duration::from_secs(3);
 const AFTER: Duration = Duration::from_secs(3);
 const POLL_EVERY: Duration = Duration::from_millis(5);
+/// The report's timeline of the probes' maxima, in steps of this.
+const TIMELINE_STEP: Duration = Duration::from_millis(500);
 /// Bounds the wait for the rows to go (the benchmark fails beyond it).
 const PURGE_TIMEOUT: Duration = Duration::from_secs(300);
 const FINISH_TARGET: Duration = Duration::from_secs(1);
@@ -71,12 +73,13 @@ impl Kind {
 }
 
 /// One probe: when it was sent (since the start of probing) and how long it took.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sample {
     kind: Kind,
     sent: Duration,
     took: Duration,
-    ok: bool,
+    /// Why it failed, if it did.
+    error: Option<String>,
 }
 
 /// What the poller of `read_model.db` saw.
@@ -199,7 +202,15 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     let before = |s: &Sample| s.sent >= WARM_UP && s.sent + s.took <= delete_sent;
     let during = |s: &Sample| s.sent < end && s.sent + s.took > delete_sent;
     let after = |s: &Sample| s.sent >= end;
-    let failed = samples.iter().filter(|s| !s.ok).count();
+    let failures: Vec<String> = samples
+        .iter()
+        .filter_map(|s| {
+            let error = s.error.as_ref()?;
+            let at = s.sent.as_secs_f64() - delete_sent.as_secs_f64();
+            Some(format!("{} sent at {at:+.3} s: {error}", s.kind.label()))
+        })
+        .collect();
+    let failed = failures.len();
     let mut table = Table::new(&[
         "probe",
         "before: n, p50 / p99 / max ms",
@@ -225,6 +236,33 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
             summary(&d),
             summary(&a),
         ]);
+    }
+    let mut over_time = Table::new(&[
+        "probes sent, s from the DELETE",
+        "`GET` one job max ms",
+        "list max ms",
+        "`POST /collections` max ms",
+    ]);
+    let last = samples.iter().map(|s| s.sent).max().unwrap_or_default();
+    let mut from = WARM_UP;
+    while from <= last {
+        let to = from + TIMELINE_STEP;
+        let mut row = vec![format!(
+            "{:+.1} .. {:+.1}",
+            from.as_secs_f64() - delete_sent.as_secs_f64(),
+            to.as_secs_f64() - delete_sent.as_secs_f64()
+        )];
+        for kind in KINDS {
+            let max = samples
+                .iter()
+                .filter(|s| s.kind == kind && s.sent >= from && s.sent < to)
+                .map(|s| s.took)
+                .max()
+                .unwrap_or_default();
+            row.push(ms(max));
+        }
+        over_time.row(row);
+        from = to;
     }
     let answer = delete_answered - delete_sent;
     let finished = end - delete_sent;
@@ -257,8 +295,14 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         "server RSS at the end".into(),
         format!("{:.0} MB", rss.rss_mb()),
     ]);
+    let failures = if failures.is_empty() {
+        String::new()
+    } else {
+        format!("Probes that failed:\n\n- {}\n\n", failures.join("\n- "))
+    };
     let body = format!(
-        "{}\n{}\nThe store: one source connection with {} completed jobs, interleaved in the \
+        "{}\n{}\n{failures}The probes' max over time (the `DELETE` was sent at 0, answered at \
+         {:+.3} s; the rows were gone at {:+.3} s):\n\n{}\nThe store: one source connection with {} completed jobs, interleaved in the \
          log with {} jobs of {} other connections ({} events; the server folded them at its \
          start). Probes: one every {} ms (open loop), the three kinds in turn, on another \
          connection; {} s of warm-up are not counted. \"before\": probes answered before the \
@@ -272,6 +316,9 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
          flight meanwhile within {} ms, no probe failed.\n",
         timeline.render(),
         table.render(),
+        answer.as_secs_f64(),
+        rows_gone.as_secs_f64(),
+        over_time.render(),
         shape.heavy_jobs,
         shape.jobs,
         shape.jobs.div_ceil(100),
@@ -348,7 +395,7 @@ async fn probe(
                 kind,
                 sent,
                 took: t0.elapsed() - sent,
-                ok: result.is_ok(),
+                error: result.err().map(|e| e.to_string()),
             }
         }));
     }
