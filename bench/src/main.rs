@@ -154,7 +154,7 @@ const BENCHES: [Bench; 9] = [
     Bench {
         number: 5,
         title: "scale: 10,000 jobs running at once",
-        target: "RSS <= 300 MB, p99 GET <= 10 ms",
+        target: "RSS <= 300 MB, p99 of GET one job and of a list <= 10 ms",
     },
     Bench {
         number: 6,
