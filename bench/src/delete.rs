@@ -175,6 +175,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         tokio::task::spawn_blocking(move || poll_until_gone(&path, heavy, t0, &answered, &abandon))
     };
     let delete_sent = t0.elapsed();
+    let delete_wall = chrono::Utc::now();
     let deleted = api.delete_source_connection(heavy).await;
     let delete_answered = t0.elapsed();
     answered.store(true, Ordering::Release);
@@ -196,7 +197,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     let rss = server.memory()?;
     server.stop().await?;
     let log = tokio::fs::read_to_string(dir.path().join("server.log")).await?;
-    let purge_steps = log.lines().filter(|l| l.contains(PURGE_LINE)).count();
+    let steps = purge_steps(&log);
     let total_runs = deleted["sync"]["total_runs"].as_u64();
 
     let before = |s: &Sample| s.sent >= WARM_UP && s.sent + s.took <= delete_sent;
@@ -284,7 +285,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     ]);
     timeline.row(vec![
         "purge transactions (the fold's debug lines)".into(),
-        purge_steps.to_string(),
+        describe_steps(&steps, delete_wall),
     ]);
     timeline.row(vec![
         "`sync.total_runs` in the DELETE's answer".into(),
@@ -344,6 +345,44 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         ),
         body,
     })
+}
+
+/// When the purge's steps ended, from the server's log: each line starts with its UTC time.
+fn purge_steps(log: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    log.lines()
+        .filter(|l| l.contains(PURGE_LINE))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// `101, ended +12 .. +1090 ms after the DELETE was sent, 10.8 ms apart (longest gap 31.0)`.
+fn describe_steps(
+    steps: &[chrono::DateTime<chrono::Utc>],
+    delete_sent: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let since = |t: &chrono::DateTime<chrono::Utc>| {
+        (*t - delete_sent).num_microseconds().unwrap_or(0) as f64 / 1000.0
+    };
+    let (Some(first), Some(last)) = (steps.first(), steps.last()) else {
+        return "0".into();
+    };
+    let gaps: Vec<f64> = steps
+        .windows(2)
+        .map(|w| since(&w[1]) - since(&w[0]))
+        .collect();
+    let longest = gaps.iter().copied().fold(0.0, f64::max);
+    let mean = if gaps.is_empty() {
+        0.0
+    } else {
+        gaps.iter().sum::<f64>() / gaps.len() as f64
+    };
+    format!(
+        "{}, ended {:+.0} .. {:+.0} ms after the DELETE was sent, {mean:.1} ms apart \
+         (longest gap {longest:.1} ms)",
+        steps.len(),
+        since(first),
+        since(last)
+    )
 }
 
 fn summary(l: &Latencies) -> String {
@@ -463,5 +502,27 @@ fn poll_until_gone(
             )));
         }
         std::thread::sleep(POLL_EVERY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_steps_are_read_from_the_log() {
+        let log = "2026-12-02T12:00:00.000000Z  INFO syncjobs::access: GET /health 200 12\n\
+                   2026-12-02T12:00:00.010000Z DEBUG syncjobs_projections::db::fold: purged jobs \
+                   of a deleted source connection source_connection_id=x removed=1000\n\
+                   2026-12-02T12:00:00.030000Z DEBUG syncjobs_projections::db::fold: purged jobs \
+                   of a deleted source connection source_connection_id=x removed=0\n";
+        let steps = purge_steps(log);
+        assert_eq!(steps.len(), 2);
+        let sent = "2026-12-02T12:00:00.000000Z".parse().unwrap();
+        assert_eq!(
+            describe_steps(&steps, sent),
+            "2, ended +10 .. +30 ms after the DELETE was sent, 20.0 ms apart (longest gap 20.0 ms)"
+        );
+        assert_eq!(describe_steps(&[], sent), "0");
     }
 }
