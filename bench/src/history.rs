@@ -1,4 +1,4 @@
-//! Stores with history: `--history N` runs #2, #3 and #5 on a store that already holds N
+//! Stores with history: `--history N` runs #2, #3, #5 and #10 on a store that already holds N
 //! completed jobs (the #4 generator's store: 10 events per job, 100 jobs per source
 //! connection, all in the bench key's organization), and #7 measures start-up and memory
 //! against the size of the history. A deployment that syncs every hour accumulates jobs

@@ -82,8 +82,9 @@ struct RunArgs {
     /// Smaller sizes and shorter runs: a quick look, not figures to record.
     #[arg(long)]
     quick: bool,
-    /// Run #2, #3 and #5 on a store that already holds this many completed jobs (0: a
-    /// fresh store). Each size is generated once and kept under the work directory.
+    /// Run #2, #3 and #5 (and #10 beside a fresh store) on a store that already holds this
+    /// many completed jobs (0: a fresh store). Each size is generated once and kept under
+    /// the work directory.
     #[arg(long, default_value_t = 0)]
     history: u64,
     /// Where the report goes.
@@ -110,7 +111,7 @@ struct RunArgs {
 /// What every benchmark gets.
 pub struct Config {
     pub quick: bool,
-    /// Jobs of history under #2, #3 and #5 (0: a fresh store).
+    /// Jobs of history under #2, #3, #5 and #10 (0: a fresh store).
     pub history: u64,
     pub work_dir: PathBuf,
     pub server_bin: PathBuf,
