@@ -16,6 +16,11 @@ pub const SLOW_SECONDS: f64 = 600.0;
 
 /// No single request of a benchmark may hang it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A pooled connection idle this long is not reused: the server closes keep-alive
+/// connections idle for 5 s (`SYNCJOBS_KEEP_ALIVE_SECONDS`), and a request sent on one as it
+/// closes fails ("error sending request"), as #10's did on the server left idle while the
+/// other one was set up.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Api {
@@ -58,6 +63,7 @@ impl Api {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(256)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()?;
         Ok(Api {
             http,
