@@ -190,7 +190,9 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
                 break 'run;
             }
             tick.tick().await;
-            side.cycle(t0).await?;
+            if let Err(e) = side.cycle(t0).await {
+                return Err(side.server.explain(e));
+            }
         }
     }
     let rss = (fresh.server.memory()?, old.server.memory()?);
