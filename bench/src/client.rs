@@ -16,6 +16,11 @@ pub const SLOW_SECONDS: f64 = 600.0;
 
 /// No single request of a benchmark may hang it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A pooled connection idle this long is not reused: the server closes keep-alive
+/// connections idle for 5 s (`SYNCJOBS_KEEP_ALIVE_SECONDS`), and a request sent on one as it
+/// closes fails ("error sending request"), as #10's did on the server left idle while the
+/// other one was set up.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Api {
@@ -58,6 +63,7 @@ impl Api {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(256)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()?;
         Ok(Api {
             http,
@@ -166,6 +172,51 @@ impl Api {
             .call(Method::GET, &Api::job_path(scid, job_id), None)
             .await?;
         Job::from_json(&v, scid)
+    }
+
+    /// The connection's jobs, newest first (`limit` 1..1000).
+    pub async fn jobs_of(&self, scid: Uuid, limit: usize) -> Result<Vec<Job>> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("/source-connections/{scid}/jobs?limit={limit}"),
+                None,
+            )
+            .await?;
+        v.as_array()
+            .ok_or_else(|| BenchError::failed(format!("a job list that is not a list: {v}")))?
+            .iter()
+            .map(|job| Job::from_json(job, scid))
+            .collect()
+    }
+
+    /// A page of the key's source connections, newest first: their ids.
+    pub async fn source_connection_ids(&self, skip: usize, limit: usize) -> Result<Vec<Uuid>> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("/source-connections?skip={skip}&limit={limit}"),
+                None,
+            )
+            .await?;
+        v.as_array()
+            .ok_or_else(|| BenchError::failed(format!("a listing that is not a list: {v}")))?
+            .iter()
+            .map(|sc| {
+                sc["id"]
+                    .as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or_else(|| {
+                        BenchError::failed(format!("a source connection without id: {sc}"))
+                    })
+            })
+            .collect()
+    }
+
+    /// Deletes a source connection; returns it as it was.
+    pub async fn delete_source_connection(&self, scid: Uuid) -> Result<Value> {
+        self.call(Method::DELETE, &format!("/source-connections/{scid}"), None)
+            .await
     }
 
     /// Asks for the job's cancellation; returns the job as the answer shows it.

@@ -8,7 +8,8 @@
 //!
 //! - The benchmarks, one module each: [`append`] (#1), [`http_get`] (#2), [`cancel`] (#3),
 //!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7), [`streams`] (#8),
-//!   [`postgres`] (#10: the PostgreSQL store).
+//!   [`delete`] (#9), [`stall`] (#10, run only when named or with `--history`), [`postgres`]
+//!   (#11: the PostgreSQL store).
 //! - Their baselines: [`raw`] (plain rusqlite doing the same physical work) and
 //!   [`baseline_server`] (#2's bare actix-web server).
 //! - What they drive: [`server`] (starts and stops the processes), [`client`] (the REST API),
@@ -21,6 +22,7 @@ mod append;
 mod baseline_server;
 mod cancel;
 mod client;
+mod delete;
 mod error;
 mod growth;
 mod history;
@@ -33,6 +35,7 @@ mod recovery;
 mod report;
 mod scale;
 mod server;
+mod stall;
 mod stats;
 mod streams;
 mod workload;
@@ -72,20 +75,22 @@ enum Command {
     /// Writes the store of #4 into a data directory and keeps it, e.g. to profile a start:
     /// `perf record -g -- syncjobs serve` with `SYNCJOBS_DATA_DIR` pointing at it.
     GenerateStore(recovery::GenerateArgs),
-    /// The other process of #10's follower delay (started by the benchmark).
+    /// The other process of #11's follower delay (started by the benchmark).
     #[command(hide = true)]
     PgFollow(postgres::FollowArgs),
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// Benchmarks to run, by number; all when none is given.
+    /// Benchmarks to run, by number; when none is given, all but #10, which runs only with
+    /// `--history` (it compares a fresh store with one with history, for 2 minutes).
     benches: Vec<u8>,
     /// Smaller sizes and shorter runs: a quick look, not figures to record.
     #[arg(long)]
     quick: bool,
-    /// Run #2, #3 and #5 on a store that already holds this many completed jobs (0: a
-    /// fresh store). Each size is generated once and kept under the work directory.
+    /// Run #2, #3 and #5 (and #10 beside a fresh store) on a store that already holds this
+    /// many completed jobs (0: a fresh store). Each size is generated once and kept under
+    /// the work directory.
     #[arg(long, default_value_t = 0)]
     history: u64,
     /// Where the report goes.
@@ -101,7 +106,7 @@ struct RunArgs {
     /// The HTTP load tool of #2.
     #[arg(long, default_value = "wrk")]
     wrk: PathBuf,
-    /// The PostgreSQL server of #10 (a role that may create databases; the run makes a
+    /// The PostgreSQL server of #11 (a role that may create databases; the run makes a
     /// fresh one and drops it).
     #[arg(
         long,
@@ -120,19 +125,21 @@ struct RunArgs {
 /// What every benchmark gets.
 pub struct Config {
     pub quick: bool,
-    /// Jobs of history under #2, #3 and #5 (0: a fresh store).
+    /// Jobs of history under #2, #3, #5 and #10 (0: a fresh store).
     pub history: u64,
     pub work_dir: PathBuf,
     pub server_bin: PathBuf,
     /// This binary, for the baseline server of #2.
     pub bench_bin: PathBuf,
     pub wrk: PathBuf,
-    /// The PostgreSQL server of #10.
+    /// The PostgreSQL server of #11.
     pub postgres: String,
 }
 
 /// The benchmarks `--history` puts on a store with history.
 const HISTORY_BENCHES: [u8; 3] = [2, 3, 5];
+/// Left out of a run that names no benchmark unless `--history` is given.
+const NEEDS_HISTORY: [u8; 1] = [10];
 
 struct Bench {
     number: u8,
@@ -140,7 +147,7 @@ struct Bench {
     target: &'static str,
 }
 
-const BENCHES: [Bench; 9] = [
+const BENCHES: [Bench; 11] = [
     Bench {
         number: 1,
         title: "durable appends/s, 1/16/256 concurrent appenders",
@@ -164,7 +171,7 @@ const BENCHES: [Bench; 9] = [
     Bench {
         number: 5,
         title: "scale: 10,000 jobs running at once",
-        target: "RSS <= 300 MB, p99 GET <= 10 ms",
+        target: "RSS <= 300 MB, p99 of GET one job and of a list <= 10 ms",
     },
     Bench {
         number: 6,
@@ -182,7 +189,17 @@ const BENCHES: [Bench; 9] = [
         target: ">= 0.9 x the events/s with no stream open (issue #18)",
     },
     Bench {
+        number: 9,
+        title: "delete a source connection with 100,000 jobs, under probes",
+        target: "done (answered, rows gone) <= 1 s, no probe past 10 ms meanwhile (issue #13)",
+    },
+    Bench {
         number: 10,
+        title: "no periodic stall: cancel and run for 2 minutes, fresh vs history",
+        target: "p99 of each command with history <= 2 x fresh (issue #13)",
+    },
+    Bench {
+        number: 11,
         title:
             "PostgreSQL: durable appends/s (1/16/256 appenders), follower delay across processes",
         target: ">= 0.8 x raw INSERTs at 256 appenders (issue #14)",
@@ -250,7 +267,11 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> Result<Report> {
     let selected: Vec<u8> = if args.benches.is_empty() {
-        BENCHES.iter().map(|b| b.number).collect()
+        BENCHES
+            .iter()
+            .map(|b| b.number)
+            .filter(|n| args.history > 0 || !NEEDS_HISTORY.contains(n))
+            .collect()
     } else {
         args.benches.clone()
     };
@@ -258,13 +279,10 @@ async fn run(args: RunArgs) -> Result<Report> {
         .iter()
         .find(|n| !BENCHES.iter().any(|b| b.number == **n))
     {
+        let numbers: Vec<String> = BENCHES.iter().map(|b| b.number.to_string()).collect();
         return Err(BenchError::failed(format!(
             "no benchmark #{n} (there are {})",
-            BENCHES
-                .iter()
-                .map(|b| b.number.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            numbers.join(", ")
         )));
     }
     tokio::fs::create_dir_all(&args.work_dir).await?;
@@ -343,7 +361,9 @@ async fn run_one(number: u8, config: &Config) -> Result<Outcome> {
         6 => pipeline::run(config).await,
         7 => growth::run(config).await,
         8 => streams::run(config).await,
-        10 => postgres::run(config).await,
+        9 => delete::run(config).await,
+        10 => stall::run(config).await,
+        11 => postgres::run(config).await,
         n => Err(BenchError::failed(format!("no benchmark #{n}"))),
     }
 }

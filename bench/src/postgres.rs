@@ -1,4 +1,4 @@
-//! #10: the PostgreSQL store (issue #14): durable appends/s with 1, 16 and 256 concurrent
+//! #11: the PostgreSQL store (issue #14): durable appends/s with 1, 16 and 256 concurrent
 //! appenders against raw INSERTs over the same connection pool and durability, and a
 //! follower's delay from commit to delivery in another process.
 //!

@@ -36,10 +36,32 @@ const APPENDERS: usize = 64;
 const READY_TIMEOUT: Duration = Duration::from_secs(900);
 const TARGET: f64 = 2.0;
 
+/// What a generated store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Completed jobs spread over source connections, [`JOBS_PER_CONNECTION`] each.
+    pub jobs: u64,
+    /// Completed jobs of one more source connection (0: none), interleaved in the log with
+    /// the others as hourly syncs would be: #9 deletes it.
+    pub heavy_jobs: u64,
+}
+
+impl Shape {
+    pub fn jobs(jobs: u64) -> Shape {
+        Shape {
+            jobs,
+            heavy_jobs: 0,
+        }
+    }
+}
+
 pub struct Generated {
     pub events: u64,
     pub head: u64,
+    /// Source connections, the heavy one included.
     pub connections: u64,
+    /// The connection holding [`Shape::heavy_jobs`], if any.
+    pub heavy_connection: Option<Uuid>,
     pub took: Duration,
 }
 
@@ -50,7 +72,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     let data_dir = dir.path().join("data");
     let store_dir = data_dir.clone();
     eprintln!("   generating {jobs} jobs");
-    let generated = generate(&store_dir, jobs).await?;
+    let generated = generate(&store_dir, Shape::jobs(jobs)).await?;
     let db = store_dir.join(DB_FILE);
     let db_bytes = tokio::fs::metadata(&db).await?.len();
 
@@ -160,9 +182,13 @@ pub struct GenerateArgs {
     /// Data directory to write `events.db` into (created; must not hold a store yet).
     #[arg(long)]
     data_dir: std::path::PathBuf,
-    /// Completed jobs to write, ten events each.
+    /// Completed jobs to write, ten events each, 100 per source connection.
     #[arg(long, default_value_t = JOBS)]
     jobs: u64,
+    /// Completed jobs of one more source connection, besides `--jobs` (#9's store: one
+    /// connection with 100,000 jobs).
+    #[arg(long, default_value_t = 0)]
+    heavy_connection_jobs: u64,
 }
 
 /// `syncjobs-bench generate-store`: the store of this benchmark, kept.
@@ -173,14 +199,24 @@ pub async fn generate_command(args: GenerateArgs) -> Result<()> {
             args.data_dir.display()
         )));
     }
-    let generated = generate(&args.data_dir, args.jobs).await?;
+    let shape = Shape {
+        jobs: args.jobs,
+        heavy_jobs: args.heavy_connection_jobs,
+    };
+    let generated = generate(&args.data_dir, shape).await?;
     println!(
         "{} events ({} jobs) in {} in {:.1} s",
         generated.events,
-        args.jobs,
+        args.jobs + args.heavy_connection_jobs,
         args.data_dir.display(),
         generated.took.as_secs_f64()
     );
+    if let Some(heavy) = generated.heavy_connection {
+        println!(
+            "source connection {heavy} holds {} of them",
+            args.heavy_connection_jobs
+        );
+    }
     Ok(())
 }
 
@@ -197,9 +233,10 @@ fn check_projected(health: &serde_json::Value, generated: &Generated) -> Result<
     Ok(())
 }
 
-/// Writes the store: the organization, its collections and source connections, then `jobs`
-/// completed job streams, each in one append, from [`APPENDERS`] concurrent appenders.
-pub async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
+/// Writes the store: the organization, its collections and source connections, then the
+/// shape's completed job streams, each in one append, from [`APPENDERS`] concurrent appenders.
+pub async fn generate(store_dir: &Path, shape: Shape) -> Result<Generated> {
+    let Shape { jobs, heavy_jobs } = shape;
     let started = Instant::now();
     let store = {
         let dir = store_dir.to_path_buf();
@@ -218,7 +255,10 @@ pub async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
     events += 1;
 
     let connections = jobs.div_ceil(JOBS_PER_CONNECTION).max(1);
-    let collections = connections.div_ceil(CONNECTIONS_PER_COLLECTION);
+    // The heavy connection, if any, comes last.
+    let heavy_index = connections;
+    let connections_made = connections + u64::from(heavy_jobs > 0);
+    let collections = connections_made.div_ceil(CONNECTIONS_PER_COLLECTION);
     let mut setup: Vec<(String, Vec<NewEvent>)> = Vec::new();
     let mut collection_ids = Vec::new();
     for c in 0..collections {
@@ -236,7 +276,7 @@ pub async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
         collection_ids.push((id, readable));
     }
     let mut connection_ids = Vec::new();
-    for i in 0..connections {
+    for i in 0..connections_made {
         let (collection_id, readable) = &collection_ids[(i / CONNECTIONS_PER_COLLECTION) as usize];
         let id = Uuid::new_v4();
         let spec = SourceConnectionSpec {
@@ -259,25 +299,42 @@ pub async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
     })
     .await?;
 
+    let heavy_connection = connection_ids
+        .get(heavy_index as usize)
+        .copied()
+        .filter(|_| heavy_jobs > 0);
     let connection_ids = Arc::new(connection_ids);
     let next = Arc::new(AtomicU64::new(0));
+    let total = jobs + heavy_jobs;
     drain(&store, APPENDERS, move || {
         let j = next.fetch_add(1, Ordering::Relaxed);
-        if j >= jobs {
+        if j >= total {
             return None;
         }
-        let c = j % connections;
-        let k = j / connections;
+        // The heavy connection's jobs are spread evenly through the log: `h` of the first
+        // `j` jobs are its.
+        let heavy_before =
+            |j: u64| (u128::from(j) * u128::from(heavy_jobs) / u128::from(total)) as u64;
+        let h = heavy_before(j);
+        let (c, at) = if heavy_before(j + 1) > h {
+            // One after the other, 2.5 minutes apart (100,000 of them fit in the 200 days).
+            (heavy_index, epoch + TimeDelta::seconds(150 * h as i64))
+        } else {
+            let n = j - h;
+            let c = n % connections;
+            let k = n / connections;
+            // A connection's jobs run one after the other, ten minutes apart.
+            let at = epoch + TimeDelta::minutes(10 * k as i64) + TimeDelta::milliseconds(c as i64);
+            (c, at)
+        };
         let job_id = Uuid::new_v4();
-        // A connection's jobs run one after the other, ten minutes apart.
-        let at = epoch + TimeDelta::minutes(10 * k as i64) + TimeDelta::milliseconds(c as i64);
         Some((
             stream::job(job_id),
             workload::completed_job(job_id, connection_ids[c as usize], organization_id, at),
         ))
     })
     .await?;
-    events += jobs * EVENTS_PER_JOB;
+    events += total * EVENTS_PER_JOB;
 
     let head = *store.watch_head().borrow();
     store.close();
@@ -290,7 +347,8 @@ pub async fn generate(store_dir: &Path, jobs: u64) -> Result<Generated> {
     Ok(Generated {
         events,
         head,
-        connections,
+        connections: connections_made,
+        heavy_connection,
         took: started.elapsed(),
     })
 }

@@ -1,6 +1,10 @@
 //! #5: scale. 10,000 jobs running at once (slow timed sources); the server's resident
-//! memory (VmRSS and VmHWM from /proc) and the latency of `GET` one job (random among the
-//! running ones) from a few closed-loop clients, while all of them run.
+//! memory (VmRSS and VmHWM from /proc) and, from a few closed-loop clients while all of them
+//! run, the latency of `GET` one job (random among the running ones) and of the list of a
+//! connection's jobs (`GET /source-connections/{id}/jobs`, Airweave's default limit of 100),
+//! in turn. The lists are of connections of the history when there is one (`--history N`:
+//! 100 completed jobs each, a full page), else of the running jobs' connections (one job
+//! each).
 
 use crate::client::{start_slow_jobs, Api, SLOW_COUNT, SLOW_SECONDS};
 use crate::error::{BenchError, Result};
@@ -24,6 +28,8 @@ const SETTLE: Duration = Duration::from_secs(3);
 const MAX_GETS_PER_CLIENT: usize = 1_000_000;
 const RSS_TARGET_MB: f64 = 300.0;
 const P99_TARGET: Duration = Duration::from_millis(10);
+/// History connections whose lists are read (the newest of the history).
+const LISTED_CONNECTIONS: usize = 1_000;
 
 pub async fn run(cfg: &Config) -> Result<Outcome> {
     let (count, measure_for) = if cfg.quick {
@@ -50,6 +56,12 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         )
         .await?;
     let idle = server.memory()?;
+    // Taken before the new connections exist, which would come first in the listing.
+    let history_connections = if history.is_some() {
+        api.source_connection_ids(0, LISTED_CONNECTIONS).await?
+    } else {
+        Vec::new()
+    };
     let collection = api.create_collection("bench scale").await?;
     eprintln!("   starting {count} jobs");
     let started = Instant::now();
@@ -63,27 +75,55 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
             .map(|j| Api::job_path(j.source_connection_id, j.id))
             .collect(),
     );
+    let listed: Vec<Uuid> = if history_connections.is_empty() {
+        jobs.iter().map(|j| j.source_connection_id).collect()
+    } else {
+        history_connections
+    };
+    let first = *listed
+        .first()
+        .ok_or_else(|| BenchError::failed("no connection to list"))?;
+    let list_length = api.jobs_of(first, 100).await?.len();
+    let list_paths: Arc<Vec<String>> = Arc::new(
+        listed
+            .iter()
+            .map(|id| format!("/source-connections/{id}/jobs"))
+            .collect(),
+    );
     let deadline = Instant::now() + measure_for;
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (api, paths) = (api.clone(), paths.clone());
+        .map(|c| {
+            let (api, paths, list_paths) = (api.clone(), paths.clone(), list_paths.clone());
             tokio::spawn(async move {
-                let mut samples = Vec::new();
-                while Instant::now() < deadline && samples.len() < MAX_GETS_PER_CLIENT {
-                    let path = &paths[rand::rng().random_range(0..paths.len())];
+                let (mut gets, mut lists) = (Vec::new(), Vec::new());
+                // Clients start on different kinds, so both are always in flight.
+                for i in c.. {
+                    if Instant::now() >= deadline || gets.len() + lists.len() >= MAX_GETS_PER_CLIENT
+                    {
+                        break;
+                    }
+                    let (targets, samples) = if i % 2 == 0 {
+                        (&paths, &mut gets)
+                    } else {
+                        (&list_paths, &mut lists)
+                    };
+                    let path = &targets[rand::rng().random_range(0..targets.len())];
                     let t = Instant::now();
                     api.get_bytes(path).await?;
                     samples.push(t.elapsed());
                 }
-                Ok::<_, BenchError>(samples)
+                Ok::<_, BenchError>((gets, lists))
             })
         })
         .collect();
-    let mut samples = Vec::new();
+    let (mut samples, mut list_samples) = (Vec::new(), Vec::new());
     for client in clients {
-        samples.extend(client.await??);
+        let (gets, lists) = client.await??;
+        samples.extend(gets);
+        list_samples.extend(lists);
     }
     let latencies = Latencies::new(samples);
+    let list_latencies = Latencies::new(list_samples);
     let after = server.memory()?;
     let health = api.health().await?;
     let still_running = count_running(&api, &jobs).await?;
@@ -91,6 +131,7 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
 
     let rss = before.rss_mb().max(after.rss_mb());
     let p99 = latencies.p99();
+    let list_p99 = list_latencies.p99();
     let mut table = Table::new(&["what", "value"]);
     table.row(vec![
         "jobs running during the measurement".into(),
@@ -119,17 +160,21 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
     ]);
     table.row(vec![
         format!(
-            "GET one job, {CLIENTS} clients, {} s",
+            "GET one job and list, {CLIENTS} clients, {} s",
             measure_for.as_secs()
         ),
         format!(
-            "{} requests, {} req/s",
+            "{} + {} requests, {} req/s",
             latencies.len(),
-            thousands(per_second(latencies.len() as f64, measure_for))
+            list_latencies.len(),
+            thousands(per_second(
+                (latencies.len() + list_latencies.len()) as f64,
+                measure_for
+            ))
         ),
     ]);
     table.row(vec![
-        "GET p50 / p90 / p99 / max".into(),
+        "GET one job p50 / p90 / p99 / max".into(),
         format!(
             "{} / {} / {} / {} ms",
             ms(latencies.p50()),
@@ -138,23 +183,49 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
             ms(latencies.max())
         ),
     ]);
+    table.row(vec![
+        format!(
+            "list ({list_length} jobs, of {} connections) p50 / p90 / p99 / max",
+            list_paths.len()
+        ),
+        format!(
+            "{} / {} / {} / {} ms",
+            ms(list_latencies.p50()),
+            ms(list_latencies.percentile(90.0)),
+            ms(list_p99),
+            ms(list_latencies.max())
+        ),
+    ]);
     let body = format!(
         "{}\nJobs: timed sources of {SLOW_COUNT} entities over {SLOW_SECONDS:.0} s (the \
-         longest duration), each on its own source connection. The GETs pick a random job \
-         of those and run back to back from {CLIENTS} clients (closed loop), {:.0} s after \
-         the last job started. The verdict takes the larger RSS of the two samples taken \
-         with the jobs running. `/health` at the end: `{}`. The server ran {}.\n",
+         longest duration), each on its own source connection. The requests run back to \
+         back from {CLIENTS} clients (closed loop), {:.0} s after the last job started, each \
+         client alternating a `GET` of a random running job and a list of the jobs of a \
+         random connection ({}). The verdict takes the larger RSS of the two samples taken \
+         with the jobs running, and both p99s. `/health` at the end: `{}`. The server ran {}.\n",
         table.render(),
         SETTLE.as_secs_f64(),
+        if history.is_some() {
+            "the newest connections of the history, 100 completed jobs each"
+        } else {
+            "the running jobs' connections, one job each"
+        },
         health,
         crate::history::History::describe(history)
     );
     Ok(Outcome {
         headline: format!(
-            "RSS {rss:.0} MB, GET p99 {} ms with {still_running} jobs running",
-            ms(p99)
+            "RSS {rss:.0} MB, GET one job p99 {} ms, list of {list_length} p99 {} ms with \
+             {still_running} jobs running",
+            ms(p99),
+            ms(list_p99)
         ),
-        verdict: Verdict::of(rss <= RSS_TARGET_MB && p99 <= P99_TARGET && still_running == count),
+        verdict: Verdict::of(
+            rss <= RSS_TARGET_MB
+                && p99 <= P99_TARGET
+                && list_p99 <= P99_TARGET
+                && still_running == count,
+        ),
         body,
     })
 }

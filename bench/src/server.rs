@@ -152,6 +152,16 @@ impl ServerProcess {
         }
     }
 
+    /// `error` of a request to this server, with whether the server still runs and the end
+    /// of its log: a benchmark that fails says why the server failed it.
+    pub fn explain(&mut self, error: BenchError) -> BenchError {
+        match self.child.try_wait() {
+            Ok(Some(status)) => self.failure(format!("exited ({status}); the request: {error}")),
+            Ok(None) => self.failure(format!("still runs; the request failed: {error}")),
+            Err(e) => self.failure(format!("cannot be checked ({e}); the request: {error}")),
+        }
+    }
+
     fn check_alive(&mut self) -> Result<()> {
         match self.child.try_wait()? {
             Some(status) => Err(self.failure(format!("exited ({status})"))),
