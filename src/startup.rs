@@ -157,7 +157,7 @@ impl Application {
         // The write side: recovers unfinished jobs before it takes commands. The read model
         // has just caught up with the log's head, so it names them; each is then rebuilt from
         // its own stream.
-        let unfinished = projection.read(|m| m.unfinished_jobs())?;
+        let unfinished = projection.read(async |m| m.unfinished_jobs().await).await?;
         let jobs = start_supervisor(
             c.store.clone(),
             c.runner,

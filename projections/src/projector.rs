@@ -81,16 +81,33 @@ impl Projection {
         Ok((projection, writer))
     }
 
-    /// Runs `f` against the model on a pooled read connection. Keep `f` short and never
-    /// await in it.
-    pub fn read<R, E: From<ReadError>>(
+    /// Runs `f` against the model on a pooled read connection, held until `f`'s future ends
+    /// (returned to the pool even if that future is dropped half-way).
+    pub async fn read<R, E: From<ReadError>>(
         &self,
-        f: impl FnOnce(&ReadView<'_>) -> Result<R, E>,
+        f: impl AsyncFnOnce(&ReadView<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
         // Taken before the read: the rows seen are at least this recent.
         let position = self.position();
         let db = &self.shared.db;
-        db.with_reader(|conn| f(&ReadView { db, conn, position }))?
+        let reader = db.reader()?;
+        f(&ReadView {
+            db,
+            conn: &reader,
+            position,
+        })
+        .await
+    }
+
+    /// [`ReadView::authenticate`]'s answer if the key cache holds it, without a read: the
+    /// request extractor answers a hit at once (no future to box on every request).
+    pub fn authenticate_cached(
+        &self,
+        key_hash: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Option<crate::ApiKey>> {
+        let found = self.shared.db.keys.get(key_hash).ok()?;
+        Some(crate::db::view::usable(found, now))
     }
 
     /// The position of the last event committed and published.
@@ -129,28 +146,34 @@ impl Projection {
     /// Returns whether it held before `timeout` (a read error counts as not yet).
     pub async fn wait_until(
         &self,
-        mut pred: impl FnMut(&ReadView<'_>) -> Result<bool, ReadError>,
+        mut pred: impl AsyncFnMut(&ReadView<'_>) -> Result<bool, ReadError>,
         timeout: Duration,
     ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.shared.position.subscribe();
-        let mut check = || {
-            self.read(&mut pred).unwrap_or_else(|err| {
-                tracing::warn!(%err, "read model unreadable while waiting");
-                false
-            })
-        };
         loop {
             // Subscribed (and marked seen) before checking, so no change can slip between.
             rx.borrow_and_update();
-            if check() {
+            if self.check(&mut pred).await {
                 return true;
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return check(),
+                _ => return self.check(&mut pred).await,
             }
         }
+    }
+
+    async fn check(
+        &self,
+        pred: &mut impl AsyncFnMut(&ReadView<'_>) -> Result<bool, ReadError>,
+    ) -> bool {
+        self.read(async |m| pred(m).await)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(%err, "read model unreadable while waiting");
+                false
+            })
     }
 }
 

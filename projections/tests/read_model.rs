@@ -176,68 +176,75 @@ impl Model {
         }
     }
 
-    fn read<R>(
+    async fn read<R>(
         &self,
-        f: impl FnOnce(&syncjobs_projections::ReadView<'_>) -> Result<R, ReadError>,
+        f: impl AsyncFnOnce(&syncjobs_projections::ReadView<'_>) -> Result<R, ReadError>,
     ) -> R {
-        self.projection.read(f).unwrap()
+        self.projection.read(f).await.unwrap()
     }
 
     /// Folds `events` in one transaction; the new position.
-    fn apply(&self, events: &[RecordedEvent]) -> u64 {
+    async fn apply(&self, events: &[RecordedEvent]) -> u64 {
         self.writer.apply_batch(events.iter().cloned()).unwrap()
     }
 
     fn position(&self) -> u64 {
         self.projection.position()
     }
-    fn dump(&self) -> ModelDump {
-        self.read(|m| m.dump())
+    async fn dump(&self) -> ModelDump {
+        self.read(async |m| m.dump().await).await
     }
-    fn job(&self, id: Uuid) -> Option<JobState> {
-        self.read(|m| m.job(id))
+    async fn job(&self, id: Uuid) -> Option<JobState> {
+        self.read(async |m| m.job(id).await).await
     }
-    fn jobs_of(&self, sc: Uuid) -> Vec<JobState> {
-        self.read(|m| m.jobs_of(sc, 0, usize::MAX))
+    async fn jobs_of(&self, sc: Uuid) -> Vec<JobState> {
+        self.read(async |m| m.jobs_of(sc, 0, usize::MAX).await)
+            .await
     }
-    fn last_job(&self, sc: Uuid) -> Option<JobState> {
-        self.read(|m| m.last_job(sc))
+    async fn last_job(&self, sc: Uuid) -> Option<JobState> {
+        self.read(async |m| m.last_job(sc).await).await
     }
-    fn active_jobs_of(&self, sc: Uuid) -> Vec<Uuid> {
-        self.read(|m| m.active_jobs_of(sc))
+    async fn active_jobs_of(&self, sc: Uuid) -> Vec<Uuid> {
+        self.read(async |m| m.active_jobs_of(sc).await).await
     }
-    fn source_connection(&self, org: Uuid, id: Uuid) -> Option<SourceConnection> {
-        self.read(|m| m.source_connection(org, id))
+    async fn source_connection(&self, org: Uuid, id: Uuid) -> Option<SourceConnection> {
+        self.read(async |m| m.source_connection(org, id).await)
+            .await
     }
-    fn source_connections(&self, org: Uuid) -> Vec<SourceConnection> {
-        self.read(|m| m.source_connections(org, 0, usize::MAX, |_| true))
+    async fn source_connections(&self, org: Uuid) -> Vec<SourceConnection> {
+        self.read(async |m| m.source_connections(org, 0, usize::MAX, |_| true).await)
+            .await
     }
-    fn source_connection_status(&self, sc: SourceConnection) -> SourceConnectionStatus {
-        self.read(|m| m.source_connection_status(&sc))
+    async fn source_connection_status(&self, sc: SourceConnection) -> SourceConnectionStatus {
+        self.read(async |m| m.source_connection_status(&sc).await)
+            .await
     }
-    fn collection(&self, org: Uuid, rid: &str) -> Option<Collection> {
-        self.read(|m| m.collection(org, rid))
+    async fn collection(&self, org: Uuid, rid: &str) -> Option<Collection> {
+        self.read(async |m| m.collection(org, rid).await).await
     }
-    fn collections(&self, org: Uuid) -> Vec<Collection> {
-        self.read(|m| m.collections(org, 0, usize::MAX, |_| true))
+    async fn collections(&self, org: Uuid) -> Vec<Collection> {
+        self.read(async |m| m.collections(org, 0, usize::MAX, |_| true).await)
+            .await
     }
-    fn collection_status(&self, id: Uuid) -> CollectionStatus {
-        self.read(|m| m.collection_status(id))
+    async fn collection_status(&self, id: Uuid) -> CollectionStatus {
+        self.read(async |m| m.collection_status(id).await).await
     }
-    fn authenticate(&self, hash: &str, now: chrono::DateTime<Utc>) -> Option<ApiKey> {
-        self.read(|m| m.authenticate(hash, now))
+    async fn authenticate(&self, hash: &str, now: chrono::DateTime<Utc>) -> Option<ApiKey> {
+        self.read(async |m| m.authenticate(hash, now).await).await
     }
-    fn has_source_connection(&self, org: Uuid, id: Uuid) -> bool {
-        self.read(|m| m.has_source_connection(org, id))
+    async fn has_source_connection(&self, org: Uuid, id: Uuid) -> bool {
+        self.read(async |m| m.has_source_connection(org, id).await)
+            .await
     }
-    fn organization_by_name(&self, name: &str) -> Option<Organization> {
-        self.read(|m| m.organization_by_name(name))
+    async fn organization_by_name(&self, name: &str) -> Option<Organization> {
+        self.read(async |m| m.organization_by_name(name).await)
+            .await
     }
 }
 
-fn fold(events: &[RecordedEvent]) -> Model {
+async fn fold(events: &[RecordedEvent]) -> Model {
     let m = Model::new();
-    m.apply(events);
+    m.apply(events).await;
     m
 }
 
@@ -299,12 +306,13 @@ async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts() {
     let c = h.collection(org, "c").await;
     let sc = h.source_connection(org, c, "c").await;
     let job = h.job(org, sc, &[started()]).await;
-    let m = fold(&h.all().await);
-    let row = m.job(job).unwrap();
+    let m = fold(&h.all().await).await;
+    let row = m.job(job).await.unwrap();
     assert_eq!(row.status, JobStatus::Running);
     assert!(row.started_at.is_some() && row.completed_at.is_none());
     assert_eq!(
-        m.source_connection_status(m.source_connection(org, sc).unwrap()),
+        m.source_connection_status(m.source_connection(org, sc).await.unwrap())
+            .await,
         SourceConnectionStatus::Syncing
     );
 
@@ -312,8 +320,8 @@ async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts() {
         .await;
     h.job_event(job, cancel_requested()).await;
     h.job_event(job, cancelled(5)).await;
-    let m = fold(&h.all().await);
-    let row = m.job(job).unwrap();
+    let m = fold(&h.all().await).await;
+    let row = m.job(job).await.unwrap();
     assert_eq!(row.status, JobStatus::Cancelled);
     assert_eq!(row.counts, counts(5));
     assert_eq!(
@@ -321,7 +329,8 @@ async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts() {
         ChronoDuration::seconds(3)
     );
     assert_eq!(
-        m.source_connection_status(m.source_connection(org, sc).unwrap()),
+        m.source_connection_status(m.source_connection(org, sc).await.unwrap())
+            .await,
         SourceConnectionStatus::Active
     );
 }
@@ -336,9 +345,9 @@ async fn a_late_event_after_a_final_state_changes_nothing() {
         .job(org, sc, &[started(), cancel_requested(), cancelled(2)])
         .await;
     h.job_event(job, completed(99)).await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.job(job).unwrap().status, JobStatus::Cancelled);
-    assert_eq!(m.job(job).unwrap().counts, counts(2));
+    let m = fold(&h.all().await).await;
+    assert_eq!(m.job(job).await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(m.job(job).await.unwrap().counts, counts(2));
     assert_eq!(
         m.position(),
         h.all().await.len() as u64,
@@ -355,22 +364,22 @@ async fn jobs_list_newest_first_and_runs_are_counted() {
     let a = h.job(org, sc, &[started(), completed(1)]).await;
     let b = h.job(org, sc, &[started(), failed()]).await;
     let d = h.job(org, sc, &[]).await;
-    let m = fold(&h.all().await);
-    let ids: Vec<Uuid> = m.jobs_of(sc).iter().map(|j| j.job_id).collect();
+    let m = fold(&h.all().await).await;
+    let ids: Vec<Uuid> = m.jobs_of(sc).await.iter().map(|j| j.job_id).collect();
     assert_eq!(ids, vec![d, b, a]);
-    let row = m.source_connection(org, sc).unwrap();
+    let row = m.source_connection(org, sc).await.unwrap();
     assert_eq!(
         (row.total_runs, row.successful_runs, row.failed_runs),
         (3, 1, 1)
     );
-    assert_eq!(m.last_job(sc).unwrap().job_id, d);
-    assert_eq!(m.active_jobs_of(sc), vec![d]);
+    assert_eq!(m.last_job(sc).await.unwrap().job_id, d);
+    assert_eq!(m.active_jobs_of(sc).await, vec![d]);
     assert_eq!(
-        m.source_connection_status(row),
+        m.source_connection_status(row).await,
         SourceConnectionStatus::Syncing
     );
     assert_eq!(
-        m.dump().counts,
+        m.dump().await.counts,
         vec![(org, [1, 1, 1])],
         "health's counts: the pending job is active"
     );
@@ -383,25 +392,30 @@ async fn statuses_follow_airweave_rules() {
     let empty = h.collection(org, "empty").await;
     let c = h.collection(org, "c").await;
     let sc = h.source_connection(org, c, "c").await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection_status(empty), CollectionStatus::NeedsSource);
-    assert_eq!(m.collection_status(c), CollectionStatus::NeedsSource);
+    let m = fold(&h.all().await).await;
     assert_eq!(
-        m.source_connection_status(m.source_connection(org, sc).unwrap()),
+        m.collection_status(empty).await,
+        CollectionStatus::NeedsSource
+    );
+    assert_eq!(m.collection_status(c).await, CollectionStatus::NeedsSource);
+    assert_eq!(
+        m.source_connection_status(m.source_connection(org, sc).await.unwrap())
+            .await,
         SourceConnectionStatus::PendingSync
     );
 
     h.job(org, sc, &[started(), failed()]).await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection_status(c), CollectionStatus::Error);
+    let m = fold(&h.all().await).await;
+    assert_eq!(m.collection_status(c).await, CollectionStatus::Error);
     assert_eq!(
-        m.source_connection_status(m.source_connection(org, sc).unwrap()),
+        m.source_connection_status(m.source_connection(org, sc).await.unwrap())
+            .await,
         SourceConnectionStatus::Error
     );
 
     h.job(org, sc, &[started(), completed(1)]).await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection_status(c), CollectionStatus::Active);
+    let m = fold(&h.all().await).await;
+    assert_eq!(m.collection_status(c).await, CollectionStatus::Active);
     assert_eq!(CollectionStatus::NeedsSource.as_str(), "NEEDS SOURCE");
 }
 
@@ -413,13 +427,17 @@ async fn organizations_see_only_their_own_rows() {
     let ca = h.collection(a, "same").await;
     let cb = h.collection(b, "same").await;
     let sca = h.source_connection(a, ca, "same").await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection(a, "same").unwrap().id, ca);
-    assert_eq!(m.collection(b, "same").unwrap().id, cb);
-    assert!(m.source_connection(b, sca).is_none());
-    assert_eq!(m.source_connections(b).len(), 0);
+    let m = fold(&h.all().await).await;
+    assert_eq!(m.collection(a, "same").await.unwrap().id, ca);
+    assert_eq!(m.collection(b, "same").await.unwrap().id, cb);
+    assert!(m.source_connection(b, sca).await.is_none());
+    assert_eq!(m.source_connections(b).await.len(), 0);
     assert_eq!(
-        m.collections(a).iter().map(|c| c.id).collect::<Vec<_>>(),
+        m.collections(a)
+            .await
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
         vec![ca]
     );
 }
@@ -439,11 +457,14 @@ async fn deletes_remove_rows_and_free_the_readable_id() {
         },
     )
     .await;
-    let m = fold(&h.all().await);
-    assert!(m.source_connection(org, sc).is_none());
-    assert!(m.job(done).is_none(), "final jobs go with their connection");
+    let m = fold(&h.all().await).await;
+    assert!(m.source_connection(org, sc).await.is_none());
+    assert!(
+        m.job(done).await.is_none(),
+        "final jobs go with their connection"
+    );
     assert_eq!(
-        m.active_jobs_of(sc),
+        m.active_jobs_of(sc).await,
         vec![live],
         "a live job stays findable until it ends"
     );
@@ -454,12 +475,12 @@ async fn deletes_remove_rows_and_free_the_readable_id() {
         CollectionEvent::CollectionDeleted { collection_id: c },
     )
     .await;
-    let m = fold(&h.all().await);
-    assert!(m.job(live).is_none());
-    assert!(m.collection(org, "c").is_none());
+    let m = fold(&h.all().await).await;
+    assert!(m.job(live).await.is_none());
+    assert!(m.collection(org, "c").await.is_none());
     let again = h.collection(org, "c").await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection(org, "c").unwrap().id, again);
+    let m = fold(&h.all().await).await;
+    assert_eq!(m.collection(org, "c").await.unwrap().id, again);
 }
 
 #[tokio::test]
@@ -491,29 +512,35 @@ async fn keys_authenticate_until_revoked_or_expired() {
         },
     )
     .await;
-    let m = fold(&h.all().await);
+    let m = fold(&h.all().await).await;
     let before = soon - ChronoDuration::seconds(1);
-    assert_eq!(m.authenticate("k", before).unwrap().organization_id, org);
-    assert!(m.authenticate("e", before).is_some());
-    assert!(m.authenticate("e", soon).is_none(), "expired");
-    assert!(m.authenticate("nope", before).is_none());
+    assert_eq!(
+        m.authenticate("k", before).await.unwrap().organization_id,
+        org
+    );
+    assert!(m.authenticate("e", before).await.is_some());
+    assert!(m.authenticate("e", soon).await.is_none(), "expired");
+    assert!(m.authenticate("nope", before).await.is_none());
     h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
         .await;
-    let m = fold(&h.all().await);
-    assert!(m.authenticate("k", before).is_none(), "revoked");
-    assert_eq!(m.organization_by_name("o").unwrap().id, org);
+    let m = fold(&h.all().await).await;
+    assert!(m.authenticate("k", before).await.is_none(), "revoked");
+    assert_eq!(m.organization_by_name("o").await.unwrap().id, org);
 }
 
 #[tokio::test]
 async fn applying_an_event_twice_is_a_no_op() {
     let h = rich_history().await;
     let events = h.all().await;
-    let once = fold(&events);
-    let twice = fold(&events);
+    let once = fold(&events).await;
+    let twice = fold(&events).await;
     for e in &events {
-        assert_eq!(twice.apply(std::slice::from_ref(e)), events.len() as u64);
+        assert_eq!(
+            twice.apply(std::slice::from_ref(e)).await,
+            events.len() as u64
+        );
     }
-    assert_eq!(once.dump(), twice.dump());
+    assert_eq!(once.dump().await, twice.dump().await);
 }
 
 #[tokio::test]
@@ -522,16 +549,19 @@ async fn folding_event_by_event_gives_the_same_model_as_one_batch() {
     let events = h.all().await;
     let one_by_one = Model::new();
     for e in &events {
-        assert_eq!(one_by_one.apply(std::slice::from_ref(e)), e.global_position);
+        assert_eq!(
+            one_by_one.apply(std::slice::from_ref(e)).await,
+            e.global_position
+        );
     }
-    assert_eq!(one_by_one.dump(), fold(&events).dump());
+    assert_eq!(one_by_one.dump().await, fold(&events).await.dump().await);
 }
 
 #[tokio::test]
 async fn a_restart_from_the_stored_position_equals_a_rebuild_from_zero() {
     let h = rich_history().await;
     let events = h.all().await;
-    let from_zero = fold(&events).dump();
+    let from_zero = fold(&events).await.dump().await;
     for cut in [
         0,
         1,
@@ -553,7 +583,7 @@ async fn a_restart_from_the_stored_position_equals_a_rebuild_from_zero() {
             .apply_batch(events[cut.saturating_sub(2)..].iter().cloned())
             .unwrap();
         assert_eq!(
-            resumed.read(|m| m.dump()).unwrap(),
+            resumed.read(async |m| m.dump().await).await.unwrap(),
             from_zero,
             "cut at {cut}"
         );
@@ -575,7 +605,10 @@ async fn a_read_model_ahead_of_the_store_or_of_another_schema_is_rebuilt() {
     // Another (shorter) log: this model is not of it.
     let (emptied, _) = Projection::open(&path, head - 1).unwrap();
     assert_eq!(emptied.position(), 0);
-    assert_eq!(emptied.read(|m| m.dump()).unwrap(), ModelDump::default());
+    assert_eq!(
+        emptied.read(async |m| m.dump().await).await.unwrap(),
+        ModelDump::default()
+    );
     {
         let (_, writer) = Projection::open(&path, head).unwrap();
         writer.apply_batch(events.iter().cloned()).unwrap();
@@ -587,7 +620,10 @@ async fn a_read_model_ahead_of_the_store_or_of_another_schema_is_rebuilt() {
         .unwrap();
     let (rebuilt, _) = Projection::open(&path, head).unwrap();
     assert_eq!(rebuilt.position(), 0);
-    assert_eq!(rebuilt.read(|m| m.dump()).unwrap(), ModelDump::default());
+    assert_eq!(
+        rebuilt.read(async |m| m.dump().await).await.unwrap(),
+        ModelDump::default()
+    );
 }
 
 #[tokio::test]
@@ -608,27 +644,31 @@ async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later()
         },
     )
     .await;
-    let m = fold(&h.all().await);
-    assert!(m.job(done[0]).is_none());
+    let m = fold(&h.all().await).await;
+    assert!(m.job(done[0]).await.is_none());
     assert_eq!(
-        m.jobs_of(sc).iter().map(|j| j.job_id).collect::<Vec<_>>(),
+        m.jobs_of(sc)
+            .await
+            .iter()
+            .map(|j| j.job_id)
+            .collect::<Vec<_>>(),
         vec![live]
     );
-    assert_eq!(m.dump().counts, vec![(org, [1, 0, 0])]);
-    let rows = |m: &Model| m.read(|v| v.job_rows());
-    assert_eq!(rows(&m), done.len() as u64 + 1);
+    assert_eq!(m.dump().await.counts, vec![(org, [1, 0, 0])]);
+    let rows = async |m: &Model| m.read(async |v| v.job_rows().await).await;
+    assert_eq!(rows(&m).await, done.len() as u64 + 1);
     while m.writer.purge_step().unwrap() {}
-    assert_eq!(rows(&m), 1, "only the live job's row is left");
+    assert_eq!(rows(&m).await, 1, "only the live job's row is left");
     h.job_event(live, cancel_requested()).await;
     h.job_event(live, cancelled(1)).await;
     let events = h.all().await;
-    m.apply(&events);
+    m.apply(&events).await;
     assert_eq!(
-        rows(&m),
+        rows(&m).await,
         0,
         "a job ending after its connection is gone is forgotten"
     );
-    assert_eq!(m.dump(), fold(&events).dump());
+    assert_eq!(m.dump().await, fold(&events).await.dump().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,13 +688,17 @@ async fn the_projector_follows_live_appends_and_commits_them() {
         .unwrap();
     assert_eq!(
         projection
-            .read(|m| m.collection(org, "late"))
+            .read(async |m| m.collection(org, "late").await)
+            .await
             .unwrap()
             .map(|c| c.id),
         Some(last)
     );
-    let expected = fold(&h.all().await).dump();
-    assert_eq!(projection.read(|m| m.dump()).unwrap(), expected);
+    let expected = fold(&h.all().await).await.dump().await;
+    assert_eq!(
+        projection.read(async |m| m.dump().await).await.unwrap(),
+        expected
+    );
     handle.shutdown().await;
     drop(projection);
     let (reopened, _) = Projection::open(&path, u64::MAX).unwrap();
@@ -663,7 +707,10 @@ async fn the_projector_follows_live_appends_and_commits_them() {
         head,
         "every batch is committed as it is folded"
     );
-    assert_eq!(reopened.read(|m| m.dump()).unwrap(), expected);
+    assert_eq!(
+        reopened.read(async |m| m.dump().await).await.unwrap(),
+        expected
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -677,7 +724,7 @@ async fn waiting_for_a_position_nobody_writes_is_bounded() {
     assert_eq!((err.wanted, err.reached), (7, 0));
     assert!(
         !projection
-            .wait_until(|m| Ok(m.position() > 0), Duration::from_secs(1))
+            .wait_until(async |m| Ok(m.position() > 0), Duration::from_secs(1))
             .await
     );
 }
@@ -743,7 +790,11 @@ async fn events_appended_by_another_process_are_picked_up_by_polling() {
         .wait_for(head, Duration::from_secs(5))
         .await
         .expect("polling found the other process's event");
-    assert!(projection.read(|m| m.organization(org)).unwrap().is_some());
+    assert!(projection
+        .read(async |m| m.organization(org).await)
+        .await
+        .unwrap()
+        .is_some());
     handle.shutdown().await;
 }
 
@@ -761,7 +812,10 @@ async fn a_file_that_is_no_database_is_replaced_by_a_rebuild() {
     let h = rich_history().await;
     let events = h.all().await;
     writer.apply_batch(events.iter().cloned()).unwrap();
-    assert_eq!(projection.read(|m| m.dump()).unwrap(), fold(&events).dump());
+    assert_eq!(
+        projection.read(async |m| m.dump().await).await.unwrap(),
+        fold(&events).await.dump().await
+    );
 }
 
 /// The caches of final jobs and of keys never answer what the database no longer says.
@@ -772,15 +826,15 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys() {
     let c = h.collection(org, "c").await;
     let sc = h.source_connection(org, c, "c").await;
     let done = h.job(org, sc, &[started(), completed(1)]).await;
-    let m = fold(&h.all().await);
+    let m = fold(&h.all().await).await;
     let now = Utc.timestamp_opt(1_850_000_000, 0).unwrap();
     // Read twice: the second answer may come from the caches.
     for _ in 0..2 {
-        assert!(m.job(done).is_some());
-        assert!(m.authenticate("k", now).is_none(), "no such key yet");
-        assert!(m.has_source_connection(org, sc));
+        assert!(m.job(done).await.is_some());
+        assert!(m.authenticate("k", now).await.is_none(), "no such key yet");
+        assert!(m.has_source_connection(org, sc).await);
         assert!(
-            !m.has_source_connection(Uuid::new_v4(), sc),
+            !m.has_source_connection(Uuid::new_v4(), sc).await,
             "another organization's connection is not there"
         );
     }
@@ -803,20 +857,20 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys() {
         },
     )
     .await;
-    m.apply(&h.all().await);
-    assert!(m.job(done).is_none(), "its connection is gone");
+    m.apply(&h.all().await).await;
+    assert!(m.job(done).await.is_none(), "its connection is gone");
     assert!(
-        !m.has_source_connection(org, sc),
+        !m.has_source_connection(org, sc).await,
         "gone at once, cached or not"
     );
     assert!(
-        m.authenticate("k", now).is_some(),
+        m.authenticate("k", now).await.is_some(),
         "the new key works at once"
     );
     h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
         .await;
-    m.apply(&h.all().await);
-    assert!(m.authenticate("k", now).is_none(), "revoked at once");
+    m.apply(&h.all().await).await;
+    assert!(m.authenticate("k", now).await.is_none(), "revoked at once");
 }
 
 /// Two writers on one file (a server still stopping while the next one starts on the same
@@ -839,5 +893,8 @@ async fn a_second_writer_on_the_same_file_never_applies_an_event_twice() {
     let (_, two) = Projection::open(&path, u64::MAX).unwrap();
     two.apply_batch(events.iter().cloned()).unwrap();
     one.apply_batch(events.iter().cloned()).unwrap();
-    assert_eq!(first.read(|m| m.dump()).unwrap(), fold(&events).dump());
+    assert_eq!(
+        first.read(async |m| m.dump().await).await.unwrap(),
+        fold(&events).await.dump().await
+    );
 }

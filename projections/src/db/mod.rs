@@ -148,19 +148,17 @@ impl ReadDb {
         Ok(Opened { db, writer })
     }
 
-    /// Runs `f` on a read-only connection from the pool.
-    pub fn with_reader<R>(&self, f: impl FnOnce(&Connection) -> R) -> Result<R, ReadError> {
+    /// A read-only connection from the pool, back in it when the guard goes.
+    pub(crate) fn reader(&self) -> Result<Reader<'_>, ReadError> {
         let conn = self.lock_idle().pop();
         let conn = match conn {
             Some(c) => c,
             None => self.open_reader()?,
         };
-        let out = f(&conn);
-        let mut idle = self.lock_idle();
-        if idle.len() < IDLE_READERS {
-            idle.push(conn);
-        }
-        Ok(out)
+        Ok(Reader {
+            db: self,
+            conn: Some(conn),
+        })
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
@@ -189,6 +187,31 @@ impl ReadDb {
         }
         if keys {
             self.keys.invalidate();
+        }
+    }
+}
+
+/// A pooled read connection (see [`ReadDb::reader`]).
+pub(crate) struct Reader<'a> {
+    db: &'a ReadDb,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Present until dropped.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.db.lock_idle();
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
         }
     }
 }

@@ -60,6 +60,13 @@ fn key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
     })
 }
 
+/// The key if it is usable at `now` and its organization exists.
+pub(crate) fn usable(found: Option<(ApiKey, bool)>, now: DateTime<Utc>) -> Option<ApiKey> {
+    found
+        .filter(|(k, org)| *org && k.is_valid_at(now))
+        .map(|(k, _)| k)
+}
+
 fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
     Ok(Collection {
         id: r.get(0)?,
@@ -153,7 +160,7 @@ impl ReadView<'_> {
     // ---- access -----------------------------------------------------------------------
 
     /// The newest key with this hash, and whether its organization exists (cached).
-    fn key_by_hash(&self, key_hash: &str) -> Result<Option<(ApiKey, bool)>, ReadError> {
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<(ApiKey, bool)>, ReadError> {
         let generation = match self.db.keys.get(key_hash) {
             Ok(found) => return Ok(found),
             Err(generation) => generation,
@@ -173,18 +180,15 @@ impl ReadView<'_> {
     }
 
     /// The key with this SHA-256 hash, if it exists, is usable at `now` and its organization exists.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         key_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, ReadError> {
-        Ok(self
-            .key_by_hash(key_hash)?
-            .filter(|(k, org)| *org && k.is_valid_at(now))
-            .map(|(k, _)| k))
+        Ok(usable(self.key_by_hash(key_hash).await?, now))
     }
 
-    pub fn api_key(&self, key_id: Uuid) -> Result<Option<ApiKey>, ReadError> {
+    pub async fn api_key(&self, key_id: Uuid) -> Result<Option<ApiKey>, ReadError> {
         self.one(
             &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?1"),
             [key_id],
@@ -192,12 +196,12 @@ impl ReadView<'_> {
         )
     }
 
-    pub fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, ReadError> {
-        Ok(self.key_by_hash(key_hash)?.map(|(k, _)| k))
+    pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, ReadError> {
+        Ok(self.key_by_hash(key_hash).await?.map(|(k, _)| k))
     }
 
     /// Every key, oldest first (for `syncjobs keys list`).
-    pub fn api_keys(&self) -> Result<Vec<ApiKey>, ReadError> {
+    pub async fn api_keys(&self) -> Result<Vec<ApiKey>, ReadError> {
         self.all(
             &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id"),
             [],
@@ -205,7 +209,7 @@ impl ReadView<'_> {
         )
     }
 
-    pub fn organization(&self, id: Uuid) -> Result<Option<Organization>, ReadError> {
+    pub async fn organization(&self, id: Uuid) -> Result<Option<Organization>, ReadError> {
         self.one(
             "SELECT id, name, created_at FROM organizations WHERE id = ?1",
             [id],
@@ -213,7 +217,10 @@ impl ReadView<'_> {
         )
     }
 
-    pub fn organization_by_name(&self, name: &str) -> Result<Option<Organization>, ReadError> {
+    pub async fn organization_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<Organization>, ReadError> {
         self.one(
             "SELECT id, name, created_at FROM organizations WHERE name = ?1
              ORDER BY created_position DESC LIMIT 1",
@@ -224,7 +231,7 @@ impl ReadView<'_> {
 
     // ---- collections --------------------------------------------------------------------
 
-    pub fn collection(
+    pub async fn collection(
         &self,
         organization_id: Uuid,
         readable_id: &str,
@@ -240,7 +247,7 @@ impl ReadView<'_> {
         )
     }
 
-    pub fn collection_by_id(&self, id: Uuid) -> Result<Option<Collection>, ReadError> {
+    pub async fn collection_by_id(&self, id: Uuid) -> Result<Option<Collection>, ReadError> {
         self.one(
             &format!("SELECT {COLLECTION_COLUMNS} FROM collections WHERE id = ?1"),
             [id],
@@ -250,7 +257,7 @@ impl ReadView<'_> {
 
     /// An organization's collections, newest first: `skip` then at most `limit` of those
     /// `keep` accepts.
-    pub fn collections(
+    pub async fn collections(
         &self,
         organization_id: Uuid,
         skip: usize,
@@ -272,16 +279,19 @@ impl ReadView<'_> {
 
     /// Airweave's rule: no authenticated connection -> NEEDS SOURCE; any connection whose
     /// last job completed or is running -> ACTIVE; all failed -> ERROR; else NEEDS SOURCE.
-    pub fn collection_status(&self, collection_id: Uuid) -> Result<CollectionStatus, ReadError> {
+    pub async fn collection_status(
+        &self,
+        collection_id: Uuid,
+    ) -> Result<CollectionStatus, ReadError> {
         let mut authenticated = 0usize;
         let mut working = 0usize;
         let mut failing = 0usize;
-        for sc in self.source_connections_in_collection(collection_id)? {
+        for sc in self.source_connections_in_collection(collection_id).await? {
             if !sc.authenticated {
                 continue;
             }
             authenticated += 1;
-            match self.last_job(sc.id)?.map(|j| j.status) {
+            match self.last_job(sc.id).await?.map(|j| j.status) {
                 Some(JobStatus::Completed | JobStatus::Running | JobStatus::Cancelling) => {
                     working += 1
                 }
@@ -303,7 +313,7 @@ impl ReadView<'_> {
     // ---- source connections -------------------------------------------------------------
 
     /// The source connection if it exists and belongs to the organization.
-    pub fn source_connection(
+    pub async fn source_connection(
         &self,
         organization_id: Uuid,
         id: Uuid,
@@ -321,7 +331,7 @@ impl ReadView<'_> {
     /// Whether the source connection exists and belongs to the organization: `GET` one job
     /// checks this on every call, so an existing connection's organization is cached (an
     /// index probe, no row decoded, on a miss).
-    pub fn has_source_connection(
+    pub async fn has_source_connection(
         &self,
         organization_id: Uuid,
         id: Uuid,
@@ -343,7 +353,7 @@ impl ReadView<'_> {
 
     /// An organization's source connections, newest first: `skip` then at most `limit` of
     /// those `keep` accepts.
-    pub fn source_connections(
+    pub async fn source_connections(
         &self,
         organization_id: Uuid,
         skip: usize,
@@ -364,7 +374,7 @@ impl ReadView<'_> {
     }
 
     /// A collection's source connections, newest first.
-    pub fn source_connections_in_collection(
+    pub async fn source_connections_in_collection(
         &self,
         collection_id: Uuid,
     ) -> Result<Vec<SourceConnection>, ReadError> {
@@ -379,7 +389,7 @@ impl ReadView<'_> {
     }
 
     /// Status of a source connection from its last job ([`SourceConnectionStatus::of`]).
-    pub fn source_connection_status(
+    pub async fn source_connection_status(
         &self,
         sc: &SourceConnection,
     ) -> Result<SourceConnectionStatus, ReadError> {
@@ -388,14 +398,14 @@ impl ReadView<'_> {
         }
         Ok(SourceConnectionStatus::of(
             sc,
-            self.last_job(sc.id)?.as_ref(),
+            self.last_job(sc.id).await?.as_ref(),
         ))
     }
 
     // ---- jobs ---------------------------------------------------------------------------
 
     /// One job; final ones come from a bounded cache (they never change).
-    pub fn job(&self, id: Uuid) -> Result<Option<JobState>, ReadError> {
+    pub async fn job(&self, id: Uuid) -> Result<Option<JobState>, ReadError> {
         let generation = match self.db.jobs.get(&id) {
             Ok(job) => return Ok(Some(job)),
             Err(generation) => generation,
@@ -414,7 +424,7 @@ impl ReadView<'_> {
 
     /// A source connection's jobs, newest first (also a deleted connection's live jobs):
     /// `skip` then at most `limit`.
-    pub fn jobs_of(
+    pub async fn jobs_of(
         &self,
         source_connection_id: Uuid,
         skip: usize,
@@ -434,12 +444,15 @@ impl ReadView<'_> {
         blobs.iter().map(|b| decode_job(b)).collect()
     }
 
-    pub fn last_job(&self, source_connection_id: Uuid) -> Result<Option<JobState>, ReadError> {
-        Ok(self.jobs_of(source_connection_id, 0, 1)?.pop())
+    pub async fn last_job(
+        &self,
+        source_connection_id: Uuid,
+    ) -> Result<Option<JobState>, ReadError> {
+        Ok(self.jobs_of(source_connection_id, 0, 1).await?.pop())
     }
 
     /// Ids of the connection's jobs that are pending, running or cancelling.
-    pub fn active_jobs_of(&self, source_connection_id: Uuid) -> Result<Vec<Uuid>, ReadError> {
+    pub async fn active_jobs_of(&self, source_connection_id: Uuid) -> Result<Vec<Uuid>, ReadError> {
         self.all(
             "SELECT id FROM jobs WHERE source_connection_id = ?1 AND active = 1
              ORDER BY created_position DESC",
@@ -449,12 +462,12 @@ impl ReadView<'_> {
     }
 
     /// Ids of every job, of any connection, that is pending, running or cancelling.
-    pub fn unfinished_jobs(&self) -> Result<Vec<Uuid>, ReadError> {
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Uuid>, ReadError> {
         self.all("SELECT id FROM jobs WHERE active = 1", [], |r| r.get(0))
     }
 
     /// What `/health` shows for an organization: kept by the fold, one row.
-    pub fn organization_counts(
+    pub async fn organization_counts(
         &self,
         organization_id: Uuid,
     ) -> Result<OrganizationCounts, ReadError> {
@@ -475,14 +488,14 @@ impl ReadView<'_> {
     }
 
     /// Job rows stored, readable or waiting to be purged (diagnostics and tests).
-    pub fn job_rows(&self) -> Result<u64, ReadError> {
+    pub async fn job_rows(&self) -> Result<u64, ReadError> {
         Ok(self
             .one("SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0))?
             .unwrap_or(0) as u64)
     }
 
     /// Every readable row (diagnostics and tests: O(model), never on a request path).
-    pub fn dump(&self) -> Result<ModelDump, ReadError> {
+    pub async fn dump(&self) -> Result<ModelDump, ReadError> {
         let all = |sql: &str| format!("{sql} ORDER BY 1");
         let jobs: Vec<Vec<u8>> = self.all(
             &all(&format!("SELECT j.state FROM jobs j WHERE {JOB_VISIBLE}")),
