@@ -184,12 +184,6 @@ impl ProjectionWriter {
         self.projection.position()
     }
 
-    /// Ids of the jobs pending, running or cancelling (held in memory): what the supervisor
-    /// recovers at start-up.
-    pub fn unfinished_jobs(&self) -> Vec<uuid::Uuid> {
-        self.lock().unfinished_jobs()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
         // A panic in a fold leaves the writer at its last committed state (the batch
         // rolled back with its transaction).
@@ -201,7 +195,7 @@ impl ProjectionWriter {
         &self,
         events: impl IntoIterator<Item = RecordedEvent>,
     ) -> Result<u64, ReadError> {
-        let committed = self.lock().apply_batch(events)?;
+        let committed = self.lock().apply_batch(events.into_iter().collect())?;
         self.projection.publish(committed);
         Ok(committed.position)
     }

@@ -1,9 +1,11 @@
 //! The read model in SQLite: `read_model.db` beside the event log, a file of its own so that
 //! its writes never contend with the log's writer.
 //!
-//! - [`fold`]: the [`Writer`], which folds a batch of events into rows and commits them with
-//!   the position in one transaction (a crash never applies an event twice nor skips one);
-//!   only live jobs stay in its memory.
+//! - [`fold`]: the one fold, which decides the rows each event changes, against a small
+//!   trait of row operations each engine implements on its transaction.
+//! - [`writer`]: the SQLite [`Writer`], which folds a batch of events and commits the rows
+//!   with the position in one transaction (a crash never applies an event twice nor skips
+//!   one); only live jobs stay in its memory.
 //! - [`view`]: [`ReadView`], the indexed queries the API makes, on a pooled read-only
 //!   connection, with bounded caches of final jobs and API keys.
 //! - [`cache`]: the LRU cache the writer invalidates without racing the readers that fill it.
@@ -17,9 +19,10 @@
 pub mod cache;
 pub mod fold;
 pub mod view;
+pub mod writer;
 
-pub use fold::Writer;
 pub use view::ReadView;
+pub use writer::Writer;
 
 use crate::model::Organization;
 use cache::Cache;
