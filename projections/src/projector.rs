@@ -1,6 +1,6 @@
 //! The projector: a task that follows the store's global log from the read model's stored
-//! position and commits every batch into `read_model.db`, plus the [`Projection`] handle
-//! readers use.
+//! position and commits every batch into the read model's database (SQLite's
+//! `read_model.db`, or PostgreSQL's tables), plus the [`Projection`] handle readers use.
 //!
 //! A batch's rows and position commit in one transaction; the position is published (and
 //! the readers' caches invalidated) only after the commit. Writers to the store learn the
@@ -9,7 +9,9 @@
 //! change. Readers never wait for the writer (WAL).
 
 use crate::db::fold::Committed;
-use crate::db::{ReadDb, ReadError, ReadView, Writer};
+use crate::db::pg::{PgDb, PgWriter};
+use crate::db::view::Conn;
+use crate::db::{Engine, ReadDb, ReadError, ReadView, Writer};
 use futures::StreamExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -39,10 +41,17 @@ pub struct Lagging {
     pub reached: u64,
 }
 
-/// The single writer of a [`Projection`], shared with the blocking threads it commits on.
+/// The writer of a [`Projection`] (this node's; on PostgreSQL every node has one).
 pub struct ProjectionWriter {
-    writer: Arc<Mutex<Writer>>,
+    writer: WriterHandle,
     projection: Projection,
+}
+
+/// SQLite's writer is shared with the blocking threads it commits on; PostgreSQL's awaits.
+#[derive(Clone)]
+enum WriterHandle {
+    Sqlite(Arc<Mutex<Writer>>),
+    Postgres(Arc<tokio::sync::Mutex<PgWriter>>),
 }
 
 impl Projection {
@@ -75,10 +84,37 @@ impl Projection {
             }),
         };
         let writer = ProjectionWriter {
-            writer: Arc::new(Mutex::new(opened.writer)),
+            writer: WriterHandle::Sqlite(Arc::new(Mutex::new(opened.writer))),
             projection: projection.clone(),
         };
         Ok((projection, writer))
+    }
+
+    /// Opens the read model in the PostgreSQL database at `url` (the event store's): its
+    /// tables are created, or rebuilt when of another schema version or when `rebuild`
+    /// (`syncjobs rebuild-read-model`; no node may be running then).
+    pub async fn open_postgres(
+        url: &str,
+        rebuild: bool,
+    ) -> Result<(Projection, ProjectionWriter), ReadError> {
+        let (db, writer) = PgDb::open(url, rebuild).await?;
+        let projection = Projection {
+            shared: Arc::new(Shared {
+                db: ReadDb::new(Engine::Postgres(db)),
+                position: watch::channel(writer.position()).0,
+                _temporary: None,
+            }),
+        };
+        let writer = ProjectionWriter {
+            writer: WriterHandle::Postgres(Arc::new(tokio::sync::Mutex::new(writer))),
+            projection: projection.clone(),
+        };
+        Ok((projection, writer))
+    }
+
+    /// Whether the rows live in PostgreSQL (else in SQLite).
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.shared.db.engine, Engine::Postgres(_))
     }
 
     /// Runs `f` against the model on a pooled read connection, held until `f`'s future ends
@@ -90,13 +126,26 @@ impl Projection {
         // Taken before the read: the rows seen are at least this recent.
         let position = self.position();
         let db = &self.shared.db;
-        let reader = db.reader()?;
-        f(&ReadView {
-            db,
-            conn: &reader,
-            position,
-        })
-        .await
+        match &db.engine {
+            Engine::Sqlite(sqlite) => {
+                let reader = sqlite.reader()?;
+                f(&ReadView {
+                    db,
+                    conn: Conn::Sqlite(&reader),
+                    position,
+                })
+                .await
+            }
+            Engine::Postgres(pg) => {
+                let client = pg.client().await?;
+                f(&ReadView {
+                    db,
+                    conn: Conn::Postgres(&client),
+                    position,
+                })
+                .await
+            }
+        }
     }
 
     /// [`ReadView::authenticate`]'s answer if the key cache holds it, without a read: the
@@ -120,12 +169,16 @@ impl Projection {
         self.shared.position.subscribe()
     }
 
+    /// Invalidates what the batch changed, then moves the position on (never back: a
+    /// batch of events already folded publishes no older position).
     fn publish(&self, c: Committed) {
         self.shared.db.invalidate(c.jobs_changed, c.keys_changed);
         self.shared.position.send_if_modified(|p| {
-            let changed = *p != c.position;
-            *p = c.position;
-            changed
+            let newer = c.position > *p;
+            if newer {
+                *p = c.position;
+            }
+            newer
         });
     }
 
@@ -177,6 +230,12 @@ impl Projection {
     }
 }
 
+fn lock(w: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    // A panic in a fold leaves the writer at its last committed state (the batch rolled
+    // back with its transaction).
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl ProjectionWriter {
     /// The position of the last event committed (published right after each commit; read
     /// without waiting for a commit in progress).
@@ -184,40 +243,57 @@ impl ProjectionWriter {
         self.projection.position()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
-        // A panic in a fold leaves the writer at its last committed state (the batch
-        // rolled back with its transaction).
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Commits a batch and publishes its position (on this thread: tests, tools).
-    pub fn apply_batch(
+    /// Commits a batch and publishes its position (SQLite: on this thread; tests, tools);
+    /// the position published after it.
+    pub async fn apply_batch(
         &self,
         events: impl IntoIterator<Item = RecordedEvent>,
     ) -> Result<u64, ReadError> {
-        let committed = self.lock().apply_batch(events.into_iter().collect())?;
+        let events: Vec<RecordedEvent> = events.into_iter().collect();
+        let committed = match &self.writer {
+            WriterHandle::Sqlite(w) => lock(w).apply_batch(events)?,
+            WriterHandle::Postgres(w) => w.lock().await.apply_batch(events).await?,
+        };
         self.projection.publish(committed);
-        Ok(committed.position)
+        Ok(self.projection.position())
     }
 
-    /// Removes one batch of final jobs of deleted source connections (on this thread);
-    /// whether more remains.
-    pub fn purge_step(&self) -> Result<bool, ReadError> {
-        self.lock().purge_step()
+    /// Removes one batch of final jobs of deleted source connections (SQLite: on this
+    /// thread); whether more remains.
+    pub async fn purge_step(&self) -> Result<bool, ReadError> {
+        match &self.writer {
+            WriterHandle::Sqlite(w) => lock(w).purge_step(),
+            WriterHandle::Postgres(w) => w.lock().await.purge_step().await,
+        }
     }
 
-    /// [`ProjectionWriter::apply_batch`] on a blocking thread.
+    /// [`ProjectionWriter::apply_batch`], SQLite's on a blocking thread.
     async fn commit(&self, events: Vec<RecordedEvent>) -> Result<u64, ReadError> {
+        if let WriterHandle::Postgres(_) = self.writer {
+            return self.apply_batch(events).await;
+        }
         let this = self.clone_handle();
-        tokio::task::spawn_blocking(move || this.apply_batch(events))
-            .await
-            .map_err(|e| ReadError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let WriterHandle::Sqlite(w) = &this.writer else {
+                return Err(ReadError::Task("not a SQLite writer".to_owned()));
+            };
+            let committed = lock(w).apply_batch(events)?;
+            this.projection.publish(committed);
+            Ok(this.projection.position())
+        })
+        .await
+        .map_err(|e| ReadError::Task(e.to_string()))?
     }
 
-    /// One purge step on a blocking thread; whether more remains.
+    /// One purge step (SQLite's on a blocking thread); whether more remains.
     async fn purge(&self) -> bool {
-        let this = self.clone_handle();
-        let step = tokio::task::spawn_blocking(move || this.purge_step()).await;
+        let step = match &self.writer {
+            WriterHandle::Postgres(_) => Ok(self.purge_step().await),
+            WriterHandle::Sqlite(w) => {
+                let w = w.clone();
+                tokio::task::spawn_blocking(move || lock(&w).purge_step()).await
+            }
+        };
         match step {
             Ok(Ok(more)) => more,
             Ok(Err(err)) => {

@@ -16,6 +16,9 @@ use syncjobs_projections::{
 };
 use uuid::Uuid;
 
+mod engines;
+use engines::{on_each_engine, Engine, Place};
+
 /// Appends events with recorded times one second apart, from a fixed origin.
 struct History {
     store: Arc<InMemoryStore>,
@@ -161,18 +164,17 @@ fn cancelled(n: u64) -> SyncJobEvent {
 struct Model {
     projection: Projection,
     writer: ProjectionWriter,
-    _dir: tempfile::TempDir,
+    _place: Place,
 }
 
 impl Model {
-    fn new() -> Model {
-        let dir = tempfile::tempdir().unwrap();
-        let (projection, writer) =
-            Projection::open(&dir.path().join("read_model.db"), u64::MAX).unwrap();
+    async fn new(engine: Engine) -> Model {
+        let place = Place::new(engine).await;
+        let (projection, writer) = place.open().await;
         Model {
             projection,
             writer,
-            _dir: dir,
+            _place: place,
         }
     }
 
@@ -185,7 +187,10 @@ impl Model {
 
     /// Folds `events` in one transaction; the new position.
     async fn apply(&self, events: &[RecordedEvent]) -> u64 {
-        self.writer.apply_batch(events.iter().cloned()).unwrap()
+        self.writer
+            .apply_batch(events.iter().cloned())
+            .await
+            .unwrap()
     }
 
     fn position(&self) -> u64 {
@@ -242,8 +247,8 @@ impl Model {
     }
 }
 
-async fn fold(events: &[RecordedEvent]) -> Model {
-    let m = Model::new();
+async fn fold(engine: Engine, events: &[RecordedEvent]) -> Model {
+    let m = Model::new(engine).await;
     m.apply(events).await;
     m
 }
@@ -301,12 +306,20 @@ async fn rich_history() -> History {
 
 #[tokio::test]
 async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts() {
+    on_each_engine(
+        "job_rows_follow_the_lifecycle_with_recorded_times_and_counts",
+        job_rows_follow_the_lifecycle_with_recorded_times_and_counts_on,
+    )
+    .await;
+}
+
+async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
     let sc = h.source_connection(org, c, "c").await;
     let job = h.job(org, sc, &[started()]).await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     let row = m.job(job).await.unwrap();
     assert_eq!(row.status, JobStatus::Running);
     assert!(row.started_at.is_some() && row.completed_at.is_none());
@@ -320,7 +333,7 @@ async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts() {
         .await;
     h.job_event(job, cancel_requested()).await;
     h.job_event(job, cancelled(5)).await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     let row = m.job(job).await.unwrap();
     assert_eq!(row.status, JobStatus::Cancelled);
     assert_eq!(row.counts, counts(5));
@@ -337,6 +350,14 @@ async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts() {
 
 #[tokio::test]
 async fn a_late_event_after_a_final_state_changes_nothing() {
+    on_each_engine(
+        "a_late_event_after_a_final_state_changes_nothing",
+        a_late_event_after_a_final_state_changes_nothing_on,
+    )
+    .await;
+}
+
+async fn a_late_event_after_a_final_state_changes_nothing_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
@@ -345,7 +366,7 @@ async fn a_late_event_after_a_final_state_changes_nothing() {
         .job(org, sc, &[started(), cancel_requested(), cancelled(2)])
         .await;
     h.job_event(job, completed(99)).await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert_eq!(m.job(job).await.unwrap().status, JobStatus::Cancelled);
     assert_eq!(m.job(job).await.unwrap().counts, counts(2));
     assert_eq!(
@@ -357,6 +378,14 @@ async fn a_late_event_after_a_final_state_changes_nothing() {
 
 #[tokio::test]
 async fn jobs_list_newest_first_and_runs_are_counted() {
+    on_each_engine(
+        "jobs_list_newest_first_and_runs_are_counted",
+        jobs_list_newest_first_and_runs_are_counted_on,
+    )
+    .await;
+}
+
+async fn jobs_list_newest_first_and_runs_are_counted_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
@@ -364,7 +393,7 @@ async fn jobs_list_newest_first_and_runs_are_counted() {
     let a = h.job(org, sc, &[started(), completed(1)]).await;
     let b = h.job(org, sc, &[started(), failed()]).await;
     let d = h.job(org, sc, &[]).await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     let ids: Vec<Uuid> = m.jobs_of(sc).await.iter().map(|j| j.job_id).collect();
     assert_eq!(ids, vec![d, b, a]);
     let row = m.source_connection(org, sc).await.unwrap();
@@ -387,12 +416,20 @@ async fn jobs_list_newest_first_and_runs_are_counted() {
 
 #[tokio::test]
 async fn statuses_follow_airweave_rules() {
+    on_each_engine(
+        "statuses_follow_airweave_rules",
+        statuses_follow_airweave_rules_on,
+    )
+    .await;
+}
+
+async fn statuses_follow_airweave_rules_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let empty = h.collection(org, "empty").await;
     let c = h.collection(org, "c").await;
     let sc = h.source_connection(org, c, "c").await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert_eq!(
         m.collection_status(empty).await,
         CollectionStatus::NeedsSource
@@ -405,7 +442,7 @@ async fn statuses_follow_airweave_rules() {
     );
 
     h.job(org, sc, &[started(), failed()]).await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert_eq!(m.collection_status(c).await, CollectionStatus::Error);
     assert_eq!(
         m.source_connection_status(m.source_connection(org, sc).await.unwrap())
@@ -414,20 +451,28 @@ async fn statuses_follow_airweave_rules() {
     );
 
     h.job(org, sc, &[started(), completed(1)]).await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert_eq!(m.collection_status(c).await, CollectionStatus::Active);
     assert_eq!(CollectionStatus::NeedsSource.as_str(), "NEEDS SOURCE");
 }
 
 #[tokio::test]
 async fn organizations_see_only_their_own_rows() {
+    on_each_engine(
+        "organizations_see_only_their_own_rows",
+        organizations_see_only_their_own_rows_on,
+    )
+    .await;
+}
+
+async fn organizations_see_only_their_own_rows_on(engine: Engine) {
     let mut h = History::new();
     let a = h.org("a").await;
     let b = h.org("b").await;
     let ca = h.collection(a, "same").await;
     let cb = h.collection(b, "same").await;
     let sca = h.source_connection(a, ca, "same").await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert_eq!(m.collection(a, "same").await.unwrap().id, ca);
     assert_eq!(m.collection(b, "same").await.unwrap().id, cb);
     assert!(m.source_connection(b, sca).await.is_none());
@@ -444,6 +489,14 @@ async fn organizations_see_only_their_own_rows() {
 
 #[tokio::test]
 async fn deletes_remove_rows_and_free_the_readable_id() {
+    on_each_engine(
+        "deletes_remove_rows_and_free_the_readable_id",
+        deletes_remove_rows_and_free_the_readable_id_on,
+    )
+    .await;
+}
+
+async fn deletes_remove_rows_and_free_the_readable_id_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
@@ -457,7 +510,7 @@ async fn deletes_remove_rows_and_free_the_readable_id() {
         },
     )
     .await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert!(m.source_connection(org, sc).await.is_none());
     assert!(
         m.job(done).await.is_none(),
@@ -475,16 +528,24 @@ async fn deletes_remove_rows_and_free_the_readable_id() {
         CollectionEvent::CollectionDeleted { collection_id: c },
     )
     .await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert!(m.job(live).await.is_none());
     assert!(m.collection(org, "c").await.is_none());
     let again = h.collection(org, "c").await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert_eq!(m.collection(org, "c").await.unwrap().id, again);
 }
 
 #[tokio::test]
 async fn keys_authenticate_until_revoked_or_expired() {
+    on_each_engine(
+        "keys_authenticate_until_revoked_or_expired",
+        keys_authenticate_until_revoked_or_expired_on,
+    )
+    .await;
+}
+
+async fn keys_authenticate_until_revoked_or_expired_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let key = Uuid::new_v4();
@@ -512,7 +573,7 @@ async fn keys_authenticate_until_revoked_or_expired() {
         },
     )
     .await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     let before = soon - ChronoDuration::seconds(1);
     assert_eq!(
         m.authenticate("k", before).await.unwrap().organization_id,
@@ -523,17 +584,25 @@ async fn keys_authenticate_until_revoked_or_expired() {
     assert!(m.authenticate("nope", before).await.is_none());
     h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
         .await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert!(m.authenticate("k", before).await.is_none(), "revoked");
     assert_eq!(m.organization_by_name("o").await.unwrap().id, org);
 }
 
 #[tokio::test]
 async fn applying_an_event_twice_is_a_no_op() {
+    on_each_engine(
+        "applying_an_event_twice_is_a_no_op",
+        applying_an_event_twice_is_a_no_op_on,
+    )
+    .await;
+}
+
+async fn applying_an_event_twice_is_a_no_op_on(engine: Engine) {
     let h = rich_history().await;
     let events = h.all().await;
-    let once = fold(&events).await;
-    let twice = fold(&events).await;
+    let once = fold(engine, &events).await;
+    let twice = fold(engine, &events).await;
     for e in &events {
         assert_eq!(
             twice.apply(std::slice::from_ref(e)).await,
@@ -545,23 +614,42 @@ async fn applying_an_event_twice_is_a_no_op() {
 
 #[tokio::test]
 async fn folding_event_by_event_gives_the_same_model_as_one_batch() {
+    on_each_engine(
+        "folding_event_by_event_gives_the_same_model_as_one_batch",
+        folding_event_by_event_gives_the_same_model_as_one_batch_on,
+    )
+    .await;
+}
+
+async fn folding_event_by_event_gives_the_same_model_as_one_batch_on(engine: Engine) {
     let h = rich_history().await;
     let events = h.all().await;
-    let one_by_one = Model::new();
+    let one_by_one = Model::new(engine).await;
     for e in &events {
         assert_eq!(
             one_by_one.apply(std::slice::from_ref(e)).await,
             e.global_position
         );
     }
-    assert_eq!(one_by_one.dump().await, fold(&events).await.dump().await);
+    assert_eq!(
+        one_by_one.dump().await,
+        fold(engine, &events).await.dump().await
+    );
 }
 
 #[tokio::test]
 async fn a_restart_from_the_stored_position_equals_a_rebuild_from_zero() {
+    on_each_engine(
+        "a_restart_from_the_stored_position_equals_a_rebuild_from_zero",
+        a_restart_from_the_stored_position_equals_a_rebuild_from_zero_on,
+    )
+    .await;
+}
+
+async fn a_restart_from_the_stored_position_equals_a_rebuild_from_zero_on(engine: Engine) {
     let h = rich_history().await;
     let events = h.all().await;
-    let from_zero = fold(&events).await.dump().await;
+    let from_zero = fold(engine, &events).await.dump().await;
     for cut in [
         0,
         1,
@@ -570,17 +658,24 @@ async fn a_restart_from_the_stored_position_equals_a_rebuild_from_zero() {
         events.len() - 1,
         events.len(),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("read_model.db");
+        let place = Place::new(engine).await;
         {
-            let (_, writer) = Projection::open(&path, u64::MAX).unwrap();
-            writer.apply_batch(events[..cut].iter().cloned()).unwrap();
+            let (_, writer) = place.open().await;
+            writer
+                .apply_batch(events[..cut].iter().cloned())
+                .await
+                .unwrap();
         }
-        let (resumed, writer) = Projection::open(&path, u64::MAX).unwrap();
-        assert_eq!(resumed.position(), cut as u64);
+        let (resumed, writer) = place.open().await;
+        assert_eq!(
+            resumed.position(),
+            cut as u64,
+            "resumed from the stored position"
+        );
         // at-least-once: the follower may redeliver from before the stored position
         writer
             .apply_batch(events[cut.saturating_sub(2)..].iter().cloned())
+            .await
             .unwrap();
         assert_eq!(
             resumed.read(async |m| m.dump().await).await.unwrap(),
@@ -599,7 +694,7 @@ async fn a_read_model_ahead_of_the_store_or_of_another_schema_is_rebuilt() {
     let head = events.len() as u64;
     {
         let (_, writer) = Projection::open(&path, head).unwrap();
-        writer.apply_batch(events.iter().cloned()).unwrap();
+        writer.apply_batch(events.iter().cloned()).await.unwrap();
     }
     assert_eq!(Projection::open(&path, head).unwrap().0.position(), head);
     // Another (shorter) log: this model is not of it.
@@ -611,7 +706,7 @@ async fn a_read_model_ahead_of_the_store_or_of_another_schema_is_rebuilt() {
     );
     {
         let (_, writer) = Projection::open(&path, head).unwrap();
-        writer.apply_batch(events.iter().cloned()).unwrap();
+        writer.apply_batch(events.iter().cloned()).await.unwrap();
     }
     // A schema this build does not know.
     rusqlite::Connection::open(&path)
@@ -628,6 +723,14 @@ async fn a_read_model_ahead_of_the_store_or_of_another_schema_is_rebuilt() {
 
 #[tokio::test]
 async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later() {
+    on_each_engine(
+        "a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later",
+        a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later_on,
+    )
+    .await;
+}
+
+async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
@@ -644,7 +747,7 @@ async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later()
         },
     )
     .await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     assert!(m.job(done[0]).await.is_none());
     assert_eq!(
         m.jobs_of(sc)
@@ -657,7 +760,7 @@ async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later()
     assert_eq!(m.dump().await.counts, vec![(org, [1, 0, 0])]);
     let rows = async |m: &Model| m.read(async |v| v.job_rows().await).await;
     assert_eq!(rows(&m).await, done.len() as u64 + 1);
-    while m.writer.purge_step().unwrap() {}
+    while m.writer.purge_step().await.unwrap() {}
     assert_eq!(rows(&m).await, 1, "only the live job's row is left");
     h.job_event(live, cancel_requested()).await;
     h.job_event(live, cancelled(1)).await;
@@ -668,7 +771,7 @@ async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later()
         0,
         "a job ending after its connection is gone is forgotten"
     );
-    assert_eq!(m.dump().await, fold(&events).await.dump().await);
+    assert_eq!(m.dump().await, fold(engine, &events).await.dump().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,7 +797,7 @@ async fn the_projector_follows_live_appends_and_commits_them() {
             .map(|c| c.id),
         Some(last)
     );
-    let expected = fold(&h.all().await).await.dump().await;
+    let expected = fold(Engine::Sqlite, &h.all().await).await.dump().await;
     assert_eq!(
         projection.read(async |m| m.dump().await).await.unwrap(),
         expected
@@ -715,7 +818,7 @@ async fn the_projector_follows_live_appends_and_commits_them() {
 
 #[tokio::test(start_paused = true)]
 async fn waiting_for_a_position_nobody_writes_is_bounded() {
-    let m = Model::new();
+    let m = Model::new(Engine::Sqlite).await;
     let projection = m.projection.clone();
     let err = projection
         .wait_for(7, Duration::from_secs(3))
@@ -775,7 +878,7 @@ async fn events_appended_by_another_process_are_picked_up_by_polling() {
         inner: h.store.clone(),
         silent_head: tokio::sync::watch::channel(0).0,
     });
-    let m = Model::new();
+    let m = Model::new(Engine::Sqlite).await;
     let projection = m.projection.clone();
     let handle = spawn_projector(
         store,
@@ -811,22 +914,30 @@ async fn a_file_that_is_no_database_is_replaced_by_a_rebuild() {
     assert_eq!(projection.position(), 0);
     let h = rich_history().await;
     let events = h.all().await;
-    writer.apply_batch(events.iter().cloned()).unwrap();
+    writer.apply_batch(events.iter().cloned()).await.unwrap();
     assert_eq!(
         projection.read(async |m| m.dump().await).await.unwrap(),
-        fold(&events).await.dump().await
+        fold(Engine::Sqlite, &events).await.dump().await
     );
 }
 
 /// The caches of final jobs and of keys never answer what the database no longer says.
 #[tokio::test]
 async fn cached_rows_follow_deletes_revocations_and_new_keys() {
+    on_each_engine(
+        "cached_rows_follow_deletes_revocations_and_new_keys",
+        cached_rows_follow_deletes_revocations_and_new_keys_on,
+    )
+    .await;
+}
+
+async fn cached_rows_follow_deletes_revocations_and_new_keys_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
     let sc = h.source_connection(org, c, "c").await;
     let done = h.job(org, sc, &[started(), completed(1)]).await;
-    let m = fold(&h.all().await).await;
+    let m = fold(engine, &h.all().await).await;
     let now = Utc.timestamp_opt(1_850_000_000, 0).unwrap();
     // Read twice: the second answer may come from the caches.
     for _ in 0..2 {
@@ -888,13 +999,15 @@ async fn a_second_writer_on_the_same_file_never_applies_an_event_twice() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("read_model.db");
     let (first, one) = Projection::open(&path, u64::MAX).unwrap();
-    one.apply_batch(events[..half].iter().cloned()).unwrap();
+    one.apply_batch(events[..half].iter().cloned())
+        .await
+        .unwrap();
     // The next server starts: it sees the running job too.
     let (_, two) = Projection::open(&path, u64::MAX).unwrap();
-    two.apply_batch(events.iter().cloned()).unwrap();
-    one.apply_batch(events.iter().cloned()).unwrap();
+    two.apply_batch(events.iter().cloned()).await.unwrap();
+    one.apply_batch(events.iter().cloned()).await.unwrap();
     assert_eq!(
         first.read(async |m| m.dump().await).await.unwrap(),
-        fold(&events).await.dump().await
+        fold(Engine::Sqlite, &events).await.dump().await
     );
 }
