@@ -17,7 +17,7 @@ use syncjobs_projections::{
 use uuid::Uuid;
 
 mod engines;
-use engines::{on_each_engine, Engine, Place};
+use engines::{on_each_engine, testkit, Engine, Place};
 
 /// Appends events with recorded times one second apart, from a fixed origin.
 struct History {
@@ -1009,5 +1009,120 @@ async fn a_second_writer_on_the_same_file_never_applies_an_event_twice() {
     assert_eq!(
         first.read(async |m| m.dump().await).await.unwrap(),
         fold(Engine::Sqlite, &events).await.dump().await
+    );
+}
+
+/// Two nodes on one PostgreSQL database, each following the whole log in batches of its
+/// own cut, at the same time: the rows equal one fold of the log (no event applied twice,
+/// none skipped) and each node publishes the head, whoever folded what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_folding_one_log_into_one_postgresql_database_apply_each_event_once() {
+    let Some(admin) = testkit::admin_url("two_nodes_folding_one_log") else {
+        return;
+    };
+    let h = rich_history().await;
+    let events = h.all().await;
+    let expected = fold(Engine::Postgres, &events).await.dump().await;
+    let db = testkit::TestDb::create(&admin).await;
+    let (first, one) = Projection::open_postgres(&db.url, false).await.unwrap();
+    let (second, two) = Projection::open_postgres(&db.url, false).await.unwrap();
+    let follow = |writer: ProjectionWriter, size: usize| {
+        let events = events.clone();
+        tokio::spawn(async move {
+            for batch in events.chunks(size) {
+                writer.apply_batch(batch.iter().cloned()).await.unwrap();
+            }
+            writer
+        })
+    };
+    let (one, two) = tokio::join!(follow(one, 2), follow(two, 3));
+    let (_one, _two) = (one.unwrap(), two.unwrap());
+    let head = events.len() as u64;
+    assert_eq!((first.position(), second.position()), (head, head));
+    for node in [&first, &second] {
+        assert_eq!(node.read(async |m| m.dump().await).await.unwrap(), expected);
+    }
+}
+
+/// A node's caches follow events another node folded: the events reach every node, and
+/// the invalidations come from them, not from having folded them.
+#[tokio::test]
+async fn a_node_forgets_cached_rows_changed_by_events_another_node_folded() {
+    let Some(admin) = testkit::admin_url("a_node_forgets_cached_rows") else {
+        return;
+    };
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let key = Uuid::new_v4();
+    h.append(
+        stream::ACCESS,
+        AccessEvent::ApiKeyCreated {
+            key_id: key,
+            organization_id: org,
+            key_hash: "k".into(),
+            prefix: "p".into(),
+            expires_at: None,
+        },
+    )
+    .await;
+    let db = testkit::TestDb::create(&admin).await;
+    let (_, one) = Projection::open_postgres(&db.url, false).await.unwrap();
+    let (other, two) = Projection::open_postgres(&db.url, false).await.unwrap();
+    let created = h.all().await;
+    one.apply_batch(created.iter().cloned()).await.unwrap();
+    two.apply_batch(created.iter().cloned()).await.unwrap();
+    let now = Utc.timestamp_opt(1_850_000_000, 0).unwrap();
+    let authenticate = async || {
+        other
+            .read(async |m| m.authenticate("k", now).await)
+            .await
+            .unwrap()
+    };
+    assert!(authenticate().await.is_some());
+    assert!(
+        other.authenticate_cached("k", now).is_some(),
+        "the key is cached on the second node"
+    );
+    h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
+        .await;
+    let all = h.all().await;
+    one.apply_batch(all.iter().cloned()).await.unwrap();
+    // The second node's batch: already folded by the first, applied nowhere again.
+    two.apply_batch(all[created.len()..].iter().cloned())
+        .await
+        .unwrap();
+    assert_eq!(other.position(), all.len() as u64);
+    assert!(authenticate().await.is_none(), "revoked on every node");
+}
+
+/// A read model of another schema version is emptied and rebuilt from the log.
+#[tokio::test]
+async fn a_postgresql_read_model_of_another_schema_version_is_rebuilt() {
+    let Some(admin) = testkit::admin_url("a_postgresql_read_model_of_another_schema") else {
+        return;
+    };
+    let events = rich_history().await.all().await;
+    let db = testkit::TestDb::create(&admin).await;
+    {
+        let (_, writer) = Projection::open_postgres(&db.url, false).await.unwrap();
+        writer.apply_batch(events.iter().cloned()).await.unwrap();
+    }
+    let (reopened, _) = Projection::open_postgres(&db.url, false).await.unwrap();
+    assert_eq!(reopened.position(), events.len() as u64);
+    db.client()
+        .await
+        .execute("UPDATE read_projection SET schema_version = 999", &[])
+        .await
+        .unwrap();
+    let (rebuilt, writer) = Projection::open_postgres(&db.url, false).await.unwrap();
+    assert_eq!(rebuilt.position(), 0);
+    assert_eq!(
+        rebuilt.read(async |m| m.dump().await).await.unwrap(),
+        ModelDump::default()
+    );
+    writer.apply_batch(events.iter().cloned()).await.unwrap();
+    assert_eq!(
+        rebuilt.read(async |m| m.dump().await).await.unwrap(),
+        fold(Engine::Postgres, &events).await.dump().await
     );
 }

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs::api::{keys, HealthProbe};
+use syncjobs::backend::ReadModelAt;
 use syncjobs::config::Settings;
 use syncjobs::startup::{Application, Components};
 use syncjobs::telemetry;
@@ -35,6 +36,8 @@ pub struct TestApp {
     /// The production store: embedded SQLite in the app's data directory, or PostgreSQL
     /// (see [`postgres_server`]).
     pub store: Arc<dyn EventStore>,
+    /// Where the read model is: the data directory, or the PostgreSQL store's database.
+    pub read_model: ReadModelAt,
     pub destination: Arc<dyn EntitySink>,
     pub handle: actix_web::dev::ServerHandle,
     pub data_dir: Arc<tempfile::TempDir>,
@@ -44,6 +47,8 @@ pub struct TestApp {
 pub struct Options {
     /// Reuse a store (restarts); default: a new store (see [`postgres_server`]).
     pub store: Option<Arc<dyn EventStore>>,
+    /// With `store`: where its read model is (default: the data directory).
+    pub read_model: Option<ReadModelAt>,
     pub data_dir: Option<Arc<tempfile::TempDir>>,
     pub bootstrap_key: Option<String>,
     pub destination: Destination,
@@ -64,6 +69,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             store: None,
+            read_model: None,
             data_dir: None,
             bootstrap_key: Some(format!("test-key-{}", Uuid::new_v4().simple())),
             destination: Destination::Sqlite,
@@ -144,10 +150,16 @@ pub async fn spawn(o: Options) -> Spawned {
         Destination::FailingAfter(n) => MemoryDestination::failing_after(n, Duration::ZERO),
     };
     let clock: SharedClock = Arc::new(SystemClock);
-    let store: Arc<dyn EventStore> = match (o.store, postgres_server()) {
-        (Some(store), _) => store,
-        (None, Some(admin)) => syncjobs_store_postgres::testkit::fresh_store(&admin).await,
-        (None, None) => EmbeddedStore::open(data_dir.path()).expect("an embedded store"),
+    let (store, read_model): (Arc<dyn EventStore>, _) = match (o.store, postgres_server()) {
+        (Some(store), _) => (store, o.read_model.unwrap_or(ReadModelAt::DataDir)),
+        (None, Some(admin)) => {
+            let (store, url) = syncjobs_store_postgres::testkit::fresh_store_with_url(&admin).await;
+            (store, ReadModelAt::Postgres(url.into()))
+        }
+        (None, None) => (
+            EmbeddedStore::open(data_dir.path()).expect("an embedded store"),
+            ReadModelAt::DataDir,
+        ),
     };
     let dyn_store = store.clone();
     let components = Components {
@@ -161,6 +173,7 @@ pub async fn spawn(o: Options) -> Spawned {
             ..Default::default()
         },
         probes: o.probes,
+        read_model: read_model.clone(),
     };
     let mut app = Application::build(&settings, components)
         .await
@@ -191,6 +204,7 @@ pub async fn spawn(o: Options) -> Spawned {
                 .build()
                 .expect("a client"),
             store,
+            read_model,
             destination,
             handle,
             data_dir,

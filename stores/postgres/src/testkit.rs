@@ -116,9 +116,15 @@ impl Drop for TestDb {
 /// A store on a database of its own, dropped when the last handle to the store goes (a
 /// restarted test app reusing the store keeps the database).
 pub async fn fresh_store(admin: &str) -> Arc<dyn EventStore> {
+    fresh_store_with_url(admin).await.0
+}
+
+/// [`fresh_store`], and its database's URL (for what lives beside the log: the read model).
+pub async fn fresh_store_with_url(admin: &str) -> (Arc<dyn EventStore>, String) {
     let db = TestDb::create(admin).await;
     let store = db.store().await;
-    Arc::new(OwningStore { store, _db: db })
+    let url = db.url.clone();
+    (Arc::new(OwningStore { store, _db: db }), url)
 }
 
 /// The store, then its database: fields drop in order.
