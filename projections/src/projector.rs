@@ -269,17 +269,14 @@ impl ProjectionWriter {
 
     /// [`ProjectionWriter::apply_batch`], SQLite's on a blocking thread.
     async fn commit(&self, events: Vec<RecordedEvent>) -> Result<u64, ReadError> {
-        if let WriterHandle::Postgres(_) = self.writer {
+        let WriterHandle::Sqlite(w) = &self.writer else {
             return self.apply_batch(events).await;
-        }
-        let this = self.clone_handle();
+        };
+        let (w, projection) = (w.clone(), self.projection.clone());
         tokio::task::spawn_blocking(move || {
-            let WriterHandle::Sqlite(w) = &this.writer else {
-                return Err(ReadError::Task("not a SQLite writer".to_owned()));
-            };
-            let committed = lock(w).apply_batch(events)?;
-            this.projection.publish(committed);
-            Ok(this.projection.position())
+            let committed = lock(&w).apply_batch(events)?;
+            projection.publish(committed);
+            Ok(projection.position())
         })
         .await
         .map_err(|e| ReadError::Task(e.to_string()))?
@@ -304,13 +301,6 @@ impl ProjectionWriter {
                 tracing::warn!(%err, "purge task failed");
                 false
             }
-        }
-    }
-
-    fn clone_handle(&self) -> ProjectionWriter {
-        ProjectionWriter {
-            writer: self.writer.clone(),
-            projection: self.projection.clone(),
         }
     }
 }

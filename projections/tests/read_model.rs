@@ -1126,3 +1126,67 @@ async fn a_postgresql_read_model_of_another_schema_version_is_rebuilt() {
         fold(Engine::Postgres, &events).await.dump().await
     );
 }
+
+/// Two nodes (two store instances, two projectors) on one PostgreSQL database, appending in
+/// turn: each node's `wait_for` reaches every append, whichever node folded it, and both
+/// serve the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_s_projector_reaches_every_append_whoever_folds_it() {
+    let Some(admin) = testkit::admin_url("every_node_s_projector_reaches_every_append") else {
+        return;
+    };
+    let db = testkit::TestDb::create(&admin).await;
+    let stores: [Arc<dyn EventStore>; 2] = [db.store().await, db.store().await];
+    let mut nodes = Vec::new();
+    for store in &stores {
+        let (projection, writer) = Projection::open_postgres(&db.url, false).await.unwrap();
+        let handle = spawn_projector(store.clone(), writer, ProjectorConfig { poll_every: None });
+        nodes.push((projection, handle));
+    }
+    let at = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+    let mut orgs = Vec::new();
+    for i in 0..20 {
+        let id = Uuid::new_v4();
+        let recorded = stores[i % 2]
+            .append(
+                stream::ACCESS,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(
+                    AccessEvent::OrganizationCreated {
+                        organization_id: id,
+                        name: format!("org {i}"),
+                    },
+                    at,
+                    Metadata::default(),
+                )],
+            )
+            .await
+            .unwrap();
+        let position = recorded[0].global_position;
+        // Read-your-writes on both nodes, the appending one and the other.
+        for (projection, _) in &nodes {
+            projection
+                .wait_for(position, Duration::from_secs(10))
+                .await
+                .unwrap();
+            let found = projection
+                .read(async |m| m.organization(id).await)
+                .await
+                .unwrap();
+            assert!(found.is_some(), "org {i} at {position}");
+        }
+        orgs.push(id);
+    }
+    let dumps: Vec<ModelDump> = {
+        let mut out = Vec::new();
+        for (projection, _) in &nodes {
+            out.push(projection.read(async |m| m.dump().await).await.unwrap());
+        }
+        out
+    };
+    assert_eq!(dumps[0].organizations.len(), orgs.len());
+    assert_eq!(dumps[0].organizations, dumps[1].organizations);
+    for (_, handle) in nodes {
+        handle.shutdown().await;
+    }
+}

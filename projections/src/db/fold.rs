@@ -109,7 +109,6 @@ pub(crate) struct JobRow {
 
 /// The row operations of the fold, on an engine's open transaction. Times are passed in
 /// the model's text encoding ([`super::time`]), which both engines store.
-#[allow(async_fn_in_trait)] // used generically, never spawned as such
 pub(crate) trait Rows {
     async fn has_row(&self, table: Table, id: Uuid) -> Result<bool, ReadError>;
     /// Deletes the row; the organization it belonged to, if it existed.

@@ -96,7 +96,15 @@ impl ReadError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             ReadError::Unavailable(_) => true,
-            ReadError::Postgres(e) => e.is_closed() || e.code().is_none(),
+            ReadError::Postgres(e) => {
+                use std::error::Error;
+                // The connection broke, or the server is shutting down or starting
+                // (SQLSTATE classes 08 and 57P).
+                e.is_closed()
+                    || e.source().is_some_and(|s| s.is::<std::io::Error>())
+                    || e.code()
+                        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+            }
             _ => false,
         }
     }
