@@ -1125,6 +1125,13 @@ async fn a_postgresql_read_model_of_another_schema_version_is_rebuilt() {
         rebuilt.read(async |m| m.dump().await).await.unwrap(),
         fold(Engine::Postgres, &events).await.dump().await
     );
+    // `syncjobs rebuild-read-model`: emptied on demand, whatever its version.
+    let (emptied, _) = Projection::open_postgres(&db.url, true).await.unwrap();
+    assert_eq!(emptied.position(), 0);
+    assert_eq!(
+        emptied.read(async |m| m.dump().await).await.unwrap(),
+        ModelDump::default()
+    );
 }
 
 /// Two nodes (two store instances, two projectors) on one PostgreSQL database, appending in
@@ -1189,4 +1196,52 @@ async fn every_node_s_projector_reaches_every_append_whoever_folds_it() {
     for (_, handle) in nodes {
         handle.shutdown().await;
     }
+}
+
+/// PostgreSQL drops the read model's connections (a restart, `pg_terminate_backend`):
+/// what fails meanwhile fails as unavailable (503 to clients), and reads and commits work
+/// again by themselves, on new connections, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_connections_are_cut_the_postgresql_read_model_works_again_by_itself() {
+    let Some(admin) = testkit::admin_url("after_its_connections_are_cut") else {
+        return;
+    };
+    let h = rich_history().await;
+    let events = h.all().await;
+    let (half, rest) = events.split_at(events.len() / 2);
+    let db = testkit::TestDb::create(&admin).await;
+    let (projection, writer) = Projection::open_postgres(&db.url, false).await.unwrap();
+    writer.apply_batch(half.iter().cloned()).await.unwrap();
+    assert!(projection.read(async |m| m.dump().await).await.is_ok());
+    let cut = db
+        .client()
+        .await
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'syncjobs-read-model'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!cut.is_empty(), "the read model's connections were cut");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match writer.apply_batch(rest.iter().cloned()).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+            }
+        }
+    }
+    let dump = loop {
+        match projection.read(async |m| m.dump().await).await {
+            Ok(d) => break d,
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+            }
+        }
+    };
+    assert_eq!(dump, fold(Engine::Postgres, &events).await.dump().await);
 }

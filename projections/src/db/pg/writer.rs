@@ -45,7 +45,8 @@ impl PgWriter {
     /// Folds the events of `events` above the stored position and commits them with the
     /// new position; an event another node folded already is not applied again. The
     /// position to publish is at most the batch's last: this node has taken the
-    /// invalidations of its events, not yet those of events beyond them.
+    /// invalidations of its events, not yet those of events beyond them (an empty batch
+    /// publishes nothing new).
     pub async fn apply_batch(
         &mut self,
         events: Vec<RecordedEvent>,
@@ -54,9 +55,7 @@ impl PgWriter {
         let result = self.try_batch(events).await;
         match result {
             Ok(mut committed) => {
-                if let Some(last) = last {
-                    committed.position = committed.position.min(last);
-                }
+                committed.position = committed.position.min(last.unwrap_or(0));
                 Ok(committed)
             }
             Err(e) => {
