@@ -12,7 +12,7 @@
 //! - [`pg`]: the PostgreSQL engine: its schema, writer and queries.
 //! - [`cache`]: the LRU cache the writer invalidates without racing the readers that fill it.
 //!
-//! WAL with `synchronous=NORMAL`: a power loss may lose the last commits, never corrupt the
+//! SQLite runs in WAL with `synchronous=NORMAL`: a power loss may lose the last commits, never corrupt the
 //! file, and the lost tail is folded again from the stored position (the log is the truth).
 //! The WAL is checkpointed off the commit path by the store's checkpointer
 //! (`syncjobs_store_sqlite::wal_checkpoint`), so no commit (and no read-your-writes wait behind
@@ -36,8 +36,9 @@ use std::sync::Mutex;
 use syncjobs_domain::JobState;
 use uuid::Uuid;
 
-/// The tables `schema.sql` creates. A file of another version is dropped and rebuilt from
-/// the log (bump this with every change of the tables or of the row encodings).
+/// The tables `schema.sql` (and `pg/schema.sql`) create. Tables of another version are
+/// dropped and rebuilt from the log (bump this with every change of the tables or of the
+/// row encodings, on either engine).
 pub const SCHEMA_VERSION: i64 = 1;
 /// The name of this projection's row in `projection`.
 pub const PROJECTION_NAME: &str = "read_model";
