@@ -61,6 +61,16 @@ impl StoreConfig {
     }
 }
 
+/// Where the read model lives: with the embedded store, its own SQLite file in the data
+/// directory (`read_model.db`); with PostgreSQL, tables in the store's database, so that
+/// every node serves the one read model and none holds history in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadModelAt {
+    DataDir,
+    /// The database, and the bounds on waiting for it (the store's).
+    Postgres(SecretUrl, syncjobs_store_postgres::Timeouts),
+}
+
 /// What the store is opened for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -93,6 +103,8 @@ pub enum BackendError {
 /// An open store; `serve` keeps it for as long as it serves.
 pub struct OpenedStore {
     pub store: Arc<dyn EventStore>,
+    /// Where the read model goes with this store.
+    pub read_model: ReadModelAt,
     /// [`Mode::Serve`] on an embedded store outside the data directory: that directory's
     /// lock, held beside the data directory's.
     _owner: Option<DataDirLock>,
@@ -150,13 +162,15 @@ fn sqlite(dir: &Path, config: &StoreConfig, mode: Mode) -> Result<OpenedStore, B
     let store: Arc<dyn EventStore> = EmbeddedStore::open(dir)?;
     Ok(OpenedStore {
         store,
+        read_model: ReadModelAt::DataDir,
         _owner: owner,
     })
 }
 
 /// The PostgreSQL store at `url`. Its schema is created by `serve` and `keys create`; the
-/// reading commands require it. The data directory's lock (taken by `serve`) still guards
-/// what stays in the data directory: the read model and the destination.
+/// reading commands require it. The read model goes in the same database (shared by every
+/// node); the data directory's lock (taken by `serve`) still guards what stays in the data
+/// directory.
 fn postgres(url: &str, mode: Mode) -> Result<OpenedStore, BackendError> {
     let schema = match mode {
         Mode::Serve | Mode::Create => Schema::Migrate,
@@ -169,6 +183,7 @@ fn postgres(url: &str, mode: Mode) -> Result<OpenedStore, BackendError> {
         })?;
     Ok(OpenedStore {
         store,
+        read_model: ReadModelAt::Postgres(url.to_owned().into(), Default::default()),
         _owner: None,
     })
 }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::sync::Arc;
 use syncjobs::app::keys;
-use syncjobs::backend::{self, Mode, StoreConfig};
+use syncjobs::backend::{self, Mode, ReadModelAt, StoreConfig};
 use syncjobs::config::Settings;
 use syncjobs::datadir::{self, DataDirLock};
 use syncjobs::replay::{self, DebugCommand};
@@ -138,6 +138,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
     ));
     let components = Components {
         store: opened.store.clone(),
+        read_model: opened.read_model.clone(),
         clock,
         destination: sink,
         runner,
@@ -164,15 +165,34 @@ async fn serve(settings: Settings) -> Result<(), String> {
 }
 
 /// Empties the read model and folds the whole log into it again. Refused while a server
-/// holds the data directory (its projector is the read model's only writer).
+/// holds the data directory (its projector is the read model's only writer); on
+/// PostgreSQL every node sharing the database must be stopped first.
 async fn rebuild_read_model(settings: Settings) -> Result<(), String> {
     let _owner = DataDirLock::acquire(&settings.data_dir).map_err(|e| e.to_string())?;
-    let store = open_store(&settings.store_config(), Mode::Existing)?;
+    let opened =
+        backend::open(&settings.store_config(), Mode::Existing).map_err(|e| e.to_string())?;
+    let store = opened.store;
     let path = settings.read_model_path();
-    syncjobs_projections::db::reset(&path).map_err(|e| e.to_string())?;
-    let head = *store.watch_head().borrow();
-    let (projection, writer) =
-        syncjobs_projections::Projection::open(&path, head).map_err(|e| e.to_string())?;
+    let (projection, writer, place) = match &opened.read_model {
+        ReadModelAt::DataDir => {
+            syncjobs_projections::db::reset(&path).map_err(|e| e.to_string())?;
+            let head = *store.watch_head().borrow();
+            let (projection, writer) =
+                syncjobs_projections::Projection::open(&path, head).map_err(|e| e.to_string())?;
+            (projection, writer, path.display().to_string())
+        }
+        ReadModelAt::Postgres(url, timeouts) => {
+            let (projection, writer) =
+                syncjobs_projections::Projection::open_postgres(url.expose(), true, *timeouts)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            (
+                projection,
+                writer,
+                "the PostgreSQL store's database".to_owned(),
+            )
+        }
+    };
     loop {
         let events = store
             .read_all(projection.position(), REBUILD_BATCH)
@@ -181,12 +201,14 @@ async fn rebuild_read_model(settings: Settings) -> Result<(), String> {
         if events.is_empty() {
             break;
         }
-        writer.apply_batch(events).map_err(|e| e.to_string())?;
+        writer
+            .apply_batch(events)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     println!(
-        "read model rebuilt from the log: {} events, in {}",
+        "read model rebuilt from the log: {} events, in {place}",
         projection.position(),
-        path.display()
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ use crate::api::live::LiveJobs;
 use crate::api::{self, error::extractor_error, AppState, HealthProbe};
 use crate::app;
 use crate::app::keys::{self, Bootstrap, KeysError, NewKey};
+use crate::backend::ReadModelAt;
 use crate::bus::{spawn_relay, RelayConfig, RelayHandle, RelayMonitor};
 use crate::config::Settings;
 use crate::telemetry;
@@ -46,6 +47,8 @@ pub struct Components {
     pub runner: Arc<dyn SyncRunner>,
     pub job_settings: JobSettings,
     pub probes: Vec<Arc<dyn HealthProbe>>,
+    /// Where the read model lives (with the store: see [`ReadModelAt`]).
+    pub read_model: ReadModelAt,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,12 +115,17 @@ impl Application {
         for legacy in settings.legacy_checkpoint_paths() {
             remove_legacy_checkpoint(&legacy);
         }
-        let (projection, writer) = {
-            let path = settings.read_model_path();
-            let head = *c.store.watch_head().borrow();
-            tokio::task::spawn_blocking(move || Projection::open(&path, head))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))??
+        let (projection, writer) = match &c.read_model {
+            ReadModelAt::DataDir => {
+                let path = settings.read_model_path();
+                let head = *c.store.watch_head().borrow();
+                tokio::task::spawn_blocking(move || Projection::open(&path, head))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??
+            }
+            ReadModelAt::Postgres(url, timeouts) => {
+                Projection::open_postgres(url.expose(), false, *timeouts).await?
+            }
         };
         let projector = spawn_projector(
             c.store.clone(),
@@ -158,7 +166,7 @@ impl Application {
         // The write side: recovers unfinished jobs before it takes commands. The read model
         // has just caught up with the log's head, so it names them; each is then rebuilt from
         // its own stream.
-        let unfinished = projection.read(|m| m.unfinished_jobs())?;
+        let unfinished = projection.read(async |m| m.unfinished_jobs().await).await?;
         let jobs = start_supervisor(
             c.store.clone(),
             c.runner,

@@ -1,6 +1,6 @@
 //! The projector: a task that follows the store's global log from the read model's stored
-//! position and commits every batch into `read_model.db`, plus the [`Projection`] handle
-//! readers use.
+//! position and commits every batch into the read model's database (SQLite's
+//! `read_model.db`, or PostgreSQL's tables), plus the [`Projection`] handle readers use.
 //!
 //! A batch's rows and position commit in one transaction; the position is published (and
 //! the readers' caches invalidated) only after the commit. Writers to the store learn the
@@ -9,7 +9,9 @@
 //! change. Readers never wait for the writer (WAL).
 
 use crate::db::fold::Committed;
-use crate::db::{ReadDb, ReadError, ReadView, Writer};
+use crate::db::pg::{PgDb, PgWriter};
+use crate::db::view::Conn;
+use crate::db::{Engine, ReadDb, ReadError, ReadView, Writer};
 use futures::StreamExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -39,10 +41,17 @@ pub struct Lagging {
     pub reached: u64,
 }
 
-/// The single writer of a [`Projection`], shared with the blocking threads it commits on.
+/// The writer of a [`Projection`] (this node's; on PostgreSQL every node has one).
 pub struct ProjectionWriter {
-    writer: Arc<Mutex<Writer>>,
+    writer: WriterHandle,
     projection: Projection,
+}
+
+/// SQLite's writer is shared with the blocking threads it commits on; PostgreSQL's awaits.
+#[derive(Clone)]
+enum WriterHandle {
+    Sqlite(Arc<Mutex<Writer>>),
+    Postgres(Arc<tokio::sync::Mutex<PgWriter>>),
 }
 
 impl Projection {
@@ -75,22 +84,98 @@ impl Projection {
             }),
         };
         let writer = ProjectionWriter {
-            writer: Arc::new(Mutex::new(opened.writer)),
+            writer: WriterHandle::Sqlite(Arc::new(Mutex::new(opened.writer))),
             projection: projection.clone(),
         };
         Ok((projection, writer))
     }
 
-    /// Runs `f` against the model on a pooled read connection. Keep `f` short and never
-    /// await in it.
-    pub fn read<R, E: From<ReadError>>(
+    /// Opens the read model in the PostgreSQL database at `url` (the event store's): its
+    /// tables are created, or rebuilt when of another schema version or when `rebuild`
+    /// (`syncjobs rebuild-read-model`; no node may be running then).
+    /// `timeouts` bound every wait on the database (the store's, so one setting bounds both).
+    pub async fn open_postgres(
+        url: &str,
+        rebuild: bool,
+        timeouts: syncjobs_store_postgres::Timeouts,
+    ) -> Result<(Projection, ProjectionWriter), ReadError> {
+        let (db, writer) = PgDb::open(url, rebuild, timeouts).await?;
+        let projection = Projection {
+            shared: Arc::new(Shared {
+                db: ReadDb::new(Engine::Postgres(db)),
+                position: watch::channel(writer.position()).0,
+                _temporary: None,
+            }),
+        };
+        let writer = ProjectionWriter {
+            writer: WriterHandle::Postgres(Arc::new(tokio::sync::Mutex::new(writer))),
+            projection: projection.clone(),
+        };
+        Ok((projection, writer))
+    }
+
+    /// Whether the rows live in PostgreSQL (else in SQLite).
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.shared.db.engine, Engine::Postgres(_))
+    }
+
+    /// Runs `f` against the model on a pooled read connection, held until `f`'s future ends
+    /// (returned to the pool even if that future is dropped half-way).
+    pub async fn read<R, E: From<ReadError>>(
         &self,
-        f: impl FnOnce(&ReadView<'_>) -> Result<R, E>,
+        f: impl AsyncFnOnce(&ReadView<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
         // Taken before the read: the rows seen are at least this recent.
         let position = self.position();
         let db = &self.shared.db;
-        db.with_reader(|conn| f(&ReadView { db, conn, position }))?
+        match &db.engine {
+            Engine::Sqlite(sqlite) => {
+                let reader = sqlite.reader()?;
+                f(&ReadView {
+                    db,
+                    conn: Conn::Sqlite(&reader),
+                    position,
+                })
+                .await
+            }
+            Engine::Postgres(pg) => {
+                let client = pg.client().await?;
+                let view = ReadView {
+                    db,
+                    conn: Conn::Postgres(&client),
+                    position,
+                };
+                let limit = pg.operation_timeout();
+                match tokio::time::timeout(limit, f(&view)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        // It may be stuck mid-statement: closed, never handed out again.
+                        drop(view);
+                        drop(deadpool_postgres::Object::take(client));
+                        tracing::warn!(
+                            ?limit,
+                            "read model unavailable: the database did not answer in time"
+                        );
+                        Err(ReadError::Unavailable(format!(
+                            "the read model's database did not answer within {} s",
+                            limit.as_secs()
+                        ))
+                        .into())
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`ReadView::authenticate`]'s answer if the key cache holds it, without a read: the
+    /// request extractor answers a hit at once (no future to box on every request).
+    pub fn authenticate_cached(
+        &self,
+        key_hash: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Option<crate::ApiKey>> {
+        let found = self.shared.db.keys.get(key_hash).ok()?;
+        Some(crate::db::view::usable(found, now))
     }
 
     /// The position of the last event committed and published.
@@ -103,12 +188,16 @@ impl Projection {
         self.shared.position.subscribe()
     }
 
+    /// Invalidates what the batch changed, then moves the position on (never back: a
+    /// batch of events already folded publishes no older position).
     fn publish(&self, c: Committed) {
         self.shared.db.invalidate(c.jobs_changed, c.keys_changed);
         self.shared.position.send_if_modified(|p| {
-            let changed = *p != c.position;
-            *p = c.position;
-            changed
+            let newer = c.position > *p;
+            if newer {
+                *p = c.position;
+            }
+            newer
         });
     }
 
@@ -129,29 +218,41 @@ impl Projection {
     /// Returns whether it held before `timeout` (a read error counts as not yet).
     pub async fn wait_until(
         &self,
-        mut pred: impl FnMut(&ReadView<'_>) -> Result<bool, ReadError>,
+        mut pred: impl AsyncFnMut(&ReadView<'_>) -> Result<bool, ReadError>,
         timeout: Duration,
     ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.shared.position.subscribe();
-        let mut check = || {
-            self.read(&mut pred).unwrap_or_else(|err| {
-                tracing::warn!(%err, "read model unreadable while waiting");
-                false
-            })
-        };
         loop {
             // Subscribed (and marked seen) before checking, so no change can slip between.
             rx.borrow_and_update();
-            if check() {
+            if self.check(&mut pred).await {
                 return true;
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return check(),
+                _ => return self.check(&mut pred).await,
             }
         }
     }
+
+    async fn check(
+        &self,
+        pred: &mut impl AsyncFnMut(&ReadView<'_>) -> Result<bool, ReadError>,
+    ) -> bool {
+        self.read(async |m| pred(m).await)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(%err, "read model unreadable while waiting");
+                false
+            })
+    }
+}
+
+fn lock(w: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    // A panic in a fold leaves the writer at its last committed state (the batch rolled
+    // back with its transaction).
+    w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ProjectionWriter {
@@ -161,46 +262,54 @@ impl ProjectionWriter {
         self.projection.position()
     }
 
-    /// Ids of the jobs pending, running or cancelling (held in memory): what the supervisor
-    /// recovers at start-up.
-    pub fn unfinished_jobs(&self) -> Vec<uuid::Uuid> {
-        self.lock().unfinished_jobs()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
-        // A panic in a fold leaves the writer at its last committed state (the batch
-        // rolled back with its transaction).
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Commits a batch and publishes its position (on this thread: tests, tools).
-    pub fn apply_batch(
+    /// Commits a batch and publishes its position (SQLite: on this thread; tests, tools);
+    /// the position published after it.
+    pub async fn apply_batch(
         &self,
         events: impl IntoIterator<Item = RecordedEvent>,
     ) -> Result<u64, ReadError> {
-        let committed = self.lock().apply_batch(events)?;
+        let events: Vec<RecordedEvent> = events.into_iter().collect();
+        let committed = match &self.writer {
+            WriterHandle::Sqlite(w) => lock(w).apply_batch(events)?,
+            WriterHandle::Postgres(w) => w.lock().await.apply_batch(events).await?,
+        };
         self.projection.publish(committed);
-        Ok(committed.position)
+        Ok(self.projection.position())
     }
 
-    /// Removes one batch of final jobs of deleted source connections (on this thread);
-    /// whether more remains.
-    pub fn purge_step(&self) -> Result<bool, ReadError> {
-        self.lock().purge_step()
+    /// Removes one batch of final jobs of deleted source connections (SQLite: on this
+    /// thread); whether more remains.
+    pub async fn purge_step(&self) -> Result<bool, ReadError> {
+        match &self.writer {
+            WriterHandle::Sqlite(w) => lock(w).purge_step(),
+            WriterHandle::Postgres(w) => w.lock().await.purge_step().await,
+        }
     }
 
-    /// [`ProjectionWriter::apply_batch`] on a blocking thread.
+    /// [`ProjectionWriter::apply_batch`], SQLite's on a blocking thread.
     async fn commit(&self, events: Vec<RecordedEvent>) -> Result<u64, ReadError> {
-        let this = self.clone_handle();
-        tokio::task::spawn_blocking(move || this.apply_batch(events))
-            .await
-            .map_err(|e| ReadError::Task(e.to_string()))?
+        let WriterHandle::Sqlite(w) = &self.writer else {
+            return self.apply_batch(events).await;
+        };
+        let (w, projection) = (w.clone(), self.projection.clone());
+        tokio::task::spawn_blocking(move || {
+            let committed = lock(&w).apply_batch(events)?;
+            projection.publish(committed);
+            Ok(projection.position())
+        })
+        .await
+        .map_err(|e| ReadError::Task(e.to_string()))?
     }
 
-    /// One purge step on a blocking thread; whether more remains.
+    /// One purge step (SQLite's on a blocking thread); whether more remains.
     async fn purge(&self) -> bool {
-        let this = self.clone_handle();
-        let step = tokio::task::spawn_blocking(move || this.purge_step()).await;
+        let step = match &self.writer {
+            WriterHandle::Postgres(_) => Ok(self.purge_step().await),
+            WriterHandle::Sqlite(w) => {
+                let w = w.clone();
+                tokio::task::spawn_blocking(move || lock(&w).purge_step()).await
+            }
+        };
         match step {
             Ok(Ok(more)) => more,
             Ok(Err(err)) => {
@@ -211,13 +320,6 @@ impl ProjectionWriter {
                 tracing::warn!(%err, "purge task failed");
                 false
             }
-        }
-    }
-
-    fn clone_handle(&self) -> ProjectionWriter {
-        ProjectionWriter {
-            writer: self.writer.clone(),
-            projection: self.projection.clone(),
         }
     }
 }

@@ -19,6 +19,9 @@ use syncjobs_domain::{
 use syncjobs_projections::{ModelDump, Projection};
 use uuid::Uuid;
 
+mod engines;
+use engines::{testkit, Engine, Place};
+
 /// One source connection's story in a generated model.
 #[derive(Debug, Clone)]
 struct Story {
@@ -198,12 +201,77 @@ fn then() -> impl Strategy<Value = Then> {
     ]
 }
 
-fn whole(events: &[RecordedEvent]) -> ModelDump {
-    let dir = tempfile::tempdir().unwrap();
-    let (projection, writer) =
-        Projection::open(&dir.path().join("read_model.db"), u64::MAX).unwrap();
-    writer.apply_batch(events.iter().cloned()).unwrap();
-    projection.read(|m| m.dump()).unwrap()
+/// One runtime for every case (proptest's bodies are not async).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+        .block_on(f)
+}
+
+async fn dump(projection: &Projection) -> ModelDump {
+    projection.read(async |m| m.dump().await).await.unwrap()
+}
+
+async fn whole(engine: Engine, events: &[RecordedEvent]) -> ModelDump {
+    let place = Place::new(engine).await;
+    let (projection, writer) = place.open().await;
+    writer.apply_batch(events.iter().cloned()).await.unwrap();
+    dump(&projection).await
+}
+
+/// Folds `events` in batches of the steps' sizes, crashing (reopening), redelivering and
+/// purging between them as the steps say: the model must equal one fold of the whole log.
+async fn crash_story(
+    engine: Engine,
+    events: Vec<RecordedEvent>,
+    steps: Vec<(usize, Then)>,
+) -> Result<(), TestCaseError> {
+    let expected = whole(engine, &events).await;
+    let place = Place::new(engine).await;
+    let (mut projection, mut writer) = place.open().await;
+    let mut steps = steps.into_iter().cycle();
+    loop {
+        let at = writer.position() as usize;
+        if at >= events.len() {
+            break;
+        }
+        let (size, then) = steps.next().unwrap();
+        let end = (at + size).min(events.len());
+        writer
+            .apply_batch(events[at..end].iter().cloned())
+            .await
+            .unwrap();
+        prop_assert_eq!(projection.position(), end as u64);
+        match then {
+            Then::GoOn => {}
+            Then::Crash => {
+                drop((projection, writer));
+                (projection, writer) = place.open().await;
+                prop_assert_eq!(projection.position(), end as u64, "the position survives");
+            }
+            Then::Redeliver(n) => {
+                let from = end.saturating_sub(n);
+                writer
+                    .apply_batch(events[from..end].iter().cloned())
+                    .await
+                    .unwrap();
+                prop_assert_eq!(projection.position(), end as u64);
+            }
+            Then::Purge => {
+                writer.purge_step().await.unwrap();
+            }
+        }
+    }
+    while writer.purge_step().await.unwrap() {}
+    prop_assert_eq!(dump(&projection).await, expected);
+    Ok(())
 }
 
 proptest! {
@@ -214,38 +282,21 @@ proptest! {
         events in history(),
         steps in prop::collection::vec((1usize..8, then()), 1..40),
     ) {
-        let expected = whole(&events);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("read_model.db");
-        let (mut projection, mut writer) = Projection::open(&path, u64::MAX).unwrap();
-        let mut steps = steps.into_iter().cycle();
-        loop {
-            let at = writer.position() as usize;
-            if at >= events.len() {
-                break;
-            }
-            let (size, then) = steps.next().unwrap();
-            let end = (at + size).min(events.len());
-            writer.apply_batch(events[at..end].iter().cloned()).unwrap();
-            prop_assert_eq!(projection.position(), end as u64);
-            match then {
-                Then::GoOn => {}
-                Then::Crash => {
-                    drop((projection, writer));
-                    (projection, writer) = Projection::open(&path, u64::MAX).unwrap();
-                    prop_assert_eq!(projection.position(), end as u64, "the position survives");
-                }
-                Then::Redeliver(n) => {
-                    let from = end.saturating_sub(n);
-                    writer.apply_batch(events[from..end].iter().cloned()).unwrap();
-                    prop_assert_eq!(projection.position(), end as u64);
-                }
-                Then::Purge => {
-                    writer.purge_step().unwrap();
-                }
-            }
+        block_on(crash_story(Engine::Sqlite, events, steps))?;
+    }
+}
+
+proptest! {
+    // Each case is two fresh databases on the server: fewer of them.
+    #![proptest_config(cases::cases(12))]
+
+    #[test]
+    fn on_postgresql_crashes_between_batches_never_apply_twice_nor_skip(
+        events in history(),
+        steps in prop::collection::vec((1usize..8, then()), 1..40),
+    ) {
+        if testkit::admin_url("on_postgresql_crashes_between_batches_never_apply_twice_nor_skip").is_some() {
+            block_on(crash_story(Engine::Postgres, events, steps))?;
         }
-        while writer.purge_step().unwrap() {}
-        prop_assert_eq!(projection.read(|m| m.dump()).unwrap(), expected);
     }
 }

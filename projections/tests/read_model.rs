@@ -16,6 +16,9 @@ use syncjobs_projections::{
 };
 use uuid::Uuid;
 
+mod engines;
+use engines::{on_each_engine, testkit, Engine, Place};
+
 /// Appends events with recorded times one second apart, from a fixed origin.
 struct History {
     store: Arc<InMemoryStore>,
@@ -161,83 +164,92 @@ fn cancelled(n: u64) -> SyncJobEvent {
 struct Model {
     projection: Projection,
     writer: ProjectionWriter,
-    _dir: tempfile::TempDir,
+    _place: Place,
 }
 
 impl Model {
-    fn new() -> Model {
-        let dir = tempfile::tempdir().unwrap();
-        let (projection, writer) =
-            Projection::open(&dir.path().join("read_model.db"), u64::MAX).unwrap();
+    async fn new(engine: Engine) -> Model {
+        let place = Place::new(engine).await;
+        let (projection, writer) = place.open().await;
         Model {
             projection,
             writer,
-            _dir: dir,
+            _place: place,
         }
     }
 
-    fn read<R>(
+    async fn read<R>(
         &self,
-        f: impl FnOnce(&syncjobs_projections::ReadView<'_>) -> Result<R, ReadError>,
+        f: impl AsyncFnOnce(&syncjobs_projections::ReadView<'_>) -> Result<R, ReadError>,
     ) -> R {
-        self.projection.read(f).unwrap()
+        self.projection.read(f).await.unwrap()
     }
 
     /// Folds `events` in one transaction; the new position.
-    fn apply(&self, events: &[RecordedEvent]) -> u64 {
-        self.writer.apply_batch(events.iter().cloned()).unwrap()
+    async fn apply(&self, events: &[RecordedEvent]) -> u64 {
+        self.writer
+            .apply_batch(events.iter().cloned())
+            .await
+            .unwrap()
     }
 
     fn position(&self) -> u64 {
         self.projection.position()
     }
-    fn dump(&self) -> ModelDump {
-        self.read(|m| m.dump())
+    async fn dump(&self) -> ModelDump {
+        self.read(async |m| m.dump().await).await
     }
-    fn job(&self, id: Uuid) -> Option<JobState> {
-        self.read(|m| m.job(id))
+    async fn job(&self, id: Uuid) -> Option<JobState> {
+        self.read(async |m| m.job(id).await).await
     }
-    fn jobs_of(&self, sc: Uuid) -> Vec<JobState> {
-        self.read(|m| m.jobs_of(sc, 0, usize::MAX))
+    async fn jobs_of(&self, sc: Uuid) -> Vec<JobState> {
+        self.read(async |m| m.jobs_of(sc, 0, usize::MAX).await)
+            .await
     }
-    fn last_job(&self, sc: Uuid) -> Option<JobState> {
-        self.read(|m| m.last_job(sc))
+    async fn last_job(&self, sc: Uuid) -> Option<JobState> {
+        self.read(async |m| m.last_job(sc).await).await
     }
-    fn active_jobs_of(&self, sc: Uuid) -> Vec<Uuid> {
-        self.read(|m| m.active_jobs_of(sc))
+    async fn active_jobs_of(&self, sc: Uuid) -> Vec<Uuid> {
+        self.read(async |m| m.active_jobs_of(sc).await).await
     }
-    fn source_connection(&self, org: Uuid, id: Uuid) -> Option<SourceConnection> {
-        self.read(|m| m.source_connection(org, id))
+    async fn source_connection(&self, org: Uuid, id: Uuid) -> Option<SourceConnection> {
+        self.read(async |m| m.source_connection(org, id).await)
+            .await
     }
-    fn source_connections(&self, org: Uuid) -> Vec<SourceConnection> {
-        self.read(|m| m.source_connections(org, 0, usize::MAX, |_| true))
+    async fn source_connections(&self, org: Uuid) -> Vec<SourceConnection> {
+        self.read(async |m| m.source_connections(org, 0, usize::MAX, |_| true).await)
+            .await
     }
-    fn source_connection_status(&self, sc: SourceConnection) -> SourceConnectionStatus {
-        self.read(|m| m.source_connection_status(&sc))
+    async fn source_connection_status(&self, sc: SourceConnection) -> SourceConnectionStatus {
+        self.read(async |m| m.source_connection_status(&sc).await)
+            .await
     }
-    fn collection(&self, org: Uuid, rid: &str) -> Option<Collection> {
-        self.read(|m| m.collection(org, rid))
+    async fn collection(&self, org: Uuid, rid: &str) -> Option<Collection> {
+        self.read(async |m| m.collection(org, rid).await).await
     }
-    fn collections(&self, org: Uuid) -> Vec<Collection> {
-        self.read(|m| m.collections(org, 0, usize::MAX, |_| true))
+    async fn collections(&self, org: Uuid) -> Vec<Collection> {
+        self.read(async |m| m.collections(org, 0, usize::MAX, |_| true).await)
+            .await
     }
-    fn collection_status(&self, id: Uuid) -> CollectionStatus {
-        self.read(|m| m.collection_status(id))
+    async fn collection_status(&self, id: Uuid) -> CollectionStatus {
+        self.read(async |m| m.collection_status(id).await).await
     }
-    fn authenticate(&self, hash: &str, now: chrono::DateTime<Utc>) -> Option<ApiKey> {
-        self.read(|m| m.authenticate(hash, now))
+    async fn authenticate(&self, hash: &str, now: chrono::DateTime<Utc>) -> Option<ApiKey> {
+        self.read(async |m| m.authenticate(hash, now).await).await
     }
-    fn has_source_connection(&self, org: Uuid, id: Uuid) -> bool {
-        self.read(|m| m.has_source_connection(org, id))
+    async fn has_source_connection(&self, org: Uuid, id: Uuid) -> bool {
+        self.read(async |m| m.has_source_connection(org, id).await)
+            .await
     }
-    fn organization_by_name(&self, name: &str) -> Option<Organization> {
-        self.read(|m| m.organization_by_name(name))
+    async fn organization_by_name(&self, name: &str) -> Option<Organization> {
+        self.read(async |m| m.organization_by_name(name).await)
+            .await
     }
 }
 
-fn fold(events: &[RecordedEvent]) -> Model {
-    let m = Model::new();
-    m.apply(events);
+async fn fold(engine: Engine, events: &[RecordedEvent]) -> Model {
+    let m = Model::new(engine).await;
+    m.apply(events).await;
     m
 }
 
@@ -294,17 +306,26 @@ async fn rich_history() -> History {
 
 #[tokio::test]
 async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts() {
+    on_each_engine(
+        "job_rows_follow_the_lifecycle_with_recorded_times_and_counts",
+        job_rows_follow_the_lifecycle_with_recorded_times_and_counts_on,
+    )
+    .await;
+}
+
+async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
     let sc = h.source_connection(org, c, "c").await;
     let job = h.job(org, sc, &[started()]).await;
-    let m = fold(&h.all().await);
-    let row = m.job(job).unwrap();
+    let m = fold(engine, &h.all().await).await;
+    let row = m.job(job).await.unwrap();
     assert_eq!(row.status, JobStatus::Running);
     assert!(row.started_at.is_some() && row.completed_at.is_none());
     assert_eq!(
-        m.source_connection_status(m.source_connection(org, sc).unwrap()),
+        m.source_connection_status(m.source_connection(org, sc).await.unwrap())
+            .await,
         SourceConnectionStatus::Syncing
     );
 
@@ -312,8 +333,8 @@ async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts() {
         .await;
     h.job_event(job, cancel_requested()).await;
     h.job_event(job, cancelled(5)).await;
-    let m = fold(&h.all().await);
-    let row = m.job(job).unwrap();
+    let m = fold(engine, &h.all().await).await;
+    let row = m.job(job).await.unwrap();
     assert_eq!(row.status, JobStatus::Cancelled);
     assert_eq!(row.counts, counts(5));
     assert_eq!(
@@ -321,13 +342,22 @@ async fn job_rows_follow_the_lifecycle_with_recorded_times_and_counts() {
         ChronoDuration::seconds(3)
     );
     assert_eq!(
-        m.source_connection_status(m.source_connection(org, sc).unwrap()),
+        m.source_connection_status(m.source_connection(org, sc).await.unwrap())
+            .await,
         SourceConnectionStatus::Active
     );
 }
 
 #[tokio::test]
 async fn a_late_event_after_a_final_state_changes_nothing() {
+    on_each_engine(
+        "a_late_event_after_a_final_state_changes_nothing",
+        a_late_event_after_a_final_state_changes_nothing_on,
+    )
+    .await;
+}
+
+async fn a_late_event_after_a_final_state_changes_nothing_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
@@ -336,9 +366,9 @@ async fn a_late_event_after_a_final_state_changes_nothing() {
         .job(org, sc, &[started(), cancel_requested(), cancelled(2)])
         .await;
     h.job_event(job, completed(99)).await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.job(job).unwrap().status, JobStatus::Cancelled);
-    assert_eq!(m.job(job).unwrap().counts, counts(2));
+    let m = fold(engine, &h.all().await).await;
+    assert_eq!(m.job(job).await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(m.job(job).await.unwrap().counts, counts(2));
     assert_eq!(
         m.position(),
         h.all().await.len() as u64,
@@ -348,6 +378,14 @@ async fn a_late_event_after_a_final_state_changes_nothing() {
 
 #[tokio::test]
 async fn jobs_list_newest_first_and_runs_are_counted() {
+    on_each_engine(
+        "jobs_list_newest_first_and_runs_are_counted",
+        jobs_list_newest_first_and_runs_are_counted_on,
+    )
+    .await;
+}
+
+async fn jobs_list_newest_first_and_runs_are_counted_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
@@ -355,22 +393,22 @@ async fn jobs_list_newest_first_and_runs_are_counted() {
     let a = h.job(org, sc, &[started(), completed(1)]).await;
     let b = h.job(org, sc, &[started(), failed()]).await;
     let d = h.job(org, sc, &[]).await;
-    let m = fold(&h.all().await);
-    let ids: Vec<Uuid> = m.jobs_of(sc).iter().map(|j| j.job_id).collect();
+    let m = fold(engine, &h.all().await).await;
+    let ids: Vec<Uuid> = m.jobs_of(sc).await.iter().map(|j| j.job_id).collect();
     assert_eq!(ids, vec![d, b, a]);
-    let row = m.source_connection(org, sc).unwrap();
+    let row = m.source_connection(org, sc).await.unwrap();
     assert_eq!(
         (row.total_runs, row.successful_runs, row.failed_runs),
         (3, 1, 1)
     );
-    assert_eq!(m.last_job(sc).unwrap().job_id, d);
-    assert_eq!(m.active_jobs_of(sc), vec![d]);
+    assert_eq!(m.last_job(sc).await.unwrap().job_id, d);
+    assert_eq!(m.active_jobs_of(sc).await, vec![d]);
     assert_eq!(
-        m.source_connection_status(row),
+        m.source_connection_status(row).await,
         SourceConnectionStatus::Syncing
     );
     assert_eq!(
-        m.dump().counts,
+        m.dump().await.counts,
         vec![(org, [1, 1, 1])],
         "health's counts: the pending job is active"
     );
@@ -378,54 +416,87 @@ async fn jobs_list_newest_first_and_runs_are_counted() {
 
 #[tokio::test]
 async fn statuses_follow_airweave_rules() {
+    on_each_engine(
+        "statuses_follow_airweave_rules",
+        statuses_follow_airweave_rules_on,
+    )
+    .await;
+}
+
+async fn statuses_follow_airweave_rules_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let empty = h.collection(org, "empty").await;
     let c = h.collection(org, "c").await;
     let sc = h.source_connection(org, c, "c").await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection_status(empty), CollectionStatus::NeedsSource);
-    assert_eq!(m.collection_status(c), CollectionStatus::NeedsSource);
+    let m = fold(engine, &h.all().await).await;
     assert_eq!(
-        m.source_connection_status(m.source_connection(org, sc).unwrap()),
+        m.collection_status(empty).await,
+        CollectionStatus::NeedsSource
+    );
+    assert_eq!(m.collection_status(c).await, CollectionStatus::NeedsSource);
+    assert_eq!(
+        m.source_connection_status(m.source_connection(org, sc).await.unwrap())
+            .await,
         SourceConnectionStatus::PendingSync
     );
 
     h.job(org, sc, &[started(), failed()]).await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection_status(c), CollectionStatus::Error);
+    let m = fold(engine, &h.all().await).await;
+    assert_eq!(m.collection_status(c).await, CollectionStatus::Error);
     assert_eq!(
-        m.source_connection_status(m.source_connection(org, sc).unwrap()),
+        m.source_connection_status(m.source_connection(org, sc).await.unwrap())
+            .await,
         SourceConnectionStatus::Error
     );
 
     h.job(org, sc, &[started(), completed(1)]).await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection_status(c), CollectionStatus::Active);
+    let m = fold(engine, &h.all().await).await;
+    assert_eq!(m.collection_status(c).await, CollectionStatus::Active);
     assert_eq!(CollectionStatus::NeedsSource.as_str(), "NEEDS SOURCE");
 }
 
 #[tokio::test]
 async fn organizations_see_only_their_own_rows() {
+    on_each_engine(
+        "organizations_see_only_their_own_rows",
+        organizations_see_only_their_own_rows_on,
+    )
+    .await;
+}
+
+async fn organizations_see_only_their_own_rows_on(engine: Engine) {
     let mut h = History::new();
     let a = h.org("a").await;
     let b = h.org("b").await;
     let ca = h.collection(a, "same").await;
     let cb = h.collection(b, "same").await;
     let sca = h.source_connection(a, ca, "same").await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection(a, "same").unwrap().id, ca);
-    assert_eq!(m.collection(b, "same").unwrap().id, cb);
-    assert!(m.source_connection(b, sca).is_none());
-    assert_eq!(m.source_connections(b).len(), 0);
+    let m = fold(engine, &h.all().await).await;
+    assert_eq!(m.collection(a, "same").await.unwrap().id, ca);
+    assert_eq!(m.collection(b, "same").await.unwrap().id, cb);
+    assert!(m.source_connection(b, sca).await.is_none());
+    assert_eq!(m.source_connections(b).await.len(), 0);
     assert_eq!(
-        m.collections(a).iter().map(|c| c.id).collect::<Vec<_>>(),
+        m.collections(a)
+            .await
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
         vec![ca]
     );
 }
 
 #[tokio::test]
 async fn deletes_remove_rows_and_free_the_readable_id() {
+    on_each_engine(
+        "deletes_remove_rows_and_free_the_readable_id",
+        deletes_remove_rows_and_free_the_readable_id_on,
+    )
+    .await;
+}
+
+async fn deletes_remove_rows_and_free_the_readable_id_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
@@ -439,11 +510,14 @@ async fn deletes_remove_rows_and_free_the_readable_id() {
         },
     )
     .await;
-    let m = fold(&h.all().await);
-    assert!(m.source_connection(org, sc).is_none());
-    assert!(m.job(done).is_none(), "final jobs go with their connection");
+    let m = fold(engine, &h.all().await).await;
+    assert!(m.source_connection(org, sc).await.is_none());
+    assert!(
+        m.job(done).await.is_none(),
+        "final jobs go with their connection"
+    );
     assert_eq!(
-        m.active_jobs_of(sc),
+        m.active_jobs_of(sc).await,
         vec![live],
         "a live job stays findable until it ends"
     );
@@ -454,16 +528,24 @@ async fn deletes_remove_rows_and_free_the_readable_id() {
         CollectionEvent::CollectionDeleted { collection_id: c },
     )
     .await;
-    let m = fold(&h.all().await);
-    assert!(m.job(live).is_none());
-    assert!(m.collection(org, "c").is_none());
+    let m = fold(engine, &h.all().await).await;
+    assert!(m.job(live).await.is_none());
+    assert!(m.collection(org, "c").await.is_none());
     let again = h.collection(org, "c").await;
-    let m = fold(&h.all().await);
-    assert_eq!(m.collection(org, "c").unwrap().id, again);
+    let m = fold(engine, &h.all().await).await;
+    assert_eq!(m.collection(org, "c").await.unwrap().id, again);
 }
 
 #[tokio::test]
 async fn keys_authenticate_until_revoked_or_expired() {
+    on_each_engine(
+        "keys_authenticate_until_revoked_or_expired",
+        keys_authenticate_until_revoked_or_expired_on,
+    )
+    .await;
+}
+
+async fn keys_authenticate_until_revoked_or_expired_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let key = Uuid::new_v4();
@@ -491,47 +573,83 @@ async fn keys_authenticate_until_revoked_or_expired() {
         },
     )
     .await;
-    let m = fold(&h.all().await);
+    let m = fold(engine, &h.all().await).await;
     let before = soon - ChronoDuration::seconds(1);
-    assert_eq!(m.authenticate("k", before).unwrap().organization_id, org);
-    assert!(m.authenticate("e", before).is_some());
-    assert!(m.authenticate("e", soon).is_none(), "expired");
-    assert!(m.authenticate("nope", before).is_none());
+    assert_eq!(
+        m.authenticate("k", before).await.unwrap().organization_id,
+        org
+    );
+    assert!(m.authenticate("e", before).await.is_some());
+    assert!(m.authenticate("e", soon).await.is_none(), "expired");
+    assert!(m.authenticate("nope", before).await.is_none());
     h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
         .await;
-    let m = fold(&h.all().await);
-    assert!(m.authenticate("k", before).is_none(), "revoked");
-    assert_eq!(m.organization_by_name("o").unwrap().id, org);
+    let m = fold(engine, &h.all().await).await;
+    assert!(m.authenticate("k", before).await.is_none(), "revoked");
+    assert_eq!(m.organization_by_name("o").await.unwrap().id, org);
 }
 
 #[tokio::test]
 async fn applying_an_event_twice_is_a_no_op() {
+    on_each_engine(
+        "applying_an_event_twice_is_a_no_op",
+        applying_an_event_twice_is_a_no_op_on,
+    )
+    .await;
+}
+
+async fn applying_an_event_twice_is_a_no_op_on(engine: Engine) {
     let h = rich_history().await;
     let events = h.all().await;
-    let once = fold(&events);
-    let twice = fold(&events);
+    let once = fold(engine, &events).await;
+    let twice = fold(engine, &events).await;
     for e in &events {
-        assert_eq!(twice.apply(std::slice::from_ref(e)), events.len() as u64);
+        assert_eq!(
+            twice.apply(std::slice::from_ref(e)).await,
+            events.len() as u64
+        );
     }
-    assert_eq!(once.dump(), twice.dump());
+    assert_eq!(once.dump().await, twice.dump().await);
 }
 
 #[tokio::test]
 async fn folding_event_by_event_gives_the_same_model_as_one_batch() {
+    on_each_engine(
+        "folding_event_by_event_gives_the_same_model_as_one_batch",
+        folding_event_by_event_gives_the_same_model_as_one_batch_on,
+    )
+    .await;
+}
+
+async fn folding_event_by_event_gives_the_same_model_as_one_batch_on(engine: Engine) {
     let h = rich_history().await;
     let events = h.all().await;
-    let one_by_one = Model::new();
+    let one_by_one = Model::new(engine).await;
     for e in &events {
-        assert_eq!(one_by_one.apply(std::slice::from_ref(e)), e.global_position);
+        assert_eq!(
+            one_by_one.apply(std::slice::from_ref(e)).await,
+            e.global_position
+        );
     }
-    assert_eq!(one_by_one.dump(), fold(&events).dump());
+    assert_eq!(
+        one_by_one.dump().await,
+        fold(engine, &events).await.dump().await
+    );
 }
 
 #[tokio::test]
 async fn a_restart_from_the_stored_position_equals_a_rebuild_from_zero() {
+    on_each_engine(
+        "a_restart_from_the_stored_position_equals_a_rebuild_from_zero",
+        a_restart_from_the_stored_position_equals_a_rebuild_from_zero_on,
+    )
+    .await;
+}
+
+async fn a_restart_from_the_stored_position_equals_a_rebuild_from_zero_on(engine: Engine) {
     let h = rich_history().await;
     let events = h.all().await;
-    let from_zero = fold(&events).dump();
+    let from_zero = fold(engine, &events).await.dump().await;
     for cut in [
         0,
         1,
@@ -540,20 +658,27 @@ async fn a_restart_from_the_stored_position_equals_a_rebuild_from_zero() {
         events.len() - 1,
         events.len(),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("read_model.db");
+        let place = Place::new(engine).await;
         {
-            let (_, writer) = Projection::open(&path, u64::MAX).unwrap();
-            writer.apply_batch(events[..cut].iter().cloned()).unwrap();
+            let (_, writer) = place.open().await;
+            writer
+                .apply_batch(events[..cut].iter().cloned())
+                .await
+                .unwrap();
         }
-        let (resumed, writer) = Projection::open(&path, u64::MAX).unwrap();
-        assert_eq!(resumed.position(), cut as u64);
+        let (resumed, writer) = place.open().await;
+        assert_eq!(
+            resumed.position(),
+            cut as u64,
+            "resumed from the stored position"
+        );
         // at-least-once: the follower may redeliver from before the stored position
         writer
             .apply_batch(events[cut.saturating_sub(2)..].iter().cloned())
+            .await
             .unwrap();
         assert_eq!(
-            resumed.read(|m| m.dump()).unwrap(),
+            resumed.read(async |m| m.dump().await).await.unwrap(),
             from_zero,
             "cut at {cut}"
         );
@@ -569,16 +694,19 @@ async fn a_read_model_ahead_of_the_store_or_of_another_schema_is_rebuilt() {
     let head = events.len() as u64;
     {
         let (_, writer) = Projection::open(&path, head).unwrap();
-        writer.apply_batch(events.iter().cloned()).unwrap();
+        writer.apply_batch(events.iter().cloned()).await.unwrap();
     }
     assert_eq!(Projection::open(&path, head).unwrap().0.position(), head);
     // Another (shorter) log: this model is not of it.
     let (emptied, _) = Projection::open(&path, head - 1).unwrap();
     assert_eq!(emptied.position(), 0);
-    assert_eq!(emptied.read(|m| m.dump()).unwrap(), ModelDump::default());
+    assert_eq!(
+        emptied.read(async |m| m.dump().await).await.unwrap(),
+        ModelDump::default()
+    );
     {
         let (_, writer) = Projection::open(&path, head).unwrap();
-        writer.apply_batch(events.iter().cloned()).unwrap();
+        writer.apply_batch(events.iter().cloned()).await.unwrap();
     }
     // A schema this build does not know.
     rusqlite::Connection::open(&path)
@@ -587,11 +715,22 @@ async fn a_read_model_ahead_of_the_store_or_of_another_schema_is_rebuilt() {
         .unwrap();
     let (rebuilt, _) = Projection::open(&path, head).unwrap();
     assert_eq!(rebuilt.position(), 0);
-    assert_eq!(rebuilt.read(|m| m.dump()).unwrap(), ModelDump::default());
+    assert_eq!(
+        rebuilt.read(async |m| m.dump().await).await.unwrap(),
+        ModelDump::default()
+    );
 }
 
 #[tokio::test]
 async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later() {
+    on_each_engine(
+        "a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later",
+        a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later_on,
+    )
+    .await;
+}
+
+async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
@@ -608,27 +747,31 @@ async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later()
         },
     )
     .await;
-    let m = fold(&h.all().await);
-    assert!(m.job(done[0]).is_none());
+    let m = fold(engine, &h.all().await).await;
+    assert!(m.job(done[0]).await.is_none());
     assert_eq!(
-        m.jobs_of(sc).iter().map(|j| j.job_id).collect::<Vec<_>>(),
+        m.jobs_of(sc)
+            .await
+            .iter()
+            .map(|j| j.job_id)
+            .collect::<Vec<_>>(),
         vec![live]
     );
-    assert_eq!(m.dump().counts, vec![(org, [1, 0, 0])]);
-    let rows = |m: &Model| m.read(|v| v.job_rows());
-    assert_eq!(rows(&m), done.len() as u64 + 1);
-    while m.writer.purge_step().unwrap() {}
-    assert_eq!(rows(&m), 1, "only the live job's row is left");
+    assert_eq!(m.dump().await.counts, vec![(org, [1, 0, 0])]);
+    let rows = async |m: &Model| m.read(async |v| v.job_rows().await).await;
+    assert_eq!(rows(&m).await, done.len() as u64 + 1);
+    while m.writer.purge_step().await.unwrap() {}
+    assert_eq!(rows(&m).await, 1, "only the live job's row is left");
     h.job_event(live, cancel_requested()).await;
     h.job_event(live, cancelled(1)).await;
     let events = h.all().await;
-    m.apply(&events);
+    m.apply(&events).await;
     assert_eq!(
-        rows(&m),
+        rows(&m).await,
         0,
         "a job ending after its connection is gone is forgotten"
     );
-    assert_eq!(m.dump(), fold(&events).dump());
+    assert_eq!(m.dump().await, fold(engine, &events).await.dump().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,13 +791,17 @@ async fn the_projector_follows_live_appends_and_commits_them() {
         .unwrap();
     assert_eq!(
         projection
-            .read(|m| m.collection(org, "late"))
+            .read(async |m| m.collection(org, "late").await)
+            .await
             .unwrap()
             .map(|c| c.id),
         Some(last)
     );
-    let expected = fold(&h.all().await).dump();
-    assert_eq!(projection.read(|m| m.dump()).unwrap(), expected);
+    let expected = fold(Engine::Sqlite, &h.all().await).await.dump().await;
+    assert_eq!(
+        projection.read(async |m| m.dump().await).await.unwrap(),
+        expected
+    );
     handle.shutdown().await;
     drop(projection);
     let (reopened, _) = Projection::open(&path, u64::MAX).unwrap();
@@ -663,12 +810,15 @@ async fn the_projector_follows_live_appends_and_commits_them() {
         head,
         "every batch is committed as it is folded"
     );
-    assert_eq!(reopened.read(|m| m.dump()).unwrap(), expected);
+    assert_eq!(
+        reopened.read(async |m| m.dump().await).await.unwrap(),
+        expected
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn waiting_for_a_position_nobody_writes_is_bounded() {
-    let m = Model::new();
+    let m = Model::new(Engine::Sqlite).await;
     let projection = m.projection.clone();
     let err = projection
         .wait_for(7, Duration::from_secs(3))
@@ -677,7 +827,7 @@ async fn waiting_for_a_position_nobody_writes_is_bounded() {
     assert_eq!((err.wanted, err.reached), (7, 0));
     assert!(
         !projection
-            .wait_until(|m| Ok(m.position() > 0), Duration::from_secs(1))
+            .wait_until(async |m| Ok(m.position() > 0), Duration::from_secs(1))
             .await
     );
 }
@@ -728,7 +878,7 @@ async fn events_appended_by_another_process_are_picked_up_by_polling() {
         inner: h.store.clone(),
         silent_head: tokio::sync::watch::channel(0).0,
     });
-    let m = Model::new();
+    let m = Model::new(Engine::Sqlite).await;
     let projection = m.projection.clone();
     let handle = spawn_projector(
         store,
@@ -743,7 +893,11 @@ async fn events_appended_by_another_process_are_picked_up_by_polling() {
         .wait_for(head, Duration::from_secs(5))
         .await
         .expect("polling found the other process's event");
-    assert!(projection.read(|m| m.organization(org)).unwrap().is_some());
+    assert!(projection
+        .read(async |m| m.organization(org).await)
+        .await
+        .unwrap()
+        .is_some());
     handle.shutdown().await;
 }
 
@@ -760,27 +914,38 @@ async fn a_file_that_is_no_database_is_replaced_by_a_rebuild() {
     assert_eq!(projection.position(), 0);
     let h = rich_history().await;
     let events = h.all().await;
-    writer.apply_batch(events.iter().cloned()).unwrap();
-    assert_eq!(projection.read(|m| m.dump()).unwrap(), fold(&events).dump());
+    writer.apply_batch(events.iter().cloned()).await.unwrap();
+    assert_eq!(
+        projection.read(async |m| m.dump().await).await.unwrap(),
+        fold(Engine::Sqlite, &events).await.dump().await
+    );
 }
 
 /// The caches of final jobs and of keys never answer what the database no longer says.
 #[tokio::test]
 async fn cached_rows_follow_deletes_revocations_and_new_keys() {
+    on_each_engine(
+        "cached_rows_follow_deletes_revocations_and_new_keys",
+        cached_rows_follow_deletes_revocations_and_new_keys_on,
+    )
+    .await;
+}
+
+async fn cached_rows_follow_deletes_revocations_and_new_keys_on(engine: Engine) {
     let mut h = History::new();
     let org = h.org("o").await;
     let c = h.collection(org, "c").await;
     let sc = h.source_connection(org, c, "c").await;
     let done = h.job(org, sc, &[started(), completed(1)]).await;
-    let m = fold(&h.all().await);
+    let m = fold(engine, &h.all().await).await;
     let now = Utc.timestamp_opt(1_850_000_000, 0).unwrap();
     // Read twice: the second answer may come from the caches.
     for _ in 0..2 {
-        assert!(m.job(done).is_some());
-        assert!(m.authenticate("k", now).is_none(), "no such key yet");
-        assert!(m.has_source_connection(org, sc));
+        assert!(m.job(done).await.is_some());
+        assert!(m.authenticate("k", now).await.is_none(), "no such key yet");
+        assert!(m.has_source_connection(org, sc).await);
         assert!(
-            !m.has_source_connection(Uuid::new_v4(), sc),
+            !m.has_source_connection(Uuid::new_v4(), sc).await,
             "another organization's connection is not there"
         );
     }
@@ -803,20 +968,20 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys() {
         },
     )
     .await;
-    m.apply(&h.all().await);
-    assert!(m.job(done).is_none(), "its connection is gone");
+    m.apply(&h.all().await).await;
+    assert!(m.job(done).await.is_none(), "its connection is gone");
     assert!(
-        !m.has_source_connection(org, sc),
+        !m.has_source_connection(org, sc).await,
         "gone at once, cached or not"
     );
     assert!(
-        m.authenticate("k", now).is_some(),
+        m.authenticate("k", now).await.is_some(),
         "the new key works at once"
     );
     h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
         .await;
-    m.apply(&h.all().await);
-    assert!(m.authenticate("k", now).is_none(), "revoked at once");
+    m.apply(&h.all().await).await;
+    assert!(m.authenticate("k", now).await.is_none(), "revoked at once");
 }
 
 /// Two writers on one file (a server still stopping while the next one starts on the same
@@ -834,10 +999,269 @@ async fn a_second_writer_on_the_same_file_never_applies_an_event_twice() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("read_model.db");
     let (first, one) = Projection::open(&path, u64::MAX).unwrap();
-    one.apply_batch(events[..half].iter().cloned()).unwrap();
+    one.apply_batch(events[..half].iter().cloned())
+        .await
+        .unwrap();
     // The next server starts: it sees the running job too.
     let (_, two) = Projection::open(&path, u64::MAX).unwrap();
-    two.apply_batch(events.iter().cloned()).unwrap();
-    one.apply_batch(events.iter().cloned()).unwrap();
-    assert_eq!(first.read(|m| m.dump()).unwrap(), fold(&events).dump());
+    two.apply_batch(events.iter().cloned()).await.unwrap();
+    one.apply_batch(events.iter().cloned()).await.unwrap();
+    assert_eq!(
+        first.read(async |m| m.dump().await).await.unwrap(),
+        fold(Engine::Sqlite, &events).await.dump().await
+    );
+}
+
+/// Two nodes on one PostgreSQL database, each following the whole log in batches of its
+/// own cut, at the same time: the rows equal one fold of the log (no event applied twice,
+/// none skipped) and each node publishes the head, whoever folded what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_folding_one_log_into_one_postgresql_database_apply_each_event_once() {
+    let Some(admin) = testkit::admin_url("two_nodes_folding_one_log") else {
+        return;
+    };
+    let h = rich_history().await;
+    let events = h.all().await;
+    let expected = fold(Engine::Postgres, &events).await.dump().await;
+    let db = testkit::TestDb::create(&admin).await;
+    let (first, one) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    let (second, two) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    let follow = |writer: ProjectionWriter, size: usize| {
+        let events = events.clone();
+        tokio::spawn(async move {
+            for batch in events.chunks(size) {
+                writer.apply_batch(batch.iter().cloned()).await.unwrap();
+            }
+            writer
+        })
+    };
+    let (one, two) = tokio::join!(follow(one, 2), follow(two, 3));
+    let (_one, _two) = (one.unwrap(), two.unwrap());
+    let head = events.len() as u64;
+    assert_eq!((first.position(), second.position()), (head, head));
+    for node in [&first, &second] {
+        assert_eq!(node.read(async |m| m.dump().await).await.unwrap(), expected);
+    }
+}
+
+/// A node's caches follow events another node folded: the events reach every node, and
+/// the invalidations come from them, not from having folded them.
+#[tokio::test]
+async fn a_node_forgets_cached_rows_changed_by_events_another_node_folded() {
+    let Some(admin) = testkit::admin_url("a_node_forgets_cached_rows") else {
+        return;
+    };
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let key = Uuid::new_v4();
+    h.append(
+        stream::ACCESS,
+        AccessEvent::ApiKeyCreated {
+            key_id: key,
+            organization_id: org,
+            key_hash: "k".into(),
+            prefix: "p".into(),
+            expires_at: None,
+        },
+    )
+    .await;
+    let db = testkit::TestDb::create(&admin).await;
+    let (_, one) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    let (other, two) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    let created = h.all().await;
+    one.apply_batch(created.iter().cloned()).await.unwrap();
+    two.apply_batch(created.iter().cloned()).await.unwrap();
+    let now = Utc.timestamp_opt(1_850_000_000, 0).unwrap();
+    let authenticate = async || {
+        other
+            .read(async |m| m.authenticate("k", now).await)
+            .await
+            .unwrap()
+    };
+    assert!(authenticate().await.is_some());
+    assert!(
+        other.authenticate_cached("k", now).is_some(),
+        "the key is cached on the second node"
+    );
+    h.append(stream::ACCESS, AccessEvent::ApiKeyRevoked { key_id: key })
+        .await;
+    let all = h.all().await;
+    one.apply_batch(all.iter().cloned()).await.unwrap();
+    // The second node's batch: already folded by the first, applied nowhere again.
+    two.apply_batch(all[created.len()..].iter().cloned())
+        .await
+        .unwrap();
+    assert_eq!(other.position(), all.len() as u64);
+    assert!(authenticate().await.is_none(), "revoked on every node");
+}
+
+/// A read model of another schema version is emptied and rebuilt from the log.
+#[tokio::test]
+async fn a_postgresql_read_model_of_another_schema_version_is_rebuilt() {
+    let Some(admin) = testkit::admin_url("a_postgresql_read_model_of_another_schema") else {
+        return;
+    };
+    let events = rich_history().await.all().await;
+    let db = testkit::TestDb::create(&admin).await;
+    {
+        let (_, writer) = Projection::open_postgres(&db.url, false, Default::default())
+            .await
+            .unwrap();
+        writer.apply_batch(events.iter().cloned()).await.unwrap();
+    }
+    let (reopened, _) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(reopened.position(), events.len() as u64);
+    db.client()
+        .await
+        .execute("UPDATE read_projection SET schema_version = 999", &[])
+        .await
+        .unwrap();
+    let (rebuilt, writer) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.position(), 0);
+    assert_eq!(
+        rebuilt.read(async |m| m.dump().await).await.unwrap(),
+        ModelDump::default()
+    );
+    writer.apply_batch(events.iter().cloned()).await.unwrap();
+    assert_eq!(
+        rebuilt.read(async |m| m.dump().await).await.unwrap(),
+        fold(Engine::Postgres, &events).await.dump().await
+    );
+    // `syncjobs rebuild-read-model`: emptied on demand, whatever its version.
+    let (emptied, _) = Projection::open_postgres(&db.url, true, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(emptied.position(), 0);
+    assert_eq!(
+        emptied.read(async |m| m.dump().await).await.unwrap(),
+        ModelDump::default()
+    );
+}
+
+/// Two nodes (two store instances, two projectors) on one PostgreSQL database, appending in
+/// turn: each node's `wait_for` reaches every append, whichever node folded it, and both
+/// serve the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_s_projector_reaches_every_append_whoever_folds_it() {
+    let Some(admin) = testkit::admin_url("every_node_s_projector_reaches_every_append") else {
+        return;
+    };
+    let db = testkit::TestDb::create(&admin).await;
+    let stores: [Arc<dyn EventStore>; 2] = [db.store().await, db.store().await];
+    let mut nodes = Vec::new();
+    for store in &stores {
+        let (projection, writer) = Projection::open_postgres(&db.url, false, Default::default())
+            .await
+            .unwrap();
+        let handle = spawn_projector(store.clone(), writer, ProjectorConfig { poll_every: None });
+        nodes.push((projection, handle));
+    }
+    let at = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+    let mut orgs = Vec::new();
+    for i in 0..20 {
+        let id = Uuid::new_v4();
+        let recorded = stores[i % 2]
+            .append(
+                stream::ACCESS,
+                ExpectedVersion::Any,
+                vec![NewEvent::new(
+                    AccessEvent::OrganizationCreated {
+                        organization_id: id,
+                        name: format!("org {i}"),
+                    },
+                    at,
+                    Metadata::default(),
+                )],
+            )
+            .await
+            .unwrap();
+        let position = recorded[0].global_position;
+        // Read-your-writes on both nodes, the appending one and the other.
+        for (projection, _) in &nodes {
+            projection
+                .wait_for(position, Duration::from_secs(10))
+                .await
+                .unwrap();
+            let found = projection
+                .read(async |m| m.organization(id).await)
+                .await
+                .unwrap();
+            assert!(found.is_some(), "org {i} at {position}");
+        }
+        orgs.push(id);
+    }
+    let dumps: Vec<ModelDump> = {
+        let mut out = Vec::new();
+        for (projection, _) in &nodes {
+            out.push(projection.read(async |m| m.dump().await).await.unwrap());
+        }
+        out
+    };
+    assert_eq!(dumps[0].organizations.len(), orgs.len());
+    assert_eq!(dumps[0].organizations, dumps[1].organizations);
+    for (_, handle) in nodes {
+        handle.shutdown().await;
+    }
+}
+
+/// PostgreSQL drops the read model's connections (a restart, `pg_terminate_backend`):
+/// what fails meanwhile fails as unavailable (503 to clients), and reads and commits work
+/// again by themselves, on new connections, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_connections_are_cut_the_postgresql_read_model_works_again_by_itself() {
+    let Some(admin) = testkit::admin_url("after_its_connections_are_cut") else {
+        return;
+    };
+    let h = rich_history().await;
+    let events = h.all().await;
+    let (half, rest) = events.split_at(events.len() / 2);
+    let db = testkit::TestDb::create(&admin).await;
+    let (projection, writer) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    writer.apply_batch(half.iter().cloned()).await.unwrap();
+    assert!(projection.read(async |m| m.dump().await).await.is_ok());
+    let cut = db
+        .client()
+        .await
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'syncjobs-read-model'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!cut.is_empty(), "the read model's connections were cut");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match writer.apply_batch(rest.iter().cloned()).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+            }
+        }
+    }
+    let dump = loop {
+        match projection.read(async |m| m.dump().await).await {
+            Ok(d) => break d,
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+            }
+        }
+    };
+    assert_eq!(dump, fold(Engine::Postgres, &events).await.dump().await);
 }

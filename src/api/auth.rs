@@ -11,35 +11,47 @@ use crate::app::Caller;
 use actix_web::dev::Payload;
 use actix_web::http::header::HeaderName;
 use actix_web::{web, FromRequest, HttpRequest};
+use futures::future::{Either, LocalBoxFuture};
 use std::future::{ready, Ready};
+use syncjobs_projections::ApiKey;
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// The same, parsed once: a lookup by `&str` parses the name on every request.
 const API_KEY: HeaderName = HeaderName::from_static(API_KEY_HEADER);
 
-fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::internal("application state missing"))?;
+/// What the caller's key resolves to: at once when the key cache knows it (the common case,
+/// no future boxed), else after a read of the model.
+enum Resolution {
+    Known(Result<Caller, ApiError>),
+    Lookup(String, chrono::DateTime<chrono::Utc>),
+}
+
+fn resolve(req: &HttpRequest) -> Resolution {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Resolution::Known(Err(ApiError::internal("application state missing")));
+    };
     // Header names are case-insensitive in actix's HeaderMap.
     let Some(value) = req.headers().get(&API_KEY) else {
-        return Err(ApiError::Unauthenticated);
+        return Resolution::Known(Err(ApiError::Unauthenticated));
     };
-    let key = value.to_str().map_err(|_| ApiError::Forbidden)?.trim();
+    let Ok(key) = value.to_str().map(str::trim) else {
+        return Resolution::Known(Err(ApiError::Forbidden));
+    };
     if key.is_empty() {
-        return Err(ApiError::Unauthenticated);
+        return Resolution::Known(Err(ApiError::Unauthenticated));
     }
     let mut hash = [0; KEY_HASH_LEN];
     let hash = key_hash_into(key, &mut hash);
     let now = state.clock.now();
-    let found = state.projection.read(|m| {
-        Ok::<_, ApiError>(
-            m.authenticate(hash, now)?
-                .map(|k| (k.organization_id, k.key_id)),
-        )
-    })?;
+    match state.projection.authenticate_cached(hash, now) {
+        Some(found) => Resolution::Known(caller(found)),
+        None => Resolution::Lookup(hash.to_owned(), now),
+    }
+}
+
+fn caller(found: Option<ApiKey>) -> Result<Caller, ApiError> {
     match found {
-        Some((organization_id, key_id)) => Ok(Caller::new(organization_id, key_id)),
+        Some(k) => Ok(Caller::new(k.organization_id, k.key_id)),
         None => {
             tracing::debug!("request with an unknown, revoked or expired API key");
             Err(ApiError::Forbidden)
@@ -49,9 +61,24 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
 
 impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future =
+        Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        match resolve(req) {
+            Resolution::Known(answer) => Either::Left(ready(answer)),
+            Resolution::Lookup(hash, now) => {
+                let state = req.app_data::<web::Data<AppState>>().cloned();
+                Either::Right(Box::pin(async move {
+                    let state =
+                        state.ok_or_else(|| ApiError::internal("application state missing"))?;
+                    let found = state
+                        .projection
+                        .read(async |m| m.authenticate(&hash, now).await)
+                        .await?;
+                    caller(found)
+                }))
+            }
+        }
     }
 }

@@ -26,7 +26,8 @@ pub async fn create(
     let created = state.create_collection(&caller, name, readable_id).await?;
     state
         .projection
-        .read(|m| ok_json(&CollectionOut::new(m, &created)?))
+        .read(async |m| ok_json(&CollectionOut::new(m, &created).await?))
+        .await
 }
 
 pub async fn list(
@@ -38,18 +39,23 @@ pub async fn list(
     let skip = q.int("skip", 0, 0, i64::MAX)? as usize;
     let limit = q.int("limit", 100, 1, 1000)? as usize;
     let search = q.opt_str("search").map(str::to_lowercase);
-    state.projection.read(|m| {
-        let rows = m.collections(caller.organization_id, skip, limit, |c| {
-            search
-                .as_deref()
-                .is_none_or(|s| c.name.to_lowercase().contains(s) || c.readable_id.contains(s))
-        })?;
-        let page = rows
-            .iter()
-            .map(|c| CollectionOut::new(m, c))
-            .collect::<Result<Vec<_>, _>>()?;
-        ok_json(&page)
-    })
+    state
+        .projection
+        .read(async |m| {
+            let rows = m
+                .collections(caller.organization_id, skip, limit, |c| {
+                    search.as_deref().is_none_or(|s| {
+                        c.name.to_lowercase().contains(s) || c.readable_id.contains(s)
+                    })
+                })
+                .await?;
+            let mut page = Vec::with_capacity(rows.len());
+            for c in &rows {
+                page.push(CollectionOut::new(m, c).await?);
+            }
+            ok_json(&page)
+        })
+        .await
 }
 
 pub async fn get(
@@ -57,12 +63,13 @@ pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    state.projection.read(|m| {
-        ok_json(&CollectionOut::new(
-            m,
-            &lookup::collection(m, &caller, &path)?,
-        )?)
-    })
+    state
+        .projection
+        .read(async |m| {
+            let c = lookup::collection(m, &caller, &path).await?;
+            ok_json(&CollectionOut::new(m, &c).await?)
+        })
+        .await
 }
 
 pub async fn delete(
@@ -72,6 +79,8 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     // The answer is the collection as it was before anything was removed.
     state
-        .delete_collection(&caller, &path, |m, c| ok_json(&CollectionOut::new(m, c)?))
+        .delete_collection(&caller, &path, async |m, c| {
+            ok_json(&CollectionOut::new(m, c).await?)
+        })
         .await?
 }

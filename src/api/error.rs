@@ -128,10 +128,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The read model's database failed a read: logged, answered 500.
+/// The read model's database failed a read: away (PostgreSQL restarting, unreachable),
+/// 503; else logged, answered 500.
 impl From<syncjobs_projections::ReadError> for ApiError {
     fn from(e: syncjobs_projections::ReadError) -> Self {
-        ApiError::Internal(e.to_string())
+        if e.is_unavailable() {
+            tracing::warn!(%e, "read model database unavailable");
+            ApiError::Unavailable("Read model database is unavailable".into())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 
@@ -210,6 +216,19 @@ mod tests {
             "causes are never sent"
         );
         assert_eq!(body(StoreError::Closed.into()).0, 503);
+    }
+
+    #[test]
+    fn a_read_model_database_that_is_away_answers_503_else_500() {
+        use syncjobs_projections::ReadError;
+        assert_eq!(
+            body(ReadError::Unavailable("pool timed out".into()).into()),
+            (
+                503,
+                serde_json::json!({"detail": "Read model database is unavailable"})
+            )
+        );
+        assert_eq!(body(ReadError::Decode("bad row".into()).into()).0, 500);
     }
 
     #[test]

@@ -57,15 +57,19 @@ pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResp
     let position = state.projection.position();
     // Kept by the read model's fold (one row), never counted per call.
     let mut read_failure = None;
-    let counts = organization.map(|org| {
-        state
-            .projection
-            .read(|m| m.organization_counts(org))
-            .unwrap_or_else(|e| {
-                read_failure = Some(e.to_string());
-                OrganizationCounts::default()
-            })
-    });
+    let counts = match organization {
+        Some(org) => Some(
+            state
+                .projection
+                .read(async |m| m.organization_counts(org).await)
+                .await
+                .unwrap_or_else(|e| {
+                    read_failure = Some(e.to_string());
+                    OrganizationCounts::default()
+                }),
+        ),
+        None => None,
+    };
     let lag = head.saturating_sub(position);
     let supervisor = state.jobs.stats().await.ok();
 

@@ -28,11 +28,14 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_uuid("source_connection_id", &path)?;
     let limit = Query(&query).int("limit", 100, 1, 1000)? as usize;
-    state.projection.read(|m| {
-        lookup::source_connection(m, &caller, id)?;
-        let jobs = m.jobs_of(id, 0, limit)?;
-        ok_json(&jobs.iter().map(JobOut::new).collect::<Vec<_>>())
-    })
+    state
+        .projection
+        .read(async |m| {
+            lookup::source_connection(m, &caller, id).await?;
+            let jobs = m.jobs_of(id, 0, limit).await?;
+            ok_json(&jobs.iter().map(JobOut::new).collect::<Vec<_>>())
+        })
+        .await
 }
 
 pub async fn get(
@@ -42,11 +45,14 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let (sc, job_id) = job_path(&path)?;
     // Checked and answered under one read of the model: the answer is the job checked.
-    state.projection.read(|m| {
-        ok_job(&JobOut::new(&lookup::connection_job(
-            m, &caller, sc, job_id,
-        )?))
-    })
+    state
+        .projection
+        .read(async |m| {
+            ok_job(&JobOut::new(
+                &lookup::connection_job(m, &caller, sc, job_id).await?,
+            ))
+        })
+        .await
 }
 
 /// Answers with the job as the request left it: `cancelling`, or `cancelled` if it had not

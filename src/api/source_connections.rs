@@ -49,29 +49,32 @@ pub async fn create(
         sync_immediately: f.opt_bool("sync_immediately")?.unwrap_or(true),
     };
     let id = state.create_source_connection(&caller, new).await?;
-    respond(&state, &caller, id, &EntityStats::default())
+    respond(&state, &caller, id, &EntityStats::default()).await
 }
 
 /// The connection as the read model shows it now, with the destination's `entities`.
-fn respond(
+async fn respond(
     state: &AppState,
     caller: &Caller,
     id: Uuid,
     entities: &EntityStats,
 ) -> Result<HttpResponse, ApiError> {
-    state.projection.read(|m| {
-        let sc = lookup::source_connection(m, caller, id)?;
-        connection_json(m, &sc, entities)
-    })
+    state
+        .projection
+        .read(async |m| {
+            let sc = lookup::source_connection(m, caller, id).await?;
+            connection_json(m, &sc, entities).await
+        })
+        .await
 }
 
 /// The connection with its last job and status, as JSON.
-fn connection_json(
+async fn connection_json(
     m: &ReadView<'_>,
     sc: &SourceConnection,
     entities: &EntityStats,
 ) -> Result<HttpResponse, ApiError> {
-    let last = m.last_job(sc.id)?;
+    let last = m.last_job(sc.id).await?;
     ok_json(&SourceConnectionOut::new(sc, last.as_ref(), entities))
 }
 
@@ -85,34 +88,43 @@ pub async fn list(
     let limit = q.int("limit", 100, 1, 1000)? as usize;
     let collection = q.opt_str("collection");
     let org = caller.organization_id;
-    let page: Vec<Uuid> = state.projection.read(|m| {
-        let rows = m.source_connections(org, skip, limit, |sc| {
-            collection.is_none_or(|c| sc.readable_collection_id == c)
-        })?;
-        Ok::<_, ApiError>(rows.into_iter().map(|sc| sc.id).collect())
-    })?;
+    let page: Vec<Uuid> = state
+        .projection
+        .read(async |m| {
+            let rows = m
+                .source_connections(org, skip, limit, |sc| {
+                    collection.is_none_or(|c| sc.readable_collection_id == c)
+                })
+                .await?;
+            Ok::<_, ApiError>(rows.into_iter().map(|sc| sc.id).collect())
+        })
+        .await?;
     let totals = state.entity_totals(&page).await;
-    state.projection.read(|m| {
-        let mut rows = Vec::with_capacity(page.len());
-        for (id, total) in page.iter().zip(totals) {
-            if let Some(sc) = m.source_connection(org, *id)? {
-                rows.push((sc, total));
+    state
+        .projection
+        .read(async |m| {
+            let mut rows = Vec::with_capacity(page.len());
+            for (id, total) in page.iter().zip(totals) {
+                if let Some(sc) = m.source_connection(org, *id).await? {
+                    rows.push((sc, total));
+                }
             }
-        }
-        let items = rows
-            .iter()
-            .map(|(sc, total)| SourceConnectionListItemOut::new(m, sc, *total))
-            .collect::<Result<Vec<_>, _>>()?;
-        ok_json(&items)
-    })
+            let mut items = Vec::with_capacity(rows.len());
+            for (sc, total) in &rows {
+                items.push(SourceConnectionListItemOut::new(m, sc, *total).await?);
+            }
+            ok_json(&items)
+        })
+        .await
 }
 
 /// The id of an existing source connection of the caller's organization, or 404.
-fn existing(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Uuid, ApiError> {
+async fn existing(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Uuid, ApiError> {
     let id = path_uuid("source_connection_id", raw_id)?;
     state
         .projection
-        .read(|m| lookup::source_connection(m, caller, id).map(|_| id))
+        .read(async |m| lookup::source_connection(m, caller, id).await.map(|_| id))
+        .await
         .map_err(ApiError::from)
 }
 
@@ -121,9 +133,9 @@ pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = existing(&state, &caller, &path)?;
+    let id = existing(&state, &caller, &path).await?;
     let stats = state.entity_stats(id).await;
-    respond(&state, &caller, id, &stats)
+    respond(&state, &caller, id, &stats).await
 }
 
 pub async fn delete(

@@ -179,7 +179,8 @@ pub async fn subscribe(
     let sub = state.live.subscribe(job_id);
     state
         .projection
-        .read(|m| lookup::job(m, &caller, job_id).map(|_| ()))?;
+        .read(async |m| lookup::job(m, &caller, job_id).await.map(|_| ()))
+        .await?;
     let initial = state.store.read_stream(&stream::job(job_id), 0).await?;
     let last = initial.last().map_or(0, |e| e.version);
     // The read model may lag the log a little: show nothing it does not show yet.

@@ -49,7 +49,7 @@ pub struct CollectionOut<'a> {
 
 impl<'a> CollectionOut<'a> {
     /// The collection with its status (read from its connections' last jobs).
-    pub fn new(m: &ReadView<'_>, c: &'a Collection) -> Result<Self, ReadError> {
+    pub async fn new(m: &ReadView<'_>, c: &'a Collection) -> Result<Self, ReadError> {
         Ok(CollectionOut {
             id: c.id,
             name: &c.name,
@@ -57,7 +57,7 @@ impl<'a> CollectionOut<'a> {
             organization_id: c.organization_id,
             created_at: c.created_at,
             modified_at: c.modified_at,
-            status: m.collection_status(c.id)?.as_str(),
+            status: m.collection_status(c.id).await?.as_str(),
             vector_size: VECTOR_SIZE,
             embedding_model_name: EMBEDDING_MODEL_NAME,
             sync_config: None,
@@ -299,7 +299,7 @@ pub struct SourceConnectionListItemOut<'a> {
 }
 
 impl<'a> SourceConnectionListItemOut<'a> {
-    pub fn new(
+    pub async fn new(
         m: &ReadView<'_>,
         sc: &'a SourceConnection,
         entity_count: u64,
@@ -315,7 +315,7 @@ impl<'a> SourceConnectionListItemOut<'a> {
             entity_count,
             federated_search: false,
             auth_method: &sc.auth_method,
-            status: m.source_connection_status(sc)?.as_str(),
+            status: m.source_connection_status(sc).await?.as_str(),
         })
     }
 }

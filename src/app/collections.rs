@@ -37,7 +37,14 @@ impl App {
         tracing::info!(collection_id = %id, %readable_id, "collection created");
         let shown = self
             .projection
-            .read(|m| Ok::<_, Error>(m.collection(org, &readable_id)?.filter(|c| c.id == id)))?;
+            .read(async |m| {
+                Ok::<_, Error>(
+                    m.collection(org, &readable_id)
+                        .await?
+                        .filter(|c| c.id == id),
+                )
+            })
+            .await?;
         Ok(shown.unwrap_or_else(|| Collection {
             id,
             organization_id: org,
@@ -57,11 +64,15 @@ impl App {
         &self,
         caller: &Caller,
         readable_id: &str,
-        before: impl FnOnce(&ReadView<'_>, &Collection) -> R,
+        before: impl AsyncFnOnce(&ReadView<'_>, &Collection) -> R,
     ) -> Result<R, Error> {
         let (collection_id, before) = self
             .projection
-            .read(|m| lookup::collection(m, caller, readable_id).map(|c| (c.id, before(m, &c))))?;
+            .read(async |m| {
+                let c = lookup::collection(m, caller, readable_id).await?;
+                Ok::<_, Error>((c.id, before(m, &c).await))
+            })
+            .await?;
         self.delete_source_connections_in(caller, collection_id)
             .await?;
         let delete = CollectionCommand::Delete { collection_id };
@@ -85,14 +96,18 @@ impl App {
         caller: &Caller,
         collection_id: Uuid,
     ) -> Result<(), Error> {
-        let ids: Vec<Uuid> = self.projection.read(|m| {
-            Ok::<_, Error>(
-                m.source_connections_in_collection(collection_id)?
-                    .into_iter()
-                    .map(|sc| sc.id)
-                    .collect(),
-            )
-        })?;
+        let ids: Vec<Uuid> = self
+            .projection
+            .read(async |m| {
+                Ok::<_, Error>(
+                    m.source_connections_in_collection(collection_id)
+                        .await?
+                        .into_iter()
+                        .map(|sc| sc.id)
+                        .collect(),
+                )
+            })
+            .await?;
         self.delete_source_connections(caller, &ids).await
     }
 }

@@ -56,7 +56,12 @@ impl App {
         job_id: Uuid,
     ) -> Result<Vec<RecordedEvent>, Error> {
         self.projection
-            .read(|m| lookup::connection_job(m, caller, sc, job_id).map(|_| ()))?;
+            .read(async |m| {
+                lookup::connection_job(m, caller, sc, job_id)
+                    .await
+                    .map(|_| ())
+            })
+            .await?;
         Ok(self.store.read_stream(&stream::job(job_id), 0).await?)
     }
 }

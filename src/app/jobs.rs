@@ -21,12 +21,16 @@ impl App {
         self.settle(outcome.position).await;
         // A delete that raced this run has already swept the connection's jobs, or will not
         // see this one: then stop it here rather than let it sync for a deleted connection.
-        let deleted = self.projection.read(|m| {
-            Ok::<_, Error>(
-                m.source_connection(caller.organization_id, source_connection_id)?
-                    .is_none(),
-            )
-        })?;
+        let deleted = self
+            .projection
+            .read(async |m| {
+                Ok::<_, Error>(
+                    m.source_connection(caller.organization_id, source_connection_id)
+                        .await?
+                        .is_none(),
+                )
+            })
+            .await?;
         if deleted {
             let _ = self
                 .jobs
@@ -47,7 +51,12 @@ impl App {
         job_id: Uuid,
     ) -> Result<JobState, Error> {
         self.projection
-            .read(|m| lookup::connection_job(m, caller, sc, job_id).map(|_| ()))?;
+            .read(async |m| {
+                lookup::connection_job(m, caller, sc, job_id)
+                    .await
+                    .map(|_| ())
+            })
+            .await?;
         let outcome = match self.jobs.cancel(job_id, caller.principal()).await {
             Ok(outcome) => outcome,
             Err(e) => return Err(self.refusal(e).await),
@@ -66,7 +75,8 @@ impl App {
     ) -> Result<CommandOutcome, Error> {
         let sc = self
             .projection
-            .read(|m| lookup::source_connection(m, caller, source_connection_id))?;
+            .read(async |m| lookup::source_connection(m, caller, source_connection_id).await)
+            .await?;
         let (short_name, config) = (sc.short_name, sc.config);
         let outcome = match self
             .jobs
@@ -95,7 +105,8 @@ impl App {
     ) -> Result<Vec<Uuid>, Error> {
         let active = self
             .projection
-            .read(|m| m.active_jobs_of(source_connection_id))?;
+            .read(async |m| m.active_jobs_of(source_connection_id).await)
+            .await?;
         for &job_id in &active {
             match self.jobs.cancel(job_id, caller.principal()).await {
                 Ok(o) => {

@@ -72,7 +72,12 @@ impl App {
         let method = auth_method(short_name, new.authentication)?;
         let collection_id = self
             .projection
-            .read(|m| lookup::collection(m, caller, readable_collection_id).map(|c| c.id))?;
+            .read(async |m| {
+                lookup::collection(m, caller, readable_collection_id)
+                    .await
+                    .map(|c| c.id)
+            })
+            .await?;
 
         let id = Uuid::now_v7();
         let name = new.name.map_or_else(
@@ -112,14 +117,19 @@ impl App {
         &self,
         caller: &Caller,
         id: Uuid,
-        before: impl FnOnce(&ReadView<'_>, &SourceConnection, &EntityStats) -> R,
+        before: impl AsyncFnOnce(&ReadView<'_>, &SourceConnection, &EntityStats) -> R,
     ) -> Result<R, Error> {
         self.projection
-            .read(|m| lookup::source_connection(m, caller, id).map(|_| ()))?;
+            .read(async |m| lookup::source_connection(m, caller, id).await.map(|_| ()))
+            .await?;
         let stats = self.entity_stats(id).await;
         let before = self
             .projection
-            .read(|m| lookup::source_connection(m, caller, id).map(|sc| before(m, &sc, &stats)))?;
+            .read(async |m| {
+                let sc = lookup::source_connection(m, caller, id).await?;
+                Ok::<_, Error>(before(m, &sc, &stats).await)
+            })
+            .await?;
         let live = self.cancel_active(caller, id).await?;
         if !live.is_empty() {
             self.wait_for_jobs_to_end(&[id]).await;

@@ -195,7 +195,7 @@ async fn a_sync_started_while_its_connection_is_deleted_is_stopped_before_the_de
     );
 
     let before = app
-        .delete_source_connection(&caller, id, |_, sc, _| sc.name.clone())
+        .delete_source_connection(&caller, id, async |_, sc, _| sc.name.clone())
         .await
         .unwrap();
 
@@ -211,7 +211,8 @@ async fn a_sync_started_while_its_connection_is_deleted_is_stopped_before_the_de
     );
     assert!(app
         .projection
-        .read(|m| m.source_connection(caller.organization_id, id))
+        .read(async |m| m.source_connection(caller.organization_id, id).await)
+        .await
         .unwrap()
         .is_none());
 }
@@ -278,8 +279,9 @@ async fn a_cancel_refused_for_a_final_job_names_the_state_the_read_model_shows()
     assert!(
         app.projection
             .wait_until(
-                |m| Ok(m
-                    .job(job.job_id)?
+                async |m| Ok(m
+                    .job(job.job_id)
+                    .await?
                     .is_some_and(|j| j.status == JobStatus::Cancelled)),
                 WAIT
             )

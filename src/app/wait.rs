@@ -38,7 +38,7 @@ impl App {
                     if !self
                         .projection
                         .wait_until(
-                            |m| Ok(m.job(job_id)?.is_some()),
+                            async |m| Ok(m.job(job_id).await?.is_some()),
                             self.settings.read_your_writes_timeout,
                         )
                         .await
@@ -58,9 +58,9 @@ impl App {
         let ended = self
             .projection
             .wait_until(
-                |m| {
+                async |m| {
                     for id in source_connections {
-                        if !m.active_jobs_of(*id)?.is_empty() {
+                        if !m.active_jobs_of(*id).await?.is_empty() {
                             return Ok(false);
                         }
                     }

@@ -7,6 +7,7 @@ use crate::helpers::{parts, spawn_app_with, Destination, Options, TestApp};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use syncjobs::backend::ReadModelAt;
 use syncjobs_domain::EventStore;
 use syncjobs_store_postgres::testkit::{admin_url, Fault, FaultProxy, TestDb};
 use syncjobs_store_postgres::{PgStore, Timeouts};
@@ -61,6 +62,8 @@ async fn a_lost_database_is_a_clear_503_within_a_bound_and_everything_resumes() 
     let app = spawn_app_with(Options {
         store: Some(store),
         destination: Destination::Slow(Duration::ZERO),
+        // The read model on the same database, through the same proxy.
+        read_model: Some(ReadModelAt::Postgres(proxy.url.clone().into(), SHORT)),
         ..Options::default()
     })
     .await;
@@ -78,7 +81,8 @@ async fn a_lost_database_is_a_clear_503_within_a_bound_and_everything_resumes() 
         assert_eq!(status, 503, "{fault:?}: {body}");
         let detail = body["detail"].as_str().unwrap_or_default().to_owned();
         assert!(
-            detail.starts_with("Event store is unavailable: "),
+            detail.starts_with("Event store is unavailable: ")
+                || detail == "Read model database is unavailable",
             "{fault:?}: {detail}"
         );
         // /health says what is wrong, even to a probe that changes nothing.
@@ -92,7 +96,8 @@ async fn a_lost_database_is_a_clear_503_within_a_bound_and_everything_resumes() 
                 .is_some_and(|r| r.starts_with("the event store is unreachable")))),
             "{fault:?}: {h}"
         );
-        // A read: answered from what the node holds, or a clear 503; never a hang or a 500.
+        // A read: answered from what the node holds (a cached row), or a clear 503; never a
+        // hang or a 500.
         let (status, body) = within("a read", app.get("/collections")).await;
         assert!(
             status == 200 || (status == 503 && body["detail"].is_string()),

@@ -409,3 +409,20 @@ async fn health_shows_the_relay_publishing_the_log() {
         .await
         .expect("the test stream is removed");
 }
+
+/// The read model lives with the store: its own SQLite file beside the embedded log; on
+/// PostgreSQL, tables in the store's database, and no file in the data directory.
+#[actix_web::test]
+async fn the_read_model_lives_where_the_store_is() {
+    let app = spawn_app().await;
+    let sc = app
+        .idle_connection(json!({"entity_count": 1, "duration_seconds": 0.1}))
+        .await;
+    let job = id(&app.run(sc).await);
+    app.wait_status(sc, job, "completed").await;
+    let file = app.data_dir.path().join("read_model.db");
+    match postgres_server() {
+        Some(_) => assert!(!file.exists(), "no read_model.db beside a PostgreSQL store"),
+        None => assert!(file.exists(), "read_model.db beside the embedded store"),
+    }
+}

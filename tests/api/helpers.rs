@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs::api::{keys, HealthProbe};
+use syncjobs::backend::ReadModelAt;
 use syncjobs::config::Settings;
 use syncjobs::startup::{Application, Components};
 use syncjobs::telemetry;
@@ -37,6 +38,8 @@ pub struct TestApp {
     /// The production store: embedded SQLite in the app's data directory, PostgreSQL
     /// (see [`postgres_server`]) or KurrentDB (see [`kurrentdb_server`]).
     pub store: Arc<dyn EventStore>,
+    /// Where the read model is: the data directory, or the PostgreSQL store's database.
+    pub read_model: ReadModelAt,
     pub destination: Arc<dyn EntitySink>,
     pub handle: actix_web::dev::ServerHandle,
     pub data_dir: Arc<tempfile::TempDir>,
@@ -46,6 +49,8 @@ pub struct TestApp {
 pub struct Options {
     /// Reuse a store (restarts); default: a new store (see [`postgres_server`]).
     pub store: Option<Arc<dyn EventStore>>,
+    /// With `store`: where its read model is (default: the data directory).
+    pub read_model: Option<ReadModelAt>,
     pub data_dir: Option<Arc<tempfile::TempDir>>,
     pub bootstrap_key: Option<String>,
     pub destination: Destination,
@@ -66,6 +71,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             store: None,
+            read_model: None,
             data_dir: None,
             bootstrap_key: Some(format!("test-key-{}", Uuid::new_v4().simple())),
             destination: Destination::Sqlite,
@@ -203,6 +209,11 @@ pub async fn spawn(o: Options) -> Spawned {
         (None, None, Some(url)) => fresh_kurrentdb_store(&url).await,
         (None, None, None) => EmbeddedStore::open(data_dir.path()).expect("an embedded store"),
     };
+    // A PostgreSQL store keeps the read model in its database; a test may say where instead.
+    let read_model = o.read_model.unwrap_or_else(|| match database_of(&store) {
+        Some(url) => ReadModelAt::Postgres(url.into(), Default::default()),
+        None => ReadModelAt::DataDir,
+    });
     let destination: Arc<dyn EntitySink> = match o.destination {
         Destination::Sqlite => match database_of(&store) {
             Some(url) => PgDestination::connect(&url).await.expect("a destination"),
@@ -223,6 +234,7 @@ pub async fn spawn(o: Options) -> Spawned {
             ..Default::default()
         },
         probes: o.probes,
+        read_model: read_model.clone(),
     };
     let mut app = Application::build(&settings, components)
         .await
@@ -253,6 +265,7 @@ pub async fn spawn(o: Options) -> Spawned {
                 .build()
                 .expect("a client"),
             store,
+            read_model,
             destination,
             handle,
             data_dir,

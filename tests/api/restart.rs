@@ -4,6 +4,8 @@
 use crate::helpers::{id, spawn, spawn_app, Options};
 use serde_json::json;
 use std::sync::Arc;
+use syncjobs::backend::ReadModelAt;
+use syncjobs_store_postgres::testkit;
 
 async fn snapshot_of_answers(
     app: &crate::helpers::TestApp,
@@ -17,19 +19,56 @@ async fn snapshot_of_answers(
     ]
 }
 
-/// Waits until the read model on disk is at the store's head: the stopped application has
+/// The read model's stored position: in `read_model.db`, or in the PostgreSQL store's
+/// database.
+async fn stored_position(app: &crate::helpers::TestApp) -> Option<u64> {
+    match &app.read_model {
+        ReadModelAt::DataDir => rusqlite::Connection::open(app.settings.read_model_path())
+            .ok()
+            .and_then(|c| {
+                c.query_row("SELECT position FROM projection", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .ok()
+                .map(|p| p as u64)
+            }),
+        ReadModelAt::Postgres(url, _) => testkit::client(url.expose())
+            .await
+            .query_opt("SELECT position FROM read_projection", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, i64>(0) as u64),
+    }
+}
+
+/// Leaves no usable read model: the file gone, or PostgreSQL's tables of a layout this
+/// build does not know (emptied and rebuilt at the next start).
+async fn discard_read_model(app: &crate::helpers::TestApp) {
+    match &app.read_model {
+        ReadModelAt::DataDir => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = app.settings.read_model_path().into_os_string();
+                file.push(suffix);
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        ReadModelAt::Postgres(url, _) => {
+            testkit::client(url.expose())
+                .await
+                .execute("UPDATE read_projection SET schema_version = -1", &[])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Waits until the stored read model is at the store's head: the stopped application has
 /// committed its last batch and will commit no other.
 async fn checkpoint_at_head(app: &crate::helpers::TestApp) {
-    let path = app.settings.read_model_path();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let at = rusqlite::Connection::open(&path).ok().and_then(|c| {
-            c.query_row("SELECT position FROM projection", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .ok()
-            .map(|p| p as u64)
-        });
+        let at = stored_position(app).await;
         if at == Some(app.head()) {
             return;
         }
@@ -56,11 +95,11 @@ async fn restarts_and_rebuilds_give_the_same_answers() {
     first.delete("/collections/extra").await;
     let before = snapshot_of_answers(&first, sc).await;
     first.handle.stop(true).await;
-    let read_model = first.settings.read_model_path();
     checkpoint_at_head(&first).await;
 
     let options = || Options {
         store: Some(first.store.clone()),
+        read_model: Some(first.read_model.clone()),
         data_dir: Some(Arc::clone(&first.data_dir)),
         bootstrap_key: Some(first.key.clone()),
         ..Options::default()
@@ -74,11 +113,7 @@ async fn restarts_and_rebuilds_give_the_same_answers() {
     from_checkpoint.handle.stop(true).await;
     checkpoint_at_head(&from_checkpoint).await;
 
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = read_model.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
+    discard_read_model(&from_checkpoint).await;
     // What earlier releases left behind: a JSON checkpoint and a binary snapshot, which are
     // neither read nor kept.
     let legacy = first.settings.legacy_checkpoint_paths();
@@ -110,6 +145,7 @@ async fn a_first_start_without_any_key_makes_one_once() {
     let again = spawn(Options {
         bootstrap_key: None,
         store: Some(first.app.store.clone()),
+        read_model: Some(first.app.read_model.clone()),
         ..Options::default()
     })
     .await;
@@ -120,6 +156,7 @@ async fn a_first_start_without_any_key_makes_one_once() {
     let with_bootstrap = spawn(Options {
         bootstrap_key: Some("a-known-bootstrap-key-1234".into()),
         store: Some(first.app.store.clone()),
+        read_model: Some(first.app.read_model.clone()),
         ..Options::default()
     })
     .await;
@@ -277,6 +314,7 @@ async fn a_job_interrupted_by_a_crash_shows_the_rows_it_wrote_not_its_last_progr
 
     let second = spawn(Options {
         store: Some(first.store.clone()),
+        read_model: Some(first.read_model.clone()),
         data_dir: Some(Arc::clone(&first.data_dir)),
         bootstrap_key: Some(first.key.clone()),
         ..Options::default()

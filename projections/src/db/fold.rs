@@ -1,25 +1,24 @@
-//! The writer: folds recorded events into the read model's rows.
+//! The fold: which rows each recorded event changes, written once for every engine.
 //!
-//! A batch is one transaction: its rows and the new position commit together, so a crash
-//! leaves the position of the last committed batch and a restart folds from there (an event
-//! is never applied twice nor skipped). The fold is idempotent by global position and never
-//! fails on an event: one that makes no sense for the model (a late job event after a final
-//! state, a job of an unknown source connection) is logged and skipped, the same way on
-//! every rebuild.
+//! [`Fold::apply`] decides (skip rules, counts, run totals, the purge queue) and asks a
+//! [`Rows`] for each row operation; an engine implements [`Rows`] on its open transaction
+//! (SQLite's in `writer`, PostgreSQL's in `pg`) and commits the rows with the position.
+//! The fold is idempotent by global position and never fails on an event: one that makes no
+//! sense for the model (a late job event after a final state, a job of an unknown source
+//! connection) is logged and skipped, the same way on every rebuild and on every engine.
 //!
 //! Only live jobs are held in memory (each event of a job is folded into its state there, and
 //! the row is written once per batch); final jobs live only in the database.
 
-use super::{encode_job, time, ReadError, PROJECTION_NAME};
+use super::{time, ReadError};
+use crate::model::{ApiKey, Collection, Organization, SourceConnection};
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
     AccessEvent, CollectionEvent, Event, JobState, JobStatus, RecordedEvent, SourceConnectionEvent,
     SyncJobEvent,
 };
-use syncjobs_store_sqlite::wal_checkpoint::Checkpointer;
 use uuid::Uuid;
 
 /// Final job rows of deleted connections removed per purge transaction: small enough that
@@ -29,12 +28,14 @@ pub const PURGE_BATCH: usize = 1_000;
 
 /// A job not final yet, with the position of its creation (its row's order).
 #[derive(Debug, Clone)]
-struct LiveJob {
-    state: JobState,
-    created_position: u64,
+pub(crate) struct LiveJob {
+    pub state: JobState,
+    pub created_position: u64,
 }
 
-/// What a committed batch changed that readers may have cached.
+/// What a committed batch changed that readers may have cached. Computed from the events
+/// themselves, folded here or not: on a shared database another node may have folded them,
+/// and this node's caches must follow all the same.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Committed {
     pub position: u64,
@@ -44,26 +45,175 @@ pub struct Committed {
     pub keys_changed: bool,
 }
 
-/// The single writer of the read model (the projector owns it).
-pub struct Writer {
-    conn: Connection,
-    position: u64,
-    live: HashMap<Uuid, LiveJob>,
-    /// Stopped (after a checkpoint under way) when the writer goes.
-    checkpointer: Option<Checkpointer>,
+impl Committed {
+    /// The invalidations `events` call for.
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a RecordedEvent>) -> Committed {
+        let mut c = Committed::default();
+        for e in events {
+            c.position = c.position.max(e.global_position);
+            match &e.event {
+                Event::Access(_) => c.keys_changed = true,
+                Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted {
+                    ..
+                }) => c.jobs_changed = true,
+                _ => {}
+            }
+        }
+        c
+    }
 }
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if let Some(c) = self.checkpointer.take() {
-            c.stop();
+/// A table whose rows are keyed by `id` and belong to an organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Table {
+    Collections,
+    SourceConnections,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Collections => "collections",
+            Table::SourceConnections => "source_connections",
         }
     }
 }
 
+/// A source connection's run counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Run {
+    Total,
+    Successful,
+    Failed,
+}
+
+impl Run {
+    pub fn column(self) -> &'static str {
+        match self {
+            Run::Total => "total_runs",
+            Run::Successful => "successful_runs",
+            Run::Failed => "failed_runs",
+        }
+    }
+}
+
+/// A job row as written (the state already encoded).
+pub(crate) struct JobRow {
+    pub id: Uuid,
+    pub source_connection_id: Uuid,
+    pub organization_id: Uuid,
+    pub active: bool,
+    pub created_position: u64,
+    pub state: Vec<u8>,
+}
+
+/// The row operations of the fold, on an engine's open transaction. Times are passed in
+/// the model's text encoding ([`super::time`]), which both engines store.
+pub(crate) trait Rows {
+    async fn has_row(&self, table: Table, id: Uuid) -> Result<bool, ReadError>;
+    /// Deletes the row; the organization it belonged to, if it existed.
+    async fn remove_row(&self, table: Table, id: Uuid) -> Result<Option<Uuid>, ReadError>;
+    /// Adds to an organization's `/health` counts (collections, connections, active jobs).
+    async fn add_counts(&self, organization_id: Uuid, deltas: [i64; 3]) -> Result<(), ReadError>;
+    /// The organization of an existing source connection.
+    async fn connection_organization(&self, id: Uuid) -> Result<Option<Uuid>, ReadError>;
+    async fn count_run(&self, source_connection_id: Uuid, run: Run) -> Result<(), ReadError>;
+    /// The stored state of a job (live or final), if it has a row.
+    async fn stored_job(&self, id: Uuid) -> Result<Option<JobState>, ReadError>;
+    /// The live jobs among `ids`, with their creation positions.
+    async fn live_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError>;
+    /// Active job rows of a source connection.
+    async fn active_jobs_of(&self, source_connection_id: Uuid) -> Result<i64, ReadError>;
+    async fn delete_job(&self, id: Uuid) -> Result<(), ReadError>;
+    /// Inserts or updates (`active`, `state`) these job rows.
+    async fn write_jobs(&self, rows: &[JobRow]) -> Result<(), ReadError>;
+    async fn enqueue_purge(&self, source_connection_id: Uuid) -> Result<(), ReadError>;
+    async fn insert_collection(&self, c: &Collection) -> Result<(), ReadError>;
+    async fn insert_source_connection(&self, sc: &SourceConnection) -> Result<(), ReadError>;
+    /// Inserts the organization unless it exists.
+    async fn insert_organization(&self, o: &Organization, position: u64) -> Result<(), ReadError>;
+    /// Inserts the key unless it exists.
+    async fn insert_api_key(&self, k: &ApiKey, position: u64) -> Result<(), ReadError>;
+    /// Marks the key revoked at `at` unless it already is.
+    async fn revoke_api_key(&self, key_id: Uuid, at: &str) -> Result<(), ReadError>;
+}
+
+/// The fold's memory between batches: the position folded and the live jobs.
+#[derive(Debug, Default)]
+pub(crate) struct Fold {
+    /// The global position of the last event folded and committed.
+    pub position: u64,
+    pub live: HashMap<Uuid, LiveJob>,
+    /// Every live job is in `live` (a single writer that loaded them all): a job missing
+    /// there is not live, with nothing to ask. Else (a database shared with other
+    /// writers) the live jobs a batch touches are loaded at its start.
+    pub complete: bool,
+}
+
+impl Fold {
+    /// Folds the events above [`Fold::position`] through `rows` (the caller's transaction,
+    /// already holding the projection's lock at this position). Returns the new position
+    /// and what readers may have cached; the caller stores the position and commits, or
+    /// on an error rolls back and forgets `live` (it may hold the batch's changes).
+    pub async fn apply<R: Rows>(
+        &mut self,
+        rows: &R,
+        events: Vec<RecordedEvent>,
+    ) -> Result<Committed, ReadError> {
+        let invalidations = Committed::of(&events);
+        if !self.complete {
+            self.load_touched(rows, &events).await?;
+        }
+        let mut position = self.position;
+        let mut batch = Batch {
+            rows,
+            live: &mut self.live,
+            touched: HashSet::new(),
+            finished: HashMap::new(),
+            connections: HashMap::new(),
+        };
+        for e in events {
+            if e.global_position <= position {
+                continue;
+            }
+            position = e.global_position;
+            batch.apply(e).await?;
+        }
+        batch.write_jobs().await?;
+        self.position = position;
+        Ok(Committed {
+            position,
+            ..invalidations
+        })
+    }
+
+    /// Loads the live jobs this batch's job events touch that are not in memory.
+    async fn load_touched<R: Rows>(
+        &mut self,
+        rows: &R,
+        events: &[RecordedEvent],
+    ) -> Result<(), ReadError> {
+        let mut ids: Vec<Uuid> = events
+            .iter()
+            .filter(|e| e.global_position > self.position && matches!(e.event, Event::Job(_)))
+            .filter_map(|e| stream::job_id(&e.stream_id))
+            .filter(|id| !self.live.contains_key(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for job in rows.live_jobs(&ids).await? {
+            self.live.insert(job.state.job_id, job);
+        }
+        Ok(())
+    }
+}
+
 /// One batch's work in progress.
-struct Batch<'t> {
-    tx: &'t Transaction<'t>,
+struct Batch<'t, R> {
+    rows: &'t R,
     live: &'t mut HashMap<Uuid, LiveJob>,
     /// Jobs whose row must be written at commit.
     touched: HashSet<Uuid>,
@@ -72,257 +222,47 @@ struct Batch<'t> {
     /// Source connection -> its organization if it exists, as looked up in this batch (a
     /// job's creation and its end each need it; a rebuild folds one of each per job).
     connections: HashMap<Uuid, Option<Uuid>>,
-    committed: Committed,
 }
 
-impl Writer {
-    /// The writer of an opened database: its position and its live jobs.
-    pub(crate) fn load(conn: Connection, checkpointer: Checkpointer) -> Result<Writer, ReadError> {
-        let mut w = Writer {
-            conn,
-            position: 0,
-            live: HashMap::new(),
-            checkpointer: Some(checkpointer),
-        };
-        w.reload()?;
-        Ok(w)
-    }
-
-    /// Reads the position and the live jobs back from the database (at start, and after a
-    /// batch failed to commit, whose changes to the live jobs are then forgotten).
-    fn reload(&mut self) -> Result<(), ReadError> {
-        self.position = stored_position(&self.conn)?;
-        self.live.clear();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT state, created_position FROM jobs WHERE active = 1")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let state = super::decode_job(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
-            let created_position = r.get::<_, i64>(1)? as u64;
-            self.live.insert(
-                state.job_id,
-                LiveJob {
-                    state,
-                    created_position,
-                },
-            );
-        }
-        Ok(())
-    }
-
-    /// The global position of the last event committed.
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-
-    /// Ids of every job that is pending, running or cancelling: what the supervisor
-    /// recovers at start-up.
-    pub fn unfinished_jobs(&self) -> Vec<Uuid> {
-        self.live.keys().copied().collect()
-    }
-
-    /// Folds `events` in and commits them with the new position, in one transaction.
-    /// On an error nothing of the batch is kept (the position stays where it was).
-    pub fn apply_batch(
-        &mut self,
-        events: impl IntoIterator<Item = RecordedEvent>,
-    ) -> Result<Committed, ReadError> {
-        let result = self.try_batch(events);
-        if result.is_err() {
-            // The transaction rolled back; the live jobs may hold its changes.
-            self.reload()?;
-        }
-        result
-    }
-
-    fn try_batch(
-        &mut self,
-        events: impl IntoIterator<Item = RecordedEvent>,
-    ) -> Result<Committed, ReadError> {
-        // The write lock from the start, and the position as stored under it: a second
-        // writer on the file (a server still stopping while the next one starts on the same
-        // data directory, as tests do) can never make an event apply twice.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let stored = stored_position(&tx)?;
-        if stored != self.position {
-            drop(tx);
-            tracing::warn!(
-                stored,
-                folded = self.position,
-                "the read model was moved by another writer; taking its state"
-            );
-            self.reload()?;
-            return self.try_batch(events);
-        }
-        let mut position = self.position;
-        let committed = {
-            let mut batch = Batch {
-                tx: &tx,
-                live: &mut self.live,
-                touched: HashSet::new(),
-                finished: HashMap::new(),
-                connections: HashMap::new(),
-                committed: Committed::default(),
-            };
-            for e in events {
-                if e.global_position <= position {
-                    continue;
-                }
-                position = e.global_position;
-                batch.apply(e)?;
-            }
-            batch.write_jobs()?;
-            batch.committed
-        };
-        tx.execute(
-            "UPDATE projection SET position = ?2 WHERE name = ?1",
-            params![PROJECTION_NAME, position as i64],
-        )?;
-        tx.commit()?;
-        self.position = position;
-        Ok(Committed {
-            position,
-            ..committed
-        })
-    }
-
-    /// Removes up to [`PURGE_BATCH`] final jobs of a deleted source connection, in one
-    /// transaction. Returns whether there is more to purge.
-    pub fn purge_step(&mut self) -> Result<bool, ReadError> {
-        let tx = self.conn.transaction()?;
-        let next: Option<Uuid> = tx
-            .query_row(
-                "SELECT source_connection_id FROM purge_queue LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(sc) = next else {
-            return Ok(false);
-        };
-        let removed = tx.execute(
-            "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs
-              WHERE source_connection_id = ?1 AND active = 0 LIMIT ?2)",
-            params![sc, PURGE_BATCH as i64],
-        )?;
-        if removed < PURGE_BATCH {
-            tx.execute(
-                "DELETE FROM purge_queue WHERE source_connection_id = ?1",
-                [sc],
-            )?;
-        }
-        tx.commit()?;
-        tracing::debug!(source_connection_id = %sc, removed, "purged jobs of a deleted source connection");
-        Ok(true)
-    }
-}
-
-/// The position stored with the rows.
-fn stored_position(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row(
-        "SELECT position FROM projection WHERE name = ?1",
-        [PROJECTION_NAME],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|p| p as u64)
-}
-
-/// Whether `table` has the row `id`.
-fn has_row(tx: &Transaction<'_>, table: &str, id: Uuid) -> rusqlite::Result<bool> {
-    Ok(tx
-        .prepare_cached(&format!("SELECT 1 FROM {table} WHERE id = ?1"))?
-        .query_row([id], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-/// Deletes the row `id` of `table`; the organization it belonged to, if it existed.
-fn remove_row(tx: &Transaction<'_>, table: &str, id: Uuid) -> rusqlite::Result<Option<Uuid>> {
-    tx.prepare_cached(&format!(
-        "DELETE FROM {table} WHERE id = ?1 RETURNING organization_id"
-    ))?
-    .query_row([id], |r| r.get(0))
-    .optional()
-}
-
-fn add_counts(
-    tx: &Transaction<'_>,
-    organization_id: Uuid,
-    collections: i64,
-    source_connections: i64,
-    active_jobs: i64,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO organization_counts (organization_id, collections, source_connections, active_jobs)
-         VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (organization_id) DO UPDATE SET
-           collections = collections + excluded.collections,
-           source_connections = source_connections + excluded.source_connections,
-           active_jobs = active_jobs + excluded.active_jobs",
-    )?
-    .execute(params![organization_id, collections, source_connections, active_jobs])?;
-    Ok(())
-}
-
-/// The organization of an existing source connection.
-fn connection_organization(tx: &Transaction<'_>, id: Uuid) -> rusqlite::Result<Option<Uuid>> {
-    tx.prepare_cached("SELECT organization_id FROM source_connections WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()
-}
-
-impl Batch<'_> {
+impl<R: Rows> Batch<'_, R> {
     /// The organization of an existing source connection (looked up once per batch).
-    fn connection_organization(&mut self, id: Uuid) -> rusqlite::Result<Option<Uuid>> {
+    async fn connection_organization(&mut self, id: Uuid) -> Result<Option<Uuid>, ReadError> {
         if let Some(org) = self.connections.get(&id) {
             return Ok(*org);
         }
-        let org = connection_organization(self.tx, id)?;
+        let org = self.rows.connection_organization(id).await?;
         self.connections.insert(id, org);
         Ok(org)
     }
 
-    fn apply(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
+    async fn apply(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
         let at = e.recorded_at;
         let position = e.global_position;
         match e.event {
             Event::Job(job_event) => match stream::job_id(&e.stream_id) {
-                Some(job_id) => self.apply_job(job_id, job_event, at, position)?,
+                Some(job_id) => self.apply_job(job_id, job_event, at, position).await?,
                 None => tracing::warn!(
                     stream = %e.stream_id,
                     position,
                     "job event outside a job stream; skipped"
                 ),
             },
-            Event::Collection(c) => self.apply_collection(c, at, position)?,
-            Event::SourceConnection(s) => self.apply_source_connection(s, at, position)?,
-            Event::Access(a) => {
-                self.committed.keys_changed = true;
-                self.apply_access(a, at, position)?
-            }
+            Event::Collection(c) => self.apply_collection(c, at, position).await?,
+            Event::SourceConnection(s) => self.apply_source_connection(s, at, position).await?,
+            Event::Access(a) => self.apply_access(a, at, position).await?,
         }
         Ok(())
     }
 
     /// The job's state if it is known at all: live, final in this batch, or a stored row.
-    fn known_status(&self, job_id: Uuid) -> Result<Option<JobStatus>, ReadError> {
+    async fn known_status(&self, job_id: Uuid) -> Result<Option<JobStatus>, ReadError> {
         if let Some(j) = self.live.get(&job_id).or(self.finished.get(&job_id)) {
             return Ok(Some(j.state.status));
         }
-        let stored: Option<Vec<u8>> = self
-            .tx
-            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
-            .query_row([job_id], |r| r.get(0))
-            .optional()?;
-        stored
-            .map(|b| super::decode_job(&b).map(|s| s.status))
-            .transpose()
+        Ok(self.rows.stored_job(job_id).await?.map(|s| s.status))
     }
 
-    fn apply_job(
+    async fn apply_job(
         &mut self,
         job_id: Uuid,
         event: SyncJobEvent,
@@ -330,10 +270,10 @@ impl Batch<'_> {
         position: u64,
     ) -> Result<(), ReadError> {
         if let SyncJobEvent::JobCreated { .. } = event {
-            return self.job_created(job_id, event, at, position);
+            return self.job_created(job_id, event, at, position).await;
         }
         let Some(job) = self.live.get_mut(&job_id) else {
-            match self.known_status(job_id)? {
+            match self.known_status(job_id).await? {
                 Some(status) => tracing::warn!(
                     %job_id,
                     %status,
@@ -359,43 +299,37 @@ impl Batch<'_> {
             return Ok(());
         };
         let sc_id = job.state.source_connection_id;
-        match self.connection_organization(sc_id)? {
+        match self.connection_organization(sc_id).await? {
             Some(org) => {
-                let column = match status {
-                    JobStatus::Completed => Some("successful_runs"),
-                    JobStatus::Failed => Some("failed_runs"),
+                let run = match status {
+                    JobStatus::Completed => Some(Run::Successful),
+                    JobStatus::Failed => Some(Run::Failed),
                     _ => None,
                 };
-                if let Some(column) = column {
-                    self.tx
-                        .prepare_cached(&format!(
-                            "UPDATE source_connections SET {column} = {column} + 1 WHERE id = ?1"
-                        ))?
-                        .execute([sc_id])?;
+                if let Some(run) = run {
+                    self.rows.count_run(sc_id, run).await?;
                 }
-                add_counts(self.tx, org, 0, 0, -1)?;
+                self.rows.add_counts(org, [0, 0, -1]).await?;
                 self.finished.insert(job_id, job);
                 self.touched.insert(job_id);
             }
             // Its connection is gone: nobody can read the job any more.
             None => {
                 self.touched.remove(&job_id);
-                self.tx
-                    .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
-                    .execute([job_id])?;
+                self.rows.delete_job(job_id).await?;
             }
         }
         Ok(())
     }
 
-    fn job_created(
+    async fn job_created(
         &mut self,
         job_id: Uuid,
         event: SyncJobEvent,
         at: DateTime<Utc>,
         position: u64,
     ) -> Result<(), ReadError> {
-        if self.known_status(job_id)?.is_some() {
+        if self.known_status(job_id).await?.is_some() {
             tracing::warn!(%job_id, "JobCreated for a known job; skipped");
             return Ok(());
         }
@@ -411,42 +345,38 @@ impl Batch<'_> {
             },
         );
         self.touched.insert(job_id);
-        if let Some(org) = self.connection_organization(sc_id)? {
-            self.tx
-                .prepare_cached(
-                    "UPDATE source_connections SET total_runs = total_runs + 1 WHERE id = ?1",
-                )?
-                .execute([sc_id])?;
-            add_counts(self.tx, org, 0, 0, 1)?;
+        if let Some(org) = self.connection_organization(sc_id).await? {
+            self.rows.count_run(sc_id, Run::Total).await?;
+            self.rows.add_counts(org, [0, 0, 1]).await?;
         }
         Ok(())
     }
 
-    /// Writes the row of every job the batch changed, once.
-    fn write_jobs(&mut self) -> Result<(), ReadError> {
-        let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO jobs (id, source_connection_id, organization_id, active, created_position, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (id) DO UPDATE SET active = excluded.active, state = excluded.state",
-        )?;
-        for id in &self.touched {
-            let Some(job) = self.live.get(id).or(self.finished.get(id)) else {
+    /// Writes the row of every job the batch changed, once (and again only if a later
+    /// event of the batch needs the rows as they are by then).
+    async fn write_jobs(&mut self) -> Result<(), ReadError> {
+        let mut rows = Vec::with_capacity(self.touched.len());
+        for id in self.touched.drain() {
+            let Some(job) = self.live.get(&id).or(self.finished.get(&id)) else {
                 continue;
             };
             let s = &job.state;
-            stmt.execute(params![
-                s.job_id,
-                s.source_connection_id,
-                s.organization_id,
-                s.status.is_active(),
-                job.created_position as i64,
-                encode_job(s)?,
-            ])?;
+            rows.push(JobRow {
+                id: s.job_id,
+                source_connection_id: s.source_connection_id,
+                organization_id: s.organization_id,
+                active: s.status.is_active(),
+                created_position: job.created_position,
+                state: super::encode_job(s)?,
+            });
         }
-        Ok(())
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.rows.write_jobs(&rows).await
     }
 
-    fn apply_collection(
+    async fn apply_collection(
         &mut self,
         event: CollectionEvent,
         at: DateTime<Utc>,
@@ -459,37 +389,36 @@ impl Batch<'_> {
                 name,
                 readable_id,
             } => {
-                if has_row(self.tx, "collections", collection_id)? {
+                if self.rows.has_row(Table::Collections, collection_id).await? {
                     tracing::warn!(%collection_id, "CollectionCreated for a known collection; skipped");
                     return Ok(());
                 }
-                let at = time(&at);
-                self.tx
-                    .prepare_cached(
-                        "INSERT INTO collections (id, organization_id, name, readable_id,
-                           created_at, modified_at, created_position)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        collection_id,
-                        organization_id,
-                        name,
-                        readable_id,
-                        at,
-                        position as i64
-                    ])?;
-                add_counts(self.tx, organization_id, 1, 0, 0)?;
+                let c = Collection {
+                    id: collection_id,
+                    organization_id,
+                    name,
+                    readable_id,
+                    created_at: at,
+                    modified_at: at,
+                    created_position: position,
+                };
+                self.rows.insert_collection(&c).await?;
+                self.rows.add_counts(organization_id, [1, 0, 0]).await?;
             }
             CollectionEvent::CollectionDeleted { collection_id } => {
-                if let Some(org) = remove_row(self.tx, "collections", collection_id)? {
-                    add_counts(self.tx, org, -1, 0, 0)?;
+                if let Some(org) = self
+                    .rows
+                    .remove_row(Table::Collections, collection_id)
+                    .await?
+                {
+                    self.rows.add_counts(org, [-1, 0, 0]).await?;
                 }
             }
         }
         Ok(())
     }
 
-    fn apply_source_connection(
+    async fn apply_source_connection(
         &mut self,
         event: SourceConnectionEvent,
         at: DateTime<Utc>,
@@ -508,66 +437,58 @@ impl Batch<'_> {
                 auth_method,
                 authenticated,
             } => {
-                if has_row(self.tx, "source_connections", source_connection_id)? {
+                if self
+                    .rows
+                    .has_row(Table::SourceConnections, source_connection_id)
+                    .await?
+                {
                     tracing::warn!(%source_connection_id, "SourceConnectionCreated for a known one; skipped");
                     return Ok(());
                 }
-                let at = time(&at);
-                self.tx
-                    .prepare_cached(
-                        "INSERT INTO source_connections (id, organization_id, collection_id,
-                           readable_collection_id, name, description, short_name, config,
-                           auth_method, authenticated, created_at, modified_at, created_position,
-                           total_runs, successful_runs, failed_runs)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, 0, 0, 0)",
-                    )?
-                    .execute(params![
-                        source_connection_id,
-                        organization_id,
-                        collection_id,
-                        readable_collection_id,
-                        name,
-                        description,
-                        short_name,
-                        config,
-                        auth_method,
-                        authenticated,
-                        at,
-                        position as i64
-                    ])?;
-                add_counts(self.tx, organization_id, 0, 1, 0)?;
+                let sc = SourceConnection {
+                    id: source_connection_id,
+                    organization_id,
+                    collection_id,
+                    readable_collection_id,
+                    name,
+                    description,
+                    short_name,
+                    config,
+                    auth_method,
+                    authenticated,
+                    created_at: at,
+                    modified_at: at,
+                    created_position: position,
+                    total_runs: 0,
+                    successful_runs: 0,
+                    failed_runs: 0,
+                };
+                self.rows.insert_source_connection(&sc).await?;
+                self.rows.add_counts(organization_id, [0, 1, 0]).await?;
                 self.connections
                     .insert(source_connection_id, Some(organization_id));
             }
             SourceConnectionEvent::SourceConnectionDeleted {
                 source_connection_id: id,
             } => {
-                let Some(org) = remove_row(self.tx, "source_connections", id)? else {
+                let Some(org) = self.rows.remove_row(Table::SourceConnections, id).await? else {
                     return Ok(());
                 };
                 self.connections.insert(id, None);
                 // Its final jobs vanish from reads now (a job is readable while its
                 // connection exists or while it is active) and their rows go in later
-                // transactions; live ones stay findable until they end.
-                let live = self
-                    .live
-                    .values()
-                    .filter(|j| j.state.source_connection_id == id)
-                    .count() as i64;
-                add_counts(self.tx, org, 0, -1, -live)?;
-                self.tx
-                    .prepare_cached(
-                        "INSERT INTO purge_queue (source_connection_id) VALUES (?1)
-                         ON CONFLICT DO NOTHING",
-                    )?
-                    .execute([id])?;
-                self.committed.jobs_changed = true;
+                // transactions; live ones stay findable until they end. The rows are
+                // written first, so that the count sees this batch's jobs too.
+                self.write_jobs().await?;
+                let live = self.rows.active_jobs_of(id).await?;
+                self.rows.add_counts(org, [0, -1, -live]).await?;
+                self.rows.enqueue_purge(id).await?;
             }
         }
         Ok(())
     }
 
-    fn apply_access(
+    async fn apply_access(
         &mut self,
         event: AccessEvent,
         at: DateTime<Utc>,
@@ -578,12 +499,12 @@ impl Batch<'_> {
                 organization_id,
                 name,
             } => {
-                self.tx
-                    .prepare_cached(
-                        "INSERT INTO organizations (id, name, created_at, created_position)
-                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING",
-                    )?
-                    .execute(params![organization_id, name, time(&at), position as i64])?;
+                let o = Organization {
+                    id: organization_id,
+                    name,
+                    created_at: at,
+                };
+                self.rows.insert_organization(&o, position).await?;
             }
             AccessEvent::ApiKeyCreated {
                 key_id,
@@ -592,28 +513,19 @@ impl Batch<'_> {
                 prefix,
                 expires_at,
             } => {
-                self.tx
-                    .prepare_cached(
-                        "INSERT INTO api_keys (key_id, organization_id, key_hash, prefix,
-                           created_at, expires_at, revoked_at, created_position)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7) ON CONFLICT (key_id) DO NOTHING",
-                    )?
-                    .execute(params![
-                        key_id,
-                        organization_id,
-                        key_hash,
-                        prefix,
-                        time(&at),
-                        expires_at.as_ref().map(time),
-                        position as i64
-                    ])?;
+                let k = ApiKey {
+                    key_id,
+                    organization_id,
+                    key_hash,
+                    prefix,
+                    created_at: at,
+                    expires_at,
+                    revoked_at: None,
+                };
+                self.rows.insert_api_key(&k, position).await?;
             }
             AccessEvent::ApiKeyRevoked { key_id } => {
-                self.tx
-                    .prepare_cached(
-                        "UPDATE api_keys SET revoked_at = ?2 WHERE key_id = ?1 AND revoked_at IS NULL",
-                    )?
-                    .execute(params![key_id, time(&at)])?;
+                self.rows.revoke_api_key(key_id, &time(&at)).await?;
             }
         }
         Ok(())

@@ -1,14 +1,18 @@
-//! The read model in SQLite: `read_model.db` beside the event log, a file of its own so that
-//! its writes never contend with the log's writer.
+//! The read model's database: SQLite (`read_model.db` beside the embedded event log, a file
+//! of its own so that its writes never contend with the log's writer), or PostgreSQL tables
+//! in the PostgreSQL store's database ([`pg`]), shared by every node.
 //!
-//! - [`fold`]: the [`Writer`], which folds a batch of events into rows and commits them with
-//!   the position in one transaction (a crash never applies an event twice nor skips one);
-//!   only live jobs stay in its memory.
+//! - [`fold`]: the one fold, which decides the rows each event changes, against a small
+//!   trait of row operations each engine implements on its transaction.
+//! - [`writer`]: the SQLite [`Writer`], which folds a batch of events and commits the rows
+//!   with the position in one transaction (a crash never applies an event twice nor skips
+//!   one); only live jobs stay in its memory.
 //! - [`view`]: [`ReadView`], the indexed queries the API makes, on a pooled read-only
-//!   connection, with bounded caches of final jobs and API keys.
+//!   connection, with bounded caches of final jobs and API keys (both engines).
+//! - [`pg`]: the PostgreSQL engine: its schema, writer and queries.
 //! - [`cache`]: the LRU cache the writer invalidates without racing the readers that fill it.
 //!
-//! WAL with `synchronous=NORMAL`: a power loss may lose the last commits, never corrupt the
+//! SQLite runs in WAL with `synchronous=NORMAL`: a power loss may lose the last commits, never corrupt the
 //! file, and the lost tail is folded again from the stored position (the log is the truth).
 //! The WAL is checkpointed off the commit path by the store's checkpointer
 //! (`syncjobs_store_sqlite::wal_checkpoint`), so no commit (and no read-your-writes wait behind
@@ -16,10 +20,12 @@
 
 pub mod cache;
 pub mod fold;
+pub mod pg;
 pub mod view;
+pub mod writer;
 
-pub use fold::Writer;
 pub use view::ReadView;
+pub use writer::Writer;
 
 use crate::model::Organization;
 use cache::Cache;
@@ -30,8 +36,9 @@ use std::sync::Mutex;
 use syncjobs_domain::JobState;
 use uuid::Uuid;
 
-/// The tables `schema.sql` creates. A file of another version is dropped and rebuilt from
-/// the log (bump this with every change of the tables or of the row encodings).
+/// The tables `schema.sql` (and `pg/schema.sql`) create. Tables of another version are
+/// dropped and rebuilt from the log (bump this with every change of the tables or of the
+/// row encodings, on either engine).
 pub const SCHEMA_VERSION: i64 = 1;
 /// The name of this projection's row in `projection`.
 pub const PROJECTION_NAME: &str = "read_model";
@@ -76,17 +83,54 @@ pub enum ReadError {
     /// The blocking task that committed a batch did not finish (it panicked).
     #[error("the read model's commit task failed: {0}")]
     Task(String),
+    #[error("read model database (PostgreSQL): {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The database is away (no connection within the bound): answered 503.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("read model database settings: {0}")]
+    Config(String),
 }
 
-/// The database: where the writer commits and the readers read.
+impl ReadError {
+    /// The database cannot be reached now (a retry later may work).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ReadError::Unavailable(_) => true,
+            ReadError::Postgres(e) => {
+                use std::error::Error;
+                // The connection broke, or the server is shutting down or starting
+                // (SQLSTATE classes 08 and 57P).
+                e.is_closed()
+                    || e.source().is_some_and(|s| s.is::<std::io::Error>())
+                    || e.code()
+                        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The database: where the writer commits and the readers read, with the caches both
+/// engines keep in front of it.
 pub struct ReadDb {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    pub(crate) engine: Engine,
     pub(crate) jobs: Cache<Uuid, JobState>,
     pub(crate) keys: Cache<String, Option<(crate::model::ApiKey, bool)>>,
     /// Existing connections only (a miss asks SQLite): a connection appears by its creation,
     /// which no cached entry contradicts, and disappears by a delete, which invalidates this.
     pub(crate) connections: Cache<Uuid, Uuid>,
+}
+
+pub(crate) enum Engine {
+    Sqlite(SqliteDb),
+    Postgres(pg::PgDb),
+}
+
+/// The SQLite file and its idle read connections.
+pub(crate) struct SqliteDb {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
 }
 
 /// A `read_model.db` file and its position, as found at start-up.
@@ -138,29 +182,46 @@ impl ReadDb {
         let checkpointer = syncjobs_store_sqlite::wal_checkpoint::attach(&mut conn, path)
             .map_err(|e| ReadError::Checkpointer(e.to_string()))?;
         let writer = Writer::load(conn, checkpointer)?;
-        let db = ReadDb {
+        let db = ReadDb::new(Engine::Sqlite(SqliteDb {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
-            jobs: Cache::new(JOB_CACHE),
-            keys: Cache::new(KEY_CACHE),
-            connections: Cache::new(CONNECTION_CACHE),
-        };
+        }));
         Ok(Opened { db, writer })
     }
 
-    /// Runs `f` on a read-only connection from the pool.
-    pub fn with_reader<R>(&self, f: impl FnOnce(&Connection) -> R) -> Result<R, ReadError> {
+    pub(crate) fn new(engine: Engine) -> ReadDb {
+        ReadDb {
+            engine,
+            jobs: Cache::new(JOB_CACHE),
+            keys: Cache::new(KEY_CACHE),
+            connections: Cache::new(CONNECTION_CACHE),
+        }
+    }
+
+    /// After a commit that changed what the caches may hold.
+    pub(crate) fn invalidate(&self, jobs: bool, keys: bool) {
+        if jobs {
+            self.jobs.invalidate();
+            self.connections.invalidate();
+        }
+        if keys {
+            self.keys.invalidate();
+        }
+    }
+}
+
+impl SqliteDb {
+    /// A read-only connection from the pool, back in it when the guard goes.
+    pub(crate) fn reader(&self) -> Result<Reader<'_>, ReadError> {
         let conn = self.lock_idle().pop();
         let conn = match conn {
             Some(c) => c,
             None => self.open_reader()?,
         };
-        let out = f(&conn);
-        let mut idle = self.lock_idle();
-        if idle.len() < IDLE_READERS {
-            idle.push(conn);
-        }
-        Ok(out)
+        Ok(Reader {
+            db: self,
+            conn: Some(conn),
+        })
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
@@ -180,15 +241,29 @@ impl ReadDb {
         conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)
     }
+}
 
-    /// After a commit that changed what the caches may hold.
-    pub(crate) fn invalidate(&self, jobs: bool, keys: bool) {
-        if jobs {
-            self.jobs.invalidate();
-            self.connections.invalidate();
-        }
-        if keys {
-            self.keys.invalidate();
+/// A pooled read connection (see [`SqliteDb::reader`]).
+pub(crate) struct Reader<'a> {
+    db: &'a SqliteDb,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Present until dropped.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.db.lock_idle();
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
         }
     }
 }

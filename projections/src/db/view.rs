@@ -4,6 +4,7 @@
 //! connection's final jobs vanish from reads at once (their rows are purged later), its live
 //! ones can still be found and cancelled until they end.
 
+use super::pg::view as pg;
 use super::{decode_job, organization_row, parse_time, ReadDb, ReadError};
 use crate::model::{
     ApiKey, Collection, CollectionStatus, ModelDump, Organization, SourceConnection,
@@ -26,8 +27,15 @@ pub struct OrganizationCounts {
 /// Reads of the model at one moment (a pooled connection); cheap, short-lived.
 pub struct ReadView<'a> {
     pub(crate) db: &'a ReadDb,
-    pub(crate) conn: &'a Connection,
+    pub(crate) conn: Conn<'a>,
     pub(crate) position: u64,
+}
+
+/// The engine a view reads: each query is SQLite's (synchronous, microseconds) or
+/// PostgreSQL's (a round trip, awaited); the caches and the rules around them are shared.
+pub(crate) enum Conn<'a> {
+    Sqlite(&'a Connection),
+    Postgres(&'a deadpool_postgres::ClientWrapper),
 }
 
 const JOB_VISIBLE: &str = "(j.active = 1 OR EXISTS
@@ -58,6 +66,13 @@ fn key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
         expires_at: optional_time(r, 5)?,
         revoked_at: optional_time(r, 6)?,
     })
+}
+
+/// The key if it is usable at `now` and its organization exists.
+pub(crate) fn usable(found: Option<(ApiKey, bool)>, now: DateTime<Utc>) -> Option<ApiKey> {
+    found
+        .filter(|(k, org)| *org && k.is_valid_at(now))
+        .map(|(k, _)| k)
 }
 
 fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
@@ -93,79 +108,79 @@ fn source_connection_row(r: &Row<'_>) -> rusqlite::Result<SourceConnection> {
     })
 }
 
+fn one<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, ReadError> {
+    Ok(c.prepare_cached(sql)?.query_row(params, row).optional()?)
+}
+
+/// Rows of `sql` in order, `skip`ped and at most `limit` of those `keep` accepts.
+fn page<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+    skip: usize,
+    limit: usize,
+    mut keep: impl FnMut(&T) -> bool,
+) -> Result<Vec<T>, ReadError> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let (mut skipped, mut out) = (0, Vec::new());
+    while out.len() < limit {
+        let Some(r) = rows.next()? else { break };
+        let item = row(r)?;
+        if !keep(&item) {
+            continue;
+        }
+        if skipped < skip {
+            skipped += 1;
+            continue;
+        }
+        out.push(item);
+    }
+    Ok(out)
+}
+
+/// Every row of `sql`, in order.
+fn all<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, ReadError> {
+    page(c, sql, params, row, 0, usize::MAX, |_| true)
+}
+
 impl ReadView<'_> {
     /// The global position of the last event folded in (committed and published).
     pub fn position(&self) -> u64 {
         self.position
     }
 
-    fn one<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Option<T>, ReadError> {
-        Ok(self
-            .conn
-            .prepare_cached(sql)?
-            .query_row(params, row)
-            .optional()?)
-    }
-
-    /// Rows of `sql` in order, `skip`ped and at most `limit` of those `keep` accepts.
-    fn page<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        row: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
-        skip: usize,
-        limit: usize,
-        mut keep: impl FnMut(&T) -> bool,
-    ) -> Result<Vec<T>, ReadError> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let mut rows = stmt.query(params)?;
-        let (mut skipped, mut out) = (0, Vec::new());
-        while out.len() < limit {
-            let Some(r) = rows.next()? else { break };
-            let item = row(r)?;
-            if !keep(&item) {
-                continue;
-            }
-            if skipped < skip {
-                skipped += 1;
-                continue;
-            }
-            out.push(item);
-        }
-        Ok(out)
-    }
-
-    /// Every row of `sql`, in order.
-    fn all<T>(
-        &self,
-        sql: &str,
-        params: impl rusqlite::Params,
-        row: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, ReadError> {
-        self.page(sql, params, row, 0, usize::MAX, |_| true)
-    }
-
     // ---- access -----------------------------------------------------------------------
 
     /// The newest key with this hash, and whether its organization exists (cached).
-    fn key_by_hash(&self, key_hash: &str) -> Result<Option<(ApiKey, bool)>, ReadError> {
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<(ApiKey, bool)>, ReadError> {
         let generation = match self.db.keys.get(key_hash) {
             Ok(found) => return Ok(found),
             Err(generation) => generation,
         };
-        let found = self.one(
-            &format!(
-                "SELECT {KEY_COLUMNS}, EXISTS (SELECT 1 FROM organizations o WHERE o.id = k.organization_id)
-                 FROM api_keys k WHERE key_hash = ?1 ORDER BY created_position DESC LIMIT 1"
-            ),
-            [key_hash],
-            |r| Ok((key_row(r)?, r.get::<_, bool>(7)?)),
-        )?;
+        let found = match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!(
+                    "SELECT {KEY_COLUMNS}, EXISTS (SELECT 1 FROM organizations o WHERE o.id = k.organization_id)
+                     FROM api_keys k WHERE key_hash = ?1 ORDER BY created_position DESC LIMIT 1"
+                ),
+                [key_hash],
+                |r| Ok((key_row(r)?, r.get::<_, bool>(7)?)),
+            )?,
+            Conn::Postgres(c) => pg::key_by_hash(c, key_hash).await?,
+        };
         self.db
             .keys
             .fill(generation, key_hash.to_owned(), found.clone());
@@ -173,115 +188,146 @@ impl ReadView<'_> {
     }
 
     /// The key with this SHA-256 hash, if it exists, is usable at `now` and its organization exists.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         key_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, ReadError> {
-        Ok(self
-            .key_by_hash(key_hash)?
-            .filter(|(k, org)| *org && k.is_valid_at(now))
-            .map(|(k, _)| k))
+        Ok(usable(self.key_by_hash(key_hash).await?, now))
     }
 
-    pub fn api_key(&self, key_id: Uuid) -> Result<Option<ApiKey>, ReadError> {
-        self.one(
-            &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?1"),
-            [key_id],
-            key_row,
-        )
+    pub async fn api_key(&self, key_id: Uuid) -> Result<Option<ApiKey>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?1"),
+                [key_id],
+                key_row,
+            ),
+            Conn::Postgres(c) => pg::api_key(c, key_id).await,
+        }
     }
 
-    pub fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, ReadError> {
-        Ok(self.key_by_hash(key_hash)?.map(|(k, _)| k))
+    pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, ReadError> {
+        Ok(self.key_by_hash(key_hash).await?.map(|(k, _)| k))
     }
 
     /// Every key, oldest first (for `syncjobs keys list`).
-    pub fn api_keys(&self) -> Result<Vec<ApiKey>, ReadError> {
-        self.all(
-            &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id"),
-            [],
-            key_row,
-        )
+    pub async fn api_keys(&self) -> Result<Vec<ApiKey>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => all(
+                c,
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id"),
+                [],
+                key_row,
+            ),
+            Conn::Postgres(c) => pg::api_keys(c).await,
+        }
     }
 
-    pub fn organization(&self, id: Uuid) -> Result<Option<Organization>, ReadError> {
-        self.one(
-            "SELECT id, name, created_at FROM organizations WHERE id = ?1",
-            [id],
-            organization_row,
-        )
+    pub async fn organization(&self, id: Uuid) -> Result<Option<Organization>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                "SELECT id, name, created_at FROM organizations WHERE id = ?1",
+                [id],
+                organization_row,
+            ),
+            Conn::Postgres(c) => pg::organization(c, id).await,
+        }
     }
 
-    pub fn organization_by_name(&self, name: &str) -> Result<Option<Organization>, ReadError> {
-        self.one(
-            "SELECT id, name, created_at FROM organizations WHERE name = ?1
-             ORDER BY created_position DESC LIMIT 1",
-            [name],
-            organization_row,
-        )
+    pub async fn organization_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<Organization>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                "SELECT id, name, created_at FROM organizations WHERE name = ?1
+                 ORDER BY created_position DESC LIMIT 1",
+                [name],
+                organization_row,
+            ),
+            Conn::Postgres(c) => pg::organization_by_name(c, name).await,
+        }
     }
 
     // ---- collections --------------------------------------------------------------------
 
-    pub fn collection(
+    pub async fn collection(
         &self,
         organization_id: Uuid,
         readable_id: &str,
     ) -> Result<Option<Collection>, ReadError> {
-        self.one(
-            &format!(
-                "SELECT {COLLECTION_COLUMNS} FROM collections
-                 WHERE organization_id = ?1 AND readable_id = ?2
-                 ORDER BY created_position DESC LIMIT 1"
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!(
+                    "SELECT {COLLECTION_COLUMNS} FROM collections
+                     WHERE organization_id = ?1 AND readable_id = ?2
+                     ORDER BY created_position DESC LIMIT 1"
+                ),
+                rusqlite::params![organization_id, readable_id],
+                collection_row,
             ),
-            rusqlite::params![organization_id, readable_id],
-            collection_row,
-        )
+            Conn::Postgres(c) => pg::collection(c, organization_id, readable_id).await,
+        }
     }
 
-    pub fn collection_by_id(&self, id: Uuid) -> Result<Option<Collection>, ReadError> {
-        self.one(
-            &format!("SELECT {COLLECTION_COLUMNS} FROM collections WHERE id = ?1"),
-            [id],
-            collection_row,
-        )
+    pub async fn collection_by_id(&self, id: Uuid) -> Result<Option<Collection>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!("SELECT {COLLECTION_COLUMNS} FROM collections WHERE id = ?1"),
+                [id],
+                collection_row,
+            ),
+            Conn::Postgres(c) => pg::collection_by_id(c, id).await,
+        }
     }
 
     /// An organization's collections, newest first: `skip` then at most `limit` of those
     /// `keep` accepts.
-    pub fn collections(
+    pub async fn collections(
         &self,
         organization_id: Uuid,
         skip: usize,
         limit: usize,
         keep: impl FnMut(&Collection) -> bool,
     ) -> Result<Vec<Collection>, ReadError> {
-        self.page(
-            &format!(
-                "SELECT {COLLECTION_COLUMNS} FROM collections WHERE organization_id = ?1
-                 ORDER BY created_position DESC"
+        match self.conn {
+            Conn::Sqlite(c) => page(
+                c,
+                &format!(
+                    "SELECT {COLLECTION_COLUMNS} FROM collections WHERE organization_id = ?1
+                     ORDER BY created_position DESC"
+                ),
+                [organization_id],
+                collection_row,
+                skip,
+                limit,
+                keep,
             ),
-            [organization_id],
-            collection_row,
-            skip,
-            limit,
-            keep,
-        )
+            Conn::Postgres(c) => pg::collections(c, organization_id, skip, limit, keep).await,
+        }
     }
 
     /// Airweave's rule: no authenticated connection -> NEEDS SOURCE; any connection whose
     /// last job completed or is running -> ACTIVE; all failed -> ERROR; else NEEDS SOURCE.
-    pub fn collection_status(&self, collection_id: Uuid) -> Result<CollectionStatus, ReadError> {
+    pub async fn collection_status(
+        &self,
+        collection_id: Uuid,
+    ) -> Result<CollectionStatus, ReadError> {
         let mut authenticated = 0usize;
         let mut working = 0usize;
         let mut failing = 0usize;
-        for sc in self.source_connections_in_collection(collection_id)? {
+        for sc in self.source_connections_in_collection(collection_id).await? {
             if !sc.authenticated {
                 continue;
             }
             authenticated += 1;
-            match self.last_job(sc.id)?.map(|j| j.status) {
+            match self.last_job(sc.id).await?.map(|j| j.status) {
                 Some(JobStatus::Completed | JobStatus::Running | JobStatus::Cancelling) => {
                     working += 1
                 }
@@ -303,25 +349,29 @@ impl ReadView<'_> {
     // ---- source connections -------------------------------------------------------------
 
     /// The source connection if it exists and belongs to the organization.
-    pub fn source_connection(
+    pub async fn source_connection(
         &self,
         organization_id: Uuid,
         id: Uuid,
     ) -> Result<Option<SourceConnection>, ReadError> {
-        self.one(
-            &format!(
-                "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
-                 WHERE id = ?1 AND organization_id = ?2"
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!(
+                    "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
+                     WHERE id = ?1 AND organization_id = ?2"
+                ),
+                [id, organization_id],
+                source_connection_row,
             ),
-            [id, organization_id],
-            source_connection_row,
-        )
+            Conn::Postgres(c) => pg::source_connection(c, organization_id, id).await,
+        }
     }
 
     /// Whether the source connection exists and belongs to the organization: `GET` one job
     /// checks this on every call, so an existing connection's organization is cached (an
     /// index probe, no row decoded, on a miss).
-    pub fn has_source_connection(
+    pub async fn has_source_connection(
         &self,
         organization_id: Uuid,
         id: Uuid,
@@ -330,11 +380,15 @@ impl ReadView<'_> {
             Ok(owner) => return Ok(owner == organization_id),
             Err(generation) => generation,
         };
-        let owner: Option<Uuid> = self.one(
-            "SELECT organization_id FROM source_connections WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )?;
+        let owner: Option<Uuid> = match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                "SELECT organization_id FROM source_connections WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )?,
+            Conn::Postgres(c) => pg::connection_owner(c, id).await?,
+        };
         if let Some(owner) = owner {
             self.db.connections.fill(generation, id, owner);
         }
@@ -343,43 +397,53 @@ impl ReadView<'_> {
 
     /// An organization's source connections, newest first: `skip` then at most `limit` of
     /// those `keep` accepts.
-    pub fn source_connections(
+    pub async fn source_connections(
         &self,
         organization_id: Uuid,
         skip: usize,
         limit: usize,
         keep: impl FnMut(&SourceConnection) -> bool,
     ) -> Result<Vec<SourceConnection>, ReadError> {
-        self.page(
-            &format!(
-                "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
-                 WHERE organization_id = ?1 ORDER BY created_position DESC"
+        match self.conn {
+            Conn::Sqlite(c) => page(
+                c,
+                &format!(
+                    "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
+                     WHERE organization_id = ?1 ORDER BY created_position DESC"
+                ),
+                [organization_id],
+                source_connection_row,
+                skip,
+                limit,
+                keep,
             ),
-            [organization_id],
-            source_connection_row,
-            skip,
-            limit,
-            keep,
-        )
+            Conn::Postgres(c) => {
+                pg::source_connections(c, organization_id, skip, limit, keep).await
+            }
+        }
     }
 
     /// A collection's source connections, newest first.
-    pub fn source_connections_in_collection(
+    pub async fn source_connections_in_collection(
         &self,
         collection_id: Uuid,
     ) -> Result<Vec<SourceConnection>, ReadError> {
-        self.all(
-            &format!(
-                "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
-                 WHERE collection_id = ?1 ORDER BY created_position DESC"
+        match self.conn {
+            Conn::Sqlite(c) => all(
+                c,
+                &format!(
+                    "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections
+                     WHERE collection_id = ?1 ORDER BY created_position DESC"
+                ),
+                [collection_id],
+                source_connection_row,
             ),
-            [collection_id],
-            source_connection_row,
-        )
+            Conn::Postgres(c) => pg::source_connections_in_collection(c, collection_id).await,
+        }
     }
 
     /// Status of a source connection from its last job ([`SourceConnectionStatus::of`]).
-    pub fn source_connection_status(
+    pub async fn source_connection_status(
         &self,
         sc: &SourceConnection,
     ) -> Result<SourceConnectionStatus, ReadError> {
@@ -388,23 +452,27 @@ impl ReadView<'_> {
         }
         Ok(SourceConnectionStatus::of(
             sc,
-            self.last_job(sc.id)?.as_ref(),
+            self.last_job(sc.id).await?.as_ref(),
         ))
     }
 
     // ---- jobs ---------------------------------------------------------------------------
 
     /// One job; final ones come from a bounded cache (they never change).
-    pub fn job(&self, id: Uuid) -> Result<Option<JobState>, ReadError> {
+    pub async fn job(&self, id: Uuid) -> Result<Option<JobState>, ReadError> {
         let generation = match self.db.jobs.get(&id) {
             Ok(job) => return Ok(Some(job)),
             Err(generation) => generation,
         };
-        let job = self.one(
-            &format!("SELECT j.state FROM jobs j WHERE j.id = ?1 AND {JOB_VISIBLE}"),
-            [id],
-            |r| r.get::<_, Vec<u8>>(0),
-        )?;
+        let job = match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!("SELECT j.state FROM jobs j WHERE j.id = ?1 AND {JOB_VISIBLE}"),
+                [id],
+                |r| r.get::<_, Vec<u8>>(0),
+            )?,
+            Conn::Postgres(c) => pg::job_state(c, id).await?,
+        };
         let job = job.map(|b| decode_job(&b)).transpose()?;
         if let Some(j) = job.as_ref().filter(|j| j.status.is_final()) {
             self.db.jobs.fill(generation, id, j.clone());
@@ -414,52 +482,68 @@ impl ReadView<'_> {
 
     /// A source connection's jobs, newest first (also a deleted connection's live jobs):
     /// `skip` then at most `limit`.
-    pub fn jobs_of(
+    pub async fn jobs_of(
         &self,
         source_connection_id: Uuid,
         skip: usize,
         limit: usize,
     ) -> Result<Vec<JobState>, ReadError> {
-        let blobs = self.page(
-            &format!(
-                "SELECT j.state FROM jobs j WHERE j.source_connection_id = ?1 AND {JOB_VISIBLE}
-                 ORDER BY j.created_position DESC"
-            ),
-            [source_connection_id],
-            |r| r.get::<_, Vec<u8>>(0),
-            skip,
-            limit,
-            |_| true,
-        )?;
+        let blobs = match self.conn {
+            Conn::Sqlite(c) => page(
+                c,
+                &format!(
+                    "SELECT j.state FROM jobs j WHERE j.source_connection_id = ?1 AND {JOB_VISIBLE}
+                     ORDER BY j.created_position DESC"
+                ),
+                [source_connection_id],
+                |r| r.get::<_, Vec<u8>>(0),
+                skip,
+                limit,
+                |_| true,
+            )?,
+            Conn::Postgres(c) => pg::jobs_of(c, source_connection_id, skip, limit).await?,
+        };
         blobs.iter().map(|b| decode_job(b)).collect()
     }
 
-    pub fn last_job(&self, source_connection_id: Uuid) -> Result<Option<JobState>, ReadError> {
-        Ok(self.jobs_of(source_connection_id, 0, 1)?.pop())
+    pub async fn last_job(
+        &self,
+        source_connection_id: Uuid,
+    ) -> Result<Option<JobState>, ReadError> {
+        Ok(self.jobs_of(source_connection_id, 0, 1).await?.pop())
     }
 
     /// Ids of the connection's jobs that are pending, running or cancelling.
-    pub fn active_jobs_of(&self, source_connection_id: Uuid) -> Result<Vec<Uuid>, ReadError> {
-        self.all(
-            "SELECT id FROM jobs WHERE source_connection_id = ?1 AND active = 1
-             ORDER BY created_position DESC",
-            [source_connection_id],
-            |r| r.get(0),
-        )
+    pub async fn active_jobs_of(&self, source_connection_id: Uuid) -> Result<Vec<Uuid>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => all(
+                c,
+                "SELECT id FROM jobs WHERE source_connection_id = ?1 AND active = 1
+                 ORDER BY created_position DESC",
+                [source_connection_id],
+                |r| r.get(0),
+            ),
+            Conn::Postgres(c) => pg::active_jobs_of(c, source_connection_id).await,
+        }
     }
 
-    /// Ids of every job, of any connection, that is pending, running or cancelling.
-    pub fn unfinished_jobs(&self) -> Result<Vec<Uuid>, ReadError> {
-        self.all("SELECT id FROM jobs WHERE active = 1", [], |r| r.get(0))
+    /// Ids of every job, of any connection, that is pending, running or cancelling: what
+    /// the supervisor recovers at start-up.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Uuid>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => all(c, "SELECT id FROM jobs WHERE active = 1", [], |r| r.get(0)),
+            Conn::Postgres(c) => pg::unfinished_jobs(c).await,
+        }
     }
 
     /// What `/health` shows for an organization: kept by the fold, one row.
-    pub fn organization_counts(
+    pub async fn organization_counts(
         &self,
         organization_id: Uuid,
     ) -> Result<OrganizationCounts, ReadError> {
-        Ok(self
-            .one(
+        let found = match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
                 "SELECT collections, source_connections, active_jobs FROM organization_counts
                  WHERE organization_id = ?1",
                 [organization_id],
@@ -470,67 +554,86 @@ impl ReadView<'_> {
                         active_jobs: r.get::<_, i64>(2)? as u64,
                     })
                 },
-            )?
-            .unwrap_or_default())
+            )?,
+            Conn::Postgres(c) => pg::organization_counts(c, organization_id).await?,
+        };
+        Ok(found.unwrap_or_default())
     }
 
     /// Job rows stored, readable or waiting to be purged (diagnostics and tests).
-    pub fn job_rows(&self) -> Result<u64, ReadError> {
-        Ok(self
-            .one("SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0))?
-            .unwrap_or(0) as u64)
+    pub async fn job_rows(&self) -> Result<u64, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => Ok(
+                one(c, "SELECT COUNT(*) FROM jobs", [], |r| r.get::<_, i64>(0))?.unwrap_or(0)
+                    as u64,
+            ),
+            Conn::Postgres(c) => pg::job_rows(c).await,
+        }
     }
 
     /// Every readable row (diagnostics and tests: O(model), never on a request path).
-    pub fn dump(&self) -> Result<ModelDump, ReadError> {
-        let all = |sql: &str| format!("{sql} ORDER BY 1");
-        let jobs: Vec<Vec<u8>> = self.all(
-            &all(&format!("SELECT j.state FROM jobs j WHERE {JOB_VISIBLE}")),
+    pub async fn dump(&self) -> Result<ModelDump, ReadError> {
+        let c = match self.conn {
+            Conn::Sqlite(c) => c,
+            Conn::Postgres(c) => {
+                let d = pg::dump(c).await?;
+                return Ok(ModelDump {
+                    position: self.position,
+                    organizations: d.organizations,
+                    api_keys: d.api_keys,
+                    collections: d.collections,
+                    source_connections: d.source_connections,
+                    jobs: d
+                        .jobs
+                        .iter()
+                        .map(|b| decode_job(b))
+                        .collect::<Result<_, _>>()?,
+                    counts: d.counts,
+                });
+            }
+        };
+        let sorted = |sql: &str| format!("{sql} ORDER BY 1");
+        let jobs: Vec<Vec<u8>> = all(
+            c,
+            &format!("SELECT j.state FROM jobs j WHERE {JOB_VISIBLE} ORDER BY j.id"),
             [],
             |r| r.get(0),
         )?;
         Ok(ModelDump {
             position: self.position,
-            organizations: self.page(
-                &all("SELECT id, name, created_at FROM organizations"),
+            organizations: all(
+                c,
+                &sorted("SELECT id, name, created_at FROM organizations"),
                 [],
                 organization_row,
-                0,
-                usize::MAX,
-                |_| true,
             )?,
-            api_keys: self.page(
-                &all(&format!("SELECT {KEY_COLUMNS} FROM api_keys")),
+            api_keys: all(
+                c,
+                &sorted(&format!("SELECT {KEY_COLUMNS} FROM api_keys")),
                 [],
                 key_row,
-                0,
-                usize::MAX,
-                |_| true,
             )?,
-            collections: self.page(
-                &all(&format!("SELECT {COLLECTION_COLUMNS} FROM collections")),
+            collections: all(
+                c,
+                &sorted(&format!("SELECT {COLLECTION_COLUMNS} FROM collections")),
                 [],
                 collection_row,
-                0,
-                usize::MAX,
-                |_| true,
             )?,
-            source_connections: self.page(
-                &all(&format!(
+            source_connections: all(
+                c,
+                &sorted(&format!(
                     "SELECT {SOURCE_CONNECTION_COLUMNS} FROM source_connections"
                 )),
                 [],
                 source_connection_row,
-                0,
-                usize::MAX,
-                |_| true,
             )?,
             jobs: jobs
                 .iter()
                 .map(|b| decode_job(b))
                 .collect::<Result<_, _>>()?,
-            counts: self.page(
-                &all(
+            counts: all(
+                c,
+                &sorted(
                     "SELECT organization_id, collections, source_connections, active_jobs
                      FROM organization_counts
                      WHERE collections + source_connections + active_jobs <> 0",
@@ -546,9 +649,6 @@ impl ReadView<'_> {
                         ],
                     ))
                 },
-                0,
-                usize::MAX,
-                |_| true,
             )?,
         })
     }

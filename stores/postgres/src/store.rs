@@ -308,7 +308,7 @@ pub(crate) fn join_error(e: tokio::task::JoinError) -> StoreError {
 /// defaults wait two hours), a bound on unacknowledged sends, and a server-side end to a
 /// session left idle inside a transaction, since an append transaction holds the append lock
 /// and a node cut off mid-append must not hold every other node's appends for long.
-fn tune(config: &mut tokio_postgres::Config, timeouts: &Timeouts) {
+pub fn tune(config: &mut tokio_postgres::Config, timeouts: &Timeouts) {
     if config.get_keepalives() {
         if config.get_keepalives_idle() == LIBPQ_KEEPALIVE_IDLE {
             config.keepalives_idle(KEEPALIVE_IDLE);

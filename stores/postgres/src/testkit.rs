@@ -119,7 +119,8 @@ pub async fn fresh_store(admin: &str) -> Arc<dyn EventStore> {
     fresh_store_with_url(admin).await.0
 }
 
-/// [`fresh_store`] and its database's URL (for the destination, on the same database).
+/// [`fresh_store`] and its database's URL (for what lives beside the log: the destination
+/// and the read model).
 pub async fn fresh_store_with_url(admin: &str) -> (Arc<dyn EventStore>, String) {
     let db = TestDb::create(admin).await;
     let store = db.store().await;
