@@ -150,7 +150,6 @@ impl Projection {
                     Ok(read) => read,
                     Err(_) => {
                         // It may be stuck mid-statement: closed, never handed out again.
-                        drop(view);
                         drop(deadpool_postgres::Object::take(client));
                         tracing::warn!(
                             ?limit,
