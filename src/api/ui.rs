@@ -12,7 +12,7 @@
 
 use super::error::ApiError;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use sha2::{Digest, Sha256};
 use std::sync::LazyLock;
 
@@ -68,13 +68,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/ui")
             .route(web::get().to(index))
-            .route(web::head().to(index)),
+            .route(web::head().to(index))
+            .default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource("/ui/{file}")
             .route(web::get().to(file))
-            .route(web::head().to(file)),
+            .route(web::head().to(file))
+            .default_service(web::to(method_not_allowed)),
     );
+}
+
+/// Other methods: the API's JSON 405, with the `Allow` header.
+async fn method_not_allowed() -> HttpResponse {
+    let mut res = ApiError::MethodNotAllowed.error_response();
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    res
 }
 
 async fn index(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -33,18 +33,20 @@ export function points(events) {
   return out;
 }
 
-function nice(max) {
-  if (max <= 0) return 1;
-  const step = 10 ** Math.floor(Math.log10(max));
-  for (const m of [1, 2, 5, 10]) if (m * step >= max) return m * step;
-  return 10 * step;
+/** A round step (1, 2 or 5 times a power of ten) of at least `x`. */
+function niceStep(x) {
+  if (x <= 1) return 1;
+  const p = 10 ** Math.floor(Math.log10(x));
+  for (const m of [1, 2, 5, 10]) if (m * p >= x) return m * p;
+  return 10 * p;
 }
 
 /** An <svg> of the points (role img, with a text summary for screen readers). */
 export function chart(pts) {
   const last = pts[pts.length - 1] ?? { t: 0 };
   const tMax = Math.max(1, last.t);
-  const yMax = nice(Math.max(1, ...pts.flatMap((p) => SERIES.map(([k]) => p[k] ?? 0))));
+  // Four grid lines at round values.
+  const yMax = 4 * niceStep(Math.max(1, ...pts.flatMap((p) => SERIES.map(([k]) => p[k] ?? 0))) / 4);
   const x = (t) => PAD.left + (t / tMax) * (W - PAD.left - PAD.right);
   const y = (v) => H - PAD.bottom - (v / yMax) * (H - PAD.top - PAD.bottom);
   const summary = `Counts over ${tMax.toFixed(1)} s: ` +

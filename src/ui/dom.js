@@ -49,8 +49,9 @@ export function jobDuration(job, now = Date.now()) {
   return Math.max(0, (now - Date.parse(job.started_at)) / 1000);
 }
 
+/** The last 8 hex digits: ids are UUIDv7, whose first digits are the time they were made. */
 export function shortId(id) {
-  return id ? id.slice(0, 8) : '';
+  return id ? id.slice(-8) : '';
 }
 
 export const number = (n) => (n ?? 0).toLocaleString();

@@ -31,12 +31,13 @@ function what(e) {
   }
 }
 
-function facts(job) {
+/** The job's facts; `at` (ms) is the moment they describe, for a live duration. */
+function facts(job, at = Date.now()) {
   const rows = [
     ['Status', statusBadge(job.status)],
     ['Started', time(job.started_at)],
     ['Ended', time(job.completed_at)],
-    ['Duration', el('span', { 'data-field': 'duration' }, seconds(jobDuration(job)))],
+    ['Duration', el('span', { 'data-field': 'duration' }, seconds(jobDuration(job, at)))],
     ['Inserted', number(job.entities_inserted)],
     ['Updated', number(job.entities_updated)],
     ['Deleted', number(job.entities_deleted)],
@@ -95,7 +96,6 @@ export function mount(root, { sc, job: jobId }, signal) {
 
   function renderNow() {
     now.replaceChildren(facts(job));
-    cancel.disabled = false;
     renderCountdown();
   }
 
@@ -168,7 +168,8 @@ export function mount(root, { sc, job: jobId }, signal) {
       const e = events[v - 1];
       stateTitle.textContent = `State after version ${v} of ${events.length}` +
         (selected === null ? ' (latest)' : '') + (e ? `: ${e.event.type} at ${clock(e.recorded_at)}` : '');
-      stateBody.replaceChildren(facts(state));
+      // A job still running at version v had run until that event, not until now.
+      stateBody.replaceChildren(facts(state, e ? Date.parse(e.recorded_at) : Date.now()));
     } catch (err) {
       if (err.name !== 'AbortError') message.show(err.detail ?? String(err));
     }
@@ -180,36 +181,43 @@ export function mount(root, { sc, job: jobId }, signal) {
   forward.addEventListener('click', () => showState((selected ?? events.length) + 1));
   latest.addEventListener('click', () => showState(null));
 
-  // Answers can cross: only the newest request's answer is shown.
+  /** Shows a job as an answer gave it; a final state is never replaced by an earlier one. */
+  function show(fresh) {
+    if (job && FINAL.has(job.status) && !FINAL.has(fresh.status)) return;
+    job = fresh;
+    renderNow();
+  }
+
+  // Answers can cross: only the newest request's answer is shown, and while a cancel is in
+  // flight no re-read starts, so its answer (`cancelling`) is shown before what follows.
   let jobTicket = 0;
+  let cancelRequest = null;
   const reread = throttle(async () => {
+    if (cancelRequest) await cancelRequest.catch(() => {});
     if (signal.aborted) return;
     const ticket = ++jobTicket;
     try {
       const fresh = await get(base, { signal });
-      if (ticket !== jobTicket) return;
-      job = fresh;
-      renderNow();
+      if (ticket === jobTicket) show(fresh);
     } catch (err) {
       if (err.name !== 'AbortError') message.show(err.detail ?? String(err));
     }
   }, 500);
 
   cancel.addEventListener('click', async () => {
-    cancel.disabled = true;
+    if (cancelRequest) return;
     message.clear();
-    const ticket = ++jobTicket;
+    cancelRequest = post(`${base}/cancel`, { signal });
     try {
-      const answer = await post(`${base}/cancel`, { signal });
-      if (ticket === jobTicket) {
-        job = answer;
-        renderNow();
-      }
+      const answer = await cancelRequest;
+      ++jobTicket; // re-reads sent before this answer are older than it
+      show(answer);
     } catch (err) {
       if (err.name === 'AbortError') return;
       // The API's own words: "Cannot cancel job in completed state", ...
       message.show(err instanceof ApiError ? err.detail : String(err));
-      cancel.disabled = false;
+    } finally {
+      cancelRequest = null;
     }
   });
 

@@ -51,6 +51,7 @@ export function mount(root, params, signal) {
   const streams = new Map(); // id -> AbortController
   let redraw = 0;
   let unsorted = false;
+  let loading = null; // {done, of} while the first load reads each connection's jobs
 
   function matches(job) {
     return !status.value || job.status === status.value;
@@ -59,19 +60,16 @@ export function mount(root, params, signal) {
   function cell(job) {
     const cancel = el('button', { type: 'button', class: 'danger', 'aria-label': `Cancel job ${shortId(job.id)}` }, 'Cancel');
     cancel.addEventListener('click', async () => {
-      cancel.disabled = true;
       message.clear();
       try {
         update(await post(`/source-connections/${job.source_connection_id}/jobs/${job.id}/cancel`, { signal }));
       } catch (e) {
         if (e.name === 'AbortError') return;
         message.show(`Cancel job ${shortId(job.id)}: ${e instanceof ApiError ? e.detail : e}`);
-      } finally {
-        cancel.disabled = false;
       }
     });
     const row = el('tr', { 'data-job': job.id },
-      el('td', {}, el('a', { href: `#/jobs/${job.source_connection_id}/${job.id}`, class: 'mono' }, shortId(job.id))),
+      el('td', {}, el('a', { href: `#/jobs/${job.source_connection_id}/${job.id}`, class: 'mono', title: job.id }, shortId(job.id))),
       el('td', {}, names.get(job.source_connection_id) ?? shortId(job.source_connection_id)),
       el('td', { 'data-field': 'status' }, statusBadge(job.status)),
       el('td', {}, time(job.started_at)),
@@ -108,7 +106,8 @@ export function mount(root, params, signal) {
     const counts = new Map();
     for (const job of jobs.values()) counts.set(job.status, (counts.get(job.status) ?? 0) + 1);
     summary.textContent = `${jobs.size} jobs: ` +
-      (STATUSES.filter((s) => counts.get(s)).map((s) => `${counts.get(s)} ${s}`).join(', ') || 'none');
+      (STATUSES.filter((s) => counts.get(s)).map((s) => `${counts.get(s)} ${s}`).join(', ') || 'none') +
+      (loading ? ` (loading: ${loading.done} of ${loading.of} source connections read)` : '');
     const prev = el('button', { type: 'button', disabled: page === 0 }, 'Previous');
     const next = el('button', { type: 'button', disabled: page >= pages - 1 }, 'Next');
     prev.addEventListener('click', () => { page -= 1; render(); });
@@ -125,6 +124,8 @@ export function mount(root, params, signal) {
   /** A job as the API now shows it: its row changes in place, or the page is redrawn. */
   function update(job) {
     const before = jobs.get(job.id);
+    // Answers can cross; a final state is never replaced by an earlier one.
+    if (before && FINAL.has(before.status) && !FINAL.has(job.status)) return;
     jobs.set(job.id, job);
     if (!before) {
       order.push(job.id);
@@ -196,15 +197,22 @@ export function mount(root, params, signal) {
     for (const c of list) names.set(c.id, c.name);
     const changed = list.filter((c) => all || c.status === 'syncing' || connectionStatus.get(c.id) !== c.status);
     for (const c of list) connectionStatus.set(c.id, c.status);
-    // A first load reads every job of every connection; later ones only the newest.
+    // A first load reads every job of every connection (one request each: the API lists
+    // jobs per connection), showing them as they come; later ones only the newest.
     const limit = all ? 1000 : 10;
+    if (all) loading = { done: 0, of: changed.length };
     await pool(changed, 4, async (c) => {
       try {
         for (const job of await get(`/source-connections/${c.id}/jobs?limit=${limit}`, { signal })) update(job);
       } catch (e) {
         if (e.name !== 'AbortError' && e.status !== 404) throw e;
       }
+      if (all) {
+        loading.done += 1;
+        scheduleRender();
+      }
     });
+    if (all) loading = null;
   }
 
   status.addEventListener('change', () => {

@@ -20,3 +20,4 @@ mod shutdown;
 mod source_connections;
 mod sse_client;
 mod subscribe;
+mod ui;
