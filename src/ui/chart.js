@@ -4,6 +4,7 @@
 const NS = 'http://www.w3.org/2000/svg';
 const SERIES = [
   ['inserted', '#1f5fa8'],
+  ['kept', '#57ab5a'],
   ['updated', '#8250df'],
   ['deleted', '#cf222e'],
   ['failed', '#e36209'],
@@ -19,12 +20,12 @@ function svg(tag, attrs = {}, text) {
   return node;
 }
 
-/** Points [{t: seconds, inserted, updated, deleted, failed}] from a job's events. */
+/** Points [{t: seconds, inserted, kept, updated, deleted, failed}] from a job's events. */
 export function points(events) {
   const start = events.find((e) => e.event.type === 'JobStarted') ?? events[0];
   if (!start) return [];
   const t0 = Date.parse(start.recorded_at);
-  const out = [{ t: 0, inserted: 0, updated: 0, deleted: 0, failed: 0 }];
+  const out = [{ t: 0, inserted: 0, kept: 0, updated: 0, deleted: 0, failed: 0 }];
   for (const e of events) {
     const counts = e.event.data?.counts;
     if (!counts) continue;

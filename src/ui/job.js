@@ -74,7 +74,7 @@ export function mount(root, { sc, job: jobId }, signal) {
       el('section', { class: 'card', 'aria-labelledby': 'chart-title' },
         el('h2', { id: 'chart-title' }, 'Progress'), chartBox,
         el('div', { class: 'legend', 'aria-hidden': 'true' },
-          ...['inserted', 'updated', 'deleted', 'failed'].map((k) => el('span', {}, el('span', { class: `swatch swatch-${k}` }), k))))),
+          ...['inserted', 'kept', 'updated', 'deleted', 'failed'].map((k) => el('span', {}, el('span', { class: `swatch swatch-${k}` }), k))))),
     el('section', { class: 'card', 'aria-labelledby': 'state-title' },
       stateTitle,
       el('div', { class: 'toolbar' }, back, forward, latest),

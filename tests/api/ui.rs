@@ -10,7 +10,12 @@ use std::collections::BTreeSet;
 /// The `/ui/...` paths a text names in `src="..."`, `href="..."` or `from './x.js'`.
 fn referenced(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for (open, close) in [("src=\"", '"'), ("href=\"", '"'), ("from '", '\''), ("import '", '\'')] {
+    for (open, close) in [
+        ("src=\"", '"'),
+        ("href=\"", '"'),
+        ("from '", '\''),
+        ("import '", '\''),
+    ] {
         for piece in text.split(open).skip(1) {
             let Some(target) = piece.split(close).next() else {
                 continue;
@@ -59,8 +64,17 @@ async fn the_dashboard_loads_without_a_key_with_every_file_it_needs_and_its_cont
         queue.extend(referenced(&body));
     }
     // index.html (twice: with and without the slash), its style sheet and icon, and modules.
-    for needed in ["/ui/app.js", "/ui/api.js", "/ui/job.js", "/ui/jobs.js", "/ui/style.css"] {
-        assert!(seen.contains(needed), "{needed} not reached from /ui: {seen:?}");
+    for needed in [
+        "/ui/app.js",
+        "/ui/api.js",
+        "/ui/job.js",
+        "/ui/jobs.js",
+        "/ui/style.css",
+    ] {
+        assert!(
+            seen.contains(needed),
+            "{needed} not reached from /ui: {seen:?}"
+        );
     }
 }
 
@@ -99,7 +113,10 @@ async fn unknown_files_and_other_methods_answer_json_and_data_routes_keep_their_
     let res = client.post(app.url("/ui")).send().await.unwrap();
     assert_eq!(res.status(), 405);
     assert_eq!(res.headers()["allow"], "GET, HEAD");
-    assert_eq!(res.text().await.unwrap(), r#"{"detail":"Method Not Allowed"}"#);
+    assert_eq!(
+        res.text().await.unwrap(),
+        r#"{"detail":"Method Not Allowed"}"#
+    );
     // Loading the page unlocks nothing: the API still wants the key.
     let res = client.get(app.url("/collections")).send().await.unwrap();
     assert_eq!(res.status(), 401);

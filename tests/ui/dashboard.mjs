@@ -2,13 +2,15 @@
 // enter the key, run a sync, watch its counts move, cancel it, see `cancelling` then
 // `cancelled`, read its timeline, step back to an earlier version; then a list of
 // 1,000 jobs. Writes a 1280x800 screenshot of each page to SCREENSHOTS.
-// Usage: node dashboard.mjs BASE_URL API_KEY SCREENSHOTS  (tests/ui/run starts the server)
+// Usage: node dashboard.mjs BASE_URL API_KEY SCREENSHOTS DATA_DIR  (tests/ui/run starts the
+// server on DATA_DIR with a 6 s cancel timeout)
 // Exits non-zero on the first broken promise, a page error, or a request that leaves the host.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 
-const [base, key, shots] = process.argv.slice(2);
+const [base, key, shots, dataDir] = process.argv.slice(2);
 const manyJobs = Number(process.env.SYNCJOBS_UI_TEST_JOBS ?? 1000);
 mkdirSync(shots, { recursive: true });
 const origin = new URL(base).origin;
@@ -160,7 +162,7 @@ try {
   assert.deepEqual(types.slice(-2), ['CancelRequested', 'Cancelled']);
   const request = timeline.filter({ hasText: 'CancelRequested' });
   assert.match(await request.locator('td').nth(2).textContent(), /api-key/);
-  assert.match(await request.locator('td').nth(4).textContent(), /watchdog after 180 s/);
+  assert.match(await request.locator('td').nth(4).textContent(), /watchdog after 6 s/);
   await page.getByRole('button', { name: 'Cancel job' }).click();
   await page.getByRole('alert').filter({ hasText: 'Cannot cancel job in cancelled state' }).waitFor();
   await shot('05-job-cancelled');
@@ -183,11 +185,49 @@ try {
   await page.locator('.timeline tr[aria-current=true]').scrollIntoViewIfNeeded();
   await shot('06-job-step-back');
 
+  step('a stuck destination: the watchdog\'s deadline counts down, then the job ends');
+  const again = await api('POST', `/source-connections/${slow.id}/run`);
+  await page.goto(`${base}/ui#/jobs/${slow.id}/${again.id}`);
+  await page.waitForFunction(() => Number(document.querySelector('#job-now [data-fact=inserted]')?.textContent.replace(/\D/g, '')) > 0);
+  // Another process holds the destination's database: the worker's writes wait, so its
+  // pipeline cannot stop and confirm the cancel.
+  const holder = spawn('python3', ['-c', [
+    'import sqlite3, sys, time',
+    `c = sqlite3.connect(${JSON.stringify(`${dataDir}/entities.db`)}, isolation_level=None, timeout=30)`,
+    'c.execute("BEGIN EXCLUSIVE")', 'print("locked", flush=True)', 'time.sleep(60)',
+  ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    await new Promise((resolve, reject) => {
+      holder.stdout.once('data', resolve);
+      holder.once('exit', (code) => reject(new Error(`lock holder exited with ${code}`)));
+    });
+    await page.getByRole('button', { name: 'Cancel job' }).click();
+    await page.locator('#job-now').getByText('cancelling').waitFor();
+    const watchdog = page.locator('#watchdog');
+    await watchdog.filter({ hasText: 'Watchdog forces "cancelled" in' }).waitFor();
+    const left = async () => Number((await watchdog.textContent()).match(/in ([\d.]+) s/)[1]);
+    const before = await left();
+    assert.ok(before <= 6, `deadline ${before} s away, the timeout is 6 s`);
+    await page.waitForTimeout(1200);
+    const after = await left();
+    assert.ok(after < before, `the countdown did not move: ${before} -> ${after}`);
+    await page.locator('.timeline').getByRole('cell', { name: 'CancelRequested', exact: true }).waitFor();
+    await shot('07-job-watchdog');
+    await page.locator('#job-now').getByText('cancelled').waitFor({ timeout: 60000 });
+    assert.ok(await watchdog.isHidden(), 'the countdown stays after the end');
+    const last = (await page.locator('.timeline tbody tr td:nth-child(4)').allTextContents()).pop();
+    step(`the job ended with ${last}`);
+    assert.ok(['ForceCancelled', 'Cancelled'].includes(last), last);
+    await shot('08-job-forced');
+  } finally {
+    holder.kill();
+  }
+
   if (manyJobs > 0) {
     step(`a list of ${manyJobs} more jobs`);
     const made = Date.now();
     const names = Array.from({ length: manyJobs }, (_, i) => i);
-    const workers = Array.from({ length: 8 }, async () => {
+    const workers = Array.from({ length: 4 }, async () => {
       while (names.length) {
         const i = names.pop();
         await api('POST', '/source-connections', {
@@ -199,7 +239,7 @@ try {
     });
     await Promise.all(workers);
     step(`made in ${((Date.now() - made) / 1000).toFixed(1)} s`);
-    const total = manyJobs + 2; // and the slow one's and the quick one's
+    const total = manyJobs + 3; // and the slow one's two and the quick one's
     const opened = Date.now();
     await page.goto(`${base}/ui#/jobs`);
     await page.locator('#jobs-summary').filter({ hasText: `${total} jobs` }).waitFor({ timeout: 120000 });
@@ -208,12 +248,12 @@ try {
     await page.getByRole('button', { name: 'Next' }).click();
     await page.getByText(`Page 2 of ${Math.ceil(total / 50)}`).waitFor();
     await page.getByLabel('Status', { exact: true }).selectOption('cancelled');
-    assert.equal(await page.locator('tbody tr[data-job]').count(), 1);
+    assert.equal(await page.locator('tbody tr[data-job]').count(), 2, 'the two cancelled runs');
     await page.getByLabel('Status', { exact: true }).selectOption('');
-    await shot('07-jobs-many');
+    await shot('09-jobs-many');
     await page.goto(`${base}/ui#/`);
     await page.locator('tr[data-connection]').nth(24).waitFor();
-    await shot('08-collections-many');
+    await shot('10-collections-many');
   }
 } catch (e) {
   await page.screenshot({ path: `${shots}/failure.png` }).catch(() => {});
