@@ -67,8 +67,8 @@ function login(reason) {
     el('label', { for: 'api-key' }, 'API key'),
     input,
     el('p', { id: 'api-key-help', class: 'muted' },
-      'Kept for this browser tab only (sessionStorage) and sent as the x-api-key header. ',
-      'Create one with `syncjobs keys create --org NAME`.'),
+      'Kept for this browser tab only (sessionStorage) and sent as the ', el('code', {}, 'x-api-key'),
+      ' header. Create one with ', el('code', {}, 'syncjobs keys create --org NAME'), '.'),
     message.node,
     el('button', { type: 'submit', class: 'primary' }, 'Use this key'),
   );

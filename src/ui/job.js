@@ -155,21 +155,30 @@ export function mount(root, { sc, job: jobId }, signal) {
   }
 
   let stateRequest = 0;
+  function stateHeading(v) {
+    const e = events[v - 1];
+    return `State after version ${v} of ${events.length}` +
+      (selected === null ? ' (latest)' : '') + (e ? `: ${e.event.type} at ${clock(e.recorded_at)}` : '');
+  }
+
   /** Shows the job after `version` (null: the latest, and keep following it). */
   async function showState(version) {
     selected = version === null || version >= events.length ? null : version;
     const v = selected ?? events.length;
     updateStepper();
     if (!v) return;
+    // The heading says at once which version is coming; the facts stay dimmed until it has.
+    stateTitle.textContent = stateHeading(v);
+    stateBody.setAttribute('aria-busy', 'true');
     const ticket = ++stateRequest;
     try {
       const state = await get(`${base}/state?version=${v}`, { signal });
       if (ticket !== stateRequest) return;
       const e = events[v - 1];
-      stateTitle.textContent = `State after version ${v} of ${events.length}` +
-        (selected === null ? ' (latest)' : '') + (e ? `: ${e.event.type} at ${clock(e.recorded_at)}` : '');
+      stateTitle.textContent = stateHeading(v);
       // A job still running at version v had run until that event, not until now.
       stateBody.replaceChildren(facts(state, e ? Date.parse(e.recorded_at) : Date.now()));
+      stateBody.setAttribute('aria-busy', 'false');
     } catch (err) {
       if (err.name !== 'AbortError') message.show(err.detail ?? String(err));
     }

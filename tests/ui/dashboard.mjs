@@ -165,21 +165,23 @@ try {
   assert.match(await request.locator('td').nth(4).textContent(), /watchdog after 6 s/);
   await page.getByRole('button', { name: 'Cancel job' }).click();
   await page.getByRole('alert').filter({ hasText: 'Cannot cancel job in cancelled state' }).waitFor();
+  const stateTitle = page.locator('#state-title');
+  await stateTitle.filter({ hasText: `version ${types.length} of ${types.length} (latest): Cancelled` }).waitFor();
+  await page.locator('#job-state[aria-busy=false]').getByText('cancelled').waitFor();
   await shot('05-job-cancelled');
 
   step('step back: the state after earlier versions');
-  const stateTitle = page.locator('#state-title');
-  await stateTitle.filter({ hasText: `of ${types.length} (latest)` }).waitFor();
   await page.getByRole('button', { name: '◀ Step back' }).click();
   await stateTitle.filter({ hasText: `version ${types.length - 1} of ${types.length}: CancelRequested` }).waitFor();
-  await page.locator('#job-state').getByText('cancelling').waitFor();
+  await page.locator('#job-state[aria-busy=false]').getByText('cancelling').waitFor();
   await page.getByRole('button', { name: '◀ Step back' }).click();
   await stateTitle.filter({ hasText: 'ProgressRecorded' }).waitFor();
-  await page.locator('#job-state').getByText('running').waitFor();
+  await page.locator('#job-state[aria-busy=false]').getByText('running').waitFor();
   // Further back: a version in the middle of the run has fewer entities than the end.
   const middle = Math.max(3, Math.floor(types.length / 2));
   await page.getByRole('button', { name: `State after version ${middle}`, exact: true }).click();
   await stateTitle.filter({ hasText: `State after version ${middle} of` }).waitFor();
+  await page.locator('#job-state[aria-busy=false]').waitFor();
   const then = Number((await page.locator('#job-state [data-fact=inserted]').textContent()).replace(/\D/g, ''));
   assert.ok(then < finalCount, `version ${middle} shows ${then}, the end ${finalCount}`);
   await page.locator('.timeline tr[aria-current=true]').scrollIntoViewIfNeeded();
