@@ -220,7 +220,7 @@ try {
     const last = (await page.locator('.timeline tbody tr td:nth-child(4)').allTextContents()).pop();
     step(`the job ended with ${last}`);
     assert.ok(['ForceCancelled', 'Cancelled'].includes(last), last);
-    await shot('08-job-forced');
+    await shot('08-job-ended');
   } finally {
     holder.kill();
   }
