@@ -4,7 +4,8 @@
 //!   crate of its own (`stores/sqlite`, the embedded default).
 //! - [`bus`]: the NATS relay that publishes the global log.
 //! - [`app`]: the use cases (create, delete, run, cancel, keys), called by the API and the CLI.
-//! - [`api`]: actix-web routes speaking Airweave's public API: parse, call a use case, answer.
+//! - [`api`]: actix-web routes speaking Airweave's public API: parse, call a use case, answer;
+//!   and the dashboard at `/ui`, whose files (`src/ui/`) are embedded in the binary.
 //! - [`replay`]: history, time travel and verification of the log.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring and logs.
 //! - [`datadir`]: one server per data directory (an OS lock), files for the owner only.

@@ -10,6 +10,7 @@
 //!   version; [`subscribe`]: Airweave's progress stream; [`sse`]: following a job's stream
 //!   in the log, shared by both streams; [`live`]: the one follower of the log that fans
 //!   each job's events out to its open streams.
+//! - [`ui`]: the dashboard at `/ui`, static files from `src/ui/` embedded in the binary.
 //! - [`input`]: bounded, typed reading of bodies, paths and queries; [`error`]: the one
 //!   mapping of failures to HTTP statuses and texts; [`wire`]: response bodies and
 //!   [`respond`]: their 200s.
@@ -33,6 +34,7 @@ pub mod source_connections;
 pub mod sse;
 pub mod state;
 pub mod subscribe;
+pub mod ui;
 pub mod wire;
 
 pub use error::ApiError;

@@ -1,7 +1,7 @@
 //! The endpoint table and its registration as a tree of scopes; JSON 404s and 405s.
 
 use super::error::ApiError;
-use super::{collections, health, history, jobs, openapi, source_connections, subscribe};
+use super::{collections, health, history, jobs, openapi, source_connections, subscribe, ui};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse, ResponseError, Route};
@@ -89,7 +89,8 @@ pub fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
-/// Registers every endpoint, with JSON 405s for other methods on a known path.
+/// Registers every endpoint, with JSON 405s for other methods on a known path, and the
+/// dashboard.
 ///
 /// The paths are registered as a tree of `web::scope`s (one per shared leading segment)
 /// rather than as a flat list: actix tries a list's resources in order, running a regex for
@@ -97,6 +98,8 @@ pub fn endpoints() -> Vec<Endpoint> {
 /// it found its own; the tree runs one per parameter (BENCHMARKS.md #2). A scope passes
 /// unknown paths to the app's default service, so 404s and 405s answer as before.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // The dashboard's static files: not API endpoints (no key, not in the OpenAPI document).
+    ui::configure(cfg);
     let all = endpoints();
     let mut root = RouteNode::default();
     for e in &all {

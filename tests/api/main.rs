@@ -21,3 +21,4 @@ mod shutdown;
 mod source_connections;
 mod sse_client;
 mod subscribe;
+mod ui;
