@@ -7,6 +7,7 @@
 //! - [`api`]: actix-web routes speaking Airweave's public API: parse, call a use case, answer.
 //! - [`replay`]: history, time travel and verification of the log.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring and logs.
+//! - [`metrics`]: `/metrics` in the Prometheus text format, and the few points that feed it.
 //! - [`datadir`]: one server per data directory (an OS lock), files for the owner only.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod backend;
 pub mod bus;
 pub mod config;
 pub mod datadir;
+pub mod metrics;
 pub mod replay;
 pub mod startup;
 pub mod telemetry;

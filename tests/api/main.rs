@@ -11,6 +11,7 @@ mod history;
 mod input;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod openapi;
 mod process;
 mod protocol;
