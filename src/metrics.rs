@@ -314,7 +314,7 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// The HTTP middleware: counts and times every request by its route pattern (`unmatched`
-/// for a path no route serves).
+/// for a path no route serves). A stream's time is until its head is sent, not its end.
 pub async fn track_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
