@@ -8,6 +8,7 @@
 //!   and the dashboard at `/ui`, whose files (`src/ui/`) are embedded in the binary.
 //! - [`replay`]: history, time travel and verification of the log.
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring and logs.
+//! - [`metrics`]: `/metrics` in the Prometheus text format, and the few points that feed it.
 //! - [`datadir`]: one server per data directory (an OS lock), files for the owner only.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod backend;
 pub mod bus;
 pub mod config;
 pub mod datadir;
+pub mod metrics;
 pub mod replay;
 pub mod startup;
 pub mod telemetry;

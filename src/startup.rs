@@ -10,6 +10,7 @@ use crate::app::keys::{self, Bootstrap, KeysError, NewKey};
 use crate::backend::ReadModelAt;
 use crate::bus::{spawn_relay, RelayConfig, RelayHandle, RelayMonitor};
 use crate::config::Settings;
+use crate::metrics::{follow_jobs, MeteredStore, Metrics};
 use crate::telemetry;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
@@ -28,6 +29,7 @@ use syncjobs_domain::{EventStore, SharedClock};
 use syncjobs_projections::{
     spawn_projector, Projection, ProjectorConfig, ProjectorHandle, ReadError,
 };
+use tokio_util::sync::CancellationToken;
 
 /// How long start-up waits for the read model to catch up with the log before serving.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -102,10 +104,17 @@ pub struct Application {
     jobs: Jobs,
     bootstrap: Bootstrap,
     state: web::Data<AppState>,
+    metrics_stop: CancellationToken,
 }
 
 impl Application {
-    pub async fn build(settings: &Settings, c: Components) -> Result<Application, StartupError> {
+    pub async fn build(
+        settings: &Settings,
+        mut c: Components,
+    ) -> Result<Application, StartupError> {
+        // Every append of this process, whatever the backend, is timed for /metrics.
+        let metrics = Arc::new(Metrics::new());
+        c.store = MeteredStore::wrap(c.store, metrics.clone());
         std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartupError::DataDir {
             path: settings.data_dir.display().to_string(),
             source,
@@ -157,6 +166,7 @@ impl Application {
                     .map_err(|e| StartupError::Relay(redact(&e.to_string()).into_owned()))?;
                 let relay = spawn_relay(c.store.clone(), cfg);
                 probes.push(Arc::new(RelayProbe(relay.monitor())));
+                metrics.watch_relay(relay.monitor());
                 tracing::info!(url = %url, "NATS relay started");
                 Some(relay)
             }
@@ -166,7 +176,16 @@ impl Application {
         // The write side: recovers unfinished jobs before it takes commands. The read model
         // has just caught up with the log's head, so it names them; each is then rebuilt from
         // its own stream.
+        let folded = projection.position();
         let unfinished = projection.read(async |m| m.unfinished_jobs().await).await?;
+        let metrics_stop = CancellationToken::new();
+        follow_jobs(
+            c.store.clone(),
+            metrics.clone(),
+            folded,
+            unfinished.clone(),
+            metrics_stop.clone(),
+        );
         let jobs = start_supervisor(
             c.store.clone(),
             c.runner,
@@ -194,6 +213,7 @@ impl Application {
             probes,
             streams: Default::default(),
             live,
+            metrics,
         });
 
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
@@ -220,6 +240,7 @@ impl Application {
             jobs,
             bootstrap,
             state,
+            metrics_stop,
         })
     }
 
@@ -249,6 +270,7 @@ impl Application {
         let result = self.server.await;
         tracing::info!("HTTP server stopped; stopping job actors and the projector");
         self.state.live.shutdown();
+        self.metrics_stop.cancel();
         self.jobs.shutdown().await;
         if let Some(relay) = self.relay {
             relay.shutdown().await;
@@ -331,6 +353,7 @@ fn serve(
             .default_service(web::to(api::not_found))
             // `/collections/` and `//collections` route as `/collections`.
             .wrap(NormalizePath::trim())
+            .wrap(from_fn(crate::metrics::track_request))
             .wrap(from_fn(log_request))
     })
     .listen(listener)?

@@ -5,7 +5,8 @@
 //! - [`routes`]: the endpoint table and its registration; [`state`]: what handlers share.
 //! - [`auth`]: `x-api-key` -> the [`crate::app::Caller`]; [`keys`]: the key flows and the
 //!   key hash under the names the tests use (`app::keys`, `syncjobs_domain::access`).
-//! - [`collections`], [`source_connections`], [`jobs`]: the handlers; [`health`], [`openapi`].
+//! - [`collections`], [`source_connections`], [`jobs`]: the handlers; [`health`], [`openapi`]
+//!   (`/metrics` is [`crate::metrics`]).
 //! - [`history`]: a job's own events (JSON or server-sent events) and its state at any
 //!   version; [`subscribe`]: Airweave's progress stream; [`sse`]: following a job's stream
 //!   in the log, shared by both streams; [`live`]: the one follower of the log that fans

@@ -22,6 +22,9 @@ pub fn endpoints() -> Vec<Endpoint> {
     };
     vec![
         e(Method::GET, "/health", || web::get().to(health::health)),
+        e(Method::GET, "/metrics", || {
+            web::get().to(crate::metrics::scrape)
+        }),
         e(Method::GET, "/openapi.json", || {
             web::get().to(openapi::document)
         }),
@@ -190,6 +193,10 @@ impl<'a> RouteNode<'a> {
 
     fn resource(path: &str, endpoints: &[&Endpoint]) -> actix_web::Resource {
         let mut resource = web::resource(path);
+        if let Some(e) = endpoints.first() {
+            // The label of its requests on /metrics (the full pattern, not the scope's tail).
+            resource = resource.app_data(crate::metrics::RoutePattern::of(e.path));
+        }
         for e in endpoints {
             resource = resource.route((e.route)());
         }

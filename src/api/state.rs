@@ -41,6 +41,8 @@ pub struct AppState {
     pub streams: sse::OpenStreams,
     /// The one follower of the log that feeds every live stream.
     pub live: LiveJobs,
+    /// What `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Deref for AppState {

@@ -12,6 +12,7 @@ mod history;
 mod input;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod openapi;
 mod process;
 mod protocol;
