@@ -417,6 +417,10 @@ async fn run(
     let mut purging = true;
     loop {
         tokio::select! {
+            // In this order: events are folded before anything else starts, and a purge
+            // step (which cannot be interrupted once running) starts only when no batch is
+            // waiting, so a command's fold waits behind one step at most.
+            biased;
             _ = &mut stop => break,
             next = events.next() => match next {
                 None => {
@@ -436,7 +440,6 @@ async fn run(
                     tokio::time::sleep(ERROR_BACKOFF).await;
                 }
             },
-            more = writer.purge(), if purging => purging = more,
             _ = poll.tick() => {
                 // Events of other processes: the follower would only see them at the next
                 // local commit. Poll only while the follower is idle (a busy one will get
@@ -468,6 +471,7 @@ async fn run(
                     events = follow_batches(store.clone(), polled_at);
                 }
             }
+            more = writer.purge(), if purging => purging = more,
         }
     }
 }

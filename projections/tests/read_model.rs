@@ -816,6 +816,69 @@ async fn the_projector_follows_live_appends_and_commits_them() {
     );
 }
 
+/// A delete of a connection with many jobs leaves a long purge to run, in steps; a command's
+/// events arriving meanwhile are folded between two steps (a command waits for its fold),
+/// not after the whole purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projector_folds_new_events_before_it_goes_on_purging() {
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let c = h.collection(org, "c").await;
+    let sc = h.source_connection(org, c, "big").await;
+    let steps = 40;
+    for _ in 0..steps * syncjobs_projections::db::fold::PURGE_BATCH {
+        h.job(org, sc, &[started(), completed(1)]).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = h.store.clone();
+    let (projection, writer) =
+        Projection::open(&dir.path().join("read_model.db"), u64::MAX).unwrap();
+    let handle = spawn_projector(store.clone(), writer, ProjectorConfig { poll_every: None });
+    let head = *store.watch_head().borrow();
+    projection
+        .wait_for(head, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let rows = async || projection.read(async |v| v.job_rows().await).await.unwrap();
+    let before = rows().await;
+    h.append(
+        &stream::source_connection(sc),
+        SourceConnectionEvent::SourceConnectionDeleted {
+            source_connection_id: sc,
+        },
+    )
+    .await;
+    let deleted = *store.watch_head().borrow();
+    projection
+        .wait_for(deleted, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // A command meanwhile: its event is folded while most of the purge is still to do.
+    let other = h.collection(org, "made during the purge").await;
+    let made = *store.watch_head().borrow();
+    projection
+        .wait_for(made, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let left = rows().await;
+    assert!(
+        left > before / 2,
+        "the command's fold waited for the purge: {left} of {before} rows left"
+    );
+    assert!(projection
+        .read(async |m| m.collection_by_id(other).await)
+        .await
+        .unwrap()
+        .is_some());
+    // And the purge then finishes by itself.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while rows().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the purge finishes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn waiting_for_a_position_nobody_writes_is_bounded() {
     let m = Model::new(Engine::Sqlite).await;
