@@ -77,7 +77,19 @@ impl App {
             .projection
             .read(async |m| lookup::source_connection(m, caller, source_connection_id).await)
             .await?;
-        let (short_name, config) = (sc.short_name, sc.config);
+        self.create_job(caller, source_connection_id, sc.short_name, sc.config)
+            .await
+    }
+
+    /// [`App::start_job`] for a connection whose source and config the caller knows (it has
+    /// just created it): no read of the read model, which may not show the connection yet.
+    pub(super) async fn create_job(
+        &self,
+        caller: &Caller,
+        source_connection_id: Uuid,
+        short_name: String,
+        config: serde_json::Value,
+    ) -> Result<CommandOutcome, Error> {
         let outcome = match self
             .jobs
             .create(NewJob {

@@ -92,7 +92,7 @@ impl App {
             name,
             description: new.description.map(str::to_owned),
             short_name: short_name.to_owned(),
-            config,
+            config: config.clone(),
             auth_method: method.to_owned(),
             authenticated: true,
         };
@@ -102,8 +102,12 @@ impl App {
         let mut position = last_position(&recorded);
         tracing::info!(source_connection_id = %id, %short_name, "source connection created");
         if new.sync_immediately {
-            self.settle(position).await;
-            position = position.max(self.start_job(caller, id).await?.position);
+            // Its first job from what was just recorded, not from the read model: a read
+            // model lagging past the wait's bound must not answer "not found" for it.
+            let job = self
+                .create_job(caller, id, short_name.to_owned(), config)
+                .await?;
+            position = position.max(job.position);
         }
         self.settle(position).await;
         Ok(id)

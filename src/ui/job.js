@@ -99,6 +99,11 @@ export function mount(root, { sc, job: jobId }, signal) {
     renderCountdown();
   }
 
+  // The countdown moves by the clock, not only when an event arrives: a worker that cannot
+  // confirm a cancel sends nothing until the watchdog fires.
+  const tick = setInterval(() => { if (!countdown.hidden) renderCountdown(); }, 250);
+  signal.addEventListener('abort', () => clearInterval(tick));
+
   function renderCountdown() {
     const request = job?.status === 'cancelling' && [...events].reverse().find((e) => e.event.type === 'CancelRequested');
     if (!request) {
