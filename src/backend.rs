@@ -200,6 +200,8 @@ fn kurrentdb(url: &str) -> Result<OpenedStore, BackendError> {
         })?;
     Ok(OpenedStore {
         store,
+        // In the data directory, in SQLite, as with the embedded store.
+        read_model: ReadModelAt::DataDir,
         _owner: None,
     })
 }
