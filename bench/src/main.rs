@@ -9,7 +9,7 @@
 //! - The benchmarks, one module each: [`append`] (#1), [`http_get`] (#2), [`cancel`] (#3),
 //!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7), [`streams`] (#8),
 //!   [`delete`] (#9), [`stall`] (#10, run only when named or with `--history`), [`postgres`]
-//!   (#11: the PostgreSQL store).
+//!   (#11 and #12: the PostgreSQL store).
 //! - Their baselines: [`raw`] (plain rusqlite doing the same physical work) and
 //!   [`baseline_server`] (#2's bare actix-web server).
 //! - What they drive: [`server`] (starts and stops the processes), [`client`] (the REST API),
@@ -147,7 +147,7 @@ struct Bench {
     target: &'static str,
 }
 
-const BENCHES: [Bench; 11] = [
+const BENCHES: [Bench; 12] = [
     Bench {
         number: 1,
         title: "durable appends/s, 1/16/256 concurrent appenders",
@@ -203,6 +203,11 @@ const BENCHES: [Bench; 11] = [
         title:
             "PostgreSQL: durable appends/s (1/16/256 appenders), follower delay across processes",
         target: ">= 0.8 x raw INSERTs at 256 appenders (issue #14)",
+    },
+    Bench {
+        number: 12,
+        title: "PostgreSQL: first start on 100k jobs / 1M events until ready",
+        target: "<= 2 x a raw COPY of the events table (issue #14)",
     },
 ];
 
@@ -364,6 +369,7 @@ async fn run_one(number: u8, config: &Config) -> Result<Outcome> {
         9 => delete::run(config).await,
         10 => stall::run(config).await,
         11 => postgres::run(config).await,
+        12 => postgres::recovery(config).await,
         n => Err(BenchError::failed(format!("no benchmark #{n}"))),
     }
 }

@@ -26,14 +26,14 @@ use syncjobs_domain::{EventStore, ExpectedVersion};
 use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 use uuid::Uuid;
 
-const JOBS: u64 = 100_000;
-const QUICK_JOBS: u64 = 10_000;
+pub const JOBS: u64 = 100_000;
+pub const QUICK_JOBS: u64 = 10_000;
 const JOBS_PER_CONNECTION: u64 = 100;
 const CONNECTIONS_PER_COLLECTION: u64 = 100;
 /// Concurrent appenders while generating: enough for the store's group commit to write
 /// thousands of events per transaction.
 const APPENDERS: usize = 64;
-const READY_TIMEOUT: Duration = Duration::from_secs(900);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(900);
 const TARGET: f64 = 2.0;
 
 /// What a generated store holds.
@@ -221,7 +221,7 @@ pub async fn generate_command(args: GenerateArgs) -> Result<()> {
 }
 
 /// The read model must show what was generated, or the start measured nothing.
-fn check_projected(health: &serde_json::Value, generated: &Generated) -> Result<()> {
+pub fn check_projected(health: &serde_json::Value, generated: &Generated) -> Result<()> {
     // The bench key's organization is the generated one, so its counts are all of them.
     let seen = health["projection"]["source_connections"].as_u64();
     if seen.is_none_or(|n| n < generated.connections) {
@@ -236,12 +236,25 @@ fn check_projected(health: &serde_json::Value, generated: &Generated) -> Result<
 /// Writes the store: the organization, its collections and source connections, then the
 /// shape's completed job streams, each in one append, from [`APPENDERS`] concurrent appenders.
 pub async fn generate(store_dir: &Path, shape: Shape) -> Result<Generated> {
-    let Shape { jobs, heavy_jobs } = shape;
     let started = Instant::now();
     let store = {
         let dir = store_dir.to_path_buf();
         tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)).await??
     };
+    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let generated = generate_into(&dyn_store, shape, started).await;
+    store.close();
+    store.closed().await;
+    generated
+}
+
+/// [`generate`]'s history, appended to any store (#12 writes it into PostgreSQL).
+pub async fn generate_into(
+    store: &Arc<dyn EventStore>,
+    shape: Shape,
+    started: Instant,
+) -> Result<Generated> {
+    let Shape { jobs, heavy_jobs } = shape;
     let organization_id = Uuid::new_v4();
     let epoch = Utc::now() - TimeDelta::days(200);
     let mut events = 0;
@@ -294,7 +307,7 @@ pub async fn generate(store_dir: &Path, shape: Shape) -> Result<Generated> {
     }
     events += setup.len() as u64;
     let setup = Arc::new(std::sync::Mutex::new(setup));
-    drain(&store, APPENDERS, move || {
+    drain(store, APPENDERS, move || {
         setup.lock().unwrap_or_else(|p| p.into_inner()).pop()
     })
     .await?;
@@ -306,7 +319,7 @@ pub async fn generate(store_dir: &Path, shape: Shape) -> Result<Generated> {
     let connection_ids = Arc::new(connection_ids);
     let next = Arc::new(AtomicU64::new(0));
     let total = jobs + heavy_jobs;
-    drain(&store, APPENDERS, move || {
+    drain(store, APPENDERS, move || {
         let j = next.fetch_add(1, Ordering::Relaxed);
         if j >= total {
             return None;
@@ -337,8 +350,6 @@ pub async fn generate(store_dir: &Path, shape: Shape) -> Result<Generated> {
     events += total * EVENTS_PER_JOB;
 
     let head = *store.watch_head().borrow();
-    store.close();
-    store.closed().await;
     if head != events {
         return Err(BenchError::failed(format!(
             "generated {events} events but the store's head is {head}"
@@ -355,7 +366,7 @@ pub async fn generate(store_dir: &Path, shape: Shape) -> Result<Generated> {
 
 /// Appends what `next` yields (each a new stream) from `appenders` concurrent tasks until
 /// it yields nothing.
-async fn drain<F>(store: &Arc<EmbeddedStore>, appenders: usize, next: F) -> Result<()>
+async fn drain<F>(store: &Arc<dyn EventStore>, appenders: usize, next: F) -> Result<()>
 where
     F: Fn() -> Option<(String, Vec<NewEvent>)> + Send + Sync + 'static,
 {
