@@ -125,6 +125,13 @@ async fn a_write_rolled_back_by_a_deadlock_is_retried_and_counted_once() {
     dest.write(scid, Uuid::new_v4(), v(1), 0).await.unwrap();
     // Another transaction holds "b"; the write locks "a" (ids in order), then waits for "b".
     let mut other = h.0.client().await;
+    // Whichever backend's deadlock check runs first is the victim: this one checks late,
+    // so the write is always the one rolled back (else, on a loaded machine, the test's
+    // own transaction could be, and nothing would be retried).
+    other
+        .batch_execute("SET deadlock_timeout = '30s'")
+        .await
+        .unwrap();
     let tx = other.transaction().await.unwrap();
     let lock = "UPDATE syncjobs_entities SET content = content WHERE entity_id = $1";
     tx.execute(lock, &[&"b"]).await.unwrap();
