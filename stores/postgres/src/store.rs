@@ -304,11 +304,15 @@ pub(crate) fn join_error(e: tokio::task::JoinError) -> StoreError {
     }
 }
 
-/// What the URL leaves unset, set so that a vanished peer is noticed: TCP keepalives (libpq's
-/// defaults wait two hours), a bound on unacknowledged sends, and a server-side end to a
-/// session left idle inside a transaction, since an append transaction holds the append lock
-/// and a node cut off mid-append must not hold every other node's appends for long.
+/// What the URL leaves unset, set so that a vanished peer is noticed: a bound on connecting,
+/// TCP keepalives (libpq's defaults wait two hours), a bound on unacknowledged sends, and a
+/// server-side end to a session left idle inside a transaction, since an append transaction
+/// holds the append lock and a node cut off mid-append must not hold every other node's
+/// appends for long.
 pub fn tune(config: &mut tokio_postgres::Config, timeouts: &Timeouts) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(timeouts.connect);
+    }
     if config.get_keepalives() {
         if config.get_keepalives_idle() == LIBPQ_KEEPALIVE_IDLE {
             config.keepalives_idle(KEEPALIVE_IDLE);
@@ -340,9 +344,6 @@ pub(crate) fn parse_config(
     let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
         StoreError::Backend(format!("not a PostgreSQL URL: {}", redact(&e.to_string())))
     })?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(timeouts.connect);
-    }
     tune(&mut config, timeouts);
     if config.get_application_name().is_none() {
         config.application_name("syncjobs");

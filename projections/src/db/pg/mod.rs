@@ -123,9 +123,6 @@ impl PgDb {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| ReadError::Config(e.to_string()))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(timeouts.connect);
-        }
         syncjobs_store_postgres::tune(&mut config, &timeouts);
         if config.get_application_name().is_none() {
             config.application_name("syncjobs-read-model");
