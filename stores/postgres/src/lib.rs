@@ -75,5 +75,5 @@ pub mod writer;
 
 pub use destination::PgDestination;
 pub use listen::LISTENER_NAME;
-pub use store::{tune, PgStore, Schema, Timeouts, POOL_SIZE};
+pub use store::{tune, OwnRuntime, PgStore, Schema, Timeouts, POOL_SIZE};
 pub use syncjobs_domain::StoreError;

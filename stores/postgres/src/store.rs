@@ -146,9 +146,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A runtime of the store's own, shut down without waiting when the store goes (dropping a
-/// runtime from async code would panic).
-pub(crate) struct OwnRuntime(pub(crate) Option<tokio::runtime::Runtime>);
+/// A runtime of a component's own (the store, the destination, the read model), shut down
+/// without waiting when the component goes (dropping a runtime from async code would panic).
+pub struct OwnRuntime(pub Option<tokio::runtime::Runtime>);
 
 impl Drop for OwnRuntime {
     fn drop(&mut self) {

@@ -26,7 +26,7 @@ use super::{ReadError, PROJECTION_NAME, SCHEMA_VERSION};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use std::time::Duration;
-use syncjobs_store_postgres::Timeouts;
+use syncjobs_store_postgres::{OwnRuntime, Timeouts};
 use tokio_postgres::NoTls;
 
 const SCHEMA: &str = include_str!("schema.sql");
@@ -46,18 +46,6 @@ const TABLES: [&str; 8] = [
 const SCHEMA_LOCK: i64 = 0x5359_4e43_5245_4144; // "SYNCREAD"
 /// Read connections a node keeps (the writer takes one more while it commits).
 const POOL_SIZE: usize = 16;
-
-/// A runtime of the read model's own, shut down without waiting when it goes (dropping a
-/// runtime from async code would panic).
-struct OwnRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for OwnRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
 
 /// Opens connections on the read model's runtime, which then drives them.
 struct OnRuntime(tokio::runtime::Handle);
