@@ -81,23 +81,19 @@ impl Table {
     }
 }
 
-/// A source connection's run counter.
+/// A source connection's run counter: its index in [`RunCounts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Run {
-    Total,
-    Successful,
-    Failed,
+    Total = 0,
+    Successful = 1,
+    Failed = 2,
 }
 
-impl Run {
-    pub fn column(self) -> &'static str {
-        match self {
-            Run::Total => "total_runs",
-            Run::Successful => "successful_runs",
-            Run::Failed => "failed_runs",
-        }
-    }
-}
+/// Runs to add to a source connection: total, successful, failed.
+pub(crate) type RunCounts = [i64; 3];
+
+/// Deltas of an organization's `/health` counts: collections, connections, active jobs.
+pub(crate) type OrgCounts = [i64; 3];
 
 /// A job row as written (the state already encoded).
 pub(crate) struct JobRow {
@@ -111,19 +107,24 @@ pub(crate) struct JobRow {
 
 /// The row operations of the fold, on an engine's open transaction. Times are passed in
 /// the model's text encoding ([`super::time`]), which both engines store.
+///
+/// The lookups a batch needs are asked for the whole batch at once and the counters are
+/// summed in memory and written once at its end: on PostgreSQL each call is a round trip,
+/// and one per event made a first start 44x slower than reading the log (bench #12).
 pub(crate) trait Rows {
     async fn has_row(&self, table: Table, id: Uuid) -> Result<bool, ReadError>;
     /// Deletes the row; the organization it belonged to, if it existed.
     async fn remove_row(&self, table: Table, id: Uuid) -> Result<Option<Uuid>, ReadError>;
-    /// Adds to an organization's `/health` counts (collections, connections, active jobs).
-    async fn add_counts(&self, organization_id: Uuid, deltas: [i64; 3]) -> Result<(), ReadError>;
-    /// The organization of an existing source connection.
-    async fn connection_organization(&self, id: Uuid) -> Result<Option<Uuid>, ReadError>;
-    async fn count_run(&self, source_connection_id: Uuid, run: Run) -> Result<(), ReadError>;
+    /// Adds to organizations' `/health` counts (each organization once).
+    async fn add_counts(&self, deltas: &[(Uuid, OrgCounts)]) -> Result<(), ReadError>;
+    /// The organizations of those of `ids` that exist, as (connection, organization).
+    async fn connection_organizations(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>, ReadError>;
+    /// Adds to source connections' run counters (each connection once; gone ones ignored).
+    async fn count_runs(&self, runs: &[(Uuid, RunCounts)]) -> Result<(), ReadError>;
     /// The stored state of a job (live or final), if it has a row.
     async fn stored_job(&self, id: Uuid) -> Result<Option<JobState>, ReadError>;
-    /// The live jobs among `ids`, with their creation positions.
-    async fn live_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError>;
+    /// The jobs among `ids` that have a row (live or final), with their creation positions.
+    async fn stored_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError>;
     /// Active job rows of a source connection.
     async fn active_jobs_of(&self, source_connection_id: Uuid) -> Result<i64, ReadError>;
     async fn delete_job(&self, id: Uuid) -> Result<(), ReadError>;
@@ -163,16 +164,22 @@ impl Fold {
         events: Vec<RecordedEvent>,
     ) -> Result<Committed, ReadError> {
         let invalidations = Committed::of(&events);
-        if !self.complete {
-            self.load_touched(rows, &events).await?;
-        }
+        let stored_final = if self.complete {
+            None
+        } else {
+            Some(self.load_touched(rows, &events).await?)
+        };
+        let connections = self.load_connections(rows, &events).await?;
         let mut position = self.position;
         let mut batch = Batch {
             rows,
             live: &mut self.live,
             touched: HashSet::new(),
             finished: HashMap::new(),
-            connections: HashMap::new(),
+            stored_final,
+            connections,
+            org_counts: HashMap::new(),
+            runs: HashMap::new(),
         };
         for e in events {
             if e.global_position <= position {
@@ -182,6 +189,7 @@ impl Fold {
             batch.apply(e).await?;
         }
         batch.write_jobs().await?;
+        batch.write_counts().await?;
         self.position = position;
         Ok(Committed {
             position,
@@ -189,12 +197,14 @@ impl Fold {
         })
     }
 
-    /// Loads the live jobs this batch's job events touch that are not in memory.
+    /// Loads the rows of the jobs this batch's job events touch that are not in memory: the
+    /// live ones into `live`; the statuses of the final ones are returned (a job of the
+    /// batch in neither has no row).
     async fn load_touched<R: Rows>(
         &mut self,
         rows: &R,
         events: &[RecordedEvent],
-    ) -> Result<(), ReadError> {
+    ) -> Result<HashMap<Uuid, JobStatus>, ReadError> {
         let mut ids: Vec<Uuid> = events
             .iter()
             .filter(|e| e.global_position > self.position && matches!(e.event, Event::Job(_)))
@@ -203,13 +213,53 @@ impl Fold {
             .collect();
         ids.sort_unstable();
         ids.dedup();
+        let mut stored_final = HashMap::new();
         if ids.is_empty() {
-            return Ok(());
+            return Ok(stored_final);
         }
-        for job in rows.live_jobs(&ids).await? {
-            self.live.insert(job.state.job_id, job);
+        for job in rows.stored_jobs(&ids).await? {
+            if job.state.status.is_final() {
+                stored_final.insert(job.state.job_id, job.state.status);
+            } else {
+                self.live.insert(job.state.job_id, job);
+            }
         }
-        Ok(())
+        Ok(stored_final)
+    }
+
+    /// The organizations of the source connections this batch's job events belong to (a
+    /// job's creation and its end each need it), as they are before the batch; `None` for
+    /// those that do not exist.
+    async fn load_connections<R: Rows>(
+        &self,
+        rows: &R,
+        events: &[RecordedEvent],
+    ) -> Result<HashMap<Uuid, Option<Uuid>>, ReadError> {
+        let mut ids: Vec<Uuid> = events
+            .iter()
+            .filter(|e| e.global_position > self.position)
+            .filter_map(|e| match &e.event {
+                Event::Job(SyncJobEvent::JobCreated {
+                    source_connection_id,
+                    ..
+                }) => Some(*source_connection_id),
+                Event::Job(_) => stream::job_id(&e.stream_id)
+                    .and_then(|id| self.live.get(&id))
+                    .map(|j| j.state.source_connection_id),
+                _ => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut connections: HashMap<Uuid, Option<Uuid>> =
+            ids.iter().map(|id| (*id, None)).collect();
+        if ids.is_empty() {
+            return Ok(connections);
+        }
+        for (id, org) in rows.connection_organizations(&ids).await? {
+            connections.insert(id, Some(org));
+        }
+        Ok(connections)
     }
 }
 
@@ -221,9 +271,15 @@ struct Batch<'t, R> {
     touched: HashSet<Uuid>,
     /// Jobs that became final in this batch (no longer in `live`).
     finished: HashMap<Uuid, LiveJob>,
-    /// Source connection -> its organization if it exists, as looked up in this batch (a
-    /// job's creation and its end each need it; a rebuild folds one of each per job).
+    /// When the batch's job rows were loaded at its start (a shared database): the final
+    /// ones' statuses; a job of the batch in none of `live`, `finished` and this has no row.
+    stored_final: Option<HashMap<Uuid, JobStatus>>,
+    /// Source connection -> its organization if it exists, loaded at the batch's start and
+    /// kept up to date by its events.
     connections: HashMap<Uuid, Option<Uuid>>,
+    /// Counter changes, written once at the batch's end.
+    org_counts: HashMap<Uuid, OrgCounts>,
+    runs: HashMap<Uuid, RunCounts>,
 }
 
 impl<R: Rows> Batch<'_, R> {
@@ -232,9 +288,44 @@ impl<R: Rows> Batch<'_, R> {
         if let Some(org) = self.connections.get(&id) {
             return Ok(*org);
         }
-        let org = self.rows.connection_organization(id).await?;
+        let org = self
+            .rows
+            .connection_organizations(&[id])
+            .await?
+            .first()
+            .map(|(_, org)| *org);
         self.connections.insert(id, org);
         Ok(org)
+    }
+
+    fn add_counts(&mut self, organization_id: Uuid, deltas: OrgCounts) {
+        let counts = self.org_counts.entry(organization_id).or_default();
+        for (c, d) in counts.iter_mut().zip(deltas) {
+            *c += d;
+        }
+    }
+
+    fn count_run(&mut self, source_connection_id: Uuid, run: Run) {
+        self.runs.entry(source_connection_id).or_default()[run as usize] += 1;
+    }
+
+    /// Writes the summed counters (in id order, so that two writers lock rows alike).
+    async fn write_counts(&mut self) -> Result<(), ReadError> {
+        let mut orgs: Vec<(Uuid, OrgCounts)> = self
+            .org_counts
+            .drain()
+            .filter(|(_, d)| d.iter().any(|n| *n != 0))
+            .collect();
+        if !orgs.is_empty() {
+            orgs.sort_unstable_by_key(|(id, _)| *id);
+            self.rows.add_counts(&orgs).await?;
+        }
+        let mut runs: Vec<(Uuid, RunCounts)> = self.runs.drain().collect();
+        if !runs.is_empty() {
+            runs.sort_unstable_by_key(|(id, _)| *id);
+            self.rows.count_runs(&runs).await?;
+        }
+        Ok(())
     }
 
     async fn apply(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
@@ -260,6 +351,9 @@ impl<R: Rows> Batch<'_, R> {
     async fn known_status(&self, job_id: Uuid) -> Result<Option<JobStatus>, ReadError> {
         if let Some(j) = self.live.get(&job_id).or(self.finished.get(&job_id)) {
             return Ok(Some(j.state.status));
+        }
+        if let Some(stored_final) = &self.stored_final {
+            return Ok(stored_final.get(&job_id).copied());
         }
         Ok(self.rows.stored_job(job_id).await?.map(|s| s.status))
     }
@@ -309,9 +403,9 @@ impl<R: Rows> Batch<'_, R> {
                     _ => None,
                 };
                 if let Some(run) = run {
-                    self.rows.count_run(sc_id, run).await?;
+                    self.count_run(sc_id, run);
                 }
-                self.rows.add_counts(org, [0, 0, -1]).await?;
+                self.add_counts(org, [0, 0, -1]);
                 self.finished.insert(job_id, job);
                 self.touched.insert(job_id);
             }
@@ -348,8 +442,8 @@ impl<R: Rows> Batch<'_, R> {
         );
         self.touched.insert(job_id);
         if let Some(org) = self.connection_organization(sc_id).await? {
-            self.rows.count_run(sc_id, Run::Total).await?;
-            self.rows.add_counts(org, [0, 0, 1]).await?;
+            self.count_run(sc_id, Run::Total);
+            self.add_counts(org, [0, 0, 1]);
         }
         Ok(())
     }
@@ -405,7 +499,7 @@ impl<R: Rows> Batch<'_, R> {
                     created_position: position,
                 };
                 self.rows.insert_collection(&c).await?;
-                self.rows.add_counts(organization_id, [1, 0, 0]).await?;
+                self.add_counts(organization_id, [1, 0, 0]);
             }
             CollectionEvent::CollectionDeleted { collection_id } => {
                 if let Some(org) = self
@@ -413,7 +507,7 @@ impl<R: Rows> Batch<'_, R> {
                     .remove_row(Table::Collections, collection_id)
                     .await?
                 {
-                    self.rows.add_counts(org, [-1, 0, 0]).await?;
+                    self.add_counts(org, [-1, 0, 0]);
                 }
             }
         }
@@ -466,7 +560,7 @@ impl<R: Rows> Batch<'_, R> {
                     failed_runs: 0,
                 };
                 self.rows.insert_source_connection(&sc).await?;
-                self.rows.add_counts(organization_id, [0, 1, 0]).await?;
+                self.add_counts(organization_id, [0, 1, 0]);
                 self.connections
                     .insert(source_connection_id, Some(organization_id));
             }
@@ -483,7 +577,7 @@ impl<R: Rows> Batch<'_, R> {
                 // written first, so that the count sees this batch's jobs too.
                 self.write_jobs().await?;
                 let live = self.rows.active_jobs_of(id).await?;
-                self.rows.add_counts(org, [0, -1, -live]).await?;
+                self.add_counts(org, [0, -1, -live]);
                 self.rows.enqueue_purge(id).await?;
             }
         }
