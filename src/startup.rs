@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use syncjobs_actors::pipeline::EntitySink;
 use syncjobs_actors::{
-    start_supervisor, JobSettings, Jobs, Recovery, SupervisorSettings, SyncRunner,
+    start_supervisor, JobSettings, Jobs, Recovery, SupervisorRole, SupervisorSettings, SyncRunner,
 };
 use syncjobs_domain::redact::redact;
 use syncjobs_domain::{EventStore, SharedClock};
@@ -129,6 +129,14 @@ pub fn check_role(role: Role, backend: &str) -> Result<(), StartupError> {
          this store is '{backend}', which another process cannot follow safely: run `--role all` on it",
         role.as_str()
     )))
+}
+
+fn supervisor_role(role: Role) -> SupervisorRole {
+    match role {
+        Role::All => SupervisorRole::All,
+        Role::Api => SupervisorRole::Api,
+        Role::Worker => SupervisorRole::Worker,
+    }
 }
 
 pub struct Application {
@@ -239,6 +247,11 @@ impl Application {
                 cancel_timeout: settings.cancel_timeout(),
                 job: c.job_settings,
                 recovery: Recovery::Jobs(unfinished),
+                role: supervisor_role(settings.role),
+                capacity,
+                // The read model named the unfinished jobs as of this position: the log is
+                // followed from there, so no job created since is missed.
+                follow_after: Some(folded),
             },
         );
         jobs.ready().await;
