@@ -343,6 +343,65 @@ async fn the_watchdog_of_one_node_ends_a_stuck_job_once() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_worker_of_a_cancelling_job_is_killed_another_nodes_watchdog_ends_it() {
+    let Some(cluster) = Cluster::start(ClusterSpec {
+        cancel_timeout_seconds: 3,
+        ..ClusterSpec::default()
+    })
+    .await
+    else {
+        return;
+    };
+    bounded(async {
+        let api1 = cluster.api(0);
+        let sc = api1
+            .connection(
+                json!({"entity_count": 10000, "duration_seconds": 600, "ignore_cancel": true}),
+            )
+            .await;
+        let job = api1.run(sc).await;
+        let written = api1
+            .wait_job(sc, job, "writing", |j| {
+                j["entities_inserted"].as_u64() > Some(0)
+            })
+            .await;
+        let owner = starts(&cluster.events(job).await);
+        let owner = (0..3)
+            .find(|&w| owner == [cluster.worker_id(w)])
+            .expect("a worker of the cluster runs it");
+        let (status, body) = cluster.api(1).post(&node::cancel_path(sc, job), None).await;
+        assert_eq!(status, 200, "{body}");
+        // The only node that could confirm dies without a word.
+        cluster.kill_worker(owner);
+
+        let done = api1
+            .wait_job(sc, job, "force-cancelled", |j| j["status"] == "cancelled")
+            .await;
+        assert_eq!(done["error_category"], "cancel_timeout", "{done}");
+        assert_eq!(done["error_details"]["counts_reconciled"], true, "{done}");
+        assert!(
+            done["entities_inserted"].as_u64() >= written["entities_inserted"].as_u64(),
+            "{written} -> {done}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let events = cluster.events(job).await;
+        assert_eq!(count_of(&events, "ForceCancelled"), 1, "{events:?}");
+        let forced_at = events.last().map(|e| e.recorded_at).unwrap();
+        let requested_at = events
+            .iter()
+            .find(|e| e.event_type() == "CancelRequested")
+            .map(|e| e.recorded_at)
+            .unwrap();
+        let late = (forced_at - requested_at).num_milliseconds();
+        assert!(
+            (3000..4500).contains(&late),
+            "forced {late} ms after the request"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_serves_only_health_and_metrics() {
     let Some(cluster) = Cluster::start(ClusterSpec {

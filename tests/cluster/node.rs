@@ -278,6 +278,14 @@ impl Cluster {
         &self.workers[i].http
     }
 
+    /// SIGKILL to worker `i`: it dies without a word (no final event, no cleanup).
+    pub fn kill_worker(&self, i: usize) {
+        let pid = self.workers[i].child.id() as libc::pid_t;
+        // SAFETY: a signal to a child this test started and has not reaped yet.
+        let sent = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(sent, 0, "SIGKILL to {}", self.workers[i].id);
+    }
+
     pub fn worker_id(&self, i: usize) -> String {
         self.workers[i].id.clone()
     }
