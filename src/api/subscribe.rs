@@ -118,12 +118,15 @@ pub fn progress_frames(
         first.push(progress(&job, last_at));
         return Ok(futures::stream::iter(first).boxed());
     }
-    // Counts change only with a progress report (final events end above), so the last one says
-    // when the current counts were recorded.
-    let last_report = initial
-        .iter()
-        .rev()
-        .find(|e| matches!(e.job_event(), Some(SyncJobEvent::ProgressRecorded { .. })));
+    // Counts change only with a progress report or a resume (which starts them again from
+    // zero; final events end above), so the last of those says when the current counts
+    // were recorded.
+    let last_report = initial.iter().rev().find(|e| {
+        matches!(
+            e.job_event(),
+            Some(SyncJobEvent::ProgressRecorded { .. } | SyncJobEvent::JobResumed { .. })
+        )
+    });
     if let Some(e) = last_report {
         first.push(progress(&job, e.recorded_at));
     }
@@ -157,7 +160,11 @@ fn next_frame(
     };
     match JobState::evolve(job.take(), event, e.recorded_at) {
         Ok(next) => {
-            let report = matches!(event, SyncJobEvent::ProgressRecorded { .. });
+            // A resume starts the counts again (the next run's own): subscribers are told.
+            let report = matches!(
+                event,
+                SyncJobEvent::ProgressRecorded { .. } | SyncJobEvent::JobResumed { .. }
+            );
             let out = (report || event.is_final()).then(|| progress(&next, e.recorded_at));
             *job = Some(next);
             (out, false)
