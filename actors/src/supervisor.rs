@@ -570,7 +570,9 @@ impl Supervisor {
     /// whichever node is first, once).
     fn liveness_tick(&mut self, ctx: &mut Context<Self>) {
         let env = self.env.clone();
-        let beat = self.role == SupervisorRole::Worker && self.announced && !self.draining;
+        // A draining worker beats on: it is alive until it records WorkerStopped, and its
+        // drain may outlast the timeout.
+        let beat = self.role == SupervisorRole::Worker && self.announced;
         let me = self.me().to_owned();
         let fut = async move {
             if beat {
