@@ -92,7 +92,7 @@ pub struct Settings {
 
     /// This node's id: in JobStarted{worker} of the jobs it runs, in logs and on `/health`.
     /// Letters, digits, `.`, `_`, `-`, `:`; at most 64. Unset: one is made at each start. A
-    /// worker that keeps its id across restarts fails its own interrupted jobs at start.
+    /// worker that keeps its id across restarts resumes its own interrupted jobs at start.
     #[arg(long, env = "SYNCJOBS_NODE_ID")]
     pub node_id: Option<String>,
 

@@ -13,10 +13,16 @@
 //!   the log, never from boot, so a restart neither resets nor loses it; the first node to
 //!   fire appends ForceCancelled with the expected version, the others conflict and stop.
 //! - Recovery (on start, before any message): the unfinished jobs are loaded; pending ones
-//!   wait for a claim, running ones this node ran (an `all` node: all of them) are failed
-//!   as interrupted, cancelling ones get their watchdog re-armed (firing at once when
-//!   overdue). Both endings record the counts the destination durably holds for the job:
-//!   the dead (or stuck) run's last progress report may be behind them.
+//!   wait for a claim, running ones this node ran (an `all` node: all of them) are rescued
+//!   (resumed while resumes remain, else failed: [`JobCommand::Rescue`]), cancelling ones
+//!   get their watchdog re-armed (firing at once when overdue). Both record the counts the
+//!   destination durably holds for the job: the dead (or stuck) run's last progress report
+//!   may be behind them. Jobs held by a worker found lost or stopped are rescued too.
+//! - Liveness (../shared/DISTRIBUTED.md, "Liveness", "Dead worker"): a worker beats (a row
+//!   in the store, not an event) and announces itself (WorkerStarted) before it claims;
+//!   every node that runs jobs declares a silent worker lost (WorkerLost, expected version:
+//!   once), and every node that sees it rescues that worker's jobs, each by an append with
+//!   the expected version. A graceful stop drains ([`Jobs::drain`]).
 //! - One active job per source connection: decided on the log too ([`job_after`]).
 //!
 //! An API node (`--role api`) keeps no registry: it creates and cancels through the log.
@@ -51,9 +57,9 @@ pub enum SupervisorRole {
     All,
     /// Creates and cancels jobs through the log; runs none and arms no watchdog.
     Api,
-    /// Runs the jobs it claims from the log and watches every cancelling one. At start it
-    /// fails as interrupted only the running jobs its own node id started: the others run
-    /// on other workers.
+    /// Runs the jobs it claims from the log and watches every cancelling one and every
+    /// worker's liveness. At start it rescues only the running jobs its own node id started:
+    /// the others run on other workers (or are rescued once those are declared lost).
     Worker,
 }
 
@@ -121,7 +127,7 @@ impl Default for SupervisorSettings {
 }
 
 /// Where recovery learns which jobs are unfinished. Either way each of them is then rebuilt
-/// from its own stream, so the decisions (start, fail as interrupted, re-arm the watchdog)
+/// from its own stream, so the decisions (start, rescue, re-arm the watchdog)
 /// come from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recovery {
@@ -276,7 +282,7 @@ struct Entry {
     state: JobState,
     /// Global position of its JobCreated: claims go oldest first.
     created_position: u64,
-    /// This node's actor for it: the job runs here (or is being failed as interrupted).
+    /// This node's actor for it: the job runs here (or is being rescued from a gone worker).
     addr: Option<Addr<JobActor>>,
     /// A claim of it by this node is being appended.
     claiming: bool,

@@ -313,6 +313,56 @@ mod tests {
         );
     }
 
+    /// A resume (its worker was lost) starts the job's counts again: subscribers get a
+    /// progress message at zero, then the resumed run's reports.
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_sends_the_counts_starting_again() {
+        let store = InMemoryStore::new();
+        let job = Uuid::new_v4();
+        let name = stream::job(job);
+        let started = SyncJobEvent::JobStarted { worker: "w".into() };
+        store
+            .append(
+                &name,
+                ExpectedVersion::Exact(0),
+                vec![ev(created(job)), ev(started), ev(progress_event(3))],
+            )
+            .await
+            .unwrap();
+        let hub = LiveJobs::start(store.clone());
+        let (initial, live) = followed(&hub, job, 3).await;
+        let mut s = progress_frames(job, &initial, live).unwrap();
+        s.next().await.unwrap(); // connected
+        assert_eq!(message(&s.next().await.unwrap())["inserted"], 3);
+        let resumed = SyncJobEvent::JobResumed {
+            attempt: 1,
+            lost_worker: "w".into(),
+            last_seen: None,
+            counts: EntityCounts {
+                inserted: 3,
+                ..Default::default()
+            },
+            counts_reconciled: false,
+            handed_back: false,
+        };
+        let again = SyncJobEvent::JobStarted { worker: "v".into() };
+        store
+            .append(
+                &name,
+                ExpectedVersion::Exact(3),
+                vec![ev(resumed), ev(again), ev(progress_event(1))],
+            )
+            .await
+            .unwrap();
+        let restarted = message(&s.next().await.unwrap());
+        assert_eq!(
+            (&restarted["inserted"], &restarted["status"]),
+            (&json!(0), &Value::Null),
+            "{restarted}"
+        );
+        assert_eq!(message(&s.next().await.unwrap())["inserted"], 1);
+    }
+
     #[tokio::test]
     async fn a_finished_job_gets_connected_and_its_final_message_only() {
         let store = InMemoryStore::new();
