@@ -252,9 +252,9 @@ impl JobActor {
             JobStatus::Running => self.start_run(ctx),
             JobStatus::Cancelling => {
                 let meta = self.metadata("worker");
-                let cmd = JobCommand::ConfirmCancelled {
+                let cmd = self.as_worker(JobCommand::ConfirmCancelled {
                     counts: state.counts,
-                };
+                });
                 ctx.wait(self.command(cmd, meta).map(|res, act, ctx| {
                     act.applied(&res, ctx);
                     if let Some(delay) = act.retry_delay(&res, "final event") {
@@ -263,6 +263,14 @@ impl JobActor {
                 }));
             }
             _ => ctx.stop(),
+        }
+    }
+
+    /// A report of this node's run: it counts only while the job is this node's.
+    fn as_worker(&self, command: JobCommand) -> JobCommand {
+        JobCommand::AsWorker {
+            worker: self.env.settings.worker_name.clone(),
+            command: Box::new(command),
         }
     }
 
@@ -669,10 +677,16 @@ impl Handler<RecordProgress> for JobActor {
 
     fn handle(&mut self, msg: RecordProgress, _ctx: &mut Context<Self>) -> Self::Result {
         let meta = self.metadata("worker");
-        let cmd = JobCommand::RecordProgress { counts: msg.0 };
+        let cmd = self.as_worker(JobCommand::RecordProgress { counts: msg.0 });
         AtomicResponse::new(Box::pin(self.command(cmd, meta).map(|res, act, ctx| {
             if let Err(CommandError::Rejected(e)) = &res {
                 tracing::debug!(parent: &act.span, error = %e, "progress not recorded");
+            }
+            // The job was rescued from this node (declared lost while it ran): its run here
+            // stops; the job's next run is another's.
+            if let Err(CommandError::Rejected(JobError::NotOnWorker { .. })) = &res {
+                tracing::warn!(parent: &act.span, "the job is no longer this worker's: its run stops");
+                ctx.stop();
             }
             act.applied(&res, ctx);
         })))
@@ -706,10 +720,14 @@ impl Handler<RunFinished> for JobActor {
                 counts,
             },
         };
+        let cmd = self.as_worker(cmd);
         let meta = self.metadata("worker");
         AtomicResponse::new(Box::pin(self.command(cmd, meta).map(|res, act, ctx| {
             if let Err(CommandError::Rejected(e)) = &res {
                 tracing::warn!(parent: &act.span, error = %e, "late report from the worker: dropped");
+                if matches!(e, JobError::NotOnWorker { .. }) {
+                    ctx.stop();
+                }
             }
             act.applied(&res, ctx);
             // Decided again on the state of then: a cancel recorded meanwhile is honoured.

@@ -662,3 +662,82 @@ fn a_draining_worker_hands_its_unfinished_job_back_and_another_completes_it() {
         );
     });
 }
+
+/// A worker that is alive but cannot reach the store for longer than the timeout (a
+/// partition) is declared lost; its job is resumed on another worker. Once it sees its own
+/// WorkerLost it stops its run (nothing more of it lands on the job) and announces itself
+/// again; the job completes once, by the other worker.
+#[test]
+fn a_worker_declared_lost_while_alive_stops_its_run_and_announces_itself_again() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let api = api(&store);
+        let cut_off = syncjobs_domain::store::faults::FaultyStore::new(store.clone());
+        let long = || {
+            Arc::new(Graceful {
+                total: 500,
+                per_entity: Duration::from_millis(10),
+            })
+        };
+        let w1 = start_supervisor(
+            cut_off.clone(),
+            long(),
+            clock(),
+            SupervisorSettings {
+                cancel_timeout: TIMEOUT,
+                role: SupervisorRole::Worker,
+                job: JobSettings {
+                    worker_name: "w1".into(),
+                    progress_every_entities: 1,
+                    ..JobSettings::default()
+                },
+                liveness: Liveness {
+                    heartbeat: BEAT,
+                    timeout: SILENCE,
+                    ..Liveness::default()
+                },
+                ..SupervisorSettings::default()
+            },
+        );
+        w1.ready().await;
+        settle().await;
+        let job = api
+            .create(new_job(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .state
+            .job_id;
+        run_for(Duration::from_millis(300)).await;
+        assert_eq!(state(&store, job).await.worker.as_deref(), Some("w1"));
+        let w2 = live_worker(&store, long(), "w2", 1);
+        w2.ready().await;
+        cut_off.fail_writes("network is unreachable");
+        run_for(SILENCE + 2 * BEAT).await;
+        assert_eq!(
+            w1.stats().await.unwrap().running,
+            0,
+            "its run stopped once it read its WorkerLost"
+        );
+        cut_off.heal();
+        run_for(Duration::from_secs(7)).await;
+        let names: Vec<&str> = worker_events(&store, "w1")
+            .await
+            .iter()
+            .map(|e| match e {
+                WorkerEvent::WorkerStarted { .. } => "started",
+                WorkerEvent::WorkerStopped { .. } => "stopped",
+                WorkerEvent::WorkerLost { .. } => "lost",
+            })
+            .collect();
+        assert_eq!(names, ["started", "lost", "started"]);
+        let evs = events(&store, job).await;
+        assert_eq!(started_by(&evs), ["w1", "w2"], "{:?}", types(&evs));
+        let s = state(&store, job).await;
+        assert_eq!(s.status, JobStatus::Completed, "{:?}", types(&evs));
+        assert_eq!(
+            s.counts.inserted, 500,
+            "w2's whole run, nothing of w1's after"
+        );
+        assert_eq!(count(&evs, "JobResumed"), 1);
+    });
+}

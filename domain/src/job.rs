@@ -303,6 +303,14 @@ impl JobState {
             })
         };
         match command {
+            JobCommand::AsWorker { worker, command } => {
+                if self.worker.as_deref() != Some(worker.as_str()) {
+                    return Err(JobError::NotOnWorker {
+                        worker: worker.clone(),
+                    });
+                }
+                self.decide(command)
+            }
             JobCommand::Create { .. } => Err(JobError::AlreadyExists),
             JobCommand::Start { worker } => match s {
                 Pending => Ok(vec![SyncJobEvent::JobStarted {
@@ -514,6 +522,14 @@ pub enum JobCommand {
         max_resumes: u32,
         durable: Option<EntityCounts>,
     },
+    /// `command` as reported by the run of `worker`: refused ([`JobError::NotOnWorker`]) once
+    /// the job is no longer that worker's (rescued from it, maybe claimed by another since),
+    /// so a worker declared lost that still runs (a pause, a partition) cannot write into the
+    /// job's next run. Every report of a run goes through it.
+    AsWorker {
+        worker: String,
+        command: Box<JobCommand>,
+    },
     /// A draining worker gives a running job back, its run stopped with `counts`: pending
     /// again for another worker, without using up a resume.
     HandBack {
@@ -540,6 +556,7 @@ impl JobCommand {
             JobCommand::ConfirmCancelled { .. } => "confirm cancelled",
             JobCommand::Rescue { .. } => "rescue",
             JobCommand::HandBack { .. } => "hand back",
+            JobCommand::AsWorker { command, .. } => command.name(),
             JobCommand::ForceCancel { .. } => "force cancel",
         }
     }
@@ -1174,6 +1191,37 @@ mod tests {
             g.when(rescue(0, None)).accepted().0[..],
             [SyncJobEvent::JobFailed { counts: c, counts_reconciled: false, .. }] if c == counts(4)
         ));
+    }
+
+    #[test]
+    fn a_runs_reports_count_only_while_the_job_is_its_workers() {
+        let as_w = |worker: &str, command| JobCommand::AsWorker {
+            worker: worker.into(),
+            command: Box::new(command),
+        };
+        let g = given(&[created(), started()]);
+        g.when(as_w("w", JobCommand::RecordProgress { counts: counts(2) }))
+            .then([SyncJobEvent::ProgressRecorded { counts: counts(2) }]);
+        // Rescued from "w" and claimed by "v": "w"'s late reports are refused, "v"'s count.
+        let g = given(&[
+            created(),
+            started(),
+            resumed(1, counts(2), false),
+            SyncJobEvent::JobStarted { worker: "v".into() },
+        ]);
+        for command in [
+            JobCommand::RecordProgress { counts: counts(5) },
+            JobCommand::Complete { counts: counts(5) },
+            fail_cmd(),
+        ] {
+            g.when(as_w("w", command.clone()))
+                .then_err(JobError::NotOnWorker { worker: "w".into() });
+            g.when(as_w("v", command)).accepted();
+        }
+        // Pending again (no worker): nobody's report counts.
+        given(&[created(), started(), resumed(1, counts(2), false)])
+            .when(as_w("w", JobCommand::Complete { counts: counts(5) }))
+            .then_err(JobError::NotOnWorker { worker: "w".into() });
     }
 
     #[test]
