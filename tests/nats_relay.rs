@@ -260,6 +260,10 @@ impl World {
                     .expect("sc stream");
                 format!("{prefix}.{org}.source_connections.{sc}.{ty}")
             }
+            Event::Worker(_) => {
+                let id = stream::worker_id(&ev.stream_id).expect("worker stream");
+                format!("{prefix}.workers.{id}.{ty}")
+            }
             Event::Access(_) => unreachable!("access events are not published"),
         }
     }

@@ -29,6 +29,7 @@ pub mod store;
 pub mod testkit;
 pub mod time;
 pub mod upcast;
+pub mod worker;
 
 pub use access::{Access, AccessCommand, AccessError, KeyInfo, NewKeyRecord};
 pub use aggregate::{Aggregate, FoldError};
@@ -36,8 +37,9 @@ pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
 pub use collection::{CollectionCommand, CollectionError, CollectionName};
 pub use events::{
     AccessEvent, CollectionEvent, EntityCounts, Event, Metadata, NewEvent, RecordedEvent,
-    SourceConnectionEvent, SyncJobEvent, CURRENT_SCHEMA_VERSION,
+    SourceConnectionEvent, SyncJobEvent, WorkerEvent, CURRENT_SCHEMA_VERSION,
 };
 pub use job::{Job, JobCommand, JobError, JobState, JobStatus};
 pub use source_connection::{SourceConnection, SourceConnectionCommand, SourceConnectionError};
 pub use store::{follow, follow_batches, EventStore, ExpectedVersion, InMemoryStore, StoreError};
+pub use worker::{WorkerState, WorkerStatus};

@@ -343,6 +343,9 @@ impl<R: Rows> Batch<'_, R> {
             Event::Collection(c) => self.apply_collection(c, at, position).await?,
             Event::SourceConnection(s) => self.apply_source_connection(s, at, position).await?,
             Event::Access(a) => self.apply_access(a, at, position).await?,
+            // Worker lifecycles are not part of what the API reads; what they do to jobs
+            // (JobResumed, JobFailed, Cancelled) is on the jobs' own streams.
+            Event::Worker(_) => {}
         }
         Ok(())
     }
