@@ -78,6 +78,16 @@ pub const DELETE_BATCH: i64 = 5_000;
 /// Tries of a write that PostgreSQL rolled back for a deadlock or a serialisation failure.
 const WRITE_TRIES: usize = 3;
 
+/// The pause before try `tries + 1` of a rolled-back write: 5-10 ms, then 10-20 ms (jittered).
+/// At once, the retry raced the transaction that won the deadlock for the row lock it had
+/// just been given, and could close the same cycle again (and lose again: its backend checks
+/// first), until the tries ran out.
+fn retry_pause(tries: usize) -> std::time::Duration {
+    let base = 5u64 << tries.saturating_sub(1).min(4);
+    let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) * base / 255;
+    std::time::Duration::from_millis(base + jitter)
+}
+
 /// The destination on PostgreSQL. Open with [`PgDestination::connect`] (async) or
 /// [`PgDestination::open`] (blocking); it drives its connections on threads of its own, as
 /// the event store does, so it works from actix's single-threaded arbiters.
@@ -228,7 +238,8 @@ where
         tries += 1;
         match statement().await {
             Err(e) if retryable(&e) && tries < WRITE_TRIES => {
-                tracing::debug!(error = %e, "entity statement rolled back; retrying")
+                tracing::debug!(error = %e, "entity statement rolled back; retrying");
+                tokio::time::sleep(retry_pause(tries)).await;
             }
             result => return result,
         }
@@ -356,6 +367,8 @@ async fn write_records(
             Ok(()) => return Ok(actions),
             Err(e) if retryable(&e) && tries < WRITE_TRIES => {
                 tracing::debug!(%job_id, error = %e, "entity write rolled back; retrying");
+                drop(client);
+                tokio::time::sleep(retry_pause(tries)).await;
             }
             Err(e) => return Err(pg_error(&what, &e)),
         }
