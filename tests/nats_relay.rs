@@ -237,7 +237,7 @@ impl World {
     fn published(&self) -> Vec<&RecordedEvent> {
         self.events
             .iter()
-            .filter(|e| !matches!(e.event, Event::Access(_)))
+            .filter(|e| !matches!(e.event, Event::Access(_) | Event::Webhook(_)))
             .collect()
     }
 
@@ -260,7 +260,9 @@ impl World {
                     .expect("sc stream");
                 format!("{prefix}.{org}.source_connections.{sc}.{ty}")
             }
-            Event::Access(_) => unreachable!("access events are not published"),
+            Event::Access(_) | Event::Webhook(_) => {
+                unreachable!("access and webhook events are not published")
+            }
         }
     }
 }

@@ -215,6 +215,39 @@ pub enum AccessEvent {
     },
 }
 
+/// Webhook subscriptions (one stream each, see [`crate::webhook`]). The secret is recorded
+/// in the creation: it signs every delivery, so it must be readable (unlike an API key,
+/// which is only compared); the NATS relay and the server-sent events never carry these
+/// events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum WebhookEvent {
+    WebhookSubscriptionCreated {
+        subscription_id: Uuid,
+        organization_id: Uuid,
+        url: String,
+        event_types: Vec<String>,
+        #[serde(default)]
+        description: Option<String>,
+        secret: String,
+    },
+    /// A patch: each present field replaces the subscription's.
+    WebhookSubscriptionUpdated {
+        organization_id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_types: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disabled: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    WebhookSubscriptionDeleted {
+        organization_id: Uuid,
+    },
+}
+
 /// Any event of any stream. Each inner enum carries its own `type` tag; the tags are distinct.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -223,6 +256,7 @@ pub enum Event {
     Collection(CollectionEvent),
     SourceConnection(SourceConnectionEvent),
     Access(AccessEvent),
+    Webhook(WebhookEvent),
 }
 
 impl Event {
@@ -232,6 +266,7 @@ impl Event {
             Event::Collection(e) => e.event_type(),
             Event::SourceConnection(e) => e.event_type(),
             Event::Access(e) => e.event_type(),
+            Event::Webhook(e) => e.event_type(),
         }
     }
 
@@ -266,6 +301,7 @@ pub enum EventFamily {
     Collection,
     SourceConnection,
     Access,
+    Webhook,
 }
 
 /// Builds, from the one table of event types below, each enum's `event_type()`,
@@ -325,6 +361,11 @@ event_types! {
         ApiKeyCreated = API_KEY_CREATED,
         ApiKeyRevoked = API_KEY_REVOKED,
     }
+    Webhook: WebhookEvent {
+        WebhookSubscriptionCreated = WEBHOOK_SUBSCRIPTION_CREATED,
+        WebhookSubscriptionUpdated = WEBHOOK_SUBSCRIPTION_UPDATED,
+        WebhookSubscriptionDeleted = WEBHOOK_SUBSCRIPTION_DELETED,
+    }
 }
 
 impl From<SyncJobEvent> for Event {
@@ -345,6 +386,11 @@ impl From<SourceConnectionEvent> for Event {
 impl From<AccessEvent> for Event {
     fn from(e: AccessEvent) -> Self {
         Event::Access(e)
+    }
+}
+impl From<WebhookEvent> for Event {
+    fn from(e: WebhookEvent) -> Self {
+        Event::Webhook(e)
     }
 }
 
@@ -375,6 +421,10 @@ pub mod stream {
     }
     pub fn source_connection(id: Uuid) -> String {
         format!("{SOURCE_CONNECTION_PREFIX}{id}")
+    }
+    pub const WEBHOOK_SUBSCRIPTION_PREFIX: &str = "webhook_subscription-";
+    pub fn webhook_subscription(id: Uuid) -> String {
+        format!("{WEBHOOK_SUBSCRIPTION_PREFIX}{id}")
     }
     /// The job id of a job stream name, if it is one.
     pub fn job_id(stream: &str) -> Option<Uuid> {
@@ -594,6 +644,27 @@ mod tests {
                 key_id: Uuid::nil(),
             }
             .into(),
+            WebhookEvent::WebhookSubscriptionCreated {
+                subscription_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                url: "https://example.com/h".into(),
+                event_types: vec!["sync.completed".into()],
+                description: Some("d".into()),
+                secret: "whsec_x".into(),
+            }
+            .into(),
+            WebhookEvent::WebhookSubscriptionUpdated {
+                organization_id: Uuid::nil(),
+                url: None,
+                event_types: Some(vec!["sync.failed".into()]),
+                disabled: Some(true),
+                description: None,
+            }
+            .into(),
+            WebhookEvent::WebhookSubscriptionDeleted {
+                organization_id: Uuid::nil(),
+            }
+            .into(),
         ];
         for e in events {
             let json = e.to_json().unwrap();
@@ -604,6 +675,7 @@ mod tests {
                 Event::Collection(_) => EventFamily::Collection,
                 Event::SourceConnection(_) => EventFamily::SourceConnection,
                 Event::Access(_) => EventFamily::Access,
+                Event::Webhook(_) => EventFamily::Webhook,
             };
             assert_eq!(EventFamily::of(e.event_type()), Some(family), "{json}");
             let back = Event::from_stored(CURRENT_SCHEMA_VERSION, &json).unwrap();

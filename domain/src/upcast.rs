@@ -58,6 +58,7 @@ pub fn decode_as(schema_version: u32, event_type: &str, json: &str) -> Result<Ev
                 serde_json::from_str(json).map(Event::SourceConnection)
             }
             Some(EventFamily::Access) => serde_json::from_str(json).map(Event::Access),
+            Some(EventFamily::Webhook) => serde_json::from_str(json).map(Event::Webhook),
             None => return decode(schema_version, json),
         };
         if let Ok(event) = hinted {
@@ -85,6 +86,7 @@ fn decode_current(json: &str) -> Result<Event, UpcastError> {
         Some(EventFamily::Collection) => Event::Collection(serde_json::from_str(json)?),
         Some(EventFamily::SourceConnection) => Event::SourceConnection(serde_json::from_str(json)?),
         Some(EventFamily::Access) => Event::Access(serde_json::from_str(json)?),
+        Some(EventFamily::Webhook) => Event::Webhook(serde_json::from_str(json)?),
         None => serde_json::from_str(json)?,
     })
 }

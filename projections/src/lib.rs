@@ -19,7 +19,7 @@ pub use db::view::OrganizationCounts;
 pub use db::{ReadError, ReadView};
 pub use model::{
     ApiKey, Collection, CollectionStatus, ModelDump, Organization, SourceConnection,
-    SourceConnectionStatus,
+    SourceConnectionStatus, WebhookSubscription,
 };
 pub use projector::{
     spawn_projector, Lagging, Projection, ProjectionWriter, ProjectorConfig, ProjectorHandle,

@@ -44,6 +44,22 @@ pub struct Collection {
     pub created_position: u64,
 }
 
+/// A webhook subscription (Airweave's `/webhooks/subscriptions`), secret included: the
+/// dispatcher signs with it; the API shows it only when asked (`include_secret=true`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSubscription {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub disabled: bool,
+    pub description: Option<String>,
+    pub secret: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_position: u64,
+}
+
 /// Airweave's collection status, derived from the collection's source connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CollectionStatus {

@@ -12,7 +12,7 @@ use syncjobs_actors::pipeline::EntityStats;
 use syncjobs_domain::time::serde_micros::{optional as opt_ts, required as ts};
 use syncjobs_domain::JobState;
 use syncjobs_projections::{
-    Collection, ReadError, ReadView, SourceConnection, SourceConnectionStatus,
+    Collection, ReadError, ReadView, SourceConnection, SourceConnectionStatus, WebhookSubscription,
 };
 use uuid::Uuid;
 
@@ -400,6 +400,57 @@ mod tests {
                     String::from_utf8(serde).unwrap()
                 );
             }
+        }
+    }
+}
+
+/// A webhook subscription (Airweave's `WebhookSubscription`).
+#[derive(Serialize)]
+pub struct WebhookSubscriptionOut<'a> {
+    pub id: Uuid,
+    pub url: &'a str,
+    pub filter_types: &'a [String],
+    pub disabled: bool,
+    pub description: Option<&'a str>,
+    #[serde(serialize_with = "ts")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "ts")]
+    pub updated_at: DateTime<Utc>,
+    /// `healthy`, `degraded`, `failing` or `unknown` (no delivery attempt yet).
+    pub health_status: &'static str,
+}
+
+impl<'a> WebhookSubscriptionOut<'a> {
+    pub fn new(s: &'a WebhookSubscription) -> Self {
+        WebhookSubscriptionOut {
+            id: s.id,
+            url: &s.url,
+            filter_types: &s.event_types,
+            disabled: s.disabled,
+            description: s.description.as_deref(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            health_status: "unknown",
+        }
+    }
+}
+
+/// One subscription with its recent delivery attempts and, when asked for, its secret
+/// (Airweave's `WebhookSubscriptionDetail`).
+#[derive(Serialize)]
+pub struct WebhookSubscriptionDetailOut<'a> {
+    #[serde(flatten)]
+    pub subscription: WebhookSubscriptionOut<'a>,
+    pub delivery_attempts: Vec<()>,
+    pub secret: Option<&'a str>,
+}
+
+impl<'a> WebhookSubscriptionDetailOut<'a> {
+    pub fn new(s: &'a WebhookSubscription, include_secret: bool) -> Self {
+        WebhookSubscriptionDetailOut {
+            subscription: WebhookSubscriptionOut::new(s),
+            delivery_attempts: Vec::new(),
+            secret: include_secret.then_some(s.secret.as_str()),
         }
     }
 }

@@ -23,3 +23,4 @@ mod source_connections;
 mod sse_client;
 mod subscribe;
 mod ui;
+mod webhooks;

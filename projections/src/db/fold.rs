@@ -11,13 +11,13 @@
 //! the row is written once per batch); final jobs live only in the database.
 
 use super::{time, ReadError};
-use crate::model::{ApiKey, Collection, Organization, SourceConnection};
+use crate::model::{ApiKey, Collection, Organization, SourceConnection, WebhookSubscription};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
     AccessEvent, CollectionEvent, Event, JobState, JobStatus, RecordedEvent, SourceConnectionEvent,
-    SyncJobEvent,
+    SyncJobEvent, WebhookEvent,
 };
 use uuid::Uuid;
 
@@ -70,6 +70,7 @@ impl Committed {
 pub(crate) enum Table {
     Collections,
     SourceConnections,
+    WebhookSubscriptions,
 }
 
 impl Table {
@@ -77,6 +78,7 @@ impl Table {
         match self {
             Table::Collections => "collections",
             Table::SourceConnections => "source_connections",
+            Table::WebhookSubscriptions => "webhook_subscriptions",
         }
     }
 }
@@ -138,6 +140,12 @@ pub(crate) trait Rows {
     async fn insert_api_key(&self, k: &ApiKey, position: u64) -> Result<(), ReadError>;
     /// Marks the key revoked at `at` unless it already is.
     async fn revoke_api_key(&self, key_id: Uuid, at: &str) -> Result<(), ReadError>;
+    async fn webhook_subscription(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<WebhookSubscription>, ReadError>;
+    /// Inserts the subscription, or replaces the row of its id.
+    async fn write_webhook_subscription(&self, s: &WebhookSubscription) -> Result<(), ReadError>;
 }
 
 /// The fold's memory between batches: the position folded and the live jobs.
@@ -252,6 +260,7 @@ impl<R: Rows> Batch<'_, R> {
             Event::Collection(c) => self.apply_collection(c, at, position).await?,
             Event::SourceConnection(s) => self.apply_source_connection(s, at, position).await?,
             Event::Access(a) => self.apply_access(a, at, position).await?,
+            Event::Webhook(w) => self.apply_webhook(w, &e.stream_id, at, position).await?,
         }
         Ok(())
     }
@@ -485,6 +494,84 @@ impl<R: Rows> Batch<'_, R> {
                 let live = self.rows.active_jobs_of(id).await?;
                 self.rows.add_counts(org, [0, -1, -live]).await?;
                 self.rows.enqueue_purge(id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_webhook(
+        &mut self,
+        event: WebhookEvent,
+        stream_id: &str,
+        at: DateTime<Utc>,
+        position: u64,
+    ) -> Result<(), ReadError> {
+        let Some(id) = stream_id
+            .strip_prefix(stream::WEBHOOK_SUBSCRIPTION_PREFIX)
+            .and_then(|s| Uuid::parse_str(s).ok())
+        else {
+            tracing::warn!(stream = %stream_id, position, "webhook event outside a subscription stream; skipped");
+            return Ok(());
+        };
+        match event {
+            WebhookEvent::WebhookSubscriptionCreated {
+                subscription_id,
+                organization_id,
+                url,
+                event_types,
+                description,
+                secret,
+            } => {
+                if subscription_id != id
+                    || self.rows.has_row(Table::WebhookSubscriptions, id).await?
+                {
+                    tracing::warn!(%subscription_id, "WebhookSubscriptionCreated for a known one or another stream's; skipped");
+                    return Ok(());
+                }
+                let s = WebhookSubscription {
+                    id,
+                    organization_id,
+                    url,
+                    event_types,
+                    disabled: false,
+                    description,
+                    secret,
+                    created_at: at,
+                    updated_at: at,
+                    created_position: position,
+                };
+                self.rows.write_webhook_subscription(&s).await?;
+            }
+            WebhookEvent::WebhookSubscriptionUpdated {
+                url,
+                event_types,
+                disabled,
+                description,
+                ..
+            } => {
+                let Some(mut s) = self.rows.webhook_subscription(id).await? else {
+                    tracing::warn!(subscription_id = %id, "update of an unknown webhook subscription; skipped");
+                    return Ok(());
+                };
+                if let Some(url) = url {
+                    s.url = url;
+                }
+                if let Some(types) = event_types {
+                    s.event_types = types;
+                }
+                if let Some(disabled) = disabled {
+                    s.disabled = disabled;
+                }
+                if let Some(d) = description {
+                    s.description = Some(d);
+                }
+                s.updated_at = at;
+                self.rows.write_webhook_subscription(&s).await?;
+            }
+            WebhookEvent::WebhookSubscriptionDeleted { .. } => {
+                self.rows
+                    .remove_row(Table::WebhookSubscriptions, id)
+                    .await?;
             }
         }
         Ok(())

@@ -100,3 +100,20 @@ CREATE TABLE IF NOT EXISTS organization_counts (
     source_connections INTEGER NOT NULL,
     active_jobs INTEGER NOT NULL
 );
+
+-- Webhook subscriptions (event_types: a JSON array of strings). The secret is here because
+-- the log holds it (see domain::events::WebhookEvent): deliveries are signed with it.
+CREATE TABLE IF NOT EXISTS webhook_subscriptions (
+    id BLOB PRIMARY KEY,
+    organization_id BLOB NOT NULL,
+    url TEXT NOT NULL,
+    event_types TEXT NOT NULL,
+    disabled INTEGER NOT NULL,
+    description TEXT,
+    secret TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    created_position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_subscriptions_by_organization
+    ON webhook_subscriptions (organization_id, created_position);

@@ -8,7 +8,7 @@ use super::pg::view as pg;
 use super::{decode_job, organization_row, parse_time, ReadDb, ReadError};
 use crate::model::{
     ApiKey, Collection, CollectionStatus, ModelDump, Organization, SourceConnection,
-    SourceConnectionStatus,
+    SourceConnectionStatus, WebhookSubscription,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row};
@@ -73,6 +73,27 @@ pub(crate) fn usable(found: Option<(ApiKey, bool)>, now: DateTime<Utc>) -> Optio
     found
         .filter(|(k, org)| *org && k.is_valid_at(now))
         .map(|(k, _)| k)
+}
+
+pub(crate) const WEBHOOK_SUBSCRIPTION_COLUMNS: &str = "id, organization_id, url, event_types,
+    disabled, description, secret, created_at, updated_at, created_position";
+
+pub(crate) fn webhook_subscription_row(r: &Row<'_>) -> rusqlite::Result<WebhookSubscription> {
+    let types: String = r.get(3)?;
+    Ok(WebhookSubscription {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        url: r.get(2)?,
+        event_types: serde_json::from_str(&types).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        disabled: r.get(4)?,
+        description: r.get(5)?,
+        secret: r.get(6)?,
+        created_at: parse_time(&r.get::<_, String>(7)?)?,
+        updated_at: parse_time(&r.get::<_, String>(8)?)?,
+        created_position: r.get::<_, i64>(9)? as u64,
+    })
 }
 
 fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
@@ -250,6 +271,47 @@ impl ReadView<'_> {
                 organization_row,
             ),
             Conn::Postgres(c) => pg::organization_by_name(c, name).await,
+        }
+    }
+
+    // ---- webhook subscriptions ----------------------------------------------------------
+
+    /// An organization's webhook subscriptions, newest first.
+    pub async fn webhook_subscriptions(
+        &self,
+        organization_id: Uuid,
+    ) -> Result<Vec<WebhookSubscription>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => all(
+                c,
+                &format!(
+                    "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions
+                     WHERE organization_id = ?1 ORDER BY created_position DESC"
+                ),
+                [organization_id],
+                webhook_subscription_row,
+            ),
+            Conn::Postgres(c) => pg::webhook_subscriptions(c, organization_id).await,
+        }
+    }
+
+    /// The organization's subscription with this id (another organization's is None).
+    pub async fn webhook_subscription(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<WebhookSubscription>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!(
+                    "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions
+                     WHERE id = ?1 AND organization_id = ?2"
+                ),
+                rusqlite::params![id, organization_id],
+                webhook_subscription_row,
+            ),
+            Conn::Postgres(c) => pg::webhook_subscription(c, organization_id, id).await,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use super::fold::{Committed, Fold, JobRow, LiveJob, Rows, Run, Table, PURGE_BATCH};
 use super::{time as t, ReadError, PROJECTION_NAME};
-use crate::model::{ApiKey, Collection, Organization, SourceConnection};
+use crate::model::{ApiKey, Collection, Organization, SourceConnection, WebhookSubscription};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::future::Future;
 use std::pin::pin;
@@ -375,6 +375,45 @@ impl Rows for SqliteRows<'_> {
                 "UPDATE api_keys SET revoked_at = ?2 WHERE key_id = ?1 AND revoked_at IS NULL",
             )?
             .execute(params![key_id, at])?;
+        Ok(())
+    }
+
+    async fn webhook_subscription(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<WebhookSubscription>, ReadError> {
+        Ok(self
+            .0
+            .prepare_cached(&format!(
+                "SELECT {} FROM webhook_subscriptions WHERE id = ?1",
+                super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
+            ))?
+            .query_row([id], super::view::webhook_subscription_row)
+            .optional()?)
+    }
+
+    async fn write_webhook_subscription(&self, s: &WebhookSubscription) -> Result<(), ReadError> {
+        let types =
+            serde_json::to_string(&s.event_types).map_err(|e| ReadError::Decode(e.to_string()))?;
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO webhook_subscriptions (id, organization_id, url,
+                   event_types, disabled, description, secret, created_at, updated_at,
+                   created_position)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                s.id,
+                s.organization_id,
+                s.url,
+                types,
+                s.disabled,
+                s.description,
+                s.secret,
+                t(&s.created_at),
+                t(&s.updated_at),
+                s.created_position as i64
+            ])?;
         Ok(())
     }
 }

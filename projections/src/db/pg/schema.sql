@@ -99,3 +99,19 @@ CREATE TABLE IF NOT EXISTS read_organization_counts (
     source_connections bigint NOT NULL,
     active_jobs bigint NOT NULL
 );
+
+-- Webhook subscriptions (event_types: a JSON array of strings, as text).
+CREATE TABLE IF NOT EXISTS read_webhook_subscriptions (
+    id uuid PRIMARY KEY,
+    organization_id uuid NOT NULL,
+    url bytea NOT NULL,
+    event_types text NOT NULL,
+    disabled boolean NOT NULL,
+    description bytea,
+    secret bytea NOT NULL,
+    created_at text NOT NULL,
+    updated_at text NOT NULL,
+    created_position bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS read_webhook_subscriptions_by_organization
+    ON read_webhook_subscriptions (organization_id, created_position);

@@ -4,7 +4,7 @@
 use super::parse_time;
 use crate::db::view::OrganizationCounts;
 use crate::db::ReadError;
-use crate::model::{ApiKey, Collection, Organization, SourceConnection};
+use crate::model::{ApiKey, Collection, Organization, SourceConnection, WebhookSubscription};
 use deadpool_postgres::ClientWrapper as Client;
 use futures::{pin_mut, TryStreamExt};
 use tokio_postgres::types::ToSql;
@@ -55,6 +55,58 @@ fn organization_row(r: &Row) -> Result<Organization, ReadError> {
         name: text(r, 1)?,
         created_at: parse_time(r.get(2))?,
     })
+}
+
+pub(crate) const WEBHOOK_SUBSCRIPTION_COLUMNS: &str = "id, organization_id, url, event_types,
+    disabled, description, secret, created_at, updated_at, created_position";
+
+pub(crate) fn webhook_subscription_row(r: &Row) -> Result<WebhookSubscription, ReadError> {
+    Ok(WebhookSubscription {
+        id: r.get(0),
+        organization_id: r.get(1),
+        url: text(r, 2)?,
+        event_types: serde_json::from_str(r.get(3))
+            .map_err(|e| ReadError::Decode(e.to_string()))?,
+        disabled: r.get(4),
+        description: optional_text(r, 5)?,
+        secret: text(r, 6)?,
+        created_at: parse_time(r.get(7))?,
+        updated_at: parse_time(r.get(8))?,
+        created_position: r.get::<_, i64>(9) as u64,
+    })
+}
+
+pub(crate) async fn webhook_subscriptions(
+    c: &Client,
+    organization_id: Uuid,
+) -> Result<Vec<WebhookSubscription>, ReadError> {
+    all(
+        c,
+        &format!(
+            "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM read_webhook_subscriptions
+             WHERE organization_id = $1 ORDER BY created_position DESC"
+        ),
+        &[&organization_id],
+        webhook_subscription_row,
+    )
+    .await
+}
+
+pub(crate) async fn webhook_subscription(
+    c: &Client,
+    organization_id: Uuid,
+    id: Uuid,
+) -> Result<Option<WebhookSubscription>, ReadError> {
+    one(
+        c,
+        &format!(
+            "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM read_webhook_subscriptions
+             WHERE id = $1 AND organization_id = $2"
+        ),
+        &[&id, &organization_id],
+        webhook_subscription_row,
+    )
+    .await
 }
 
 fn collection_row(r: &Row) -> Result<Collection, ReadError> {

@@ -4,7 +4,7 @@
 use super::pool_error;
 use crate::db::fold::{Committed, Fold, JobRow, LiveJob, Rows, Run, Table, PURGE_BATCH};
 use crate::db::{decode_job, time as t, ReadError, PROJECTION_NAME};
-use crate::model::{ApiKey, Collection, Organization, SourceConnection};
+use crate::model::{ApiKey, Collection, Organization, SourceConnection, WebhookSubscription};
 use deadpool_postgres::{Pool, Transaction};
 use syncjobs_domain::{JobState, RecordedEvent};
 use tokio_postgres::types::ToSql;
@@ -157,6 +157,7 @@ fn table(t: Table) -> &'static str {
     match t {
         Table::Collections => "read_collections",
         Table::SourceConnections => "read_source_connections",
+        Table::WebhookSubscriptions => "read_webhook_subscriptions",
     }
 }
 
@@ -368,6 +369,48 @@ impl Rows for PgRows<'_> {
         self.execute(
             "UPDATE read_api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
             &[&key_id, &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn webhook_subscription(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<WebhookSubscription>, ReadError> {
+        let sql = format!(
+            "SELECT {} FROM read_webhook_subscriptions WHERE id = $1",
+            super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
+        );
+        self.query_opt(&sql, &[&id])
+            .await?
+            .map(|r| super::view::webhook_subscription_row(&r))
+            .transpose()
+    }
+
+    async fn write_webhook_subscription(&self, s: &WebhookSubscription) -> Result<(), ReadError> {
+        let types =
+            serde_json::to_string(&s.event_types).map_err(|e| ReadError::Decode(e.to_string()))?;
+        self.execute(
+            "INSERT INTO read_webhook_subscriptions (id, organization_id, url, event_types,
+               disabled, description, secret, created_at, updated_at, created_position)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (id) DO UPDATE SET url = excluded.url,
+               event_types = excluded.event_types, disabled = excluded.disabled,
+               description = excluded.description, secret = excluded.secret,
+               updated_at = excluded.updated_at",
+            &[
+                &s.id,
+                &s.organization_id,
+                &s.url.as_bytes(),
+                &types,
+                &s.disabled,
+                &s.description.as_deref().map(str::as_bytes),
+                &s.secret.as_bytes(),
+                &t(&s.created_at),
+                &t(&s.updated_at),
+                &(s.created_position as i64),
+            ],
         )
         .await?;
         Ok(())

@@ -1,0 +1,109 @@
+//! `/webhooks/subscriptions`: Airweave's webhook subscription routes (list, create, get with
+//! or without its secret, patch, delete), field for field as its `schemas/webhooks.py`.
+//!
+//! Airweave's subscription ids are Svix's strings, so a malformed id is just an id that
+//! does not exist: 404, like an unknown one or another organization's.
+
+use super::error::ApiError;
+use super::input::{check_text, read_json, Fields, Query, Text};
+use super::wire::{WebhookSubscriptionDetailOut, WebhookSubscriptionOut};
+use super::{ok_json, AppState};
+use crate::app::webhooks::NewSubscription;
+use crate::app::{Caller, Error};
+use actix_web::{web, HttpRequest, HttpResponse};
+use std::collections::HashMap;
+use syncjobs_domain::webhook::{SubscriptionPatch, EVENT_TYPES};
+use uuid::Uuid;
+
+/// The subscription id of the path; anything that is not a UUID names no subscription.
+fn subscription_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| Error::WebhookSubscriptionNotFound.into())
+}
+
+/// More event types than exist cannot all be known.
+const MAX_EVENT_TYPES: usize = EVENT_TYPES.len() * 4;
+
+fn description(f: &Fields<'_>) -> Result<Option<String>, ApiError> {
+    let d = f.opt_str("description")?;
+    if let Some(d) = d {
+        check_text("description", d, Text::MultiLine)?;
+    }
+    Ok(d.map(str::to_owned))
+}
+
+pub async fn list(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state
+        .projection
+        .read(async |m| {
+            let rows = m.webhook_subscriptions(caller.organization_id).await?;
+            let out: Vec<_> = rows.iter().map(WebhookSubscriptionOut::new).collect();
+            ok_json(&out)
+        })
+        .await
+}
+
+pub async fn create(
+    caller: Caller,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json(&req, payload, &state.http).await?;
+    let f = Fields(&body);
+    let url = f.req_str("url")?.to_owned();
+    let event_types = f
+        .opt_str_list("event_types", MAX_EVENT_TYPES)?
+        .ok_or_else(|| ApiError::Unprocessable("event_types: field required".into()))?;
+    let new = NewSubscription {
+        url,
+        event_types,
+        description: description(&f)?,
+        secret: f.opt_str("secret")?.map(str::to_owned),
+    };
+    let created = state.create_webhook_subscription(&caller, new).await?;
+    ok_json(&WebhookSubscriptionOut::new(&created))
+}
+
+pub async fn get(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let include_secret = Query(&query).bool("include_secret", false)?;
+    let id = subscription_id(&path)?;
+    let s = state.webhook_subscription(&caller, id).await?;
+    ok_json(&WebhookSubscriptionDetailOut::new(&s, include_secret))
+}
+
+pub async fn patch(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = subscription_id(&path)?;
+    let body = read_json(&req, payload, &state.http).await?;
+    let f = Fields(&body);
+    let patch = SubscriptionPatch {
+        url: f.opt_str("url")?.map(str::to_owned),
+        event_types: f.opt_str_list("event_types", MAX_EVENT_TYPES)?,
+        disabled: f.opt_bool("disabled")?,
+        description: description(&f)?,
+    };
+    let updated = state
+        .update_webhook_subscription(&caller, id, patch)
+        .await?;
+    ok_json(&WebhookSubscriptionOut::new(&updated))
+}
+
+pub async fn delete(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = subscription_id(&path)?;
+    let deleted = state.delete_webhook_subscription(&caller, id).await?;
+    ok_json(&WebhookSubscriptionOut::new(&deleted))
+}
