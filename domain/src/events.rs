@@ -246,6 +246,24 @@ pub enum WebhookEvent {
     WebhookSubscriptionDeleted {
         organization_id: Uuid,
     },
+    /// One POST of a message to a subscription, in the delivery's own stream
+    /// (`webhook_delivery-<message>-<subscription>`, see [`crate::webhook::WebhookDelivery`]).
+    WebhookAttemptRecorded {
+        message_id: Uuid,
+        subscription_id: Uuid,
+        organization_id: Uuid,
+        /// 1 for the first attempt; also the stream version it is recorded at.
+        attempt: u32,
+        url: String,
+        /// The endpoint's HTTP status; 0 when none came (refused, timed out, broken).
+        status_code: u16,
+        /// The start of the endpoint's answer (at most 1 KiB), or why none came.
+        response: String,
+        /// When the next attempt is due; absent when this attempt ended the delivery
+        /// (it succeeded, or it was the last one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_attempt_at: Option<DateTime<Utc>>,
+    },
 }
 
 /// Any event of any stream. Each inner enum carries its own `type` tag; the tags are distinct.
@@ -365,6 +383,7 @@ event_types! {
         WebhookSubscriptionCreated = WEBHOOK_SUBSCRIPTION_CREATED,
         WebhookSubscriptionUpdated = WEBHOOK_SUBSCRIPTION_UPDATED,
         WebhookSubscriptionDeleted = WEBHOOK_SUBSCRIPTION_DELETED,
+        WebhookAttemptRecorded = WEBHOOK_ATTEMPT_RECORDED,
     }
 }
 
@@ -425,6 +444,11 @@ pub mod stream {
     pub const WEBHOOK_SUBSCRIPTION_PREFIX: &str = "webhook_subscription-";
     pub fn webhook_subscription(id: Uuid) -> String {
         format!("{WEBHOOK_SUBSCRIPTION_PREFIX}{id}")
+    }
+    pub const WEBHOOK_DELIVERY_PREFIX: &str = "webhook_delivery-";
+    /// The attempts to deliver one message to one subscription.
+    pub fn webhook_delivery(message_id: Uuid, subscription_id: Uuid) -> String {
+        format!("{WEBHOOK_DELIVERY_PREFIX}{message_id}-{subscription_id}")
     }
     /// The job id of a job stream name, if it is one.
     pub fn job_id(stream: &str) -> Option<Uuid> {
@@ -663,6 +687,17 @@ mod tests {
             .into(),
             WebhookEvent::WebhookSubscriptionDeleted {
                 organization_id: Uuid::nil(),
+            }
+            .into(),
+            WebhookEvent::WebhookAttemptRecorded {
+                message_id: Uuid::nil(),
+                subscription_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                attempt: 1,
+                url: "https://example.com/h".into(),
+                status_code: 500,
+                response: "boom".into(),
+                next_attempt_at: Some(now),
             }
             .into(),
         ];

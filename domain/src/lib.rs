@@ -43,4 +43,4 @@ pub use events::{
 pub use job::{Job, JobCommand, JobError, JobState, JobStatus};
 pub use source_connection::{SourceConnection, SourceConnectionCommand, SourceConnectionError};
 pub use store::{follow, follow_batches, EventStore, ExpectedVersion, InMemoryStore, StoreError};
-pub use webhook::{WebhookCommand, WebhookError, WebhookSubscription};
+pub use webhook::{WebhookCommand, WebhookDelivery, WebhookError, WebhookSubscription};

@@ -11,7 +11,9 @@
 //! `decide` stays pure.
 
 use crate::aggregate::{Aggregate, FoldError};
-use crate::events::{Event, RecordedEvent, WebhookEvent};
+use crate::events::{
+    CollectionEvent, Event, RecordedEvent, SourceConnectionEvent, SyncJobEvent, WebhookEvent,
+};
 use uuid::Uuid;
 
 /// The prefix of a Standard Webhooks secret (`whsec_<base64>`).
@@ -37,6 +39,34 @@ pub const EVENT_TYPES: [&str; 10] = [
     "source_connection.created",
     "source_connection.deleted",
 ];
+
+/// The webhook event type an event of the log becomes, if any: each change of a job's
+/// status (Airweave's `SyncLifecycleEvent`), and the creation and deletion of collections
+/// and source connections. Progress reports and everything else become none.
+pub fn webhook_event_type(event: &Event) -> Option<&'static str> {
+    Some(match event {
+        Event::Job(e) => match e {
+            SyncJobEvent::JobCreated { .. } => "sync.pending",
+            SyncJobEvent::JobStarted { .. } => "sync.running",
+            SyncJobEvent::CancelRequested { .. } => "sync.cancelling",
+            SyncJobEvent::JobCompleted { .. } => "sync.completed",
+            SyncJobEvent::JobFailed { .. } => "sync.failed",
+            SyncJobEvent::Cancelled { .. } | SyncJobEvent::ForceCancelled { .. } => {
+                "sync.cancelled"
+            }
+            SyncJobEvent::ProgressRecorded { .. } => return None,
+        },
+        Event::Collection(CollectionEvent::CollectionCreated { .. }) => "collection.created",
+        Event::Collection(CollectionEvent::CollectionDeleted { .. }) => "collection.deleted",
+        Event::SourceConnection(SourceConnectionEvent::SourceConnectionCreated { .. }) => {
+            "source_connection.created"
+        }
+        Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted { .. }) => {
+            "source_connection.deleted"
+        }
+        Event::Access(_) | Event::Webhook(_) => return None,
+    })
+}
 
 /// Checks a delivery URL: absolute `http` or `https` with a host, no credentials in it, at
 /// most [`MAX_URL_LEN`] characters. The error says what is wrong, in the user's words.
@@ -242,6 +272,9 @@ impl Aggregate for WebhookSubscription {
                 }
                 self.deleted = true;
             }
+            WebhookEvent::WebhookAttemptRecorded { .. } => {
+                return Err(FoldError::Foreign(e.event_type()))
+            }
         }
         self.version = e.version;
         Ok(())
@@ -313,6 +346,79 @@ impl Aggregate for WebhookSubscription {
                 }])
             }
         }
+    }
+}
+
+/// The delivery of one message to one subscription: its attempts, each recorded once, in
+/// turn, until one succeeds or the last one fails. Recording them as events (rather than in
+/// read-model tables only) is what keeps a delivery exact across a restart and a rebuild
+/// of the read model: the log says which messages were delivered, so none is sent again
+/// after a rebuild, and a pending retry keeps its due time; and two dispatchers racing on
+/// one delivery cannot both record an attempt (the expected version decides).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WebhookDelivery {
+    pub version: u64,
+    /// It succeeded, or its last attempt failed: nothing more is sent.
+    pub done: bool,
+}
+
+/// Record one attempt (the dispatcher made it; `decide` checks it is this delivery's next).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordAttempt(pub WebhookEvent);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("the delivery has ended")]
+    Ended,
+    #[error("attempt {0} is not the delivery's next")]
+    OutOfTurn(u32),
+    #[error("not an attempt")]
+    NotAnAttempt,
+}
+
+impl Aggregate for WebhookDelivery {
+    const NAME: &'static str = "webhook delivery";
+    type Event = WebhookEvent;
+    type Command = RecordAttempt;
+    type Error = DeliveryError;
+
+    fn initial() -> Self {
+        WebhookDelivery::default()
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn evolve(&mut self, e: &RecordedEvent) -> Result<(), FoldError> {
+        let Event::Webhook(WebhookEvent::WebhookAttemptRecorded {
+            next_attempt_at, ..
+        }) = &e.event
+        else {
+            return Err(FoldError::Foreign(e.event_type()));
+        };
+        if self.done {
+            return Err(FoldError::DoesNotFit {
+                event: e.event_type(),
+                why: "the delivery has ended",
+            });
+        }
+        self.done = next_attempt_at.is_none();
+        self.version = e.version;
+        Ok(())
+    }
+
+    fn decide(&self, command: &RecordAttempt) -> Result<Vec<WebhookEvent>, DeliveryError> {
+        let WebhookEvent::WebhookAttemptRecorded { attempt, .. } = &command.0 else {
+            return Err(DeliveryError::NotAnAttempt);
+        };
+        if self.done {
+            return Err(DeliveryError::Ended);
+        }
+        if u64::from(*attempt) != self.version + 1 {
+            return Err(DeliveryError::OutOfTurn(*attempt));
+        }
+        Ok(vec![command.0.clone()])
     }
 }
 
@@ -455,5 +561,69 @@ mod tests {
             AggregateTest::<WebhookSubscription>::fold_error([created(), created()]),
             FoldError::DoesNotFit { .. }
         ));
+    }
+
+    fn attempt(n: u32, next: Option<i64>) -> WebhookEvent {
+        WebhookEvent::WebhookAttemptRecorded {
+            message_id: Uuid::from_u128(3),
+            subscription_id: Uuid::from_u128(1),
+            organization_id: ORG,
+            attempt: n,
+            url: "https://example.com/hook".into(),
+            status_code: if next.is_some() { 500 } else { 200 },
+            response: String::new(),
+            next_attempt_at: next.map(crate::testkit::at),
+        }
+    }
+
+    #[test]
+    fn attempts_are_recorded_in_turn_until_one_ends_the_delivery() {
+        let s = AggregateTest::<WebhookDelivery>::given([])
+            .when(RecordAttempt(attempt(1, Some(5))))
+            .then([attempt(1, Some(5))]);
+        assert!(!s.done);
+        let retrying = AggregateTest::<WebhookDelivery>::given([attempt(1, Some(5))]);
+        retrying
+            .when(RecordAttempt(attempt(1, Some(5))))
+            .then_err(DeliveryError::OutOfTurn(1));
+        retrying
+            .when(RecordAttempt(attempt(3, None)))
+            .then_err(DeliveryError::OutOfTurn(3));
+        let s = retrying
+            .when(RecordAttempt(attempt(2, None)))
+            .then([attempt(2, None)]);
+        assert!(s.done);
+        AggregateTest::<WebhookDelivery>::given([attempt(1, Some(5)), attempt(2, None)])
+            .when(RecordAttempt(attempt(3, None)))
+            .then_err(DeliveryError::Ended);
+    }
+
+    #[test]
+    fn lifecycle_events_map_to_airweaves_webhook_types() {
+        use crate::events::EntityCounts;
+        let job = |e: SyncJobEvent| webhook_event_type(&Event::Job(e));
+        assert_eq!(
+            job(SyncJobEvent::JobStarted { worker: "w".into() }),
+            Some("sync.running")
+        );
+        assert_eq!(
+            job(SyncJobEvent::ProgressRecorded {
+                counts: EntityCounts::default()
+            }),
+            None
+        );
+        assert_eq!(
+            job(SyncJobEvent::ForceCancelled {
+                error: "forced".into(),
+                timeout_seconds: 1,
+                requested_at: crate::testkit::at(0),
+                counts: EntityCounts::default(),
+                counts_reconciled: false,
+            }),
+            Some("sync.cancelled")
+        );
+        for t in ["sync.pending", "sync.cancelling", "collection.deleted"] {
+            assert!(EVENT_TYPES.contains(&t));
+        }
     }
 }

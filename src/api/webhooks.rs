@@ -6,7 +6,7 @@
 
 use super::error::ApiError;
 use super::input::{check_text, read_json, Fields, Query, Text};
-use super::wire::{WebhookSubscriptionDetailOut, WebhookSubscriptionOut};
+use super::wire::{WebhookSubscriptionDetailOut, WebhookSubscriptionOut, HEALTH_WINDOW};
 use super::{ok_json, AppState};
 use crate::app::webhooks::NewSubscription;
 use crate::app::{Caller, Error};
@@ -19,6 +19,9 @@ use uuid::Uuid;
 fn subscription_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| Error::WebhookSubscriptionNotFound.into())
 }
+
+/// Attempts a subscription's detail shows (Svix's default page).
+const RECENT_ATTEMPTS: usize = 100;
 
 /// More event types than exist cannot all be known.
 const MAX_EVENT_TYPES: usize = EVENT_TYPES.len() * 4;
@@ -36,7 +39,11 @@ pub async fn list(caller: Caller, state: web::Data<AppState>) -> Result<HttpResp
         .projection
         .read(async |m| {
             let rows = m.webhook_subscriptions(caller.organization_id).await?;
-            let out: Vec<_> = rows.iter().map(WebhookSubscriptionOut::new).collect();
+            let mut out = Vec::with_capacity(rows.len());
+            for s in &rows {
+                let recent = m.webhook_attempts(s.id, false, HEALTH_WINDOW).await?;
+                out.push(WebhookSubscriptionOut::with_health(s, &recent));
+            }
             ok_json(&out)
         })
         .await
@@ -73,7 +80,17 @@ pub async fn get(
     let include_secret = Query(&query).bool("include_secret", false)?;
     let id = subscription_id(&path)?;
     let s = state.webhook_subscription(&caller, id).await?;
-    ok_json(&WebhookSubscriptionDetailOut::new(&s, include_secret))
+    state
+        .projection
+        .read(async |m| {
+            let attempts = m.webhook_attempts(id, false, RECENT_ATTEMPTS).await?;
+            ok_json(&WebhookSubscriptionDetailOut::new(
+                &s,
+                &attempts,
+                include_secret,
+            ))
+        })
+        .await
 }
 
 pub async fn patch(

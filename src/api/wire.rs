@@ -12,7 +12,8 @@ use syncjobs_actors::pipeline::EntityStats;
 use syncjobs_domain::time::serde_micros::{optional as opt_ts, required as ts};
 use syncjobs_domain::JobState;
 use syncjobs_projections::{
-    Collection, ReadError, ReadView, SourceConnection, SourceConnectionStatus, WebhookSubscription,
+    Collection, ReadError, ReadView, SourceConnection, SourceConnectionStatus, WebhookAttempt,
+    WebhookSubscription,
 };
 use uuid::Uuid;
 
@@ -420,7 +421,68 @@ pub struct WebhookSubscriptionOut<'a> {
     pub health_status: &'static str,
 }
 
+/// Airweave's `compute_health_status` over recent attempts, newest first: none -> unknown;
+/// the latest 3 or more failed in a row -> failing; all succeeded -> healthy; else degraded.
+pub fn health_status(recent: &[WebhookAttempt]) -> &'static str {
+    let ok = |a: &WebhookAttempt| (200..300).contains(&a.status_code);
+    if recent.is_empty() {
+        return "unknown";
+    }
+    if recent.iter().take_while(|a| !ok(a)).count() >= 3 {
+        return "failing";
+    }
+    if recent.iter().all(ok) {
+        "healthy"
+    } else {
+        "degraded"
+    }
+}
+
+/// Recent attempts that make a subscription's health (Airweave reads 10).
+pub const HEALTH_WINDOW: usize = 10;
+
+/// One delivery attempt (Airweave's `DeliveryAttempt`).
+#[derive(Serialize)]
+pub struct DeliveryAttemptOut<'a> {
+    pub id: Uuid,
+    pub message_id: Uuid,
+    pub endpoint_id: Uuid,
+    pub response: &'a str,
+    pub response_status_code: u16,
+    /// `success` (2xx) or `failed`.
+    pub status: &'static str,
+    #[serde(serialize_with = "ts")]
+    pub timestamp: DateTime<Utc>,
+    pub url: &'a str,
+}
+
+impl<'a> DeliveryAttemptOut<'a> {
+    pub fn new(a: &'a WebhookAttempt) -> Self {
+        DeliveryAttemptOut {
+            id: a.id,
+            message_id: a.message_id,
+            endpoint_id: a.subscription_id,
+            response: &a.response,
+            response_status_code: a.status_code,
+            status: if (200..300).contains(&a.status_code) {
+                "success"
+            } else {
+                "failed"
+            },
+            timestamp: a.timestamp,
+            url: &a.url,
+        }
+    }
+}
+
 impl<'a> WebhookSubscriptionOut<'a> {
+    pub fn with_health(s: &'a WebhookSubscription, recent: &[WebhookAttempt]) -> Self {
+        WebhookSubscriptionOut {
+            health_status: health_status(recent),
+            ..Self::new(s)
+        }
+    }
+
     pub fn new(s: &'a WebhookSubscription) -> Self {
         WebhookSubscriptionOut {
             id: s.id,
@@ -441,15 +503,21 @@ impl<'a> WebhookSubscriptionOut<'a> {
 pub struct WebhookSubscriptionDetailOut<'a> {
     #[serde(flatten)]
     pub subscription: WebhookSubscriptionOut<'a>,
-    pub delivery_attempts: Vec<()>,
+    pub delivery_attempts: Vec<DeliveryAttemptOut<'a>>,
     pub secret: Option<&'a str>,
 }
 
 impl<'a> WebhookSubscriptionDetailOut<'a> {
-    pub fn new(s: &'a WebhookSubscription, include_secret: bool) -> Self {
+    /// `attempts`: the subscription's recent attempts, newest first.
+    pub fn new(
+        s: &'a WebhookSubscription,
+        attempts: &'a [WebhookAttempt],
+        include_secret: bool,
+    ) -> Self {
+        let recent = &attempts[..attempts.len().min(HEALTH_WINDOW)];
         WebhookSubscriptionDetailOut {
-            subscription: WebhookSubscriptionOut::new(s),
-            delivery_attempts: Vec::new(),
+            subscription: WebhookSubscriptionOut::with_health(s, recent),
+            delivery_attempts: attempts.iter().map(DeliveryAttemptOut::new).collect(),
             secret: include_secret.then_some(s.secret.as_str()),
         }
     }

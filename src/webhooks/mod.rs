@@ -3,4 +3,5 @@
 //! (`syncjobs_domain::webhook`), folded into the read model; deliveries are signed the
 //! Standard Webhooks way ([`sign`]).
 
+pub mod dispatch;
 pub mod sign;

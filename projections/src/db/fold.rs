@@ -11,7 +11,10 @@
 //! the row is written once per batch); final jobs live only in the database.
 
 use super::{time, ReadError};
-use crate::model::{ApiKey, Collection, Organization, SourceConnection, WebhookSubscription};
+use crate::model::{
+    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
+    WebhookSubscription,
+};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use syncjobs_domain::events::stream;
@@ -146,6 +149,40 @@ pub(crate) trait Rows {
     ) -> Result<Option<WebhookSubscription>, ReadError>;
     /// Inserts the subscription, or replaces the row of its id.
     async fn write_webhook_subscription(&self, s: &WebhookSubscription) -> Result<(), ReadError>;
+    /// Ends the pending deliveries of a deleted subscription.
+    async fn cancel_webhook_deliveries(&self, subscription_id: Uuid) -> Result<(), ReadError>;
+    async fn source_connection_row(&self, id: Uuid) -> Result<Option<SourceConnection>, ReadError>;
+    async fn collection_row(&self, id: Uuid) -> Result<Option<Collection>, ReadError>;
+    async fn webhook_subscriptions_of(
+        &self,
+        organization_id: Uuid,
+    ) -> Result<Vec<WebhookSubscription>, ReadError>;
+    /// Inserts the message unless it exists.
+    async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError>;
+    /// A pending delivery of a message to a subscription, due at `due`, unless it exists.
+    async fn insert_webhook_delivery(
+        &self,
+        m: &WebhookMessage,
+        subscription_id: Uuid,
+        due: &str,
+    ) -> Result<(), ReadError>;
+    /// Records the attempt (unless known) and moves its delivery on: `status` and the next
+    /// due time.
+    async fn record_webhook_attempt(
+        &self,
+        a: &WebhookAttempt,
+        status: &str,
+        next_attempt_at: Option<&str>,
+        position: u64,
+    ) -> Result<(), ReadError>;
+}
+
+/// What a webhook message of an event needs from the model as it was before the event
+/// (a deleted row is gone after it).
+enum Before {
+    Nothing,
+    Collection(Collection),
+    SourceConnection(SourceConnection),
 }
 
 /// The fold's memory between batches: the position folded and the live jobs.
@@ -221,6 +258,16 @@ impl Fold {
     }
 }
 
+/// The envelope of an event that becomes a webhook message.
+struct Meta<'a> {
+    event_type: &'static str,
+    event_id: Uuid,
+    version: u64,
+    stream_id: &'a str,
+    at: DateTime<Utc>,
+    position: u64,
+}
+
 /// One batch's work in progress.
 struct Batch<'t, R> {
     rows: &'t R,
@@ -248,6 +295,54 @@ impl<R: Rows> Batch<'_, R> {
     async fn apply(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
         let at = e.recorded_at;
         let position = e.global_position;
+        let hook = syncjobs_domain::webhook::webhook_event_type(&e.event);
+        let before = match (&hook, &e.event) {
+            (Some(_), Event::Collection(CollectionEvent::CollectionDeleted { collection_id })) => {
+                self.rows
+                    .collection_row(*collection_id)
+                    .await?
+                    .map_or(Before::Nothing, Before::Collection)
+            }
+            (
+                Some(_),
+                Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted {
+                    source_connection_id,
+                }),
+            ) => self
+                .rows
+                .source_connection_row(*source_connection_id)
+                .await?
+                .map_or(Before::Nothing, Before::SourceConnection),
+            _ => Before::Nothing,
+        };
+        let message = match hook {
+            Some(event_type) => Some((
+                event_type,
+                e.event_id,
+                e.version,
+                e.stream_id.clone(),
+                e.event.clone(),
+            )),
+            None => None,
+        };
+        self.apply_event(e).await?;
+        if let Some((event_type, event_id, version, stream_id, event)) = message {
+            let meta = Meta {
+                event_type,
+                event_id,
+                version,
+                stream_id: &stream_id,
+                at,
+                position,
+            };
+            self.webhook_message(meta, &event, before).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_event(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
+        let at = e.recorded_at;
+        let position = e.global_position;
         match e.event {
             Event::Job(job_event) => match stream::job_id(&e.stream_id) {
                 Some(job_id) => self.apply_job(job_id, job_event, at, position).await?,
@@ -260,7 +355,10 @@ impl<R: Rows> Batch<'_, R> {
             Event::Collection(c) => self.apply_collection(c, at, position).await?,
             Event::SourceConnection(s) => self.apply_source_connection(s, at, position).await?,
             Event::Access(a) => self.apply_access(a, at, position).await?,
-            Event::Webhook(w) => self.apply_webhook(w, &e.stream_id, at, position).await?,
+            Event::Webhook(w) => {
+                self.apply_webhook(w, &e.stream_id, e.event_id, at, position)
+                    .await?
+            }
         }
         Ok(())
     }
@@ -499,13 +597,211 @@ impl<R: Rows> Batch<'_, R> {
         Ok(())
     }
 
+    /// The message an event with a webhook type becomes, and a pending delivery of it for
+    /// each enabled subscription of its organization that wants that type now.
+    async fn webhook_message(
+        &mut self,
+        meta: Meta<'_>,
+        event: &Event,
+        before: Before,
+    ) -> Result<(), ReadError> {
+        let Some((organization_id, payload)) = self.payload(&meta, event, before).await? else {
+            return Ok(());
+        };
+        let m = WebhookMessage {
+            id: meta.event_id,
+            organization_id,
+            event_type: meta.event_type.to_owned(),
+            payload: payload.to_string(),
+            timestamp: meta.at,
+            created_position: meta.position,
+        };
+        self.rows.insert_webhook_message(&m).await?;
+        let due = time(&meta.at);
+        for s in self.rows.webhook_subscriptions_of(organization_id).await? {
+            if !s.disabled && s.event_types.iter().any(|t| t == meta.event_type) {
+                self.rows.insert_webhook_delivery(&m, s.id, &due).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Airweave's payload of the event (its `core/events` models, field for field), and the
+    /// organization it belongs to; None for an event the fold skipped.
+    async fn payload(
+        &mut self,
+        meta: &Meta<'_>,
+        event: &Event,
+        before: Before,
+    ) -> Result<Option<(Uuid, serde_json::Value)>, ReadError> {
+        use serde_json::json;
+        let timestamp = syncjobs_domain::time::micros(&meta.at);
+        Ok(Some(match event {
+            Event::Job(_) => {
+                let Some(job_id) = stream::job_id(meta.stream_id) else {
+                    return Ok(None);
+                };
+                // The state after this very event: an event the fold skipped has none.
+                let Some(job) = self
+                    .live
+                    .get(&job_id)
+                    .or(self.finished.get(&job_id))
+                    .map(|j| j.state.clone())
+                    .filter(|s| s.version == meta.version)
+                else {
+                    return Ok(None);
+                };
+                let sc = self
+                    .rows
+                    .source_connection_row(job.source_connection_id)
+                    .await?;
+                let collection = match &sc {
+                    Some(sc) => self.rows.collection_row(sc.collection_id).await?,
+                    None => None,
+                };
+                let error = match job.status {
+                    JobStatus::Failed | JobStatus::Cancelled => job.error.clone(),
+                    _ => None,
+                };
+                let c = &job.counts;
+                (
+                    job.organization_id,
+                    json!({
+                        "event_type": meta.event_type,
+                        "timestamp": timestamp,
+                        "organization_id": job.organization_id,
+                        // Airweave's sync is one per source connection here.
+                        "sync_id": job.source_connection_id,
+                        "sync_job_id": job.job_id,
+                        "collection_id": sc.as_ref().map(|s| s.collection_id),
+                        "source_connection_id": job.source_connection_id,
+                        "source_type": job.short_name,
+                        "collection_name": collection.as_ref().map_or("", |c| c.name.as_str()),
+                        "collection_readable_id":
+                            sc.as_ref().map_or("", |s| s.readable_collection_id.as_str()),
+                        "status": job.status.to_string(),
+                        "entities_inserted": c.inserted,
+                        "entities_updated": c.updated,
+                        "entities_deleted": c.deleted,
+                        "entities_skipped": c.skipped,
+                        "chunks_written": 0,
+                        "error": error,
+                    }),
+                )
+            }
+            Event::Collection(CollectionEvent::CollectionCreated {
+                collection_id,
+                organization_id,
+                name,
+                readable_id,
+            }) => (
+                *organization_id,
+                json!({
+                    "event_type": meta.event_type,
+                    "timestamp": timestamp,
+                    "organization_id": organization_id,
+                    "collection_id": collection_id,
+                    "collection_name": name,
+                    "collection_readable_id": readable_id,
+                }),
+            ),
+            Event::Collection(CollectionEvent::CollectionDeleted { .. }) => {
+                let Before::Collection(c) = before else {
+                    return Ok(None);
+                };
+                (
+                    c.organization_id,
+                    json!({
+                        "event_type": meta.event_type,
+                        "timestamp": timestamp,
+                        "organization_id": c.organization_id,
+                        "collection_id": c.id,
+                        "collection_name": c.name,
+                        "collection_readable_id": c.readable_id,
+                    }),
+                )
+            }
+            Event::SourceConnection(SourceConnectionEvent::SourceConnectionCreated {
+                source_connection_id,
+                organization_id,
+                readable_collection_id,
+                short_name,
+                authenticated,
+                ..
+            }) => (
+                *organization_id,
+                json!({
+                    "event_type": meta.event_type,
+                    "timestamp": timestamp,
+                    "organization_id": organization_id,
+                    "source_connection_id": source_connection_id,
+                    "collection_readable_id": readable_collection_id,
+                    "source_type": short_name,
+                    "is_authenticated": authenticated,
+                }),
+            ),
+            Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted { .. }) => {
+                let Before::SourceConnection(sc) = before else {
+                    return Ok(None);
+                };
+                (
+                    sc.organization_id,
+                    json!({
+                        "event_type": meta.event_type,
+                        "timestamp": timestamp,
+                        "organization_id": sc.organization_id,
+                        "source_connection_id": sc.id,
+                        "collection_readable_id": sc.readable_collection_id,
+                        "source_type": sc.short_name,
+                        "is_authenticated": false,
+                    }),
+                )
+            }
+            Event::Access(_) | Event::Webhook(_) => return Ok(None),
+        }))
+    }
+
     async fn apply_webhook(
         &mut self,
         event: WebhookEvent,
         stream_id: &str,
+        event_id: Uuid,
         at: DateTime<Utc>,
         position: u64,
     ) -> Result<(), ReadError> {
+        if let WebhookEvent::WebhookAttemptRecorded {
+            message_id,
+            subscription_id,
+            organization_id,
+            attempt,
+            url,
+            status_code,
+            response,
+            next_attempt_at,
+        } = event
+        {
+            let status = match (status_code, next_attempt_at) {
+                (200..=299, _) => "success",
+                (_, Some(_)) => "pending",
+                (_, None) => "failed",
+            };
+            let a = WebhookAttempt {
+                id: event_id,
+                message_id,
+                subscription_id,
+                organization_id,
+                attempt,
+                url,
+                status_code,
+                response,
+                timestamp: at,
+            };
+            let next = next_attempt_at.map(|t| time(&t));
+            return self
+                .rows
+                .record_webhook_attempt(&a, status, next.as_deref(), position)
+                .await;
+        }
         let Some(id) = stream_id
             .strip_prefix(stream::WEBHOOK_SUBSCRIPTION_PREFIX)
             .and_then(|s| Uuid::parse_str(s).ok())
@@ -572,7 +868,9 @@ impl<R: Rows> Batch<'_, R> {
                 self.rows
                     .remove_row(Table::WebhookSubscriptions, id)
                     .await?;
+                self.rows.cancel_webhook_deliveries(id).await?;
             }
+            WebhookEvent::WebhookAttemptRecorded { .. } => {}
         }
         Ok(())
     }

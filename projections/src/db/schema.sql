@@ -117,3 +117,50 @@ CREATE TABLE IF NOT EXISTS webhook_subscriptions (
 );
 CREATE INDEX IF NOT EXISTS webhook_subscriptions_by_organization
     ON webhook_subscriptions (organization_id, created_position);
+
+-- Webhook messages: every event of the log that has a webhook type (its id is the event's).
+CREATE TABLE IF NOT EXISTS webhook_messages (
+    id BLOB PRIMARY KEY,
+    organization_id BLOB NOT NULL,
+    event_type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    created_position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_messages_by_organization
+    ON webhook_messages (organization_id, created_position);
+
+-- One row per message and matching subscription (at the message's position): `pending`
+-- until an attempt succeeds (`success`) or the last one fails (`failed`). The attempts
+-- themselves are events of the log (domain::webhook::WebhookDelivery), folded here.
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    message_id BLOB NOT NULL,
+    subscription_id BLOB NOT NULL,
+    organization_id BLOB NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at TEXT,
+    created_position INTEGER NOT NULL,
+    PRIMARY KEY (message_id, subscription_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due
+    ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_subscription
+    ON webhook_deliveries (subscription_id, status);
+
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    id BLOB PRIMARY KEY,
+    message_id BLOB NOT NULL,
+    subscription_id BLOB NOT NULL,
+    organization_id BLOB NOT NULL,
+    attempt INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    response TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    created_position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_message
+    ON webhook_attempts (message_id, created_position);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_subscription
+    ON webhook_attempts (subscription_id, created_position);

@@ -7,8 +7,8 @@
 use super::pg::view as pg;
 use super::{decode_job, organization_row, parse_time, ReadDb, ReadError};
 use crate::model::{
-    ApiKey, Collection, CollectionStatus, ModelDump, Organization, SourceConnection,
-    SourceConnectionStatus, WebhookSubscription,
+    ApiKey, Collection, CollectionStatus, DueDelivery, ModelDump, Organization, SourceConnection,
+    SourceConnectionStatus, WebhookAttempt, WebhookMessage, WebhookSubscription,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row};
@@ -41,9 +41,9 @@ pub(crate) enum Conn<'a> {
 const JOB_VISIBLE: &str = "(j.active = 1 OR EXISTS
     (SELECT 1 FROM source_connections s WHERE s.id = j.source_connection_id))";
 
-const COLLECTION_COLUMNS: &str =
+pub(crate) const COLLECTION_COLUMNS: &str =
     "id, organization_id, name, readable_id, created_at, modified_at, created_position";
-const SOURCE_CONNECTION_COLUMNS: &str =
+pub(crate) const SOURCE_CONNECTION_COLUMNS: &str =
     "id, organization_id, collection_id, readable_collection_id,
     name, description, short_name, config, auth_method, authenticated, created_at, modified_at,
     created_position, total_runs, successful_runs, failed_runs";
@@ -96,7 +96,37 @@ pub(crate) fn webhook_subscription_row(r: &Row<'_>) -> rusqlite::Result<WebhookS
     })
 }
 
-fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
+const MESSAGE_COLUMNS: &str =
+    "id, organization_id, event_type, payload, timestamp, created_position";
+const ATTEMPT_COLUMNS: &str = "id, message_id, subscription_id, organization_id, attempt, url,
+    status_code, response, timestamp";
+
+fn message_row(r: &Row<'_>) -> rusqlite::Result<WebhookMessage> {
+    Ok(WebhookMessage {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        event_type: r.get(2)?,
+        payload: r.get(3)?,
+        timestamp: parse_time(&r.get::<_, String>(4)?)?,
+        created_position: r.get::<_, i64>(5)? as u64,
+    })
+}
+
+fn attempt_row(r: &Row<'_>) -> rusqlite::Result<WebhookAttempt> {
+    Ok(WebhookAttempt {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        subscription_id: r.get(2)?,
+        organization_id: r.get(3)?,
+        attempt: r.get(4)?,
+        url: r.get(5)?,
+        status_code: r.get(6)?,
+        response: r.get(7)?,
+        timestamp: parse_time(&r.get::<_, String>(8)?)?,
+    })
+}
+
+pub(crate) fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
     Ok(Collection {
         id: r.get(0)?,
         organization_id: r.get(1)?,
@@ -108,7 +138,7 @@ fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
     })
 }
 
-fn source_connection_row(r: &Row<'_>) -> rusqlite::Result<SourceConnection> {
+pub(crate) fn source_connection_row(r: &Row<'_>) -> rusqlite::Result<SourceConnection> {
     Ok(SourceConnection {
         id: r.get(0)?,
         organization_id: r.get(1)?,
@@ -312,6 +342,136 @@ impl ReadView<'_> {
                 webhook_subscription_row,
             ),
             Conn::Postgres(c) => pg::webhook_subscription(c, organization_id, id).await,
+        }
+    }
+
+    /// Deliveries due at `now` to enabled subscriptions, oldest due first, at most `limit`.
+    pub async fn due_webhook_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, ReadError> {
+        let now = super::time(&now);
+        match self.conn {
+            Conn::Sqlite(c) => page(
+                c,
+                "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
+                   d.next_attempt_at, s.url, s.secret, m.payload
+                 FROM webhook_deliveries d
+                 JOIN webhook_subscriptions s ON s.id = d.subscription_id
+                 JOIN webhook_messages m ON m.id = d.message_id
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 AND s.disabled = 0
+                 ORDER BY d.next_attempt_at, d.created_position LIMIT ?2",
+                rusqlite::params![now, limit as i64],
+                |r| {
+                    Ok(DueDelivery {
+                        message_id: r.get(0)?,
+                        subscription_id: r.get(1)?,
+                        organization_id: r.get(2)?,
+                        attempts: r.get(3)?,
+                        next_attempt_at: parse_time(&r.get::<_, String>(4)?)?,
+                        url: r.get(5)?,
+                        secret: r.get(6)?,
+                        payload: r.get(7)?,
+                    })
+                },
+                0,
+                limit,
+                |_| true,
+            ),
+            Conn::Postgres(c) => pg::due_webhook_deliveries(c, &now, limit).await,
+        }
+    }
+
+    /// The earliest due time of a pending delivery to an enabled subscription.
+    pub async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, ReadError> {
+        let found = match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                "SELECT MIN(d.next_attempt_at) FROM webhook_deliveries d
+                 JOIN webhook_subscriptions s ON s.id = d.subscription_id
+                 WHERE d.status = 'pending' AND s.disabled = 0",
+                [],
+                |r| r.get::<_, Option<String>>(0),
+            )?
+            .flatten(),
+            Conn::Postgres(c) => pg::next_webhook_due(c).await?,
+        };
+        found.map(|s| super::pg::parse_time(&s)).transpose()
+    }
+
+    /// An organization's messages, newest first, of the given types (all when empty).
+    pub async fn webhook_messages(
+        &self,
+        organization_id: Uuid,
+        event_types: &[String],
+        limit: usize,
+    ) -> Result<Vec<WebhookMessage>, ReadError> {
+        let keep =
+            |m: &WebhookMessage| event_types.is_empty() || event_types.contains(&m.event_type);
+        match self.conn {
+            Conn::Sqlite(c) => page(
+                c,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM webhook_messages WHERE organization_id = ?1
+                     ORDER BY created_position DESC"
+                ),
+                [organization_id],
+                message_row,
+                0,
+                limit,
+                keep,
+            ),
+            Conn::Postgres(c) => pg::webhook_messages(c, organization_id, limit, keep).await,
+        }
+    }
+
+    pub async fn webhook_message(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<WebhookMessage>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM webhook_messages
+                     WHERE id = ?1 AND organization_id = ?2"
+                ),
+                rusqlite::params![id, organization_id],
+                message_row,
+            ),
+            Conn::Postgres(c) => pg::webhook_message(c, organization_id, id).await,
+        }
+    }
+
+    /// The attempts of one message (`by_message`) or of one subscription, newest first,
+    /// at most `limit`.
+    pub async fn webhook_attempts(
+        &self,
+        id: Uuid,
+        by_message: bool,
+        limit: usize,
+    ) -> Result<Vec<WebhookAttempt>, ReadError> {
+        let column = if by_message {
+            "message_id"
+        } else {
+            "subscription_id"
+        };
+        match self.conn {
+            Conn::Sqlite(c) => page(
+                c,
+                &format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE {column} = ?1
+                     ORDER BY created_position DESC"
+                ),
+                [id],
+                attempt_row,
+                0,
+                limit,
+                |_| true,
+            ),
+            Conn::Postgres(c) => pg::webhook_attempts(c, column, id, limit).await,
         }
     }
 

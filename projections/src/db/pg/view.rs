@@ -4,7 +4,10 @@
 use super::parse_time;
 use crate::db::view::OrganizationCounts;
 use crate::db::ReadError;
-use crate::model::{ApiKey, Collection, Organization, SourceConnection, WebhookSubscription};
+use crate::model::{
+    ApiKey, Collection, DueDelivery, Organization, SourceConnection, WebhookAttempt,
+    WebhookMessage, WebhookSubscription,
+};
 use deadpool_postgres::ClientWrapper as Client;
 use futures::{pin_mut, TryStreamExt};
 use tokio_postgres::types::ToSql;
@@ -13,9 +16,9 @@ use uuid::Uuid;
 
 const JOB_VISIBLE: &str = "(j.active OR EXISTS
     (SELECT 1 FROM read_source_connections s WHERE s.id = j.source_connection_id))";
-const COLLECTION_COLUMNS: &str =
+pub(crate) const COLLECTION_COLUMNS: &str =
     "id, organization_id, name, readable_id, created_at, modified_at, created_position";
-const SOURCE_CONNECTION_COLUMNS: &str =
+pub(crate) const SOURCE_CONNECTION_COLUMNS: &str =
     "id, organization_id, collection_id, readable_collection_id,
     name, description, short_name, config, auth_method, authenticated, created_at, modified_at,
     created_position, total_runs, successful_runs, failed_runs";
@@ -109,7 +112,140 @@ pub(crate) async fn webhook_subscription(
     .await
 }
 
-fn collection_row(r: &Row) -> Result<Collection, ReadError> {
+const MESSAGE_COLUMNS: &str =
+    "id, organization_id, event_type, payload, timestamp, created_position";
+const ATTEMPT_COLUMNS: &str = "id, message_id, subscription_id, organization_id, attempt, url,
+    status_code, response, timestamp";
+
+fn message_row(r: &Row) -> Result<WebhookMessage, ReadError> {
+    Ok(WebhookMessage {
+        id: r.get(0),
+        organization_id: r.get(1),
+        event_type: text(r, 2)?,
+        payload: text(r, 3)?,
+        timestamp: parse_time(r.get(4))?,
+        created_position: r.get::<_, i64>(5) as u64,
+    })
+}
+
+fn attempt_row(r: &Row) -> Result<WebhookAttempt, ReadError> {
+    Ok(WebhookAttempt {
+        id: r.get(0),
+        message_id: r.get(1),
+        subscription_id: r.get(2),
+        organization_id: r.get(3),
+        attempt: u32::try_from(r.get::<_, i64>(4)).unwrap_or(u32::MAX),
+        url: text(r, 5)?,
+        status_code: u16::try_from(r.get::<_, i64>(6)).unwrap_or(0),
+        response: text(r, 7)?,
+        timestamp: parse_time(r.get(8))?,
+    })
+}
+
+pub(crate) async fn due_webhook_deliveries(
+    c: &Client,
+    now: &str,
+    limit: usize,
+) -> Result<Vec<DueDelivery>, ReadError> {
+    all(
+        c,
+        "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
+           d.next_attempt_at, s.url, s.secret, m.payload
+         FROM read_webhook_deliveries d
+         JOIN read_webhook_subscriptions s ON s.id = d.subscription_id
+         JOIN read_webhook_messages m ON m.id = d.message_id
+         WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND NOT s.disabled
+         ORDER BY d.next_attempt_at, d.created_position LIMIT $2",
+        &[&now, &(limit as i64)],
+        |r| {
+            Ok(DueDelivery {
+                message_id: r.get(0),
+                subscription_id: r.get(1),
+                organization_id: r.get(2),
+                attempts: u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX),
+                next_attempt_at: parse_time(r.get(4))?,
+                url: text(r, 5)?,
+                secret: text(r, 6)?,
+                payload: text(r, 7)?,
+            })
+        },
+    )
+    .await
+}
+
+pub(crate) async fn next_webhook_due(c: &Client) -> Result<Option<String>, ReadError> {
+    Ok(one(
+        c,
+        "SELECT MIN(d.next_attempt_at) FROM read_webhook_deliveries d
+         JOIN read_webhook_subscriptions s ON s.id = d.subscription_id
+         WHERE d.status = 'pending' AND NOT s.disabled",
+        &[],
+        |r| Ok(r.get::<_, Option<String>>(0)),
+    )
+    .await?
+    .flatten())
+}
+
+pub(crate) async fn webhook_messages(
+    c: &Client,
+    organization_id: Uuid,
+    limit: usize,
+    keep: impl FnMut(&WebhookMessage) -> bool,
+) -> Result<Vec<WebhookMessage>, ReadError> {
+    page(
+        c,
+        &format!(
+            "SELECT {MESSAGE_COLUMNS} FROM read_webhook_messages WHERE organization_id = $1
+             ORDER BY created_position DESC"
+        ),
+        &[&organization_id],
+        message_row,
+        0,
+        limit,
+        keep,
+    )
+    .await
+}
+
+pub(crate) async fn webhook_message(
+    c: &Client,
+    organization_id: Uuid,
+    id: Uuid,
+) -> Result<Option<WebhookMessage>, ReadError> {
+    one(
+        c,
+        &format!(
+            "SELECT {MESSAGE_COLUMNS} FROM read_webhook_messages
+             WHERE id = $1 AND organization_id = $2"
+        ),
+        &[&id, &organization_id],
+        message_row,
+    )
+    .await
+}
+
+pub(crate) async fn webhook_attempts(
+    c: &Client,
+    column: &str,
+    id: Uuid,
+    limit: usize,
+) -> Result<Vec<WebhookAttempt>, ReadError> {
+    page(
+        c,
+        &format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM read_webhook_attempts WHERE {column} = $1
+             ORDER BY created_position DESC"
+        ),
+        &[&id],
+        attempt_row,
+        0,
+        limit,
+        |_| true,
+    )
+    .await
+}
+
+pub(crate) fn collection_row(r: &Row) -> Result<Collection, ReadError> {
     Ok(Collection {
         id: r.get(0),
         organization_id: r.get(1),
@@ -121,7 +257,7 @@ fn collection_row(r: &Row) -> Result<Collection, ReadError> {
     })
 }
 
-fn source_connection_row(r: &Row) -> Result<SourceConnection, ReadError> {
+pub(crate) fn source_connection_row(r: &Row) -> Result<SourceConnection, ReadError> {
     Ok(SourceConnection {
         id: r.get(0),
         organization_id: r.get(1),

@@ -4,7 +4,10 @@
 use super::pool_error;
 use crate::db::fold::{Committed, Fold, JobRow, LiveJob, Rows, Run, Table, PURGE_BATCH};
 use crate::db::{decode_job, time as t, ReadError, PROJECTION_NAME};
-use crate::model::{ApiKey, Collection, Organization, SourceConnection, WebhookSubscription};
+use crate::model::{
+    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
+    WebhookSubscription,
+};
 use deadpool_postgres::{Pool, Transaction};
 use syncjobs_domain::{JobState, RecordedEvent};
 use tokio_postgres::types::ToSql;
@@ -410,6 +413,140 @@ impl Rows for PgRows<'_> {
                 &t(&s.created_at),
                 &t(&s.updated_at),
                 &(s.created_position as i64),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn cancel_webhook_deliveries(&self, subscription_id: Uuid) -> Result<(), ReadError> {
+        self.execute(
+            "UPDATE read_webhook_deliveries SET status = 'cancelled', next_attempt_at = NULL
+             WHERE subscription_id = $1 AND status = 'pending'",
+            &[&subscription_id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn source_connection_row(&self, id: Uuid) -> Result<Option<SourceConnection>, ReadError> {
+        let sql = format!(
+            "SELECT {} FROM read_source_connections WHERE id = $1",
+            super::view::SOURCE_CONNECTION_COLUMNS
+        );
+        self.query_opt(&sql, &[&id])
+            .await?
+            .map(|r| super::view::source_connection_row(&r))
+            .transpose()
+    }
+
+    async fn collection_row(&self, id: Uuid) -> Result<Option<Collection>, ReadError> {
+        let sql = format!(
+            "SELECT {} FROM read_collections WHERE id = $1",
+            super::view::COLLECTION_COLUMNS
+        );
+        self.query_opt(&sql, &[&id])
+            .await?
+            .map(|r| super::view::collection_row(&r))
+            .transpose()
+    }
+
+    async fn webhook_subscriptions_of(
+        &self,
+        organization_id: Uuid,
+    ) -> Result<Vec<WebhookSubscription>, ReadError> {
+        let sql = format!(
+            "SELECT {} FROM read_webhook_subscriptions WHERE organization_id = $1",
+            super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
+        );
+        let stmt = self.0.prepare_cached(&sql).await?;
+        self.0
+            .query(&stmt, &[&organization_id])
+            .await?
+            .iter()
+            .map(super::view::webhook_subscription_row)
+            .collect()
+    }
+
+    async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError> {
+        self.execute(
+            "INSERT INTO read_webhook_messages (id, organization_id, event_type, payload,
+               timestamp, created_position)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            &[
+                &m.id,
+                &m.organization_id,
+                &m.event_type.as_bytes(),
+                &m.payload.as_bytes(),
+                &t(&m.timestamp),
+                &(m.created_position as i64),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_webhook_delivery(
+        &self,
+        m: &WebhookMessage,
+        subscription_id: Uuid,
+        due: &str,
+    ) -> Result<(), ReadError> {
+        self.execute(
+            "INSERT INTO read_webhook_deliveries (message_id, subscription_id, organization_id,
+               status, attempts, next_attempt_at, created_position)
+             VALUES ($1, $2, $3, 'pending', 0, $4, $5) ON CONFLICT DO NOTHING",
+            &[
+                &m.id,
+                &subscription_id,
+                &m.organization_id,
+                &due,
+                &(m.created_position as i64),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn record_webhook_attempt(
+        &self,
+        a: &WebhookAttempt,
+        status: &str,
+        next_attempt_at: Option<&str>,
+        position: u64,
+    ) -> Result<(), ReadError> {
+        let inserted = self
+            .execute(
+                "INSERT INTO read_webhook_attempts (id, message_id, subscription_id,
+                   organization_id, attempt, url, status_code, response, timestamp,
+                   created_position)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &a.id,
+                    &a.message_id,
+                    &a.subscription_id,
+                    &a.organization_id,
+                    &i64::from(a.attempt),
+                    &a.url.as_bytes(),
+                    &i64::from(a.status_code),
+                    &a.response.as_bytes(),
+                    &t(&a.timestamp),
+                    &(position as i64),
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Ok(());
+        }
+        self.execute(
+            "UPDATE read_webhook_deliveries SET status = $3, attempts = $4, next_attempt_at = $5
+             WHERE message_id = $1 AND subscription_id = $2 AND status <> 'cancelled'",
+            &[
+                &a.message_id,
+                &a.subscription_id,
+                &status,
+                &i64::from(a.attempt),
+                &next_attempt_at,
             ],
         )
         .await?;
