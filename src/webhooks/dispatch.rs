@@ -117,13 +117,64 @@ struct Shared {
     clock: SharedClock,
     projection: Projection,
     config: DispatchConfig,
-    client: reqwest::Client,
+    client: HttpClient,
     /// Subscriptions with an attempt in flight.
     busy: Mutex<HashSet<Uuid>>,
     /// An attempt ended: its subscription may take the next one.
     done: Notify,
     slots: Semaphore,
     stop: CancellationToken,
+}
+
+/// Why the dispatcher cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("TLS settings: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The HTTP client of every attempt.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// TLS for `https` subscriptions: rustls on ring (the provider the NATS client already
+/// uses), trusting the system's root certificates.
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "a system root certificate could not be loaded");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!("no system root certificates: https webhook deliveries will fail");
+    }
+    tracing::debug!(added, ignored, "root certificates for webhook deliveries");
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// The client every attempt uses, `http` and `https`; it follows no redirect (a signed POST
+/// goes where the subscription says, or fails).
+fn client(timeout: Duration) -> Result<HttpClient, DispatchError> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config()?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
 }
 
 /// Starts the dispatcher on the current actix arbiter. The read model must have caught up with
@@ -133,13 +184,8 @@ pub fn spawn_dispatcher(
     clock: SharedClock,
     projection: Projection,
     config: DispatchConfig,
-) -> Result<DispatcherHandle, reqwest::Error> {
-    let client = reqwest::Client::builder()
-        .timeout(config.timeout)
-        .connect_timeout(config.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("syncjobs-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()?;
+) -> Result<DispatcherHandle, DispatchError> {
+    let client = client(config.timeout)?;
     let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
         store,
@@ -309,56 +355,88 @@ async fn post(shared: &Shared, d: &DueDelivery) -> Outcome {
         }
     };
     let ts = timestamp.to_string();
-    let request = shared
-        .client
-        .post(&d.url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", &ts)
-        .header("webhook-signature", &signature)
-        .header("svix-id", &id)
-        .header("svix-timestamp", &ts)
-        .header("svix-signature", &signature)
-        .body(d.payload.clone());
-    match request.send().await {
-        Ok(res) => {
-            let status_code = res.status().as_u16();
-            let response = excerpt(res).await;
-            Outcome {
-                status_code,
-                response,
-            }
-        }
-        Err(e) => Outcome {
-            status_code: 0,
-            response: describe(&e),
-        },
+    let headers = [
+        ("webhook-id", id.as_str()),
+        ("webhook-timestamp", &ts),
+        ("webhook-signature", &signature),
+        ("svix-id", &id),
+        ("svix-timestamp", &ts),
+        ("svix-signature", &signature),
+    ];
+    send(
+        &shared.client,
+        &d.url,
+        &headers,
+        d.payload.clone(),
+        shared.config.timeout,
+    )
+    .await
+}
+
+/// POSTs `body` as JSON with `headers`, within `timeout` (connecting included).
+async fn send(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: String,
+    timeout: Duration,
+) -> Outcome {
+    let failed = |response: String| Outcome {
+        status_code: 0,
+        response,
+    };
+    let mut request = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::USER_AGENT,
+            concat!("syncjobs-webhooks/", env!("CARGO_PKG_VERSION")),
+        );
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = match request.body(http_body_util::Full::new(bytes::Bytes::from(body))) {
+        Ok(r) => r,
+        Err(e) => return failed(format!("invalid request: {e}")),
+    };
+    let exchange = async {
+        let res = client.request(request).await?;
+        let status_code = res.status().as_u16();
+        Ok::<_, hyper_util::client::legacy::Error>(Outcome {
+            status_code,
+            response: excerpt(res.into_body()).await,
+        })
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => failed(describe(&e)),
+        Err(_) => failed(format!("timed out after {timeout:?}")),
     }
 }
 
 /// The first [`RESPONSE_EXCERPT`] bytes of the body (lossy UTF-8), reading no more.
-async fn excerpt(mut res: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while body.len() < RESPONSE_EXCERPT {
-        match res.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+async fn excerpt(mut body: hyper::body::Incoming) -> String {
+    use http_body_util::BodyExt;
+    let mut bytes = Vec::new();
+    while bytes.len() < RESPONSE_EXCERPT {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes.extend_from_slice(data);
+                }
+            }
             _ => break,
         }
     }
-    body.truncate(RESPONSE_EXCERPT);
-    String::from_utf8_lossy(&body).into_owned()
+    bytes.truncate(RESPONSE_EXCERPT);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Why no answer came, without the URL (it may carry a token in its query).
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let kind = if e.is_connect() {
         "connection failed"
-    } else if e.is_request() {
-        "request failed"
     } else {
-        "no answer"
+        "request failed"
     };
     let mut cause = String::new();
     let mut source = std::error::Error::source(e);
@@ -377,6 +455,57 @@ fn describe(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// An `https` URL is spoken to with TLS: against a plain-HTTP listener the handshake
+    /// fails (rather than the scheme being refused by a client built without TLS).
+    #[tokio::test]
+    async fn https_urls_are_delivered_over_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let c = client(Duration::from_secs(5)).unwrap();
+        let timeout = Duration::from_secs(5);
+        let tls = send(
+            &c,
+            &format!("https://127.0.0.1:{port}/hook"),
+            &[],
+            "{}".into(),
+            timeout,
+        )
+        .await;
+        assert_eq!(tls.status_code, 0);
+        assert!(
+            tls.response.starts_with("connection failed"),
+            "{}",
+            tls.response
+        );
+        // The same listener over plain HTTP answers.
+        let plain = send(
+            &c,
+            &format!("http://127.0.0.1:{port}/hook"),
+            &[],
+            "{}".into(),
+            timeout,
+        )
+        .await;
+        assert_eq!(plain.status_code, 200, "{}", plain.response);
+        // A listener that never answers: the attempt ends at its timeout.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", silent.local_addr().unwrap());
+        let quick = Duration::from_millis(200);
+        let hung = send(&c, &url, &[], "{}".into(), quick).await;
+        assert_eq!(hung.status_code, 0);
+        assert!(hung.response.starts_with("timed out"), "{}", hung.response);
+    }
 
     #[test]
     fn retries_follow_svixs_schedule_with_bounded_jitter_then_stop() {
