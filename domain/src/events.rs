@@ -264,6 +264,13 @@ pub enum WebhookEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next_attempt_at: Option<DateTime<Utc>>,
     },
+    /// A failed delivery is to be tried again from now, on the schedule from its start
+    /// (Airweave's `recover`).
+    WebhookDeliveryRecovered {
+        message_id: Uuid,
+        subscription_id: Uuid,
+        organization_id: Uuid,
+    },
 }
 
 /// Any event of any stream. Each inner enum carries its own `type` tag; the tags are distinct.
@@ -384,6 +391,7 @@ event_types! {
         WebhookSubscriptionUpdated = WEBHOOK_SUBSCRIPTION_UPDATED,
         WebhookSubscriptionDeleted = WEBHOOK_SUBSCRIPTION_DELETED,
         WebhookAttemptRecorded = WEBHOOK_ATTEMPT_RECORDED,
+        WebhookDeliveryRecovered = WEBHOOK_DELIVERY_RECOVERED,
     }
 }
 
@@ -698,6 +706,12 @@ mod tests {
                 status_code: 500,
                 response: "boom".into(),
                 next_attempt_at: Some(now),
+            }
+            .into(),
+            WebhookEvent::WebhookDeliveryRecovered {
+                message_id: Uuid::nil(),
+                subscription_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
             }
             .into(),
         ];

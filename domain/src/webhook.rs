@@ -272,7 +272,8 @@ impl Aggregate for WebhookSubscription {
                 }
                 self.deleted = true;
             }
-            WebhookEvent::WebhookAttemptRecorded { .. } => {
+            WebhookEvent::WebhookAttemptRecorded { .. }
+            | WebhookEvent::WebhookDeliveryRecovered { .. } => {
                 return Err(FoldError::Foreign(e.event_type()))
             }
         }
@@ -360,11 +361,24 @@ pub struct WebhookDelivery {
     pub version: u64,
     /// It succeeded, or its last attempt failed: nothing more is sent.
     pub done: bool,
+    /// Its last attempt failed and no other is due.
+    pub failed: bool,
+    /// Attempts made so far (the stream also holds its recoveries).
+    pub attempts: u32,
 }
 
-/// Record one attempt (the dispatcher made it; `decide` checks it is this delivery's next).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RecordAttempt(pub WebhookEvent);
+pub enum DeliveryCommand {
+    /// Record one attempt (the dispatcher made it; `decide` checks it is this delivery's
+    /// next).
+    RecordAttempt(WebhookEvent),
+    /// Try a failed delivery again; nothing to do for one that has not failed.
+    Recover {
+        message_id: Uuid,
+        subscription_id: Uuid,
+        organization_id: Uuid,
+    },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
@@ -379,7 +393,7 @@ pub enum DeliveryError {
 impl Aggregate for WebhookDelivery {
     const NAME: &'static str = "webhook delivery";
     type Event = WebhookEvent;
-    type Command = RecordAttempt;
+    type Command = DeliveryCommand;
     type Error = DeliveryError;
 
     fn initial() -> Self {
@@ -391,34 +405,64 @@ impl Aggregate for WebhookDelivery {
     }
 
     fn evolve(&mut self, e: &RecordedEvent) -> Result<(), FoldError> {
-        let Event::Webhook(WebhookEvent::WebhookAttemptRecorded {
-            next_attempt_at, ..
-        }) = &e.event
-        else {
-            return Err(FoldError::Foreign(e.event_type()));
+        let does_not_fit = |why| FoldError::DoesNotFit {
+            event: e.event_type(),
+            why,
         };
-        if self.done {
-            return Err(FoldError::DoesNotFit {
-                event: e.event_type(),
-                why: "the delivery has ended",
-            });
+        match &e.event {
+            Event::Webhook(WebhookEvent::WebhookAttemptRecorded {
+                status_code,
+                next_attempt_at,
+                ..
+            }) => {
+                if self.done {
+                    return Err(does_not_fit("the delivery has ended"));
+                }
+                self.done = next_attempt_at.is_none();
+                self.failed = self.done && !(200..300).contains(status_code);
+                self.attempts = self.attempts.saturating_add(1);
+            }
+            Event::Webhook(WebhookEvent::WebhookDeliveryRecovered { .. }) => {
+                if !self.failed {
+                    return Err(does_not_fit("the delivery has not failed"));
+                }
+                self.done = false;
+                self.failed = false;
+            }
+            _ => return Err(FoldError::Foreign(e.event_type())),
         }
-        self.done = next_attempt_at.is_none();
         self.version = e.version;
         Ok(())
     }
 
-    fn decide(&self, command: &RecordAttempt) -> Result<Vec<WebhookEvent>, DeliveryError> {
-        let WebhookEvent::WebhookAttemptRecorded { attempt, .. } = &command.0 else {
-            return Err(DeliveryError::NotAnAttempt);
-        };
-        if self.done {
-            return Err(DeliveryError::Ended);
+    fn decide(&self, command: &DeliveryCommand) -> Result<Vec<WebhookEvent>, DeliveryError> {
+        match command {
+            DeliveryCommand::RecordAttempt(event) => {
+                let WebhookEvent::WebhookAttemptRecorded { attempt, .. } = event else {
+                    return Err(DeliveryError::NotAnAttempt);
+                };
+                if self.done {
+                    return Err(DeliveryError::Ended);
+                }
+                if *attempt != self.attempts.saturating_add(1) {
+                    return Err(DeliveryError::OutOfTurn(*attempt));
+                }
+                Ok(vec![event.clone()])
+            }
+            DeliveryCommand::Recover {
+                message_id,
+                subscription_id,
+                organization_id,
+            } => Ok(if self.failed {
+                vec![WebhookEvent::WebhookDeliveryRecovered {
+                    message_id: *message_id,
+                    subscription_id: *subscription_id,
+                    organization_id: *organization_id,
+                }]
+            } else {
+                vec![]
+            }),
         }
-        if u64::from(*attempt) != self.version + 1 {
-            return Err(DeliveryError::OutOfTurn(*attempt));
-        }
-        Ok(vec![command.0.clone()])
     }
 }
 
@@ -579,23 +623,58 @@ mod tests {
     #[test]
     fn attempts_are_recorded_in_turn_until_one_ends_the_delivery() {
         let s = AggregateTest::<WebhookDelivery>::given([])
-            .when(RecordAttempt(attempt(1, Some(5))))
+            .when(DeliveryCommand::RecordAttempt(attempt(1, Some(5))))
             .then([attempt(1, Some(5))]);
         assert!(!s.done);
         let retrying = AggregateTest::<WebhookDelivery>::given([attempt(1, Some(5))]);
         retrying
-            .when(RecordAttempt(attempt(1, Some(5))))
+            .when(DeliveryCommand::RecordAttempt(attempt(1, Some(5))))
             .then_err(DeliveryError::OutOfTurn(1));
         retrying
-            .when(RecordAttempt(attempt(3, None)))
+            .when(DeliveryCommand::RecordAttempt(attempt(3, None)))
             .then_err(DeliveryError::OutOfTurn(3));
         let s = retrying
-            .when(RecordAttempt(attempt(2, None)))
+            .when(DeliveryCommand::RecordAttempt(attempt(2, None)))
             .then([attempt(2, None)]);
         assert!(s.done);
         AggregateTest::<WebhookDelivery>::given([attempt(1, Some(5)), attempt(2, None)])
-            .when(RecordAttempt(attempt(3, None)))
+            .when(DeliveryCommand::RecordAttempt(attempt(3, None)))
             .then_err(DeliveryError::Ended);
+    }
+
+    #[test]
+    fn only_a_failed_delivery_is_recovered_and_its_attempts_go_on() {
+        let recover = DeliveryCommand::Recover {
+            message_id: Uuid::from_u128(3),
+            subscription_id: Uuid::from_u128(1),
+            organization_id: ORG,
+        };
+        let recovered = WebhookEvent::WebhookDeliveryRecovered {
+            message_id: Uuid::from_u128(3),
+            subscription_id: Uuid::from_u128(1),
+            organization_id: ORG,
+        };
+        // Failed: the last attempt (500) had no next.
+        let mut failed_last = attempt(2, None);
+        if let WebhookEvent::WebhookAttemptRecorded { status_code, .. } = &mut failed_last {
+            *status_code = 500;
+        }
+        let failed = AggregateTest::<WebhookDelivery>::given([attempt(1, Some(5)), failed_last]);
+        let s = failed.when(recover.clone()).then([recovered.clone()]);
+        assert!(!s.done && !s.failed && s.attempts == 2);
+        AggregateTest::<WebhookDelivery>::given([attempt(1, Some(5)), attempt(2, None)])
+            .when(recover.clone())
+            .then([]);
+        AggregateTest::<WebhookDelivery>::given([attempt(1, Some(5))])
+            .when(recover)
+            .then([]);
+        let mut again = attempt(2, None);
+        if let WebhookEvent::WebhookAttemptRecorded { status_code, .. } = &mut again {
+            *status_code = 500;
+        }
+        AggregateTest::<WebhookDelivery>::given([attempt(1, Some(5)), again, recovered])
+            .when(DeliveryCommand::RecordAttempt(attempt(3, None)))
+            .then([attempt(3, None)]);
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct DueDelivery {
     pub organization_id: Uuid,
     /// Attempts made so far.
     pub attempts: u32,
+    /// Attempts made before the last recovery (the retry schedule counts from there).
+    pub round_start: u32,
     pub next_attempt_at: DateTime<Utc>,
     pub url: String,
     pub secret: String,
@@ -193,4 +195,13 @@ pub struct ModelDump {
     /// `/health`'s counts per organization (collections, source connections, active jobs),
     /// all-zero ones left out.
     pub counts: Vec<(Uuid, [u64; 3])>,
+    pub webhook_subscriptions: Vec<WebhookSubscription>,
+    pub webhook_messages: Vec<WebhookMessage>,
+    /// (message, subscription, status, attempts, round start, next attempt at).
+    pub webhook_deliveries: Vec<WebhookDeliveryRow>,
+    pub webhook_attempts: Vec<WebhookAttempt>,
 }
+
+/// A delivery row as stored: (message, subscription, status, attempts, round start, next
+/// attempt at).
+pub type WebhookDeliveryRow = (Uuid, Uuid, String, u32, u32, Option<String>);

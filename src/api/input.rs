@@ -269,6 +269,30 @@ impl<'a> Fields<'a> {
             .map(Some)
     }
 
+    /// An ISO 8601 date-time that may be absent or null; without an offset it is UTC (as
+    /// pydantic reads a naive one for Airweave).
+    pub fn opt_datetime(
+        &self,
+        field: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        let Some(s) = self.opt_str(field)? else {
+            return Ok(None);
+        };
+        let parsed = chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .or_else(|_| {
+                chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                    .map(|t| t.and_utc())
+            })
+            .map_err(|_| {
+                ApiError::Unprocessable(format!(
+                    "{field}: expected an ISO 8601 date-time, got {}",
+                    clip(s)
+                ))
+            })?;
+        Ok(Some(parsed))
+    }
+
     pub fn opt_bool(&self, field: &str) -> Result<Option<bool>, ApiError> {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),

@@ -91,6 +91,12 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(Method::GET, "/sync/job/{job_id}/subscribe", || {
             web::get().to(subscribe::subscribe)
         }),
+        e(Method::GET, "/webhooks/messages", || {
+            web::get().to(webhooks::messages)
+        }),
+        e(Method::GET, "/webhooks/messages/{message_id}", || {
+            web::get().to(webhooks::message)
+        }),
         e(Method::GET, "/webhooks/subscriptions", || {
             web::get().to(webhooks::list)
         }),
@@ -111,6 +117,11 @@ pub fn endpoints() -> Vec<Endpoint> {
             Method::DELETE,
             "/webhooks/subscriptions/{subscription_id}",
             || web::delete().to(webhooks::delete),
+        ),
+        e(
+            Method::POST,
+            "/webhooks/subscriptions/{subscription_id}/recover",
+            || web::post().to(webhooks::recover),
         ),
     ]
 }

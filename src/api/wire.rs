@@ -13,7 +13,7 @@ use syncjobs_domain::time::serde_micros::{optional as opt_ts, required as ts};
 use syncjobs_domain::JobState;
 use syncjobs_projections::{
     Collection, ReadError, ReadView, SourceConnection, SourceConnectionStatus, WebhookAttempt,
-    WebhookSubscription,
+    WebhookMessage, WebhookSubscription,
 };
 use uuid::Uuid;
 
@@ -520,5 +520,49 @@ impl<'a> WebhookSubscriptionDetailOut<'a> {
             delivery_attempts: attempts.iter().map(DeliveryAttemptOut::new).collect(),
             secret: include_secret.then_some(s.secret.as_str()),
         }
+    }
+}
+
+/// A webhook message (Airweave's `WebhookMessage`, and `WebhookMessageWithAttempts` when
+/// `delivery_attempts` is asked for).
+#[derive(Serialize)]
+pub struct WebhookMessageOut<'a> {
+    pub id: Uuid,
+    pub event_type: &'a str,
+    /// The body POSTed, as an object.
+    pub payload: serde_json::Value,
+    #[serde(serialize_with = "ts")]
+    pub timestamp: DateTime<Utc>,
+    pub channels: [&'a str; 1],
+    pub tags: Option<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_attempts: Option<Option<Vec<DeliveryAttemptOut<'a>>>>,
+}
+
+impl<'a> WebhookMessageOut<'a> {
+    pub fn new(m: &'a WebhookMessage) -> Result<Self, ReadError> {
+        Ok(WebhookMessageOut {
+            id: m.id,
+            event_type: &m.event_type,
+            payload: serde_json::from_str(&m.payload)
+                .map_err(|e| ReadError::Decode(e.to_string()))?,
+            timestamp: m.timestamp,
+            channels: [&m.event_type],
+            tags: None,
+            delivery_attempts: None,
+        })
+    }
+
+    /// With `delivery_attempts`: the list when asked for, else an explicit null.
+    pub fn with_attempts(
+        m: &'a WebhookMessage,
+        attempts: Option<&'a [WebhookAttempt]>,
+    ) -> Result<Self, ReadError> {
+        Ok(WebhookMessageOut {
+            delivery_attempts: Some(
+                attempts.map(|a| a.iter().map(DeliveryAttemptOut::new).collect()),
+            ),
+            ..Self::new(m)?
+        })
     }
 }

@@ -129,6 +129,14 @@ impl From<CollectionError> for Error {
     }
 }
 
+impl From<syncjobs_domain::webhook::DeliveryError> for Error {
+    /// A delivery's commands (recover) never refuse; this only meets the command path's
+    /// bound.
+    fn from(e: syncjobs_domain::webhook::DeliveryError) -> Self {
+        Error::Contention(e.to_string())
+    }
+}
+
 impl From<WebhookError> for Error {
     fn from(e: WebhookError) -> Self {
         match e {

@@ -4,8 +4,11 @@
 
 use super::{last_position, App, Caller, Error};
 use crate::webhooks::sign;
+use chrono::{DateTime, Utc};
+use syncjobs_actors::command;
 use syncjobs_domain::events::stream;
-use syncjobs_domain::webhook::{SubscriptionPatch, WebhookCommand};
+use syncjobs_domain::webhook::{DeliveryCommand, SubscriptionPatch, WebhookCommand};
+use syncjobs_domain::WebhookDelivery;
 use syncjobs_domain::WebhookSubscription as Aggregate;
 use syncjobs_projections::WebhookSubscription;
 use uuid::Uuid;
@@ -145,5 +148,48 @@ impl App {
         self.settle(last_position(&recorded)).await;
         tracing::info!(subscription_id = %id, "webhook subscription deleted");
         Ok(before)
+    }
+
+    /// Tries again every failed delivery to the caller's subscription `id` of a message
+    /// recorded in `[since, until)` (Airweave's `recover`): each becomes due now and goes
+    /// through the retry schedule from its start. Returns how many were recovered.
+    pub async fn recover_webhook_messages(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<usize, Error> {
+        self.webhook_subscription(caller, id).await?;
+        let failed = self
+            .projection
+            .read(async |m| m.failed_webhook_deliveries(id, since, until).await)
+            .await?;
+        let meta = caller.metadata();
+        let mut recovered = 0;
+        let mut position = 0;
+        for message_id in failed {
+            let recover = DeliveryCommand::Recover {
+                message_id,
+                subscription_id: id,
+                organization_id: caller.organization_id,
+            };
+            let executed = command::execute::<WebhookDelivery>(
+                &*self.store,
+                &*self.clock,
+                &stream::webhook_delivery(message_id, id),
+                None,
+                &recover,
+                &meta,
+            )
+            .await?;
+            if !executed.events.is_empty() {
+                recovered += 1;
+                position = executed.position();
+            }
+        }
+        self.settle(position).await;
+        tracing::info!(subscription_id = %id, recovered, "failed webhook deliveries recovered");
+        Ok(recovered)
     }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncjobs_actors::command::{self, CommandError};
 use syncjobs_domain::events::stream;
-use syncjobs_domain::webhook::{DeliveryError, RecordAttempt, WebhookDelivery};
+use syncjobs_domain::webhook::{DeliveryCommand, DeliveryError, WebhookDelivery};
 use syncjobs_domain::{EventStore, Metadata, SharedClock, WebhookEvent};
 use syncjobs_projections::{DueDelivery, Projection};
 use tokio::sync::{Notify, Semaphore};
@@ -284,7 +284,9 @@ async fn attempt(shared: &Shared, d: DueDelivery) {
     let next_attempt_at = if succeeded {
         None
     } else {
-        next_attempt(&shared.config.schedule, attempt, now, &mut rand::rng())
+        // The schedule counts from the delivery's start, or from its last recovery.
+        let in_round = attempt.saturating_sub(d.round_start);
+        next_attempt(&shared.config.schedule, in_round, now, &mut rand::rng())
     };
     if succeeded {
         tracing::info!(parent: &span, status = outcome.status_code, "webhook delivered");
@@ -307,16 +309,13 @@ async fn attempt(shared: &Shared, d: DueDelivery) {
         response: outcome.response,
         next_attempt_at,
     };
-    let known = WebhookDelivery {
-        version: u64::from(d.attempts),
-        done: false,
-    };
     let recorded = command::execute::<WebhookDelivery>(
         &*shared.store,
         &*shared.clock,
         &stream::webhook_delivery(d.message_id, d.subscription_id),
-        Some(known),
-        &RecordAttempt(event),
+        // Read, not assumed from the read model: the stream also holds recoveries.
+        None,
+        &DeliveryCommand::RecordAttempt(event),
         &Metadata::caused_by("webhook-dispatcher").with_causation(d.message_id),
     )
     .await;

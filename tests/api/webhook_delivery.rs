@@ -453,6 +453,45 @@ async fn a_restart_while_the_receiver_is_down_still_delivers_afterwards() {
         d["delivery_attempts"][0]["response_status_code"], 200,
         "{d}"
     );
+
+    // A read model rebuilt from the log knows the message was delivered: nothing is sent
+    // again, and the attempts read the same.
+    second.handle.stop(true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match &second.read_model {
+        syncjobs::backend::ReadModelAt::DataDir => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = second.settings.read_model_path().into_os_string();
+                file.push(suffix);
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        syncjobs::backend::ReadModelAt::Postgres(url, _) => {
+            syncjobs_store_postgres::testkit::client(url.expose())
+                .await
+                .execute("UPDATE read_projection SET schema_version = -1", &[])
+                .await
+                .unwrap();
+        }
+    }
+    let rebuilt = spawn(Options {
+        store: Some(first.store.clone()),
+        read_model: Some(first.read_model.clone()),
+        data_dir: Some(Arc::clone(&first.data_dir)),
+        bootstrap_key: Some(first.key.clone()),
+        settings: slow_retries,
+        ..Options::default()
+    })
+    .await
+    .app;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        r.settled("/later").await,
+        ["collection.created"],
+        "not sent again"
+    );
+    let (_, again) = rebuilt.get(&format!("/webhooks/subscriptions/{sid}")).await;
+    assert_eq!(again["delivery_attempts"], d["delivery_attempts"]);
 }
 
 #[actix_web::test]
@@ -495,4 +534,156 @@ async fn a_hanging_endpoint_delays_neither_the_api_nor_another_subscription() {
     assert!(took < Duration::from_secs(2), "{took:?}");
     let slow = r.got().iter().filter(|m| m.path == "/slow").count();
     assert_eq!(slow, 1, "one attempt at a time per subscription");
+}
+
+#[actix_web::test]
+async fn messages_are_the_organizations_history_and_failed_ones_can_be_recovered() {
+    let app = spawn_app_with(Options {
+        // No retries: the first failure ends a delivery.
+        settings: |s| s.webhook_retry_schedule = syncjobs::config::Schedule(vec![]),
+        ..Options::default()
+    })
+    .await;
+    let r = Receiver::start(0, &[500]);
+    let (sid, secret) = subscribe(
+        &app,
+        &app.key,
+        &r.url("/h"),
+        &["collection.created", "collection.deleted"],
+    )
+    .await;
+    let a = app.collection("First One").await;
+    let rid = a["readable_id"].as_str().unwrap().to_owned();
+    app.delete(&format!("/collections/{rid}")).await;
+    let b = app.collection("Second One").await;
+    let got = r.wait_for("/h", 3).await;
+    assert_eq!(got[0].json()["collection_id"], a["id"]);
+    let failed_id = got[0].header("webhook-id").to_owned();
+
+    // Every message of the organization, newest first, filterable by repeated types.
+    let (status, all) = app.get("/webhooks/messages").await;
+    assert_eq!(status, 200, "{all}");
+    let types: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "collection.created",
+            "collection.deleted",
+            "collection.created"
+        ]
+    );
+    assert_eq!(all[0]["payload"]["collection_id"], b["id"]);
+    assert_eq!(all[2]["id"], failed_id.as_str());
+    assert_eq!(all[2]["channels"], json!(["collection.created"]));
+    assert_eq!(all[2]["tags"], Value::Null);
+    assert_eq!(
+        serde_json::to_vec(&all[2]["payload"]).unwrap(),
+        serde_json::to_vec(&got[0].json()).unwrap(),
+        "the payload shown is the one sent"
+    );
+    let (_, deleted) = app
+        .get("/webhooks/messages?event_types=collection.deleted")
+        .await;
+    assert_eq!(deleted.as_array().unwrap().len(), 1);
+    let (_, both) = app
+        .get("/webhooks/messages?event_types=collection.deleted&event_types=collection.created")
+        .await;
+    assert_eq!(both, all);
+    assert_eq!(
+        app.get("/webhooks/messages?event_types=sync.failed")
+            .await
+            .1,
+        json!([])
+    );
+    assert_eq!(
+        app.get("/webhooks/messages?limit=1").await.1,
+        json!([all[0]])
+    );
+    assert_eq!(app.get("/webhooks/messages?limit=0").await.0, 422);
+    let (_, theirs) = app
+        .request_as(
+            Some(&app.other_key),
+            Method::GET,
+            "/webhooks/messages",
+            None,
+        )
+        .await;
+    assert_eq!(theirs, json!([]));
+
+    // One message, with or without its attempts; others' and malformed ids are not found.
+    let path = format!("/webhooks/messages/{failed_id}");
+    let (status, one) = app.get(&path).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["delivery_attempts"], Value::Null);
+    assert_eq!(one["payload"], all[2]["payload"]);
+    let (_, with) = app.get(&format!("{path}?include_attempts=true")).await;
+    let attempts = with["delivery_attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{with}");
+    assert_eq!(attempts[0]["response_status_code"], 500);
+    assert_eq!(attempts[0]["endpoint_id"], sid.to_string());
+    let not_found = json!({"detail": "Message not found"});
+    let (status, v) = app
+        .request_as(Some(&app.other_key), Method::GET, &path, None)
+        .await;
+    assert_eq!((status.as_u16(), v), (404, not_found.clone()));
+    let (status, v) = app
+        .get("/webhooks/messages/msg_2bVxUn3RFnLYHa8z6ZKHMT9PqPX")
+        .await;
+    assert_eq!((status.as_u16(), v), (404, not_found));
+
+    // Recover: a window before the message recovers nothing; one that holds it sends it
+    // again (same id), and its attempts show both.
+    let recover = format!("/webhooks/subscriptions/{sid}/recover");
+    let hours_ago = |h: i64| (chrono::Utc::now() - chrono::Duration::hours(h)).to_rfc3339();
+    let (status, task) = app
+        .post(
+            &recover,
+            json!({"since": hours_ago(2), "until": hours_ago(1)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{task}");
+    assert_eq!(task["status"], "completed");
+    assert_eq!(r.settled("/h").await.len(), 3, "nothing in that window");
+    let (status, _) = app.post(&recover, json!({"since": hours_ago(1)})).await;
+    assert_eq!(status, 200);
+    let again = r.wait_for("/h", 4).await;
+    again[3].verify(&secret);
+    assert_eq!(again[3].header("webhook-id"), failed_id);
+    assert_eq!(r.settled("/h").await.len(), 4, "only the failed one");
+    let (_, with) = app.get(&format!("{path}?include_attempts=true")).await;
+    let codes: Vec<&Value> = with["delivery_attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["response_status_code"])
+        .collect();
+    assert_eq!(codes, [&json!(200), &json!(500)]);
+    // Nothing failed any more: a second recovery sends nothing.
+    app.post(&recover, json!({"since": hours_ago(1)})).await;
+    assert_eq!(r.settled("/h").await.len(), 4);
+
+    let (status, v) = app
+        .request_as(
+            Some(&app.other_key),
+            Method::POST,
+            &recover,
+            Some(json!({"since": hours_ago(1)})),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), v),
+        (404, json!({"detail": "Subscription not found"}))
+    );
+    let (status, v) = app.post(&recover, json!({})).await;
+    assert_eq!(
+        (status.as_u16(), &v["detail"]),
+        (422, &json!("since: field required"))
+    );
+    let (status, v) = app.post(&recover, json!({"since": "yesterday"})).await;
+    assert_eq!(status, 422, "{v}");
 }

@@ -166,6 +166,13 @@ pub(crate) trait Rows {
         subscription_id: Uuid,
         due: &str,
     ) -> Result<(), ReadError>;
+    /// A failed delivery is pending again, due at `due`.
+    async fn recover_webhook_delivery(
+        &self,
+        message_id: Uuid,
+        subscription_id: Uuid,
+        due: &str,
+    ) -> Result<(), ReadError>;
     /// Records the attempt (unless known) and moves its delivery on: `status` and the next
     /// due time.
     async fn record_webhook_attempt(
@@ -218,6 +225,8 @@ impl Fold {
             touched: HashSet::new(),
             finished: HashMap::new(),
             connections: HashMap::new(),
+            hook_context: HookContext::default(),
+            job_applied: false,
         };
         for e in events {
             if e.global_position <= position {
@@ -262,7 +271,6 @@ impl Fold {
 struct Meta<'a> {
     event_type: &'static str,
     event_id: Uuid,
-    version: u64,
     stream_id: &'a str,
     at: DateTime<Utc>,
     position: u64,
@@ -279,6 +287,22 @@ struct Batch<'t, R> {
     /// Source connection -> its organization if it exists, as looked up in this batch (a
     /// job's creation and its end each need it; a rebuild folds one of each per job).
     connections: HashMap<Uuid, Option<Uuid>>,
+    hook_context: HookContext,
+    /// The last job event was folded into its job (not skipped): only then is it a message.
+    job_applied: bool,
+}
+
+/// What webhook payloads read from the model, looked up once per batch: a rebuild folds
+/// three messages per job, and the rows they name change rarely (each change drops what it
+/// changes).
+#[derive(Default)]
+struct HookContext {
+    /// Source connection -> its collection's id and readable id (immutable while it exists).
+    connections: HashMap<Uuid, Option<(Uuid, String)>>,
+    /// Collection -> its name.
+    collections: HashMap<Uuid, Option<String>>,
+    /// Organization -> its subscriptions.
+    subscriptions: HashMap<Uuid, Vec<WebhookSubscription>>,
 }
 
 impl<R: Rows> Batch<'_, R> {
@@ -315,22 +339,39 @@ impl<R: Rows> Batch<'_, R> {
                 .map_or(Before::Nothing, Before::SourceConnection),
             _ => Before::Nothing,
         };
-        let message = match hook {
-            Some(event_type) => Some((
-                event_type,
-                e.event_id,
-                e.version,
-                e.stream_id.clone(),
-                e.event.clone(),
-            )),
-            None => None,
-        };
+        let message = hook.map(|t| (t, e.event_id, e.stream_id.clone(), e.event.clone()));
+        match &e.event {
+            Event::Webhook(
+                WebhookEvent::WebhookSubscriptionCreated { .. }
+                | WebhookEvent::WebhookSubscriptionUpdated { .. }
+                | WebhookEvent::WebhookSubscriptionDeleted { .. },
+            ) => self.hook_context.subscriptions.clear(),
+            Event::Collection(c) => {
+                let id = match c {
+                    CollectionEvent::CollectionCreated { collection_id, .. }
+                    | CollectionEvent::CollectionDeleted { collection_id } => *collection_id,
+                };
+                self.hook_context.collections.remove(&id);
+            }
+            Event::SourceConnection(sc) => {
+                let id = match sc {
+                    SourceConnectionEvent::SourceConnectionCreated {
+                        source_connection_id,
+                        ..
+                    }
+                    | SourceConnectionEvent::SourceConnectionDeleted {
+                        source_connection_id,
+                    } => *source_connection_id,
+                };
+                self.hook_context.connections.remove(&id);
+            }
+            _ => {}
+        }
         self.apply_event(e).await?;
-        if let Some((event_type, event_id, version, stream_id, event)) = message {
+        if let Some((event_type, event_id, stream_id, event)) = message {
             let meta = Meta {
                 event_type,
                 event_id,
-                version,
                 stream_id: &stream_id,
                 at,
                 position,
@@ -341,6 +382,7 @@ impl<R: Rows> Batch<'_, R> {
     }
 
     async fn apply_event(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
+        self.job_applied = false;
         let at = e.recorded_at;
         let position = e.global_position;
         match e.event {
@@ -399,6 +441,7 @@ impl<R: Rows> Batch<'_, R> {
             tracing::error!(%job_id, %err, "job event does not fold; skipped");
             return Ok(());
         }
+        self.job_applied = true;
         let status = job.state.status;
         if !status.is_final() {
             self.touched.insert(job_id);
@@ -453,6 +496,7 @@ impl<R: Rows> Batch<'_, R> {
                 created_position: position,
             },
         );
+        self.job_applied = true;
         self.touched.insert(job_id);
         if let Some(org) = self.connection_organization(sc_id).await? {
             self.rows.count_run(sc_id, Run::Total).await?;
@@ -618,10 +662,23 @@ impl<R: Rows> Batch<'_, R> {
         };
         self.rows.insert_webhook_message(&m).await?;
         let due = time(&meta.at);
-        for s in self.rows.webhook_subscriptions_of(organization_id).await? {
-            if !s.disabled && s.event_types.iter().any(|t| t == meta.event_type) {
-                self.rows.insert_webhook_delivery(&m, s.id, &due).await?;
-            }
+        if !self
+            .hook_context
+            .subscriptions
+            .contains_key(&organization_id)
+        {
+            let found = self.rows.webhook_subscriptions_of(organization_id).await?;
+            self.hook_context
+                .subscriptions
+                .insert(organization_id, found);
+        }
+        let wanted: Vec<Uuid> = self.hook_context.subscriptions[&organization_id]
+            .iter()
+            .filter(|s| !s.disabled && s.event_types.iter().any(|t| t == meta.event_type))
+            .map(|s| s.id)
+            .collect();
+        for id in wanted {
+            self.rows.insert_webhook_delivery(&m, id, &due).await?;
         }
         Ok(())
     }
@@ -641,22 +698,37 @@ impl<R: Rows> Batch<'_, R> {
                 let Some(job_id) = stream::job_id(meta.stream_id) else {
                     return Ok(None);
                 };
-                // The state after this very event: an event the fold skipped has none.
+                // The state after this very event; an event the fold skipped is no message.
+                if !self.job_applied {
+                    return Ok(None);
+                }
                 let Some(job) = self
                     .live
                     .get(&job_id)
                     .or(self.finished.get(&job_id))
                     .map(|j| j.state.clone())
-                    .filter(|s| s.version == meta.version)
                 else {
                     return Ok(None);
                 };
-                let sc = self
-                    .rows
-                    .source_connection_row(job.source_connection_id)
-                    .await?;
+                let sc_id = job.source_connection_id;
+                if !self.hook_context.connections.contains_key(&sc_id) {
+                    let row = self.rows.source_connection_row(sc_id).await?;
+                    self.hook_context.connections.insert(
+                        sc_id,
+                        row.map(|r| (r.collection_id, r.readable_collection_id)),
+                    );
+                }
+                let sc = self.hook_context.connections[&sc_id].clone();
                 let collection = match &sc {
-                    Some(sc) => self.rows.collection_row(sc.collection_id).await?,
+                    Some((collection_id, _)) => {
+                        if !self.hook_context.collections.contains_key(collection_id) {
+                            let row = self.rows.collection_row(*collection_id).await?;
+                            self.hook_context
+                                .collections
+                                .insert(*collection_id, row.map(|c| c.name));
+                        }
+                        self.hook_context.collections[collection_id].clone()
+                    }
                     None => None,
                 };
                 let error = match job.status {
@@ -673,12 +745,11 @@ impl<R: Rows> Batch<'_, R> {
                         // Airweave's sync is one per source connection here.
                         "sync_id": job.source_connection_id,
                         "sync_job_id": job.job_id,
-                        "collection_id": sc.as_ref().map(|s| s.collection_id),
+                        "collection_id": sc.as_ref().map(|s| s.0),
                         "source_connection_id": job.source_connection_id,
                         "source_type": job.short_name,
-                        "collection_name": collection.as_ref().map_or("", |c| c.name.as_str()),
-                        "collection_readable_id":
-                            sc.as_ref().map_or("", |s| s.readable_collection_id.as_str()),
+                        "collection_name": collection.as_deref().unwrap_or(""),
+                        "collection_readable_id": sc.as_ref().map_or("", |s| s.1.as_str()),
                         "status": job.status.to_string(),
                         "entities_inserted": c.inserted,
                         "entities_updated": c.updated,
@@ -802,6 +873,17 @@ impl<R: Rows> Batch<'_, R> {
                 .record_webhook_attempt(&a, status, next.as_deref(), position)
                 .await;
         }
+        if let WebhookEvent::WebhookDeliveryRecovered {
+            message_id,
+            subscription_id,
+            ..
+        } = event
+        {
+            return self
+                .rows
+                .recover_webhook_delivery(message_id, subscription_id, &time(&at))
+                .await;
+        }
         let Some(id) = stream_id
             .strip_prefix(stream::WEBHOOK_SUBSCRIPTION_PREFIX)
             .and_then(|s| Uuid::parse_str(s).ok())
@@ -870,7 +952,8 @@ impl<R: Rows> Batch<'_, R> {
                     .await?;
                 self.rows.cancel_webhook_deliveries(id).await?;
             }
-            WebhookEvent::WebhookAttemptRecorded { .. } => {}
+            WebhookEvent::WebhookAttemptRecorded { .. }
+            | WebhookEvent::WebhookDeliveryRecovered { .. } => {}
         }
         Ok(())
     }

@@ -139,6 +139,8 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     organization_id BLOB NOT NULL,
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL,
+    -- Attempts before the last recovery: the retry schedule counts from there.
+    round_start INTEGER NOT NULL,
     next_attempt_at TEXT,
     created_position INTEGER NOT NULL,
     PRIMARY KEY (message_id, subscription_id)

@@ -356,7 +356,7 @@ impl ReadView<'_> {
             Conn::Sqlite(c) => page(
                 c,
                 "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
-                   d.next_attempt_at, s.url, s.secret, m.payload
+                   d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
                  FROM webhook_deliveries d
                  JOIN webhook_subscriptions s ON s.id = d.subscription_id
                  JOIN webhook_messages m ON m.id = d.message_id
@@ -373,6 +373,7 @@ impl ReadView<'_> {
                         url: r.get(5)?,
                         secret: r.get(6)?,
                         payload: r.get(7)?,
+                        round_start: r.get(8)?,
                     })
                 },
                 0,
@@ -380,6 +381,34 @@ impl ReadView<'_> {
                 |_| true,
             ),
             Conn::Postgres(c) => pg::due_webhook_deliveries(c, &now, limit).await,
+        }
+    }
+
+    /// The ids of a subscription's failed deliveries' messages recorded in `[since, until)`,
+    /// oldest first.
+    pub async fn failed_webhook_deliveries(
+        &self,
+        subscription_id: Uuid,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Uuid>, ReadError> {
+        let since = super::time(&since);
+        // Past any stored time: nine fractional digits sort before a `Z` after the seconds.
+        let until = until.map_or_else(|| "9999".to_owned(), |t| super::time(&t));
+        match self.conn {
+            Conn::Sqlite(c) => all(
+                c,
+                "SELECT d.message_id FROM webhook_deliveries d
+                 JOIN webhook_messages m ON m.id = d.message_id
+                 WHERE d.subscription_id = ?1 AND d.status = 'failed'
+                   AND m.timestamp >= ?2 AND m.timestamp < ?3
+                 ORDER BY d.created_position",
+                rusqlite::params![subscription_id, since, until],
+                |r| r.get(0),
+            ),
+            Conn::Postgres(c) => {
+                pg::failed_webhook_deliveries(c, subscription_id, &since, &until).await
+            }
         }
     }
 
@@ -811,6 +840,10 @@ impl ReadView<'_> {
                         .map(|b| decode_job(b))
                         .collect::<Result<_, _>>()?,
                     counts: d.counts,
+                    webhook_subscriptions: d.webhook_subscriptions,
+                    webhook_messages: d.webhook_messages,
+                    webhook_deliveries: d.webhook_deliveries,
+                    webhook_attempts: d.webhook_attempts,
                 });
             }
         };
@@ -871,6 +904,42 @@ impl ReadView<'_> {
                         ],
                     ))
                 },
+            )?,
+            webhook_subscriptions: all(
+                c,
+                &sorted(&format!(
+                    "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions"
+                )),
+                [],
+                webhook_subscription_row,
+            )?,
+            webhook_messages: all(
+                c,
+                &sorted(&format!("SELECT {MESSAGE_COLUMNS} FROM webhook_messages")),
+                [],
+                message_row,
+            )?,
+            webhook_deliveries: all(
+                c,
+                "SELECT message_id, subscription_id, status, attempts, round_start, next_attempt_at
+                 FROM webhook_deliveries ORDER BY 1, 2",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )?,
+            webhook_attempts: all(
+                c,
+                &sorted(&format!("SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts")),
+                [],
+                attempt_row,
             )?,
         })
     }

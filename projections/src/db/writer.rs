@@ -491,8 +491,8 @@ impl Rows for SqliteRows<'_> {
         self.0
             .prepare_cached(
                 "INSERT INTO webhook_deliveries (message_id, subscription_id, organization_id,
-                   status, attempts, next_attempt_at, created_position)
-                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5) ON CONFLICT DO NOTHING",
+                   status, attempts, round_start, next_attempt_at, created_position)
+                 VALUES (?1, ?2, ?3, 'pending', 0, 0, ?4, ?5) ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 m.id,
@@ -545,6 +545,22 @@ impl Rows for SqliteRows<'_> {
                 a.attempt,
                 next_attempt_at
             ])?;
+        Ok(())
+    }
+
+    async fn recover_webhook_delivery(
+        &self,
+        message_id: Uuid,
+        subscription_id: Uuid,
+        due: &str,
+    ) -> Result<(), ReadError> {
+        self.0
+            .prepare_cached(
+                "UPDATE webhook_deliveries SET status = 'pending', round_start = attempts,
+                   next_attempt_at = ?3
+                 WHERE message_id = ?1 AND subscription_id = ?2 AND status = 'failed'",
+            )?
+            .execute(params![message_id, subscription_id, due])?;
         Ok(())
     }
 }

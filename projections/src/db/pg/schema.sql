@@ -134,6 +134,7 @@ CREATE TABLE IF NOT EXISTS read_webhook_deliveries (
     organization_id uuid NOT NULL,
     status text NOT NULL,
     attempts bigint NOT NULL,
+    round_start bigint NOT NULL,
     next_attempt_at text,
     created_position bigint NOT NULL,
     PRIMARY KEY (message_id, subscription_id)

@@ -150,7 +150,7 @@ pub(crate) async fn due_webhook_deliveries(
     all(
         c,
         "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
-           d.next_attempt_at, s.url, s.secret, m.payload
+           d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
          FROM read_webhook_deliveries d
          JOIN read_webhook_subscriptions s ON s.id = d.subscription_id
          JOIN read_webhook_messages m ON m.id = d.message_id
@@ -167,8 +167,28 @@ pub(crate) async fn due_webhook_deliveries(
                 url: text(r, 5)?,
                 secret: text(r, 6)?,
                 payload: text(r, 7)?,
+                round_start: u32::try_from(r.get::<_, i64>(8)).unwrap_or(0),
             })
         },
+    )
+    .await
+}
+
+pub(crate) async fn failed_webhook_deliveries(
+    c: &Client,
+    subscription_id: Uuid,
+    since: &str,
+    until: &str,
+) -> Result<Vec<Uuid>, ReadError> {
+    all(
+        c,
+        "SELECT d.message_id FROM read_webhook_deliveries d
+         JOIN read_webhook_messages m ON m.id = d.message_id
+         WHERE d.subscription_id = $1 AND d.status = 'failed'
+           AND m.timestamp >= $2 AND m.timestamp < $3
+         ORDER BY d.created_position",
+        &[&subscription_id, &since, &until],
+        |r| Ok(r.get(0)),
     )
     .await
 }
@@ -611,6 +631,10 @@ pub(crate) struct Dump {
     pub source_connections: Vec<SourceConnection>,
     pub jobs: Vec<Vec<u8>>,
     pub counts: Vec<(Uuid, [u64; 3])>,
+    pub webhook_subscriptions: Vec<WebhookSubscription>,
+    pub webhook_messages: Vec<WebhookMessage>,
+    pub webhook_deliveries: Vec<crate::model::WebhookDeliveryRow>,
+    pub webhook_attempts: Vec<WebhookAttempt>,
 }
 
 pub(crate) async fn dump(c: &Client) -> Result<Dump, ReadError> {
@@ -657,6 +681,46 @@ pub(crate) async fn dump(c: &Client) -> Result<Dump, ReadError> {
              WHERE collections + source_connections + active_jobs <> 0 ORDER BY 1",
             &[],
             |r| Ok((r.get(0), counts(r, 1))),
+        )
+        .await?,
+        webhook_subscriptions: all(
+            c,
+            &format!(
+                "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM read_webhook_subscriptions ORDER BY 1"
+            ),
+            &[],
+            webhook_subscription_row,
+        )
+        .await?,
+        webhook_messages: all(
+            c,
+            &format!("SELECT {MESSAGE_COLUMNS} FROM read_webhook_messages ORDER BY 1"),
+            &[],
+            message_row,
+        )
+        .await?,
+        webhook_deliveries: all(
+            c,
+            "SELECT message_id, subscription_id, status, attempts, round_start, next_attempt_at
+             FROM read_webhook_deliveries ORDER BY 1, 2",
+            &[],
+            |r| {
+                Ok((
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX),
+                    u32::try_from(r.get::<_, i64>(4)).unwrap_or(u32::MAX),
+                    r.get(5),
+                ))
+            },
+        )
+        .await?,
+        webhook_attempts: all(
+            c,
+            &format!("SELECT {ATTEMPT_COLUMNS} FROM read_webhook_attempts ORDER BY 1"),
+            &[],
+            attempt_row,
         )
         .await?,
     })

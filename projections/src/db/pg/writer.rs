@@ -494,8 +494,8 @@ impl Rows for PgRows<'_> {
     ) -> Result<(), ReadError> {
         self.execute(
             "INSERT INTO read_webhook_deliveries (message_id, subscription_id, organization_id,
-               status, attempts, next_attempt_at, created_position)
-             VALUES ($1, $2, $3, 'pending', 0, $4, $5) ON CONFLICT DO NOTHING",
+               status, attempts, round_start, next_attempt_at, created_position)
+             VALUES ($1, $2, $3, 'pending', 0, 0, $4, $5) ON CONFLICT DO NOTHING",
             &[
                 &m.id,
                 &subscription_id,
@@ -548,6 +548,22 @@ impl Rows for PgRows<'_> {
                 &i64::from(a.attempt),
                 &next_attempt_at,
             ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn recover_webhook_delivery(
+        &self,
+        message_id: Uuid,
+        subscription_id: Uuid,
+        due: &str,
+    ) -> Result<(), ReadError> {
+        self.execute(
+            "UPDATE read_webhook_deliveries SET status = 'pending', round_start = attempts,
+               next_attempt_at = $3
+             WHERE message_id = $1 AND subscription_id = $2 AND status = 'failed'",
+            &[&message_id, &subscription_id, &due],
         )
         .await?;
         Ok(())
