@@ -687,3 +687,37 @@ async fn messages_are_the_organizations_history_and_failed_ones_can_be_recovered
     let (status, v) = app.post(&recover, json!({"since": "yesterday"})).await;
     assert_eq!(status, 422, "{v}");
 }
+
+#[actix_web::test]
+async fn re_enabling_with_recover_since_sends_the_failed_messages_again() {
+    let app = spawn_app_with(Options {
+        settings: |s| s.webhook_retry_schedule = syncjobs::config::Schedule(vec![]),
+        ..Options::default()
+    })
+    .await;
+    let r = Receiver::start(0, &[500]);
+    let (sid, secret) = subscribe(&app, &app.key, &r.url("/h"), &["collection.created"]).await;
+    app.collection("Failed Once").await;
+    let first = r.wait_for("/h", 1).await;
+    let path = format!("/webhooks/subscriptions/{sid}");
+    let patch = async |body: Value| {
+        let (status, v) = app
+            .request_as(Some(&app.key), Method::PATCH, &path, Some(body))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    patch(json!({"disabled": true})).await;
+    // Disabled: nothing is sent, and recover_since without re-enabling does nothing.
+    app.collection("While Disabled").await;
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    patch(json!({"description": "still off", "recover_since": since})).await;
+    assert_eq!(r.settled("/h").await.len(), 1);
+    let back = patch(json!({"disabled": false, "recover_since": since})).await;
+    assert_eq!(back["disabled"], false);
+    let got = r.wait_for("/h", 2).await;
+    got[1].verify(&secret);
+    assert_eq!(got[1].header("webhook-id"), first[0].header("webhook-id"));
+    // Only the failed one: the message made while disabled had no delivery to recover.
+    assert_eq!(r.settled("/h").await.len(), 2);
+}
