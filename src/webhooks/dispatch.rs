@@ -289,7 +289,7 @@ async fn attempt(shared: &Shared, d: DueDelivery) {
         next_attempt(&shared.config.schedule, in_round, now, &mut rand::rng())
     };
     if succeeded {
-        tracing::info!(parent: &span, status = outcome.status_code, "webhook delivered");
+        tracing::debug!(parent: &span, status = outcome.status_code, "webhook delivered");
     } else {
         tracing::warn!(
             parent: &span,

@@ -345,7 +345,9 @@ impl ReadView<'_> {
         }
     }
 
-    /// Deliveries due at `now` to enabled subscriptions, oldest due first, at most `limit`.
+    /// The next due delivery (at `now`) of each enabled subscription, oldest due first, at
+    /// most `limit`: one per subscription, so that a subscription with a backlog never hides
+    /// the others' deliveries from the dispatcher.
     pub async fn due_webhook_deliveries(
         &self,
         now: DateTime<Utc>,
@@ -357,10 +359,13 @@ impl ReadView<'_> {
                 c,
                 "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
                    d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
-                 FROM webhook_deliveries d
+                 FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subscription_id
+                         ORDER BY next_attempt_at, created_position) AS turn
+                       FROM webhook_deliveries
+                       WHERE status = 'pending' AND next_attempt_at <= ?1) d
                  JOIN webhook_subscriptions s ON s.id = d.subscription_id
                  JOIN webhook_messages m ON m.id = d.message_id
-                 WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 AND s.disabled = 0
+                 WHERE d.turn = 1 AND s.disabled = 0
                  ORDER BY d.next_attempt_at, d.created_position LIMIT ?2",
                 rusqlite::params![now, limit as i64],
                 |r| {

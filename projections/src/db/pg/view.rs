@@ -151,10 +151,13 @@ pub(crate) async fn due_webhook_deliveries(
         c,
         "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
            d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
-         FROM read_webhook_deliveries d
+         FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subscription_id
+                 ORDER BY next_attempt_at, created_position) AS turn
+               FROM read_webhook_deliveries
+               WHERE status = 'pending' AND next_attempt_at <= $1) d
          JOIN read_webhook_subscriptions s ON s.id = d.subscription_id
          JOIN read_webhook_messages m ON m.id = d.message_id
-         WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND NOT s.disabled
+         WHERE d.turn = 1 AND NOT s.disabled
          ORDER BY d.next_attempt_at, d.created_position LIMIT $2",
         &[&now, &(limit as i64)],
         |r| {
