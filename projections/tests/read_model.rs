@@ -1328,3 +1328,105 @@ async fn after_its_connections_are_cut_the_postgresql_read_model_works_again_by_
     };
     assert_eq!(dump, fold(Engine::Postgres, &events).await.dump().await);
 }
+
+#[tokio::test]
+async fn each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_on() {
+    on_each_engine(
+        "each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_on",
+        each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_on_on,
+    )
+    .await;
+}
+
+async fn each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_on_on(
+    engine: Engine,
+) {
+    use syncjobs_domain::WebhookEvent;
+    let mut h = History::new();
+    let org = h.org("default").await;
+    let other = h.org("other").await;
+    let subscribe = |id: u128, organization_id: Uuid, types: &[&str]| {
+        (
+            stream::webhook_subscription(Uuid::from_u128(id)),
+            WebhookEvent::WebhookSubscriptionCreated {
+                subscription_id: Uuid::from_u128(id),
+                organization_id,
+                url: format!("http://127.0.0.1:9/{id}"),
+                event_types: types.iter().map(|t| t.to_string()).collect(),
+                description: None,
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            },
+        )
+    };
+    for (s, e) in [
+        subscribe(1, org, &["collection.created"]),
+        subscribe(2, org, &["collection.created", "collection.deleted"]),
+        subscribe(3, org, &["collection.deleted"]),
+        subscribe(4, other, &["collection.created"]),
+    ] {
+        h.append(&s, e).await;
+    }
+    let c1 = h.collection(org, "first").await;
+    let c2 = h.collection(org, "second").await;
+    let m = fold(engine, &h.all().await).await;
+    let far = Utc.timestamp_opt(1_900_000_000, 0).unwrap();
+    let due = m
+        .read(async |v| v.due_webhook_deliveries(far, 100).await)
+        .await;
+    // One each for the two subscriptions that want `collection.created`: the oldest.
+    let mut subs: Vec<u128> = due.iter().map(|d| d.subscription_id.as_u128()).collect();
+    subs.sort_unstable();
+    assert_eq!(subs, [1, 2]);
+    let messages = m
+        .read(async |v| v.webhook_messages(org, &[], 10).await)
+        .await;
+    assert_eq!(
+        messages.len(),
+        2,
+        "one message per event, whatever the subscriptions"
+    );
+    let oldest = messages[1].id;
+    assert!(due
+        .iter()
+        .all(|d| d.message_id == oldest && d.attempts == 0));
+    let payload: serde_json::Value = serde_json::from_str(&messages[1].payload).unwrap();
+    assert_eq!(payload["collection_id"], c1.to_string());
+    // Nothing is due before its time.
+    let before = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+    assert!(m
+        .read(async |v| v.due_webhook_deliveries(before, 100).await)
+        .await
+        .is_empty());
+
+    // A success ends subscription 1's first delivery: its second is offered next.
+    h.append(
+        &stream::webhook_delivery(oldest, Uuid::from_u128(1)),
+        WebhookEvent::WebhookAttemptRecorded {
+            message_id: oldest,
+            subscription_id: Uuid::from_u128(1),
+            organization_id: org,
+            attempt: 1,
+            url: "http://127.0.0.1:9/1".into(),
+            status_code: 204,
+            response: String::new(),
+            next_attempt_at: None,
+        },
+    )
+    .await;
+    let m = fold(engine, &h.all().await).await;
+    let due = m
+        .read(async |v| v.due_webhook_deliveries(far, 100).await)
+        .await;
+    let one = due
+        .iter()
+        .find(|d| d.subscription_id == Uuid::from_u128(1))
+        .unwrap();
+    assert_ne!(one.message_id, oldest);
+    let payload: serde_json::Value = serde_json::from_str(&one.payload).unwrap();
+    assert_eq!(payload["collection_id"], c2.to_string());
+    let attempts = m
+        .read(async |v| v.webhook_attempts(oldest, true, 10).await)
+        .await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status_code, 204);
+}
