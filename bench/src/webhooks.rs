@@ -143,18 +143,18 @@ pub async fn run(cfg: &Config) -> Result<Outcome> {
         "deliveries (events x subscriptions)".into(),
         arrivals.len().to_string(),
     ]);
-    table.row(vec!["events committed in".into(), ms(committed)]);
-    table.row(vec!["first event to last delivery".into(), ms(took)]);
+    table.row(vec!["events committed in (ms)".into(), ms(committed)]);
+    table.row(vec!["first event to last delivery (ms)".into(), ms(took)]);
     table.row(vec!["deliveries/s".into(), thousands(rate)]);
-    table.row(vec!["commit -> delivery p50".into(), ms(delays.p50())]);
-    table.row(vec!["commit -> delivery p99".into(), ms(delays.p99())]);
-    table.row(vec!["commit -> delivery max".into(), ms(delays.max())]);
+    table.row(vec!["commit -> delivery p50 (ms)".into(), ms(delays.p50())]);
+    table.row(vec!["commit -> delivery p99 (ms)".into(), ms(delays.p99())]);
+    table.row(vec!["commit -> delivery max (ms)".into(), ms(delays.max())]);
     if let Some(cpu) = cpu {
-        table.row(vec!["server CPU time (whole run)".into(), ms(cpu)]);
+        table.row(vec!["server CPU time, whole run (ms)".into(), ms(cpu)]);
     }
     Ok(Outcome {
         headline: format!(
-            "{} deliveries/s; commit -> delivery p50 {}, p99 {}",
+            "{} deliveries/s; commit -> delivery p50 {} ms, p99 {} ms",
             thousands(rate),
             ms(delays.p50()),
             ms(delays.p99())

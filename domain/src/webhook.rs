@@ -84,10 +84,11 @@ pub fn check_url(url: &str) -> Result<(), WebhookError> {
         ));
     }
     let bad = |why: &str| WebhookError::InvalidUrl(format!("{why}: {url:.200}"));
-    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("url is not valid ({e})")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
+    // As written, not as the parser normalises it (`HTTP://` would pass that).
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(bad("url must use http or https"));
     }
+    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("url is not valid ({e})")))?;
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("url must name a host"));
     }
@@ -520,6 +521,7 @@ mod tests {
             "file:///etc/passwd",
             "http://exa\tmple.com/",
             " https://example.com/",
+            "HTTPS://example.com/",
         ] {
             assert!(
                 matches!(

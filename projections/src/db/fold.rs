@@ -184,14 +184,6 @@ pub(crate) trait Rows {
     ) -> Result<(), ReadError>;
 }
 
-/// What a webhook message of an event needs from the model as it was before the event
-/// (a deleted row is gone after it).
-enum Before {
-    Nothing,
-    Collection(Collection),
-    SourceConnection(SourceConnection),
-}
-
 /// The fold's memory between batches: the position folded and the live jobs.
 #[derive(Debug, Default)]
 pub(crate) struct Fold {
@@ -268,12 +260,41 @@ impl Fold {
 }
 
 /// The envelope of an event that becomes a webhook message.
-struct Meta<'a> {
+struct Meta {
     event_type: &'static str,
     event_id: Uuid,
-    stream_id: &'a str,
     at: DateTime<Utc>,
     position: u64,
+}
+
+/// A message to make once its event is folded.
+enum Pending {
+    /// The job's payload, from its state after the event.
+    Job(Uuid),
+    /// Organization and payload, read before the event.
+    Ready(Uuid, String),
+}
+
+/// Airweave's `SyncLifecycleEvent`, field for field (plus the job's `status`).
+#[derive(serde::Serialize)]
+struct SyncPayload<'a> {
+    event_type: &'a str,
+    timestamp: &'a str,
+    organization_id: Uuid,
+    sync_id: Uuid,
+    sync_job_id: Uuid,
+    collection_id: Option<Uuid>,
+    source_connection_id: Uuid,
+    source_type: &'a str,
+    collection_name: &'a str,
+    collection_readable_id: &'a str,
+    status: &'a str,
+    entities_inserted: u64,
+    entities_updated: u64,
+    entities_deleted: u64,
+    entities_skipped: u64,
+    chunks_written: u64,
+    error: Option<&'a str>,
 }
 
 /// One batch's work in progress.
@@ -320,26 +341,28 @@ impl<R: Rows> Batch<'_, R> {
         let at = e.recorded_at;
         let position = e.global_position;
         let hook = syncjobs_domain::webhook::webhook_event_type(&e.event);
-        let before = match (&hook, &e.event) {
-            (Some(_), Event::Collection(CollectionEvent::CollectionDeleted { collection_id })) => {
-                self.rows
-                    .collection_row(*collection_id)
-                    .await?
-                    .map_or(Before::Nothing, Before::Collection)
+        // A job event's payload is the job after it; any other's is read now (a deleted
+        // row is gone after the event), without copying the event.
+        let pending = match hook {
+            None => None,
+            Some(event_type) => {
+                let meta = Meta {
+                    event_type,
+                    event_id: e.event_id,
+                    at,
+                    position,
+                };
+                match &e.event {
+                    Event::Job(_) => {
+                        stream::job_id(&e.stream_id).map(|job_id| (meta, Pending::Job(job_id)))
+                    }
+                    event => self
+                        .other_payload(&meta, event)
+                        .await?
+                        .map(|(org, payload)| (meta, Pending::Ready(org, payload))),
+                }
             }
-            (
-                Some(_),
-                Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted {
-                    source_connection_id,
-                }),
-            ) => self
-                .rows
-                .source_connection_row(*source_connection_id)
-                .await?
-                .map_or(Before::Nothing, Before::SourceConnection),
-            _ => Before::Nothing,
         };
-        let message = hook.map(|t| (t, e.event_id, e.stream_id.clone(), e.event.clone()));
         match &e.event {
             Event::Webhook(
                 WebhookEvent::WebhookSubscriptionCreated { .. }
@@ -368,15 +391,16 @@ impl<R: Rows> Batch<'_, R> {
             _ => {}
         }
         self.apply_event(e).await?;
-        if let Some((event_type, event_id, stream_id, event)) = message {
-            let meta = Meta {
-                event_type,
-                event_id,
-                stream_id: &stream_id,
-                at,
-                position,
+        if let Some((meta, pending)) = pending {
+            let ready = match pending {
+                Pending::Ready(org, payload) => Some((org, payload)),
+                // An event the fold skipped is no message.
+                Pending::Job(job_id) if self.job_applied => self.job_payload(&meta, job_id).await?,
+                Pending::Job(_) => None,
             };
-            self.webhook_message(meta, &event, before).await?;
+            if let Some((org, payload)) = ready {
+                self.webhook_message(&meta, org, payload).await?;
+            }
         }
         Ok(())
     }
@@ -645,23 +669,19 @@ impl<R: Rows> Batch<'_, R> {
     /// each enabled subscription of its organization that wants that type now.
     async fn webhook_message(
         &mut self,
-        meta: Meta<'_>,
-        event: &Event,
-        before: Before,
+        meta: &Meta,
+        organization_id: Uuid,
+        payload: String,
     ) -> Result<(), ReadError> {
-        let Some((organization_id, payload)) = self.payload(&meta, event, before).await? else {
-            return Ok(());
-        };
         let m = WebhookMessage {
             id: meta.event_id,
             organization_id,
             event_type: meta.event_type.to_owned(),
-            payload: payload.to_string(),
+            payload,
             timestamp: meta.at,
             created_position: meta.position,
         };
         self.rows.insert_webhook_message(&m).await?;
-        let due = time(&meta.at);
         if !self
             .hook_context
             .subscriptions
@@ -677,89 +697,94 @@ impl<R: Rows> Batch<'_, R> {
             .filter(|s| !s.disabled && s.event_types.iter().any(|t| t == meta.event_type))
             .map(|s| s.id)
             .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let due = time(&meta.at);
         for id in wanted {
             self.rows.insert_webhook_delivery(&m, id, &due).await?;
         }
         Ok(())
     }
 
-    /// Airweave's payload of the event (its `core/events` models, field for field), and the
-    /// organization it belongs to; None for an event the fold skipped.
-    async fn payload(
+    /// Airweave's `SyncLifecycleEvent` payload of the job as it is after the event.
+    async fn job_payload(
         &mut self,
-        meta: &Meta<'_>,
+        meta: &Meta,
+        job_id: Uuid,
+    ) -> Result<Option<(Uuid, String)>, ReadError> {
+        let Some(sc_id) = self
+            .live
+            .get(&job_id)
+            .or(self.finished.get(&job_id))
+            .map(|j| j.state.source_connection_id)
+        else {
+            return Ok(None);
+        };
+        if !self.hook_context.connections.contains_key(&sc_id) {
+            let row = self.rows.source_connection_row(sc_id).await?;
+            self.hook_context.connections.insert(
+                sc_id,
+                row.map(|r| (r.collection_id, r.readable_collection_id)),
+            );
+        }
+        let collection_id = self.hook_context.connections[&sc_id].as_ref().map(|c| c.0);
+        if let Some(id) = collection_id {
+            if !self.hook_context.collections.contains_key(&id) {
+                let row = self.rows.collection_row(id).await?;
+                self.hook_context
+                    .collections
+                    .insert(id, row.map(|c| c.name));
+            }
+        }
+        let Some(job) = self.live.get(&job_id).or(self.finished.get(&job_id)) else {
+            return Ok(None);
+        };
+        let job = &job.state;
+        let sc = self.hook_context.connections[&sc_id].as_ref();
+        let name = collection_id
+            .and_then(|id| self.hook_context.collections.get(&id))
+            .and_then(Option::as_deref);
+        let error = match job.status {
+            JobStatus::Failed | JobStatus::Cancelled => job.error.as_deref(),
+            _ => None,
+        };
+        let timestamp = syncjobs_domain::time::micros(&meta.at);
+        let payload = SyncPayload {
+            event_type: meta.event_type,
+            timestamp: &timestamp,
+            organization_id: job.organization_id,
+            // Airweave's sync is one per source connection here.
+            sync_id: sc_id,
+            sync_job_id: job.job_id,
+            collection_id,
+            source_connection_id: sc_id,
+            source_type: &job.short_name,
+            collection_name: name.unwrap_or(""),
+            collection_readable_id: sc.map_or("", |s| s.1.as_str()),
+            status: job.status.as_str(),
+            entities_inserted: job.counts.inserted,
+            entities_updated: job.counts.updated,
+            entities_deleted: job.counts.deleted,
+            entities_skipped: job.counts.skipped,
+            chunks_written: 0,
+            error,
+        };
+        let json = serde_json::to_string(&payload).map_err(|e| ReadError::Decode(e.to_string()))?;
+        Ok(Some((job.organization_id, json)))
+    }
+
+    /// The payload of a collection's or source connection's creation or deletion (Airweave's
+    /// `core/events` models, field for field) and its organization; read before the event is
+    /// folded, since a deletion removes the row it names.
+    async fn other_payload(
+        &mut self,
+        meta: &Meta,
         event: &Event,
-        before: Before,
-    ) -> Result<Option<(Uuid, serde_json::Value)>, ReadError> {
+    ) -> Result<Option<(Uuid, String)>, ReadError> {
         use serde_json::json;
         let timestamp = syncjobs_domain::time::micros(&meta.at);
-        Ok(Some(match event {
-            Event::Job(_) => {
-                let Some(job_id) = stream::job_id(meta.stream_id) else {
-                    return Ok(None);
-                };
-                // The state after this very event; an event the fold skipped is no message.
-                if !self.job_applied {
-                    return Ok(None);
-                }
-                let Some(job) = self
-                    .live
-                    .get(&job_id)
-                    .or(self.finished.get(&job_id))
-                    .map(|j| j.state.clone())
-                else {
-                    return Ok(None);
-                };
-                let sc_id = job.source_connection_id;
-                if !self.hook_context.connections.contains_key(&sc_id) {
-                    let row = self.rows.source_connection_row(sc_id).await?;
-                    self.hook_context.connections.insert(
-                        sc_id,
-                        row.map(|r| (r.collection_id, r.readable_collection_id)),
-                    );
-                }
-                let sc = self.hook_context.connections[&sc_id].clone();
-                let collection = match &sc {
-                    Some((collection_id, _)) => {
-                        if !self.hook_context.collections.contains_key(collection_id) {
-                            let row = self.rows.collection_row(*collection_id).await?;
-                            self.hook_context
-                                .collections
-                                .insert(*collection_id, row.map(|c| c.name));
-                        }
-                        self.hook_context.collections[collection_id].clone()
-                    }
-                    None => None,
-                };
-                let error = match job.status {
-                    JobStatus::Failed | JobStatus::Cancelled => job.error.clone(),
-                    _ => None,
-                };
-                let c = &job.counts;
-                (
-                    job.organization_id,
-                    json!({
-                        "event_type": meta.event_type,
-                        "timestamp": timestamp,
-                        "organization_id": job.organization_id,
-                        // Airweave's sync is one per source connection here.
-                        "sync_id": job.source_connection_id,
-                        "sync_job_id": job.job_id,
-                        "collection_id": sc.as_ref().map(|s| s.0),
-                        "source_connection_id": job.source_connection_id,
-                        "source_type": job.short_name,
-                        "collection_name": collection.as_deref().unwrap_or(""),
-                        "collection_readable_id": sc.as_ref().map_or("", |s| s.1.as_str()),
-                        "status": job.status.to_string(),
-                        "entities_inserted": c.inserted,
-                        "entities_updated": c.updated,
-                        "entities_deleted": c.deleted,
-                        "entities_skipped": c.skipped,
-                        "chunks_written": 0,
-                        "error": error,
-                    }),
-                )
-            }
+        let (org, payload) = match event {
             Event::Collection(CollectionEvent::CollectionCreated {
                 collection_id,
                 organization_id,
@@ -776,8 +801,8 @@ impl<R: Rows> Batch<'_, R> {
                     "collection_readable_id": readable_id,
                 }),
             ),
-            Event::Collection(CollectionEvent::CollectionDeleted { .. }) => {
-                let Before::Collection(c) = before else {
+            Event::Collection(CollectionEvent::CollectionDeleted { collection_id }) => {
+                let Some(c) = self.rows.collection_row(*collection_id).await? else {
                     return Ok(None);
                 };
                 (
@@ -811,8 +836,14 @@ impl<R: Rows> Batch<'_, R> {
                     "is_authenticated": authenticated,
                 }),
             ),
-            Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted { .. }) => {
-                let Before::SourceConnection(sc) = before else {
+            Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted {
+                source_connection_id,
+            }) => {
+                let Some(sc) = self
+                    .rows
+                    .source_connection_row(*source_connection_id)
+                    .await?
+                else {
                     return Ok(None);
                 };
                 (
@@ -828,8 +859,9 @@ impl<R: Rows> Batch<'_, R> {
                     }),
                 )
             }
-            Event::Access(_) | Event::Webhook(_) => return Ok(None),
-        }))
+            Event::Job(_) | Event::Access(_) | Event::Webhook(_) => return Ok(None),
+        };
+        Ok(Some((org, payload.to_string())))
     }
 
     async fn apply_webhook(

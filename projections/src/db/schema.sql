@@ -145,8 +145,10 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     created_position INTEGER NOT NULL,
     PRIMARY KEY (message_id, subscription_id)
 );
+-- Each subscription's next due delivery, one index seek (the dispatcher's read).
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due
-    ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+    ON webhook_deliveries (subscription_id, next_attempt_at, created_position)
+    WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_by_subscription
     ON webhook_deliveries (subscription_id, status);
 

@@ -359,13 +359,14 @@ impl ReadView<'_> {
                 c,
                 "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
                    d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
-                 FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subscription_id
-                         ORDER BY next_attempt_at, created_position) AS turn
-                       FROM webhook_deliveries
-                       WHERE status = 'pending' AND next_attempt_at <= ?1) d
-                 JOIN webhook_subscriptions s ON s.id = d.subscription_id
+                 FROM webhook_subscriptions s
+                 JOIN webhook_deliveries d ON d.rowid = (
+                   SELECT x.rowid FROM webhook_deliveries x
+                   WHERE x.subscription_id = s.id AND x.status = 'pending'
+                     AND x.next_attempt_at <= ?1
+                   ORDER BY x.next_attempt_at, x.created_position LIMIT 1)
                  JOIN webhook_messages m ON m.id = d.message_id
-                 WHERE d.turn = 1 AND s.disabled = 0
+                 WHERE s.disabled = 0
                  ORDER BY d.next_attempt_at, d.created_position LIMIT ?2",
                 rusqlite::params![now, limit as i64],
                 |r| {
@@ -415,23 +416,6 @@ impl ReadView<'_> {
                 pg::failed_webhook_deliveries(c, subscription_id, &since, &until).await
             }
         }
-    }
-
-    /// The earliest due time of a pending delivery to an enabled subscription.
-    pub async fn next_webhook_due(&self) -> Result<Option<DateTime<Utc>>, ReadError> {
-        let found = match self.conn {
-            Conn::Sqlite(c) => one(
-                c,
-                "SELECT MIN(d.next_attempt_at) FROM webhook_deliveries d
-                 JOIN webhook_subscriptions s ON s.id = d.subscription_id
-                 WHERE d.status = 'pending' AND s.disabled = 0",
-                [],
-                |r| r.get::<_, Option<String>>(0),
-            )?
-            .flatten(),
-            Conn::Postgres(c) => pg::next_webhook_due(c).await?,
-        };
-        found.map(|s| super::pg::parse_time(&s)).transpose()
     }
 
     /// An organization's messages, newest first, of the given types (all when empty).

@@ -140,7 +140,8 @@ CREATE TABLE IF NOT EXISTS read_webhook_deliveries (
     PRIMARY KEY (message_id, subscription_id)
 );
 CREATE INDEX IF NOT EXISTS read_webhook_deliveries_due
-    ON read_webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+    ON read_webhook_deliveries (subscription_id, next_attempt_at, created_position)
+    WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS read_webhook_deliveries_by_subscription
     ON read_webhook_deliveries (subscription_id, status);
 

@@ -151,13 +151,13 @@ pub(crate) async fn due_webhook_deliveries(
         c,
         "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
            d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
-         FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subscription_id
-                 ORDER BY next_attempt_at, created_position) AS turn
-               FROM read_webhook_deliveries
-               WHERE status = 'pending' AND next_attempt_at <= $1) d
-         JOIN read_webhook_subscriptions s ON s.id = d.subscription_id
+         FROM read_webhook_subscriptions s
+         CROSS JOIN LATERAL (
+           SELECT * FROM read_webhook_deliveries x
+           WHERE x.subscription_id = s.id AND x.status = 'pending' AND x.next_attempt_at <= $1
+           ORDER BY x.next_attempt_at, x.created_position LIMIT 1) d
          JOIN read_webhook_messages m ON m.id = d.message_id
-         WHERE d.turn = 1 AND NOT s.disabled
+         WHERE NOT s.disabled
          ORDER BY d.next_attempt_at, d.created_position LIMIT $2",
         &[&now, &(limit as i64)],
         |r| {
@@ -194,19 +194,6 @@ pub(crate) async fn failed_webhook_deliveries(
         |r| Ok(r.get(0)),
     )
     .await
-}
-
-pub(crate) async fn next_webhook_due(c: &Client) -> Result<Option<String>, ReadError> {
-    Ok(one(
-        c,
-        "SELECT MIN(d.next_attempt_at) FROM read_webhook_deliveries d
-         JOIN read_webhook_subscriptions s ON s.id = d.subscription_id
-         WHERE d.status = 'pending' AND NOT s.disabled",
-        &[],
-        |r| Ok(r.get::<_, Option<String>>(0)),
-    )
-    .await?
-    .flatten())
 }
 
 pub(crate) async fn webhook_messages(
