@@ -134,6 +134,19 @@ pub fn open(config: &StoreConfig, mode: Mode) -> Result<OpenedStore, BackendErro
     }
 }
 
+/// The name [`EventStore::backend`] gives the store `config` names (`embedded` for the
+/// default), without opening it: for checks made before anything is created.
+pub fn backend_name(config: &StoreConfig) -> &'static str {
+    let url = config.url.as_ref().map(SecretUrl::expose).unwrap_or("");
+    match url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
+        Some(s) if s == "postgres" || s == "postgresql" => "postgres",
+        Some(s) if s == "sqlite" => "embedded",
+        None if url.is_empty() => "embedded",
+        Some(s) if s.starts_with("kurrentdb") || s.starts_with("esdb") => "kurrentdb",
+        _ => "unknown",
+    }
+}
+
 /// Where syncs write entities, chosen with the store: on a PostgreSQL store, the same
 /// database (every node's workers then write one set of entities); otherwise the embedded
 /// SQLite destination (`entities.db`) in `data_dir`. Blocking, like [`open`].

@@ -53,8 +53,54 @@ pub enum LogFormat {
     Json,
 }
 
+/// What a `syncjobs serve` process does (README, "Roles").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The REST API and the jobs, in one process (the default).
+    #[default]
+    All,
+    /// The REST API, event streams and replay routes; runs no job.
+    Api,
+    /// Runs jobs claimed from the log and the watchdog; serves only `/health` and `/metrics`.
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Api => "api",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// Jobs a worker node runs at once unless `SYNCJOBS_WORKER_CAPACITY` says otherwise. A
+/// node's destination writes through a pool of 8 PostgreSQL connections: two jobs per
+/// connection keep the pool busy while some jobs wait on their sources, and more than that
+/// would only queue at the pool while holding a source stream and memory each, and would
+/// keep jobs from the other workers. An `all` node has no default bound (every job starts
+/// at once, as a single process always did).
+pub const DEFAULT_WORKER_CAPACITY: usize = 16;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
+    /// What this process does: `all` (API and jobs), `api` or `worker`. A role other than
+    /// `all` needs the PostgreSQL store, which every node shares.
+    #[arg(long, env = "SYNCJOBS_ROLE", value_enum, default_value = "all")]
+    pub role: Role,
+
+    /// This node's id: in JobStarted{worker} of the jobs it runs, in logs and on `/health`.
+    /// Letters, digits, `.`, `_`, `-`, `:`; at most 64. Unset: one is made at each start. A
+    /// worker that keeps its id across restarts fails its own interrupted jobs at start.
+    #[arg(long, env = "SYNCJOBS_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The most jobs this node runs at once (at least 1). Default: 16 on a worker,
+    /// no bound on an `all` node.
+    #[arg(long, env = "SYNCJOBS_WORKER_CAPACITY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub worker_capacity: Option<u32>,
+
     /// Address to listen on (`host:port`; port 0 picks a free one).
     #[arg(long, env = "SYNCJOBS_BIND", default_value = "127.0.0.1:8001")]
     pub bind: String,
@@ -195,6 +241,9 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            role: Role::All,
+            node_id: None,
+            worker_capacity: None,
             bind: "127.0.0.1:8001".into(),
             data_dir: PathBuf::from("./data"),
             store: None,
@@ -278,6 +327,40 @@ impl Settings {
         }
     }
 
+    /// The jobs this node runs at once (None: no bound); see [`DEFAULT_WORKER_CAPACITY`].
+    pub fn capacity(&self) -> Option<usize> {
+        let set = self.worker_capacity.map(|c| c as usize);
+        match self.role {
+            Role::All => set,
+            Role::Worker => Some(set.unwrap_or(DEFAULT_WORKER_CAPACITY)),
+            Role::Api => None,
+        }
+    }
+
+    /// `--node-id` if valid, else an error saying why; a new id when none is set.
+    pub fn node_id(&self) -> Result<String, String> {
+        match &self.node_id {
+            None => Ok(format!(
+                "node-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )),
+            Some(id) => {
+                let fits = !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+                if fits {
+                    Ok(id.clone())
+                } else {
+                    Err(format!(
+                        "SYNCJOBS_NODE_ID {id:?}: use 1 to 64 letters, digits, '.', '_', '-' or ':'"
+                    ))
+                }
+            }
+        }
+    }
+
     pub fn cancel_timeout(&self) -> Duration {
         Duration::from_secs(self.cancel_timeout_seconds)
     }
@@ -345,6 +428,45 @@ mod tests {
         assert_eq!(parsed.webhook_retry_schedule, d.webhook_retry_schedule);
         assert_eq!(parsed.webhook_timeout_ms, d.webhook_timeout_ms);
         assert_eq!(parsed.webhook_concurrency, d.webhook_concurrency);
+        if std::env::var_os("SYNCJOBS_ROLE").is_none() {
+            assert_eq!(parsed.role, Role::All);
+        }
+    }
+
+    #[test]
+    fn roles_capacities_and_node_ids() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("syncjobs").chain(args.iter().copied()))
+                .map(|c| c.settings)
+        };
+        let worker = parse(&["--role", "worker"]).unwrap();
+        assert_eq!(worker.role, Role::Worker);
+        assert_eq!(worker.capacity(), Some(DEFAULT_WORKER_CAPACITY));
+        let small = parse(&["--role", "worker", "--worker-capacity", "3"]).unwrap();
+        assert_eq!(small.capacity(), Some(3));
+        assert!(
+            parse(&["--worker-capacity", "0"]).is_err(),
+            "a worker that runs nothing"
+        );
+        assert!(parse(&["--role", "leader"]).is_err());
+        let all = Settings::default();
+        assert_eq!(all.capacity(), None, "an all node starts every job at once");
+
+        let a = all.node_id().unwrap();
+        let b = all.node_id().unwrap();
+        assert!(a.starts_with("node-") && a != b, "{a} {b}");
+        let named = Settings {
+            node_id: Some("worker-3.eu:a_1".into()),
+            ..Settings::default()
+        };
+        assert_eq!(named.node_id().unwrap(), "worker-3.eu:a_1");
+        for bad in ["", "has space", "ü", &"x".repeat(65)] {
+            let s = Settings {
+                node_id: Some(bad.into()),
+                ..Settings::default()
+            };
+            assert!(s.node_id().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -118,6 +118,12 @@ fn open_store(config: &StoreConfig, mode: Mode) -> Result<Arc<dyn EventStore>, S
 
 /// Serves until a signal stops the server. Logs go through the writer `main` installed.
 async fn serve(settings: Settings) -> Result<(), String> {
+    // Before anything is opened or created: a role that shares the store needs PostgreSQL.
+    syncjobs::startup::check_role(
+        settings.role,
+        backend::backend_name(&settings.store_config()),
+    )
+    .map_err(|e| e.to_string())?;
     // Before anything touches the directory: a second server on it must not recover the
     // first one's jobs. Held until `serve` returns.
     let _owner = DataDirLock::acquire(&settings.data_dir).map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@ use crate::app;
 use crate::app::keys::{self, Bootstrap, KeysError, NewKey};
 use crate::backend::ReadModelAt;
 use crate::bus::{spawn_relay, RelayConfig, RelayHandle, RelayMonitor};
-use crate::config::Settings;
+use crate::config::{Role, Settings};
 use crate::metrics::{follow_jobs, MeteredStore, Metrics};
 use crate::telemetry;
 use actix_web::body::MessageBody;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use syncjobs_actors::pipeline::EntitySink;
 use syncjobs_actors::{
-    start_supervisor, JobSettings, Jobs, Recovery, SupervisorSettings, SyncRunner,
+    start_supervisor, JobSettings, Jobs, Recovery, SupervisorRole, SupervisorSettings, SyncRunner,
 };
 use syncjobs_domain::redact::redact;
 use syncjobs_domain::{EventStore, SharedClock};
@@ -75,6 +75,9 @@ pub enum StartupError {
     Relay(String),
     #[error("webhook dispatcher: {0}")]
     Webhooks(String),
+    /// A role or node setting this store cannot serve.
+    #[error("{0}")]
+    Node(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -98,6 +101,46 @@ impl HealthProbe for RelayProbe {
     }
 }
 
+/// This node's line on `/health`: who it is and what it does.
+struct NodeProbe {
+    id: String,
+    role: Role,
+    capacity: Option<usize>,
+}
+
+impl HealthProbe for NodeProbe {
+    fn name(&self) -> &'static str {
+        "node"
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({ "id": self.id, "role": self.role.as_str(), "capacity": self.capacity })
+    }
+}
+
+/// A role other than `all` shares the store with other processes: only the PostgreSQL
+/// store (with its read model and destination in the same database) is made for that. The
+/// embedded store cannot be followed safely by another process, and on KurrentDB each node
+/// would write its own destination.
+pub fn check_role(role: Role, backend: &str) -> Result<(), StartupError> {
+    if role == Role::All || backend == "postgres" {
+        return Ok(());
+    }
+    Err(StartupError::Node(format!(
+        "--role {} needs the PostgreSQL store that every node shares (SYNCJOBS_STORE=postgres://...); \
+         this store is '{backend}', which another process cannot follow safely: run `--role all` on it",
+        role.as_str()
+    )))
+}
+
+fn supervisor_role(role: Role) -> SupervisorRole {
+    match role {
+        Role::All => SupervisorRole::All,
+        Role::Api => SupervisorRole::Api,
+        Role::Worker => SupervisorRole::Worker,
+    }
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -115,6 +158,11 @@ impl Application {
         settings: &Settings,
         mut c: Components,
     ) -> Result<Application, StartupError> {
+        check_role(settings.role, c.store.backend())?;
+        let node_id = settings.node_id().map_err(StartupError::Node)?;
+        let capacity = settings.capacity();
+        tracing::info!(node_id = %node_id, role = settings.role.as_str(), ?capacity, "syncjobs node starting");
+        c.job_settings.worker_name = node_id.clone();
         // Every append of this process, whatever the backend, is timed for /metrics.
         let metrics = Arc::new(Metrics::new());
         c.store = MeteredStore::wrap(c.store, metrics.clone());
@@ -160,6 +208,11 @@ impl Application {
 
         // The NATS relay, a reader of the log like the projector; it shows on /health.
         let mut probes = c.probes;
+        probes.push(Arc::new(NodeProbe {
+            id: node_id,
+            role: settings.role,
+            capacity,
+        }));
         let relay = match &settings.nats_url {
             Some(url) => {
                 let mut cfg = RelayConfig::new(url.clone(), settings.relay_cursor_path());
@@ -207,6 +260,11 @@ impl Application {
                 cancel_timeout: settings.cancel_timeout(),
                 job: c.job_settings,
                 recovery: Recovery::Jobs(unfinished),
+                role: supervisor_role(settings.role),
+                capacity,
+                // The read model named the unfinished jobs as of this position: the log is
+                // followed from there, so no job created since is missed.
+                follow_after: Some(folded),
             },
         );
         jobs.ready().await;
@@ -356,6 +414,7 @@ fn serve(
         .http_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
+    let role = settings.role;
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -364,7 +423,10 @@ fn serve(
                     .error_handler(|e, _| extractor_error(e, "query string")),
             )
             .app_data(web::PathConfig::default().error_handler(|e, _| extractor_error(e, "path")))
-            .configure(api::configure)
+            .configure(|cfg| match role {
+                Role::Worker => api::configure_worker(cfg),
+                Role::All | Role::Api => api::configure(cfg),
+            })
             .default_service(web::to(api::not_found))
             // `/collections/` and `//collections` route as `/collections`.
             .wrap(NormalizePath::trim())

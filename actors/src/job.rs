@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
-    EntityCounts, EventStore, Job, JobCommand, JobError, JobState, JobStatus, Metadata,
+    Aggregate, EntityCounts, EventStore, Job, JobCommand, JobError, JobState, JobStatus, Metadata,
     SharedClock, StoreError,
 };
 use tokio::sync::watch;
@@ -41,7 +41,8 @@ pub struct JobSettings {
     pub progress_every_entities: u64,
     /// ...or this long after the last one, whichever comes first.
     pub progress_interval: Duration,
-    /// Names this process in JobStarted, for debugging multi-worker setups.
+    /// This node's id: named in the JobStarted of the jobs it claims; a worker that starts
+    /// again under the same id fails its own interrupted jobs (and no other node's).
     pub worker_name: String,
     /// Where sync runs are spawned; None runs them on the actor's own runtime.
     pub run_handle: Option<tokio::runtime::Handle>,
@@ -131,6 +132,13 @@ pub struct RequestCancel {
 #[rtype(result = "JobResult")]
 pub struct ForceCancel;
 
+/// Read the job's stream for events this actor did not write (another node's cancel
+/// request, another node's watchdog verdict) and act on them. Sent by the supervisor,
+/// which follows the log.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Refresh;
+
 /// Stop the actor without touching the log (process shutdown). Its run is abandoned; the
 /// next boot's recovery decides what happened to the job.
 #[derive(Message)]
@@ -160,6 +168,9 @@ pub struct JobActor {
     span: tracing::Span,
     /// Waits between tries of a refused write the job needs (see [`Backoff`]).
     retry: Backoff,
+    /// This node has just claimed the job (its state is given): run it. Otherwise the
+    /// actor loads the job and recovers it.
+    claimed: bool,
 }
 
 impl JobActor {
@@ -178,6 +189,45 @@ impl JobActor {
             run: None,
             span: tracing::info_span!("job", job_id = %job_id),
             retry: Backoff::default(),
+            claimed: false,
+        }
+    }
+
+    /// An actor for a job this node has just claimed: `state` is the job with this node's
+    /// JobStarted folded in, so the actor starts the run without reading the stream again.
+    pub fn claimed(mut self, state: JobState) -> Self {
+        self.state = Some(state);
+        self.claimed = true;
+        self
+    }
+
+    /// What to do with a job this node claimed: run it; or, if a cancel was recorded
+    /// between the claim and now (the run never started), confirm it.
+    fn run_claimed(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.clone() else {
+            ctx.stop();
+            return;
+        };
+        self.supervisor.do_send(JobUpdate {
+            job_id: self.job_id,
+            status: state.status,
+            watchdog_deadline: state.watchdog_deadline(),
+        });
+        match state.status {
+            JobStatus::Running => self.start_run(ctx),
+            JobStatus::Cancelling => {
+                let meta = self.metadata("worker");
+                let cmd = JobCommand::ConfirmCancelled {
+                    counts: state.counts,
+                };
+                ctx.wait(self.command(cmd, meta).map(|res, act, ctx| {
+                    act.applied(&res, ctx);
+                    if let Some(delay) = act.retry_delay(&res, "final event") {
+                        ctx.run_later(delay, |act, ctx| act.run_claimed(ctx));
+                    }
+                }));
+            }
+            _ => ctx.stop(),
         }
     }
 
@@ -411,6 +461,10 @@ impl Actor for JobActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.claimed {
+            self.run_claimed(ctx);
+            return;
+        }
         // Hold the mailbox until the stream is folded: no message is handled on a guess.
         let env = self.env.clone();
         let job_id = self.job_id;
@@ -477,6 +531,44 @@ impl Handler<ForceCancel> for JobActor {
                 res
             },
         )))
+    }
+}
+
+impl Handler<Refresh> for JobActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _msg: Refresh, _ctx: &mut Context<Self>) -> Self::Result {
+        let env = self.env.clone();
+        let known = self.state.clone();
+        let stream = stream::job(self.job_id);
+        let read = async move {
+            let Some(known) = known else {
+                return Ok(None);
+            };
+            let newer = env.store.read_stream(&stream, known.version).await?;
+            if newer.is_empty() {
+                return Ok(None);
+            }
+            let mut job = Job::from(known);
+            job.evolve_all(&newer)
+                .map_err(|reason| CommandError::Corrupt { stream, reason })?;
+            Ok(Some(Executed {
+                state: job,
+                events: newer,
+            }))
+        };
+        AtomicResponse::new(Box::pin(
+            read.instrument(self.span.clone()).into_actor(self).map(
+                |res: Result<Option<Executed<Job>>, CommandError<JobError>>, act, ctx| match res {
+                    Ok(Some(executed)) => act.applied(&Ok(executed), ctx),
+                    Ok(None) => {}
+                    // The next write of the actor reads the stream again anyway.
+                    Err(e) => {
+                        tracing::warn!(parent: &act.span, error = %e, "cannot read the job's stream")
+                    }
+                },
+            ),
+        ))
     }
 }
 

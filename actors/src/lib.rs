@@ -22,6 +22,6 @@ pub use job::{Backoff, JobResult, JobSettings, INTERRUPTED};
 pub use pipeline::Pipeline;
 pub use runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};
 pub use supervisor::{
-    start_supervisor, CommandOutcome, Jobs, JobsError, NewJob, Recovery, SupervisorSettings,
-    SupervisorStats,
+    job_after, start_supervisor, CommandOutcome, Jobs, JobsError, NewJob, Recovery, SupervisorRole,
+    SupervisorSettings, SupervisorStats,
 };

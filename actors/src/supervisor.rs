@@ -1,34 +1,68 @@
-//! `Supervisor`: the registry of live jobs, the watchdog, and recovery after a restart.
+//! `Supervisor`: the registry of live jobs, claims, the watchdog, and recovery after a restart.
 //!
-//! - One live [`JobActor`] per non-final job; at most one active job per source connection.
-//! - Watchdog: when a job enters `cancelling` a timer is armed for
+//! The log is the only channel between nodes (../shared/DISTRIBUTED.md). A node that runs
+//! jobs (`--role all` or `worker`) follows the global log and keeps every job that is not
+//! final in its registry, whoever created or runs it:
+//! - Claims: a pending job is claimed, oldest first, while this node has capacity, by
+//!   appending JobStarted{worker: this node} expecting the version it saw; one node wins,
+//!   the others meet a conflict and move on. The winner's [`JobActor`] runs the job.
+//! - Cancel: an API node records CancelRequested on the job's stream; the node running the
+//!   job sees it in the log and its actor stops the run gracefully and records `Cancelled`.
+//! - Watchdog: every node that runs jobs arms a timer for every `cancelling` job at
 //!   recorded_at(CancelRequested) + the timeout recorded with it. The deadline is taken from
-//!   the log, never from boot, so a restart neither resets nor loses it.
-//! - Recovery (on start, before any message): the global log is folded; pending jobs are
-//!   started, running ones are failed as interrupted, cancelling ones get their watchdog
-//!   re-armed (firing at once when overdue). Both endings record the counts the destination
-//!   durably holds for the job: the dead (or stuck) run's last progress report may be behind them.
+//!   the log, never from boot, so a restart neither resets nor loses it; the first node to
+//!   fire appends ForceCancelled with the expected version, the others conflict and stop.
+//! - Recovery (on start, before any message): the unfinished jobs are loaded; pending ones
+//!   wait for a claim, running ones this node ran (an `all` node: all of them) are failed
+//!   as interrupted, cancelling ones get their watchdog re-armed (firing at once when
+//!   overdue). Both endings record the counts the destination durably holds for the job:
+//!   the dead (or stuck) run's last progress report may be behind them.
+//! - One active job per source connection: decided on the log too ([`job_after`]).
 //!
+//! An API node (`--role api`) keeps no registry: it creates and cancels through the log.
 //! [`Jobs`] is the cheap, cloneable handle the API uses.
 
 use crate::command::{self, CommandError, Executed};
 use crate::job::{
-    Backoff, ForceCancel, JobActor, JobEnv, JobGone, JobResult, JobSettings, JobUpdate,
+    Backoff, ForceCancel, JobActor, JobEnv, JobGone, JobResult, JobSettings, JobUpdate, Refresh,
     RequestCancel, Shutdown,
 };
 use crate::runner::SyncRunner;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use syncjobs_domain::events::stream;
+use syncjobs_domain::events::{stream, NewEvent, RecordedEvent, SyncJobEvent};
 use syncjobs_domain::{
-    Aggregate, EventStore, Job, JobCommand, JobError, JobState, JobStatus, Metadata, SharedClock,
-    StoreError,
+    follow_batches, Aggregate, EventStore, ExpectedVersion, FoldError, Job, JobCommand, JobError,
+    JobState, JobStatus, Metadata, SharedClock, StoreError,
 };
 use tokio::sync::watch;
+use tracing::Instrument;
 use uuid::Uuid;
+
+/// What this process does with jobs (`syncjobs serve --role`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SupervisorRole {
+    /// Creates, runs and watches jobs, assuming no other process runs any: a running job
+    /// found at start died with this process's last run (today's single process).
+    #[default]
+    All,
+    /// Creates and cancels jobs through the log; runs none and arms no watchdog.
+    Api,
+    /// Runs the jobs it claims from the log and watches every cancelling one. At start it
+    /// fails as interrupted only the running jobs its own node id started: the others run
+    /// on other workers.
+    Worker,
+}
+
+impl SupervisorRole {
+    /// Whether this node claims and runs jobs (and so follows the log and arms watchdogs).
+    pub fn runs_jobs(&self) -> bool {
+        !matches!(self, SupervisorRole::Api)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct SupervisorSettings {
@@ -36,6 +70,14 @@ pub struct SupervisorSettings {
     pub cancel_timeout: Duration,
     pub job: JobSettings,
     pub recovery: Recovery,
+    pub role: SupervisorRole,
+    /// The most jobs this node runs at once (None: no bound). A pending job waits while
+    /// every node that runs jobs is full.
+    pub capacity: Option<usize>,
+    /// The global position after which the log is followed once recovery is done: the
+    /// position the recovery's list of jobs is true at. None: where recovery's own scan of
+    /// the log ended, or the log's head when recovery was given its jobs.
+    pub follow_after: Option<u64>,
 }
 
 impl Default for SupervisorSettings {
@@ -44,6 +86,9 @@ impl Default for SupervisorSettings {
             cancel_timeout: Duration::from_secs(180),
             job: JobSettings::default(),
             recovery: Recovery::ScanLog,
+            role: SupervisorRole::All,
+            capacity: None,
+            follow_after: None,
         }
     }
 }
@@ -69,6 +114,9 @@ pub struct NewJob {
     pub config: serde_json::Value,
     /// The principal, e.g. `api-key:<key id>`.
     pub caused_by: String,
+    /// The connection's latest job as the caller's read model shows it (None: no job, or
+    /// not known). Only a hint where to start looking: the log decides (see [`job_after`]).
+    pub latest_job: Option<Uuid>,
 }
 
 /// A command's effect as the API needs it.
@@ -105,7 +153,7 @@ pub enum JobsError {
     #[error("a job in {status} state cannot be cancelled")]
     CannotCancel { status: JobStatus, position: u64 },
     /// The source connection already has a job (`job_id`) in this (non-final) status.
-    /// `position` as for `CannotCancel`; 0 when the job's creation is still being appended.
+    /// `position` as for `CannotCancel` (the log names it: the job is read before the refusal).
     #[error("the source connection has a sync job {status} already")]
     AlreadyActive {
         status: JobStatus,
@@ -166,25 +214,62 @@ struct WatchdogFired {
 /// What `/health` shows of the write side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, MessageResponse)]
 pub struct SupervisorStats {
+    /// Jobs not final that this node knows of (its own and, on a node that runs jobs,
+    /// every other one it follows in the log).
     pub live_jobs: usize,
     pub armed_watchdogs: usize,
+    /// Jobs this node runs now (its job actors), and how many it may run at once.
+    pub running: usize,
+    pub capacity: Option<usize>,
+    /// Jobs waiting for a worker, as this node sees the log.
+    pub pending: usize,
 }
 
+/// A job not final, as this node knows it: its state folded from the log, and what this
+/// node does for it.
 struct Entry {
-    source_connection_id: Uuid,
-    status: JobStatus,
+    /// The job as the log says, folded by the follower (or loaded at recovery).
+    state: JobState,
+    /// Global position of its JobCreated: claims go oldest first.
+    created_position: u64,
+    /// This node's actor for it: the job runs here (or is being failed as interrupted).
     addr: Option<Addr<JobActor>>,
+    /// A claim of it by this node is being appended.
+    claiming: bool,
     watchdog: Option<(DateTime<Utc>, SpawnHandle)>,
     /// Waits between tries of a ForceCancelled the store refused.
     force_retry: Backoff,
 }
 
+impl Entry {
+    fn new(state: JobState, created_position: u64) -> Entry {
+        Entry {
+            state,
+            created_position,
+            addr: None,
+            claiming: false,
+            watchdog: None,
+            force_retry: Backoff::default(),
+        }
+    }
+}
+
 pub struct Supervisor {
     env: Arc<JobEnv>,
     recovery: Recovery,
+    role: SupervisorRole,
+    capacity: Option<usize>,
+    follow_after: Option<u64>,
     cancel_timeout: Duration,
     jobs: HashMap<Uuid, Entry>,
-    active_by_connection: HashMap<Uuid, Uuid>,
+    /// Pending jobs by the position of their JobCreated: the claim order.
+    pending: BTreeSet<(u64, Uuid)>,
+    /// This node's job actors plus its claims in flight: what counts against capacity.
+    running: usize,
+    claiming: usize,
+    /// Waits before claiming again after the store refused a claim (not a conflict).
+    claim_retry: Backoff,
+    claim_retry_armed: bool,
     ready: watch::Sender<bool>,
 }
 
@@ -206,9 +291,16 @@ pub fn start_supervisor(
     let addr = Supervisor {
         env,
         recovery: settings.recovery,
+        role: settings.role,
+        capacity: settings.capacity,
+        follow_after: settings.follow_after,
         cancel_timeout: settings.cancel_timeout,
         jobs: HashMap::new(),
-        active_by_connection: HashMap::new(),
+        pending: BTreeSet::new(),
+        running: 0,
+        claiming: 0,
+        claim_retry: Backoff::default(),
+        claim_retry_armed: false,
         ready,
     }
     .start();
@@ -216,6 +308,31 @@ pub fn start_supervisor(
         addr,
         ready: ready_rx,
     }
+}
+
+/// A job found unfinished at start: its state, where it was created, and the worker its
+/// JobStarted names (if it started).
+struct Found {
+    state: JobState,
+    created_position: u64,
+    worker: Option<String>,
+}
+
+/// Folds one job's events (all of them, from its JobCreated) into what recovery needs.
+fn found_from(events: &[RecordedEvent]) -> Result<Option<Found>, FoldError> {
+    let mut job = Job::initial();
+    let mut worker = None;
+    for e in events {
+        job.evolve(e)?;
+        if let Some(SyncJobEvent::JobStarted { worker: w }) = e.job_event() {
+            worker = Some(w.clone());
+        }
+    }
+    Ok(job.0.map(|state| Found {
+        state,
+        created_position: events.first().map_or(0, |e| e.global_position),
+        worker,
+    }))
 }
 
 impl Supervisor {
@@ -230,23 +347,48 @@ impl Supervisor {
         .start()
     }
 
-    fn register(&mut self, state: &JobState, ctx: &mut Context<Self>) {
-        let addr = self.spawn_job(state.job_id, ctx);
-        self.active_by_connection
-            .insert(state.source_connection_id, state.job_id);
-        self.jobs.insert(
-            state.job_id,
-            Entry {
-                source_connection_id: state.source_connection_id,
-                status: state.status,
-                addr: Some(addr),
-                watchdog: None,
-                force_retry: Backoff::default(),
-            },
-        );
+    /// Whether this node may take one more job now.
+    fn has_capacity(&self) -> bool {
+        self.role.runs_jobs()
+            && self
+                .capacity
+                .is_none_or(|c| self.running + self.claiming < c)
+    }
+
+    /// Takes a job found unfinished at start into the registry and does what its state asks.
+    fn recover(&mut self, found: Found, ctx: &mut Context<Self>) {
+        let job_id = found.state.job_id;
+        let status = found.state.status;
+        let deadline = found.state.watchdog_deadline();
+        let mut entry = Entry::new(found.state, found.created_position);
+        let ours = match self.role {
+            SupervisorRole::All => true,
+            SupervisorRole::Worker => {
+                found.worker.as_deref() == Some(self.env.settings.worker_name.as_str())
+            }
+            SupervisorRole::Api => false,
+        };
+        match status {
+            JobStatus::Pending => {
+                self.pending.insert((entry.created_position, job_id));
+            }
+            // Its run died with this node's last process: the actor fails it as interrupted.
+            JobStatus::Running if ours => {
+                entry.addr = Some(self.spawn_job(job_id, ctx));
+                self.running += 1;
+            }
+            _ => {}
+        }
+        self.jobs.insert(job_id, entry);
+        if let Some(deadline) = deadline {
+            self.arm_watchdog(job_id, deadline, ctx);
+        }
     }
 
     fn arm_watchdog(&mut self, job_id: Uuid, deadline: DateTime<Utc>, ctx: &mut Context<Self>) {
+        if !self.role.runs_jobs() {
+            return;
+        }
         let Some(entry) = self.jobs.get_mut(&job_id) else {
             return;
         };
@@ -265,14 +407,190 @@ impl Supervisor {
         }
     }
 
+    /// Drops a job from the registry unless this node still has an actor or a claim for it
+    /// (they report back when they end).
     fn forget(&mut self, job_id: Uuid, ctx: &mut Context<Self>) {
-        if let Some(entry) = self.jobs.remove(&job_id) {
-            if let Some((_, handle)) = entry.watchdog {
-                ctx.cancel_future(handle);
+        let Some(entry) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        if let Some((_, handle)) = entry.watchdog.take() {
+            ctx.cancel_future(handle);
+        }
+        if entry.addr.is_none() && !entry.claiming {
+            let created = entry.created_position;
+            self.jobs.remove(&job_id);
+            self.pending.remove(&(created, job_id));
+        }
+    }
+
+    /// Folds one event of the global log into the registry (the follower's step). Events of
+    /// a job already folded further (recovery loaded its stream past the follow point) are
+    /// skipped, so each is folded once.
+    fn observe(&mut self, e: &RecordedEvent, ctx: &mut Context<Self>) {
+        let (Some(job_id), Some(event)) = (stream::job_id(&e.stream_id), e.job_event()) else {
+            return;
+        };
+        let Some(entry) = self.jobs.get_mut(&job_id) else {
+            // A job this node does not know: new if this is its creation; otherwise one that
+            // ended before the follow point (or whose creation came before it, and so was
+            // final at recovery).
+            if let SyncJobEvent::JobCreated { .. } = event {
+                match JobState::created(event.clone(), e.recorded_at) {
+                    Ok(state) => {
+                        self.pending.insert((e.global_position, job_id));
+                        self.jobs
+                            .insert(job_id, Entry::new(state, e.global_position));
+                    }
+                    Err(error) => {
+                        tracing::error!(%job_id, %error, "a job creation that does not fold")
+                    }
+                }
             }
-            if self.active_by_connection.get(&entry.source_connection_id) == Some(&job_id) {
-                self.active_by_connection
-                    .remove(&entry.source_connection_id);
+            return;
+        };
+        if e.version <= entry.state.version {
+            return;
+        }
+        let before = entry.state.status;
+        if let Err(error) = entry.state.evolve_in_place(event, e.recorded_at) {
+            tracing::error!(%job_id, %error, "a job event that does not fold; the job is dropped from the registry");
+            self.forget(job_id, ctx);
+            return;
+        }
+        entry.state.version = e.version;
+        let status = entry.state.status;
+        if before == JobStatus::Pending && status != JobStatus::Pending {
+            self.pending.remove(&(entry.created_position, job_id));
+        }
+        // The job's actor here learns of another node's cancel request (or of the
+        // watchdog's verdict) from its stream.
+        if event.is_final() || matches!(event, SyncJobEvent::CancelRequested { .. }) {
+            if let Some(addr) = &entry.addr {
+                addr.do_send(Refresh);
+            }
+        }
+        if status.is_final() {
+            self.forget(job_id, ctx);
+        } else if let Some(deadline) = entry.state.watchdog_deadline() {
+            self.arm_watchdog(job_id, deadline, ctx);
+        }
+    }
+
+    /// Claims pending jobs, oldest first, while this node has capacity: each claim appends
+    /// JobStarted{worker: this node} expecting the version this node saw. Exactly one
+    /// node's append lands; the others get a conflict and move on to the next job (the
+    /// follower then sees who won).
+    fn try_claim(&mut self, ctx: &mut Context<Self>) {
+        while self.has_capacity() {
+            let Some(&(position, job_id)) = self.pending.first() else {
+                return;
+            };
+            self.pending.remove(&(position, job_id));
+            let Some(entry) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            if entry.state.status != JobStatus::Pending || entry.addr.is_some() || entry.claiming {
+                continue;
+            }
+            entry.claiming = true;
+            self.claiming += 1;
+            let seen = entry.state.clone();
+            let env = self.env.clone();
+            let worker = env.settings.worker_name.clone();
+            let meta = Metadata::caused_by(format!("worker:{worker}")).with_correlation(job_id);
+            let started = NewEvent::new(SyncJobEvent::JobStarted { worker }, env.clock.now(), meta);
+            ctx.spawn(
+                async move {
+                    let expected = ExpectedVersion::Exact(seen.version);
+                    let appended = env
+                        .store
+                        .append(&stream::job(job_id), expected, vec![started])
+                        .await;
+                    (seen, appended)
+                }
+                .instrument(tracing::info_span!("claim", %job_id))
+                .into_actor(self)
+                .map(move |(seen, appended), act, ctx| {
+                    act.claimed(job_id, seen, appended, ctx);
+                    act.try_claim(ctx);
+                }),
+            );
+        }
+    }
+
+    /// What a claim came to: the job's actor starts its run, or the job is left to the
+    /// node that won it, or it waits to be claimed again.
+    fn claimed(
+        &mut self,
+        job_id: Uuid,
+        mut seen: JobState,
+        appended: Result<Vec<RecordedEvent>, StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.claiming -= 1;
+        if let Some(entry) = self.jobs.get_mut(&job_id) {
+            entry.claiming = false;
+        }
+        match appended {
+            Ok(recorded) => {
+                for e in &recorded {
+                    if let Some(event) = e.job_event() {
+                        if let Err(error) = seen.evolve_in_place(event, e.recorded_at) {
+                            tracing::error!(%job_id, %error, "the claim does not fold");
+                        }
+                    }
+                }
+                self.claim_retry = Backoff::default();
+                tracing::info!(%job_id, worker = %self.env.settings.worker_name, "job claimed");
+                let claimed_version = seen.version;
+                let me = ctx.address();
+                let addr = JobActor::new(
+                    job_id,
+                    self.env.clone(),
+                    me.clone().recipient(),
+                    me.recipient(),
+                )
+                .claimed(seen)
+                .start();
+                self.running += 1;
+                let Some(entry) = self.jobs.get_mut(&job_id) else {
+                    return;
+                };
+                // The follower may have folded later events (a cancel) before this claim
+                // reported: the actor reads them.
+                if entry.state.version > claimed_version {
+                    addr.do_send(Refresh);
+                }
+                entry.addr = Some(addr);
+            }
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(%job_id, "job claimed by another node (or cancelled) first");
+                if self
+                    .jobs
+                    .get(&job_id)
+                    .is_some_and(|entry| entry.state.status.is_final())
+                {
+                    self.forget(job_id, ctx);
+                }
+            }
+            Err(error) => {
+                // Not a lost race: the store could not write. The job stays pending here and
+                // is claimed again after a wait.
+                let Some(entry) = self.jobs.get(&job_id) else {
+                    return;
+                };
+                if entry.state.status == JobStatus::Pending {
+                    self.pending.insert((entry.created_position, job_id));
+                }
+                let delay = self.claim_retry.next_delay();
+                tracing::warn!(%job_id, %error, retry_in_ms = delay.as_millis() as u64, "claim not recorded; trying again");
+                if !self.claim_retry_armed {
+                    self.claim_retry_armed = true;
+                    ctx.run_later(delay, |act, ctx| {
+                        act.claim_retry_armed = false;
+                        act.try_claim(ctx);
+                    });
+                }
             }
         }
     }
@@ -290,20 +608,27 @@ async fn stream_head(store: &dyn EventStore, job_id: Uuid) -> u64 {
     }
 }
 
-/// Folds the whole global log into the states of the jobs that are not final, each in
-/// place through the job aggregate's own fold.
-async fn unfinished_jobs(store: &dyn EventStore) -> Result<Vec<JobState>, CommandError<JobError>> {
-    let mut jobs: HashMap<Uuid, Job> = HashMap::new();
+/// Folds the whole global log into the jobs that are not final, each in place through the
+/// job aggregate's own fold; and the position the scan ended at.
+async fn unfinished_jobs(
+    store: &dyn EventStore,
+) -> Result<(Vec<Found>, u64), CommandError<JobError>> {
+    let mut jobs: HashMap<Uuid, (Job, u64, Option<String>)> = HashMap::new();
     let mut after = 0;
     loop {
         let batch = store.read_all(after, 4096).await?;
         let Some(last) = batch.last() else { break };
         after = last.global_position;
         for e in &batch {
-            let (Some(job_id), Some(_)) = (stream::job_id(&e.stream_id), e.job_event()) else {
+            let (Some(job_id), Some(event)) = (stream::job_id(&e.stream_id), e.job_event()) else {
                 continue;
             };
-            let job = jobs.entry(job_id).or_default();
+            let (job, _, worker) = jobs
+                .entry(job_id)
+                .or_insert_with(|| (Job::initial(), e.global_position, None));
+            if let SyncJobEvent::JobStarted { worker: w } = event {
+                *worker = Some(w.clone());
+            }
             match job.evolve(e) {
                 Ok(()) if job.0.as_ref().is_some_and(|s| s.status.is_final()) => {
                     jobs.remove(&job_id);
@@ -316,28 +641,37 @@ async fn unfinished_jobs(store: &dyn EventStore) -> Result<Vec<JobState>, Comman
             }
         }
     }
-    let mut jobs: Vec<JobState> = jobs.into_values().filter_map(|j| j.0).collect();
-    jobs.sort_by_key(|s| s.created_at);
-    Ok(jobs)
+    let mut found: Vec<Found> = jobs
+        .into_values()
+        .filter_map(|(job, created_position, worker)| {
+            job.0.map(|state| Found {
+                state,
+                created_position,
+                worker,
+            })
+        })
+        .collect();
+    found.sort_by_key(|f| f.created_position);
+    Ok((found, after))
 }
 
-/// The states of `ids`, each folded from its own stream, keeping those not final.
+/// The jobs of `ids`, each folded from its own stream, keeping those not final.
 async fn unfinished_of(
     store: &dyn EventStore,
     ids: &[Uuid],
-) -> Result<Vec<JobState>, CommandError<JobError>> {
+) -> Result<Vec<Found>, CommandError<JobError>> {
     let mut jobs = Vec::with_capacity(ids.len());
     for &job_id in ids {
-        match command::load::<Job>(store, &stream::job(job_id)).await {
-            Ok(Job(Some(state))) if !state.status.is_final() => jobs.push(state),
+        let events = store.read_stream(&stream::job(job_id), 0).await?;
+        match found_from(&events) {
+            Ok(Some(found)) if !found.state.status.is_final() => jobs.push(found),
             Ok(_) => {}
-            Err(CommandError::Corrupt { reason, .. }) => {
+            Err(reason) => {
                 tracing::error!(%job_id, %reason, "job stream does not fold; skipped by recovery");
             }
-            Err(e) => return Err(e),
         }
     }
-    jobs.sort_by_key(|s| s.created_at);
+    jobs.sort_by_key(|f| f.created_position);
     Ok(jobs)
 }
 
@@ -346,136 +680,175 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1024);
+        if !self.role.runs_jobs() {
+            // An API node creates and cancels through the log; it keeps no registry.
+            self.ready.send_replace(true);
+            return;
+        }
         let store = self.env.store.clone();
         let recovery = std::mem::replace(&mut self.recovery, Recovery::ScanLog);
+        let follow_after = self.follow_after;
         ctx.wait(
             async move {
                 match recovery {
-                    Recovery::ScanLog => unfinished_jobs(&*store).await,
-                    Recovery::Jobs(ids) => unfinished_of(&*store, &ids).await,
+                    Recovery::ScanLog => unfinished_jobs(&*store)
+                        .await
+                        .map(|(jobs, end)| (jobs, follow_after.unwrap_or(end))),
+                    Recovery::Jobs(ids) => {
+                        let head = *store.watch_head().borrow();
+                        let jobs = unfinished_of(&*store, &ids).await?;
+                        Ok((jobs, follow_after.unwrap_or(head)))
+                    }
                 }
             }
             .into_actor(self)
             .map(|found, act, ctx| {
-                match found {
-                    Ok(jobs) => {
+                let after = match found {
+                    Ok((jobs, after)) => {
                         tracing::info!(jobs = jobs.len(), "recovering unfinished jobs");
-                        for state in &jobs {
-                            // Each actor loads its stream, then starts, fails or waits;
-                            // a cancelling one reports back and gets its watchdog.
-                            act.register(state, ctx);
+                        for found in jobs {
+                            act.recover(found, ctx);
                         }
+                        after
                     }
-                    Err(e) => tracing::error!(error = %e, "recovery could not read the log"),
-                }
+                    Err(e) => {
+                        tracing::error!(error = %e, "recovery could not read the log");
+                        *act.env.store.watch_head().borrow()
+                    }
+                };
+                // From here on the log tells this node of every job: created, claimed,
+                // cancelled, ended, by whichever node.
+                ctx.add_stream(follow_batches(act.env.store.clone(), after));
                 act.ready.send_replace(true);
+                act.try_claim(ctx);
             }),
         );
     }
 }
 
-impl Supervisor {
-    /// The job the registry holds as active on a connection, with its last known status.
-    fn active_on(&self, source_connection_id: Uuid) -> Option<(Uuid, JobStatus)> {
-        let job = self.active_by_connection.get(&source_connection_id)?;
-        Some((*job, self.jobs.get(job)?.status))
+impl StreamHandler<Result<Vec<RecordedEvent>, StoreError>> for Supervisor {
+    fn handle(&mut self, batch: Result<Vec<RecordedEvent>, StoreError>, ctx: &mut Context<Self>) {
+        match batch {
+            Ok(events) => {
+                for e in &events {
+                    self.observe(e, ctx);
+                }
+                // After the whole batch: a job created and claimed within it is not claimed again.
+                self.try_claim(ctx);
+            }
+            // The follow goes on from where it was.
+            Err(error) => tracing::warn!(%error, "cannot follow the log; trying again"),
+        }
     }
 
-    /// Reserves the connection, appends JobCreated and starts the job's actor.
-    fn create(
-        &mut self,
-        req: NewJob,
-    ) -> ResponseActFuture<Self, Result<CommandOutcome, JobsError>> {
-        let sc = req.source_connection_id;
-        if let Some((job_id, status)) = self.active_on(sc) {
-            return Box::pin(fut::ready(Err(JobsError::AlreadyActive {
-                status,
-                job_id,
-                position: 0,
-            })));
+    /// The store is gone (the process is stopping): the supervisor stays for its actors.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        tracing::info!("the log's follower stopped");
+    }
+}
+
+/// The job that comes after `previous` on source connection `sc` (the first one when
+/// `previous` is None).
+///
+/// This is how "one active job per source connection" holds across API nodes, through the
+/// log alone: a connection's jobs form a chain whose ids are derived, each from the one
+/// before it (a name-based UUID of the connection and the previous job). A job is created
+/// only after its predecessor is seen final in the log, and its creation is an append of
+/// JobCreated to its derived stream expecting the stream to be empty. Two creates that
+/// raced after the same final job derive the same id, so exactly one append lands; the
+/// other meets a conflict, reads the job that won, finds it active and answers "already
+/// active". A create that started from a stale hint (its read model lags) walks the chain
+/// forward, one read per job it did not know, until it finds the active job or the free
+/// slot. One append, on any backend with expected versions; no second step that a crash
+/// could leave half done. Jobs created before the chain (random ids) are where it starts
+/// from: the read model names one as the connection's latest job.
+pub fn job_after(sc: Uuid, previous: Option<Uuid>) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(JOB_CHAIN_DOMAIN);
+    hash.update(sc.as_bytes());
+    hash.update(previous.unwrap_or_else(Uuid::nil).as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    // A version-8 ("custom") UUID: derived from a name, with SHA-256 rather than v5's SHA-1.
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Keeps [`job_after`]'s ids apart from any other name-based id.
+const JOB_CHAIN_DOMAIN: &[u8] = b"syncjobs job chain v1";
+
+/// How many jobs a create walks along a connection's chain before it gives up (and answers
+/// that the store is busy): far more than a read model lags behind.
+const MAX_CHAIN_WALK: usize = 10_000;
+
+/// Creates the connection's next job if its latest one is final (see [`job_after`]). Each
+/// job of the chain is read before anything is appended, so a busy connection is refused
+/// even while the store cannot write.
+async fn create_on_log(env: Arc<JobEnv>, req: NewJob) -> Result<CommandOutcome, JobsError> {
+    let sc = req.source_connection_id;
+    let first = job_after(sc, None);
+    let mut candidate = req.latest_job.unwrap_or(first);
+    for _ in 0..MAX_CHAIN_WALK {
+        let (job, position) =
+            command::load_with_position::<Job>(&*env.store, &stream::job(candidate)).await?;
+        match job.0 {
+            Some(state) if !state.status.is_final() => {
+                return Err(JobsError::AlreadyActive {
+                    status: state.status,
+                    job_id: candidate,
+                    position,
+                });
+            }
+            Some(_) => {
+                candidate = job_after(sc, Some(candidate));
+                continue;
+            }
+            // A hint naming no job in this log: the chain is walked from its start.
+            None if Some(candidate) == req.latest_job && candidate != first => {
+                candidate = first;
+                continue;
+            }
+            None => {}
         }
-        // Reserve the connection before the append so a second create cannot slip in.
-        let job_id = Uuid::now_v7();
-        self.active_by_connection.insert(sc, job_id);
-        self.jobs.insert(
-            job_id,
-            Entry {
-                source_connection_id: sc,
-                status: JobStatus::Pending,
-                addr: None,
-                watchdog: None,
-                force_retry: Backoff::default(),
-            },
-        );
-        let env = self.env.clone();
         let cmd = JobCommand::Create {
-            job_id,
+            job_id: candidate,
             source_connection_id: sc,
             organization_id: req.organization_id,
-            short_name: req.short_name,
-            config: req.config,
+            short_name: req.short_name.clone(),
+            config: req.config.clone(),
         };
-        let meta = Metadata::caused_by(req.caused_by).with_correlation(job_id);
-        Box::pin(
-            async move {
-                let stream = stream::job(job_id);
-                command::execute(&*env.store, &*env.clock, &stream, None, &cmd, &meta).await
-            }
-            .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(executed) => {
-                    tracing::info!(%job_id, source_connection_id = %sc, "job created");
-                    let addr = act.spawn_job(job_id, ctx);
-                    if let Some(entry) = act.jobs.get_mut(&job_id) {
-                        entry.addr = Some(addr);
-                    }
-                    CommandOutcome::try_from(executed)
-                }
-                Err(e) => {
-                    act.forget(job_id, ctx);
-                    Err(e.into())
-                }
-            }),
+        let meta = Metadata::caused_by(req.caused_by.clone()).with_correlation(candidate);
+        let stream = stream::job(candidate);
+        match command::execute(
+            &*env.store,
+            &*env.clock,
+            &stream,
+            Some(Job::initial()),
+            &cmd,
+            &meta,
         )
+        .await
+        {
+            Ok(executed) => {
+                tracing::info!(job_id = %candidate, source_connection_id = %sc, "job created");
+                return CommandOutcome::try_from(executed);
+            }
+            // A racing create appended it first: read it (active, most likely) and decide.
+            Err(CommandError::Rejected(JobError::AlreadyExists)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
+    Err(JobsError::Store(StoreError::Backend(format!(
+        "source connection {sc}: more than {MAX_CHAIN_WALK} jobs past the read model"
+    ))))
 }
 
 impl Handler<CreateJob> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<CommandOutcome, JobsError>>;
+    type Result = ResponseFuture<Result<CommandOutcome, JobsError>>;
 
     fn handle(&mut self, msg: CreateJob, _ctx: &mut Context<Self>) -> Self::Result {
-        let req = msg.0;
-        let Some((active, status)) = self.active_on(req.source_connection_id) else {
-            return self.create(req);
-        };
-        // The registry learns that a job ended from its actor, a moment after the final event
-        // is durable; a client that already saw the job final must not be told it is active.
-        // The log decides.
-        let store = self.env.store.clone();
-        Box::pin(
-            async move { command::load_with_position::<Job>(&*store, &stream::job(active)).await }
-                .into_actor(self)
-                .then(move |loaded, act, ctx| match loaded {
-                    Ok((Job(Some(state)), _)) if state.status.is_final() => {
-                        act.forget(active, ctx);
-                        act.create(req)
-                    }
-                    Ok((Job(Some(state)), position)) => {
-                        Box::pin(fut::ready(Err(JobsError::AlreadyActive {
-                            status: state.status,
-                            job_id: active,
-                            position,
-                        })))
-                    }
-                    // Not in the log yet: another create is appending it right now.
-                    Ok((Job(None), _)) => Box::pin(fut::ready(Err(JobsError::AlreadyActive {
-                        status,
-                        job_id: active,
-                        position: 0,
-                    }))),
-                    Err(e) => Box::pin(fut::ready(Err(e.into()))),
-                }),
-        )
+        Box::pin(create_on_log(self.env.clone(), msg.0))
     }
 }
 
@@ -505,7 +878,9 @@ impl Handler<CancelJob> for Supervisor {
                     Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {}
                 }
             }
-            // No live actor: the job is final, unknown, or being created. The log decides.
+            // No actor here: the job runs on another node, or is pending, final, unknown.
+            // The log decides (expected version; a racing cancel is read and decided on);
+            // the node running it sees the request in the log.
             let cancel = JobCommand::RequestCancel {
                 requested_by,
                 timeout_seconds,
@@ -534,15 +909,9 @@ impl Handler<CancelJob> for Supervisor {
 impl Handler<JobUpdate> for Supervisor {
     type Result = ();
 
+    /// The actor's word comes before the follower's: a watchdog is armed as soon as the
+    /// actor recorded the cancel request here.
     fn handle(&mut self, msg: JobUpdate, ctx: &mut Context<Self>) {
-        if msg.status.is_final() {
-            self.forget(msg.job_id, ctx);
-            return;
-        }
-        let Some(entry) = self.jobs.get_mut(&msg.job_id) else {
-            return;
-        };
-        entry.status = msg.status;
         if let Some(deadline) = msg.watchdog_deadline {
             self.arm_watchdog(msg.job_id, deadline, ctx);
         }
@@ -556,11 +925,15 @@ impl Handler<JobGone> for Supervisor {
         let Some(entry) = self.jobs.get_mut(&msg.job_id) else {
             return;
         };
-        entry.addr = None;
-        if entry.status.is_final() || entry.watchdog.is_none() {
+        if entry.addr.take().is_some() {
+            self.running = self.running.saturating_sub(1);
+        }
+        // A final job leaves; one that is not (its actor failed to load it, or a cancelling
+        // one whose run was abandoned) stays known from the log, and keeps its watchdog.
+        if entry.state.status.is_final() {
             self.forget(msg.job_id, ctx);
         }
-        // A cancelling job whose actor died keeps its watchdog: it acts on the log directly.
+        self.try_claim(ctx);
     }
 }
 
@@ -582,8 +955,11 @@ impl Handler<WatchdogFired> for Supervisor {
                         return result;
                     }
                 }
-                // No live actor to ask: ask the destination what the job's run wrote, as
-                // the actor would, since that run will never report it.
+                // No live actor to ask (the job ran on another node, or its run here is
+                // gone): ask the destination what the job's run wrote, as the actor would,
+                // since that run will never report it. Every node that runs jobs fires for
+                // every cancelling job; the append expects the version it decided on, so
+                // one lands and the others find the job final and stop.
                 let cmd = JobCommand::ForceCancel {
                     now: env.clock.now(),
                     durable: env.runner.durable_counts(job_id).await,
@@ -597,6 +973,9 @@ impl Handler<WatchdogFired> for Supervisor {
                 Ok(executed) => {
                     tracing::warn!(%job_id, "job force-cancelled by the watchdog");
                     if executed.state.0.is_some_and(|s| s.status.is_final()) {
+                        if let Some(entry) = act.jobs.get_mut(&job_id) {
+                            entry.state.status = JobStatus::Cancelled;
+                        }
                         act.forget(job_id, ctx);
                     }
                 }
@@ -604,8 +983,12 @@ impl Handler<WatchdogFired> for Supervisor {
                     act.arm_watchdog(job_id, deadline, ctx);
                 }
                 Err(CommandError::Rejected(e)) => {
-                    // Already final (the worker confirmed at the last moment): nothing to force.
+                    // Already final (its worker confirmed at the last moment, or another
+                    // node's watchdog fired first): nothing to force.
                     tracing::debug!(%job_id, error = %e, "watchdog found nothing to force");
+                    if let Some(entry) = act.jobs.get_mut(&job_id) {
+                        entry.state.status = JobStatus::Cancelled;
+                    }
                     act.forget(job_id, ctx);
                 }
                 Err(e) => {
@@ -642,7 +1025,7 @@ impl Handler<StopAll> for Supervisor {
                 addr.do_send(Shutdown);
             }
         }
-        self.active_by_connection.clear();
+        self.pending.clear();
         ctx.stop();
     }
 }
@@ -654,6 +1037,9 @@ impl Handler<GetStats> for Supervisor {
         SupervisorStats {
             live_jobs: self.jobs.len(),
             armed_watchdogs: self.jobs.values().filter(|e| e.watchdog.is_some()).count(),
+            running: self.running,
+            capacity: self.capacity,
+            pending: self.pending.len(),
         }
     }
 }
@@ -666,7 +1052,8 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// Creates a pending job for the source connection and starts it.
+    /// Creates a pending job for the source connection; a node that runs jobs claims it
+    /// from the log.
     pub async fn create(&self, req: NewJob) -> Result<CommandOutcome, JobsError> {
         self.addr
             .send(CreateJob(req))

@@ -88,6 +88,7 @@ fn timed(sc: Uuid, config: serde_json::Value) -> NewJob {
         short_name: "timed".into(),
         config,
         caused_by: "test".into(),
+        latest_job: None,
     }
 }
 

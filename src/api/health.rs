@@ -4,8 +4,9 @@
 //! the answer is that one field, so an anonymous caller learns nothing about the tenants or
 //! the infrastructure. With a valid `x-api-key` it adds what an operator wants to see: why
 //! the status is what it is, the store, how far the read model lags behind it, the
-//! supervisor, how many server-sent event streams are open, every registered probe (the NATS
-//! relay registers one), and the counts of the key's own organization.
+//! supervisor (with the jobs this node runs, its capacity, and the pending jobs it sees),
+//! how many server-sent event streams are open, every registered probe (the NATS relay
+//! registers one; `node` says this node's id, role and capacity), and the counts of the key's own organization.
 //!
 //! `down` (503): the store is closed or the supervisor stopped; nothing works. `degraded`
 //! (200): the store cannot write or has lost its database, the read model lags more than [`MAX_HEALTHY_LAG`] events,
@@ -137,7 +138,14 @@ pub async fn health(state: web::Data<AppState>, key: Option<Caller>) -> HttpResp
         );
         let jobs = match supervisor {
             Some(s) => {
-                json!({ "status": "running", "live_jobs": s.live_jobs, "armed_watchdogs": s.armed_watchdogs })
+                json!({
+                    "status": "running",
+                    "live_jobs": s.live_jobs,
+                    "armed_watchdogs": s.armed_watchdogs,
+                    "running": s.running,
+                    "capacity": s.capacity,
+                    "pending": s.pending,
+                })
             }
             None => json!({ "status": "stopped" }),
         };

@@ -43,5 +43,5 @@ pub mod wire;
 pub use error::ApiError;
 pub use health::HealthProbe;
 pub use respond::ok_json;
-pub use routes::{configure, endpoints, not_found, Endpoint};
+pub use routes::{configure, configure_worker, endpoints, not_found, Endpoint, WORKER_PATHS};
 pub use state::{ApiSettings, AppState};

@@ -137,9 +137,25 @@ pub fn endpoints() -> Vec<Endpoint> {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // The dashboard's static files: not API endpoints (no key, not in the OpenAPI document).
     ui::configure(cfg);
-    let all = endpoints();
+    register(cfg, &endpoints());
+}
+
+/// What a worker node (`--role worker`) serves: its health and its metrics. Everything that
+/// reads or changes collections, connections and jobs is an API node's.
+pub const WORKER_PATHS: [&str; 2] = ["/health", "/metrics"];
+
+/// Registers a worker node's routes ([`WORKER_PATHS`]); every other path answers 404.
+pub fn configure_worker(cfg: &mut web::ServiceConfig) {
+    let served: Vec<Endpoint> = endpoints()
+        .into_iter()
+        .filter(|e| WORKER_PATHS.contains(&e.path))
+        .collect();
+    register(cfg, &served);
+}
+
+fn register(cfg: &mut web::ServiceConfig, all: &[Endpoint]) {
     let mut root = RouteNode::default();
-    for e in &all {
+    for e in all {
         root.insert(e);
     }
     for child in root.children_in_match_order() {

@@ -73,22 +73,35 @@ impl App {
         caller: &Caller,
         source_connection_id: Uuid,
     ) -> Result<CommandOutcome, Error> {
-        let sc = self
+        let (sc, latest) = self
             .projection
-            .read(async |m| lookup::source_connection(m, caller, source_connection_id).await)
+            .read(async |m| {
+                let sc = lookup::source_connection(m, caller, source_connection_id).await?;
+                let latest = m.last_job(source_connection_id).await?.map(|j| j.job_id);
+                Ok::<_, Error>((sc, latest))
+            })
             .await?;
-        self.create_job(caller, source_connection_id, sc.short_name, sc.config)
-            .await
+        self.create_job(
+            caller,
+            source_connection_id,
+            sc.short_name,
+            sc.config,
+            latest,
+        )
+        .await
     }
 
     /// [`App::start_job`] for a connection whose source and config the caller knows (it has
     /// just created it): no read of the read model, which may not show the connection yet.
+    /// `latest_job`: the connection's latest job as the read model shows it, where the write
+    /// side starts looking for the active one (see `syncjobs_actors::job_after`).
     pub(super) async fn create_job(
         &self,
         caller: &Caller,
         source_connection_id: Uuid,
         short_name: String,
         config: serde_json::Value,
+        latest_job: Option<Uuid>,
     ) -> Result<CommandOutcome, Error> {
         let outcome = match self
             .jobs
@@ -98,6 +111,7 @@ impl App {
                 short_name,
                 config,
                 caused_by: caller.principal(),
+                latest_job,
             })
             .await
         {

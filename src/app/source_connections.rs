@@ -105,7 +105,7 @@ impl App {
             // Its first job from what was just recorded, not from the read model: a read
             // model lagging past the wait's bound must not answer "not found" for it.
             let job = self
-                .create_job(caller, id, short_name.to_owned(), config)
+                .create_job(caller, id, short_name.to_owned(), config, None)
                 .await?;
             position = position.max(job.position);
         }

@@ -187,6 +187,7 @@ async fn a_sync_started_while_its_connection_is_deleted_is_stopped_before_the_de
                     short_name: "timed".into(),
                     config: serde_json::json!({}),
                     caused_by: "racer".into(),
+                    latest_job: None,
                 })
                 .await
                 .unwrap();

@@ -49,7 +49,8 @@ export function jobDuration(job, now = Date.now()) {
   return Math.max(0, (now - Date.parse(job.started_at)) / 1000);
 }
 
-/** The last 8 hex digits: ids are UUIDv7, whose first digits are the time they were made. */
+/** The last 8 hex digits: enough to tell jobs apart on a screen (a UUIDv7's first digits are
+ * the time it was made, the same for ids made together). */
 export function shortId(id) {
   return id ? id.slice(-8) : '';
 }

@@ -45,13 +45,29 @@ export function mount(root, params, signal) {
   const jobs = new Map(); // id -> job
   const names = new Map(); // source connection id -> name
   const connectionStatus = new Map();
-  let order = []; // ids, newest first (ids are UUIDv7: time-ordered)
+  let order = []; // ids, newest first (see newestFirst)
   let page = Number(params.page ?? 0) || 0;
   const rows = new Map(); // id -> <tr> of the rows on screen
   const streams = new Map(); // id -> AbortController
   let redraw = 0;
   let unsorted = false;
   let loading = null; // {done, of} while the first load reads each connection's jobs
+
+  /**
+   * Newest first. A job's id says nothing of when it was made (a connection's jobs have ids
+   * derived from the job before them), and the job object has no creation time: a job is
+   * made and claimed within milliseconds, so the key is when it started, or ended without
+   * starting (cancelled while pending); a pending job is the newest. Ties: by id.
+   */
+  function newestFirst(a, b) {
+    const key = (id) => {
+      const job = jobs.get(id);
+      return Date.parse(job?.started_at ?? job?.completed_at ?? '') || Infinity;
+    };
+    const [ka, kb] = [key(a), key(b)];
+    if (ka !== kb) return ka < kb ? 1 : -1;
+    return a < b ? 1 : -1;
+  }
 
   function matches(job) {
     return !status.value || job.status === status.value;
@@ -86,7 +102,7 @@ export function mount(root, params, signal) {
   function render() {
     redraw = 0;
     if (unsorted) {
-      order.sort((a, b) => (a < b ? 1 : -1));
+      order.sort(newestFirst);
       unsorted = false;
     }
     const shown = order.filter((id) => matches(jobs.get(id)));

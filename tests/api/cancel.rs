@@ -56,9 +56,17 @@ async fn cancelling_is_durable_before_the_answer_and_the_job_ends_cancelled() {
 
 #[actix_web::test]
 async fn a_pending_job_goes_straight_to_cancelled() {
-    let app = spawn_app().await;
+    // A node that runs one job at a time, busy with another connection's long run: a job
+    // created now has no worker and waits pending.
+    let app = spawn_app_with(Options {
+        settings: |s| s.worker_capacity = Some(1),
+        ..Options::default()
+    })
+    .await;
+    let busy = app.idle_connection(lasting(30.0)).await;
+    let busy_job = id(&app.run(busy).await);
+    app.wait_status(busy, busy_job, "running").await;
     let sc = app.idle_connection(json!({})).await;
-    // A job with no worker yet: created in the log, not (yet) taken by the supervisor.
     let job = Uuid::now_v7();
     app.store
         .append(
@@ -88,7 +96,12 @@ async fn a_pending_job_goes_straight_to_cancelled() {
     while app.get(&path).await.0 == 404 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(app.job(sc, job).await["status"], "pending");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        app.job(sc, job).await["status"],
+        "pending",
+        "claimed by a full node"
+    );
     let (status, body) = app.post_empty(&cancel_path(sc, job)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "cancelled");

@@ -98,6 +98,15 @@ async fn health_with_a_key_shows_the_details_and_only_its_organizations_counts()
     assert_eq!(body["store"]["writable"], true);
     assert!(body["projection"]["lag"].is_u64(), "{body}");
     assert_eq!(body["supervisor"]["status"], "running");
+    assert_eq!(body["supervisor"]["capacity"], Value::Null, "{body}");
+    // This node: an `all` node with the id made at its start.
+    assert_eq!(body["node"]["role"], "all", "{body}");
+    assert!(
+        body["node"]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("node-")),
+        "{body}"
+    );
     assert_eq!(body["streams"]["open"], 0);
     let counts = |b: &Value| {
         (

@@ -113,6 +113,7 @@ pub fn new_job(sc: Uuid) -> NewJob {
         short_name: "timed".into(),
         config: serde_json::json!({}),
         caused_by: "test".into(),
+        latest_job: None,
     }
 }
 

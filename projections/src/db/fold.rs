@@ -86,23 +86,19 @@ impl Table {
     }
 }
 
-/// A source connection's run counter.
+/// A source connection's run counter: its index in [`RunCounts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Run {
-    Total,
-    Successful,
-    Failed,
+    Total = 0,
+    Successful = 1,
+    Failed = 2,
 }
 
-impl Run {
-    pub fn column(self) -> &'static str {
-        match self {
-            Run::Total => "total_runs",
-            Run::Successful => "successful_runs",
-            Run::Failed => "failed_runs",
-        }
-    }
-}
+/// Runs to add to a source connection: total, successful, failed.
+pub(crate) type RunCounts = [i64; 3];
+
+/// Deltas of an organization's `/health` counts: collections, connections, active jobs.
+pub(crate) type OrgCounts = [i64; 3];
 
 /// A job row as written (the state already encoded).
 pub(crate) struct JobRow {
@@ -116,19 +112,24 @@ pub(crate) struct JobRow {
 
 /// The row operations of the fold, on an engine's open transaction. Times are passed in
 /// the model's text encoding ([`super::time`]), which both engines store.
+///
+/// The lookups a batch needs are asked for the whole batch at once and the counters are
+/// summed in memory and written once at its end: on PostgreSQL each call is a round trip,
+/// and one per event made a first start 44x slower than reading the log (bench #12).
 pub(crate) trait Rows {
     async fn has_row(&self, table: Table, id: Uuid) -> Result<bool, ReadError>;
     /// Deletes the row; the organization it belonged to, if it existed.
     async fn remove_row(&self, table: Table, id: Uuid) -> Result<Option<Uuid>, ReadError>;
-    /// Adds to an organization's `/health` counts (collections, connections, active jobs).
-    async fn add_counts(&self, organization_id: Uuid, deltas: [i64; 3]) -> Result<(), ReadError>;
-    /// The organization of an existing source connection.
-    async fn connection_organization(&self, id: Uuid) -> Result<Option<Uuid>, ReadError>;
-    async fn count_run(&self, source_connection_id: Uuid, run: Run) -> Result<(), ReadError>;
+    /// Adds to organizations' `/health` counts (each organization once).
+    async fn add_counts(&self, deltas: &[(Uuid, OrgCounts)]) -> Result<(), ReadError>;
+    /// The organizations of those of `ids` that exist, as (connection, organization).
+    async fn connection_organizations(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>, ReadError>;
+    /// Adds to source connections' run counters (each connection once; gone ones ignored).
+    async fn count_runs(&self, runs: &[(Uuid, RunCounts)]) -> Result<(), ReadError>;
     /// The stored state of a job (live or final), if it has a row.
     async fn stored_job(&self, id: Uuid) -> Result<Option<JobState>, ReadError>;
-    /// The live jobs among `ids`, with their creation positions.
-    async fn live_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError>;
+    /// The jobs among `ids` that have a row (live or final), with their creation positions.
+    async fn stored_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError>;
     /// Active job rows of a source connection.
     async fn active_jobs_of(&self, source_connection_id: Uuid) -> Result<i64, ReadError>;
     async fn delete_job(&self, id: Uuid) -> Result<(), ReadError>;
@@ -153,9 +154,10 @@ pub(crate) trait Rows {
     async fn cancel_webhook_deliveries(&self, subscription_id: Uuid) -> Result<(), ReadError>;
     async fn source_connection_row(&self, id: Uuid) -> Result<Option<SourceConnection>, ReadError>;
     async fn collection_row(&self, id: Uuid) -> Result<Option<Collection>, ReadError>;
+    /// The subscriptions of these organizations.
     async fn webhook_subscriptions_of(
         &self,
-        organization_id: Uuid,
+        organization_ids: &[Uuid],
     ) -> Result<Vec<WebhookSubscription>, ReadError>;
     /// Inserts the message unless it exists.
     async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError>;
@@ -207,17 +209,24 @@ impl Fold {
         events: Vec<RecordedEvent>,
     ) -> Result<Committed, ReadError> {
         let invalidations = Committed::of(&events);
-        if !self.complete {
-            self.load_touched(rows, &events).await?;
-        }
+        let stored_final = if self.complete {
+            None
+        } else {
+            Some(self.load_touched(rows, &events).await?)
+        };
+        let connections = self.load_connections(rows, &events).await?;
+        let hooks = self.load_hooks(rows, &events, &connections).await?;
         let mut position = self.position;
         let mut batch = Batch {
             rows,
             live: &mut self.live,
             touched: HashSet::new(),
             finished: HashMap::new(),
-            connections: HashMap::new(),
-            hook_context: HookContext::default(),
+            stored_final,
+            connections,
+            org_counts: HashMap::new(),
+            runs: HashMap::new(),
+            hooks,
             job_applied: false,
         };
         for e in events {
@@ -228,6 +237,7 @@ impl Fold {
             batch.apply(e).await?;
         }
         batch.write_jobs().await?;
+        batch.write_counts().await?;
         self.position = position;
         Ok(Committed {
             position,
@@ -235,12 +245,14 @@ impl Fold {
         })
     }
 
-    /// Loads the live jobs this batch's job events touch that are not in memory.
+    /// Loads the rows of the jobs this batch's job events touch that are not in memory: the
+    /// live ones into `live`; the statuses of the final ones are returned (a job of the
+    /// batch in neither has no row).
     async fn load_touched<R: Rows>(
         &mut self,
         rows: &R,
         events: &[RecordedEvent],
-    ) -> Result<(), ReadError> {
+    ) -> Result<HashMap<Uuid, JobStatus>, ReadError> {
         let mut ids: Vec<Uuid> = events
             .iter()
             .filter(|e| e.global_position > self.position && matches!(e.event, Event::Job(_)))
@@ -249,13 +261,104 @@ impl Fold {
             .collect();
         ids.sort_unstable();
         ids.dedup();
+        let mut stored_final = HashMap::new();
         if ids.is_empty() {
-            return Ok(());
+            return Ok(stored_final);
         }
-        for job in rows.live_jobs(&ids).await? {
-            self.live.insert(job.state.job_id, job);
+        for job in rows.stored_jobs(&ids).await? {
+            if job.state.status.is_final() {
+                stored_final.insert(job.state.job_id, job.state.status);
+            } else {
+                self.live.insert(job.state.job_id, job);
+            }
         }
-        Ok(())
+        Ok(stored_final)
+    }
+
+    /// The organizations of the source connections this batch's job events belong to (a
+    /// job's creation and its end each need it), as they are before the batch; `None` for
+    /// those that do not exist.
+    async fn load_connections<R: Rows>(
+        &self,
+        rows: &R,
+        events: &[RecordedEvent],
+    ) -> Result<HashMap<Uuid, Option<Uuid>>, ReadError> {
+        let mut ids: Vec<Uuid> = events
+            .iter()
+            .filter(|e| e.global_position > self.position)
+            .filter_map(|e| match &e.event {
+                Event::Job(SyncJobEvent::JobCreated {
+                    source_connection_id,
+                    ..
+                }) => Some(*source_connection_id),
+                Event::Job(_) => stream::job_id(&e.stream_id)
+                    .and_then(|id| self.live.get(&id))
+                    .map(|j| j.state.source_connection_id),
+                _ => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut connections: HashMap<Uuid, Option<Uuid>> =
+            ids.iter().map(|id| (*id, None)).collect();
+        if ids.is_empty() {
+            return Ok(connections);
+        }
+        for (id, org) in rows.connection_organizations(&ids).await? {
+            connections.insert(id, Some(org));
+        }
+        Ok(connections)
+    }
+
+    /// The subscriptions of the organizations this batch's webhook-typed events belong to,
+    /// as they are before the batch (one lookup; an organization without any gets an empty
+    /// list, so it costs nothing more). The organization of a deletion is on its row, read
+    /// only when the event is folded.
+    async fn load_hooks<R: Rows>(
+        &self,
+        rows: &R,
+        events: &[RecordedEvent],
+        connections: &HashMap<Uuid, Option<Uuid>>,
+    ) -> Result<Hooks, ReadError> {
+        let mut orgs: Vec<Uuid> = events
+            .iter()
+            .filter(|e| e.global_position > self.position)
+            .filter(|e| syncjobs_domain::webhook::webhook_event_type(&e.event).is_some())
+            .filter_map(|e| match &e.event {
+                Event::Job(SyncJobEvent::JobCreated {
+                    source_connection_id,
+                    ..
+                }) => connections.get(source_connection_id).copied().flatten(),
+                Event::Job(_) => stream::job_id(&e.stream_id)
+                    .and_then(|id| self.live.get(&id))
+                    .map(|j| j.state.organization_id),
+                Event::Collection(CollectionEvent::CollectionCreated {
+                    organization_id, ..
+                })
+                | Event::SourceConnection(SourceConnectionEvent::SourceConnectionCreated {
+                    organization_id,
+                    ..
+                }) => Some(*organization_id),
+                _ => None,
+            })
+            .collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        let mut hooks = Hooks::default();
+        if orgs.is_empty() {
+            return Ok(hooks);
+        }
+        for s in rows.webhook_subscriptions_of(&orgs).await? {
+            hooks
+                .subscriptions
+                .entry(s.organization_id)
+                .or_default()
+                .push(s);
+        }
+        for org in orgs {
+            hooks.subscriptions.entry(org).or_default();
+        }
+        Ok(hooks)
     }
 }
 
@@ -305,19 +408,27 @@ struct Batch<'t, R> {
     touched: HashSet<Uuid>,
     /// Jobs that became final in this batch (no longer in `live`).
     finished: HashMap<Uuid, LiveJob>,
-    /// Source connection -> its organization if it exists, as looked up in this batch (a
-    /// job's creation and its end each need it; a rebuild folds one of each per job).
+    /// When the batch's job rows were loaded at its start (a shared database): the final
+    /// ones' statuses; a job of the batch in none of `live`, `finished` and this has no row.
+    stored_final: Option<HashMap<Uuid, JobStatus>>,
+    /// Source connection -> its organization if it exists, loaded at the batch's start and
+    /// kept up to date by its events.
     connections: HashMap<Uuid, Option<Uuid>>,
-    hook_context: HookContext,
+    /// Counter changes, written once at the batch's end.
+    org_counts: HashMap<Uuid, OrgCounts>,
+    runs: HashMap<Uuid, RunCounts>,
+    /// What webhook messages need: who wants them, and their payloads' rows.
+    hooks: Hooks,
     /// The last job event was folded into its job (not skipped): only then is it a message.
     job_applied: bool,
 }
 
-/// What webhook payloads read from the model, looked up once per batch: a rebuild folds
-/// three messages per job, and the rows they name change rarely (each change drops what it
-/// changes).
+/// What webhook messages read from the model, in the batch-level lookup design of the rest
+/// of the fold: the subscriptions of the organizations the batch's webhook-typed events
+/// belong to are asked once at its start (one statement for the batch), anything else at
+/// first use and kept for the batch. Each change the batch folds drops what it changes.
 #[derive(Default)]
-struct HookContext {
+struct Hooks {
     /// Source connection -> its collection's id and readable id (immutable while it exists).
     connections: HashMap<Uuid, Option<(Uuid, String)>>,
     /// Collection -> its name.
@@ -332,9 +443,44 @@ impl<R: Rows> Batch<'_, R> {
         if let Some(org) = self.connections.get(&id) {
             return Ok(*org);
         }
-        let org = self.rows.connection_organization(id).await?;
+        let org = self
+            .rows
+            .connection_organizations(&[id])
+            .await?
+            .first()
+            .map(|(_, org)| *org);
         self.connections.insert(id, org);
         Ok(org)
+    }
+
+    fn add_counts(&mut self, organization_id: Uuid, deltas: OrgCounts) {
+        let counts = self.org_counts.entry(organization_id).or_default();
+        for (c, d) in counts.iter_mut().zip(deltas) {
+            *c += d;
+        }
+    }
+
+    fn count_run(&mut self, source_connection_id: Uuid, run: Run) {
+        self.runs.entry(source_connection_id).or_default()[run as usize] += 1;
+    }
+
+    /// Writes the summed counters (in id order, so that two writers lock rows alike).
+    async fn write_counts(&mut self) -> Result<(), ReadError> {
+        let mut orgs: Vec<(Uuid, OrgCounts)> = self
+            .org_counts
+            .drain()
+            .filter(|(_, d)| d.iter().any(|n| *n != 0))
+            .collect();
+        if !orgs.is_empty() {
+            orgs.sort_unstable_by_key(|(id, _)| *id);
+            self.rows.add_counts(&orgs).await?;
+        }
+        let mut runs: Vec<(Uuid, RunCounts)> = self.runs.drain().collect();
+        if !runs.is_empty() {
+            runs.sort_unstable_by_key(|(id, _)| *id);
+            self.rows.count_runs(&runs).await?;
+        }
+        Ok(())
     }
 
     async fn apply(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
@@ -368,13 +514,13 @@ impl<R: Rows> Batch<'_, R> {
                 WebhookEvent::WebhookSubscriptionCreated { .. }
                 | WebhookEvent::WebhookSubscriptionUpdated { .. }
                 | WebhookEvent::WebhookSubscriptionDeleted { .. },
-            ) => self.hook_context.subscriptions.clear(),
+            ) => self.hooks.subscriptions.clear(),
             Event::Collection(c) => {
                 let id = match c {
                     CollectionEvent::CollectionCreated { collection_id, .. }
                     | CollectionEvent::CollectionDeleted { collection_id } => *collection_id,
                 };
-                self.hook_context.collections.remove(&id);
+                self.hooks.collections.remove(&id);
             }
             Event::SourceConnection(sc) => {
                 let id = match sc {
@@ -386,7 +532,7 @@ impl<R: Rows> Batch<'_, R> {
                         source_connection_id,
                     } => *source_connection_id,
                 };
-                self.hook_context.connections.remove(&id);
+                self.hooks.connections.remove(&id);
             }
             _ => {}
         }
@@ -433,6 +579,9 @@ impl<R: Rows> Batch<'_, R> {
     async fn known_status(&self, job_id: Uuid) -> Result<Option<JobStatus>, ReadError> {
         if let Some(j) = self.live.get(&job_id).or(self.finished.get(&job_id)) {
             return Ok(Some(j.state.status));
+        }
+        if let Some(stored_final) = &self.stored_final {
+            return Ok(stored_final.get(&job_id).copied());
         }
         Ok(self.rows.stored_job(job_id).await?.map(|s| s.status))
     }
@@ -483,9 +632,9 @@ impl<R: Rows> Batch<'_, R> {
                     _ => None,
                 };
                 if let Some(run) = run {
-                    self.rows.count_run(sc_id, run).await?;
+                    self.count_run(sc_id, run);
                 }
-                self.rows.add_counts(org, [0, 0, -1]).await?;
+                self.add_counts(org, [0, 0, -1]);
                 self.finished.insert(job_id, job);
                 self.touched.insert(job_id);
             }
@@ -523,8 +672,8 @@ impl<R: Rows> Batch<'_, R> {
         self.job_applied = true;
         self.touched.insert(job_id);
         if let Some(org) = self.connection_organization(sc_id).await? {
-            self.rows.count_run(sc_id, Run::Total).await?;
-            self.rows.add_counts(org, [0, 0, 1]).await?;
+            self.count_run(sc_id, Run::Total);
+            self.add_counts(org, [0, 0, 1]);
         }
         Ok(())
     }
@@ -580,7 +729,7 @@ impl<R: Rows> Batch<'_, R> {
                     created_position: position,
                 };
                 self.rows.insert_collection(&c).await?;
-                self.rows.add_counts(organization_id, [1, 0, 0]).await?;
+                self.add_counts(organization_id, [1, 0, 0]);
             }
             CollectionEvent::CollectionDeleted { collection_id } => {
                 if let Some(org) = self
@@ -588,7 +737,7 @@ impl<R: Rows> Batch<'_, R> {
                     .remove_row(Table::Collections, collection_id)
                     .await?
                 {
-                    self.rows.add_counts(org, [-1, 0, 0]).await?;
+                    self.add_counts(org, [-1, 0, 0]);
                 }
             }
         }
@@ -641,7 +790,7 @@ impl<R: Rows> Batch<'_, R> {
                     failed_runs: 0,
                 };
                 self.rows.insert_source_connection(&sc).await?;
-                self.rows.add_counts(organization_id, [0, 1, 0]).await?;
+                self.add_counts(organization_id, [0, 1, 0]);
                 self.connections
                     .insert(source_connection_id, Some(organization_id));
             }
@@ -658,7 +807,7 @@ impl<R: Rows> Batch<'_, R> {
                 // written first, so that the count sees this batch's jobs too.
                 self.write_jobs().await?;
                 let live = self.rows.active_jobs_of(id).await?;
-                self.rows.add_counts(org, [0, -1, -live]).await?;
+                self.add_counts(org, [0, -1, -live]);
                 self.rows.enqueue_purge(id).await?;
             }
         }
@@ -682,17 +831,14 @@ impl<R: Rows> Batch<'_, R> {
             created_position: meta.position,
         };
         self.rows.insert_webhook_message(&m).await?;
-        if !self
-            .hook_context
-            .subscriptions
-            .contains_key(&organization_id)
-        {
-            let found = self.rows.webhook_subscriptions_of(organization_id).await?;
-            self.hook_context
-                .subscriptions
-                .insert(organization_id, found);
+        if !self.hooks.subscriptions.contains_key(&organization_id) {
+            let found = self
+                .rows
+                .webhook_subscriptions_of(&[organization_id])
+                .await?;
+            self.hooks.subscriptions.insert(organization_id, found);
         }
-        let wanted: Vec<Uuid> = self.hook_context.subscriptions[&organization_id]
+        let wanted: Vec<Uuid> = self.hooks.subscriptions[&organization_id]
             .iter()
             .filter(|s| !s.disabled && s.event_types.iter().any(|t| t == meta.event_type))
             .map(|s| s.id)
@@ -721,29 +867,27 @@ impl<R: Rows> Batch<'_, R> {
         else {
             return Ok(None);
         };
-        if !self.hook_context.connections.contains_key(&sc_id) {
+        if !self.hooks.connections.contains_key(&sc_id) {
             let row = self.rows.source_connection_row(sc_id).await?;
-            self.hook_context.connections.insert(
+            self.hooks.connections.insert(
                 sc_id,
                 row.map(|r| (r.collection_id, r.readable_collection_id)),
             );
         }
-        let collection_id = self.hook_context.connections[&sc_id].as_ref().map(|c| c.0);
+        let collection_id = self.hooks.connections[&sc_id].as_ref().map(|c| c.0);
         if let Some(id) = collection_id {
-            if !self.hook_context.collections.contains_key(&id) {
+            if !self.hooks.collections.contains_key(&id) {
                 let row = self.rows.collection_row(id).await?;
-                self.hook_context
-                    .collections
-                    .insert(id, row.map(|c| c.name));
+                self.hooks.collections.insert(id, row.map(|c| c.name));
             }
         }
         let Some(job) = self.live.get(&job_id).or(self.finished.get(&job_id)) else {
             return Ok(None);
         };
         let job = &job.state;
-        let sc = self.hook_context.connections[&sc_id].as_ref();
+        let sc = self.hooks.connections[&sc_id].as_ref();
         let name = collection_id
-            .and_then(|id| self.hook_context.collections.get(&id))
+            .and_then(|id| self.hooks.collections.get(&id))
             .and_then(Option::as_deref);
         let error = match job.status {
             JobStatus::Failed | JobStatus::Cancelled => job.error.as_deref(),

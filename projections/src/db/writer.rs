@@ -4,7 +4,9 @@
 //!
 //! A single writer owns the file, so every live job is held in memory (loaded at start).
 
-use super::fold::{Committed, Fold, JobRow, LiveJob, Rows, Run, Table, PURGE_BATCH};
+use super::fold::{
+    Committed, Fold, JobRow, LiveJob, OrgCounts, Rows, RunCounts, Table, PURGE_BATCH,
+};
 use super::{time as t, ReadError, PROJECTION_NAME};
 use crate::model::{
     ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
@@ -193,35 +195,43 @@ impl Rows for SqliteRows<'_> {
             .optional()?)
     }
 
-    async fn add_counts(&self, organization_id: Uuid, d: [i64; 3]) -> Result<(), ReadError> {
-        self.0
-            .prepare_cached(
-                "INSERT INTO organization_counts (organization_id, collections, source_connections, active_jobs)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (organization_id) DO UPDATE SET
-                   collections = collections + excluded.collections,
-                   source_connections = source_connections + excluded.source_connections,
-                   active_jobs = active_jobs + excluded.active_jobs",
-            )?
-            .execute(params![organization_id, d[0], d[1], d[2]])?;
+    async fn add_counts(&self, deltas: &[(Uuid, OrgCounts)]) -> Result<(), ReadError> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO organization_counts (organization_id, collections, source_connections, active_jobs)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (organization_id) DO UPDATE SET
+               collections = collections + excluded.collections,
+               source_connections = source_connections + excluded.source_connections,
+               active_jobs = active_jobs + excluded.active_jobs",
+        )?;
+        for (organization_id, d) in deltas {
+            stmt.execute(params![organization_id, d[0], d[1], d[2]])?;
+        }
         Ok(())
     }
 
-    async fn connection_organization(&self, id: Uuid) -> Result<Option<Uuid>, ReadError> {
-        Ok(self
+    async fn connection_organizations(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>, ReadError> {
+        let mut stmt = self
             .0
-            .prepare_cached("SELECT organization_id FROM source_connections WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?)
+            .prepare_cached("SELECT organization_id FROM source_connections WHERE id = ?1")?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(org) = stmt.query_row([id], |r| r.get(0)).optional()? {
+                out.push((*id, org));
+            }
+        }
+        Ok(out)
     }
 
-    async fn count_run(&self, source_connection_id: Uuid, run: Run) -> Result<(), ReadError> {
-        let column = run.column();
-        self.0
-            .prepare_cached(&format!(
-                "UPDATE source_connections SET {column} = {column} + 1 WHERE id = ?1"
-            ))?
-            .execute([source_connection_id])?;
+    async fn count_runs(&self, runs: &[(Uuid, RunCounts)]) -> Result<(), ReadError> {
+        let mut stmt = self.0.prepare_cached(
+            "UPDATE source_connections SET total_runs = total_runs + ?2,
+               successful_runs = successful_runs + ?3, failed_runs = failed_runs + ?4
+             WHERE id = ?1",
+        )?;
+        for (id, r) in runs {
+            stmt.execute(params![id, r[0], r[1], r[2]])?;
+        }
         Ok(())
     }
 
@@ -234,10 +244,10 @@ impl Rows for SqliteRows<'_> {
         stored.map(|b| super::decode_job(&b)).transpose()
     }
 
-    async fn live_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError> {
-        let mut stmt = self.0.prepare_cached(
-            "SELECT state, created_position FROM jobs WHERE id = ?1 AND active = 1",
-        )?;
+    async fn stored_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT state, created_position FROM jobs WHERE id = ?1")?;
         let mut out = Vec::new();
         for id in ids {
             let mut rows = stmt.query([id])?;
@@ -454,14 +464,19 @@ impl Rows for SqliteRows<'_> {
 
     async fn webhook_subscriptions_of(
         &self,
-        organization_id: Uuid,
+        organization_ids: &[Uuid],
     ) -> Result<Vec<WebhookSubscription>, ReadError> {
         let mut stmt = self.0.prepare_cached(&format!(
             "SELECT {} FROM webhook_subscriptions WHERE organization_id = ?1",
             super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
         ))?;
-        let rows = stmt.query_map([organization_id], super::view::webhook_subscription_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut out = Vec::new();
+        for org in organization_ids {
+            for s in stmt.query_map([org], super::view::webhook_subscription_row)? {
+                out.push(s?);
+            }
+        }
+        Ok(out)
     }
 
     async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError> {

@@ -2,7 +2,9 @@
 //! the lock of the projection's row, with the new position.
 
 use super::pool_error;
-use crate::db::fold::{Committed, Fold, JobRow, LiveJob, Rows, Run, Table, PURGE_BATCH};
+use crate::db::fold::{
+    Committed, Fold, JobRow, LiveJob, OrgCounts, Rows, RunCounts, Table, PURGE_BATCH,
+};
 use crate::db::{decode_job, time as t, ReadError, PROJECTION_NAME};
 use crate::model::{
     ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
@@ -178,36 +180,49 @@ impl Rows for PgRows<'_> {
         Ok(self.query_opt(&sql, &[&id]).await?.map(|r| r.get(0)))
     }
 
-    async fn add_counts(&self, organization_id: Uuid, d: [i64; 3]) -> Result<(), ReadError> {
+    async fn add_counts(&self, deltas: &[(Uuid, OrgCounts)]) -> Result<(), ReadError> {
+        let ids: Vec<Uuid> = deltas.iter().map(|(id, _)| *id).collect();
+        let [collections, connections, active] =
+            [0, 1, 2].map(|i| deltas.iter().map(|(_, d)| d[i]).collect::<Vec<i64>>());
         self.execute(
             "INSERT INTO read_organization_counts AS c
                (organization_id, collections, source_connections, active_jobs)
-             VALUES ($1, $2, $3, $4)
+             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
              ON CONFLICT (organization_id) DO UPDATE SET
                collections = c.collections + excluded.collections,
                source_connections = c.source_connections + excluded.source_connections,
                active_jobs = c.active_jobs + excluded.active_jobs",
-            &[&organization_id, &d[0], &d[1], &d[2]],
+            &[&ids, &collections, &connections, &active],
         )
         .await?;
         Ok(())
     }
 
-    async fn connection_organization(&self, id: Uuid) -> Result<Option<Uuid>, ReadError> {
-        Ok(self
-            .query_opt(
-                "SELECT organization_id FROM read_source_connections WHERE id = $1",
-                &[&id],
+    async fn connection_organizations(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>, ReadError> {
+        let stmt = self
+            .0
+            .prepare_cached(
+                "SELECT id, organization_id FROM read_source_connections WHERE id = ANY($1)",
             )
-            .await?
-            .map(|r| r.get(0)))
+            .await?;
+        let rows = self.0.query(&stmt, &[&ids]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    async fn count_run(&self, source_connection_id: Uuid, run: Run) -> Result<(), ReadError> {
-        let column = run.column();
-        let sql =
-            format!("UPDATE read_source_connections SET {column} = {column} + 1 WHERE id = $1");
-        self.execute(&sql, &[&source_connection_id]).await?;
+    async fn count_runs(&self, runs: &[(Uuid, RunCounts)]) -> Result<(), ReadError> {
+        let ids: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
+        let [total, successful, failed] =
+            [0, 1, 2].map(|i| runs.iter().map(|(_, r)| r[i]).collect::<Vec<i64>>());
+        self.execute(
+            "UPDATE read_source_connections s SET total_runs = s.total_runs + d.total,
+               successful_runs = s.successful_runs + d.successful,
+               failed_runs = s.failed_runs + d.failed
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
+               AS d (id, total, successful, failed)
+             WHERE s.id = d.id",
+            &[&ids, &total, &successful, &failed],
+        )
+        .await?;
         Ok(())
     }
 
@@ -218,12 +233,10 @@ impl Rows for PgRows<'_> {
             .transpose()
     }
 
-    async fn live_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError> {
+    async fn stored_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError> {
         let stmt = self
             .0
-            .prepare_cached(
-                "SELECT state, created_position FROM read_jobs WHERE id = ANY($1) AND active",
-            )
+            .prepare_cached("SELECT state, created_position FROM read_jobs WHERE id = ANY($1)")
             .await?;
         let rows = self.0.query(&stmt, &[&ids]).await?;
         rows.iter()
@@ -453,15 +466,15 @@ impl Rows for PgRows<'_> {
 
     async fn webhook_subscriptions_of(
         &self,
-        organization_id: Uuid,
+        organization_ids: &[Uuid],
     ) -> Result<Vec<WebhookSubscription>, ReadError> {
         let sql = format!(
-            "SELECT {} FROM read_webhook_subscriptions WHERE organization_id = $1",
+            "SELECT {} FROM read_webhook_subscriptions WHERE organization_id = ANY($1)",
             super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
         );
         let stmt = self.0.prepare_cached(&sql).await?;
         self.0
-            .query(&stmt, &[&organization_id])
+            .query(&stmt, &[&organization_ids])
             .await?
             .iter()
             .map(super::view::webhook_subscription_row)
