@@ -92,7 +92,7 @@ pub struct Settings {
 
     /// This node's id: in JobStarted{worker} of the jobs it runs, in logs and on `/health`.
     /// Letters, digits, `.`, `_`, `-`, `:`; at most 64. Unset: one is made at each start. A
-    /// worker that keeps its id across restarts fails its own interrupted jobs at start.
+    /// worker that keeps its id across restarts resumes its own interrupted jobs at start.
     #[arg(long, env = "SYNCJOBS_NODE_ID")]
     pub node_id: Option<String>,
 
@@ -100,6 +100,26 @@ pub struct Settings {
     /// no bound on an `all` node.
     #[arg(long, env = "SYNCJOBS_WORKER_CAPACITY", value_parser = clap::value_parser!(u32).range(1..))]
     pub worker_capacity: Option<u32>,
+
+    /// Seconds between a worker's heartbeats, and between every job-running node's looks
+    /// for silent workers (at least 1).
+    #[arg(long, env = "SYNCJOBS_WORKER_HEARTBEAT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub worker_heartbeat_seconds: u64,
+
+    /// Seconds of silence after which a worker is declared lost and its jobs rescued (at
+    /// least 1; keep it a few heartbeats long, and well above the nodes' clock skew).
+    #[arg(long, env = "SYNCJOBS_WORKER_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub worker_timeout_seconds: u64,
+
+    /// How many times a job whose worker was lost (or whose process restarted) is resumed
+    /// on another run before it fails naming the worker.
+    #[arg(long, env = "SYNCJOBS_MAX_RESUMES", default_value_t = 1)]
+    pub max_resumes: u32,
+
+    /// Seconds a worker's graceful stop (SIGTERM/SIGINT) lets its running jobs finish
+    /// before it hands the rest back.
+    #[arg(long, env = "SYNCJOBS_DRAIN_SECONDS", default_value_t = 20)]
+    pub drain_seconds: u64,
 
     /// Address to listen on (`host:port`; port 0 picks a free one).
     #[arg(long, env = "SYNCJOBS_BIND", default_value = "127.0.0.1:8001")]
@@ -244,6 +264,10 @@ impl Default for Settings {
             role: Role::All,
             node_id: None,
             worker_capacity: None,
+            worker_heartbeat_seconds: 5,
+            worker_timeout_seconds: 30,
+            max_resumes: 1,
+            drain_seconds: 20,
             bind: "127.0.0.1:8001".into(),
             data_dir: PathBuf::from("./data"),
             store: None,
@@ -358,6 +382,15 @@ impl Settings {
                     ))
                 }
             }
+        }
+    }
+
+    /// Heartbeat and timeout of worker liveness, for this process.
+    pub fn liveness(&self) -> syncjobs_actors::supervisor::Liveness {
+        syncjobs_actors::supervisor::Liveness {
+            heartbeat: Duration::from_secs(self.worker_heartbeat_seconds.max(1)),
+            timeout: Duration::from_secs(self.worker_timeout_seconds.max(1)),
+            ..Default::default()
         }
     }
 

@@ -36,7 +36,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use syncjobs_domain::{
     Aggregate, Event, EventStore, ExpectedVersion, Job, JobStatus, NewEvent, RecordedEvent,
-    StoreError, SyncJobEvent,
+    StoreError, SyncJobEvent, WorkerEvent,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -100,6 +100,8 @@ pub struct Metrics {
     jobs: Family<StatusLabel, Gauge>,
     cancel_latency: Histogram,
     force_cancels: Counter,
+    job_resumes: Counter,
+    workers_lost: Counter,
     append_duration: Histogram,
     append_batch: Histogram,
     projection_lag: Gauge,
@@ -130,6 +132,8 @@ impl Metrics {
             // 10 ms .. ~20 min: a cooperative cancel up to the watchdog's longest timeout.
             cancel_latency: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
             force_cancels: Counter::default(),
+            job_resumes: Counter::default(),
+            workers_lost: Counter::default(),
             append_duration: latency_histogram(),
             append_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             projection_lag: Gauge::default(),
@@ -169,6 +173,18 @@ impl Metrics {
             "force_cancels",
             "Jobs the watchdog force-cancelled (ForceCancelled events)",
             m.force_cancels.clone(),
+        );
+        registry.register(
+            "job_resumes",
+            "Jobs made pending again because their worker was lost, restarted or drained \
+             (JobResumed events, followed in the log since this process started)",
+            m.job_resumes.clone(),
+        );
+        registry.register(
+            "workers_lost",
+            "Workers declared lost (WorkerLost events, followed in the log since this \
+             process started)",
+            m.workers_lost.clone(),
         );
         registry.register_with_unit(
             "store_append_duration",
@@ -263,6 +279,9 @@ impl Metrics {
         if let Event::Job(e) = &event.event {
             if matches!(e, SyncJobEvent::ForceCancelled { .. }) {
                 self.force_cancels.inc();
+            }
+            if matches!(e, SyncJobEvent::JobResumed { .. }) {
+                self.job_resumes.inc();
             }
             if matches!(
                 e,
@@ -402,6 +421,18 @@ impl EventStore for MeteredStore {
     fn connection_failure(&self) -> Option<String> {
         self.inner.connection_failure()
     }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.heartbeat(worker, at).await
+    }
+
+    async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        self.inner.heartbeats().await
+    }
 }
 
 /// Keeps `syncjobs_jobs{status}` and the cancel figures from the log: first the jobs that
@@ -445,6 +476,9 @@ pub fn follow_jobs(
                     }
                 };
                 for event in &batch {
+                    if let Event::Worker(WorkerEvent::WorkerLost { .. }) = event.event {
+                        metrics.workers_lost.inc();
+                    }
                     if !matches!(event.event, Event::Job(_)) {
                         continue;
                     }

@@ -151,6 +151,8 @@ pub struct Application {
     bootstrap: Bootstrap,
     state: web::Data<AppState>,
     metrics_stop: CancellationToken,
+    /// A worker drains when it stops (None: another role, which does not).
+    drain: Option<std::time::Duration>,
 }
 
 impl Application {
@@ -163,6 +165,7 @@ impl Application {
         let capacity = settings.capacity();
         tracing::info!(node_id = %node_id, role = settings.role.as_str(), ?capacity, "syncjobs node starting");
         c.job_settings.worker_name = node_id.clone();
+        c.job_settings.max_resumes = settings.max_resumes;
         // Every append of this process, whatever the backend, is timed for /metrics.
         let metrics = Arc::new(Metrics::new());
         c.store = MeteredStore::wrap(c.store, metrics.clone());
@@ -265,6 +268,7 @@ impl Application {
                 // The read model named the unfinished jobs as of this position: the log is
                 // followed from there, so no job created since is missed.
                 follow_after: Some(folded),
+                liveness: settings.liveness(),
             },
         );
         jobs.ready().await;
@@ -313,6 +317,8 @@ impl Application {
             bootstrap,
             state,
             metrics_stop,
+            drain: (settings.role == Role::Worker)
+                .then(|| std::time::Duration::from_secs(settings.drain_seconds)),
         })
     }
 
@@ -343,6 +349,12 @@ impl Application {
         tracing::info!("HTTP server stopped; stopping job actors and the projector");
         self.state.live.shutdown();
         self.metrics_stop.cancel();
+        if let Some(bound) = self.drain {
+            match self.jobs.drain(bound).await {
+                Ok(handed_back) => tracing::info!(handed_back, "drained"),
+                Err(error) => tracing::error!(%error, "drain did not finish; recovery decides"),
+            }
+        }
         self.jobs.shutdown().await;
         if let Some(relay) = self.relay {
             relay.shutdown().await;

@@ -263,6 +263,10 @@ impl World {
             Event::Access(_) | Event::Webhook(_) => {
                 unreachable!("access and webhook events are not published")
             }
+            Event::Worker(_) => {
+                let id = stream::worker_id(&ev.stream_id).expect("worker stream");
+                format!("{prefix}.workers.{id}.{ty}")
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use syncjobs_domain::job::INTERRUPTED;
+pub use syncjobs_domain::job::WORKER_LOST;
 
 /// What a command to a job comes to: the job after it and its events, or why not.
 pub type JobResult = Result<Executed<Job>, CommandError<JobError>>;
@@ -42,8 +42,11 @@ pub struct JobSettings {
     /// ...or this long after the last one, whichever comes first.
     pub progress_interval: Duration,
     /// This node's id: named in the JobStarted of the jobs it claims; a worker that starts
-    /// again under the same id fails its own interrupted jobs (and no other node's).
+    /// again under the same id resumes its own interrupted jobs (and no other node's).
     pub worker_name: String,
+    /// How many times a job whose worker was lost (or restarted under it) is resumed before
+    /// it fails (`SYNCJOBS_MAX_RESUMES`).
+    pub max_resumes: u32,
     /// Where sync runs are spawned; None runs them on the actor's own runtime.
     pub run_handle: Option<tokio::runtime::Handle>,
 }
@@ -54,6 +57,7 @@ impl Default for JobSettings {
             progress_every_entities: 100,
             progress_interval: Duration::from_millis(500),
             worker_name: format!("syncjobs-{}", std::process::id()),
+            max_resumes: 1,
             run_handle: None,
         }
     }
@@ -139,6 +143,24 @@ pub struct ForceCancel;
 #[rtype(result = "()")]
 pub struct Refresh;
 
+/// A draining node gives the job back: its run is stopped and the job recorded pending again
+/// (JobResumed, handed back) for another worker; a cancelling job's run confirms the cancel.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HandBack;
+
+/// Why an actor is started for a job it will not run: the worker holding the job is gone.
+#[derive(Debug, Clone)]
+pub struct RescueOrder {
+    /// The worker the job's JobStarted names.
+    pub lost_worker: String,
+    /// When that worker was last seen alive, for the failure's text.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// A cancelling job is cancelled at once (its worker was lost: nothing will confirm);
+    /// otherwise (this node restarted) it waits for its watchdog as before.
+    pub cancel_now: bool,
+}
+
 /// Stop the actor without touching the log (process shutdown). Its run is abandoned; the
 /// next boot's recovery decides what happened to the job.
 #[derive(Message)]
@@ -171,6 +193,10 @@ pub struct JobActor {
     /// This node has just claimed the job (its state is given): run it. Otherwise the
     /// actor loads the job and recovers it.
     claimed: bool,
+    /// The job's worker is gone: the actor rescues the job (see [`RescueOrder`]).
+    rescue: Option<RescueOrder>,
+    /// The node drains: the run's end gives the job back instead of failing it.
+    handing_back: bool,
 }
 
 impl JobActor {
@@ -190,7 +216,16 @@ impl JobActor {
             span: tracing::info_span!("job", job_id = %job_id),
             retry: Backoff::default(),
             claimed: false,
+            rescue: None,
+            handing_back: false,
         }
+    }
+
+    /// An actor that loads the job and rescues it from its gone worker (resume, fail or
+    /// cancel at once: [`JobCommand::Rescue`]), then stops.
+    pub fn rescuing(mut self, order: RescueOrder) -> Self {
+        self.rescue = Some(order);
+        self
     }
 
     /// An actor for a job this node has just claimed: `state` is the job with this node's
@@ -217,9 +252,9 @@ impl JobActor {
             JobStatus::Running => self.start_run(ctx),
             JobStatus::Cancelling => {
                 let meta = self.metadata("worker");
-                let cmd = JobCommand::ConfirmCancelled {
+                let cmd = self.as_worker(JobCommand::ConfirmCancelled {
                     counts: state.counts,
-                };
+                });
                 ctx.wait(self.command(cmd, meta).map(|res, act, ctx| {
                     act.applied(&res, ctx);
                     if let Some(delay) = act.retry_delay(&res, "final event") {
@@ -228,6 +263,14 @@ impl JobActor {
                 }));
             }
             _ => ctx.stop(),
+        }
+    }
+
+    /// A report of this node's run: it counts only while the job is this node's.
+    fn as_worker(&self, command: JobCommand) -> JobCommand {
+        JobCommand::AsWorker {
+            worker: self.env.settings.worker_name.clone(),
+            command: Box::new(command),
         }
     }
 
@@ -316,6 +359,9 @@ impl JobActor {
                 }
             }
             s if s.is_final() => ctx.stop(),
+            // Resumed (by this actor's rescue or hand-back, or another node's): it runs here
+            // no more; another claim will run it.
+            JobStatus::Pending if before.is_some_and(|b| b != JobStatus::Pending) => ctx.stop(),
             _ => {}
         }
     }
@@ -349,6 +395,14 @@ impl JobActor {
             watchdog_deadline: state.watchdog_deadline(),
         });
         match state.status {
+            // Already rescued (by another node), or a cancelling job left to its watchdog:
+            // a rescue has nothing to do.
+            JobStatus::Pending | JobStatus::Cancelling
+                if self.rescue.as_ref().is_some_and(|o| !o.cancel_now)
+                    || (self.rescue.is_some() && state.status == JobStatus::Pending) =>
+            {
+                ctx.stop()
+            }
             JobStatus::Pending => {
                 let worker = self.env.settings.worker_name.clone();
                 let meta = self.metadata(&format!("worker:{worker}"));
@@ -364,25 +418,50 @@ impl JobActor {
                         }),
                 );
             }
-            JobStatus::Running => {
-                // We only ever load a running job after a restart: its worker died with the
-                // process that ran it, and nothing will ever finish it. Its last progress report
-                // may be behind what it wrote: the destination knows.
-                let meta = self.metadata("recovery");
-                ctx.wait(
-                    self.command_reconciled(|durable| JobCommand::Interrupt { durable }, meta)
-                        .map(|res, act, ctx| {
-                            act.applied(&res, ctx);
-                            if let Some(delay) = act.retry_delay(&res, "final event") {
-                                ctx.run_later(delay, |act, ctx| act.resume(ctx));
-                            }
-                        }),
-                );
+            // A job is loaded running only when its worker is gone (this node restarted under
+            // it, or it was lost): resumed elsewhere while resumes remain, else failed. Its
+            // last progress report may be behind what it wrote: the destination knows.
+            JobStatus::Running => self.rescue(state, ctx),
+            JobStatus::Cancelling if self.rescue.as_ref().is_some_and(|o| o.cancel_now) => {
+                self.rescue(state, ctx)
             }
             // No worker is left to confirm; the supervisor's watchdog will end it.
             JobStatus::Cancelling => {}
             _ => ctx.stop(),
         }
+    }
+
+    /// Records [`JobCommand::Rescue`] for a job whose worker is gone; again after a wait
+    /// while the store refuses it.
+    fn rescue(&mut self, state: JobState, ctx: &mut Context<Self>) {
+        let order = self.rescue.clone().unwrap_or_else(|| RescueOrder {
+            lost_worker: state.worker.clone().unwrap_or_default(),
+            last_seen: None,
+            cancel_now: false,
+        });
+        let max_resumes = self.env.settings.max_resumes;
+        let meta = self.metadata("recovery");
+        let make = move |durable| JobCommand::Rescue {
+            lost_worker: order.lost_worker,
+            last_seen: order.last_seen,
+            max_resumes,
+            durable,
+        };
+        ctx.wait(self.command_reconciled(make, meta).map(|res, act, ctx| {
+            act.applied(&res, ctx);
+            match &res {
+                Ok(_) => tracing::warn!(parent: &act.span, "job rescued from its lost worker"),
+                // Another node rescued it first, or it ended: nothing left to do here.
+                Err(CommandError::Rejected(e)) => {
+                    tracing::debug!(parent: &act.span, error = %e, "nothing to rescue");
+                    ctx.stop();
+                }
+                Err(_) => {}
+            }
+            if let Some(delay) = act.retry_delay(&res, "rescue") {
+                ctx.run_later(delay, |act, ctx| act.resume(ctx));
+            }
+        }));
     }
 
     fn start_run(&mut self, ctx: &mut Context<Self>) {
@@ -572,6 +651,19 @@ impl Handler<Refresh> for JobActor {
     }
 }
 
+impl Handler<HandBack> for JobActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: HandBack, ctx: &mut Context<Self>) {
+        self.handing_back = true;
+        match &self.run {
+            // The run stops at the token; its end (RunFinished) records the hand-back.
+            Some(run) => run.token.cancel(),
+            None => ctx.stop(),
+        }
+    }
+}
+
 impl Handler<Shutdown> for JobActor {
     type Result = ();
 
@@ -585,10 +677,16 @@ impl Handler<RecordProgress> for JobActor {
 
     fn handle(&mut self, msg: RecordProgress, _ctx: &mut Context<Self>) -> Self::Result {
         let meta = self.metadata("worker");
-        let cmd = JobCommand::RecordProgress { counts: msg.0 };
+        let cmd = self.as_worker(JobCommand::RecordProgress { counts: msg.0 });
         AtomicResponse::new(Box::pin(self.command(cmd, meta).map(|res, act, ctx| {
             if let Err(CommandError::Rejected(e)) = &res {
                 tracing::debug!(parent: &act.span, error = %e, "progress not recorded");
+            }
+            // The job was rescued from this node (declared lost while it ran): its run here
+            // stops; the job's next run is another's.
+            if let Err(CommandError::Rejected(JobError::NotOnWorker { .. })) = &res {
+                tracing::warn!(parent: &act.span, "the job is no longer this worker's: its run stops");
+                ctx.stop();
             }
             act.applied(&res, ctx);
         })))
@@ -612,16 +710,24 @@ impl Handler<RunFinished> for JobActor {
             RunOutcome::Cancelled(counts) if status == Some(JobStatus::Cancelling) => {
                 JobCommand::ConfirmCancelled { counts }
             }
+            RunOutcome::Cancelled(counts) if self.handing_back => JobCommand::HandBack {
+                worker: self.env.settings.worker_name.clone(),
+                counts,
+            },
             RunOutcome::Cancelled(counts) => JobCommand::Fail {
                 error: "the run stopped without a cancel request".into(),
                 error_category: Some("sync_error".into()),
                 counts,
             },
         };
+        let cmd = self.as_worker(cmd);
         let meta = self.metadata("worker");
         AtomicResponse::new(Box::pin(self.command(cmd, meta).map(|res, act, ctx| {
             if let Err(CommandError::Rejected(e)) = &res {
                 tracing::warn!(parent: &act.span, error = %e, "late report from the worker: dropped");
+                if matches!(e, JobError::NotOnWorker { .. }) {
+                    ctx.stop();
+                }
             }
             act.applied(&res, ctx);
             // Decided again on the state of then: a cancel recorded meanwhile is honoured.

@@ -18,10 +18,10 @@ pub mod runner;
 pub mod supervisor;
 
 pub use command::{CommandError, Executed};
-pub use job::{Backoff, JobResult, JobSettings, INTERRUPTED};
+pub use job::{Backoff, JobResult, JobSettings, RescueOrder, WORKER_LOST};
 pub use pipeline::Pipeline;
 pub use runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};
 pub use supervisor::{
-    job_after, start_supervisor, CommandOutcome, Jobs, JobsError, NewJob, Recovery, SupervisorRole,
-    SupervisorSettings, SupervisorStats,
+    job_after, start_supervisor, CommandOutcome, Jobs, JobsError, Liveness, NewJob, Recovery,
+    SupervisorRole, SupervisorSettings, SupervisorStats,
 };

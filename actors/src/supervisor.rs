@@ -13,10 +13,16 @@
 //!   the log, never from boot, so a restart neither resets nor loses it; the first node to
 //!   fire appends ForceCancelled with the expected version, the others conflict and stop.
 //! - Recovery (on start, before any message): the unfinished jobs are loaded; pending ones
-//!   wait for a claim, running ones this node ran (an `all` node: all of them) are failed
-//!   as interrupted, cancelling ones get their watchdog re-armed (firing at once when
-//!   overdue). Both endings record the counts the destination durably holds for the job:
-//!   the dead (or stuck) run's last progress report may be behind them.
+//!   wait for a claim, running ones this node ran (an `all` node: all of them) are rescued
+//!   (resumed while resumes remain, else failed: [`JobCommand::Rescue`]), cancelling ones
+//!   get their watchdog re-armed (firing at once when overdue). Both record the counts the
+//!   destination durably holds for the job: the dead (or stuck) run's last progress report
+//!   may be behind them. Jobs held by a worker found lost or stopped are rescued too.
+//! - Liveness (../shared/DISTRIBUTED.md, "Liveness", "Dead worker"): a worker beats (a row
+//!   in the store, not an event) and announces itself (WorkerStarted) before it claims;
+//!   every node that runs jobs declares a silent worker lost (WorkerLost, expected version:
+//!   once), and every node that sees it rescues that worker's jobs, each by an append with
+//!   the expected version. A graceful stop drains ([`Jobs::drain`]).
 //! - One active job per source connection: decided on the log too ([`job_after`]).
 //!
 //! An API node (`--role api`) keeps no registry: it creates and cancels through the log.
@@ -24,8 +30,8 @@
 
 use crate::command::{self, CommandError, Executed};
 use crate::job::{
-    Backoff, ForceCancel, JobActor, JobEnv, JobGone, JobResult, JobSettings, JobUpdate, Refresh,
-    RequestCancel, Shutdown,
+    Backoff, ForceCancel, HandBack, JobActor, JobEnv, JobGone, JobResult, JobSettings, JobUpdate,
+    Refresh, RequestCancel, RescueOrder, Shutdown,
 };
 use crate::runner::SyncRunner;
 use actix::prelude::*;
@@ -33,10 +39,10 @@ use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use syncjobs_domain::events::{stream, NewEvent, RecordedEvent, SyncJobEvent};
+use syncjobs_domain::events::{stream, Event, NewEvent, RecordedEvent, SyncJobEvent, WorkerEvent};
 use syncjobs_domain::{
     follow_batches, Aggregate, EventStore, ExpectedVersion, FoldError, Job, JobCommand, JobError,
-    JobState, JobStatus, Metadata, SharedClock, StoreError,
+    JobState, JobStatus, Metadata, SharedClock, StoreError, WorkerState, WorkerStatus,
 };
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -51,9 +57,9 @@ pub enum SupervisorRole {
     All,
     /// Creates and cancels jobs through the log; runs none and arms no watchdog.
     Api,
-    /// Runs the jobs it claims from the log and watches every cancelling one. At start it
-    /// fails as interrupted only the running jobs its own node id started: the others run
-    /// on other workers.
+    /// Runs the jobs it claims from the log and watches every cancelling one and every
+    /// worker's liveness. At start it rescues only the running jobs its own node id started:
+    /// the others run on other workers (or are rescued once those are declared lost).
     Worker,
 }
 
@@ -78,6 +84,32 @@ pub struct SupervisorSettings {
     /// position the recovery's list of jobs is true at. None: where recovery's own scan of
     /// the log ended, or the log's head when recovery was given its jobs.
     pub follow_after: Option<u64>,
+    pub liveness: Liveness,
+}
+
+/// Worker liveness (../shared/DISTRIBUTED.md, "Liveness", "Dead worker").
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    /// How often a worker beats, and every node that runs jobs looks for silent workers
+    /// (`SYNCJOBS_WORKER_HEARTBEAT_SECONDS`).
+    pub heartbeat: Duration,
+    /// Silence after which a worker is declared lost (`SYNCJOBS_WORKER_TIMEOUT_SECONDS`).
+    /// Compared across nodes' clocks: their skew must stay well below it.
+    pub timeout: Duration,
+    /// What WorkerStarted records of this process.
+    pub host: String,
+    pub pid: u32,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            heartbeat: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+            pid: std::process::id(),
+        }
+    }
 }
 
 impl Default for SupervisorSettings {
@@ -89,12 +121,13 @@ impl Default for SupervisorSettings {
             role: SupervisorRole::All,
             capacity: None,
             follow_after: None,
+            liveness: Liveness::default(),
         }
     }
 }
 
 /// Where recovery learns which jobs are unfinished. Either way each of them is then rebuilt
-/// from its own stream, so the decisions (start, fail as interrupted, re-arm the watchdog)
+/// from its own stream, so the decisions (start, rescue, re-arm the watchdog)
 /// come from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recovery {
@@ -211,6 +244,23 @@ struct WatchdogFired {
     job_id: Uuid,
 }
 
+/// Drain, step by step (see [`Jobs::drain`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+enum Drain {
+    /// Claim nothing more.
+    StopClaiming,
+    /// Stop the runs still going and record each job pending again.
+    HandBackAll,
+}
+
+/// Records WorkerStopped on this node's stream; answers how many jobs were handed back.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+struct RecordStopped {
+    handed_back: u64,
+}
+
 /// What `/health` shows of the write side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, MessageResponse)]
 pub struct SupervisorStats {
@@ -232,13 +282,16 @@ struct Entry {
     state: JobState,
     /// Global position of its JobCreated: claims go oldest first.
     created_position: u64,
-    /// This node's actor for it: the job runs here (or is being failed as interrupted).
+    /// This node's actor for it: the job runs here (or is being rescued from a gone worker).
     addr: Option<Addr<JobActor>>,
     /// A claim of it by this node is being appended.
     claiming: bool,
     watchdog: Option<(DateTime<Utc>, SpawnHandle)>,
     /// Waits between tries of a ForceCancelled the store refused.
     force_retry: Backoff,
+    /// A rescue of it from its gone worker was started here (not again until it is claimed
+    /// again: the follower may not have folded the rescue yet).
+    rescued: bool,
 }
 
 impl Entry {
@@ -250,6 +303,7 @@ impl Entry {
             claiming: false,
             watchdog: None,
             force_retry: Backoff::default(),
+            rescued: false,
         }
     }
 }
@@ -271,6 +325,14 @@ pub struct Supervisor {
     claim_retry: Backoff,
     claim_retry_armed: bool,
     ready: watch::Sender<bool>,
+    liveness: Liveness,
+    /// Every worker this node knows of, folded from the worker streams.
+    workers: HashMap<String, WorkerState>,
+    /// A worker node: its WorkerStarted is recorded (it claims only once it is).
+    announced: bool,
+    announce_retry: Backoff,
+    /// Stopping gracefully: claims nothing more.
+    draining: bool,
 }
 
 /// Starts the supervisor on the current actix arbiter and returns its handle. It recovers
@@ -302,6 +364,11 @@ pub fn start_supervisor(
         claim_retry: Backoff::default(),
         claim_retry_armed: false,
         ready,
+        liveness: settings.liveness,
+        workers: HashMap::new(),
+        announced: false,
+        announce_retry: Backoff::default(),
+        draining: false,
     }
     .start();
     Jobs {
@@ -310,12 +377,22 @@ pub fn start_supervisor(
     }
 }
 
-/// A job found unfinished at start: its state, where it was created, and the worker its
-/// JobStarted names (if it started).
+/// A job found unfinished at start: its state, where it was created, the worker its
+/// JobStarted names (if it started), and when its last event was recorded.
 struct Found {
     state: JobState,
     created_position: u64,
     worker: Option<String>,
+    last_event_at: Option<DateTime<Utc>>,
+}
+
+/// What recovery hands the supervisor: the unfinished jobs, the workers known (folded from
+/// their streams) with their latest heartbeats, and where to follow the log from.
+struct Recovered {
+    jobs: Vec<Found>,
+    workers: HashMap<String, WorkerState>,
+    beats: Beats,
+    after: u64,
 }
 
 /// Folds one job's events (all of them, from its JobCreated) into what recovery needs.
@@ -332,56 +409,263 @@ fn found_from(events: &[RecordedEvent]) -> Result<Option<Found>, FoldError> {
         state,
         created_position: events.first().map_or(0, |e| e.global_position),
         worker,
+        last_event_at: events.last().map(|e| e.recorded_at),
     }))
 }
 
 impl Supervisor {
-    fn spawn_job(&mut self, job_id: Uuid, ctx: &mut Context<Self>) -> Addr<JobActor> {
-        let me = ctx.address();
-        JobActor::new(
-            job_id,
-            self.env.clone(),
-            me.clone().recipient(),
-            me.recipient(),
-        )
-        .start()
-    }
-
     /// Whether this node may take one more job now.
     fn has_capacity(&self) -> bool {
         self.role.runs_jobs()
+            && !self.draining
+            && (self.announced || self.role != SupervisorRole::Worker)
             && self
                 .capacity
                 .is_none_or(|c| self.running + self.claiming < c)
     }
 
+    /// This node's id (the worker name its claims record).
+    fn me(&self) -> &str {
+        &self.env.settings.worker_name
+    }
+
+    /// Starts an actor that rescues the job from its gone worker (see [`RescueOrder`]),
+    /// unless this node already runs or rescues it.
+    fn rescue(&mut self, job_id: Uuid, order: RescueOrder, ctx: &mut Context<Self>) {
+        let Some(entry) = self.jobs.get(&job_id) else {
+            return;
+        };
+        if entry.addr.is_some() || entry.rescued {
+            return;
+        }
+        tracing::warn!(%job_id, worker = %order.lost_worker, "rescuing the job of a gone worker");
+        let me = ctx.address();
+        let addr = JobActor::new(
+            job_id,
+            self.env.clone(),
+            me.clone().recipient(),
+            me.recipient(),
+        )
+        .rescuing(order)
+        .start();
+        self.running += 1;
+        if let Some(entry) = self.jobs.get_mut(&job_id) {
+            entry.addr = Some(addr);
+            entry.rescued = true;
+        }
+    }
+
+    /// Rescues every job still held by `worker` if it is lost or stopped: its running jobs
+    /// are resumed (or failed past the limit), its cancelling ones cancelled at once.
+    fn rescue_orphans_of(&mut self, worker: &str, ctx: &mut Context<Self>) {
+        let Some(w) = self.workers.get(worker) else {
+            return;
+        };
+        if w.status == WorkerStatus::Live {
+            return;
+        }
+        let last_seen = w.last_seen;
+        let held: Vec<Uuid> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| {
+                e.state.worker.as_deref() == Some(worker)
+                    && matches!(e.state.status, JobStatus::Running | JobStatus::Cancelling)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for job_id in held {
+            let order = RescueOrder {
+                lost_worker: worker.to_owned(),
+                last_seen,
+                cancel_now: true,
+            };
+            self.rescue(job_id, order, ctx);
+        }
+    }
+
+    /// Folds one event of a worker stream; a worker newly lost has its jobs rescued, and
+    /// this node, if it is the one declared lost (it was silent: a pause, a partition),
+    /// stops its runs (others resume them) and announces itself again.
+    fn observe_worker(&mut self, e: &RecordedEvent, event: &WorkerEvent, ctx: &mut Context<Self>) {
+        let Some(id) = stream::worker_id(&e.stream_id) else {
+            return;
+        };
+        let before = self.workers.get(id).cloned();
+        if before.as_ref().is_some_and(|w| e.version <= w.version) {
+            return;
+        }
+        let Some(after) = WorkerState::evolve(before, event, e.recorded_at, e.version) else {
+            return;
+        };
+        let status = after.status;
+        self.workers.insert(id.to_owned(), after);
+        if status == WorkerStatus::Live {
+            return;
+        }
+        if id == self.me() && self.role == SupervisorRole::Worker && !self.draining {
+            tracing::error!(worker = %id, "this node was declared lost: its runs stop, it announces itself again");
+            for entry in self.jobs.values() {
+                if let Some(addr) = &entry.addr {
+                    addr.do_send(Shutdown);
+                }
+            }
+            self.announced = false;
+            self.announce(ctx);
+        }
+        let id = id.to_owned();
+        self.rescue_orphans_of(&id, ctx);
+    }
+
+    /// Records this worker's WorkerStarted (after a first heartbeat), expecting the version of
+    /// its stream as folded; then it claims. Tried again until it lands.
+    fn announce(&mut self, ctx: &mut Context<Self>) {
+        if self.role != SupervisorRole::Worker || self.announced {
+            return;
+        }
+        let env = self.env.clone();
+        let me = self.me().to_owned();
+        let liveness = self.liveness.clone();
+        let capacity = self.capacity.map(|c| c as u64);
+        let stream_name = stream::worker(&me);
+        let fut = async move {
+            let now = env.clock.now();
+            env.store.heartbeat(&me, now).await?;
+            let version = env
+                .store
+                .read_stream(&stream_name, 0)
+                .await?
+                .last()
+                .map_or(0, |e| e.version);
+            let started = NewEvent::new(
+                WorkerEvent::WorkerStarted {
+                    id: me.clone(),
+                    host: liveness.host,
+                    pid: liveness.pid,
+                    capacity,
+                },
+                now,
+                Metadata::caused_by(format!("worker:{me}")),
+            );
+            env.store
+                .append(&stream_name, ExpectedVersion::Exact(version), vec![started])
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(recorded) => {
+                for e in &recorded {
+                    if let Event::Worker(w) = &e.event {
+                        act.observe_worker(e, w, ctx);
+                    }
+                }
+                act.announced = true;
+                act.announce_retry = Backoff::default();
+                tracing::info!(worker = %act.me(), "worker announced");
+                act.try_claim(ctx);
+            }
+            Err(error) => {
+                let delay = act.announce_retry.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "worker not announced; trying again");
+                ctx.run_later(delay, |act, ctx| act.announce(ctx));
+            }
+        }));
+    }
+
+    /// Every heartbeat interval: a worker beats; every node that runs jobs looks for live
+    /// workers silent for the timeout and declares each lost (one append, expected version:
+    /// whichever node is first, once).
+    fn liveness_tick(&mut self, ctx: &mut Context<Self>) {
+        let env = self.env.clone();
+        // A draining worker beats on: it is alive until it records WorkerStopped, and its
+        // drain may outlast the timeout.
+        let beat = self.role == SupervisorRole::Worker && self.announced;
+        let me = self.me().to_owned();
+        let fut = async move {
+            if beat {
+                if let Err(error) = env.store.heartbeat(&me, env.clock.now()).await {
+                    tracing::warn!(%error, "heartbeat not recorded");
+                }
+            }
+            env.store.heartbeats().await
+        };
+        ctx.spawn(fut.into_actor(self).map(|beats, act, ctx| match beats {
+            Ok(beats) => act.declare_lost(beats.into_iter().collect(), ctx),
+            Err(error) => tracing::warn!(%error, "cannot read heartbeats"),
+        }));
+    }
+
+    fn declare_lost(&mut self, beats: HashMap<String, DateTime<Utc>>, ctx: &mut Context<Self>) {
+        let now = self.env.clock.now();
+        let me = self.me().to_owned();
+        for w in self.workers.values() {
+            if w.id == me {
+                continue;
+            }
+            let Some(lost) =
+                w.decide_lost(beats.get(&w.id).copied(), now, self.liveness.timeout, &me)
+            else {
+                continue;
+            };
+            let stream_name = stream::worker(&w.id);
+            let expected = ExpectedVersion::Exact(w.version);
+            let worker = w.id.clone();
+            let event = NewEvent::new(lost, now, Metadata::caused_by(format!("worker:{me}")));
+            let store = self.env.store.clone();
+            ctx.spawn(
+                async move { store.append(&stream_name, expected, vec![event]).await }
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(recorded) => {
+                            tracing::warn!(%worker, "worker declared lost");
+                            for e in &recorded {
+                                if let Event::Worker(w) = &e.event {
+                                    act.observe_worker(e, w, ctx);
+                                }
+                            }
+                        }
+                        // Another node declared it first, or it started again.
+                        Err(e) if e.is_conflict() => tracing::debug!(%worker, "worker not declared lost here: its stream moved"),
+                        Err(error) => tracing::warn!(%worker, %error, "cannot declare the worker lost; next tick tries again"),
+                    }),
+            );
+        }
+    }
+
     /// Takes a job found unfinished at start into the registry and does what its state asks.
-    fn recover(&mut self, found: Found, ctx: &mut Context<Self>) {
+    fn recover(&mut self, found: Found, beats: &Beats, ctx: &mut Context<Self>) {
         let job_id = found.state.job_id;
         let status = found.state.status;
         let deadline = found.state.watchdog_deadline();
-        let mut entry = Entry::new(found.state, found.created_position);
+        let entry = Entry::new(found.state, found.created_position);
         let ours = match self.role {
             SupervisorRole::All => true,
-            SupervisorRole::Worker => {
-                found.worker.as_deref() == Some(self.env.settings.worker_name.as_str())
-            }
+            SupervisorRole::Worker => found.worker.as_deref() == Some(self.me()),
             SupervisorRole::Api => false,
         };
-        match status {
-            JobStatus::Pending => {
-                self.pending.insert((entry.created_position, job_id));
-            }
-            // Its run died with this node's last process: the actor fails it as interrupted.
-            JobStatus::Running if ours => {
-                entry.addr = Some(self.spawn_job(job_id, ctx));
-                self.running += 1;
-            }
-            _ => {}
+        if status == JobStatus::Pending {
+            self.pending.insert((entry.created_position, job_id));
         }
         self.jobs.insert(job_id, entry);
         if let Some(deadline) = deadline {
             self.arm_watchdog(job_id, deadline, ctx);
+        }
+        let worker = found.worker.unwrap_or_default();
+        match status {
+            // Its run died with this node's last process: resumed while resumes remain, else
+            // failed naming the worker and when it was last seen (its last heartbeat, else its
+            // job's last event). A cancelling one keeps its watchdog, as before.
+            JobStatus::Running if ours => {
+                let last_seen = beats.get(&worker).copied().or(found.last_event_at);
+                let order = RescueOrder {
+                    lost_worker: worker,
+                    last_seen,
+                    cancel_now: false,
+                };
+                self.rescue(job_id, order, ctx);
+            }
+            // Held by a worker found lost or stopped: rescued like any orphan (below, once
+            // every job is in).
+            _ => {}
         }
     }
 
@@ -427,6 +711,10 @@ impl Supervisor {
     /// a job already folded further (recovery loaded its stream past the follow point) are
     /// skipped, so each is folded once.
     fn observe(&mut self, e: &RecordedEvent, ctx: &mut Context<Self>) {
+        if let Event::Worker(w) = &e.event {
+            self.observe_worker(e, w, ctx);
+            return;
+        }
         let (Some(job_id), Some(event)) = (stream::job_id(&e.stream_id), e.job_event()) else {
             return;
         };
@@ -462,17 +750,39 @@ impl Supervisor {
         if before == JobStatus::Pending && status != JobStatus::Pending {
             self.pending.remove(&(entry.created_position, job_id));
         }
+        match event {
+            // Resumed: claimable again (after the batch).
+            SyncJobEvent::JobResumed { .. } => {
+                self.pending.insert((entry.created_position, job_id));
+            }
+            // Claimed again: a later loss of this worker is a new rescue.
+            SyncJobEvent::JobStarted { .. } => entry.rescued = false,
+            _ => {}
+        }
         // The job's actor here learns of another node's cancel request (or of the
-        // watchdog's verdict) from its stream.
-        if event.is_final() || matches!(event, SyncJobEvent::CancelRequested { .. }) {
+        // watchdog's verdict, or of a rescue from it) from its stream.
+        if event.is_final()
+            || matches!(
+                event,
+                SyncJobEvent::CancelRequested { .. } | SyncJobEvent::JobResumed { .. }
+            )
+        {
             if let Some(addr) = &entry.addr {
                 addr.do_send(Refresh);
             }
         }
+        let claimed_by = match event {
+            SyncJobEvent::JobStarted { worker } => Some(worker.clone()),
+            _ => None,
+        };
         if status.is_final() {
             self.forget(job_id, ctx);
         } else if let Some(deadline) = entry.state.watchdog_deadline() {
             self.arm_watchdog(job_id, deadline, ctx);
+        }
+        // Claimed by a worker already lost (its claim landed just before it was declared).
+        if let Some(worker) = claimed_by {
+            self.rescue_orphans_of(&worker, ctx);
         }
     }
 
@@ -613,7 +923,9 @@ async fn stream_head(store: &dyn EventStore, job_id: Uuid) -> u64 {
 async fn unfinished_jobs(
     store: &dyn EventStore,
 ) -> Result<(Vec<Found>, u64), CommandError<JobError>> {
-    let mut jobs: HashMap<Uuid, (Job, u64, Option<String>)> = HashMap::new();
+    /// Per job: its fold, where it was created, its worker, its last event's time.
+    type Scanned = (Job, u64, Option<String>, Option<DateTime<Utc>>);
+    let mut jobs: HashMap<Uuid, Scanned> = HashMap::new();
     let mut after = 0;
     loop {
         let batch = store.read_all(after, 4096).await?;
@@ -623,12 +935,13 @@ async fn unfinished_jobs(
             let (Some(job_id), Some(event)) = (stream::job_id(&e.stream_id), e.job_event()) else {
                 continue;
             };
-            let (job, _, worker) = jobs
+            let (job, _, worker, last_event_at) = jobs
                 .entry(job_id)
-                .or_insert_with(|| (Job::initial(), e.global_position, None));
+                .or_insert_with(|| (Job::initial(), e.global_position, None, None));
             if let SyncJobEvent::JobStarted { worker: w } = event {
                 *worker = Some(w.clone());
             }
+            *last_event_at = Some(e.recorded_at);
             match job.evolve(e) {
                 Ok(()) if job.0.as_ref().is_some_and(|s| s.status.is_final()) => {
                     jobs.remove(&job_id);
@@ -643,16 +956,47 @@ async fn unfinished_jobs(
     }
     let mut found: Vec<Found> = jobs
         .into_values()
-        .filter_map(|(job, created_position, worker)| {
+        .filter_map(|(job, created_position, worker, last_event_at)| {
             job.0.map(|state| Found {
                 state,
                 created_position,
                 worker,
+                last_event_at,
             })
         })
         .collect();
     found.sort_by_key(|f| f.created_position);
     Ok((found, after))
+}
+
+/// Each worker's latest heartbeat.
+type Beats = HashMap<String, DateTime<Utc>>;
+
+/// The workers recovery must know: those holding an unfinished job, those with a heartbeat
+/// row, and this node; each folded from its stream (none: never announced). And the
+/// heartbeats.
+async fn known_workers(
+    store: &dyn EventStore,
+    jobs: &[Found],
+    me: &str,
+) -> Result<(HashMap<String, WorkerState>, Beats), CommandError<JobError>> {
+    let beats: Beats = store.heartbeats().await?.into_iter().collect();
+    let mut ids: BTreeSet<String> = beats.keys().cloned().collect();
+    ids.extend(jobs.iter().filter_map(|f| f.worker.clone()));
+    ids.insert(me.to_owned());
+    let mut workers = HashMap::new();
+    for id in ids {
+        let mut state = None;
+        for e in store.read_stream(&stream::worker(&id), 0).await? {
+            if let Event::Worker(w) = &e.event {
+                state = WorkerState::evolve(state, w, e.recorded_at, e.version);
+            }
+        }
+        if let Some(state) = state {
+            workers.insert(id, state);
+        }
+    }
+    Ok((workers, beats))
 }
 
 /// The jobs of `ids`, each folded from its own stream, keeping those not final.
@@ -688,28 +1032,50 @@ impl Actor for Supervisor {
         let store = self.env.store.clone();
         let recovery = std::mem::replace(&mut self.recovery, Recovery::ScanLog);
         let follow_after = self.follow_after;
+        let me = self.me().to_owned();
         ctx.wait(
             async move {
-                match recovery {
+                let (jobs, after) = match recovery {
                     Recovery::ScanLog => unfinished_jobs(&*store)
                         .await
-                        .map(|(jobs, end)| (jobs, follow_after.unwrap_or(end))),
+                        .map(|(jobs, end)| (jobs, follow_after.unwrap_or(end)))?,
                     Recovery::Jobs(ids) => {
                         let head = *store.watch_head().borrow();
                         let jobs = unfinished_of(&*store, &ids).await?;
-                        Ok((jobs, follow_after.unwrap_or(head)))
+                        (jobs, follow_after.unwrap_or(head))
                     }
-                }
+                };
+                let (workers, beats) = known_workers(&*store, &jobs, &me).await?;
+                Ok::<_, CommandError<JobError>>(Recovered {
+                    jobs,
+                    workers,
+                    beats,
+                    after,
+                })
             }
             .into_actor(self)
             .map(|found, act, ctx| {
                 let after = match found {
-                    Ok((jobs, after)) => {
-                        tracing::info!(jobs = jobs.len(), "recovering unfinished jobs");
-                        for found in jobs {
-                            act.recover(found, ctx);
+                    Ok(recovered) => {
+                        tracing::info!(
+                            jobs = recovered.jobs.len(),
+                            workers = recovered.workers.len(),
+                            "recovering unfinished jobs"
+                        );
+                        act.workers = recovered.workers;
+                        for found in recovered.jobs {
+                            act.recover(found, &recovered.beats, ctx);
                         }
-                        after
+                        let gone: Vec<String> = act
+                            .workers
+                            .values()
+                            .filter(|w| w.status != WorkerStatus::Live)
+                            .map(|w| w.id.clone())
+                            .collect();
+                        for worker in gone {
+                            act.rescue_orphans_of(&worker, ctx);
+                        }
+                        recovered.after
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "recovery could not read the log");
@@ -720,6 +1086,8 @@ impl Actor for Supervisor {
                 // cancelled, ended, by whichever node.
                 ctx.add_stream(follow_batches(act.env.store.clone(), after));
                 act.ready.send_replace(true);
+                act.announce(ctx);
+                ctx.run_interval(act.liveness.heartbeat, |act, ctx| act.liveness_tick(ctx));
                 act.try_claim(ctx);
             }),
         );
@@ -928,10 +1296,20 @@ impl Handler<JobGone> for Supervisor {
         if entry.addr.take().is_some() {
             self.running = self.running.saturating_sub(1);
         }
+        let worker = entry.state.worker.clone();
+        // Its rescue here made it pending again (the follower may have offered it for a
+        // claim while this actor was still on it, and the claim passed it by).
+        if entry.state.status == JobStatus::Pending && !entry.claiming {
+            self.pending.insert((entry.created_position, msg.job_id));
+        }
         // A final job leaves; one that is not (its actor failed to load it, or a cancelling
         // one whose run was abandoned) stays known from the log, and keeps its watchdog.
         if entry.state.status.is_final() {
             self.forget(msg.job_id, ctx);
+        } else if let Some(worker) = worker {
+            // This node's run was stopped because the node was declared lost: rescued
+            // here too, should no other node do it.
+            self.rescue_orphans_of(&worker, ctx);
         }
         self.try_claim(ctx);
     }
@@ -1030,6 +1408,67 @@ impl Handler<StopAll> for Supervisor {
     }
 }
 
+impl Handler<Drain> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Drain, _ctx: &mut Context<Self>) {
+        match msg {
+            Drain::StopClaiming => {
+                tracing::info!(running = self.running, "draining: no more claims");
+                self.draining = true;
+            }
+            Drain::HandBackAll => {
+                for (job_id, entry) in &self.jobs {
+                    if let Some(addr) = &entry.addr {
+                        tracing::info!(%job_id, "draining: handing the job back");
+                        addr.do_send(HandBack);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<RecordStopped> for Supervisor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: RecordStopped, _ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.env.store.clone();
+        let me = self.me().to_owned();
+        let now = self.env.clock.now();
+        let announced = self.role == SupervisorRole::Worker && self.announced;
+        Box::pin(async move {
+            if !announced {
+                return Ok(());
+            }
+            let stream_name = stream::worker(&me);
+            // The stream's own head: a WorkerLost recorded meanwhile is not overwritten by
+            // a stop that did not see it (a lost worker's jobs are being rescued already).
+            let events = store.read_stream(&stream_name, 0).await?;
+            if matches!(
+                events.last().map(|e| &e.event),
+                Some(Event::Worker(WorkerEvent::WorkerLost { .. }))
+            ) {
+                return Ok(());
+            }
+            let version = events.last().map_or(0, |e| e.version);
+            let stopped = NewEvent::new(
+                WorkerEvent::WorkerStopped {
+                    id: me.clone(),
+                    handed_back: msg.handed_back,
+                },
+                now,
+                Metadata::caused_by(format!("worker:{me}")),
+            );
+            store
+                .append(&stream_name, ExpectedVersion::Exact(version), vec![stopped])
+                .await?;
+            tracing::info!(worker = %me, handed_back = msg.handed_back, "worker stopped");
+            Ok(())
+        })
+    }
+}
+
 impl Handler<GetStats> for Supervisor {
     type Result = SupervisorStats;
 
@@ -1043,6 +1482,9 @@ impl Handler<GetStats> for Supervisor {
         }
     }
 }
+
+/// How often a drain looks whether the node's runs have ended.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// The API's handle on the write side. Cheap to clone.
 #[derive(Clone)]
@@ -1086,6 +1528,49 @@ impl Jobs {
         let mut rx = self.ready.clone();
         // An Err means the supervisor is gone; then there is nothing to wait for.
         let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// A graceful stop of a node that runs jobs: it claims nothing more, lets its running
+    /// jobs finish for up to `bound`, then stops the runs still going and hands their jobs
+    /// back (pending again, for another worker; a cancelling one confirms its cancel), waits
+    /// up to `bound` again for that, and records WorkerStopped. Returns how many jobs were
+    /// handed back. What is still running after that is left to recovery or to the other
+    /// nodes' lost-worker rescue, as after a crash. Call [`Jobs::shutdown`] afterwards.
+    pub async fn drain(&self, bound: Duration) -> Result<u64, JobsError> {
+        self.addr
+            .send(Drain::StopClaiming)
+            .await
+            .map_err(|_| JobsError::Unavailable)?;
+        let mut handed_back = 0;
+        if !self.settle(bound).await? {
+            handed_back = self.stats().await?.running as u64;
+            self.addr
+                .send(Drain::HandBackAll)
+                .await
+                .map_err(|_| JobsError::Unavailable)?;
+            if !self.settle(bound).await? {
+                tracing::warn!("draining: some runs did not stop in time; left to recovery");
+            }
+        }
+        self.addr
+            .send(RecordStopped { handed_back })
+            .await
+            .map_err(|_| JobsError::Unavailable)??;
+        Ok(handed_back)
+    }
+
+    /// Waits up to `bound` for this node to run no job; true if it came to that.
+    async fn settle(&self, bound: Duration) -> Result<bool, JobsError> {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            if self.stats().await?.running == 0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     }
 
     /// Stops the supervisor and its job actors without writing anything: what a process

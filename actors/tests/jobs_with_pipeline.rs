@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::pipeline::{EntitySink, MemoryDestination};
 use syncjobs_actors::{
-    start_supervisor, JobSettings, Jobs, NewJob, Pipeline, SupervisorSettings, INTERRUPTED,
+    start_supervisor, JobSettings, Jobs, NewJob, Pipeline, SupervisorSettings, WORKER_LOST,
 };
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{EventStore, InMemoryStore, JobStatus, SyncJobEvent};
@@ -173,13 +173,75 @@ fn a_source_that_ignores_cancel_ends_force_cancelled_by_the_watchdog() {
     });
 }
 
+/// A process dies while its job runs; the next start resumes the job (JobResumed with the
+/// rows the lost run wrote, read from the destination), claims it again, and the resumed run
+/// completes with every entity in the destination.
 #[test]
-fn a_job_cut_off_by_a_crash_fails_interrupted_with_the_counts_of_the_rows_it_wrote() {
+fn a_job_cut_off_by_a_crash_is_resumed_at_restart_and_completes_with_every_row() {
     paused(async {
         let store = InMemoryStore::new();
         let destination = MemoryDestination::new();
         let clock = clock();
         let settings = || sparse_progress_reports(Duration::from_secs(1), Duration::from_secs(180));
+        let first = process(&store, &destination, clock.clone(), settings());
+        let sc = Uuid::now_v7();
+        let config = serde_json::json!({"entity_count": 1000, "duration_seconds": 10.0});
+        let job = first.create(timed(sc, config)).await.unwrap().state.job_id;
+        run_for(Duration::from_millis(2600)).await;
+        first.shutdown().await;
+        settle().await;
+        let written = destination.count(sc);
+        assert!(written > 0 && written < 1000, "{written}");
+
+        let second = process(&store, &destination, clock, settings());
+        second.ready().await;
+        settle().await;
+        let events = store.read_stream(&stream::job(job), 0).await.unwrap();
+        let resumed = events
+            .iter()
+            .find_map(|e| match e.job_event() {
+                Some(r @ SyncJobEvent::JobResumed { .. }) => Some(r.clone()),
+                _ => None,
+            })
+            .expect("the job was resumed");
+        let SyncJobEvent::JobResumed {
+            attempt: 1,
+            counts,
+            counts_reconciled: true,
+            handed_back: false,
+            ..
+        } = resumed
+        else {
+            panic!("{resumed:?}");
+        };
+        assert_eq!(
+            counts.inserted, written,
+            "the lost run's rows, from the destination"
+        );
+        run_for(Duration::from_secs(11)).await;
+        let s = state(&store, job).await;
+        assert_eq!((s.status, s.resumes), (JobStatus::Completed, 1));
+        // The source's 1,000 entities and its container, each once.
+        assert_eq!(destination.count(sc), 1001, "every entity, once");
+        // The resumed run met every one: the lost run's as kept, the rest inserted.
+        assert_eq!(s.counts.encountered(), 1001, "{:?}", s.counts);
+        assert_eq!(s.counts.inserted, 1001 - written, "{:?}", s.counts);
+    });
+}
+
+/// With no resume allowed, the job cut off by a crash fails naming its worker, with the
+/// counts of the rows it wrote (its last progress report was behind them).
+#[test]
+fn a_job_cut_off_by_a_crash_with_no_resume_left_fails_with_the_counts_of_the_rows_it_wrote() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let destination = MemoryDestination::new();
+        let clock = clock();
+        let settings = || {
+            let mut s = sparse_progress_reports(Duration::from_secs(1), Duration::from_secs(180));
+            s.job.max_resumes = 0;
+            s
+        };
         let first = process(&store, &destination, clock.clone(), settings());
         let sc = Uuid::now_v7();
         let config = serde_json::json!({"entity_count": 1000, "duration_seconds": 100.0});
@@ -196,7 +258,9 @@ fn a_job_cut_off_by_a_crash_fails_interrupted_with_the_counts_of_the_rows_it_wro
         settle().await;
         let s = state(&store, job).await;
         assert_eq!(s.status, JobStatus::Failed);
-        assert_eq!(s.error.as_deref(), Some(INTERRUPTED));
+        assert_eq!(s.error_category.as_deref(), Some(WORKER_LOST));
+        let error = s.error.clone().unwrap_or_default();
+        assert!(error.contains("was lost (last seen"), "{error}");
         let (reported, end) = last_report_and_end(&store, job).await;
         assert!(
             reported < written,

@@ -7,10 +7,10 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::{
-    start_supervisor, JobSettings, Jobs, JobsError, ProgressSink, RunOutcome, RunSpec,
-    SupervisorRole, SupervisorSettings, SyncRunner, INTERRUPTED,
+    start_supervisor, JobSettings, Jobs, JobsError, Liveness, ProgressSink, RunOutcome, RunSpec,
+    SupervisorRole, SupervisorSettings, SyncRunner, WORKER_LOST,
 };
-use syncjobs_domain::events::stream;
+use syncjobs_domain::events::{stream, Event, WorkerEvent};
 use syncjobs_domain::{
     EntityCounts, EventStore, InMemoryStore, JobCommand, JobStatus, Metadata, RecordedEvent,
     SyncJobEvent,
@@ -73,6 +73,24 @@ fn node(
     name: &str,
     capacity: Option<usize>,
 ) -> Jobs {
+    // These tests jump the clock by a whole cancel timeout at once, which a worker cannot
+    // beat through: liveness is out of their way here, and tested below with its own.
+    let liveness = Liveness {
+        timeout: TIMEOUT * 10,
+        ..Liveness::default()
+    };
+    node_with(store, runner, role, name, capacity, liveness, 1)
+}
+
+fn node_with(
+    store: &Arc<InMemoryStore>,
+    runner: Arc<dyn SyncRunner>,
+    role: SupervisorRole,
+    name: &str,
+    capacity: Option<usize>,
+    liveness: Liveness,
+    max_resumes: u32,
+) -> Jobs {
     start_supervisor(
         store.clone(),
         runner,
@@ -84,11 +102,53 @@ fn node(
             job: JobSettings {
                 worker_name: name.into(),
                 progress_every_entities: 1,
+                max_resumes,
                 ..JobSettings::default()
             },
+            liveness,
             ..SupervisorSettings::default()
         },
     )
+}
+
+/// Heartbeat every second, lost after 3 s of silence.
+const BEAT: Duration = Duration::from_secs(1);
+const SILENCE: Duration = Duration::from_secs(3);
+
+fn live_worker(
+    store: &Arc<InMemoryStore>,
+    runner: Arc<dyn SyncRunner>,
+    name: &str,
+    max_resumes: u32,
+) -> Jobs {
+    let liveness = Liveness {
+        heartbeat: BEAT,
+        timeout: SILENCE,
+        ..Liveness::default()
+    };
+    let role = SupervisorRole::Worker;
+    node_with(store, runner, role, name, None, liveness, max_resumes)
+}
+
+/// The events of a worker's stream, by type.
+async fn worker_events(store: &Arc<InMemoryStore>, name: &str) -> Vec<WorkerEvent> {
+    store
+        .read_stream(&stream::worker(name), 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::Worker(w) => Some(w),
+            _ => None,
+        })
+        .collect()
+}
+
+fn quick() -> Arc<Graceful> {
+    Arc::new(Graceful {
+        total: 100,
+        per_entity: Duration::from_millis(10),
+    })
 }
 
 fn api(store: &Arc<InMemoryStore>) -> Jobs {
@@ -116,6 +176,10 @@ fn started_by(events: &[RecordedEvent]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+fn types(events: &[RecordedEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.event_type()).collect()
 }
 
 fn count(events: &[RecordedEvent], event_type: &str) -> usize {
@@ -328,7 +392,7 @@ fn every_worker_arms_the_watchdog_and_one_force_cancel_lands() {
 }
 
 #[test]
-fn a_worker_fails_only_its_own_interrupted_jobs_at_start() {
+fn a_worker_resumes_only_its_own_interrupted_jobs_at_start() {
     paused(async {
         let store = InMemoryStore::new();
         let clock = clock();
@@ -353,13 +417,18 @@ fn a_worker_fails_only_its_own_interrupted_jobs_at_start() {
         let w = worker(&store, slow(), "w-me", None);
         w.ready().await;
         settle().await;
+        // Resumed, then claimed again by this same worker (the only one).
         let mine = state(&store, jobs[0]).await;
-        assert_eq!(mine.status, JobStatus::Failed);
-        assert_eq!(mine.error.as_deref(), Some(INTERRUPTED));
+        assert_eq!(mine.resumes, 1);
         assert_eq!(
-            state(&store, jobs[1]).await.status,
-            JobStatus::Running,
-            "another worker's job is not this worker's to fail"
+            (mine.status, mine.worker.as_deref()),
+            (JobStatus::Running, Some("w-me"))
+        );
+        let other = state(&store, jobs[1]).await;
+        assert_eq!(
+            (other.status, other.resumes),
+            (JobStatus::Running, 0),
+            "another worker's job is not this worker's to rescue"
         );
     });
 }
@@ -389,5 +458,286 @@ fn two_api_nodes_creating_on_one_connection_at_once_make_one_job() {
                 other => panic!("round {round}: {other}"),
             }
         }
+    });
+}
+
+/// A worker is killed (its supervisor and runs stop, nothing written) while its job runs:
+/// after the timeout, and not before, it is declared lost once although two nodes watch,
+/// and its job is resumed (JobResumed{attempt 1, lost_worker}) and completed by another.
+#[test]
+fn a_silent_worker_is_declared_lost_once_and_its_running_job_resumes_on_another() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let api = api(&store);
+        let w1 = live_worker(&store, quick(), "w1", 1);
+        w1.ready().await;
+        settle().await;
+        let job = api
+            .create(new_job(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .state
+            .job_id;
+        run_for(Duration::from_millis(300)).await;
+        assert_eq!(state(&store, job).await.worker.as_deref(), Some("w1"));
+        let (w2, w3) = (
+            live_worker(&store, quick(), "w2", 1),
+            live_worker(&store, quick(), "w3", 1),
+        );
+        w2.ready().await;
+        w3.ready().await;
+        // The kill: right after a beat of w1's (they come every second from its start).
+        w1.shutdown().await;
+        let head = *store.watch_head().borrow();
+        run_for(SILENCE - Duration::from_millis(800)).await;
+        assert!(
+            !worker_events(&store, "w1")
+                .await
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::WorkerLost { .. })),
+            "not lost before its timeout"
+        );
+        assert_eq!(state(&store, job).await.status, JobStatus::Running);
+        assert_eq!(
+            *store.watch_head().borrow(),
+            head,
+            "heartbeats write no event"
+        );
+        run_for(Duration::from_secs(2)).await;
+        let lost: Vec<WorkerEvent> = worker_events(&store, "w1")
+            .await
+            .into_iter()
+            .filter(|e| matches!(e, WorkerEvent::WorkerLost { .. }))
+            .collect();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        let WorkerEvent::WorkerLost {
+            timeout_seconds,
+            detected_by,
+            ..
+        } = &lost[0]
+        else {
+            unreachable!()
+        };
+        assert_eq!(*timeout_seconds, 3);
+        assert!(
+            ["w2", "w3"].contains(&detected_by.as_str()),
+            "{detected_by}"
+        );
+        run_for(Duration::from_secs(2)).await;
+        let events = events(&store, job).await;
+        let resumed: Vec<(u32, String)> = events
+            .iter()
+            .filter_map(|e| match e.job_event() {
+                Some(SyncJobEvent::JobResumed {
+                    attempt,
+                    lost_worker,
+                    ..
+                }) => Some((*attempt, lost_worker.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resumed, vec![(1, "w1".to_owned())]);
+        let s = state(&store, job).await;
+        assert_eq!(s.status, JobStatus::Completed, "{:?}", types(&events));
+        assert_ne!(s.worker.as_deref(), Some("w1"));
+        assert_eq!(s.counts.inserted, 100);
+    });
+}
+
+/// Past the resume limit the lost worker's job fails, naming the worker and when it was
+/// last seen; its cancelling job is cancelled at once (no wait for the 180 s watchdog).
+#[test]
+fn a_lost_workers_jobs_fail_past_the_resume_limit_or_are_cancelled_at_once() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let api = api(&store);
+        let w1 = live_worker(&store, Arc::new(Stuck), "w1", 0);
+        w1.ready().await;
+        settle().await;
+        let running = api
+            .create(new_job(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .state
+            .job_id;
+        let cancelling = api
+            .create(new_job(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .state
+            .job_id;
+        settle().await;
+        api.cancel(cancelling, "api-key:x".into()).await.unwrap();
+        settle().await;
+        assert_eq!(
+            state(&store, cancelling).await.status,
+            JobStatus::Cancelling
+        );
+        let w2 = live_worker(&store, Arc::new(Stuck), "w2", 0);
+        w2.ready().await;
+        w1.shutdown().await;
+        run_for(SILENCE + 2 * BEAT).await;
+
+        let WorkerEvent::WorkerLost { last_seen, .. } =
+            worker_events(&store, "w1").await.pop().expect("w1 lost")
+        else {
+            panic!("w1's last event is not WorkerLost");
+        };
+        let failed = state(&store, running).await;
+        assert_eq!(failed.status, JobStatus::Failed);
+        assert_eq!(failed.error_category.as_deref(), Some(WORKER_LOST));
+        let error = failed.error.unwrap_or_default();
+        assert!(
+            error.contains("worker w1 was lost")
+                && error.contains(&format!("last seen {}", last_seen.to_rfc3339())),
+            "{error}"
+        );
+        let c = state(&store, cancelling).await;
+        assert_eq!(c.status, JobStatus::Cancelled);
+        let note = c.error_details.unwrap_or_default()["note"].clone();
+        assert!(
+            note.as_str().is_some_and(|n| n.contains("worker w1")),
+            "{note}"
+        );
+        let evs = events(&store, cancelling).await;
+        assert_eq!(count(&evs, "ForceCancelled"), 0, "{:?}", types(&evs));
+        assert_eq!(w2.stats().await.unwrap().live_jobs, 0);
+    });
+}
+
+/// A graceful stop: no more claims, the running job is given a bound to finish, then handed
+/// back (pending again, no resume used) and completed by another worker; WorkerStopped
+/// records it, and the stopped worker is never declared lost.
+#[test]
+fn a_draining_worker_hands_its_unfinished_job_back_and_another_completes_it() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let api = api(&store);
+        let w1 = live_worker(&store, quick(), "w1", 1);
+        w1.ready().await;
+        settle().await;
+        let job = api
+            .create(new_job(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .state
+            .job_id;
+        run_for(Duration::from_millis(200)).await;
+        let w2 = live_worker(&store, quick(), "w2", 1);
+        w2.ready().await;
+        let drained = tokio::spawn({
+            let w1 = w1.clone();
+            async move { w1.drain(Duration::from_millis(300)).await }
+        });
+        run_for(Duration::from_millis(700)).await;
+        assert_eq!(drained.await.unwrap().unwrap(), 1);
+        w1.shutdown().await;
+        assert!(matches!(
+            worker_events(&store, "w1").await.last(),
+            Some(WorkerEvent::WorkerStopped { handed_back: 1, .. })
+        ));
+        run_for(Duration::from_secs(2) + SILENCE).await;
+        let evs = events(&store, job).await;
+        assert!(
+            evs.iter().any(|e| matches!(
+                e.job_event(),
+                Some(SyncJobEvent::JobResumed {
+                    attempt: 0,
+                    handed_back: true,
+                    ..
+                })
+            )),
+            "{:?}",
+            types(&evs)
+        );
+        assert_eq!(started_by(&evs), ["w1", "w2"]);
+        let s = state(&store, job).await;
+        assert_eq!((s.status, s.resumes), (JobStatus::Completed, 0));
+        assert!(
+            !worker_events(&store, "w1")
+                .await
+                .iter()
+                .any(|e| matches!(e, WorkerEvent::WorkerLost { .. })),
+            "a stopped worker is not lost"
+        );
+    });
+}
+
+/// A worker that is alive but cannot reach the store for longer than the timeout (a
+/// partition) is declared lost; its job is resumed on another worker. Once it sees its own
+/// WorkerLost it stops its run (nothing more of it lands on the job) and announces itself
+/// again; the job completes once, by the other worker.
+#[test]
+fn a_worker_declared_lost_while_alive_stops_its_run_and_announces_itself_again() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let api = api(&store);
+        let cut_off = syncjobs_domain::store::faults::FaultyStore::new(store.clone());
+        let long = || {
+            Arc::new(Graceful {
+                total: 500,
+                per_entity: Duration::from_millis(10),
+            })
+        };
+        let w1 = start_supervisor(
+            cut_off.clone(),
+            long(),
+            clock(),
+            SupervisorSettings {
+                cancel_timeout: TIMEOUT,
+                role: SupervisorRole::Worker,
+                job: JobSettings {
+                    worker_name: "w1".into(),
+                    progress_every_entities: 1,
+                    ..JobSettings::default()
+                },
+                liveness: Liveness {
+                    heartbeat: BEAT,
+                    timeout: SILENCE,
+                    ..Liveness::default()
+                },
+                ..SupervisorSettings::default()
+            },
+        );
+        w1.ready().await;
+        settle().await;
+        let job = api
+            .create(new_job(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .state
+            .job_id;
+        run_for(Duration::from_millis(300)).await;
+        assert_eq!(state(&store, job).await.worker.as_deref(), Some("w1"));
+        let w2 = live_worker(&store, long(), "w2", 1);
+        w2.ready().await;
+        cut_off.fail_writes("network is unreachable");
+        run_for(SILENCE + 2 * BEAT).await;
+        assert_eq!(
+            w1.stats().await.unwrap().running,
+            0,
+            "its run stopped once it read its WorkerLost"
+        );
+        cut_off.heal();
+        run_for(Duration::from_secs(7)).await;
+        let names: Vec<&str> = worker_events(&store, "w1")
+            .await
+            .iter()
+            .map(|e| match e {
+                WorkerEvent::WorkerStarted { .. } => "started",
+                WorkerEvent::WorkerStopped { .. } => "stopped",
+                WorkerEvent::WorkerLost { .. } => "lost",
+            })
+            .collect();
+        assert_eq!(names, ["started", "lost", "started"]);
+        let evs = events(&store, job).await;
+        assert_eq!(started_by(&evs), ["w1", "w2"], "{:?}", types(&evs));
+        let s = state(&store, job).await;
+        assert_eq!(s.status, JobStatus::Completed, "{:?}", types(&evs));
+        assert_eq!(
+            s.counts.inserted, 500,
+            "w2's whole run, nothing of w1's after"
+        );
+        assert_eq!(count(&evs, "JobResumed"), 1);
     });
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::{
     start_supervisor, Backoff, Jobs, JobsError, ProgressSink, Recovery, RunOutcome, RunSpec,
-    SupervisorSettings, SyncRunner, INTERRUPTED,
+    SupervisorSettings, SyncRunner,
 };
 use syncjobs_domain::events::stream;
 use syncjobs_domain::store::faults::FaultyStore;
@@ -185,7 +185,7 @@ fn a_forced_cancel_the_store_refuses_is_tried_again_until_it_lands() {
 }
 
 #[test]
-fn a_job_interrupted_by_a_restart_is_failed_once_the_store_writes_again() {
+fn a_job_interrupted_by_a_restart_is_resumed_once_the_store_writes_again() {
     paused(async {
         let inner = InMemoryStore::new();
         let clock = clock();
@@ -204,7 +204,7 @@ fn a_job_interrupted_by_a_restart_is_failed_once_the_store_writes_again() {
         jobs.ready().await;
         refusals_over(&faulty, Duration::from_secs(1), Duration::from_millis(5)).await;
         assert!(faulty.refused().len() >= 3, "{:?}", faulty.refused());
-        assert!(faulty.refused().iter().all(|t| *t == "JobFailed"));
+        assert!(faulty.refused().iter().all(|t| *t == "JobResumed"));
         assert_eq!(
             state(&inner, running.job_id).await.status,
             JobStatus::Running
@@ -212,8 +212,8 @@ fn a_job_interrupted_by_a_restart_is_failed_once_the_store_writes_again() {
 
         faulty.heal();
         refusals_over(&faulty, Backoff::MAX, Duration::from_millis(5)).await;
+        // Resumed, then claimed again and running (its runner never ends).
         let s = state(&inner, running.job_id).await;
-        assert_eq!(s.status, JobStatus::Failed);
-        assert_eq!(s.error.as_deref(), Some(INTERRUPTED));
+        assert_eq!((s.status, s.resumes), (JobStatus::Running, 1));
     });
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_actors::{
     start_supervisor, CommandError, Jobs, JobsError, ProgressSink, Recovery, RunOutcome, RunSpec,
-    SupervisorSettings, SyncRunner, INTERRUPTED,
+    SupervisorSettings, SyncRunner,
 };
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
@@ -249,7 +249,7 @@ fn an_overdue_watchdog_fires_at_once_on_recovery() {
 }
 
 #[test]
-fn recovery_starts_pending_jobs_and_fails_interrupted_ones() {
+fn recovery_starts_pending_jobs_and_resumes_interrupted_ones() {
     recovery_case(|_| Recovery::ScanLog);
 }
 
@@ -306,21 +306,31 @@ fn recovery_case(recovery: impl FnOnce(&[Uuid]) -> Recovery) {
         jobs.ready().await;
         settle().await;
 
+        // Resumed (the counts recorded before the crash kept in its JobResumed), and
+        // claimed again: this node is the only one.
         let r = state(&store, running).await;
-        assert_eq!(r.status, JobStatus::Failed);
-        assert_eq!(r.error.as_deref(), Some(INTERRUPTED));
-        assert_eq!(
-            r.counts,
-            counts(4),
-            "the counts recorded before the crash are kept"
-        );
+        assert_eq!((r.status, r.resumes), (JobStatus::Running, 1));
+        let resumed = events(&store, running)
+            .await
+            .into_iter()
+            .find_map(|e| match e.job_event() {
+                Some(SyncJobEvent::JobResumed {
+                    counts,
+                    lost_worker,
+                    ..
+                }) => Some((*counts, lost_worker.clone())),
+                _ => None,
+            });
+        assert_eq!(resumed, Some((counts(4), "old".to_owned())));
 
         assert_eq!(state(&store, pending).await.status, JobStatus::Running);
-        signal.notify_one();
+        signal.notify_waiters();
         settle().await;
-        let p = state(&store, pending).await;
-        assert_eq!(p.status, JobStatus::Completed);
-        assert_eq!(p.counts, counts(7));
+        for job in [pending, running] {
+            let p = state(&store, job).await;
+            assert_eq!(p.status, JobStatus::Completed);
+            assert_eq!(p.counts, counts(7));
+        }
     });
 }
 

@@ -139,6 +139,28 @@ pub enum SyncJobEvent {
         #[serde(default, skip_serializing_if = "is_false")]
         counts_reconciled: bool,
     },
+    /// The worker running the job was lost (declared dead, or this node restarted under it):
+    /// the job is pending again, to be claimed as usual, and its next run starts its counts
+    /// afresh (the destination dedups by content hash, so the resumed sync converges).
+    /// `attempt` counts the resumes of this job (1 for the first); `counts` are what the lost
+    /// run had reached, kept here for the history since the state's counts restart.
+    JobResumed {
+        attempt: u32,
+        lost_worker: String,
+        /// When the lost worker was last seen alive (its last heartbeat, or what the log
+        /// shows of it).
+        #[serde(default)]
+        last_seen: Option<DateTime<Utc>>,
+        #[serde(default)]
+        counts: EntityCounts,
+        /// As on JobFailed.
+        #[serde(default, skip_serializing_if = "is_false")]
+        counts_reconciled: bool,
+        /// The worker was not lost but stopping: it handed the job back (a drain), which
+        /// does not count against the resume limit (`attempt` stays what it was).
+        #[serde(default, skip_serializing_if = "is_false")]
+        handed_back: bool,
+    },
 }
 
 impl SyncJobEvent {
@@ -152,6 +174,37 @@ impl SyncJobEvent {
                 | SyncJobEvent::ForceCancelled { .. }
         )
     }
+}
+
+/// A worker node's lifecycle, on its own stream (`worker-<id>`). Heartbeats are not events
+/// (they would grow the log every few seconds for ever): they are a row per worker in the
+/// store ([`crate::store::EventStore::heartbeat`]); the decisions taken from them are here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum WorkerEvent {
+    /// A worker (re)started and will claim jobs. `capacity`: the most jobs it runs at once.
+    WorkerStarted {
+        id: String,
+        host: String,
+        pid: u32,
+        #[serde(default)]
+        capacity: Option<u64>,
+    },
+    /// A graceful stop: the worker stopped claiming, let its jobs finish up to a bound and
+    /// handed the rest back (`handed_back` jobs resumed elsewhere).
+    WorkerStopped {
+        id: String,
+        #[serde(default)]
+        handed_back: u64,
+    },
+    /// The worker was silent for longer than the timeout: `detected_by` (a node id) declared
+    /// it lost, once (expected version on the worker stream). Every node then rescues its jobs.
+    WorkerLost {
+        id: String,
+        last_seen: DateTime<Utc>,
+        timeout_seconds: u64,
+        detected_by: String,
+    },
 }
 
 /// Collections are event-sourced too: no second database of record.
@@ -282,6 +335,7 @@ pub enum Event {
     SourceConnection(SourceConnectionEvent),
     Access(AccessEvent),
     Webhook(WebhookEvent),
+    Worker(WorkerEvent),
 }
 
 impl Event {
@@ -292,6 +346,7 @@ impl Event {
             Event::SourceConnection(e) => e.event_type(),
             Event::Access(e) => e.event_type(),
             Event::Webhook(e) => e.event_type(),
+            Event::Worker(e) => e.event_type(),
         }
     }
 
@@ -327,6 +382,7 @@ pub enum EventFamily {
     SourceConnection,
     Access,
     Webhook,
+    Worker,
 }
 
 /// Builds, from the one table of event types below, each enum's `event_type()`,
@@ -372,6 +428,7 @@ event_types! {
         CancelRequested = CANCEL_REQUESTED,
         Cancelled = CANCELLED,
         ForceCancelled = FORCE_CANCELLED,
+        JobResumed = JOB_RESUMED,
     }
     Collection: CollectionEvent {
         CollectionCreated = COLLECTION_CREATED,
@@ -392,6 +449,11 @@ event_types! {
         WebhookSubscriptionDeleted = WEBHOOK_SUBSCRIPTION_DELETED,
         WebhookAttemptRecorded = WEBHOOK_ATTEMPT_RECORDED,
         WebhookDeliveryRecovered = WEBHOOK_DELIVERY_RECOVERED,
+    }
+    Worker: WorkerEvent {
+        WorkerStarted = WORKER_STARTED,
+        WorkerStopped = WORKER_STOPPED,
+        WorkerLost = WORKER_LOST,
     }
 }
 
@@ -420,6 +482,11 @@ impl From<WebhookEvent> for Event {
         Event::Webhook(e)
     }
 }
+impl From<WorkerEvent> for Event {
+    fn from(e: WorkerEvent) -> Self {
+        Event::Worker(e)
+    }
+}
 
 /// Stream names. One stream per aggregate; the prefix is its category.
 pub mod stream {
@@ -431,6 +498,16 @@ pub mod stream {
     /// All organizations and keys share one stream: key creation is rare and a single
     /// stream makes "is this hash known" a fold of one stream.
     pub const ACCESS: &str = "access";
+    pub const WORKER_PREFIX: &str = "worker-";
+
+    /// A worker node's lifecycle stream (its id as given by `SYNCJOBS_NODE_ID` or made at start).
+    pub fn worker(id: &str) -> String {
+        format!("{WORKER_PREFIX}{id}")
+    }
+    /// The worker id of a worker stream name, if it is one.
+    pub fn worker_id(stream: &str) -> Option<&str> {
+        stream.strip_prefix(WORKER_PREFIX)
+    }
 
     pub fn job(id: Uuid) -> String {
         format!("{JOB_PREFIX}{id}")
@@ -714,6 +791,34 @@ mod tests {
                 organization_id: Uuid::nil(),
             }
             .into(),
+            SyncJobEvent::JobResumed {
+                attempt: 1,
+                lost_worker: "w".into(),
+                last_seen: Some(now),
+                counts: EntityCounts::default(),
+                counts_reconciled: true,
+                handed_back: false,
+            }
+            .into(),
+            WorkerEvent::WorkerStarted {
+                id: "w".into(),
+                host: "h".into(),
+                pid: 7,
+                capacity: Some(4),
+            }
+            .into(),
+            WorkerEvent::WorkerStopped {
+                id: "w".into(),
+                handed_back: 2,
+            }
+            .into(),
+            WorkerEvent::WorkerLost {
+                id: "w".into(),
+                last_seen: now,
+                timeout_seconds: 30,
+                detected_by: "n".into(),
+            }
+            .into(),
         ];
         for e in events {
             let json = e.to_json().unwrap();
@@ -725,6 +830,7 @@ mod tests {
                 Event::SourceConnection(_) => EventFamily::SourceConnection,
                 Event::Access(_) => EventFamily::Access,
                 Event::Webhook(_) => EventFamily::Webhook,
+                Event::Worker(_) => EventFamily::Worker,
             };
             assert_eq!(EventFamily::of(e.event_type()), Some(family), "{json}");
             let back = Event::from_stored(CURRENT_SCHEMA_VERSION, &json).unwrap();

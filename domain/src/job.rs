@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
-/// The error text of a job whose worker died with the process that ran it.
-pub const INTERRUPTED: &str = "interrupted: the service stopped while the job was running";
+/// The error category of a job failed because its worker was lost after its last resume.
+pub const WORKER_LOST: &str = "worker_lost";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +75,12 @@ pub struct JobState {
     /// When CancelRequested was recorded, and the timeout it was recorded under.
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub cancel_timeout_seconds: Option<u64>,
+    /// The worker whose JobStarted is the job's current claim (None while pending).
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// How many times the job was resumed after its worker was lost.
+    #[serde(default)]
+    pub resumes: u32,
     /// The stream version this state reflects (0 = no events).
     pub version: u64,
 }
@@ -160,6 +166,8 @@ impl JobState {
             error_details: None,
             cancel_requested_at: None,
             cancel_timeout_seconds: None,
+            worker: None,
+            resumes: 0,
             version: 1,
         })
     }
@@ -189,9 +197,18 @@ impl JobState {
     fn apply(&mut self, event: &SyncJobEvent, at: DateTime<Utc>) {
         match event {
             SyncJobEvent::JobCreated { .. } => {}
-            SyncJobEvent::JobStarted { .. } => {
+            SyncJobEvent::JobStarted { worker } => {
                 self.status = JobStatus::Running;
-                self.started_at = Some(at);
+                // The first start: a resumed job keeps when it started.
+                self.started_at.get_or_insert(at);
+                self.worker = Some(worker.clone());
+            }
+            SyncJobEvent::JobResumed { attempt, .. } => {
+                self.status = JobStatus::Pending;
+                self.worker = None;
+                self.resumes = *attempt;
+                // The next run counts from nothing (its own report is cumulative for it).
+                self.counts = EntityCounts::default();
             }
             SyncJobEvent::ProgressRecorded { counts } => self.counts = *counts,
             SyncJobEvent::JobCompleted { counts } => {
@@ -286,6 +303,14 @@ impl JobState {
             })
         };
         match command {
+            JobCommand::AsWorker { worker, command } => {
+                if self.worker.as_deref() != Some(worker.as_str()) {
+                    return Err(JobError::NotOnWorker {
+                        worker: worker.clone(),
+                    });
+                }
+                self.decide(command)
+            }
             JobCommand::Create { .. } => Err(JobError::AlreadyExists),
             JobCommand::Start { worker } => match s {
                 Pending => Ok(vec![SyncJobEvent::JobStarted {
@@ -365,18 +390,71 @@ impl JobState {
                 }]),
                 _ => reject(),
             },
-            JobCommand::Interrupt { durable } => match s {
-                Running => {
-                    let (counts, counts_reconciled) = self.final_counts(durable.as_ref());
-                    Ok(vec![SyncJobEvent::JobFailed {
-                        error: INTERRUPTED.into(),
-                        error_category: Some("interrupted".into()),
+            JobCommand::Rescue {
+                lost_worker,
+                last_seen,
+                max_resumes,
+                durable,
+            } => {
+                if self.worker.as_deref() != Some(lost_worker.as_str()) {
+                    return Err(JobError::NotOnWorker {
+                        worker: lost_worker.clone(),
+                    });
+                }
+                let (counts, counts_reconciled) = self.final_counts(durable.as_ref());
+                let seen = last_seen.map_or_else(
+                    || "never seen after it claimed the job".to_owned(),
+                    |at| format!("last seen {}", at.to_rfc3339()),
+                );
+                match s {
+                    Running if self.resumes < *max_resumes => Ok(vec![SyncJobEvent::JobResumed {
+                        attempt: self.resumes.saturating_add(1),
+                        lost_worker: lost_worker.clone(),
+                        last_seen: *last_seen,
                         counts,
                         counts_reconciled,
-                    }])
+                        handed_back: false,
+                    }]),
+                    Running => Ok(vec![SyncJobEvent::JobFailed {
+                        error: format!(
+                            "worker {lost_worker} was lost ({seen}); the job was resumed {} \
+                             time(s), the most allowed",
+                            self.resumes
+                        ),
+                        error_category: Some(WORKER_LOST.into()),
+                        counts,
+                        counts_reconciled,
+                    }]),
+                    // Nothing runs it any more: no reason to wait for the watchdog.
+                    Cancelling => Ok(vec![SyncJobEvent::Cancelled {
+                        counts,
+                        note: Some(format!(
+                            "cancelled at once: worker {lost_worker}, which ran the job, was \
+                             lost ({seen})"
+                        )),
+                        counts_reconciled,
+                    }]),
+                    _ => reject(),
                 }
-                _ => reject(),
-            },
+            }
+            JobCommand::HandBack { worker, counts } => {
+                if self.worker.as_deref() != Some(worker.as_str()) {
+                    return Err(JobError::NotOnWorker {
+                        worker: worker.clone(),
+                    });
+                }
+                match s {
+                    Running => Ok(vec![SyncJobEvent::JobResumed {
+                        attempt: self.resumes,
+                        lost_worker: worker.clone(),
+                        last_seen: None,
+                        counts: *counts,
+                        counts_reconciled: false,
+                        handed_back: true,
+                    }]),
+                    _ => reject(),
+                }
+            }
             JobCommand::ForceCancel { now, durable } => {
                 let Some(deadline) = self.watchdog_deadline() else {
                     return reject();
@@ -432,13 +510,33 @@ pub enum JobCommand {
     ConfirmCancelled {
         counts: EntityCounts,
     },
-    /// Recovery found the job running, its worker gone with the process that ran it: it
-    /// fails as [`INTERRUPTED`]. `durable` is what the destination holds for the job (None
-    /// when it could not be asked): the last progress report may be behind the rows written.
-    Interrupt {
+    /// The job's worker (`lost_worker`, which must be the one that claimed it) is gone: lost,
+    /// or the process it was died and this node restarted. A running job is resumed
+    /// (pending again) while it has been resumed fewer than `max_resumes` times, else
+    /// failed naming the worker and `last_seen`; a cancelling one is cancelled at once.
+    /// `durable` is what the destination holds for the job (None when it could not be
+    /// asked): the lost run's last progress report may be behind the rows it wrote.
+    Rescue {
+        lost_worker: String,
+        last_seen: Option<DateTime<Utc>>,
+        max_resumes: u32,
         durable: Option<EntityCounts>,
     },
-    /// The watchdog's verdict. `durable` as for [`JobCommand::Interrupt`]: the stuck worker
+    /// `command` as reported by the run of `worker`: refused ([`JobError::NotOnWorker`]) once
+    /// the job is no longer that worker's (rescued from it, maybe claimed by another since),
+    /// so a worker declared lost that still runs (a pause, a partition) cannot write into the
+    /// job's next run. Every report of a run goes through it.
+    AsWorker {
+        worker: String,
+        command: Box<JobCommand>,
+    },
+    /// A draining worker gives a running job back, its run stopped with `counts`: pending
+    /// again for another worker, without using up a resume.
+    HandBack {
+        worker: String,
+        counts: EntityCounts,
+    },
+    /// The watchdog's verdict. `durable` as for [`JobCommand::Rescue`]: the stuck worker
     /// will not report what it wrote after its last progress report.
     ForceCancel {
         now: DateTime<Utc>,
@@ -456,7 +554,9 @@ impl JobCommand {
             JobCommand::Fail { .. } => "fail",
             JobCommand::RequestCancel { .. } => "cancel",
             JobCommand::ConfirmCancelled { .. } => "confirm cancelled",
-            JobCommand::Interrupt { .. } => "interrupt",
+            JobCommand::Rescue { .. } => "rescue",
+            JobCommand::HandBack { .. } => "hand back",
+            JobCommand::AsWorker { command, .. } => command.name(),
             JobCommand::ForceCancel { .. } => "force cancel",
         }
     }
@@ -481,6 +581,10 @@ pub enum JobError {
     CountsWentDown,
     #[error("The watchdog deadline {deadline} has not passed yet")]
     NotYetDue { deadline: DateTime<Utc> },
+    /// A rescue named a worker that does not hold the job (another node rescued it first,
+    /// or it was claimed again since).
+    #[error("the job is not held by worker {worker}")]
+    NotOnWorker { worker: String },
 }
 
 /// A job as an [`Aggregate`]: nothing before its JobCreated, then its [`JobState`].
@@ -633,6 +737,14 @@ mod tests {
             timeout_seconds: 180,
         }
     }
+    fn rescue_cmd(worker: &str, max_resumes: u32) -> JobCommand {
+        JobCommand::Rescue {
+            lost_worker: worker.into(),
+            last_seen: None,
+            max_resumes,
+            durable: None,
+        }
+    }
     fn fail_cmd() -> JobCommand {
         JobCommand::Fail {
             error: "boom".into(),
@@ -660,7 +772,7 @@ mod tests {
             JobCommand::Complete { counts: counts(1) },
             fail_cmd(),
             JobCommand::ConfirmCancelled { counts: counts(1) },
-            JobCommand::Interrupt { durable: None },
+            rescue_cmd("w", 1),
             JobCommand::ForceCancel {
                 now: t(10_000),
                 durable: None,
@@ -702,7 +814,7 @@ mod tests {
                             JobCommand::RecordProgress { .. }
                                 | JobCommand::Complete { .. }
                                 | JobCommand::Fail { .. }
-                                | JobCommand::Interrupt { .. },
+                                | JobCommand::Rescue { .. },
                         )
                         | (
                             Cancelling,
@@ -710,7 +822,8 @@ mod tests {
                                 | JobCommand::Complete { .. }
                                 | JobCommand::Fail { .. }
                                 | JobCommand::ConfirmCancelled { .. }
-                                | JobCommand::ForceCancel { .. },
+                                | JobCommand::ForceCancel { .. }
+                                | JobCommand::Rescue { .. },
                         )
                 )
             };
@@ -722,7 +835,7 @@ mod tests {
                 fail_cmd(),
                 cancel_cmd(),
                 JobCommand::ConfirmCancelled { counts: counts(9) },
-                JobCommand::Interrupt { durable: None },
+                rescue_cmd("w", 1),
                 JobCommand::ForceCancel {
                     now: t(100_000),
                     durable: None,
@@ -737,6 +850,9 @@ mod tests {
                 let expected = match &cmd {
                     JobCommand::Create { .. } => JobError::AlreadyExists,
                     JobCommand::RequestCancel { .. } => JobError::CannotCancel(*status),
+                    JobCommand::Rescue { .. } if *status == Pending => {
+                        JobError::NotOnWorker { worker: "w".into() }
+                    }
                     other => JobError::InvalidTransition {
                         status: *status,
                         command: other.name(),
@@ -955,47 +1071,176 @@ mod tests {
         }
     }
 
+    fn resumed(attempt: u32, counts: EntityCounts, counts_reconciled: bool) -> SyncJobEvent {
+        SyncJobEvent::JobResumed {
+            attempt,
+            lost_worker: "w".into(),
+            last_seen: Some(t(5)),
+            counts,
+            counts_reconciled,
+            handed_back: false,
+        }
+    }
+
     #[test]
-    fn an_interrupted_run_fails_with_the_counts_its_destination_holds_and_says_so() {
+    fn a_draining_worker_hands_a_running_job_back_without_using_a_resume() {
+        let g = given(&[
+            created(),
+            started(),
+            resumed(1, counts(2), false),
+            SyncJobEvent::JobStarted { worker: "w".into() },
+        ]);
+        let hand_back = |worker: &str| JobCommand::HandBack {
+            worker: worker.into(),
+            counts: counts(3),
+        };
+        let s = g
+            .when(hand_back("w"))
+            .then([SyncJobEvent::JobResumed {
+                attempt: 1,
+                lost_worker: "w".into(),
+                last_seen: None,
+                counts: counts(3),
+                counts_reconciled: false,
+                handed_back: true,
+            }])
+            .0
+            .unwrap();
+        assert_eq!((s.status, s.resumes), (JobStatus::Pending, 1));
+        g.when(hand_back("v"))
+            .then_err(JobError::NotOnWorker { worker: "v".into() });
+        // A cancelling job is not handed back: its run confirms the cancel.
+        assert!(matches!(
+            given(&[created(), started(), cancel_requested()])
+                .when(hand_back("w"))
+                .rejected(),
+            JobError::InvalidTransition { .. }
+        ));
+    }
+
+    #[test]
+    fn a_lost_workers_running_job_is_resumed_while_resumes_remain_then_fails_naming_it() {
         let g = given(&[
             created(),
             started(),
             SyncJobEvent::ProgressRecorded { counts: counts(4) },
         ]);
+        let rescue = |max_resumes, durable| JobCommand::Rescue {
+            lost_worker: "w".into(),
+            last_seen: Some(t(5)),
+            max_resumes,
+            durable,
+        };
+        // Resumed: pending again, its counts restart (the next run counts afresh), the
+        // lost run's counts (the destination's) are kept in the event.
         let s = g
-            .when(JobCommand::Interrupt {
-                durable: Some(counts(9)),
-            })
-            .then([SyncJobEvent::JobFailed {
-                error: INTERRUPTED.into(),
-                error_category: Some("interrupted".into()),
-                counts: counts(9),
-                counts_reconciled: true,
-            }])
+            .when(rescue(1, Some(counts(9))))
+            .then([resumed(1, counts(9), true)])
             .0
             .unwrap();
-        assert_eq!((s.status, s.counts), (JobStatus::Failed, counts(9)));
+        assert_eq!(s.status, JobStatus::Pending);
+        assert_eq!((s.worker.as_deref(), s.resumes), (None, 1));
+        assert_eq!(s.counts, EntityCounts::default());
+        assert_eq!(s.started_at, Some(t(1)));
+
+        // Claimed again by another worker, which reports from zero and completes.
+        let again = given(&[
+            created(),
+            started(),
+            resumed(1, counts(4), false),
+            SyncJobEvent::JobStarted { worker: "v".into() },
+        ]);
+        let s = again.state().0.clone().unwrap();
         assert_eq!(
-            s.error_details,
-            Some(serde_json::json!({"counts_reconciled": true}))
+            (s.status, s.worker.as_deref(), s.started_at),
+            (JobStatus::Running, Some("v"), Some(t(1)))
         );
-        // A destination that could not be asked: the last reported counts, not claimed as reconciled.
+        again
+            .when(JobCommand::RecordProgress { counts: counts(1) })
+            .then([SyncJobEvent::ProgressRecorded { counts: counts(1) }]);
+        // "w" no longer holds it: a late rescue naming it is refused.
+        again
+            .when(rescue(5, None))
+            .then_err(JobError::NotOnWorker { worker: "w".into() });
+
+        // No resume left: failed, naming the worker and when it was last seen.
+        let (events, after) = given(&[
+            created(),
+            started(),
+            resumed(1, counts(4), false),
+            SyncJobEvent::JobStarted { worker: "w".into() },
+        ])
+        .when(rescue(1, Some(counts(7))))
+        .accepted();
+        let [SyncJobEvent::JobFailed {
+            error,
+            error_category,
+            counts: c,
+            counts_reconciled: true,
+        }] = &events[..]
+        else {
+            panic!("{events:?}");
+        };
+        assert!(error.contains("worker w was lost"), "{error}");
+        assert!(error.contains(&t(5).to_rfc3339()), "{error}");
+        assert_eq!(error_category.as_deref(), Some(WORKER_LOST));
+        assert_eq!(*c, counts(7));
+        assert_eq!(after.0.unwrap().status, JobStatus::Failed);
+        // A limit of 0: never resumed.
         assert!(matches!(
-            g.when(JobCommand::Interrupt { durable: None }).accepted().0[..],
+            g.when(rescue(0, None)).accepted().0[..],
             [SyncJobEvent::JobFailed { counts: c, counts_reconciled: false, .. }] if c == counts(4)
         ));
-        // Only a running job has a run to interrupt.
-        for history in [
-            vec![created()],
-            vec![created(), started(), cancel_requested()],
+    }
+
+    #[test]
+    fn a_runs_reports_count_only_while_the_job_is_its_workers() {
+        let as_w = |worker: &str, command| JobCommand::AsWorker {
+            worker: worker.into(),
+            command: Box::new(command),
+        };
+        let g = given(&[created(), started()]);
+        g.when(as_w("w", JobCommand::RecordProgress { counts: counts(2) }))
+            .then([SyncJobEvent::ProgressRecorded { counts: counts(2) }]);
+        // Rescued from "w" and claimed by "v": "w"'s late reports are refused, "v"'s count.
+        let g = given(&[
+            created(),
+            started(),
+            resumed(1, counts(2), false),
+            SyncJobEvent::JobStarted { worker: "v".into() },
+        ]);
+        for command in [
+            JobCommand::RecordProgress { counts: counts(5) },
+            JobCommand::Complete { counts: counts(5) },
+            fail_cmd(),
         ] {
-            assert!(matches!(
-                given(&history)
-                    .when(JobCommand::Interrupt { durable: None })
-                    .rejected(),
-                JobError::InvalidTransition { .. }
-            ));
+            g.when(as_w("w", command.clone()))
+                .then_err(JobError::NotOnWorker { worker: "w".into() });
+            g.when(as_w("v", command)).accepted();
         }
+        // Pending again (no worker): nobody's report counts.
+        given(&[created(), started(), resumed(1, counts(2), false)])
+            .when(as_w("w", JobCommand::Complete { counts: counts(5) }))
+            .then_err(JobError::NotOnWorker { worker: "w".into() });
+    }
+
+    #[test]
+    fn a_lost_workers_cancelling_job_is_cancelled_at_once_with_a_note() {
+        let g = given(&[created(), started(), cancel_requested()]);
+        let (events, after) = g.when(rescue_cmd("w", 1)).accepted();
+        let [SyncJobEvent::Cancelled {
+            note: Some(note), ..
+        }] = &events[..]
+        else {
+            panic!("{events:?}");
+        };
+        assert!(note.contains("worker w") && note.contains("lost"), "{note}");
+        assert_eq!(after.0.unwrap().status, JobStatus::Cancelled);
+        // Another worker's loss does not touch it.
+        g.when(rescue_cmd("other", 1))
+            .then_err(JobError::NotOnWorker {
+                worker: "other".into(),
+            });
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod testkit;
 pub mod time;
 pub mod upcast;
 pub mod webhook;
+pub mod worker;
 
 pub use access::{Access, AccessCommand, AccessError, KeyInfo, NewKeyRecord};
 pub use aggregate::{Aggregate, FoldError};
@@ -38,9 +39,10 @@ pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
 pub use collection::{CollectionCommand, CollectionError, CollectionName};
 pub use events::{
     AccessEvent, CollectionEvent, EntityCounts, Event, Metadata, NewEvent, RecordedEvent,
-    SourceConnectionEvent, SyncJobEvent, WebhookEvent, CURRENT_SCHEMA_VERSION,
+    SourceConnectionEvent, SyncJobEvent, WebhookEvent, WorkerEvent, CURRENT_SCHEMA_VERSION,
 };
 pub use job::{Job, JobCommand, JobError, JobState, JobStatus};
 pub use source_connection::{SourceConnection, SourceConnectionCommand, SourceConnectionError};
 pub use store::{follow, follow_batches, EventStore, ExpectedVersion, InMemoryStore, StoreError};
 pub use webhook::{WebhookCommand, WebhookDelivery, WebhookError, WebhookSubscription};
+pub use worker::{WorkerState, WorkerStatus};

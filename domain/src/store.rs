@@ -3,6 +3,7 @@
 
 use crate::events::{NewEvent, RecordedEvent, CURRENT_SCHEMA_VERSION};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -105,6 +106,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// for a backend with nothing to lose (the embedded store).
     fn connection_failure(&self) -> Option<String> {
         None
+    }
+
+    /// Records that worker `worker` is alive at `at` (its heartbeat). Heartbeats are not log
+    /// events: one row per worker, overwritten, so they never grow the log, the read model or
+    /// NATS; what is decided from them (a worker lost) is. A backend that cannot share them
+    /// between processes (the embedded store, one process by construction) refuses; only a
+    /// `worker` node beats, and it runs on PostgreSQL only.
+    async fn heartbeat(&self, _worker: &str, _at: DateTime<Utc>) -> Result<(), StoreError> {
+        Err(StoreError::Backend(format!(
+            "the {} store keeps no worker heartbeats",
+            self.backend()
+        )))
+    }
+
+    /// Every worker's latest heartbeat. Empty on a backend that keeps none.
+    async fn heartbeats(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        Ok(Vec::new())
     }
 }
 
@@ -236,6 +254,7 @@ pub fn follow_batches(
 pub struct InMemoryStore {
     inner: Mutex<Inner>,
     head: watch::Sender<u64>,
+    beats: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 #[derive(Default)]
@@ -249,6 +268,7 @@ impl Default for InMemoryStore {
         InMemoryStore {
             inner: Mutex::new(Inner::default()),
             head: watch::channel(0).0,
+            beats: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -345,6 +365,19 @@ impl EventStore for InMemoryStore {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    async fn heartbeat(&self, worker: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = beats.entry(worker.to_owned()).or_insert(at);
+        // A late write (a retry that lost a race) never moves a worker back in time.
+        *seen = (*seen).max(at);
+        Ok(())
+    }
+
+    async fn heartbeats(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(beats.iter().map(|(w, at)| (w.clone(), *at)).collect())
     }
 }
 

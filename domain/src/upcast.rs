@@ -59,6 +59,7 @@ pub fn decode_as(schema_version: u32, event_type: &str, json: &str) -> Result<Ev
             }
             Some(EventFamily::Access) => serde_json::from_str(json).map(Event::Access),
             Some(EventFamily::Webhook) => serde_json::from_str(json).map(Event::Webhook),
+            Some(EventFamily::Worker) => serde_json::from_str(json).map(Event::Worker),
             None => return decode(schema_version, json),
         };
         if let Ok(event) = hinted {
@@ -87,6 +88,7 @@ fn decode_current(json: &str) -> Result<Event, UpcastError> {
         Some(EventFamily::SourceConnection) => Event::SourceConnection(serde_json::from_str(json)?),
         Some(EventFamily::Access) => Event::Access(serde_json::from_str(json)?),
         Some(EventFamily::Webhook) => Event::Webhook(serde_json::from_str(json)?),
+        Some(EventFamily::Worker) => Event::Worker(serde_json::from_str(json)?),
         None => serde_json::from_str(json)?,
     })
 }

@@ -46,7 +46,8 @@ pub const EVENT_TYPES: [&str; 10] = [
 pub fn webhook_event_type(event: &Event) -> Option<&'static str> {
     Some(match event {
         Event::Job(e) => match e {
-            SyncJobEvent::JobCreated { .. } => "sync.pending",
+            // A resumed job (its worker was lost) is pending again: a status change.
+            SyncJobEvent::JobCreated { .. } | SyncJobEvent::JobResumed { .. } => "sync.pending",
             SyncJobEvent::JobStarted { .. } => "sync.running",
             SyncJobEvent::CancelRequested { .. } => "sync.cancelling",
             SyncJobEvent::JobCompleted { .. } => "sync.completed",
@@ -64,7 +65,7 @@ pub fn webhook_event_type(event: &Event) -> Option<&'static str> {
         Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted { .. }) => {
             "source_connection.deleted"
         }
-        Event::Access(_) | Event::Webhook(_) => return None,
+        Event::Access(_) | Event::Webhook(_) | Event::Worker(_) => return None,
     })
 }
 

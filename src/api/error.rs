@@ -98,6 +98,8 @@ impl From<app::Error> for ApiError {
             E::Job(JobError::NotYetDue { deadline }) => ApiError::BadRequest(format!(
                 "The watchdog deadline {deadline} has not passed yet"
             )),
+            // Only a rescue from a lost worker can be refused so; no API call makes one.
+            E::Job(e @ JobError::NotOnWorker { .. }) => ApiError::BadRequest(e.to_string()),
             E::JobVersionNotFound { version, last } => ApiError::NotFound(format!(
                 "Sync job version {version} not found: its versions are 1 to {last}"
             )),

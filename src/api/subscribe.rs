@@ -118,12 +118,15 @@ pub fn progress_frames(
         first.push(progress(&job, last_at));
         return Ok(futures::stream::iter(first).boxed());
     }
-    // Counts change only with a progress report (final events end above), so the last one says
-    // when the current counts were recorded.
-    let last_report = initial
-        .iter()
-        .rev()
-        .find(|e| matches!(e.job_event(), Some(SyncJobEvent::ProgressRecorded { .. })));
+    // Counts change only with a progress report or a resume (which starts them again from
+    // zero; final events end above), so the last of those says when the current counts
+    // were recorded.
+    let last_report = initial.iter().rev().find(|e| {
+        matches!(
+            e.job_event(),
+            Some(SyncJobEvent::ProgressRecorded { .. } | SyncJobEvent::JobResumed { .. })
+        )
+    });
     if let Some(e) = last_report {
         first.push(progress(&job, e.recorded_at));
     }
@@ -157,7 +160,11 @@ fn next_frame(
     };
     match JobState::evolve(job.take(), event, e.recorded_at) {
         Ok(next) => {
-            let report = matches!(event, SyncJobEvent::ProgressRecorded { .. });
+            // A resume starts the counts again (the next run's own): subscribers are told.
+            let report = matches!(
+                event,
+                SyncJobEvent::ProgressRecorded { .. } | SyncJobEvent::JobResumed { .. }
+            );
             let out = (report || event.is_final()).then(|| progress(&next, e.recorded_at));
             *job = Some(next);
             (out, false)
@@ -304,6 +311,56 @@ mod tests {
             s.next().await.is_none(),
             "the stream ends after the final message"
         );
+    }
+
+    /// A resume (its worker was lost) starts the job's counts again: subscribers get a
+    /// progress message at zero, then the resumed run's reports.
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_sends_the_counts_starting_again() {
+        let store = InMemoryStore::new();
+        let job = Uuid::new_v4();
+        let name = stream::job(job);
+        let started = SyncJobEvent::JobStarted { worker: "w".into() };
+        store
+            .append(
+                &name,
+                ExpectedVersion::Exact(0),
+                vec![ev(created(job)), ev(started), ev(progress_event(3))],
+            )
+            .await
+            .unwrap();
+        let hub = LiveJobs::start(store.clone());
+        let (initial, live) = followed(&hub, job, 3).await;
+        let mut s = progress_frames(job, &initial, live).unwrap();
+        s.next().await.unwrap(); // connected
+        assert_eq!(message(&s.next().await.unwrap())["inserted"], 3);
+        let resumed = SyncJobEvent::JobResumed {
+            attempt: 1,
+            lost_worker: "w".into(),
+            last_seen: None,
+            counts: EntityCounts {
+                inserted: 3,
+                ..Default::default()
+            },
+            counts_reconciled: false,
+            handed_back: false,
+        };
+        let again = SyncJobEvent::JobStarted { worker: "v".into() };
+        store
+            .append(
+                &name,
+                ExpectedVersion::Exact(3),
+                vec![ev(resumed), ev(again), ev(progress_event(1))],
+            )
+            .await
+            .unwrap();
+        let restarted = message(&s.next().await.unwrap());
+        assert_eq!(
+            (&restarted["inserted"], &restarted["status"]),
+            (&json!(0), &Value::Null),
+            "{restarted}"
+        );
+        assert_eq!(message(&s.next().await.unwrap())["inserted"], 1);
     }
 
     #[tokio::test]

@@ -8,6 +8,9 @@
 //! - collections: `<prefix>.<org>.collections.<collection_id>.<EventType>`
 //! - source connections: `<prefix>.<org>.source_connections.<source_connection_id>.<EventType>`
 //! - access events (organizations, API keys): never published (see [`Route::Skip`]).
+//! - worker lifecycles (no organization: they are the operator's, not a tenant's):
+//!   `<prefix>.workers.<worker_id>.<EventType>`; `workers` cannot be an organization id
+//!   (a UUID), so no per-organization subscription receives them.
 //!
 //! Only a stream's first event names its owner (org, source connection), so the router keeps
 //! a cache fed by the creation events it sees and reads the stream's first event on a miss
@@ -73,6 +76,14 @@ impl Router {
         let (kind, final_event) = match &ev.event {
             // Key hashes and webhook secrets are nobody's business on the bus.
             Event::Access(_) | Event::Webhook(_) => return Ok(Route::Skip),
+            Event::Worker(_) => {
+                let worker = stream::worker_id(&ev.stream_id).unwrap_or(&ev.stream_id);
+                return Ok(Route::Publish(format!(
+                    "{}.workers.{}.{event_type}",
+                    self.prefix,
+                    sanitize_token(worker)
+                )));
+            }
             Event::Job(e) => (Kind::Job, e.is_final()),
             Event::Collection(e) => (
                 Kind::Collection,
@@ -192,7 +203,7 @@ fn aggregate_token(ev: &RecordedEvent) -> String {
             .stream_id
             .strip_prefix(stream::SOURCE_CONNECTION_PREFIX)
             .and_then(|s| Uuid::parse_str(s).ok()),
-        Event::Access(_) | Event::Webhook(_) => None,
+        Event::Access(_) | Event::Webhook(_) | Event::Worker(_) => None,
     };
     id.map_or_else(|| sanitize_token(&ev.stream_id), |id| id.to_string())
 }

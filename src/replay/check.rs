@@ -181,6 +181,10 @@ impl StreamChecker {
             }
             self.last_counts = Some(after);
         }
+        // A resumed job's next run counts from nothing: the check starts again after it.
+        if let SyncJobEvent::JobResumed { .. } = event {
+            self.last_counts = None;
+        }
         if self.broken {
             return;
         }
@@ -244,6 +248,9 @@ fn counts_of(event: &SyncJobEvent) -> Option<EntityCounts> {
         | SyncJobEvent::JobFailed { counts, .. }
         | SyncJobEvent::Cancelled { counts, .. }
         | SyncJobEvent::ForceCancelled { counts, .. } => Some(*counts),
+        // The lost run's counts: not below the ones before it (checked as it is fed), and
+        // the next run's start from nothing (the feed forgets them after it).
+        SyncJobEvent::JobResumed { counts, .. } => Some(*counts),
         SyncJobEvent::JobCreated { .. }
         | SyncJobEvent::JobStarted { .. }
         | SyncJobEvent::CancelRequested { .. } => None,

@@ -227,6 +227,28 @@ pub fn essentials(e: &RecordedEvent) -> String {
                 reconciled_text(*counts_reconciled)
             )
         }
+        SyncJobEvent::JobResumed {
+            attempt,
+            lost_worker,
+            last_seen,
+            counts,
+            counts_reconciled,
+            handed_back,
+        } => {
+            let why = if *handed_back {
+                format!("handed back by {lost_worker} (draining)")
+            } else {
+                let seen = last_seen
+                    .map(|at| format!(" last_seen={}", absolute(at)))
+                    .unwrap_or_default();
+                format!("lost_worker={lost_worker}{seen}")
+            };
+            format!(
+                "attempt={attempt} {why} counts: {}{}",
+                counts_text(counts),
+                reconciled_text(*counts_reconciled)
+            )
+        }
         SyncJobEvent::ForceCancelled {
             timeout_seconds,
             requested_at,

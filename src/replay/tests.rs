@@ -273,10 +273,14 @@ async fn events_and_replay_say_when_final_counts_were_reconciled_from_the_destin
     exec(&store, id, start(), 10, "worker:w1").await.unwrap();
     let progress = JobCommand::RecordProgress { counts: counts(5) };
     exec(&store, id, progress, 20, "worker:w1").await.unwrap();
-    let interrupt = JobCommand::Interrupt {
+    // No resume allowed: the lost worker's job fails, with the destination's counts.
+    let rescue = JobCommand::Rescue {
+        lost_worker: "w1".into(),
+        last_seen: None,
+        max_resumes: 0,
         durable: Some(counts(9)),
     };
-    exec(&store, id, interrupt, 5000, "recovery").await.unwrap();
+    exec(&store, id, rescue, 5000, "recovery").await.unwrap();
     let (code, out) = run_cmd(
         DebugCommand::Events {
             job_id: id,
@@ -300,6 +304,56 @@ async fn events_and_replay_say_when_final_counts_were_reconciled_from_the_destin
     let (code, out) = run_cmd(replay_cmd(id, None, false), Some(store), false).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"counts_reconciled\":true"), "{out}");
+    assert!(!out.contains("problems"), "{out}");
+}
+
+#[tokio::test]
+async fn a_resumed_job_shows_its_lost_worker_and_its_next_runs_counts_are_not_a_problem() {
+    let store = InMemoryStore::new();
+    let id = job(3);
+    exec(&store, id, create(id), 0, "api-key:k1").await.unwrap();
+    exec(&store, id, start(), 10, "worker:w1").await.unwrap();
+    let progress = JobCommand::RecordProgress { counts: counts(5) };
+    exec(&store, id, progress, 20, "worker:w1").await.unwrap();
+    let rescue = JobCommand::Rescue {
+        lost_worker: "w1".into(),
+        last_seen: Some(at(15)),
+        max_resumes: 1,
+        durable: Some(counts(7)),
+    };
+    exec(&store, id, rescue, 40_000, "recovery").await.unwrap();
+    let again = JobCommand::Start {
+        worker: "w2".into(),
+    };
+    exec(&store, id, again, 40_100, "worker:w2").await.unwrap();
+    // The resumed run counts from nothing: lower than the lost run's, and no problem.
+    let progress = JobCommand::RecordProgress { counts: counts(2) };
+    exec(&store, id, progress, 40_200, "worker:w2")
+        .await
+        .unwrap();
+    let done = JobCommand::Complete { counts: counts(10) };
+    exec(&store, id, done, 40_300, "worker:w2").await.unwrap();
+    let (code, out) = run_cmd(
+        DebugCommand::Events {
+            job_id: id,
+            server: ServerArgs::default(),
+        },
+        Some(store.clone()),
+        false,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let resumed = rows(&out)[4];
+    assert!(
+        resumed.contains("JobResumed")
+            && resumed.contains("attempt=1 lost_worker=w1 last_seen=")
+            && resumed.contains("counts: inserted=7 (reconciled from the destination)"),
+        "{out}"
+    );
+    let events = store.read_stream(&stream::job(id), 0).await.unwrap();
+    assert_eq!(crate::replay::check::check_stream(&events), vec![]);
+    let (code, out) = run_cmd(replay_cmd(id, None, false), Some(store), false).await;
+    assert_eq!(code, 0, "{out}");
     assert!(!out.contains("problems"), "{out}");
 }
 

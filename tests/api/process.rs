@@ -585,7 +585,7 @@ async fn a_second_server_on_the_same_data_directory_refuses_to_start_and_names_t
         "the refusal names the directory and the holder's pid: {stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    // The first server's job was left alone: still running, not "failed: interrupted".
+    // The first server's job was left alone: still running, not resumed or failed.
     let (_, body) = get(&client, &first, key, &sc_path).await;
     assert_eq!(body["sync"]["last_job"]["status"], "running", "{body}");
 
@@ -593,12 +593,18 @@ async fn a_second_server_on_the_same_data_directory_refuses_to_start_and_names_t
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     assert!(dir.join("serve.lock").exists());
-    let second = start(&dir, &env);
+    // With no resume allowed (SYNCJOBS_MAX_RESUMES=0) the interrupted job fails at once,
+    // naming its lost worker, instead of running again for 30 s.
+    let second = start(&dir, &[env[0], ("SYNCJOBS_MAX_RESUMES", "0")]);
     let body = wait_until(&client, &second, key, &sc_path, "recovered", |b| {
         b["sync"]["last_job"]["status"] != "running"
     })
     .await;
     assert_eq!(body["sync"]["last_job"]["status"], "failed", "{body}");
+    assert_eq!(
+        body["sync"]["last_job"]["error_category"], "worker_lost",
+        "{body}"
+    );
 }
 
 #[cfg(unix)]

@@ -5,6 +5,7 @@ use crate::helpers::{id, spawn, spawn_app, Options};
 use serde_json::json;
 use std::sync::Arc;
 use syncjobs::backend::ReadModelAt;
+use syncjobs_domain::SyncJobEvent;
 use syncjobs_store_postgres::testkit;
 
 async fn snapshot_of_answers(
@@ -179,9 +180,10 @@ async fn a_first_start_without_any_key_makes_one_once() {
 }
 
 /// A restart finds, through the read model, the jobs the old process left unfinished: the
-/// running one fails as interrupted, the cancelling one keeps the deadline it was given.
+/// running one is resumed (SYNCJOBS_MAX_RESUMES, default 1) and runs again, the cancelling
+/// one keeps the deadline it was given.
 #[actix_web::test]
-async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
+async fn a_restart_resumes_interrupted_jobs_and_keeps_cancel_deadlines() {
     let options = |store, data_dir, key| Options {
         store,
         data_dir,
@@ -220,10 +222,43 @@ async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
     ))
     .await
     .app;
-    let failed = second.wait_status(running_sc, running, "failed").await;
+    // Resumed, with the rows its lost run wrote, and claimed again.
+    let resumed_with = async {
+        loop {
+            let events = second.job_events(running).await;
+            let types: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
+            if types.ends_with(&["JobResumed", "JobStarted"])
+                || types.ends_with(&["JobResumed", "JobStarted", "ProgressRecorded"])
+            {
+                let resumed = events.iter().find_map(|e| match e.job_event() {
+                    Some(r @ SyncJobEvent::JobResumed { .. }) => Some(r.clone()),
+                    _ => None,
+                });
+                break resumed;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let resumed = tokio::time::timeout(std::time::Duration::from_secs(10), resumed_with)
+        .await
+        .expect("resumed and claimed again within 10 s");
+    let Some(SyncJobEvent::JobResumed {
+        attempt: 1,
+        counts_reconciled: true,
+        counts: lost_run,
+        ..
+    }) = resumed
+    else {
+        panic!("{resumed:?}");
+    };
+    assert!(
+        lost_run.inserted <= second.entity_count(running_sc).await,
+        "{lost_run:?}"
+    );
     assert_eq!(
-        failed["error"],
-        "interrupted: the service stopped while the job was running"
+        second.job(running_sc, running).await["status"],
+        "running",
+        "running again"
     );
     // Unless the restart itself outlasted the deadline (a loaded machine), the job is still
     // waiting for it.
@@ -247,18 +282,14 @@ async fn a_restart_fails_interrupted_jobs_and_keeps_cancel_deadlines() {
         forced["entities_inserted"],
         second.entity_count(stuck_sc).await
     );
-    assert_eq!(failed["error_details"], json!({"counts_reconciled": true}));
-    assert_eq!(
-        failed["entities_inserted"],
-        second.entity_count(running_sc).await
-    );
 }
 
 /// A process died while its job ran: the log has the job's start and a progress report of 3
-/// entities, the destination 10 rows the job wrote after it. The next start fails the job
-/// as interrupted with the destination's counts, and says they were reconciled.
+/// entities, the destination 10 rows the job wrote after it. The next start resumes the job
+/// recording the destination's counts (and that they were reconciled); the resumed run
+/// finds those rows there (kept) and completes with every entity in the destination.
 #[actix_web::test]
-async fn a_job_interrupted_by_a_crash_shows_the_rows_it_wrote_not_its_last_progress_report() {
+async fn a_job_interrupted_by_a_crash_is_resumed_with_the_rows_it_wrote_and_completes() {
     use syncjobs_actors::pipeline::Entity;
     use syncjobs_domain::events::stream;
     use syncjobs_domain::{EntityCounts, ExpectedVersion, Metadata, NewEvent, SyncJobEvent};
@@ -321,24 +352,37 @@ async fn a_job_interrupted_by_a_crash_shows_the_rows_it_wrote_not_its_last_progr
     })
     .await
     .app;
-    let failed = second.wait_status(sc, job, "failed").await;
-    assert_eq!(failed["entities_inserted"], 10, "{failed}");
-    assert_eq!(
-        failed["entities_inserted"],
-        second.get(&format!("/source-connections/{sc}")).await.1["entities"]["total_entities"],
-        "the job's counts are what the destination holds"
-    );
-    assert_eq!(failed["error_category"], "interrupted");
-    assert_eq!(failed["error_details"], json!({"counts_reconciled": true}));
-    let last = second.job_events(job).await.pop().unwrap();
+    let completed = second.wait_status(sc, job, "completed").await;
+    let events = second.job_events(job).await;
+    let resumed = events.iter().find_map(|e| match e.job_event() {
+        Some(r @ SyncJobEvent::JobResumed { .. }) => Some(r.clone()),
+        _ => None,
+    });
     assert!(
         matches!(
-            last.job_event(),
-            Some(SyncJobEvent::JobFailed {
+            resumed,
+            Some(SyncJobEvent::JobResumed {
+                attempt: 1,
+                counts: EntityCounts { inserted: 10, .. },
                 counts_reconciled: true,
                 ..
             })
         ),
-        "{last:?}"
+        "the lost run's counts are the destination's 10 rows, not its report of 3: {resumed:?}"
+    );
+    // The resumed run is a whole sync: the source's 50 entities and their container are
+    // in the destination, and the 10 rows written before the crash (ids e-0..e-9, which
+    // this source does not yield) are removed as any stale rows are.
+    let total = second.get(&format!("/source-connections/{sc}")).await.1["entities"]
+        ["total_entities"]
+        .clone();
+    assert_eq!(total, 51, "{completed}");
+    assert_eq!(
+        (
+            &completed["entities_inserted"],
+            &completed["entities_deleted"]
+        ),
+        (&json!(51), &json!(10)),
+        "{completed}"
     );
 }

@@ -13,6 +13,7 @@ use node::{Cluster, ClusterSpec};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use syncjobs_domain::events::{Event, WorkerEvent};
 use syncjobs_domain::{RecordedEvent, SyncJobEvent};
 use uuid::Uuid;
 
@@ -457,4 +458,269 @@ fn a_worker_refuses_to_start_on_the_embedded_store() {
         !dir.path().join("read_model.db").exists(),
         "refused before it touched anything"
     );
+}
+
+/// Heartbeat every second, lost after 3 s of silence: short, so the tests stay short.
+const LIVENESS: (u64, u64) = (1, 3);
+
+fn resumes(events: &[RecordedEvent]) -> Vec<(u32, String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e.job_event() {
+            Some(SyncJobEvent::JobResumed {
+                attempt,
+                lost_worker,
+                handed_back,
+                ..
+            }) => Some((*attempt, lost_worker.clone(), *handed_back)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finals(events: &[RecordedEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| e.job_event().is_some_and(|e| e.is_final()))
+        .count()
+}
+
+/// The connection's entities in the (shared) destination, as an API node shows them.
+async fn entities(api: &node::Http, sc: Uuid) -> u64 {
+    let (status, body) = api.get(&format!("/source-connections/{sc}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["entities"]["total_entities"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_workers_job_is_resumed_on_another_worker_and_completes_with_every_entity() {
+    let Some(cluster) = Cluster::start(ClusterSpec {
+        liveness: Some(LIVENESS),
+        ..ClusterSpec::default()
+    })
+    .await
+    else {
+        return;
+    };
+    bounded(async {
+        let api1 = cluster.api(0);
+        let sc = api1
+            .connection(json!({"entity_count": 400, "duration_seconds": 6}))
+            .await;
+        let job = api1.run(sc).await;
+        api1.wait_job(sc, job, "writing", |j| {
+            j["entities_inserted"].as_u64() > Some(0)
+        })
+        .await;
+        let owner = starts(&cluster.events(job).await);
+        let owner = (0..3)
+            .find(|&w| owner == [cluster.worker_id(w)])
+            .expect("a worker of the cluster runs it");
+        let killed_at = chrono::Utc::now();
+        cluster.kill_worker(owner);
+
+        let done = cluster
+            .api(1)
+            .wait_job(sc, job, "completed", |j| j["status"] == "completed")
+            .await;
+        let events = cluster.events(job).await;
+        let lost_id = cluster.worker_id(owner);
+        assert_eq!(
+            resumes(&events),
+            [(1, lost_id.clone(), false)],
+            "{events:?}"
+        );
+        let started = starts(&events);
+        assert_eq!(started.len(), 2, "{started:?}");
+        assert_eq!(started[0], lost_id);
+        assert_ne!(started[1], lost_id, "resumed on another worker");
+        assert_eq!(finals(&events), 1, "{events:?}");
+        assert_eq!(events.last().map(|e| e.event_type()), Some("JobCompleted"));
+        // The source's 400 entities and their container, each once.
+        assert_eq!(entities(api1, sc).await, 401, "{done}");
+        // Declared lost once, by one of the two live workers, within the timeout plus a
+        // heartbeat interval (the look) plus slack.
+        let lost: Vec<(String, chrono::DateTime<chrono::Utc>)> = cluster
+            .worker_events(owner)
+            .await
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::Worker(WorkerEvent::WorkerLost { detected_by, .. }) => {
+                    Some((detected_by.clone(), e.recorded_at))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_ne!(lost[0].0, lost_id);
+        let resumed_at = events
+            .iter()
+            .find(|e| e.event_type() == "JobResumed")
+            .map(|e| e.recorded_at)
+            .unwrap();
+        let after = (resumed_at - killed_at).num_milliseconds();
+        eprintln!("SIGKILL -> JobResumed: {after} ms (timeout 3 s, heartbeat 1 s)");
+        assert!(
+            (0..3_000 + 1_000 + 1_500).contains(&after),
+            "resumed {after} ms after the kill"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_every_node_while_jobs_run_and_cancel_then_restart_each_job_ends_once() {
+    let Some(mut cluster) = Cluster::start(ClusterSpec {
+        liveness: Some(LIVENESS),
+        cancel_timeout_seconds: 3,
+        ..ClusterSpec::default()
+    })
+    .await
+    else {
+        return;
+    };
+    bounded(async {
+        let api1 = cluster.api(0).clone();
+        let collection = api1.collection().await;
+        let mut jobs = Vec::new();
+        for i in 0..8 {
+            let config = json!({
+                "entity_count": 200, "duration_seconds": 4, "seed": i,
+                "ignore_cancel": i % 4 == 3,
+            });
+            let (sc, _) = api1.connection_in(&collection, config, false).await;
+            jobs.push((sc, api1.run(sc).await));
+        }
+        for &(sc, job) in &jobs {
+            api1.wait_job(sc, job, "writing", |j| {
+                j["entities_inserted"].as_u64() > Some(0)
+            })
+            .await;
+        }
+        // Cancels on both API nodes (two of them to jobs that ignore them), then every node
+        // dies at once.
+        let mut cancelled = HashSet::new();
+        for (i, &(sc, job)) in jobs.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+            let (status, body) = cluster
+                .api(i % 2)
+                .post(&node::cancel_path(sc, job), None)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            cancelled.insert(job);
+        }
+        cluster.kill_all();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.restart_all().await;
+
+        let ids: HashSet<Uuid> = jobs.iter().map(|(_, j)| *j).collect();
+        let log = cluster
+            .wait_log(|log| {
+                ids.iter().all(|j| {
+                    log.get(j)
+                        .and_then(|events| events.last())
+                        .and_then(|e| e.job_event())
+                        .is_some_and(|e| e.is_final())
+                })
+            })
+            .await;
+        // Give every node time to act on a job twice if it were going to.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for &(sc, job) in &jobs {
+            let events = cluster.events(job).await;
+            assert_eq!(
+                events.len(),
+                log[&job].len(),
+                "nothing after the end: {events:?}"
+            );
+            assert_eq!(finals(&events), 1, "{events:?}");
+            let last = events.last().map(|e| e.event_type()).unwrap_or_default();
+            if cancelled.contains(&job) {
+                assert!(
+                    ["Cancelled", "ForceCancelled"].contains(&last),
+                    "a cancelled job ends cancelled: {events:?}"
+                );
+            } else {
+                // Resumed at most once (the limit), then run to its end.
+                assert!(resumes(&events).len() <= 1, "{events:?}");
+                assert_eq!(last, "JobCompleted", "{events:?}");
+                // Asked of a restarted node: the one before has another port now.
+                assert_eq!(entities(cluster.api(0), sc).await, 201, "{events:?}");
+            }
+        }
+        // The kill cut runs off: they were resumed, not failed.
+        let resumed = jobs
+            .iter()
+            .filter(|(_, job)| !cancelled.contains(job) && !resumes(&log[job]).is_empty())
+            .count();
+        eprintln!("{resumed} of 4 running jobs resumed after the restart");
+        assert!(resumed > 0, "no run was cut off by the kill");
+        let (clean, report) = cluster.verify();
+        assert!(clean, "syncjobs verify: {report}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_a_worker_and_another_worker_completes_its_handed_back_job() {
+    let Some(mut cluster) = Cluster::start(ClusterSpec {
+        liveness: Some(LIVENESS),
+        drain_seconds: Some(1),
+        ..ClusterSpec::default()
+    })
+    .await
+    else {
+        return;
+    };
+    bounded(async {
+        let api1 = cluster.api(0).clone();
+        let sc = api1
+            .connection(json!({"entity_count": 400, "duration_seconds": 6}))
+            .await;
+        let job = api1.run(sc).await;
+        api1.wait_job(sc, job, "writing", |j| {
+            j["entities_inserted"].as_u64() > Some(0)
+        })
+        .await;
+        let owner = starts(&cluster.events(job).await);
+        let owner = (0..3)
+            .find(|&w| owner == [cluster.worker_id(w)])
+            .expect("a worker of the cluster runs it");
+        let owner_id = cluster.worker_id(owner);
+        let status = cluster.stop_worker(owner).await;
+        assert!(status.success(), "{status:?}");
+        let stream = cluster.worker_events(owner).await;
+        assert!(
+            matches!(
+                stream.last().map(|e| &e.event),
+                Some(Event::Worker(WorkerEvent::WorkerStopped {
+                    handed_back: 1,
+                    ..
+                }))
+            ),
+            "{stream:?}"
+        );
+        api1.wait_job(sc, job, "completed", |j| j["status"] == "completed")
+            .await;
+        let events = cluster.events(job).await;
+        assert_eq!(
+            resumes(&events),
+            [(0, owner_id.clone(), true)],
+            "{events:?}"
+        );
+        let started = starts(&events);
+        assert_eq!(started.len(), 2, "{started:?}");
+        assert_ne!(started[1], owner_id);
+        assert_eq!(entities(&api1, sc).await, 401);
+        // Past the timeout: a stopped worker is not declared lost.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(
+            !cluster
+                .worker_events(owner)
+                .await
+                .iter()
+                .any(|e| matches!(e.event, Event::Worker(WorkerEvent::WorkerLost { .. }))),
+            "a stopped worker is not lost"
+        );
+    })
+    .await;
 }

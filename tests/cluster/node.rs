@@ -35,6 +35,11 @@ pub struct ClusterSpec {
     pub workers: usize,
     pub worker_capacity: Option<u32>,
     pub cancel_timeout_seconds: u64,
+    /// SYNCJOBS_WORKER_HEARTBEAT_SECONDS and SYNCJOBS_WORKER_TIMEOUT_SECONDS (None: the
+    /// defaults, 5 and 30).
+    pub liveness: Option<(u64, u64)>,
+    /// SYNCJOBS_DRAIN_SECONDS (None: the default, 20).
+    pub drain_seconds: Option<u64>,
 }
 
 impl Default for ClusterSpec {
@@ -46,6 +51,8 @@ impl Default for ClusterSpec {
             // Long: a cancel that a worker does not confirm shows as a timeout of the test,
             // not as a forced cancel that looks like success.
             cancel_timeout_seconds: 120,
+            liveness: None,
+            drain_seconds: None,
         }
     }
 }
@@ -53,10 +60,12 @@ impl Default for ClusterSpec {
 /// One `syncjobs serve` process.
 pub struct Node {
     pub id: String,
+    role: &'static str,
     child: Child,
     pub http: Http,
     logs: Arc<Mutex<String>>,
-    _data_dir: tempfile::TempDir,
+    /// Kept for a restart of the node on the same directory; removed when dropped.
+    data_dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Node {
@@ -79,6 +88,10 @@ pub struct Cluster {
     apis: Vec<Node>,
     workers: Vec<Node>,
     store: Arc<dyn EventStore>,
+    /// What a restart needs: the database, the key and the settings.
+    url: String,
+    key: String,
+    spec: ClusterSpec,
     /// Held while the cluster lives: see [`ONE_AT_A_TIME`].
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
@@ -108,14 +121,15 @@ impl Drop for Cluster {
 }
 
 fn start_node(
-    role: &str,
+    role: &'static str,
     id: &str,
     url: &str,
     key: &str,
     spec: &ClusterSpec,
+    data_dir: Option<tempfile::TempDir>,
 ) -> std::thread::JoinHandle<Node> {
     let mut cmd = Command::new(BIN);
-    let data_dir = tempfile::tempdir().expect("a data directory");
+    let data_dir = data_dir.unwrap_or_else(|| tempfile::tempdir().expect("a data directory"));
     cmd.env_clear()
         .arg("serve")
         .env("SYNCJOBS_ROLE", role)
@@ -132,6 +146,13 @@ fn start_node(
         .env("SYNCJOBS_HTTP_WORKERS", "2");
     if let Some(c) = spec.worker_capacity {
         cmd.env("SYNCJOBS_WORKER_CAPACITY", c.to_string());
+    }
+    if let Some(drain) = spec.drain_seconds {
+        cmd.env("SYNCJOBS_DRAIN_SECONDS", drain.to_string());
+    }
+    if let Some((heartbeat, timeout)) = spec.liveness {
+        cmd.env("SYNCJOBS_WORKER_HEARTBEAT_SECONDS", heartbeat.to_string())
+            .env("SYNCJOBS_WORKER_TIMEOUT_SECONDS", timeout.to_string());
     }
     // The kernel kills the node if the thread that started it ends (a test process killed
     // outright included): no orphan keeps the port or the database.
@@ -176,6 +197,7 @@ fn start_node(
     std::thread::spawn(move || {
         let node = |base: String| Node {
             id: id.clone(),
+            role,
             child,
             http: Http {
                 base,
@@ -186,7 +208,7 @@ fn start_node(
                     .expect("a client"),
             },
             logs: logs.clone(),
-            _data_dir: data_dir,
+            data_dir: Some(data_dir),
         };
         match rx.recv_timeout(START_BOUND) {
             Ok(address) => node(format!("http://{address}")),
@@ -219,7 +241,7 @@ impl Cluster {
         // Started from this (the test's) thread, which outlives the cluster: the kernel's
         // parent-death signal follows the thread that forked, and a blocking pool's thread
         // may end while the node still runs.
-        let first = start_node("api", &format!("api-1-{run}"), &url, &key, &spec);
+        let first = start_node("api", &format!("api-1-{run}"), &url, &key, &spec, None);
         let first = tokio::task::spawn_blocking(move || first.join())
             .await
             .expect("a join")
@@ -233,7 +255,7 @@ impl Cluster {
         }
         let handles: Vec<(&str, std::thread::JoinHandle<Node>)> = starting
             .iter()
-            .map(|(role, id)| (*role, start_node(role, id, &url, &key, &spec)))
+            .map(|(role, id)| (*role, start_node(role, id, &url, &key, &spec, None)))
             .collect();
         let mut apis = vec![first];
         let mut workers = Vec::new();
@@ -257,6 +279,9 @@ impl Cluster {
             apis,
             workers,
             store,
+            url,
+            key,
+            spec,
             _turn: turn,
         };
         if let Some(e) = failed {
@@ -284,6 +309,87 @@ impl Cluster {
         // SAFETY: a signal to a child this test started and has not reaped yet.
         let sent = unsafe { libc::kill(pid, libc::SIGKILL) };
         assert_eq!(sent, 0, "SIGKILL to {}", self.workers[i].id);
+    }
+
+    /// SIGKILL to every node at once (the database stays): nothing is written on the way.
+    pub fn kill_all(&mut self) {
+        for node in self.apis.iter_mut().chain(self.workers.iter_mut()) {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+
+    /// Starts every node again, each with its id and data directory, the API nodes first
+    /// (sequentially, as at the start), and waits until each answers.
+    pub async fn restart_all(&mut self) {
+        let nodes: Vec<Node> = self.apis.drain(..).chain(self.workers.drain(..)).collect();
+        let mut handles = Vec::new();
+        for mut node in nodes {
+            let (role, id, dir) = (node.role, node.id.clone(), node.data_dir.take());
+            drop(node);
+            handles.push(start_node(role, &id, &self.url, &self.key, &self.spec, dir));
+        }
+        let started = tokio::task::spawn_blocking(move || {
+            handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+        })
+        .await
+        .expect("a join");
+        for node in started {
+            let node = node.unwrap_or_else(|e| std::panic::resume_unwind(e));
+            if node.role == "api" {
+                self.apis.push(node);
+            } else {
+                self.workers.push(node);
+            }
+        }
+        for node in self.apis.iter().chain(&self.workers) {
+            let (status, body) = node.http.get("/health").await;
+            assert_eq!(status, 200, "{}: {body}", node.id);
+        }
+    }
+
+    /// SIGTERM to worker `i`: a graceful stop (it drains); waits until it exits (bounded).
+    pub async fn stop_worker(&mut self, i: usize) -> std::process::ExitStatus {
+        let pid = self.workers[i].child.id() as libc::pid_t;
+        // SAFETY: a signal to a child this test started and has not reaped yet.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM to {}", self.workers[i].id);
+        let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+        loop {
+            if let Some(status) = self.workers[i].child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not stop",
+                self.workers[i].id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `syncjobs verify` over the shared database: its exit status and output.
+    pub fn verify(&self) -> (bool, String) {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("SYNCJOBS_STORE", &self.url)
+            .arg("verify")
+            .output()
+            .expect("verify runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// The events of a worker's stream.
+    pub async fn worker_events(&self, i: usize) -> Vec<RecordedEvent> {
+        self.store
+            .read_stream(&stream::worker(&self.workers[i].id), 0)
+            .await
+            .expect("the log reads")
     }
 
     pub fn worker_id(&self, i: usize) -> String {

@@ -97,4 +97,20 @@ impl EventStore for FaultyStore {
             .clone()
             .or_else(|| self.inner.write_failure())
     }
+
+    /// Heartbeats are writes too: refused while writes are.
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        if let Some(cause) = lock(&self.fault).clone() {
+            return Err(StoreError::Unavailable { cause });
+        }
+        self.inner.heartbeat(worker, at).await
+    }
+
+    async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        self.inner.heartbeats().await
+    }
 }

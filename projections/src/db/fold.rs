@@ -586,6 +586,9 @@ impl<R: Rows> Batch<'_, R> {
                 self.apply_webhook(w, &e.stream_id, e.event_id, at, position)
                     .await?
             }
+            // Worker lifecycles are not part of what the API reads; what they do to jobs
+            // (JobResumed, JobFailed, Cancelled) is on the jobs' own streams.
+            Event::Worker(_) => {}
         }
         Ok(())
     }
@@ -1050,7 +1053,9 @@ impl<R: Rows> Batch<'_, R> {
                     }),
                 )
             }
-            Event::Job(_) | Event::Access(_) | Event::Webhook(_) => return Ok(None),
+            Event::Job(_) | Event::Access(_) | Event::Webhook(_) | Event::Worker(_) => {
+                return Ok(None)
+            }
         };
         Ok(self
             .wanted(org, meta.event_type)

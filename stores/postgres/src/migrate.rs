@@ -18,6 +18,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "entities",
         include_str!("../migrations/0002_entities.sql"),
     ),
+    (
+        3,
+        "worker_heartbeats",
+        include_str!("../migrations/0003_worker_heartbeats.sql"),
+    ),
 ];
 
 /// The advisory lock key migrations are applied under ("syncjobs" + 0).

@@ -474,6 +474,63 @@ impl EventStore for PgStore {
     fn connection_failure(&self) -> Option<String> {
         lock(&self.shared.unreachable).clone()
     }
+
+    /// An upsert of the worker's row; a beat older than the stored one (a retry that lost a
+    /// race) leaves it as it is.
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        let pool = self.shared.pool.clone();
+        let bound = self.shared.timeouts.operation;
+        let worker = worker.to_owned();
+        self.on_runtime(async move {
+            let client = pool.get().await.map_err(|e| pool_error(&e))?;
+            bounded(bound, client, async |client| {
+                client
+                    .execute(
+                        "INSERT INTO syncjobs_worker_heartbeats (worker, seen_at) VALUES ($1, $2) \
+                         ON CONFLICT (worker) DO UPDATE SET seen_at = \
+                         GREATEST(syncjobs_worker_heartbeats.seen_at, EXCLUDED.seen_at)",
+                        &[&worker, &at],
+                    )
+                    .await
+            })
+            .await?
+            .map_err(|e| store_error(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        let pool = self.shared.pool.clone();
+        let bound = self.shared.timeouts.operation;
+        self.on_runtime(async move {
+            let client = pool.get().await.map_err(|e| pool_error(&e))?;
+            let rows = bounded(bound, client, async |client| {
+                client
+                    .query(
+                        "SELECT worker, seen_at FROM syncjobs_worker_heartbeats",
+                        &[],
+                    )
+                    .await
+            })
+            .await?
+            .map_err(|e| store_error(&e))?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<_, String>(0).map_err(|e| store_error(&e))?,
+                        r.try_get::<_, chrono::DateTime<chrono::Utc>>(1)
+                            .map_err(|e| store_error(&e))?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
 }
 
 /// Serialises the body off the writer, which then does nothing but database work.

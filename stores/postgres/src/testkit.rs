@@ -172,6 +172,18 @@ impl EventStore for OwningStore {
     fn connection_failure(&self) -> Option<String> {
         self.store.connection_failure()
     }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        self.store.heartbeat(worker, at).await
+    }
+
+    async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        self.store.heartbeats().await
+    }
 }
 
 /// What a [`FaultProxy`] does with the traffic.

@@ -47,7 +47,8 @@ async fn nodes_starting_together_apply_each_migration_once() {
             "syncjobs_entities",
             "syncjobs_entity_writes",
             "syncjobs_events",
-            "syncjobs_migrations"
+            "syncjobs_migrations",
+            "syncjobs_worker_heartbeats"
         ]
     );
 }
@@ -85,4 +86,41 @@ async fn a_reading_command_creates_nothing_and_a_newer_schema_is_refused() {
         .expect("refused")
         .to_string();
     assert!(e.contains("schema version 999 is newer"), "{e}");
+}
+
+/// Heartbeats are one row per worker, overwritten, shared by every node on the database, and
+/// never events: the log's head does not move however often workers beat. A late (older)
+/// beat never moves a worker back in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_one_row_per_worker_shared_by_every_node_and_no_event() {
+    use chrono::{TimeZone, Utc};
+    use syncjobs_domain::EventStore;
+    let Some(admin) =
+        admin_url("heartbeats_are_one_row_per_worker_shared_by_every_node_and_no_event")
+    else {
+        return;
+    };
+    let db = TestDb::create(&admin).await;
+    let (a, b) = (db.store().await, db.store().await);
+    let at = |s: i64| Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap();
+    for i in 0..50 {
+        a.heartbeat("w1", at(i)).await.unwrap();
+    }
+    b.heartbeat("w2", at(7)).await.unwrap();
+    a.heartbeat("w1", at(3)).await.unwrap();
+    let mut seen = b.heartbeats().await.unwrap();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![("w1".to_owned(), at(49)), ("w2".to_owned(), at(7))]
+    );
+    assert_eq!(*a.watch_head().borrow(), 0, "no event written");
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM syncjobs_worker_heartbeats", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2);
 }
