@@ -704,6 +704,25 @@ mod tests {
             }),
             Some("sync.cancelled")
         );
+        assert_eq!(
+            job(SyncJobEvent::JobResumed {
+                attempt: 1,
+                lost_worker: "w".into(),
+                last_seen: None,
+                counts: EntityCounts::default(),
+                counts_reconciled: true,
+                handed_back: false,
+            }),
+            Some("sync.pending"),
+            "a resumed job is pending again"
+        );
+        assert_eq!(
+            webhook_event_type(&Event::Worker(crate::WorkerEvent::WorkerStopped {
+                id: "w".into(),
+                handed_back: 0,
+            })),
+            None
+        );
         for t in ["sync.pending", "sync.cancelling", "collection.deleted"] {
             assert!(EVENT_TYPES.contains(&t));
         }
