@@ -296,6 +296,42 @@ async fn a_cancelled_sync_sends_cancelling_then_cancelled_and_nothing_after() {
 }
 
 #[actix_web::test]
+async fn a_forced_cancel_s_sync_cancelled_says_it_was_forced() {
+    let app = spawn_app_with(Options {
+        cancel_timeout_seconds: 2,
+        ..Options::default()
+    })
+    .await;
+    let r = Receiver::start(0, &[]);
+    let (_, secret) = subscribe(&app, &app.key, &r.url("/h"), &["sync.cancelled"]).await;
+    // A source deaf to cancel: only the watchdog ends its job.
+    let sc = app
+        .idle_connection(
+            json!({"entity_count": 1000, "duration_seconds": 30, "ignore_cancel": true}),
+        )
+        .await;
+    let job = id(&app.run(sc).await);
+    app.wait_status(sc, job, "running").await;
+    let (status, body) = app
+        .post_empty(&format!("/source-connections/{sc}/jobs/{job}/cancel"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_status(sc, job, "cancelled").await;
+    let got = r.wait_for("/h", 1).await;
+    got[0].verify(&secret);
+    let payload = got[0].json();
+    assert_eq!(payload["event_type"], "sync.cancelled");
+    assert_eq!(payload["sync_job_id"], job.to_string());
+    assert_eq!(payload["status"], "cancelled");
+    let error = payload["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("forced by the watchdog") && error.contains("2 seconds"),
+        "{payload}"
+    );
+    assert_eq!(r.settled("/h").await, ["sync.cancelled"]);
+}
+
+#[actix_web::test]
 async fn a_500_is_retried_on_the_schedule_until_a_200_and_a_dead_end_stops() {
     let app = spawn_app_with(Options {
         settings: |s| {
