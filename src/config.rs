@@ -220,6 +220,26 @@ pub struct Settings {
     #[arg(long, env = "SYNCJOBS_NATS_SUBJECT_PREFIX", default_value = crate::bus::DEFAULT_SUBJECT_PREFIX)]
     pub nats_subject_prefix: String,
 
+    /// Milliseconds one webhook delivery attempt may take (connecting included); past it the
+    /// attempt has failed and is retried on the schedule.
+    #[arg(long, env = "SYNCJOBS_WEBHOOK_TIMEOUT_MS", default_value_t = 15_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// Seconds between a failed webhook attempt and the next, one number per retry,
+    /// comma-separated (Svix's schedule by default); after the last, the delivery has failed.
+    #[arg(
+        long,
+        env = "SYNCJOBS_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "5,300,1800,7200,18000,36000",
+        value_parser = parse_schedule
+    )]
+    pub webhook_retry_schedule: Schedule,
+
+    /// Webhook delivery attempts in flight at once, over all subscriptions (each
+    /// subscription has at most one).
+    #[arg(long, env = "SYNCJOBS_WEBHOOK_CONCURRENCY", default_value_t = 32)]
+    pub webhook_concurrency: usize,
+
     /// Log filter (`info`, `syncjobs=debug,actix_web=info`, ...).
     #[arg(long, env = "SYNCJOBS_LOG", default_value = "info")]
     pub log: String,
@@ -267,11 +287,38 @@ impl Default for Settings {
             nats_url: None,
             nats_stream: crate::bus::DEFAULT_STREAM.into(),
             nats_subject_prefix: crate::bus::DEFAULT_SUBJECT_PREFIX.into(),
+            webhook_timeout_ms: 15_000,
+            webhook_retry_schedule: Schedule(crate::webhooks::dispatch::SVIX_SCHEDULE.to_vec()),
+            webhook_concurrency: 32,
             log: "info".into(),
             log_format: LogFormat::Pretty,
             handle_signals: true,
         }
     }
+}
+
+/// Delays between webhook attempts (`SYNCJOBS_WEBHOOK_RETRY_SCHEDULE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule(pub Vec<Duration>);
+
+/// `5,300,1800`: seconds, fractions allowed (`0.05`), each at most a week.
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    if s.trim().is_empty() {
+        return Ok(Schedule(Vec::new()));
+    }
+    s.split(',')
+        .map(|part| {
+            let secs: f64 = part
+                .trim()
+                .parse()
+                .map_err(|_| format!("not a number of seconds: {part:?}"))?;
+            if !(0.0..=7.0 * 86_400.0).contains(&secs) {
+                return Err(format!("{secs} s is not between 0 and a week"));
+            }
+            Ok(Duration::from_secs_f64(secs))
+        })
+        .collect::<Result<_, _>>()
+        .map(Schedule)
 }
 
 /// The read model's database file in the data directory.
@@ -291,6 +338,16 @@ impl Settings {
         crate::app::Settings {
             read_your_writes_timeout: Duration::from_millis(self.read_your_writes_timeout_ms),
             delete_wait: Duration::from_secs(self.delete_wait_seconds),
+        }
+    }
+
+    /// The webhook dispatcher's bounds and retry schedule.
+    pub fn webhooks(&self) -> crate::webhooks::dispatch::DispatchConfig {
+        crate::webhooks::dispatch::DispatchConfig {
+            timeout: Duration::from_millis(self.webhook_timeout_ms.max(1)),
+            schedule: self.webhook_retry_schedule.0.clone(),
+            concurrency: self.webhook_concurrency.max(1),
+            ..Default::default()
         }
     }
 
@@ -401,6 +458,9 @@ mod tests {
         assert_eq!(parsed.keep_alive_seconds, d.keep_alive_seconds);
         assert_eq!(parsed.max_connections, d.max_connections);
         assert!(parsed.handle_signals);
+        assert_eq!(parsed.webhook_retry_schedule, d.webhook_retry_schedule);
+        assert_eq!(parsed.webhook_timeout_ms, d.webhook_timeout_ms);
+        assert_eq!(parsed.webhook_concurrency, d.webhook_concurrency);
         if std::env::var_os("SYNCJOBS_ROLE").is_none() {
             assert_eq!(parsed.role, Role::All);
         }
@@ -440,6 +500,22 @@ mod tests {
             };
             assert!(s.node_id().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_retry_schedule_is_seconds_separated_by_commas() {
+        assert_eq!(
+            parse_schedule("0.05, 1,2").unwrap(),
+            Schedule(vec![
+                Duration::from_millis(50),
+                Duration::from_secs(1),
+                Duration::from_secs(2)
+            ])
+        );
+        assert_eq!(parse_schedule("").unwrap(), Schedule(vec![]));
+        assert!(parse_schedule("5,x").is_err());
+        assert!(parse_schedule("-1").is_err());
+        assert!(parse_schedule("1e12").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`config`], [`startup`], [`telemetry`]: settings, wiring and logs.
 //! - [`metrics`]: `/metrics` in the Prometheus text format, and the few points that feed it.
 //! - [`datadir`]: one server per data directory (an OS lock), files for the owner only.
+//! - [`webhooks`]: signed delivery of the log's events to an organization's subscriptions.
 
 pub mod api;
 pub mod app;
@@ -21,3 +22,4 @@ pub mod metrics;
 pub mod replay;
 pub mod startup;
 pub mod telemetry;
+pub mod webhooks;

@@ -73,6 +73,8 @@ pub enum StartupError {
     ReadModel(#[from] ReadError),
     #[error("NATS relay: {0}")]
     Relay(String),
+    #[error("webhook dispatcher: {0}")]
+    Webhooks(String),
     /// A role or node setting this store cannot serve.
     #[error("{0}")]
     Node(String),
@@ -144,6 +146,7 @@ pub struct Application {
     server: Server,
     projector: ProjectorHandle,
     relay: Option<RelayHandle>,
+    dispatcher: crate::webhooks::dispatch::DispatcherHandle,
     jobs: Jobs,
     bootstrap: Bootstrap,
     state: web::Data<AppState>,
@@ -229,6 +232,16 @@ impl Application {
             None => None,
         };
 
+        // Webhook deliveries: the read model has caught up with the log, so every attempt an
+        // earlier process recorded is folded and none is made twice.
+        let dispatcher = crate::webhooks::dispatch::spawn_dispatcher(
+            c.store.clone(),
+            c.clock.clone(),
+            projection.clone(),
+            settings.webhooks(),
+        )
+        .map_err(|e| StartupError::Webhooks(e.to_string()))?;
+
         // The write side: recovers unfinished jobs before it takes commands. The read model
         // has just caught up with the log's head, so it names them; each is then rebuilt from
         // its own stream.
@@ -299,6 +312,7 @@ impl Application {
             server,
             projector,
             relay,
+            dispatcher,
             jobs,
             bootstrap,
             state,
@@ -345,6 +359,7 @@ impl Application {
         if let Some(relay) = self.relay {
             relay.shutdown().await;
         }
+        self.dispatcher.shutdown().await;
         self.projector.shutdown().await;
         result
     }

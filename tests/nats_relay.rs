@@ -237,7 +237,7 @@ impl World {
     fn published(&self) -> Vec<&RecordedEvent> {
         self.events
             .iter()
-            .filter(|e| !matches!(e.event, Event::Access(_)))
+            .filter(|e| !matches!(e.event, Event::Access(_) | Event::Webhook(_)))
             .collect()
     }
 
@@ -260,11 +260,13 @@ impl World {
                     .expect("sc stream");
                 format!("{prefix}.{org}.source_connections.{sc}.{ty}")
             }
+            Event::Access(_) | Event::Webhook(_) => {
+                unreachable!("access and webhook events are not published")
+            }
             Event::Worker(_) => {
                 let id = stream::worker_id(&ev.stream_id).expect("worker stream");
                 format!("{prefix}.workers.{id}.{ty}")
             }
-            Event::Access(_) => unreachable!("access events are not published"),
         }
     }
 }

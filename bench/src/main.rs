@@ -9,7 +9,7 @@
 //! - The benchmarks, one module each: [`append`] (#1), [`http_get`] (#2), [`cancel`] (#3),
 //!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7), [`streams`] (#8),
 //!   [`delete`] (#9), [`stall`] (#10, run only when named or with `--history`), [`postgres`]
-//!   (#11 and #12: the PostgreSQL store).
+//!   (#11 and #12: the PostgreSQL store), [`webhooks`] (#13: webhook delivery).
 //! - Their baselines: [`raw`] (plain rusqlite doing the same physical work) and
 //!   [`baseline_server`] (#2's bare actix-web server).
 //! - What they drive: [`server`] (starts and stops the processes), [`client`] (the REST API),
@@ -38,6 +38,7 @@ mod server;
 mod stall;
 mod stats;
 mod streams;
+mod webhooks;
 mod workload;
 mod wrk;
 
@@ -147,7 +148,7 @@ struct Bench {
     target: &'static str,
 }
 
-const BENCHES: [Bench; 12] = [
+const BENCHES: [Bench; 13] = [
     Bench {
         number: 1,
         title: "durable appends/s, 1/16/256 concurrent appenders",
@@ -208,6 +209,11 @@ const BENCHES: [Bench; 12] = [
         number: 12,
         title: "PostgreSQL: first start on 100k jobs / 1M events until ready",
         target: "<= 2 x a raw COPY of the events table (issue #14)",
+    },
+    Bench {
+        number: 13,
+        title: "webhooks: events to deliveries/s with 100 subscriptions, commit -> delivery",
+        target: "p99 commit -> delivery <= 1 s at 100 subscriptions (issue #17)",
     },
 ];
 
@@ -370,6 +376,7 @@ async fn run_one(number: u8, config: &Config) -> Result<Outcome> {
         10 => stall::run(config).await,
         11 => postgres::run(config).await,
         12 => postgres::recovery(config).await,
+        13 => webhooks::run(config).await,
         n => Err(BenchError::failed(format!("no benchmark #{n}"))),
     }
 }

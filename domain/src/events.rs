@@ -268,6 +268,64 @@ pub enum AccessEvent {
     },
 }
 
+/// Webhook subscriptions (one stream each, see [`crate::webhook`]). The secret is recorded
+/// in the creation: it signs every delivery, so it must be readable (unlike an API key,
+/// which is only compared); the NATS relay and the server-sent events never carry these
+/// events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum WebhookEvent {
+    WebhookSubscriptionCreated {
+        subscription_id: Uuid,
+        organization_id: Uuid,
+        url: String,
+        event_types: Vec<String>,
+        #[serde(default)]
+        description: Option<String>,
+        secret: String,
+    },
+    /// A patch: each present field replaces the subscription's.
+    WebhookSubscriptionUpdated {
+        organization_id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_types: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disabled: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    WebhookSubscriptionDeleted {
+        organization_id: Uuid,
+    },
+    /// One POST of a message to a subscription, in the delivery's own stream
+    /// (`webhook_delivery-<message>-<subscription>`, see [`crate::webhook::WebhookDelivery`]).
+    WebhookAttemptRecorded {
+        message_id: Uuid,
+        subscription_id: Uuid,
+        organization_id: Uuid,
+        /// 1 for the first attempt; also the stream version it is recorded at.
+        attempt: u32,
+        url: String,
+        /// The endpoint's HTTP status; 0 when none came (refused, timed out, broken).
+        status_code: u16,
+        /// The start of the endpoint's answer (at most 1 KiB), or why none came.
+        response: String,
+        /// When the next attempt is due; absent when this attempt ended the delivery
+        /// (it succeeded, or it was the last one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_attempt_at: Option<DateTime<Utc>>,
+    },
+    /// A failed delivery is to be tried again from now, on the schedule from its start
+    /// (Airweave's `recover`).
+    WebhookDeliveryRecovered {
+        message_id: Uuid,
+        subscription_id: Uuid,
+        organization_id: Uuid,
+    },
+}
+
 /// Any event of any stream. Each inner enum carries its own `type` tag; the tags are distinct.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -276,6 +334,7 @@ pub enum Event {
     Collection(CollectionEvent),
     SourceConnection(SourceConnectionEvent),
     Access(AccessEvent),
+    Webhook(WebhookEvent),
     Worker(WorkerEvent),
 }
 
@@ -286,6 +345,7 @@ impl Event {
             Event::Collection(e) => e.event_type(),
             Event::SourceConnection(e) => e.event_type(),
             Event::Access(e) => e.event_type(),
+            Event::Webhook(e) => e.event_type(),
             Event::Worker(e) => e.event_type(),
         }
     }
@@ -321,6 +381,7 @@ pub enum EventFamily {
     Collection,
     SourceConnection,
     Access,
+    Webhook,
     Worker,
 }
 
@@ -382,6 +443,13 @@ event_types! {
         ApiKeyCreated = API_KEY_CREATED,
         ApiKeyRevoked = API_KEY_REVOKED,
     }
+    Webhook: WebhookEvent {
+        WebhookSubscriptionCreated = WEBHOOK_SUBSCRIPTION_CREATED,
+        WebhookSubscriptionUpdated = WEBHOOK_SUBSCRIPTION_UPDATED,
+        WebhookSubscriptionDeleted = WEBHOOK_SUBSCRIPTION_DELETED,
+        WebhookAttemptRecorded = WEBHOOK_ATTEMPT_RECORDED,
+        WebhookDeliveryRecovered = WEBHOOK_DELIVERY_RECOVERED,
+    }
     Worker: WorkerEvent {
         WorkerStarted = WORKER_STARTED,
         WorkerStopped = WORKER_STOPPED,
@@ -407,6 +475,11 @@ impl From<SourceConnectionEvent> for Event {
 impl From<AccessEvent> for Event {
     fn from(e: AccessEvent) -> Self {
         Event::Access(e)
+    }
+}
+impl From<WebhookEvent> for Event {
+    fn from(e: WebhookEvent) -> Self {
+        Event::Webhook(e)
     }
 }
 impl From<WorkerEvent> for Event {
@@ -452,6 +525,15 @@ pub mod stream {
     }
     pub fn source_connection(id: Uuid) -> String {
         format!("{SOURCE_CONNECTION_PREFIX}{id}")
+    }
+    pub const WEBHOOK_SUBSCRIPTION_PREFIX: &str = "webhook_subscription-";
+    pub fn webhook_subscription(id: Uuid) -> String {
+        format!("{WEBHOOK_SUBSCRIPTION_PREFIX}{id}")
+    }
+    pub const WEBHOOK_DELIVERY_PREFIX: &str = "webhook_delivery-";
+    /// The attempts to deliver one message to one subscription.
+    pub fn webhook_delivery(message_id: Uuid, subscription_id: Uuid) -> String {
+        format!("{WEBHOOK_DELIVERY_PREFIX}{message_id}-{subscription_id}")
     }
     /// The job id of a job stream name, if it is one.
     pub fn job_id(stream: &str) -> Option<Uuid> {
@@ -671,6 +753,44 @@ mod tests {
                 key_id: Uuid::nil(),
             }
             .into(),
+            WebhookEvent::WebhookSubscriptionCreated {
+                subscription_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                url: "https://example.com/h".into(),
+                event_types: vec!["sync.completed".into()],
+                description: Some("d".into()),
+                secret: "whsec_x".into(),
+            }
+            .into(),
+            WebhookEvent::WebhookSubscriptionUpdated {
+                organization_id: Uuid::nil(),
+                url: None,
+                event_types: Some(vec!["sync.failed".into()]),
+                disabled: Some(true),
+                description: None,
+            }
+            .into(),
+            WebhookEvent::WebhookSubscriptionDeleted {
+                organization_id: Uuid::nil(),
+            }
+            .into(),
+            WebhookEvent::WebhookAttemptRecorded {
+                message_id: Uuid::nil(),
+                subscription_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                attempt: 1,
+                url: "https://example.com/h".into(),
+                status_code: 500,
+                response: "boom".into(),
+                next_attempt_at: Some(now),
+            }
+            .into(),
+            WebhookEvent::WebhookDeliveryRecovered {
+                message_id: Uuid::nil(),
+                subscription_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+            }
+            .into(),
             SyncJobEvent::JobResumed {
                 attempt: 1,
                 lost_worker: "w".into(),
@@ -709,6 +829,7 @@ mod tests {
                 Event::Collection(_) => EventFamily::Collection,
                 Event::SourceConnection(_) => EventFamily::SourceConnection,
                 Event::Access(_) => EventFamily::Access,
+                Event::Webhook(_) => EventFamily::Webhook,
                 Event::Worker(_) => EventFamily::Worker,
             };
             assert_eq!(EventFamily::of(e.event_type()), Some(family), "{json}");

@@ -6,7 +6,8 @@
 //!   error`, `evolve(event)`; and [`FoldError`], a stream that does not fold.
 //! - The aggregates, one module each: [`job`] (a sync job's lifecycle, the one place that
 //!   knows it), [`collection`] (a readable id and the collection holding it),
-//!   [`source_connection`], [`access`] (organizations and API keys, and how keys are hashed).
+//!   [`source_connection`], [`access`] (organizations and API keys, and how keys are hashed),
+//!   [`webhook`] (an organization's webhook subscriptions).
 //! - [`store`]: the EventStore trait (optimistic-concurrency appends, stream reads, the global
 //!   log and a follower of it), an in-memory backend for tests, and (feature `testkit`) the
 //!   contract suite every backend must pass and a store that refuses writes on demand.
@@ -29,6 +30,7 @@ pub mod store;
 pub mod testkit;
 pub mod time;
 pub mod upcast;
+pub mod webhook;
 pub mod worker;
 
 pub use access::{Access, AccessCommand, AccessError, KeyInfo, NewKeyRecord};
@@ -37,9 +39,10 @@ pub use clock::{Clock, SharedClock, SystemClock, TokioClock};
 pub use collection::{CollectionCommand, CollectionError, CollectionName};
 pub use events::{
     AccessEvent, CollectionEvent, EntityCounts, Event, Metadata, NewEvent, RecordedEvent,
-    SourceConnectionEvent, SyncJobEvent, WorkerEvent, CURRENT_SCHEMA_VERSION,
+    SourceConnectionEvent, SyncJobEvent, WebhookEvent, WorkerEvent, CURRENT_SCHEMA_VERSION,
 };
 pub use job::{Job, JobCommand, JobError, JobState, JobStatus};
 pub use source_connection::{SourceConnection, SourceConnectionCommand, SourceConnectionError};
 pub use store::{follow, follow_batches, EventStore, ExpectedVersion, InMemoryStore, StoreError};
+pub use webhook::{WebhookCommand, WebhookDelivery, WebhookError, WebhookSubscription};
 pub use worker::{WorkerState, WorkerStatus};

@@ -58,6 +58,7 @@ pub fn decode_as(schema_version: u32, event_type: &str, json: &str) -> Result<Ev
                 serde_json::from_str(json).map(Event::SourceConnection)
             }
             Some(EventFamily::Access) => serde_json::from_str(json).map(Event::Access),
+            Some(EventFamily::Webhook) => serde_json::from_str(json).map(Event::Webhook),
             Some(EventFamily::Worker) => serde_json::from_str(json).map(Event::Worker),
             None => return decode(schema_version, json),
         };
@@ -86,6 +87,7 @@ fn decode_current(json: &str) -> Result<Event, UpcastError> {
         Some(EventFamily::Collection) => Event::Collection(serde_json::from_str(json)?),
         Some(EventFamily::SourceConnection) => Event::SourceConnection(serde_json::from_str(json)?),
         Some(EventFamily::Access) => Event::Access(serde_json::from_str(json)?),
+        Some(EventFamily::Webhook) => Event::Webhook(serde_json::from_str(json)?),
         Some(EventFamily::Worker) => Event::Worker(serde_json::from_str(json)?),
         None => serde_json::from_str(json)?,
     })

@@ -18,8 +18,8 @@ pub mod projector;
 pub use db::view::OrganizationCounts;
 pub use db::{ReadError, ReadView};
 pub use model::{
-    ApiKey, Collection, CollectionStatus, ModelDump, Organization, SourceConnection,
-    SourceConnectionStatus,
+    ApiKey, Collection, CollectionStatus, DueDelivery, ModelDump, Organization, SourceConnection,
+    SourceConnectionStatus, WebhookAttempt, WebhookMessage, WebhookSubscription,
 };
 pub use projector::{
     spawn_projector, Lagging, Projection, ProjectionWriter, ProjectorConfig, ProjectorHandle,

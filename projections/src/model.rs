@@ -44,6 +44,68 @@ pub struct Collection {
     pub created_position: u64,
 }
 
+/// A webhook subscription (Airweave's `/webhooks/subscriptions`), secret included: the
+/// dispatcher signs with it; the API shows it only when asked (`include_secret=true`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSubscription {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub disabled: bool,
+    pub description: Option<String>,
+    pub secret: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_position: u64,
+}
+
+/// An event of the log as a webhook message (Airweave's `WebhookMessage`): every event that
+/// has a webhook type becomes one, whether or not a subscription wants it. Its id is the
+/// event's id, so a rebuild of the read model makes the same message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookMessage {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub event_type: String,
+    /// The JSON body POSTed, exactly as sent.
+    pub payload: String,
+    pub timestamp: DateTime<Utc>,
+    pub created_position: u64,
+}
+
+/// One recorded POST of a message to a subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookAttempt {
+    /// The id of the event that recorded it.
+    pub id: Uuid,
+    pub message_id: Uuid,
+    pub subscription_id: Uuid,
+    pub organization_id: Uuid,
+    pub attempt: u32,
+    pub url: String,
+    /// 0 when no HTTP answer came.
+    pub status_code: u16,
+    pub response: String,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// A delivery whose next attempt is due: everything the dispatcher needs to make it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueDelivery {
+    pub message_id: Uuid,
+    pub subscription_id: Uuid,
+    pub organization_id: Uuid,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Attempts made before the last recovery (the retry schedule counts from there).
+    pub round_start: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub url: String,
+    pub secret: String,
+    pub payload: String,
+}
+
 /// Airweave's collection status, derived from the collection's source connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CollectionStatus {
@@ -133,4 +195,13 @@ pub struct ModelDump {
     /// `/health`'s counts per organization (collections, source connections, active jobs),
     /// all-zero ones left out.
     pub counts: Vec<(Uuid, [u64; 3])>,
+    pub webhook_subscriptions: Vec<WebhookSubscription>,
+    pub webhook_messages: Vec<WebhookMessage>,
+    /// (message, subscription, status, attempts, round start, next attempt at).
+    pub webhook_deliveries: Vec<WebhookDeliveryRow>,
+    pub webhook_attempts: Vec<WebhookAttempt>,
 }
+
+/// A delivery row as stored: (message, subscription, status, attempts, round start, next
+/// attempt at).
+pub type WebhookDeliveryRow = (Uuid, Uuid, String, u32, u32, Option<String>);

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
     AccessEvent, CollectionEvent, EntityCounts, Event, Metadata, RecordedEvent,
-    SourceConnectionEvent, SyncJobEvent,
+    SourceConnectionEvent, SyncJobEvent, WebhookEvent,
 };
 use syncjobs_projections::{ModelDump, Projection};
 use uuid::Uuid;
@@ -70,6 +70,23 @@ fn history() -> impl Strategy<Value = Vec<RecordedEvent>> {
                 key_hash: format!("{seed:064x}"),
                 prefix: "sjk_".into(),
                 expires_at: None,
+            }
+            .into(),
+        ));
+        // A webhook subscription to everything: each lifecycle event becomes a message
+        // with a delivery, which every cut of the history must make the same.
+        events.push((
+            stream::webhook_subscription(id(2)),
+            WebhookEvent::WebhookSubscriptionCreated {
+                subscription_id: id(2),
+                organization_id: org,
+                url: "http://127.0.0.1:9/hook".into(),
+                event_types: syncjobs_domain::webhook::EVENT_TYPES
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect(),
+                description: None,
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
             }
             .into(),
         ));

@@ -3,6 +3,7 @@
 //! and the projector.
 
 use chrono::{Duration as ChronoDuration, TimeZone, Utc};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use syncjobs_domain::events::stream;
@@ -1327,4 +1328,212 @@ async fn after_its_connections_are_cut_the_postgresql_read_model_works_again_by_
         }
     };
     assert_eq!(dump, fold(Engine::Postgres, &events).await.dump().await);
+}
+
+#[tokio::test]
+async fn each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_on() {
+    on_each_engine(
+        "each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_on",
+        each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_on_on,
+    )
+    .await;
+}
+
+async fn each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_on_on(
+    engine: Engine,
+) {
+    use syncjobs_domain::WebhookEvent;
+    let mut h = History::new();
+    let org = h.org("default").await;
+    let other = h.org("other").await;
+    let subscribe = |id: u128, organization_id: Uuid, types: &[&str]| {
+        (
+            stream::webhook_subscription(Uuid::from_u128(id)),
+            WebhookEvent::WebhookSubscriptionCreated {
+                subscription_id: Uuid::from_u128(id),
+                organization_id,
+                url: format!("http://127.0.0.1:9/{id}"),
+                event_types: types.iter().map(|t| t.to_string()).collect(),
+                description: None,
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            },
+        )
+    };
+    for (s, e) in [
+        subscribe(1, org, &["collection.created"]),
+        subscribe(2, org, &["collection.created", "collection.deleted"]),
+        subscribe(3, org, &["collection.deleted"]),
+        subscribe(4, other, &["collection.created"]),
+    ] {
+        h.append(&s, e).await;
+    }
+    let c1 = h.collection(org, "first").await;
+    let c2 = h.collection(org, "second").await;
+    let m = fold(engine, &h.all().await).await;
+    let far = Utc.timestamp_opt(1_900_000_000, 0).unwrap();
+    let due = m
+        .read(async |v| v.due_webhook_deliveries(far, 100).await)
+        .await;
+    // One each for the two subscriptions that want `collection.created`: the oldest.
+    let mut subs: Vec<u128> = due.iter().map(|d| d.subscription_id.as_u128()).collect();
+    subs.sort_unstable();
+    assert_eq!(subs, [1, 2]);
+    let messages = m
+        .read(async |v| v.webhook_messages(org, &[], 10).await)
+        .await;
+    assert_eq!(
+        messages.len(),
+        2,
+        "one message per event that a subscription wants"
+    );
+    let oldest = messages[1].id;
+    assert!(due
+        .iter()
+        .all(|d| d.message_id == oldest && d.attempts == 0));
+    let payload: serde_json::Value = serde_json::from_str(&messages[1].payload).unwrap();
+    assert_eq!(payload["collection_id"], c1.to_string());
+    // Nothing is due before its time.
+    let before = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+    assert!(m
+        .read(async |v| v.due_webhook_deliveries(before, 100).await)
+        .await
+        .is_empty());
+
+    // A success ends subscription 1's first delivery: its second is offered next.
+    h.append(
+        &stream::webhook_delivery(oldest, Uuid::from_u128(1)),
+        WebhookEvent::WebhookAttemptRecorded {
+            message_id: oldest,
+            subscription_id: Uuid::from_u128(1),
+            organization_id: org,
+            attempt: 1,
+            url: "http://127.0.0.1:9/1".into(),
+            status_code: 204,
+            response: String::new(),
+            next_attempt_at: None,
+        },
+    )
+    .await;
+    let m = fold(engine, &h.all().await).await;
+    let due = m
+        .read(async |v| v.due_webhook_deliveries(far, 100).await)
+        .await;
+    let one = due
+        .iter()
+        .find(|d| d.subscription_id == Uuid::from_u128(1))
+        .unwrap();
+    assert_ne!(one.message_id, oldest);
+    let payload: serde_json::Value = serde_json::from_str(&one.payload).unwrap();
+    assert_eq!(payload["collection_id"], c2.to_string());
+    let attempts = m
+        .read(async |v| v.webhook_attempts(oldest, true, 10).await)
+        .await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status_code, 204);
+}
+
+#[tokio::test]
+async fn only_organizations_with_a_subscription_that_wants_an_event_get_messages() {
+    on_each_engine(
+        "only_organizations_with_a_subscription_that_wants_an_event_get_messages",
+        only_organizations_with_a_subscription_that_wants_an_event_get_messages_on,
+    )
+    .await;
+}
+
+async fn only_organizations_with_a_subscription_that_wants_an_event_get_messages_on(
+    engine: Engine,
+) {
+    use syncjobs_domain::WebhookEvent;
+    let mut h = History::new();
+    let quiet = h.org("quiet").await;
+    let subscribed = h.org("subscribed").await;
+    let paused = h.org("paused").await;
+    let subscribe = |id: u128, organization_id: Uuid, types: &[&str]| {
+        (
+            stream::webhook_subscription(Uuid::from_u128(id)),
+            WebhookEvent::WebhookSubscriptionCreated {
+                subscription_id: Uuid::from_u128(id),
+                organization_id,
+                url: format!("http://127.0.0.1:9/{id}"),
+                event_types: types.iter().map(|t| t.to_string()).collect(),
+                description: None,
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            },
+        )
+    };
+    let (s, e) = subscribe(1, subscribed, &["sync.completed"]);
+    h.append(&s, e).await;
+    // A disabled subscription still wants its types: messages, no deliveries.
+    let (s, e) = subscribe(2, paused, &["sync.completed"]);
+    h.append(&s, e).await;
+    h.append(
+        &s,
+        WebhookEvent::WebhookSubscriptionUpdated {
+            organization_id: paused,
+            url: None,
+            event_types: None,
+            disabled: Some(true),
+            description: None,
+        },
+    )
+    .await;
+    let mut jobs = HashMap::new();
+    for org in [quiet, subscribed, paused] {
+        let c = h.collection(org, &format!("c-{org}")).await;
+        let sc = h.source_connection(org, c, &format!("c-{org}")).await;
+        jobs.insert(org, h.job(org, sc, &[started(), completed(3)]).await);
+    }
+    // A subscription made later gets later events only.
+    let (s, e) = subscribe(3, quiet, &["sync.failed"]);
+    h.append(&s, e).await;
+    let c = h.collection(quiet, "late").await;
+    let sc = h.source_connection(quiet, c, "late").await;
+    let late = h.job(quiet, sc, &[started(), failed()]).await;
+
+    let events = h.all().await;
+    let one_batch = fold(engine, &events).await;
+    let one_by_one = Model::new(engine).await;
+    for e in &events {
+        one_by_one.apply(std::slice::from_ref(e)).await;
+    }
+    assert_eq!(one_batch.dump().await, one_by_one.dump().await);
+    for m in [one_batch, one_by_one] {
+        let messages = |org: Uuid| {
+            let m = &m;
+            async move {
+                m.read(async |v| v.webhook_messages(org, &[], 100).await)
+                    .await
+            }
+        };
+        let quiet_messages = messages(quiet).await;
+        assert_eq!(
+            quiet_messages
+                .iter()
+                .map(|m| m.event_type.as_str())
+                .collect::<Vec<_>>(),
+            ["sync.failed"],
+            "nothing before its subscription, nothing it does not want"
+        );
+        let payload: serde_json::Value = serde_json::from_str(&quiet_messages[0].payload).unwrap();
+        assert_eq!(payload["sync_job_id"], late.to_string());
+
+        for org in [subscribed, paused] {
+            let made = messages(org).await;
+            assert_eq!(made.len(), 1, "{made:?}");
+            assert_eq!(made[0].event_type, "sync.completed");
+            let payload: serde_json::Value = serde_json::from_str(&made[0].payload).unwrap();
+            assert_eq!(payload["sync_job_id"], jobs[&org].to_string());
+            assert_eq!(payload["entities_inserted"], 3);
+        }
+        let far = Utc.timestamp_opt(1_900_000_000, 0).unwrap();
+        let mut due: Vec<u128> = m
+            .read(async |v| v.due_webhook_deliveries(far, 100).await)
+            .await
+            .iter()
+            .map(|d| d.subscription_id.as_u128())
+            .collect();
+        due.sort_unstable();
+        assert_eq!(due, [1, 3], "the disabled subscription has no delivery");
+    }
 }

@@ -112,7 +112,25 @@ impl From<app::Error> for ApiError {
                 ApiError::Unavailable("The job supervisor is not running".into())
             }
             E::ReadModel(e) => e.into(),
+            E::WebhookSubscriptionNotFound => ApiError::NotFound("Subscription not found".into()),
+            E::InvalidWebhookSubscription(e) => ApiError::Unprocessable(webhook_detail(&e)),
+            E::BadWebhookSecret(e) => ApiError::Unprocessable(e.to_string()),
         }
+    }
+}
+
+/// A refused subscription in words that name the field.
+fn webhook_detail(e: &syncjobs_domain::WebhookError) -> String {
+    use syncjobs_domain::webhook::EVENT_TYPES;
+    use syncjobs_domain::WebhookError as W;
+    match e {
+        W::InvalidUrl(why) => why.clone(),
+        W::NoEventTypes => "event_types cannot be empty".into(),
+        W::UnknownEventType(t) => format!(
+            "event_types: unknown event type '{t}'; known types: {}",
+            EVENT_TYPES.join(", ")
+        ),
+        other => other.to_string(),
     }
 }
 

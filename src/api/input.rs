@@ -246,6 +246,53 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| ApiError::Unprocessable(format!("{field}: field required")))
     }
 
+    /// An array of strings that may be absent or null; at most `max` items.
+    pub fn opt_str_list(&self, field: &str, max: usize) -> Result<Option<Vec<String>>, ApiError> {
+        let items = match self.0.get(field) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(items)) => items,
+            Some(other) => return Err(wrong_type(field, "an array of strings", other)),
+        };
+        if items.len() > max {
+            return Err(ApiError::Unprocessable(format!(
+                "{field}: at most {max} items"
+            )));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(wrong_type(&format!("{field}[{i}]"), "a string", other)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// An ISO 8601 date-time that may be absent or null; without an offset it is UTC (as
+    /// pydantic reads a naive one for Airweave).
+    pub fn opt_datetime(
+        &self,
+        field: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        let Some(s) = self.opt_str(field)? else {
+            return Ok(None);
+        };
+        let parsed = chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .or_else(|_| {
+                chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                    .map(|t| t.and_utc())
+            })
+            .map_err(|_| {
+                ApiError::Unprocessable(format!(
+                    "{field}: expected an ISO 8601 date-time, got {}",
+                    clip(s)
+                ))
+            })?;
+        Ok(Some(parsed))
+    }
+
     pub fn opt_bool(&self, field: &str) -> Result<Option<bool>, ApiError> {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),
@@ -368,6 +415,22 @@ impl Query<'_> {
 
     pub fn opt_str(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
+    }
+
+    /// A boolean parameter in FastAPI's spellings (`true`/`false`, `1`/`0`, `yes`/`no`,
+    /// `on`/`off`), `default` when absent.
+    pub fn bool(&self, name: &str, default: bool) -> Result<bool, ApiError> {
+        let Some(raw) = self.0.get(name) else {
+            return Ok(default);
+        };
+        match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(ApiError::Unprocessable(format!(
+                "{name} must be a boolean, got {}",
+                clip(raw)
+            ))),
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //!   version; [`subscribe`]: Airweave's progress stream; [`sse`]: following a job's stream
 //!   in the log, shared by both streams; [`live`]: the one follower of the log that fans
 //!   each job's events out to its open streams.
+//! - [`webhooks`]: Airweave's `/webhooks/subscriptions` routes.
 //! - [`ui`]: the dashboard at `/ui`, static files from `src/ui/` embedded in the binary.
 //! - [`input`]: bounded, typed reading of bodies, paths and queries; [`error`]: the one
 //!   mapping of failures to HTTP statuses and texts; [`wire`]: response bodies and
@@ -36,6 +37,7 @@ pub mod sse;
 pub mod state;
 pub mod subscribe;
 pub mod ui;
+pub mod webhooks;
 pub mod wire;
 
 pub use error::ApiError;

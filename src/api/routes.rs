@@ -1,7 +1,9 @@
 //! The endpoint table and its registration as a tree of scopes; JSON 404s and 405s.
 
 use super::error::ApiError;
-use super::{collections, health, history, jobs, openapi, source_connections, subscribe, ui};
+use super::{
+    collections, health, history, jobs, openapi, source_connections, subscribe, ui, webhooks,
+};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse, ResponseError, Route};
@@ -89,6 +91,38 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(Method::GET, "/sync/job/{job_id}/subscribe", || {
             web::get().to(subscribe::subscribe)
         }),
+        e(Method::GET, "/webhooks/messages", || {
+            web::get().to(webhooks::messages)
+        }),
+        e(Method::GET, "/webhooks/messages/{message_id}", || {
+            web::get().to(webhooks::message)
+        }),
+        e(Method::GET, "/webhooks/subscriptions", || {
+            web::get().to(webhooks::list)
+        }),
+        e(Method::POST, "/webhooks/subscriptions", || {
+            web::post().to(webhooks::create)
+        }),
+        e(
+            Method::GET,
+            "/webhooks/subscriptions/{subscription_id}",
+            || web::get().to(webhooks::get),
+        ),
+        e(
+            Method::PATCH,
+            "/webhooks/subscriptions/{subscription_id}",
+            || web::patch().to(webhooks::patch),
+        ),
+        e(
+            Method::DELETE,
+            "/webhooks/subscriptions/{subscription_id}",
+            || web::delete().to(webhooks::delete),
+        ),
+        e(
+            Method::POST,
+            "/webhooks/subscriptions/{subscription_id}/recover",
+            || web::post().to(webhooks::recover),
+        ),
     ]
 }
 

@@ -12,7 +12,8 @@ use syncjobs_actors::pipeline::EntityStats;
 use syncjobs_domain::time::serde_micros::{optional as opt_ts, required as ts};
 use syncjobs_domain::JobState;
 use syncjobs_projections::{
-    Collection, ReadError, ReadView, SourceConnection, SourceConnectionStatus,
+    Collection, ReadError, ReadView, SourceConnection, SourceConnectionStatus, WebhookAttempt,
+    WebhookMessage, WebhookSubscription,
 };
 use uuid::Uuid;
 
@@ -401,5 +402,167 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+/// A webhook subscription (Airweave's `WebhookSubscription`).
+#[derive(Serialize)]
+pub struct WebhookSubscriptionOut<'a> {
+    pub id: Uuid,
+    pub url: &'a str,
+    pub filter_types: &'a [String],
+    pub disabled: bool,
+    pub description: Option<&'a str>,
+    #[serde(serialize_with = "ts")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "ts")]
+    pub updated_at: DateTime<Utc>,
+    /// `healthy`, `degraded`, `failing` or `unknown` (no delivery attempt yet).
+    pub health_status: &'static str,
+}
+
+/// Airweave's `compute_health_status` over recent attempts, newest first: none -> unknown;
+/// the latest 3 or more failed in a row -> failing; all succeeded -> healthy; else degraded.
+pub fn health_status(recent: &[WebhookAttempt]) -> &'static str {
+    let ok = |a: &WebhookAttempt| (200..300).contains(&a.status_code);
+    if recent.is_empty() {
+        return "unknown";
+    }
+    if recent.iter().take_while(|a| !ok(a)).count() >= 3 {
+        return "failing";
+    }
+    if recent.iter().all(ok) {
+        "healthy"
+    } else {
+        "degraded"
+    }
+}
+
+/// Recent attempts that make a subscription's health (Airweave reads 10).
+pub const HEALTH_WINDOW: usize = 10;
+
+/// One delivery attempt (Airweave's `DeliveryAttempt`).
+#[derive(Serialize)]
+pub struct DeliveryAttemptOut<'a> {
+    pub id: Uuid,
+    pub message_id: Uuid,
+    pub endpoint_id: Uuid,
+    pub response: &'a str,
+    pub response_status_code: u16,
+    /// `success` (2xx) or `failed`.
+    pub status: &'static str,
+    #[serde(serialize_with = "ts")]
+    pub timestamp: DateTime<Utc>,
+    pub url: &'a str,
+}
+
+impl<'a> DeliveryAttemptOut<'a> {
+    pub fn new(a: &'a WebhookAttempt) -> Self {
+        DeliveryAttemptOut {
+            id: a.id,
+            message_id: a.message_id,
+            endpoint_id: a.subscription_id,
+            response: &a.response,
+            response_status_code: a.status_code,
+            status: if (200..300).contains(&a.status_code) {
+                "success"
+            } else {
+                "failed"
+            },
+            timestamp: a.timestamp,
+            url: &a.url,
+        }
+    }
+}
+
+impl<'a> WebhookSubscriptionOut<'a> {
+    pub fn with_health(s: &'a WebhookSubscription, recent: &[WebhookAttempt]) -> Self {
+        WebhookSubscriptionOut {
+            health_status: health_status(recent),
+            ..Self::new(s)
+        }
+    }
+
+    pub fn new(s: &'a WebhookSubscription) -> Self {
+        WebhookSubscriptionOut {
+            id: s.id,
+            url: &s.url,
+            filter_types: &s.event_types,
+            disabled: s.disabled,
+            description: s.description.as_deref(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            health_status: "unknown",
+        }
+    }
+}
+
+/// One subscription with its recent delivery attempts and, when asked for, its secret
+/// (Airweave's `WebhookSubscriptionDetail`).
+#[derive(Serialize)]
+pub struct WebhookSubscriptionDetailOut<'a> {
+    #[serde(flatten)]
+    pub subscription: WebhookSubscriptionOut<'a>,
+    pub delivery_attempts: Vec<DeliveryAttemptOut<'a>>,
+    pub secret: Option<&'a str>,
+}
+
+impl<'a> WebhookSubscriptionDetailOut<'a> {
+    /// `attempts`: the subscription's recent attempts, newest first.
+    pub fn new(
+        s: &'a WebhookSubscription,
+        attempts: &'a [WebhookAttempt],
+        include_secret: bool,
+    ) -> Self {
+        let recent = &attempts[..attempts.len().min(HEALTH_WINDOW)];
+        WebhookSubscriptionDetailOut {
+            subscription: WebhookSubscriptionOut::with_health(s, recent),
+            delivery_attempts: attempts.iter().map(DeliveryAttemptOut::new).collect(),
+            secret: include_secret.then_some(s.secret.as_str()),
+        }
+    }
+}
+
+/// A webhook message (Airweave's `WebhookMessage`, and `WebhookMessageWithAttempts` when
+/// `delivery_attempts` is asked for).
+#[derive(Serialize)]
+pub struct WebhookMessageOut<'a> {
+    pub id: Uuid,
+    pub event_type: &'a str,
+    /// The body POSTed, as an object.
+    pub payload: serde_json::Value,
+    #[serde(serialize_with = "ts")]
+    pub timestamp: DateTime<Utc>,
+    pub channels: [&'a str; 1],
+    pub tags: Option<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_attempts: Option<Option<Vec<DeliveryAttemptOut<'a>>>>,
+}
+
+impl<'a> WebhookMessageOut<'a> {
+    pub fn new(m: &'a WebhookMessage) -> Result<Self, ReadError> {
+        Ok(WebhookMessageOut {
+            id: m.id,
+            event_type: &m.event_type,
+            payload: serde_json::from_str(&m.payload)
+                .map_err(|e| ReadError::Decode(e.to_string()))?,
+            timestamp: m.timestamp,
+            channels: [&m.event_type],
+            tags: None,
+            delivery_attempts: None,
+        })
+    }
+
+    /// With `delivery_attempts`: the list when asked for, else an explicit null.
+    pub fn with_attempts(
+        m: &'a WebhookMessage,
+        attempts: Option<&'a [WebhookAttempt]>,
+    ) -> Result<Self, ReadError> {
+        Ok(WebhookMessageOut {
+            delivery_attempts: Some(
+                attempts.map(|a| a.iter().map(DeliveryAttemptOut::new).collect()),
+            ),
+            ..Self::new(m)?
+        })
     }
 }

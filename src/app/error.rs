@@ -5,7 +5,9 @@ use crate::replay::ReplayError;
 use syncjobs_actors::command::CommandError;
 use syncjobs_actors::pipeline::SourceConfigError;
 use syncjobs_actors::JobsError;
-use syncjobs_domain::{CollectionError, JobError, JobStatus, SourceConnectionError, StoreError};
+use syncjobs_domain::{
+    CollectionError, JobError, JobStatus, SourceConnectionError, StoreError, WebhookError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,6 +63,14 @@ pub enum Error {
     /// The job supervisor has stopped (the server is stopping).
     #[error("the job supervisor is not running")]
     SupervisorStopped,
+    #[error("no such webhook subscription")]
+    WebhookSubscriptionNotFound,
+    /// A subscription refused for its content (url, event types, description).
+    #[error("invalid webhook subscription: {0}")]
+    InvalidWebhookSubscription(WebhookError),
+    /// A given secret is not `whsec_` + base64 of enough bytes.
+    #[error(transparent)]
+    BadWebhookSecret(#[from] crate::webhooks::sign::BadSecret),
     /// The read model's database failed a read.
     #[error(transparent)]
     ReadModel(#[from] syncjobs_projections::ReadError),
@@ -115,6 +125,27 @@ impl From<CollectionError> for Error {
         match e {
             CollectionError::AlreadyExists(readable_id) => Error::CollectionExists(readable_id),
             CollectionError::NotFound => Error::CollectionNotFound,
+        }
+    }
+}
+
+impl From<syncjobs_domain::webhook::DeliveryError> for Error {
+    /// A delivery's commands (recover) never refuse; this only meets the command path's
+    /// bound.
+    fn from(e: syncjobs_domain::webhook::DeliveryError) -> Self {
+        Error::Contention(e.to_string())
+    }
+}
+
+impl From<WebhookError> for Error {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            // A subscription id is drawn fresh for every create: a clash is not the
+            // caller's to fix.
+            WebhookError::NotFound | WebhookError::AlreadyExists => {
+                Error::WebhookSubscriptionNotFound
+            }
+            e => Error::InvalidWebhookSubscription(e),
         }
     }
 }

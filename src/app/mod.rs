@@ -12,6 +12,7 @@
 //! - [`lookup`]: the caller's own collections, connections and jobs on the read model.
 //! - [`history`]: a job's own events and its state at a version.
 //! - [`caller`]: who is asking, and what its events record about it.
+//! - [`webhooks`]: create, patch, delete an organization's webhook subscriptions.
 //! - `wait`: read-your-writes: a use case answers once the read model shows its appends,
 //!   and a refusal that names a job's state once the read model shows that state.
 //!
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod lookup;
 pub mod source_connections;
 mod wait;
+pub mod webhooks;
 
 pub use caller::Caller;
 pub use error::Error;

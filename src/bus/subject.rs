@@ -74,7 +74,8 @@ impl Router {
     ) -> Result<Route, StoreError> {
         let event_type = ev.event_type();
         let (kind, final_event) = match &ev.event {
-            Event::Access(_) => return Ok(Route::Skip),
+            // Key hashes and webhook secrets are nobody's business on the bus.
+            Event::Access(_) | Event::Webhook(_) => return Ok(Route::Skip),
             Event::Worker(_) => {
                 let worker = stream::worker_id(&ev.stream_id).unwrap_or(&ev.stream_id);
                 return Ok(Route::Publish(format!(
@@ -202,7 +203,7 @@ fn aggregate_token(ev: &RecordedEvent) -> String {
             .stream_id
             .strip_prefix(stream::SOURCE_CONNECTION_PREFIX)
             .and_then(|s| Uuid::parse_str(s).ok()),
-        Event::Access(_) | Event::Worker(_) => None,
+        Event::Access(_) | Event::Webhook(_) | Event::Worker(_) => None,
     };
     id.map_or_else(|| sanitize_token(&ev.stream_id), |id| id.to_string())
 }

@@ -23,3 +23,5 @@ mod source_connections;
 mod sse_client;
 mod subscribe;
 mod ui;
+mod webhook_delivery;
+mod webhooks;

@@ -39,13 +39,13 @@ use uuid::Uuid;
 /// The tables `schema.sql` (and `pg/schema.sql`) create. Tables of another version are
 /// dropped and rebuilt from the log (bump this with every change of the tables or of the
 /// row encodings, on either engine).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 3;
 /// The name of this projection's row in `projection`.
 pub const PROJECTION_NAME: &str = "read_model";
 
 const SCHEMA: &str = include_str!("schema.sql");
 /// Tables in the order they are dropped on a rebuild.
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 12] = [
     "projection",
     "organizations",
     "api_keys",
@@ -54,6 +54,10 @@ const TABLES: [&str; 8] = [
     "jobs",
     "purge_queue",
     "organization_counts",
+    "webhook_subscriptions",
+    "webhook_messages",
+    "webhook_deliveries",
+    "webhook_attempts",
 ];
 /// Read connections kept open between reads (more are opened under load, then closed).
 const IDLE_READERS: usize = 8;

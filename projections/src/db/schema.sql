@@ -100,3 +100,71 @@ CREATE TABLE IF NOT EXISTS organization_counts (
     source_connections INTEGER NOT NULL,
     active_jobs INTEGER NOT NULL
 );
+
+-- Webhook subscriptions (event_types: a JSON array of strings). The secret is here because
+-- the log holds it (see domain::events::WebhookEvent): deliveries are signed with it.
+CREATE TABLE IF NOT EXISTS webhook_subscriptions (
+    id BLOB PRIMARY KEY,
+    organization_id BLOB NOT NULL,
+    url TEXT NOT NULL,
+    event_types TEXT NOT NULL,
+    disabled INTEGER NOT NULL,
+    description TEXT,
+    secret TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    created_position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_subscriptions_by_organization
+    ON webhook_subscriptions (organization_id, created_position);
+
+-- Webhook messages: every event of the log that has a webhook type (its id is the event's).
+CREATE TABLE IF NOT EXISTS webhook_messages (
+    id BLOB PRIMARY KEY,
+    organization_id BLOB NOT NULL,
+    event_type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    created_position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_messages_by_organization
+    ON webhook_messages (organization_id, created_position);
+
+-- One row per message and matching subscription (at the message's position): `pending`
+-- until an attempt succeeds (`success`) or the last one fails (`failed`). The attempts
+-- themselves are events of the log (domain::webhook::WebhookDelivery), folded here.
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    message_id BLOB NOT NULL,
+    subscription_id BLOB NOT NULL,
+    organization_id BLOB NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    -- Attempts before the last recovery: the retry schedule counts from there.
+    round_start INTEGER NOT NULL,
+    next_attempt_at TEXT,
+    created_position INTEGER NOT NULL,
+    PRIMARY KEY (message_id, subscription_id)
+);
+-- Each subscription's next due delivery, one index seek (the dispatcher's read).
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due
+    ON webhook_deliveries (subscription_id, next_attempt_at, created_position)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_subscription
+    ON webhook_deliveries (subscription_id, status);
+
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    id BLOB PRIMARY KEY,
+    message_id BLOB NOT NULL,
+    subscription_id BLOB NOT NULL,
+    organization_id BLOB NOT NULL,
+    attempt INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    response TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    created_position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_message
+    ON webhook_attempts (message_id, created_position);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_subscription
+    ON webhook_attempts (subscription_id, created_position);

@@ -7,8 +7,8 @@
 use super::pg::view as pg;
 use super::{decode_job, organization_row, parse_time, ReadDb, ReadError};
 use crate::model::{
-    ApiKey, Collection, CollectionStatus, ModelDump, Organization, SourceConnection,
-    SourceConnectionStatus,
+    ApiKey, Collection, CollectionStatus, DueDelivery, ModelDump, Organization, SourceConnection,
+    SourceConnectionStatus, WebhookAttempt, WebhookMessage, WebhookSubscription,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row};
@@ -41,9 +41,9 @@ pub(crate) enum Conn<'a> {
 const JOB_VISIBLE: &str = "(j.active = 1 OR EXISTS
     (SELECT 1 FROM source_connections s WHERE s.id = j.source_connection_id))";
 
-const COLLECTION_COLUMNS: &str =
+pub(crate) const COLLECTION_COLUMNS: &str =
     "id, organization_id, name, readable_id, created_at, modified_at, created_position";
-const SOURCE_CONNECTION_COLUMNS: &str =
+pub(crate) const SOURCE_CONNECTION_COLUMNS: &str =
     "id, organization_id, collection_id, readable_collection_id,
     name, description, short_name, config, auth_method, authenticated, created_at, modified_at,
     created_position, total_runs, successful_runs, failed_runs";
@@ -75,7 +75,58 @@ pub(crate) fn usable(found: Option<(ApiKey, bool)>, now: DateTime<Utc>) -> Optio
         .map(|(k, _)| k)
 }
 
-fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
+pub(crate) const WEBHOOK_SUBSCRIPTION_COLUMNS: &str = "id, organization_id, url, event_types,
+    disabled, description, secret, created_at, updated_at, created_position";
+
+pub(crate) fn webhook_subscription_row(r: &Row<'_>) -> rusqlite::Result<WebhookSubscription> {
+    let types: String = r.get(3)?;
+    Ok(WebhookSubscription {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        url: r.get(2)?,
+        event_types: serde_json::from_str(&types).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        disabled: r.get(4)?,
+        description: r.get(5)?,
+        secret: r.get(6)?,
+        created_at: parse_time(&r.get::<_, String>(7)?)?,
+        updated_at: parse_time(&r.get::<_, String>(8)?)?,
+        created_position: r.get::<_, i64>(9)? as u64,
+    })
+}
+
+const MESSAGE_COLUMNS: &str =
+    "id, organization_id, event_type, payload, timestamp, created_position";
+const ATTEMPT_COLUMNS: &str = "id, message_id, subscription_id, organization_id, attempt, url,
+    status_code, response, timestamp";
+
+fn message_row(r: &Row<'_>) -> rusqlite::Result<WebhookMessage> {
+    Ok(WebhookMessage {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        event_type: r.get(2)?,
+        payload: r.get(3)?,
+        timestamp: parse_time(&r.get::<_, String>(4)?)?,
+        created_position: r.get::<_, i64>(5)? as u64,
+    })
+}
+
+fn attempt_row(r: &Row<'_>) -> rusqlite::Result<WebhookAttempt> {
+    Ok(WebhookAttempt {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        subscription_id: r.get(2)?,
+        organization_id: r.get(3)?,
+        attempt: r.get(4)?,
+        url: r.get(5)?,
+        status_code: r.get(6)?,
+        response: r.get(7)?,
+        timestamp: parse_time(&r.get::<_, String>(8)?)?,
+    })
+}
+
+pub(crate) fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
     Ok(Collection {
         id: r.get(0)?,
         organization_id: r.get(1)?,
@@ -87,7 +138,7 @@ fn collection_row(r: &Row<'_>) -> rusqlite::Result<Collection> {
     })
 }
 
-fn source_connection_row(r: &Row<'_>) -> rusqlite::Result<SourceConnection> {
+pub(crate) fn source_connection_row(r: &Row<'_>) -> rusqlite::Result<SourceConnection> {
     Ok(SourceConnection {
         id: r.get(0)?,
         organization_id: r.get(1)?,
@@ -250,6 +301,195 @@ impl ReadView<'_> {
                 organization_row,
             ),
             Conn::Postgres(c) => pg::organization_by_name(c, name).await,
+        }
+    }
+
+    // ---- webhook subscriptions ----------------------------------------------------------
+
+    /// An organization's webhook subscriptions, newest first.
+    pub async fn webhook_subscriptions(
+        &self,
+        organization_id: Uuid,
+    ) -> Result<Vec<WebhookSubscription>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => all(
+                c,
+                &format!(
+                    "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions
+                     WHERE organization_id = ?1 ORDER BY created_position DESC"
+                ),
+                [organization_id],
+                webhook_subscription_row,
+            ),
+            Conn::Postgres(c) => pg::webhook_subscriptions(c, organization_id).await,
+        }
+    }
+
+    /// The organization's subscription with this id (another organization's is None).
+    pub async fn webhook_subscription(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<WebhookSubscription>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!(
+                    "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions
+                     WHERE id = ?1 AND organization_id = ?2"
+                ),
+                rusqlite::params![id, organization_id],
+                webhook_subscription_row,
+            ),
+            Conn::Postgres(c) => pg::webhook_subscription(c, organization_id, id).await,
+        }
+    }
+
+    /// The next due delivery (at `now`) of each enabled subscription, oldest due first, at
+    /// most `limit`: one per subscription, so that a subscription with a backlog never hides
+    /// the others' deliveries from the dispatcher.
+    pub async fn due_webhook_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, ReadError> {
+        let now = super::time(&now);
+        match self.conn {
+            Conn::Sqlite(c) => page(
+                c,
+                "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
+                   d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
+                 FROM webhook_subscriptions s
+                 JOIN webhook_deliveries d ON d.rowid = (
+                   SELECT x.rowid FROM webhook_deliveries x
+                   WHERE x.subscription_id = s.id AND x.status = 'pending'
+                     AND x.next_attempt_at <= ?1
+                   ORDER BY x.next_attempt_at, x.created_position LIMIT 1)
+                 JOIN webhook_messages m ON m.id = d.message_id
+                 WHERE s.disabled = 0
+                 ORDER BY d.next_attempt_at, d.created_position LIMIT ?2",
+                rusqlite::params![now, limit as i64],
+                |r| {
+                    Ok(DueDelivery {
+                        message_id: r.get(0)?,
+                        subscription_id: r.get(1)?,
+                        organization_id: r.get(2)?,
+                        attempts: r.get(3)?,
+                        next_attempt_at: parse_time(&r.get::<_, String>(4)?)?,
+                        url: r.get(5)?,
+                        secret: r.get(6)?,
+                        payload: r.get(7)?,
+                        round_start: r.get(8)?,
+                    })
+                },
+                0,
+                limit,
+                |_| true,
+            ),
+            Conn::Postgres(c) => pg::due_webhook_deliveries(c, &now, limit).await,
+        }
+    }
+
+    /// The ids of a subscription's failed deliveries' messages recorded in `[since, until)`,
+    /// oldest first.
+    pub async fn failed_webhook_deliveries(
+        &self,
+        subscription_id: Uuid,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Uuid>, ReadError> {
+        let since = super::time(&since);
+        // Past any stored time: nine fractional digits sort before a `Z` after the seconds.
+        let until = until.map_or_else(|| "9999".to_owned(), |t| super::time(&t));
+        match self.conn {
+            Conn::Sqlite(c) => all(
+                c,
+                "SELECT d.message_id FROM webhook_deliveries d
+                 JOIN webhook_messages m ON m.id = d.message_id
+                 WHERE d.subscription_id = ?1 AND d.status = 'failed'
+                   AND m.timestamp >= ?2 AND m.timestamp < ?3
+                 ORDER BY d.created_position",
+                rusqlite::params![subscription_id, since, until],
+                |r| r.get(0),
+            ),
+            Conn::Postgres(c) => {
+                pg::failed_webhook_deliveries(c, subscription_id, &since, &until).await
+            }
+        }
+    }
+
+    /// An organization's messages, newest first, of the given types (all when empty).
+    pub async fn webhook_messages(
+        &self,
+        organization_id: Uuid,
+        event_types: &[String],
+        limit: usize,
+    ) -> Result<Vec<WebhookMessage>, ReadError> {
+        let keep =
+            |m: &WebhookMessage| event_types.is_empty() || event_types.contains(&m.event_type);
+        match self.conn {
+            Conn::Sqlite(c) => page(
+                c,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM webhook_messages WHERE organization_id = ?1
+                     ORDER BY created_position DESC"
+                ),
+                [organization_id],
+                message_row,
+                0,
+                limit,
+                keep,
+            ),
+            Conn::Postgres(c) => pg::webhook_messages(c, organization_id, limit, keep).await,
+        }
+    }
+
+    pub async fn webhook_message(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<WebhookMessage>, ReadError> {
+        match self.conn {
+            Conn::Sqlite(c) => one(
+                c,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM webhook_messages
+                     WHERE id = ?1 AND organization_id = ?2"
+                ),
+                rusqlite::params![id, organization_id],
+                message_row,
+            ),
+            Conn::Postgres(c) => pg::webhook_message(c, organization_id, id).await,
+        }
+    }
+
+    /// The attempts of one message (`by_message`) or of one subscription, newest first,
+    /// at most `limit`.
+    pub async fn webhook_attempts(
+        &self,
+        id: Uuid,
+        by_message: bool,
+        limit: usize,
+    ) -> Result<Vec<WebhookAttempt>, ReadError> {
+        let column = if by_message {
+            "message_id"
+        } else {
+            "subscription_id"
+        };
+        match self.conn {
+            Conn::Sqlite(c) => page(
+                c,
+                &format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE {column} = ?1
+                     ORDER BY created_position DESC"
+                ),
+                [id],
+                attempt_row,
+                0,
+                limit,
+                |_| true,
+            ),
+            Conn::Postgres(c) => pg::webhook_attempts(c, column, id, limit).await,
         }
     }
 
@@ -589,6 +829,10 @@ impl ReadView<'_> {
                         .map(|b| decode_job(b))
                         .collect::<Result<_, _>>()?,
                     counts: d.counts,
+                    webhook_subscriptions: d.webhook_subscriptions,
+                    webhook_messages: d.webhook_messages,
+                    webhook_deliveries: d.webhook_deliveries,
+                    webhook_attempts: d.webhook_attempts,
                 });
             }
         };
@@ -649,6 +893,42 @@ impl ReadView<'_> {
                         ],
                     ))
                 },
+            )?,
+            webhook_subscriptions: all(
+                c,
+                &sorted(&format!(
+                    "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions"
+                )),
+                [],
+                webhook_subscription_row,
+            )?,
+            webhook_messages: all(
+                c,
+                &sorted(&format!("SELECT {MESSAGE_COLUMNS} FROM webhook_messages")),
+                [],
+                message_row,
+            )?,
+            webhook_deliveries: all(
+                c,
+                "SELECT message_id, subscription_id, status, attempts, round_start, next_attempt_at
+                 FROM webhook_deliveries ORDER BY 1, 2",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )?,
+            webhook_attempts: all(
+                c,
+                &sorted(&format!("SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts")),
+                [],
+                attempt_row,
             )?,
         })
     }

@@ -8,7 +8,10 @@ use super::fold::{
     Committed, Fold, JobRow, LiveJob, OrgCounts, Rows, RunCounts, Table, PURGE_BATCH,
 };
 use super::{time as t, ReadError, PROJECTION_NAME};
-use crate::model::{ApiKey, Collection, Organization, SourceConnection};
+use crate::model::{
+    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
+    WebhookSubscription,
+};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::future::Future;
 use std::pin::pin;
@@ -385,6 +388,194 @@ impl Rows for SqliteRows<'_> {
                 "UPDATE api_keys SET revoked_at = ?2 WHERE key_id = ?1 AND revoked_at IS NULL",
             )?
             .execute(params![key_id, at])?;
+        Ok(())
+    }
+
+    async fn webhook_subscription(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<WebhookSubscription>, ReadError> {
+        Ok(self
+            .0
+            .prepare_cached(&format!(
+                "SELECT {} FROM webhook_subscriptions WHERE id = ?1",
+                super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
+            ))?
+            .query_row([id], super::view::webhook_subscription_row)
+            .optional()?)
+    }
+
+    async fn write_webhook_subscription(&self, s: &WebhookSubscription) -> Result<(), ReadError> {
+        let types =
+            serde_json::to_string(&s.event_types).map_err(|e| ReadError::Decode(e.to_string()))?;
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO webhook_subscriptions (id, organization_id, url,
+                   event_types, disabled, description, secret, created_at, updated_at,
+                   created_position)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                s.id,
+                s.organization_id,
+                s.url,
+                types,
+                s.disabled,
+                s.description,
+                s.secret,
+                t(&s.created_at),
+                t(&s.updated_at),
+                s.created_position as i64
+            ])?;
+        Ok(())
+    }
+
+    async fn cancel_webhook_deliveries(&self, subscription_id: Uuid) -> Result<(), ReadError> {
+        self.0
+            .prepare_cached(
+                "UPDATE webhook_deliveries SET status = 'cancelled', next_attempt_at = NULL
+                 WHERE subscription_id = ?1 AND status = 'pending'",
+            )?
+            .execute([subscription_id])?;
+        Ok(())
+    }
+
+    async fn source_connection_row(&self, id: Uuid) -> Result<Option<SourceConnection>, ReadError> {
+        Ok(self
+            .0
+            .prepare_cached(&format!(
+                "SELECT {} FROM source_connections WHERE id = ?1",
+                super::view::SOURCE_CONNECTION_COLUMNS
+            ))?
+            .query_row([id], super::view::source_connection_row)
+            .optional()?)
+    }
+
+    async fn collection_row(&self, id: Uuid) -> Result<Option<Collection>, ReadError> {
+        Ok(self
+            .0
+            .prepare_cached(&format!(
+                "SELECT {} FROM collections WHERE id = ?1",
+                super::view::COLLECTION_COLUMNS
+            ))?
+            .query_row([id], super::view::collection_row)
+            .optional()?)
+    }
+
+    async fn webhook_subscriptions_of(
+        &self,
+        organization_ids: &[Uuid],
+    ) -> Result<Vec<WebhookSubscription>, ReadError> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT {} FROM webhook_subscriptions WHERE organization_id = ?1",
+            super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
+        ))?;
+        let mut out = Vec::new();
+        for org in organization_ids {
+            for s in stmt.query_map([org], super::view::webhook_subscription_row)? {
+                out.push(s?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO webhook_messages (id, organization_id, event_type, payload,
+                   timestamp, created_position)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                m.id,
+                m.organization_id,
+                m.event_type,
+                m.payload,
+                t(&m.timestamp),
+                m.created_position as i64
+            ])?;
+        Ok(())
+    }
+
+    async fn insert_webhook_delivery(
+        &self,
+        m: &WebhookMessage,
+        subscription_id: Uuid,
+        due: &str,
+    ) -> Result<(), ReadError> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO webhook_deliveries (message_id, subscription_id, organization_id,
+                   status, attempts, round_start, next_attempt_at, created_position)
+                 VALUES (?1, ?2, ?3, 'pending', 0, 0, ?4, ?5) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                m.id,
+                subscription_id,
+                m.organization_id,
+                due,
+                m.created_position as i64
+            ])?;
+        Ok(())
+    }
+
+    async fn record_webhook_attempt(
+        &self,
+        a: &WebhookAttempt,
+        status: &str,
+        next_attempt_at: Option<&str>,
+        position: u64,
+    ) -> Result<(), ReadError> {
+        let inserted = self
+            .0
+            .prepare_cached(
+                "INSERT INTO webhook_attempts (id, message_id, subscription_id, organization_id,
+                   attempt, url, status_code, response, timestamp, created_position)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                a.id,
+                a.message_id,
+                a.subscription_id,
+                a.organization_id,
+                a.attempt,
+                a.url,
+                a.status_code,
+                a.response,
+                t(&a.timestamp),
+                position as i64
+            ])?;
+        if inserted == 0 {
+            return Ok(());
+        }
+        self.0
+            .prepare_cached(
+                "UPDATE webhook_deliveries SET status = ?3, attempts = ?4, next_attempt_at = ?5
+                 WHERE message_id = ?1 AND subscription_id = ?2 AND status <> 'cancelled'",
+            )?
+            .execute(params![
+                a.message_id,
+                a.subscription_id,
+                status,
+                a.attempt,
+                next_attempt_at
+            ])?;
+        Ok(())
+    }
+
+    async fn recover_webhook_delivery(
+        &self,
+        message_id: Uuid,
+        subscription_id: Uuid,
+        due: &str,
+    ) -> Result<(), ReadError> {
+        self.0
+            .prepare_cached(
+                "UPDATE webhook_deliveries SET status = 'pending', round_start = attempts,
+                   next_attempt_at = ?3
+                 WHERE message_id = ?1 AND subscription_id = ?2 AND status = 'failed'",
+            )?
+            .execute(params![message_id, subscription_id, due])?;
         Ok(())
     }
 }

@@ -34,6 +34,8 @@ const CATEGORY_PREFIXES: &[&str] = &[
     stream::COLLECTION_PREFIX,
     stream::COLLECTION_NAME_PREFIX,
     stream::SOURCE_CONNECTION_PREFIX,
+    stream::WEBHOOK_SUBSCRIPTION_PREFIX,
+    stream::WEBHOOK_DELIVERY_PREFIX,
 ];
 const SINGLE_STREAMS: &[&str] = &[stream::ACCESS];
 
@@ -274,6 +276,8 @@ mod tests {
             stream::collection(id),
             stream::collection_name(id, "readable-id"),
             stream::source_connection(id),
+            stream::webhook_subscription(id),
+            stream::webhook_delivery(id, id),
             stream::ACCESS.to_owned(),
         ];
         for s in &streams {
@@ -292,7 +296,7 @@ mod tests {
         }
         assert_eq!(
             re,
-            "^(job-|collection-|collection_name-|source_connection-|access$)"
+            "^(job-|collection-|collection_name-|source_connection-|webhook_subscription-|webhook_delivery-|access$)"
         );
     }
 }

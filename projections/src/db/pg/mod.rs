@@ -31,7 +31,7 @@ use tokio_postgres::NoTls;
 
 const SCHEMA: &str = include_str!("schema.sql");
 /// Tables in the order they are dropped on a rebuild.
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 12] = [
     "read_projection",
     "read_organizations",
     "read_api_keys",
@@ -40,6 +40,10 @@ const TABLES: [&str; 8] = [
     "read_jobs",
     "read_purge_queue",
     "read_organization_counts",
+    "read_webhook_subscriptions",
+    "read_webhook_messages",
+    "read_webhook_deliveries",
+    "read_webhook_attempts",
 ];
 /// Serialises schema changes between nodes starting together (an arbitrary constant of
 /// this read model; the event store's lock is another).

@@ -99,3 +99,65 @@ CREATE TABLE IF NOT EXISTS read_organization_counts (
     source_connections bigint NOT NULL,
     active_jobs bigint NOT NULL
 );
+
+-- Webhook subscriptions (event_types: a JSON array of strings, as text).
+CREATE TABLE IF NOT EXISTS read_webhook_subscriptions (
+    id uuid PRIMARY KEY,
+    organization_id uuid NOT NULL,
+    url bytea NOT NULL,
+    event_types text NOT NULL,
+    disabled boolean NOT NULL,
+    description bytea,
+    secret bytea NOT NULL,
+    created_at text NOT NULL,
+    updated_at text NOT NULL,
+    created_position bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS read_webhook_subscriptions_by_organization
+    ON read_webhook_subscriptions (organization_id, created_position);
+
+-- Webhook messages, deliveries and attempts: db/schema.sql's, translated.
+CREATE TABLE IF NOT EXISTS read_webhook_messages (
+    id uuid PRIMARY KEY,
+    organization_id uuid NOT NULL,
+    event_type bytea NOT NULL,
+    payload bytea NOT NULL,
+    timestamp text NOT NULL,
+    created_position bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS read_webhook_messages_by_organization
+    ON read_webhook_messages (organization_id, created_position);
+
+CREATE TABLE IF NOT EXISTS read_webhook_deliveries (
+    message_id uuid NOT NULL,
+    subscription_id uuid NOT NULL,
+    organization_id uuid NOT NULL,
+    status text NOT NULL,
+    attempts bigint NOT NULL,
+    round_start bigint NOT NULL,
+    next_attempt_at text,
+    created_position bigint NOT NULL,
+    PRIMARY KEY (message_id, subscription_id)
+);
+CREATE INDEX IF NOT EXISTS read_webhook_deliveries_due
+    ON read_webhook_deliveries (subscription_id, next_attempt_at, created_position)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS read_webhook_deliveries_by_subscription
+    ON read_webhook_deliveries (subscription_id, status);
+
+CREATE TABLE IF NOT EXISTS read_webhook_attempts (
+    id uuid PRIMARY KEY,
+    message_id uuid NOT NULL,
+    subscription_id uuid NOT NULL,
+    organization_id uuid NOT NULL,
+    attempt bigint NOT NULL,
+    url bytea NOT NULL,
+    status_code bigint NOT NULL,
+    response bytea NOT NULL,
+    timestamp text NOT NULL,
+    created_position bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS read_webhook_attempts_by_message
+    ON read_webhook_attempts (message_id, created_position);
+CREATE INDEX IF NOT EXISTS read_webhook_attempts_by_subscription
+    ON read_webhook_attempts (subscription_id, created_position);

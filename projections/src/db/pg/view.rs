@@ -4,7 +4,10 @@
 use super::parse_time;
 use crate::db::view::OrganizationCounts;
 use crate::db::ReadError;
-use crate::model::{ApiKey, Collection, Organization, SourceConnection};
+use crate::model::{
+    ApiKey, Collection, DueDelivery, Organization, SourceConnection, WebhookAttempt,
+    WebhookMessage, WebhookSubscription,
+};
 use deadpool_postgres::ClientWrapper as Client;
 use futures::{pin_mut, TryStreamExt};
 use tokio_postgres::types::ToSql;
@@ -13,9 +16,9 @@ use uuid::Uuid;
 
 const JOB_VISIBLE: &str = "(j.active OR EXISTS
     (SELECT 1 FROM read_source_connections s WHERE s.id = j.source_connection_id))";
-const COLLECTION_COLUMNS: &str =
+pub(crate) const COLLECTION_COLUMNS: &str =
     "id, organization_id, name, readable_id, created_at, modified_at, created_position";
-const SOURCE_CONNECTION_COLUMNS: &str =
+pub(crate) const SOURCE_CONNECTION_COLUMNS: &str =
     "id, organization_id, collection_id, readable_collection_id,
     name, description, short_name, config, auth_method, authenticated, created_at, modified_at,
     created_position, total_runs, successful_runs, failed_runs";
@@ -57,7 +60,202 @@ fn organization_row(r: &Row) -> Result<Organization, ReadError> {
     })
 }
 
-fn collection_row(r: &Row) -> Result<Collection, ReadError> {
+pub(crate) const WEBHOOK_SUBSCRIPTION_COLUMNS: &str = "id, organization_id, url, event_types,
+    disabled, description, secret, created_at, updated_at, created_position";
+
+pub(crate) fn webhook_subscription_row(r: &Row) -> Result<WebhookSubscription, ReadError> {
+    Ok(WebhookSubscription {
+        id: r.get(0),
+        organization_id: r.get(1),
+        url: text(r, 2)?,
+        event_types: serde_json::from_str(r.get(3))
+            .map_err(|e| ReadError::Decode(e.to_string()))?,
+        disabled: r.get(4),
+        description: optional_text(r, 5)?,
+        secret: text(r, 6)?,
+        created_at: parse_time(r.get(7))?,
+        updated_at: parse_time(r.get(8))?,
+        created_position: r.get::<_, i64>(9) as u64,
+    })
+}
+
+pub(crate) async fn webhook_subscriptions(
+    c: &Client,
+    organization_id: Uuid,
+) -> Result<Vec<WebhookSubscription>, ReadError> {
+    all(
+        c,
+        &format!(
+            "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM read_webhook_subscriptions
+             WHERE organization_id = $1 ORDER BY created_position DESC"
+        ),
+        &[&organization_id],
+        webhook_subscription_row,
+    )
+    .await
+}
+
+pub(crate) async fn webhook_subscription(
+    c: &Client,
+    organization_id: Uuid,
+    id: Uuid,
+) -> Result<Option<WebhookSubscription>, ReadError> {
+    one(
+        c,
+        &format!(
+            "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM read_webhook_subscriptions
+             WHERE id = $1 AND organization_id = $2"
+        ),
+        &[&id, &organization_id],
+        webhook_subscription_row,
+    )
+    .await
+}
+
+const MESSAGE_COLUMNS: &str =
+    "id, organization_id, event_type, payload, timestamp, created_position";
+const ATTEMPT_COLUMNS: &str = "id, message_id, subscription_id, organization_id, attempt, url,
+    status_code, response, timestamp";
+
+fn message_row(r: &Row) -> Result<WebhookMessage, ReadError> {
+    Ok(WebhookMessage {
+        id: r.get(0),
+        organization_id: r.get(1),
+        event_type: text(r, 2)?,
+        payload: text(r, 3)?,
+        timestamp: parse_time(r.get(4))?,
+        created_position: r.get::<_, i64>(5) as u64,
+    })
+}
+
+fn attempt_row(r: &Row) -> Result<WebhookAttempt, ReadError> {
+    Ok(WebhookAttempt {
+        id: r.get(0),
+        message_id: r.get(1),
+        subscription_id: r.get(2),
+        organization_id: r.get(3),
+        attempt: u32::try_from(r.get::<_, i64>(4)).unwrap_or(u32::MAX),
+        url: text(r, 5)?,
+        status_code: u16::try_from(r.get::<_, i64>(6)).unwrap_or(0),
+        response: text(r, 7)?,
+        timestamp: parse_time(r.get(8))?,
+    })
+}
+
+pub(crate) async fn due_webhook_deliveries(
+    c: &Client,
+    now: &str,
+    limit: usize,
+) -> Result<Vec<DueDelivery>, ReadError> {
+    all(
+        c,
+        "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
+           d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
+         FROM read_webhook_subscriptions s
+         CROSS JOIN LATERAL (
+           SELECT * FROM read_webhook_deliveries x
+           WHERE x.subscription_id = s.id AND x.status = 'pending' AND x.next_attempt_at <= $1
+           ORDER BY x.next_attempt_at, x.created_position LIMIT 1) d
+         JOIN read_webhook_messages m ON m.id = d.message_id
+         WHERE NOT s.disabled
+         ORDER BY d.next_attempt_at, d.created_position LIMIT $2",
+        &[&now, &(limit as i64)],
+        |r| {
+            Ok(DueDelivery {
+                message_id: r.get(0),
+                subscription_id: r.get(1),
+                organization_id: r.get(2),
+                attempts: u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX),
+                next_attempt_at: parse_time(r.get(4))?,
+                url: text(r, 5)?,
+                secret: text(r, 6)?,
+                payload: text(r, 7)?,
+                round_start: u32::try_from(r.get::<_, i64>(8)).unwrap_or(0),
+            })
+        },
+    )
+    .await
+}
+
+pub(crate) async fn failed_webhook_deliveries(
+    c: &Client,
+    subscription_id: Uuid,
+    since: &str,
+    until: &str,
+) -> Result<Vec<Uuid>, ReadError> {
+    all(
+        c,
+        "SELECT d.message_id FROM read_webhook_deliveries d
+         JOIN read_webhook_messages m ON m.id = d.message_id
+         WHERE d.subscription_id = $1 AND d.status = 'failed'
+           AND m.timestamp >= $2 AND m.timestamp < $3
+         ORDER BY d.created_position",
+        &[&subscription_id, &since, &until],
+        |r| Ok(r.get(0)),
+    )
+    .await
+}
+
+pub(crate) async fn webhook_messages(
+    c: &Client,
+    organization_id: Uuid,
+    limit: usize,
+    keep: impl FnMut(&WebhookMessage) -> bool,
+) -> Result<Vec<WebhookMessage>, ReadError> {
+    page(
+        c,
+        &format!(
+            "SELECT {MESSAGE_COLUMNS} FROM read_webhook_messages WHERE organization_id = $1
+             ORDER BY created_position DESC"
+        ),
+        &[&organization_id],
+        message_row,
+        0,
+        limit,
+        keep,
+    )
+    .await
+}
+
+pub(crate) async fn webhook_message(
+    c: &Client,
+    organization_id: Uuid,
+    id: Uuid,
+) -> Result<Option<WebhookMessage>, ReadError> {
+    one(
+        c,
+        &format!(
+            "SELECT {MESSAGE_COLUMNS} FROM read_webhook_messages
+             WHERE id = $1 AND organization_id = $2"
+        ),
+        &[&id, &organization_id],
+        message_row,
+    )
+    .await
+}
+
+pub(crate) async fn webhook_attempts(
+    c: &Client,
+    column: &str,
+    id: Uuid,
+    limit: usize,
+) -> Result<Vec<WebhookAttempt>, ReadError> {
+    page(
+        c,
+        &format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM read_webhook_attempts WHERE {column} = $1
+             ORDER BY created_position DESC"
+        ),
+        &[&id],
+        attempt_row,
+        0,
+        limit,
+        |_| true,
+    )
+    .await
+}
+
+pub(crate) fn collection_row(r: &Row) -> Result<Collection, ReadError> {
     Ok(Collection {
         id: r.get(0),
         organization_id: r.get(1),
@@ -69,7 +267,7 @@ fn collection_row(r: &Row) -> Result<Collection, ReadError> {
     })
 }
 
-fn source_connection_row(r: &Row) -> Result<SourceConnection, ReadError> {
+pub(crate) fn source_connection_row(r: &Row) -> Result<SourceConnection, ReadError> {
     Ok(SourceConnection {
         id: r.get(0),
         organization_id: r.get(1),
@@ -423,6 +621,10 @@ pub(crate) struct Dump {
     pub source_connections: Vec<SourceConnection>,
     pub jobs: Vec<Vec<u8>>,
     pub counts: Vec<(Uuid, [u64; 3])>,
+    pub webhook_subscriptions: Vec<WebhookSubscription>,
+    pub webhook_messages: Vec<WebhookMessage>,
+    pub webhook_deliveries: Vec<crate::model::WebhookDeliveryRow>,
+    pub webhook_attempts: Vec<WebhookAttempt>,
 }
 
 pub(crate) async fn dump(c: &Client) -> Result<Dump, ReadError> {
@@ -469,6 +671,46 @@ pub(crate) async fn dump(c: &Client) -> Result<Dump, ReadError> {
              WHERE collections + source_connections + active_jobs <> 0 ORDER BY 1",
             &[],
             |r| Ok((r.get(0), counts(r, 1))),
+        )
+        .await?,
+        webhook_subscriptions: all(
+            c,
+            &format!(
+                "SELECT {WEBHOOK_SUBSCRIPTION_COLUMNS} FROM read_webhook_subscriptions ORDER BY 1"
+            ),
+            &[],
+            webhook_subscription_row,
+        )
+        .await?,
+        webhook_messages: all(
+            c,
+            &format!("SELECT {MESSAGE_COLUMNS} FROM read_webhook_messages ORDER BY 1"),
+            &[],
+            message_row,
+        )
+        .await?,
+        webhook_deliveries: all(
+            c,
+            "SELECT message_id, subscription_id, status, attempts, round_start, next_attempt_at
+             FROM read_webhook_deliveries ORDER BY 1, 2",
+            &[],
+            |r| {
+                Ok((
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX),
+                    u32::try_from(r.get::<_, i64>(4)).unwrap_or(u32::MAX),
+                    r.get(5),
+                ))
+            },
+        )
+        .await?,
+        webhook_attempts: all(
+            c,
+            &format!("SELECT {ATTEMPT_COLUMNS} FROM read_webhook_attempts ORDER BY 1"),
+            &[],
+            attempt_row,
         )
         .await?,
     })

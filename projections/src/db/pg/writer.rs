@@ -6,7 +6,10 @@ use crate::db::fold::{
     Committed, Fold, JobRow, LiveJob, OrgCounts, Rows, RunCounts, Table, PURGE_BATCH,
 };
 use crate::db::{decode_job, time as t, ReadError, PROJECTION_NAME};
-use crate::model::{ApiKey, Collection, Organization, SourceConnection};
+use crate::model::{
+    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
+    WebhookSubscription,
+};
 use deadpool_postgres::{Pool, Transaction};
 use syncjobs_domain::{JobState, RecordedEvent};
 use tokio_postgres::types::ToSql;
@@ -159,6 +162,7 @@ fn table(t: Table) -> &'static str {
     match t {
         Table::Collections => "read_collections",
         Table::SourceConnections => "read_source_connections",
+        Table::WebhookSubscriptions => "read_webhook_subscriptions",
     }
 }
 
@@ -381,6 +385,198 @@ impl Rows for PgRows<'_> {
         self.execute(
             "UPDATE read_api_keys SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
             &[&key_id, &at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn webhook_subscription(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<WebhookSubscription>, ReadError> {
+        let sql = format!(
+            "SELECT {} FROM read_webhook_subscriptions WHERE id = $1",
+            super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
+        );
+        self.query_opt(&sql, &[&id])
+            .await?
+            .map(|r| super::view::webhook_subscription_row(&r))
+            .transpose()
+    }
+
+    async fn write_webhook_subscription(&self, s: &WebhookSubscription) -> Result<(), ReadError> {
+        let types =
+            serde_json::to_string(&s.event_types).map_err(|e| ReadError::Decode(e.to_string()))?;
+        self.execute(
+            "INSERT INTO read_webhook_subscriptions (id, organization_id, url, event_types,
+               disabled, description, secret, created_at, updated_at, created_position)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (id) DO UPDATE SET url = excluded.url,
+               event_types = excluded.event_types, disabled = excluded.disabled,
+               description = excluded.description, secret = excluded.secret,
+               updated_at = excluded.updated_at",
+            &[
+                &s.id,
+                &s.organization_id,
+                &s.url.as_bytes(),
+                &types,
+                &s.disabled,
+                &s.description.as_deref().map(str::as_bytes),
+                &s.secret.as_bytes(),
+                &t(&s.created_at),
+                &t(&s.updated_at),
+                &(s.created_position as i64),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn cancel_webhook_deliveries(&self, subscription_id: Uuid) -> Result<(), ReadError> {
+        self.execute(
+            "UPDATE read_webhook_deliveries SET status = 'cancelled', next_attempt_at = NULL
+             WHERE subscription_id = $1 AND status = 'pending'",
+            &[&subscription_id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn source_connection_row(&self, id: Uuid) -> Result<Option<SourceConnection>, ReadError> {
+        let sql = format!(
+            "SELECT {} FROM read_source_connections WHERE id = $1",
+            super::view::SOURCE_CONNECTION_COLUMNS
+        );
+        self.query_opt(&sql, &[&id])
+            .await?
+            .map(|r| super::view::source_connection_row(&r))
+            .transpose()
+    }
+
+    async fn collection_row(&self, id: Uuid) -> Result<Option<Collection>, ReadError> {
+        let sql = format!(
+            "SELECT {} FROM read_collections WHERE id = $1",
+            super::view::COLLECTION_COLUMNS
+        );
+        self.query_opt(&sql, &[&id])
+            .await?
+            .map(|r| super::view::collection_row(&r))
+            .transpose()
+    }
+
+    async fn webhook_subscriptions_of(
+        &self,
+        organization_ids: &[Uuid],
+    ) -> Result<Vec<WebhookSubscription>, ReadError> {
+        let sql = format!(
+            "SELECT {} FROM read_webhook_subscriptions WHERE organization_id = ANY($1)",
+            super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
+        );
+        let stmt = self.0.prepare_cached(&sql).await?;
+        self.0
+            .query(&stmt, &[&organization_ids])
+            .await?
+            .iter()
+            .map(super::view::webhook_subscription_row)
+            .collect()
+    }
+
+    async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError> {
+        self.execute(
+            "INSERT INTO read_webhook_messages (id, organization_id, event_type, payload,
+               timestamp, created_position)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            &[
+                &m.id,
+                &m.organization_id,
+                &m.event_type.as_bytes(),
+                &m.payload.as_bytes(),
+                &t(&m.timestamp),
+                &(m.created_position as i64),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_webhook_delivery(
+        &self,
+        m: &WebhookMessage,
+        subscription_id: Uuid,
+        due: &str,
+    ) -> Result<(), ReadError> {
+        self.execute(
+            "INSERT INTO read_webhook_deliveries (message_id, subscription_id, organization_id,
+               status, attempts, round_start, next_attempt_at, created_position)
+             VALUES ($1, $2, $3, 'pending', 0, 0, $4, $5) ON CONFLICT DO NOTHING",
+            &[
+                &m.id,
+                &subscription_id,
+                &m.organization_id,
+                &due,
+                &(m.created_position as i64),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn record_webhook_attempt(
+        &self,
+        a: &WebhookAttempt,
+        status: &str,
+        next_attempt_at: Option<&str>,
+        position: u64,
+    ) -> Result<(), ReadError> {
+        let inserted = self
+            .execute(
+                "INSERT INTO read_webhook_attempts (id, message_id, subscription_id,
+                   organization_id, attempt, url, status_code, response, timestamp,
+                   created_position)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &a.id,
+                    &a.message_id,
+                    &a.subscription_id,
+                    &a.organization_id,
+                    &i64::from(a.attempt),
+                    &a.url.as_bytes(),
+                    &i64::from(a.status_code),
+                    &a.response.as_bytes(),
+                    &t(&a.timestamp),
+                    &(position as i64),
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Ok(());
+        }
+        self.execute(
+            "UPDATE read_webhook_deliveries SET status = $3, attempts = $4, next_attempt_at = $5
+             WHERE message_id = $1 AND subscription_id = $2 AND status <> 'cancelled'",
+            &[
+                &a.message_id,
+                &a.subscription_id,
+                &status,
+                &i64::from(a.attempt),
+                &next_attempt_at,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn recover_webhook_delivery(
+        &self,
+        message_id: Uuid,
+        subscription_id: Uuid,
+        due: &str,
+    ) -> Result<(), ReadError> {
+        self.execute(
+            "UPDATE read_webhook_deliveries SET status = 'pending', round_start = attempts,
+               next_attempt_at = $3
+             WHERE message_id = $1 AND subscription_id = $2 AND status = 'failed'",
+            &[&message_id, &subscription_id, &due],
         )
         .await?;
         Ok(())
