@@ -566,12 +566,17 @@ async fn measure_recovery(cfg: &Config, db: &BenchDb, jobs: u64) -> Result<Outco
     let dir = tempfile::tempdir_in(&cfg.work_dir)?;
     let data_dir = dir.path().join("data");
     let key = format!("bench-{}", Uuid::new_v4().simple());
-    let mut server = ServerProcess::syncjobs(SyncjobsServer {
-        bin: &cfg.server_bin,
-        data_dir: &data_dir,
-        api_key: &key,
-        env: vec![("SYNCJOBS_STORE", db.url.clone())],
-    })?;
+    // Started twice: on empty read-model tables, then again on the same database, where the
+    // read model resumes from its stored position.
+    let start = || {
+        ServerProcess::syncjobs(SyncjobsServer {
+            bin: &cfg.server_bin,
+            data_dir: &data_dir,
+            api_key: &key,
+            env: vec![("SYNCJOBS_STORE", db.url.clone())],
+        })
+    };
+    let mut server = start()?;
     let api = Api::new(&server.base_url, &key)?;
     let cold = server
         .wait_ready(&api, generated.head, crate::recovery::READY_TIMEOUT)
@@ -581,13 +586,7 @@ async fn measure_recovery(cfg: &Config, db: &BenchDb, jobs: u64) -> Result<Outco
     crate::recovery::check_projected(&health, &generated)?;
     server.stop().await?;
     let second = copy_scan(&db.url).await?;
-    // A restart on the same database: the read model resumes from its stored position.
-    let mut server = ServerProcess::syncjobs(SyncjobsServer {
-        bin: &cfg.server_bin,
-        data_dir: &data_dir,
-        api_key: &key,
-        env: vec![("SYNCJOBS_STORE", db.url.clone())],
-    })?;
+    let mut server = start()?;
     let api = Api::new(&server.base_url, &key)?;
     let warm = server
         .wait_ready(&api, generated.head, crate::recovery::READY_TIMEOUT)
