@@ -326,7 +326,10 @@ async fn check(
     // Each job's own log: one final event at most, last; forced cancels on time.
     for (job, (sc, _)) in &statuses {
         // The status and the events of one moment: read the job again after its events,
-        // and again if it moved meanwhile.
+        // and again if it moved meanwhile. The events come from the log, the status from the
+        // read model, which folds a final event a moment after it is appended: a status that
+        // still lags the log is read again, for a bounded while.
+        let settle = Instant::now() + Duration::from_secs(5);
         let (status, events) = loop {
             let (_, before) = client
                 .get(&format!("/source-connections/{sc}/jobs/{job}"))
@@ -335,12 +338,13 @@ async fn check(
             let (_, after) = client
                 .get(&format!("/source-connections/{sc}/jobs/{job}"))
                 .await;
-            if before["status"] == after["status"] {
-                break (
-                    after["status"].as_str().unwrap_or_default().to_owned(),
-                    events,
-                );
+            let status = after["status"].as_str().unwrap_or_default().to_owned();
+            let ended = matches!(status.as_str(), "completed" | "failed" | "cancelled");
+            let lagging = !ended && events.iter().any(|e| is_final(e.0.as_str()));
+            if before["status"] == after["status"] && (!lagging || Instant::now() >= settle) {
+                break (status, events);
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let status = &status;
         let finals: Vec<usize> = events
