@@ -1537,3 +1537,72 @@ async fn only_organizations_with_a_subscription_that_wants_an_event_get_messages
         assert_eq!(due, [1, 3], "the disabled subscription has no delivery");
     }
 }
+
+#[tokio::test]
+async fn many_new_jobs_in_one_batch_fold_as_they_do_one_by_one() {
+    on_each_engine(
+        "many_new_jobs_in_one_batch_fold_as_they_do_one_by_one",
+        many_new_jobs_in_one_batch_fold_as_they_do_one_by_one_on,
+    )
+    .await;
+}
+
+/// Hundreds of jobs created in one batch (a first start, a backlog) go in by another path on
+/// PostgreSQL (a `COPY` of the new rows) than a few do: the model must not tell them apart,
+/// whether a job starts and ends in one batch or its row is written again by a later one.
+async fn many_new_jobs_in_one_batch_fold_as_they_do_one_by_one_on(engine: Engine) {
+    let mut h = History::new();
+    let org = h.org("default").await;
+    let c = h.collection(org, "bulk").await;
+    let scs = [
+        h.source_connection(org, c, "bulk").await,
+        h.source_connection(org, c, "bulk").await,
+    ];
+    let mut live = Vec::new();
+    for i in 0..300u64 {
+        let sc = scs[(i % 2) as usize];
+        match i % 3 {
+            0 => {
+                h.job(org, sc, &[started(), completed(i)]).await;
+            }
+            1 => live.push(h.job(org, sc, &[started()]).await),
+            _ => {
+                h.job(org, sc, &[failed()]).await;
+            }
+        }
+    }
+    for (i, job) in live.iter().enumerate() {
+        let end = if i % 2 == 0 {
+            completed(7)
+        } else {
+            cancelled(3)
+        };
+        if i % 4 < 2 {
+            h.job_event(*job, SyncJobEvent::ProgressRecorded { counts: counts(1) })
+                .await;
+            h.job_event(*job, end).await;
+        }
+    }
+    let events = h.all().await;
+    let one_by_one = Model::new(engine).await;
+    for e in &events {
+        one_by_one.apply(std::slice::from_ref(e)).await;
+    }
+    let expected = one_by_one.dump().await;
+    assert_eq!(
+        fold(engine, &events).await.dump().await,
+        expected,
+        "one batch"
+    );
+    // Cuts inside the jobs' lives: rows of jobs created by one batch are written again by
+    // the next.
+    for size in [97, 400] {
+        let chunked = Model::new(engine).await;
+        for chunk in events.chunks(size) {
+            chunked.apply(chunk).await;
+        }
+        assert_eq!(chunked.dump().await, expected, "batches of {size}");
+    }
+    let jobs = one_by_one.jobs_of(scs[0]).await.len() + one_by_one.jobs_of(scs[1]).await.len();
+    assert_eq!(jobs, 300, "every job has a row");
+}

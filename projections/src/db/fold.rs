@@ -36,6 +36,9 @@ pub const PURGE_BATCH: usize = 250;
 pub(crate) struct LiveJob {
     pub state: JobState,
     pub created_position: u64,
+    /// Whether the job has a row in the database (in this transaction or before): one
+    /// created since has none, so its first write is a plain insert.
+    pub stored: bool,
 }
 
 /// What a committed batch changed that readers may have cached. Computed from the events
@@ -102,6 +105,8 @@ pub(crate) type OrgCounts = [i64; 3];
 
 /// A job row as written (the state already encoded).
 pub(crate) struct JobRow {
+    /// No row of this job exists yet: an engine may insert it without an upsert's checks.
+    pub new: bool,
     pub id: Uuid,
     pub source_connection_id: Uuid,
     pub organization_id: Uuid,
@@ -253,11 +258,20 @@ impl Fold {
         rows: &R,
         events: &[RecordedEvent],
     ) -> Result<HashMap<Uuid, JobStatus>, ReadError> {
+        // A job whose stream starts in this batch (its JobCreated is version 1, above the
+        // folded position) has no row yet: no need to look for one. On a first start that is
+        // nearly every job, and the lookup was a fifth of the fold's statements' time.
+        let created_here: HashSet<Uuid> = events
+            .iter()
+            .filter(|e| e.global_position > self.position && e.version == 1)
+            .filter(|e| matches!(e.event, Event::Job(SyncJobEvent::JobCreated { .. })))
+            .filter_map(|e| stream::job_id(&e.stream_id))
+            .collect();
         let mut ids: Vec<Uuid> = events
             .iter()
             .filter(|e| e.global_position > self.position && matches!(e.event, Event::Job(_)))
             .filter_map(|e| stream::job_id(&e.stream_id))
-            .filter(|id| !self.live.contains_key(id))
+            .filter(|id| !self.live.contains_key(id) && !created_here.contains(id))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -685,6 +699,7 @@ impl<R: Rows> Batch<'_, R> {
             LiveJob {
                 state,
                 created_position: position,
+                stored: false,
             },
         );
         self.job_applied = true;
@@ -701,11 +716,14 @@ impl<R: Rows> Batch<'_, R> {
     async fn write_jobs(&mut self) -> Result<(), ReadError> {
         let mut rows = Vec::with_capacity(self.touched.len());
         for id in self.touched.drain() {
-            let Some(job) = self.live.get(&id).or(self.finished.get(&id)) else {
+            let Some(job) = self.live.get_mut(&id).or(self.finished.get_mut(&id)) else {
                 continue;
             };
+            let new = !job.stored;
+            job.stored = true;
             let s = &job.state;
             rows.push(JobRow {
+                new,
                 id: s.job_id,
                 source_connection_id: s.source_connection_id,
                 organization_id: s.organization_id,

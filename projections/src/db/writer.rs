@@ -168,6 +168,7 @@ fn live_job(r: &rusqlite::Row<'_>) -> Result<LiveJob, ReadError> {
     Ok(LiveJob {
         state,
         created_position: r.get::<_, i64>(1)? as u64,
+        stored: true,
     })
 }
 
