@@ -433,6 +433,14 @@ impl EventStore for MeteredStore {
     async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
         self.inner.heartbeats().await
     }
+
+    async fn try_lease(
+        &self,
+        duty: &str,
+        holder: &str,
+    ) -> Result<syncjobs_domain::store::LeaseTry, StoreError> {
+        self.inner.try_lease(duty, holder).await
+    }
 }
 
 /// Keeps `syncjobs_jobs{status}` and the cancel figures from the log: first the jobs that
