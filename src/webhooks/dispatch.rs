@@ -187,6 +187,16 @@ pub fn spawn_dispatcher(
     config: DispatchConfig,
 ) -> Result<DispatcherHandle, DispatchError> {
     let client = client(config.timeout)?;
+    Ok(spawn_with(store, clock, projection, config, client))
+}
+
+fn spawn_with(
+    store: Arc<dyn EventStore>,
+    clock: SharedClock,
+    projection: Projection,
+    config: DispatchConfig,
+    client: HttpClient,
+) -> DispatcherHandle {
     let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
         store,
@@ -202,10 +212,66 @@ pub fn spawn_dispatcher(
     // A read of the model holds its connection across awaits (not Send): the loop runs on
     // the current thread (an actix arbiter, as every reader of the model in the server).
     let task = actix_rt::spawn(run(shared));
-    Ok(DispatcherHandle {
+    DispatcherHandle {
         stop,
         task: Some(task),
-    })
+    }
+}
+
+/// The dispatcher as a duty of one node at a time ([`crate::duty`]): two dispatchers would
+/// each POST every message (the log lets only one record each attempt, but both are made).
+/// A new holder finds in the read model every delivery not recorded as done, those the last
+/// holder had in flight included, and makes them again (at least once, same `webhook-id`).
+pub struct DispatcherDuty {
+    store: Arc<dyn EventStore>,
+    clock: SharedClock,
+    projection: Projection,
+    config: DispatchConfig,
+    client: HttpClient,
+}
+
+impl DispatcherDuty {
+    /// Fails (at start-up, not at the first take) when TLS cannot be set up.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        clock: SharedClock,
+        projection: Projection,
+        config: DispatchConfig,
+    ) -> Result<DispatcherDuty, DispatchError> {
+        Ok(DispatcherDuty {
+            client: client(config.timeout)?,
+            store,
+            clock,
+            projection,
+            config,
+        })
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl crate::duty::Duty for DispatcherDuty {
+    type Running = DispatcherHandle;
+
+    /// The read model has caught up with the log (start-up waits for it), so every attempt
+    /// recorded by an earlier holder is folded and none that succeeded is made again.
+    fn start(
+        &mut self,
+        _lease: Arc<syncjobs_domain::store::Lease>,
+    ) -> Result<DispatcherHandle, String> {
+        Ok(spawn_with(
+            self.store.clone(),
+            self.clock.clone(),
+            self.projection.clone(),
+            self.config.clone(),
+            self.client.clone(),
+        ))
+    }
+
+    /// Either way at once: attempts in flight are abandoned (unrecorded: made again by the
+    /// next holder).
+    async fn stop(&mut self, dispatcher: DispatcherHandle, _lost: bool) {
+        dispatcher.shutdown().await;
+    }
 }
 
 async fn run(shared: Arc<Shared>) {
