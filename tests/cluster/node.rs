@@ -40,6 +40,8 @@ pub struct ClusterSpec {
     pub liveness: Option<(u64, u64)>,
     /// SYNCJOBS_DRAIN_SECONDS (None: the default, 20).
     pub drain_seconds: Option<u64>,
+    /// More environment for every node (NATS_URL and the relay's names, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterSpec {
@@ -53,6 +55,7 @@ impl Default for ClusterSpec {
             cancel_timeout_seconds: 120,
             liveness: None,
             drain_seconds: None,
+            env: Vec::new(),
         }
     }
 }
@@ -149,6 +152,9 @@ fn start_node(
     }
     if let Some(drain) = spec.drain_seconds {
         cmd.env("SYNCJOBS_DRAIN_SECONDS", drain.to_string());
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
     }
     if let Some((heartbeat, timeout)) = spec.liveness {
         cmd.env("SYNCJOBS_WORKER_HEARTBEAT_SECONDS", heartbeat.to_string())
@@ -309,6 +315,35 @@ impl Cluster {
         // SAFETY: a signal to a child this test started and has not reaped yet.
         let sent = unsafe { libc::kill(pid, libc::SIGKILL) };
         assert_eq!(sent, 0, "SIGKILL to {}", self.workers[i].id);
+    }
+
+    /// SIGKILL to API node `i`.
+    pub fn kill_api(&self, i: usize) {
+        let pid = self.apis[i].child.id() as libc::pid_t;
+        // SAFETY: a signal to a child this test started and has not reaped yet.
+        let sent = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(sent, 0, "SIGKILL to {}", self.apis[i].id);
+    }
+
+    pub fn api_id(&self, i: usize) -> String {
+        self.apis[i].id.clone()
+    }
+
+    /// The whole log, in order.
+    pub async fn log(&self) -> Vec<RecordedEvent> {
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map_or(0, |e: &RecordedEvent| e.global_position);
+            let batch = self
+                .store
+                .read_all(after, 4096)
+                .await
+                .expect("the log reads");
+            if batch.is_empty() {
+                return all;
+            }
+            all.extend(batch);
+        }
     }
 
     /// SIGKILL to every node at once (the database stays): nothing is written on the way.
