@@ -327,6 +327,61 @@ mod tests {
         );
     }
 
+    /// A lease whose state lives in memory (as PostgreSQL keeps it in `syncjobs_leases`).
+    fn lease_in_memory() -> Lease {
+        struct Memory(std::sync::Mutex<Option<String>>);
+        #[async_trait::async_trait]
+        impl syncjobs_domain::store::LeaseState for Memory {
+            async fn load(&self) -> Result<Option<String>, StoreError> {
+                Ok(self.0.lock().unwrap().clone())
+            }
+            async fn save(&self, state: &str) -> Result<(), StoreError> {
+                *self.0.lock().unwrap() = Some(state.to_owned());
+                Ok(())
+            }
+        }
+        let (tx, lost) = tokio::sync::watch::channel(None);
+        Lease::held(
+            lost,
+            Box::new(Memory(std::sync::Mutex::new(None))),
+            Box::new(tx),
+        )
+    }
+
+    /// The first holder after an upgrade from one node resumes from its cursor file; from
+    /// then on the cursor is the lease's, whichever node's file says otherwise.
+    #[tokio::test]
+    async fn a_shared_cursor_starts_from_the_file_and_then_is_the_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c");
+        let lease = lease_in_memory();
+        assert_eq!(
+            load_shared(&lease, &file, "S").await.unwrap(),
+            Saved::default()
+        );
+        save(&file, "S", 7, vec![]).await.unwrap();
+        assert_eq!(load_shared(&lease, &file, "S").await.unwrap().position, 7);
+        let marks = vec![Mark {
+            position: 9,
+            event_id: Uuid::new_v4(),
+        }];
+        save_shared(&lease, "S", 9, marks.clone()).await.unwrap();
+        assert_eq!(
+            load_shared(&lease, &file, "S").await.unwrap(),
+            Saved { position: 9, marks }
+        );
+        assert_eq!(
+            load(&file, "S").await.unwrap().position,
+            7,
+            "the file is left alone"
+        );
+        // A cursor of another stream is not resumed from.
+        assert_eq!(
+            load_shared(&lease, &file, "OTHER").await.unwrap(),
+            Saved::default()
+        );
+    }
+
     /// Appends `n` events to `store`, returning their ids.
     async fn append(store: &InMemoryStore, n: usize) -> Vec<Uuid> {
         let mut ids = vec![];

@@ -384,6 +384,28 @@ async fn one_node_relays_and_dispatches_at_a_time_and_another_takes_over_when_it
             "{:?}",
             killed.elapsed()
         );
+        // /metrics says the same as /health, and the new holder's log says it took over.
+        for (name, http) in rest {
+            let (status, text) = http.get_text("/metrics").await;
+            assert_eq!(status, 200, "{text}");
+            for (duty, holder) in [("nats-relay", &relay), ("webhook-dispatcher", &dispatcher)] {
+                let held = u8::from(holder.as_str() == name);
+                let line = format!("syncjobs_duty_held{{duty=\"{duty}\"}} {held}");
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "{name}: no `{line}` in\n{text}"
+                );
+            }
+        }
+        if relay == id2 {
+            let logs = cluster.api_logs(1);
+            assert!(
+                logs.lines().any(|l| l.contains("took the duty")
+                    && l.contains("\"duty\":\"nats-relay\"")
+                    && l.contains(&format!("\"node_id\":\"{id2}\""))),
+                "{logs}"
+            );
+        }
         for sc in &connections[3..] {
             second.insert(api2.run(*sc).await);
         }

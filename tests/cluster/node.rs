@@ -325,6 +325,15 @@ impl Cluster {
         assert_eq!(sent, 0, "SIGKILL to {}", self.apis[i].id);
     }
 
+    /// What API node `i` has logged so far (JSON lines).
+    pub fn api_logs(&self, i: usize) -> String {
+        self.apis[i]
+            .logs
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
     pub fn api_id(&self, i: usize) -> String {
         self.apis[i].id.clone()
     }
