@@ -23,7 +23,7 @@
 use super::sign;
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncjobs_actors::command::{self, CommandError};
@@ -119,8 +119,8 @@ struct Shared {
     projection: Projection,
     config: DispatchConfig,
     client: HttpClient,
-    /// Subscriptions with an attempt in flight.
-    busy: Mutex<HashSet<Uuid>>,
+    /// Subscriptions with an attempt in flight, and when each last finished one.
+    turns: Mutex<Turns>,
     /// An attempt ended: its subscription may take the next one.
     done: Notify,
     slots: Semaphore,
@@ -205,7 +205,7 @@ fn spawn_with(
         slots: Semaphore::new(config.concurrency.max(1)),
         config,
         client,
-        busy: Mutex::new(HashSet::new()),
+        turns: Mutex::new(Turns::default()),
         done: Notify::new(),
         stop: stop.clone(),
     });
@@ -274,11 +274,21 @@ impl crate::duty::Duty for DispatcherDuty {
     }
 }
 
+/// Which subscriptions have an attempt in flight, and when each last finished one (a count
+/// of finished attempts, over all subscriptions).
+#[derive(Default)]
+struct Turns {
+    busy: HashSet<Uuid>,
+    finished: u64,
+    finished_at: HashMap<Uuid, u64>,
+}
+
 async fn run(shared: Arc<Shared>) {
     let mut position = shared.projection.watch_position();
     loop {
         position.borrow_and_update();
         let now = shared.clock.now();
+        let read_after = lock(&shared.turns).finished;
         let due = shared
             .projection
             .read(async |m| m.due_webhook_deliveries(now, BATCH).await)
@@ -286,7 +296,7 @@ async fn run(shared: Arc<Shared>) {
         let wait = match due {
             Ok(due) => {
                 for d in due {
-                    start(&shared, d);
+                    start(&shared, d, read_after);
                 }
                 shared.config.poll_every
             }
@@ -304,11 +314,22 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Starts the attempt unless its subscription has one in flight.
-fn start(shared: &Arc<Shared>, d: DueDelivery) {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts the attempt unless its subscription has one in flight, or finished one after the
+/// read that found `d` due began (`read_after` attempts had finished then): that read may
+/// predate the attempt's record, and would make it again. The attempt's end wakes the loop,
+/// whose next read is then fresh.
+fn start(shared: &Arc<Shared>, d: DueDelivery, read_after: u64) {
     {
-        let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !busy.insert(d.subscription_id) {
+        let mut turns = lock(&shared.turns);
+        let stale = turns
+            .finished_at
+            .get(&d.subscription_id)
+            .is_some_and(|&at| at > read_after);
+        if stale || !turns.busy.insert(d.subscription_id) {
             return;
         }
     }
@@ -321,11 +342,13 @@ fn start(shared: &Arc<Shared>, d: DueDelivery) {
                 _ = attempt(&shared, d) => {}
             }
         }
-        shared
-            .busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&subscription_id);
+        {
+            let mut turns = lock(&shared.turns);
+            turns.finished += 1;
+            let at = turns.finished;
+            turns.finished_at.insert(subscription_id, at);
+            turns.busy.remove(&subscription_id);
+        }
         shared.done.notify_one();
     });
 }
