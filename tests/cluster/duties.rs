@@ -2,7 +2,8 @@
 //! issue #17): every node has `NATS_URL` and a subscription points at a receiver of this
 //! test; while all run, each webhook message is POSTed once and each event reaches the
 //! JetStream stream; when the holder of both duties is killed (SIGKILL), another node takes
-//! them over and every event and every message still arrives, with no gap.
+//! them over and every event and every message still arrives, with no gap; when the new
+//! holder of the relay stops gracefully (SIGTERM), the last node relays on.
 
 use crate::node::{Cluster, ClusterSpec, Http};
 use serde_json::{json, Value};
@@ -283,7 +284,7 @@ async fn one_node_relays_and_dispatches_at_a_time_and_another_takes_over_when_it
         url: nats_url.clone(),
         stream: stream.clone(),
     };
-    let Some(cluster) = Cluster::start(ClusterSpec {
+    let Some(mut cluster) = Cluster::start(ClusterSpec {
         apis: 2,
         workers: 1,
         env: vec![
@@ -304,7 +305,11 @@ async fn one_node_relays_and_dispatches_at_a_time_and_another_takes_over_when_it
     );
     crate::bounded(async {
         let receiver = Receiver::start().await;
-        let (api1, api2, worker) = (cluster.api(0), cluster.api(1), cluster.worker(0));
+        let (api1, api2, worker) = (
+            &cluster.api(0).clone(),
+            &cluster.api(1).clone(),
+            &cluster.worker(0).clone(),
+        );
         let (status, sub) = api1
             .post(
                 "/webhooks/subscriptions",
@@ -422,6 +427,34 @@ async fn one_node_relays_and_dispatches_at_a_time_and_another_takes_over_when_it
             published.iter().collect::<HashSet<_>>().len(),
             "JetStream kept an event twice"
         );
+
+        // A graceful stop (SIGTERM) of the relay's holder lets the lease go as it ends: the
+        // last node relays from the cursor it saved, the stopping node's own last events
+        // (a worker's WorkerStopped) included.
+        let (stopping, last) = if relay == id2 {
+            ((id2.as_str(), api2), (idw.as_str(), worker))
+        } else {
+            ((idw.as_str(), worker), (id2.as_str(), api2))
+        };
+        let status = if stopping.0 == id2 {
+            cluster.stop_api(1).await
+        } else {
+            cluster.stop_worker(0).await
+        };
+        assert!(status.success(), "{}: {status}", stopping.0);
+        let stopped = tokio::time::Instant::now();
+        assert_eq!(wait_one_holder(&[last], "nats-relay").await, last.0);
+        eprintln!(
+            "relay taken over {:?} after {} stopped",
+            stopped.elapsed(),
+            stopping.0
+        );
+        assert!(
+            stopped.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            stopped.elapsed()
+        );
+        wait_stream_holds(&js, &stream, &cluster.log().await).await;
     })
     .await;
 }

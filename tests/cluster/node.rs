@@ -228,6 +228,26 @@ fn start_node(
     })
 }
 
+/// SIGTERM to `node`; waits until it has stopped.
+async fn stop(node: &mut Node) -> std::process::ExitStatus {
+    let pid = node.child.id() as libc::pid_t;
+    // SAFETY: a signal to a child this test started and has not reaped yet.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "SIGTERM to {}", node.id);
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    loop {
+        if let Some(status) = node.child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} did not stop",
+            node.id
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Cluster {
     /// A fresh database and the nodes of `spec` on it; None (after saying so) when no
     /// PostgreSQL server is configured and none is required.
@@ -394,22 +414,12 @@ impl Cluster {
 
     /// SIGTERM to worker `i`: a graceful stop (it drains); waits until it exits (bounded).
     pub async fn stop_worker(&mut self, i: usize) -> std::process::ExitStatus {
-        let pid = self.workers[i].child.id() as libc::pid_t;
-        // SAFETY: a signal to a child this test started and has not reaped yet.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM to {}", self.workers[i].id);
-        let deadline = tokio::time::Instant::now() + WAIT_BOUND;
-        loop {
-            if let Some(status) = self.workers[i].child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} did not stop",
-                self.workers[i].id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        stop(&mut self.workers[i]).await
+    }
+
+    /// SIGTERM to API node `i`; waits until it has stopped.
+    pub async fn stop_api(&mut self, i: usize) -> std::process::ExitStatus {
+        stop(&mut self.apis[i]).await
     }
 
     /// `syncjobs verify` over the shared database: its exit status and output.
