@@ -284,6 +284,7 @@ async fn rich_history() -> History {
         &stream::source_connection(doomed),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: doomed,
+            with_collection: false,
         },
     )
     .await;
@@ -508,6 +509,7 @@ async fn deletes_remove_rows_and_free_the_readable_id_on(engine: Engine) {
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -745,6 +747,7 @@ async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later_o
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -846,6 +849,7 @@ async fn the_projector_folds_new_events_before_it_goes_on_purging() {
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -1029,6 +1033,7 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys_on(engine: Engine) 
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
