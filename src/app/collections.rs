@@ -100,14 +100,15 @@ impl App {
                 )
             })
             .await?;
-        Ok(shown.unwrap_or_else(|| match renamed {
+        let as_recorded = match renamed {
             Some((name, at)) => Collection {
                 name,
                 modified_at: at,
                 ..before
             },
             None => before,
-        }))
+        };
+        Ok(shown.unwrap_or(as_recorded))
     }
 
     /// Deletes the caller's collection `readable_id`: each of its source connections as a
