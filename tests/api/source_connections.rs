@@ -394,5 +394,20 @@ async fn a_stub_config_or_credential_that_is_not_airweaves_is_refused_by_name() 
             json!({"detail": "authentication.credentials.stub_key must be a string"})
         )
     );
+    // The timed source's key likewise.
+    let (status, body) = app
+        .post(
+            "/source-connections",
+            json!({"short_name": "timed", "readable_collection_id": "stubbed",
+                   "authentication": {"credentials": {"timed_key": ["x"]}}}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body),
+        (
+            422,
+            json!({"detail": "authentication.credentials.timed_key must be a string"})
+        )
+    );
     assert_eq!(app.get("/source-connections").await.1, json!([]));
 }
