@@ -284,6 +284,7 @@ async fn rich_history() -> History {
         &stream::source_connection(doomed),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: doomed,
+            with_collection: false,
         },
     )
     .await;
@@ -294,6 +295,16 @@ async fn rich_history() -> History {
         SyncJobEvent::ProgressRecorded { counts: counts(4) },
     )
     .await;
+    for name in [Some("Finance Renamed"), None] {
+        h.append(
+            &stream::collection_name(org, "finance"),
+            CollectionEvent::CollectionUpdated {
+                collection_id: c1,
+                name: name.map(str::to_owned),
+            },
+        )
+        .await;
+    }
     let gone = h.collection(org, "gone").await;
     h.append(
         &stream::collection_name(org, "gone"),
@@ -508,6 +519,7 @@ async fn deletes_remove_rows_and_free_the_readable_id_on(engine: Engine) {
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -535,6 +547,45 @@ async fn deletes_remove_rows_and_free_the_readable_id_on(engine: Engine) {
     let again = h.collection(org, "c").await;
     let m = fold(engine, &h.all().await).await;
     assert_eq!(m.collection(org, "c").await.unwrap().id, again);
+}
+
+#[tokio::test]
+async fn an_update_renames_a_collection_and_one_without_a_name_changes_no_row() {
+    on_each_engine(
+        "an_update_renames_a_collection_and_one_without_a_name_changes_no_row",
+        an_update_renames_a_collection_and_one_without_a_name_changes_no_row_on,
+    )
+    .await;
+}
+
+async fn an_update_renames_a_collection_and_one_without_a_name_changes_no_row_on(engine: Engine) {
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let c = h.collection(org, "c").await;
+    let other = h.collection(org, "other").await;
+    let update = |name: Option<&str>| CollectionEvent::CollectionUpdated {
+        collection_id: c,
+        name: name.map(str::to_owned),
+    };
+    let renamed = h
+        .append(&stream::collection_name(org, "c"), update(Some("Renamed")))
+        .await;
+    h.append(&stream::collection_name(org, "c"), update(None))
+        .await;
+    let m = fold(engine, &h.all().await).await;
+    let row = m.collection(org, "c").await.unwrap();
+    assert_eq!((row.id, row.name.as_str()), (c, "Renamed"));
+    assert_eq!(
+        row.modified_at, renamed.recorded_at,
+        "moved by the rename only"
+    );
+    assert!(row.created_at < row.modified_at);
+    let untouched = m.collection(org, "other").await.unwrap();
+    assert_eq!(
+        (untouched.id, untouched.name.as_str()),
+        (other, "Collection other")
+    );
+    assert_eq!(untouched.modified_at, untouched.created_at);
 }
 
 #[tokio::test]
@@ -745,6 +796,7 @@ async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later_o
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -846,6 +898,7 @@ async fn the_projector_folds_new_events_before_it_goes_on_purging() {
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -1029,6 +1082,7 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys_on(engine: Engine) 
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;

@@ -323,6 +323,13 @@ impl Rows for SqliteRows<'_> {
         Ok(())
     }
 
+    async fn rename_collection(&self, id: Uuid, name: &str, at: &str) -> Result<(), ReadError> {
+        self.0
+            .prepare_cached("UPDATE collections SET name = ?2, modified_at = ?3 WHERE id = ?1")?
+            .execute(params![id, name, at])?;
+        Ok(())
+    }
+
     async fn insert_source_connection(&self, sc: &SourceConnection) -> Result<(), ReadError> {
         self.0
             .prepare_cached(

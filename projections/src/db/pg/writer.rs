@@ -373,6 +373,15 @@ impl Rows for PgRows<'_> {
         Ok(())
     }
 
+    async fn rename_collection(&self, id: Uuid, name: &str, at: &str) -> Result<(), ReadError> {
+        self.execute(
+            "UPDATE read_collections SET name = $2, modified_at = $3 WHERE id = $1",
+            &[&id, &name.as_bytes(), &at],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn insert_source_connection(&self, sc: &SourceConnection) -> Result<(), ReadError> {
         let config = sc.config.to_string();
         self.execute(
