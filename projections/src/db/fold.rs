@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
-    AccessEvent, CollectionEvent, Event, JobState, JobStatus, RecordedEvent, SourceConnectionEvent,
-    SyncJobEvent, WebhookEvent,
+    AccessEvent, CollectionEvent, Event, JobState, JobStatus, RecordedEvent, SharedClock,
+    SourceConnectionEvent, SyncJobEvent, WebhookEvent,
 };
 use uuid::Uuid;
 
@@ -30,6 +30,15 @@ use uuid::Uuid;
 /// commands waited 15-43 ms during the purge of 100,000 jobs (bench #9); 250 rows take
 /// ~2-3 ms. The projector folds before it purges, so a command waits one step at most.
 pub const PURGE_BATCH: usize = 250;
+
+/// Webhook messages past retention removed per transaction, with their deliveries and
+/// attempts. A step holds the writer like a [`PURGE_BATCH`] step (a command's fold can wait
+/// behind one), and a message is about three row deletions (message, delivery, attempt),
+/// so this keeps a step to roughly the same few milliseconds.
+pub const RETENTION_BATCH: usize = 250;
+/// How often the retention purge looks for messages past retention (by the service's
+/// clock, after a batch or the projector's timer): a minute late is nothing against days.
+pub const RETENTION_EVERY: chrono::Duration = chrono::Duration::minutes(1);
 
 /// A job not final yet, with the position of its creation (its row's order).
 #[derive(Debug, Clone)]
@@ -159,13 +168,19 @@ pub(crate) trait Rows {
         &self,
         organization_ids: &[Uuid],
     ) -> Result<Vec<WebhookSubscription>, ReadError>;
-    /// Inserts the message unless it exists.
-    async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError>;
-    /// A pending delivery of a message to a subscription, due at `due`, unless it exists.
-    async fn insert_webhook_delivery(
+    /// Inserts the messages (those that exist are left as they are), in one statement
+    /// where the engine can: one is written for every lifecycle event.
+    async fn insert_webhook_messages(&self, m: &[WebhookMessage]) -> Result<(), ReadError>;
+    /// Pending deliveries, unless they exist.
+    async fn insert_webhook_deliveries(&self, d: &[NewDelivery]) -> Result<(), ReadError>;
+    /// A pending delivery to `s`, due at `due`, of each of its organization's messages
+    /// recorded at or after `since` of a type it lists that has none yet (a subscription
+    /// asking for past events, or enabled again with `recover_since`). Their positions are
+    /// the messages', so they go in log order.
+    async fn deliver_past_messages(
         &self,
-        m: &WebhookMessage,
-        subscription_id: Uuid,
+        s: &WebhookSubscription,
+        since: &str,
         due: &str,
     ) -> Result<(), ReadError>;
     /// A failed delivery is pending again, due at `due`.
@@ -175,8 +190,9 @@ pub(crate) trait Rows {
         subscription_id: Uuid,
         due: &str,
     ) -> Result<(), ReadError>;
-    /// Records the attempt (unless known) and moves its delivery on: `status` and the next
-    /// due time.
+    /// Records the attempt (unless known, or its message is gone: past retention) and moves
+    /// its delivery on (`status` and the next due time) and its subscription's
+    /// `failing_since` (cleared by a success, set by the first failure after one).
     async fn record_webhook_attempt(
         &self,
         a: &WebhookAttempt,
@@ -184,6 +200,43 @@ pub(crate) trait Rows {
         next_attempt_at: Option<&str>,
         position: u64,
     ) -> Result<(), ReadError>;
+}
+
+/// How long webhook messages are kept (`SYNCJOBS_WEBHOOK_RETENTION_DAYS`), by the
+/// service's clock: an event older than that becomes no message when folded (a rebuild does
+/// not bring back what the retention purge removed), and the purge removes older messages
+/// with their deliveries and attempts.
+#[derive(Clone)]
+pub struct Retention {
+    pub period: chrono::Duration,
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("period", &self.period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Retention {
+    /// Messages recorded before this are past retention.
+    pub fn cutoff(&self) -> DateTime<Utc> {
+        self.clock
+            .now()
+            .checked_sub_signed(self.period)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+}
+
+/// A delivery to create: a message to a subscription, due at `due` (model time text).
+pub(crate) struct NewDelivery {
+    pub message_id: Uuid,
+    pub subscription_id: Uuid,
+    pub organization_id: Uuid,
+    pub due: String,
+    pub created_position: u64,
 }
 
 /// The fold's memory between batches: the position folded and the live jobs.
@@ -196,6 +249,33 @@ pub(crate) struct Fold {
     /// there is not live, with nothing to ask. Else (a database shared with other
     /// writers) the live jobs a batch touches are loaded at its start.
     pub complete: bool,
+    /// None: messages are kept for ever.
+    pub retention: Option<Retention>,
+    /// When the retention purge looks next (None: at the next chance).
+    pub next_retention: Option<DateTime<Utc>>,
+}
+
+impl Fold {
+    /// The cutoff to purge messages before, if the retention purge is due now.
+    pub fn retention_due(&self) -> Option<DateTime<Utc>> {
+        let r = self.retention.as_ref()?;
+        let now = r.clock.now();
+        if self.next_retention.is_some_and(|next| now < next) {
+            return None;
+        }
+        Some(r.cutoff())
+    }
+
+    /// A retention step removed `removed` messages: when it was not a full batch, nothing
+    /// is left to purge until the next look.
+    pub fn retention_done(&mut self, removed: usize) {
+        if removed >= RETENTION_BATCH {
+            return;
+        }
+        if let Some(r) = &self.retention {
+            self.next_retention = r.clock.now().checked_add_signed(RETENTION_EVERY);
+        }
+    }
 }
 
 impl Fold {
@@ -216,6 +296,7 @@ impl Fold {
         };
         let connections = self.load_connections(rows, &events).await?;
         let hooks = self.load_hooks(rows, &events, &connections).await?;
+        let message_cutoff = self.retention.as_ref().map(Retention::cutoff);
         let mut position = self.position;
         let mut batch = Batch {
             rows,
@@ -228,6 +309,9 @@ impl Fold {
             runs: HashMap::new(),
             hooks,
             job_applied: false,
+            message_cutoff,
+            messages: Vec::new(),
+            deliveries: Vec::new(),
         };
         for e in events {
             if e.global_position <= position {
@@ -236,6 +320,7 @@ impl Fold {
             position = e.global_position;
             batch.apply(e).await?;
         }
+        batch.write_messages().await?;
         batch.write_jobs().await?;
         batch.write_counts().await?;
         self.position = position;
@@ -427,6 +512,12 @@ struct Batch<'t, R> {
     hooks: Hooks,
     /// The last job event was folded into its job (not skipped): only then is it a message.
     job_applied: bool,
+    /// Events recorded before this become no message (past retention).
+    message_cutoff: Option<DateTime<Utc>>,
+    /// Messages and deliveries made and not written yet: written together, before any
+    /// webhook event (which may read them) and at the batch's end.
+    messages: Vec<WebhookMessage>,
+    deliveries: Vec<NewDelivery>,
 }
 
 /// What webhook messages read from the model, in the batch-level lookup design of the rest
@@ -492,7 +583,8 @@ impl<R: Rows> Batch<'_, R> {
     async fn apply(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
         let at = e.recorded_at;
         let position = e.global_position;
-        let hook = syncjobs_domain::webhook::webhook_event_type(&e.event);
+        let hook = syncjobs_domain::webhook::webhook_event_type(&e.event)
+            .filter(|_| self.message_cutoff.is_none_or(|cutoff| at >= cutoff));
         // A job event's payload is the job after it; any other's is read now (a deleted
         // row is gone after the event), without copying the event.
         let pending = match hook {
@@ -515,6 +607,10 @@ impl<R: Rows> Batch<'_, R> {
                 }
             }
         };
+        if matches!(e.event, Event::Webhook(_)) {
+            // It may read or change this batch's messages and deliveries.
+            self.write_messages().await?;
+        }
         match &e.event {
             // Its organization's subscriptions are looked up again when next needed.
             Event::Webhook(
@@ -522,6 +618,9 @@ impl<R: Rows> Batch<'_, R> {
                     organization_id, ..
                 }
                 | WebhookEvent::WebhookSubscriptionUpdated {
+                    organization_id, ..
+                }
+                | WebhookEvent::WebhookSubscriptionDisabled {
                     organization_id, ..
                 }
                 | WebhookEvent::WebhookSubscriptionDeleted {
@@ -560,7 +659,7 @@ impl<R: Rows> Batch<'_, R> {
                 Pending::Job(_) => None,
             };
             if let Some((wanted, payload)) = ready {
-                self.webhook_message(&meta, wanted, payload).await?;
+                self.webhook_message(&meta, wanted, payload);
             }
         }
         Ok(())
@@ -832,12 +931,10 @@ impl<R: Rows> Batch<'_, R> {
         Ok(())
     }
 
-    /// Who wants a message of this type of this organization now: `None` when no
-    /// subscription of the organization (enabled or disabled) lists the type, and then the
-    /// event becomes no message at all. Messages exist to be delivered, recovered and shown
-    /// to subscribers; making one for every job event of every organization made a first
-    /// start ~3x slower (bench #4) for organizations that never subscribed. A subscription
-    /// made later gets later events; the past is in the log.
+    /// Who a message of this type of this organization goes to now: each enabled
+    /// subscription of the organization that lists the type. The message is made all the
+    /// same (the messages API is the organization's event history, and a subscription made
+    /// later may ask for past messages).
     async fn wanted(
         &mut self,
         organization_id: Uuid,
@@ -856,45 +953,52 @@ impl<R: Rows> Batch<'_, R> {
             .get(&organization_id)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let mut listed = false;
-        let mut deliver_to = Vec::new();
-        for s in subscriptions {
-            if s.event_types.iter().any(|t| t == event_type) {
-                listed = true;
-                if !s.disabled {
-                    deliver_to.push(s.id);
-                }
-            }
-        }
-        Ok(listed.then_some(Wanted {
+        let deliver_to = subscriptions
+            .iter()
+            .filter(|s| !s.disabled && s.event_types.iter().any(|t| t == event_type))
+            .map(|s| s.id)
+            .collect();
+        Ok(Some(Wanted {
             organization_id,
             deliver_to,
         }))
     }
 
     /// The message an event with a webhook type becomes, and a pending delivery of it for
-    /// each enabled subscription of its organization that wants that type now.
-    async fn webhook_message(
-        &mut self,
-        meta: &Meta,
-        wanted: Wanted,
-        payload: String,
-    ) -> Result<(), ReadError> {
-        let m = WebhookMessage {
+    /// each enabled subscription of its organization that wants that type now (written by
+    /// [`Batch::write_messages`]).
+    fn webhook_message(&mut self, meta: &Meta, wanted: Wanted, payload: String) {
+        if !wanted.deliver_to.is_empty() {
+            let due = time(&meta.at);
+            for id in wanted.deliver_to {
+                self.deliveries.push(NewDelivery {
+                    message_id: meta.event_id,
+                    subscription_id: id,
+                    organization_id: wanted.organization_id,
+                    due: due.clone(),
+                    created_position: meta.position,
+                });
+            }
+        }
+        self.messages.push(WebhookMessage {
             id: meta.event_id,
             organization_id: wanted.organization_id,
             event_type: meta.event_type.to_owned(),
             payload,
             timestamp: meta.at,
             created_position: meta.position,
-        };
-        self.rows.insert_webhook_message(&m).await?;
-        if wanted.deliver_to.is_empty() {
-            return Ok(());
+        });
+    }
+
+    /// Writes the messages and deliveries made since the last call: a statement each.
+    async fn write_messages(&mut self) -> Result<(), ReadError> {
+        if !self.messages.is_empty() {
+            self.rows.insert_webhook_messages(&self.messages).await?;
+            self.messages.clear();
         }
-        let due = time(&meta.at);
-        for id in wanted.deliver_to {
-            self.rows.insert_webhook_delivery(&m, id, &due).await?;
+        if !self.deliveries.is_empty() {
+            self.rows.insert_webhook_deliveries(&self.deliveries).await?;
+            self.deliveries.clear();
         }
         Ok(())
     }
@@ -1130,6 +1234,7 @@ impl<R: Rows> Batch<'_, R> {
                 event_types,
                 description,
                 secret,
+                recover_since,
             } => {
                 if subscription_id != id
                     || self.rows.has_row(Table::WebhookSubscriptions, id).await?
@@ -1148,14 +1253,22 @@ impl<R: Rows> Batch<'_, R> {
                     created_at: at,
                     updated_at: at,
                     created_position: position,
+                    disabled_reason: None,
+                    failing_since: None,
                 };
                 self.rows.write_webhook_subscription(&s).await?;
+                if let Some(since) = recover_since {
+                    self.rows
+                        .deliver_past_messages(&s, &time(&since), &time(&at))
+                        .await?;
+                }
             }
             WebhookEvent::WebhookSubscriptionUpdated {
                 url,
                 event_types,
                 disabled,
                 description,
+                recover_since,
                 ..
             } => {
                 let Some(mut s) = self.rows.webhook_subscription(id).await? else {
@@ -1170,10 +1283,29 @@ impl<R: Rows> Batch<'_, R> {
                 }
                 if let Some(disabled) = disabled {
                     s.disabled = disabled;
+                    // By hand: the dispatcher's reason is gone, and failures are counted
+                    // afresh once enabled again.
+                    s.disabled_reason = None;
+                    s.failing_since = None;
                 }
                 if let Some(d) = description {
                     s.description = Some(d);
                 }
+                s.updated_at = at;
+                self.rows.write_webhook_subscription(&s).await?;
+                if let (Some(since), false) = (recover_since, s.disabled) {
+                    self.rows
+                        .deliver_past_messages(&s, &time(&since), &time(&at))
+                        .await?;
+                }
+            }
+            WebhookEvent::WebhookSubscriptionDisabled { reason, .. } => {
+                let Some(mut s) = self.rows.webhook_subscription(id).await? else {
+                    tracing::warn!(subscription_id = %id, "disabling of an unknown webhook subscription; skipped");
+                    return Ok(());
+                };
+                s.disabled = true;
+                s.disabled_reason = Some(reason);
                 s.updated_at = at;
                 self.rows.write_webhook_subscription(&s).await?;
             }

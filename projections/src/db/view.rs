@@ -76,7 +76,8 @@ pub(crate) fn usable(found: Option<(ApiKey, bool)>, now: DateTime<Utc>) -> Optio
 }
 
 pub(crate) const WEBHOOK_SUBSCRIPTION_COLUMNS: &str = "id, organization_id, url, event_types,
-    disabled, description, secret, created_at, updated_at, created_position";
+    disabled, description, secret, created_at, updated_at, created_position, disabled_reason,
+    failing_since";
 
 pub(crate) fn webhook_subscription_row(r: &Row<'_>) -> rusqlite::Result<WebhookSubscription> {
     let types: String = r.get(3)?;
@@ -93,6 +94,8 @@ pub(crate) fn webhook_subscription_row(r: &Row<'_>) -> rusqlite::Result<WebhookS
         created_at: parse_time(&r.get::<_, String>(7)?)?,
         updated_at: parse_time(&r.get::<_, String>(8)?)?,
         created_position: r.get::<_, i64>(9)? as u64,
+        disabled_reason: r.get(10)?,
+        failing_since: optional_time(r, 11)?,
     })
 }
 
@@ -358,7 +361,7 @@ impl ReadView<'_> {
             Conn::Sqlite(c) => page(
                 c,
                 "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
-                   d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
+                   d.next_attempt_at, s.url, s.secret, m.payload, d.round_start, s.failing_since
                  FROM webhook_subscriptions s
                  JOIN webhook_deliveries d ON d.rowid = (
                    SELECT x.rowid FROM webhook_deliveries x
@@ -380,6 +383,7 @@ impl ReadView<'_> {
                         secret: r.get(6)?,
                         payload: r.get(7)?,
                         round_start: r.get(8)?,
+                        failing_since: optional_time(r, 9)?,
                     })
                 },
                 0,
@@ -425,22 +429,29 @@ impl ReadView<'_> {
         event_types: &[String],
         limit: usize,
     ) -> Result<Vec<WebhookMessage>, ReadError> {
-        let keep =
-            |m: &WebhookMessage| event_types.is_empty() || event_types.contains(&m.event_type);
         match self.conn {
-            Conn::Sqlite(c) => page(
-                c,
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM webhook_messages WHERE organization_id = ?1
-                     ORDER BY created_position DESC"
-                ),
-                [organization_id],
-                message_row,
-                0,
-                limit,
-                keep,
-            ),
-            Conn::Postgres(c) => pg::webhook_messages(c, organization_id, limit, keep).await,
+            Conn::Sqlite(c) => {
+                // The filter in the statement: every lifecycle event is a message, so a
+                // rare type may be far back among the organization's messages.
+                let types = serde_json::to_string(event_types)
+                    .map_err(|e| ReadError::Decode(e.to_string()))?;
+                page(
+                    c,
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM webhook_messages WHERE organization_id = ?1
+                           AND (?2 = '[]' OR event_type IN (SELECT value FROM json_each(?2)))
+                         ORDER BY created_position DESC"
+                    ),
+                    rusqlite::params![organization_id, types],
+                    message_row,
+                    0,
+                    limit,
+                    |_| true,
+                )
+            }
+            Conn::Postgres(c) => {
+                pg::webhook_messages(c, organization_id, event_types, limit).await
+            }
         }
     }
 
