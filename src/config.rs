@@ -247,7 +247,11 @@ pub struct Settings {
 
     /// Hours a webhook subscription may fail every attempt (no success in between) before
     /// it is disabled (Svix's five days by default); 0 never disables one.
-    #[arg(long, env = "SYNCJOBS_WEBHOOK_DISABLE_AFTER_HOURS", default_value_t = 120)]
+    #[arg(
+        long,
+        env = "SYNCJOBS_WEBHOOK_DISABLE_AFTER_HOURS",
+        default_value_t = 120
+    )]
     pub webhook_disable_after_hours: u32,
 
     /// Log filter (`info`, `syncjobs=debug,actix_web=info`, ...).

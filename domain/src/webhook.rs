@@ -205,7 +205,10 @@ pub enum WebhookError {
     RecoverSinceInFuture,
 }
 
-fn check_recover_since(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), WebhookError> {
+fn check_recover_since(
+    since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), WebhookError> {
     match since {
         Some(since) if since > now => Err(WebhookError::RecoverSinceInFuture),
         _ => Ok(()),
@@ -699,16 +702,16 @@ mod tests {
         disabled
             .when(patch(Some(false), 101))
             .then_err(WebhookError::RecoverSinceInFuture);
-        let s = disabled
-            .when(patch(Some(false), 50))
-            .then([WebhookEvent::WebhookSubscriptionUpdated {
+        let s = disabled.when(patch(Some(false), 50)).then([
+            WebhookEvent::WebhookSubscriptionUpdated {
                 organization_id: ORG,
                 url: None,
                 event_types: None,
                 disabled: Some(false),
                 description: None,
                 recover_since: Some(crate::testkit::at(50)),
-            }]);
+            },
+        ]);
         let live = s.live.unwrap();
         assert!(!live.disabled);
         assert_eq!(live.disabled_reason, None);

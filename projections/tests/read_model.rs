@@ -1626,7 +1626,11 @@ async fn a_subscription_asking_for_past_events_gets_each_matching_message_once_i
                 let m = dump.webhook_messages.iter().find(|m| m.id == *id).unwrap();
                 let p: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
                 (
-                    format!("{} {}", m.event_type, p["sync_job_id"].as_str().unwrap_or("-")),
+                    format!(
+                        "{} {}",
+                        m.event_type,
+                        p["sync_job_id"].as_str().unwrap_or("-")
+                    ),
                     status.clone(),
                 )
             })
@@ -1778,7 +1782,11 @@ async fn messages_past_retention_are_purged_with_their_deliveries_and_a_rebuild_
     let m = Model::new(engine).await;
     let events = h.all().await;
     m.apply(&events).await;
-    assert_eq!(m.dump().await.webhook_messages.len(), 301, "no retention set");
+    assert_eq!(
+        m.dump().await.webhook_messages.len(),
+        301,
+        "no retention set"
+    );
     assert_eq!(m.dump().await.webhook_attempts.len(), 1);
     m.writer.set_retention(Some(retention.clone())).await;
     let mut steps = 0;

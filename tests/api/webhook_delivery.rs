@@ -847,11 +847,16 @@ async fn a_new_subscription_with_recover_since_gets_past_events_once_in_order_th
     let sid = id(&v);
     let c = app.collection("After").await;
     let got = r.wait_for("/h", 3).await;
-    let ids: Vec<Value> = got.iter().map(|g| g.json()["collection_id"].clone()).collect();
+    let ids: Vec<Value> = got
+        .iter()
+        .map(|g| g.json()["collection_id"].clone())
+        .collect();
     assert_eq!(ids, [a["id"].clone(), b["id"].clone(), c["id"].clone()]);
     assert_eq!(r.settled("/h").await.len(), 3, "each once");
     let (_, detail) = app
-        .get(&format!("/webhooks/subscriptions/{sid}?include_secret=true"))
+        .get(&format!(
+            "/webhooks/subscriptions/{sid}?include_secret=true"
+        ))
         .await;
     for g in &got {
         g.verify(detail["secret"].as_str().unwrap());
@@ -930,7 +935,10 @@ async fn past_events_asked_for_survive_a_restart_before_they_are_delivered() {
         .map(|g| g.json()["collection_id"].as_str().unwrap().to_owned())
         .collect();
     ids.sort();
-    let mut made: Vec<String> = made.iter().map(|m| m.as_str().unwrap().to_owned()).collect();
+    let mut made: Vec<String> = made
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
     made.sort();
     assert_eq!(ids, made);
     assert_eq!(r.settled("/h").await.len(), 5, "each once");

@@ -997,7 +997,9 @@ impl<R: Rows> Batch<'_, R> {
             self.messages.clear();
         }
         if !self.deliveries.is_empty() {
-            self.rows.insert_webhook_deliveries(&self.deliveries).await?;
+            self.rows
+                .insert_webhook_deliveries(&self.deliveries)
+                .await?;
             self.deliveries.clear();
         }
         Ok(())

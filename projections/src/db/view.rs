@@ -449,9 +449,7 @@ impl ReadView<'_> {
                     |_| true,
                 )
             }
-            Conn::Postgres(c) => {
-                pg::webhook_messages(c, organization_id, event_types, limit).await
-            }
+            Conn::Postgres(c) => pg::webhook_messages(c, organization_id, event_types, limit).await,
         }
     }
 

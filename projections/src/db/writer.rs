@@ -164,7 +164,10 @@ impl Writer {
         }
         tx.commit()?;
         if !ids.is_empty() {
-            tracing::debug!(removed = ids.len(), "webhook messages past retention purged");
+            tracing::debug!(
+                removed = ids.len(),
+                "webhook messages past retention purged"
+            );
         }
         Ok(ids.len())
     }

@@ -152,7 +152,10 @@ impl PgWriter {
         }
         tx.commit().await?;
         if !ids.is_empty() {
-            tracing::debug!(removed = ids.len(), "webhook messages past retention purged");
+            tracing::debug!(
+                removed = ids.len(),
+                "webhook messages past retention purged"
+            );
         }
         Ok(ids.len())
     }
@@ -546,10 +549,7 @@ impl Rows for PgRows<'_> {
         let types: Vec<&[u8]> = messages.iter().map(|m| m.event_type.as_bytes()).collect();
         let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_bytes()).collect();
         let times: Vec<String> = messages.iter().map(|m| t(&m.timestamp)).collect();
-        let positions: Vec<i64> = messages
-            .iter()
-            .map(|m| m.created_position as i64)
-            .collect();
+        let positions: Vec<i64> = messages.iter().map(|m| m.created_position as i64).collect();
         self.execute(
             "INSERT INTO read_webhook_messages (id, organization_id, event_type, payload,
                timestamp, created_position)
