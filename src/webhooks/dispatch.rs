@@ -394,7 +394,7 @@ async fn disable_if_failing_too_long(
     }
     let hours = limit.as_secs_f64() / 3600.0;
     let reason = format!(
-        "disabled automatically: every delivery attempt failed since {} (more than {hours} h;          the last: {last})",
+        "disabled automatically: every delivery attempt failed since {} (more than {hours} h; the last: {last})",
         since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
     let disable = WebhookCommand::Disable {

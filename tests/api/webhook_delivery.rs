@@ -963,6 +963,8 @@ async fn a_subscription_failing_longer_than_the_limit_is_disabled_and_can_be_bro
     let start = clock_now(&clock);
     app.collection("Fails First").await;
     r.wait_for("/h", 1).await;
+    // Recorded (at the clock's time then) before the clock moves.
+    wait_attempts(&app, &path, 1).await;
     // An hour of failures: under the limit, still enabled.
     clock.advance(chrono::Duration::hours(1));
     app.collection("Fails Again").await;
