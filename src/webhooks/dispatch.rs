@@ -1,10 +1,11 @@
 //! The dispatcher: delivers webhook messages, at least once, from what the log recorded.
 //!
-//! Where deliveries come from: the projector folds an event with a webhook type into a
-//! message when a subscription of its organization lists that type (none otherwise: no cost
-//! for organizations that never subscribed), and a pending delivery for each enabled one
-//! (the read model's `webhook_deliveries`, committed with the read model's position: its
-//! durable checkpoint). Each attempt is then recorded as an event of the
+//! Where deliveries come from: the projector folds every event with a webhook type into a
+//! message of its organization (its event history), and a pending delivery for each enabled
+//! subscription of the organization that lists that type (the read model's
+//! `webhook_deliveries`, committed with the read model's position: its durable checkpoint);
+//! a subscription created or enabled again with `recover_since` gets deliveries of the
+//! messages since then when the projector folds that event. Each attempt is then recorded as an event of the
 //! delivery's own stream (`domain::webhook::WebhookDelivery`), which the projector folds
 //! back into the delivery (attempts, next due time, success or failure). Why events and
 //! not read-model rows only: the read model is derived data, rebuilt from the log at will;

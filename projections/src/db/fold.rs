@@ -939,7 +939,7 @@ impl<R: Rows> Batch<'_, R> {
         &mut self,
         organization_id: Uuid,
         event_type: &str,
-    ) -> Result<Option<Wanted>, ReadError> {
+    ) -> Result<Wanted, ReadError> {
         if !self.hooks.subscriptions.contains_key(&organization_id) {
             let found = self
                 .rows
@@ -958,10 +958,10 @@ impl<R: Rows> Batch<'_, R> {
             .filter(|s| !s.disabled && s.event_types.iter().any(|t| t == event_type))
             .map(|s| s.id)
             .collect();
-        Ok(Some(Wanted {
+        Ok(Wanted {
             organization_id,
             deliver_to,
-        }))
+        })
     }
 
     /// The message an event with a webhook type becomes, and a pending delivery of it for
@@ -1005,8 +1005,8 @@ impl<R: Rows> Batch<'_, R> {
         Ok(())
     }
 
-    /// Airweave's `SyncLifecycleEvent` payload of the job as it is after the event, if a
-    /// subscription wants it (else nothing is read or built).
+    /// Airweave's `SyncLifecycleEvent` payload of the job as it is after the event, and who
+    /// it goes to (None: the job is unknown).
     async fn job_payload(
         &mut self,
         meta: &Meta,
@@ -1020,9 +1020,7 @@ impl<R: Rows> Batch<'_, R> {
         else {
             return Ok(None);
         };
-        let Some(wanted) = self.wanted(org, meta.event_type).await? else {
-            return Ok(None);
-        };
+        let wanted = self.wanted(org, meta.event_type).await?;
         if !self.hooks.connections.contains_key(&sc_id) {
             let row = self.rows.source_connection_row(sc_id).await?;
             self.hooks.connections.insert(
@@ -1163,10 +1161,8 @@ impl<R: Rows> Batch<'_, R> {
                 return Ok(None)
             }
         };
-        Ok(self
-            .wanted(org, meta.event_type)
-            .await?
-            .map(|wanted| (wanted, payload.to_string())))
+        let wanted = self.wanted(org, meta.event_type).await?;
+        Ok(Some((wanted, payload.to_string())))
     }
 
     async fn apply_webhook(
