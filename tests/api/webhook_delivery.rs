@@ -250,6 +250,12 @@ async fn lifecycle_events_arrive_once_per_subscription_in_order_and_signed() {
     assert!(p["entities_inserted"].as_u64().unwrap() >= 3, "{p}");
     assert_eq!(p["error"], Value::Null);
     assert_eq!(got[0].json()["entities_inserted"], 0);
+    // The message shown is the body sent (a sync.* payload is stored compact and rendered
+    // again for each).
+    let (_, shown) = app
+        .get("/webhooks/messages?event_types=sync.completed")
+        .await;
+    assert_eq!(shown[0]["payload"], got[2].json());
 
     // The subscription shows its attempts, newest first, and is healthy.
     let (_, detail) = app.get(&format!("/webhooks/subscriptions/{all}")).await;

@@ -124,7 +124,9 @@ CREATE INDEX IF NOT EXISTS webhook_subscriptions_by_organization
 
 -- Webhook messages: every event of the log that has a webhook type (its id is the event's),
 -- for the retention period (SYNCJOBS_WEBHOOK_RETENTION_DAYS): the organization's event
--- history. Written for every job lifecycle event, so two indexes only.
+-- history. Written for every job lifecycle event, so kept small: a sync.* payload is stored
+-- as a MessagePack BLOB of what the columns do not hold (db::fold::StoredSync, rendered into
+-- the JSON sent when read); the other types' payloads are their JSON.
 CREATE TABLE IF NOT EXISTS webhook_messages (
     id BLOB PRIMARY KEY,
     organization_id BLOB NOT NULL,

@@ -5,13 +5,12 @@
 //! A single writer owns the file, so every live job is held in memory (loaded at start).
 
 use super::fold::{
-    Committed, Fold, JobRow, LiveJob, NewDelivery, OrgCounts, Retention, Rows, RunCounts, Table,
-    PURGE_BATCH, RETENTION_BATCH,
+    Committed, Fold, JobRow, LiveJob, NewDelivery, NewMessage, OrgCounts, Retention, Rows,
+    RunCounts, Table, PURGE_BATCH, RETENTION_BATCH,
 };
 use super::{time as t, ReadError, PROJECTION_NAME};
 use crate::model::{
-    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
-    WebhookSubscription,
+    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookSubscription,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::future::Future;
@@ -534,7 +533,7 @@ impl Rows for SqliteRows<'_> {
 
     /// A cached statement per row: SQLite runs in this process, so a statement costs no
     /// round trip and a multi-row one would only add building its text.
-    async fn insert_webhook_messages(&self, messages: &[WebhookMessage]) -> Result<(), ReadError> {
+    async fn insert_webhook_messages(&self, messages: &[NewMessage]) -> Result<(), ReadError> {
         let mut stmt = self.0.prepare_cached(
             "INSERT INTO webhook_messages (id, organization_id, event_type, payload,
                timestamp, created_position)

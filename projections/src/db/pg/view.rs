@@ -121,12 +121,21 @@ const ATTEMPT_COLUMNS: &str = "id, message_id, subscription_id, organization_id,
     status_code, response, timestamp";
 
 fn message_row(r: &Row) -> Result<WebhookMessage, ReadError> {
+    let organization_id = r.get(1);
+    let event_type = text(r, 2)?;
+    let timestamp = parse_time(r.get(4))?;
+    let payload = crate::db::fold::render_payload(
+        &event_type,
+        organization_id,
+        &timestamp,
+        r.get::<_, &[u8]>(3),
+    )?;
     Ok(WebhookMessage {
         id: r.get(0),
-        organization_id: r.get(1),
-        event_type: text(r, 2)?,
-        payload: text(r, 3)?,
-        timestamp: parse_time(r.get(4))?,
+        organization_id,
+        event_type,
+        payload,
+        timestamp,
         created_position: r.get::<_, i64>(5) as u64,
     })
 }
@@ -153,7 +162,8 @@ pub(crate) async fn due_webhook_deliveries(
     all(
         c,
         "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
-           d.next_attempt_at, s.url, s.secret, m.payload, d.round_start, s.failing_since
+           d.next_attempt_at, s.url, s.secret, m.payload, d.round_start, s.failing_since,
+           m.event_type, m.timestamp
          FROM read_webhook_subscriptions s
          CROSS JOIN LATERAL (
            SELECT * FROM read_webhook_deliveries x
@@ -172,7 +182,12 @@ pub(crate) async fn due_webhook_deliveries(
                 next_attempt_at: parse_time(r.get(4))?,
                 url: text(r, 5)?,
                 secret: text(r, 6)?,
-                payload: text(r, 7)?,
+                payload: crate::db::fold::render_payload(
+                    &text(r, 10)?,
+                    r.get(2),
+                    &parse_time(r.get(11))?,
+                    r.get::<_, &[u8]>(7),
+                )?,
                 round_start: u32::try_from(r.get::<_, i64>(8)).unwrap_or(0),
                 failing_since: optional_time(r, 9)?,
             })

@@ -3,13 +3,12 @@
 
 use super::pool_error;
 use crate::db::fold::{
-    Committed, Fold, JobRow, LiveJob, NewDelivery, OrgCounts, Retention, Rows, RunCounts, Table,
-    PURGE_BATCH, RETENTION_BATCH,
+    Committed, Fold, JobRow, LiveJob, NewDelivery, NewMessage, OrgCounts, Retention, Rows,
+    RunCounts, Table, PURGE_BATCH, RETENTION_BATCH,
 };
 use crate::db::{decode_job, time as t, ReadError, PROJECTION_NAME};
 use crate::model::{
-    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
-    WebhookSubscription,
+    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookSubscription,
 };
 use deadpool_postgres::{Pool, Transaction};
 use syncjobs_domain::{JobState, RecordedEvent};
@@ -543,11 +542,11 @@ impl Rows for PgRows<'_> {
 
     /// One statement for the whole batch, as the job rows: a round trip per message (one
     /// per lifecycle event) would cost more than the fold of the event.
-    async fn insert_webhook_messages(&self, messages: &[WebhookMessage]) -> Result<(), ReadError> {
+    async fn insert_webhook_messages(&self, messages: &[NewMessage]) -> Result<(), ReadError> {
         let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
         let orgs: Vec<Uuid> = messages.iter().map(|m| m.organization_id).collect();
         let types: Vec<&[u8]> = messages.iter().map(|m| m.event_type.as_bytes()).collect();
-        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_bytes()).collect();
+        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
         let times: Vec<String> = messages.iter().map(|m| t(&m.timestamp)).collect();
         let positions: Vec<i64> = messages.iter().map(|m| m.created_position as i64).collect();
         self.execute(
