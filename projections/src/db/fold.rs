@@ -44,6 +44,9 @@ pub const RETENTION_EVERY: chrono::Duration = chrono::Duration::minutes(1);
 pub(crate) struct LiveJob {
     pub state: JobState,
     pub created_position: u64,
+    /// Whether the job has a row in the database (in this transaction or before): one
+    /// created since has none, so its first write is a plain insert.
+    pub stored: bool,
 }
 
 /// What a committed batch changed that readers may have cached. Computed from the events
@@ -110,6 +113,8 @@ pub(crate) type OrgCounts = [i64; 3];
 
 /// A job row as written (the state already encoded).
 pub(crate) struct JobRow {
+    /// No row of this job exists yet: an engine may insert it without an upsert's checks.
+    pub new: bool,
     pub id: Uuid,
     pub source_connection_id: Uuid,
     pub organization_id: Uuid,
@@ -145,6 +150,8 @@ pub(crate) trait Rows {
     async fn write_jobs(&self, rows: &[JobRow]) -> Result<(), ReadError>;
     async fn enqueue_purge(&self, source_connection_id: Uuid) -> Result<(), ReadError>;
     async fn insert_collection(&self, c: &Collection) -> Result<(), ReadError>;
+    /// Gives the collection a new name, modified at `at`; a missing row is left so.
+    async fn rename_collection(&self, id: Uuid, name: &str, at: &str) -> Result<(), ReadError>;
     async fn insert_source_connection(&self, sc: &SourceConnection) -> Result<(), ReadError>;
     /// Inserts the organization unless it exists.
     async fn insert_organization(&self, o: &Organization, position: u64) -> Result<(), ReadError>;
@@ -347,11 +354,20 @@ impl Fold {
         rows: &R,
         events: &[RecordedEvent],
     ) -> Result<HashMap<Uuid, JobStatus>, ReadError> {
+        // A job whose stream starts in this batch (its JobCreated is version 1, above the
+        // folded position) has no row yet: no need to look for one. On a first start that is
+        // nearly every job, and the lookup was a fifth of the fold's statements' time.
+        let created_here: HashSet<Uuid> = events
+            .iter()
+            .filter(|e| e.global_position > self.position && e.version == 1)
+            .filter(|e| matches!(e.event, Event::Job(SyncJobEvent::JobCreated { .. })))
+            .filter_map(|e| stream::job_id(&e.stream_id))
+            .collect();
         let mut ids: Vec<Uuid> = events
             .iter()
             .filter(|e| e.global_position > self.position && matches!(e.event, Event::Job(_)))
             .filter_map(|e| stream::job_id(&e.stream_id))
-            .filter(|id| !self.live.contains_key(id))
+            .filter(|id| !self.live.contains_key(id) && !created_here.contains(id))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -492,8 +508,6 @@ struct StoredSync<'a> {
     collection_name: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     collection_readable_id: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    status: std::borrow::Cow<'a, str>,
     /// Inserted, updated, deleted, skipped.
     counts: [u64; 4],
     #[serde(borrow)]
@@ -527,7 +541,6 @@ pub(crate) fn render_payload(
         source_type: &s.source_type,
         collection_name: &s.collection_name,
         collection_readable_id: &s.collection_readable_id,
-        status: &s.status,
         entities_inserted: s.counts[0],
         entities_updated: s.counts[1],
         entities_deleted: s.counts[2],
@@ -538,7 +551,8 @@ pub(crate) fn render_payload(
     serde_json::to_string(&payload).map_err(|e| ReadError::Decode(e.to_string()))
 }
 
-/// Airweave's `SyncLifecycleEvent`, field for field (plus the job's `status`).
+/// Airweave's `SyncLifecycleEvent`, field for field (`model_dump`: every field, defaults
+/// included), and nothing more: clients read these keys by name.
 #[derive(serde::Serialize)]
 struct SyncPayload<'a> {
     event_type: &'a str,
@@ -551,7 +565,6 @@ struct SyncPayload<'a> {
     source_type: &'a str,
     collection_name: &'a str,
     collection_readable_id: &'a str,
-    status: &'a str,
     entities_inserted: u64,
     entities_updated: u64,
     entities_deleted: u64,
@@ -701,6 +714,7 @@ impl<R: Rows> Batch<'_, R> {
             Event::Collection(c) => {
                 let id = match c {
                     CollectionEvent::CollectionCreated { collection_id, .. }
+                    | CollectionEvent::CollectionUpdated { collection_id, .. }
                     | CollectionEvent::CollectionDeleted { collection_id } => *collection_id,
                 };
                 self.hooks.collections.remove(&id);
@@ -713,6 +727,7 @@ impl<R: Rows> Batch<'_, R> {
                     }
                     | SourceConnectionEvent::SourceConnectionDeleted {
                         source_connection_id,
+                        ..
                     } => *source_connection_id,
                 };
                 self.hooks.connections.remove(&id);
@@ -853,6 +868,7 @@ impl<R: Rows> Batch<'_, R> {
             LiveJob {
                 state,
                 created_position: position,
+                stored: false,
             },
         );
         self.job_applied = true;
@@ -869,11 +885,14 @@ impl<R: Rows> Batch<'_, R> {
     async fn write_jobs(&mut self) -> Result<(), ReadError> {
         let mut rows = Vec::with_capacity(self.touched.len());
         for id in self.touched.drain() {
-            let Some(job) = self.live.get(&id).or(self.finished.get(&id)) else {
+            let Some(job) = self.live.get_mut(&id).or(self.finished.get_mut(&id)) else {
                 continue;
             };
+            let new = !job.stored;
+            job.stored = true;
             let s = &job.state;
             rows.push(JobRow {
+                new,
                 id: s.job_id,
                 source_connection_id: s.source_connection_id,
                 organization_id: s.organization_id,
@@ -917,6 +936,16 @@ impl<R: Rows> Batch<'_, R> {
                 self.rows.insert_collection(&c).await?;
                 self.add_counts(organization_id, [1, 0, 0]);
             }
+            // A patch that changed nothing changes no row (Airweave's `modified_at` stays).
+            CollectionEvent::CollectionUpdated {
+                collection_id,
+                name: Some(name),
+            } => {
+                self.rows
+                    .rename_collection(collection_id, &name, &time(&at))
+                    .await?;
+            }
+            CollectionEvent::CollectionUpdated { name: None, .. } => {}
             CollectionEvent::CollectionDeleted { collection_id } => {
                 if let Some(org) = self
                     .rows
@@ -982,6 +1011,7 @@ impl<R: Rows> Batch<'_, R> {
             }
             SourceConnectionEvent::SourceConnectionDeleted {
                 source_connection_id: id,
+                ..
             } => {
                 let Some(org) = self.rows.remove_row(Table::SourceConnections, id).await? else {
                     return Ok(());
@@ -1123,7 +1153,6 @@ impl<R: Rows> Batch<'_, R> {
             source_type: job.short_name.as_str().into(),
             collection_name: name.unwrap_or("").into(),
             collection_readable_id: sc.map_or("", |s| s.1.as_str()).into(),
-            status: job.status.as_str().into(),
             counts: [
                 job.counts.inserted,
                 job.counts.updated,
@@ -1163,9 +1192,20 @@ impl<R: Rows> Batch<'_, R> {
                     "collection_readable_id": readable_id,
                 }),
             ),
-            Event::Collection(CollectionEvent::CollectionDeleted { collection_id }) => {
+            Event::Collection(
+                CollectionEvent::CollectionDeleted { collection_id }
+                | CollectionEvent::CollectionUpdated { collection_id, .. },
+            ) => {
                 let Some(c) = self.rows.collection_row(*collection_id).await? else {
                     return Ok(None);
+                };
+                // An update's payload names the collection as the update leaves it.
+                let name = match event {
+                    Event::Collection(CollectionEvent::CollectionUpdated {
+                        name: Some(name),
+                        ..
+                    }) => name,
+                    _ => &c.name,
                 };
                 (
                     c.organization_id,
@@ -1174,7 +1214,7 @@ impl<R: Rows> Batch<'_, R> {
                         "timestamp": timestamp,
                         "organization_id": c.organization_id,
                         "collection_id": c.id,
-                        "collection_name": c.name,
+                        "collection_name": name,
                         "collection_readable_id": c.readable_id,
                     }),
                 )
@@ -1200,6 +1240,7 @@ impl<R: Rows> Batch<'_, R> {
             ),
             Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted {
                 source_connection_id,
+                ..
             }) => {
                 let Some(sc) = self
                     .rows
