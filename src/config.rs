@@ -240,6 +240,20 @@ pub struct Settings {
     #[arg(long, env = "SYNCJOBS_WEBHOOK_CONCURRENCY", default_value_t = 32)]
     pub webhook_concurrency: usize,
 
+    /// Days webhook messages (the organization's event history) are kept, with their
+    /// deliveries and attempts (Svix's 90 by default); 0 keeps them for ever.
+    #[arg(long, env = "SYNCJOBS_WEBHOOK_RETENTION_DAYS", default_value_t = 90)]
+    pub webhook_retention_days: u32,
+
+    /// Hours a webhook subscription may fail every attempt (no success in between) before
+    /// it is disabled (Svix's five days by default); 0 never disables one.
+    #[arg(
+        long,
+        env = "SYNCJOBS_WEBHOOK_DISABLE_AFTER_HOURS",
+        default_value_t = 120
+    )]
+    pub webhook_disable_after_hours: u32,
+
     /// Log filter (`info`, `syncjobs=debug,actix_web=info`, ...).
     #[arg(long, env = "SYNCJOBS_LOG", default_value = "info")]
     pub log: String,
@@ -290,6 +304,8 @@ impl Default for Settings {
             webhook_timeout_ms: 15_000,
             webhook_retry_schedule: Schedule(crate::webhooks::dispatch::SVIX_SCHEDULE.to_vec()),
             webhook_concurrency: 32,
+            webhook_retention_days: 90,
+            webhook_disable_after_hours: 120,
             log: "info".into(),
             log_format: LogFormat::Pretty,
             handle_signals: true,
@@ -347,8 +363,21 @@ impl Settings {
             timeout: Duration::from_millis(self.webhook_timeout_ms.max(1)),
             schedule: self.webhook_retry_schedule.0.clone(),
             concurrency: self.webhook_concurrency.max(1),
+            disable_after: (self.webhook_disable_after_hours > 0)
+                .then(|| Duration::from_secs(u64::from(self.webhook_disable_after_hours) * 3600)),
             ..Default::default()
         }
+    }
+
+    /// How long webhook messages are kept, by `clock` (None: for ever).
+    pub fn webhook_retention(
+        &self,
+        clock: syncjobs_domain::SharedClock,
+    ) -> Option<syncjobs_projections::Retention> {
+        (self.webhook_retention_days > 0).then(|| syncjobs_projections::Retention {
+            period: chrono::Duration::days(i64::from(self.webhook_retention_days)),
+            clock,
+        })
     }
 
     /// The jobs this node runs at once (None: no bound); see [`DEFAULT_WORKER_CAPACITY`].
@@ -461,6 +490,11 @@ mod tests {
         assert_eq!(parsed.webhook_retry_schedule, d.webhook_retry_schedule);
         assert_eq!(parsed.webhook_timeout_ms, d.webhook_timeout_ms);
         assert_eq!(parsed.webhook_concurrency, d.webhook_concurrency);
+        assert_eq!(parsed.webhook_retention_days, d.webhook_retention_days);
+        assert_eq!(
+            parsed.webhook_disable_after_hours,
+            d.webhook_disable_after_hours
+        );
         if std::env::var_os("SYNCJOBS_ROLE").is_none() {
             assert_eq!(parsed.role, Role::All);
         }

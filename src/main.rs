@@ -199,6 +199,10 @@ async fn rebuild_read_model(settings: Settings) -> Result<(), String> {
             )
         }
     };
+    // Messages past retention are not made again.
+    writer
+        .set_retention(settings.webhook_retention(Arc::new(SystemClock)))
+        .await;
     loop {
         let events = store
             .read_all(projection.position(), REBUILD_BATCH)

@@ -232,6 +232,10 @@ impl Application {
                 Projection::open_postgres(url.expose(), false, *timeouts).await?
             }
         };
+        // Set before the first fold: a rebuild makes no message past retention.
+        writer
+            .set_retention(settings.webhook_retention(c.clock.clone()))
+            .await;
         let projector = spawn_projector(
             c.store.clone(),
             writer,

@@ -296,6 +296,10 @@ pub enum WebhookEvent {
         #[serde(default)]
         description: Option<String>,
         secret: String,
+        /// Past messages of the organization since this time (that match `event_types`)
+        /// are delivered to it too, in log order, before the ones that follow.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recover_since: Option<DateTime<Utc>>,
     },
     /// A patch: each present field replaces the subscription's.
     WebhookSubscriptionUpdated {
@@ -308,6 +312,20 @@ pub enum WebhookEvent {
         disabled: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         description: Option<String>,
+        /// Only with `disabled: Some(false)`: the organization's messages since this time
+        /// that the subscription wants and never got a delivery of (made while it was
+        /// disabled) are delivered now, in log order.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recover_since: Option<DateTime<Utc>>,
+    },
+    /// The dispatcher disabled the subscription: every attempt failed for longer than the
+    /// limit (`SYNCJOBS_WEBHOOK_DISABLE_AFTER_HOURS`, Svix's five days by default).
+    WebhookSubscriptionDisabled {
+        organization_id: Uuid,
+        /// Why, in words (the first failure of the run and the last answer).
+        reason: String,
+        /// The first failed attempt after the last success.
+        failing_since: DateTime<Utc>,
     },
     WebhookSubscriptionDeleted {
         organization_id: Uuid,
@@ -460,6 +478,7 @@ event_types! {
     Webhook: WebhookEvent {
         WebhookSubscriptionCreated = WEBHOOK_SUBSCRIPTION_CREATED,
         WebhookSubscriptionUpdated = WEBHOOK_SUBSCRIPTION_UPDATED,
+        WebhookSubscriptionDisabled = WEBHOOK_SUBSCRIPTION_DISABLED,
         WebhookSubscriptionDeleted = WEBHOOK_SUBSCRIPTION_DELETED,
         WebhookAttemptRecorded = WEBHOOK_ATTEMPT_RECORDED,
         WebhookDeliveryRecovered = WEBHOOK_DELIVERY_RECOVERED,
@@ -790,14 +809,22 @@ mod tests {
                 event_types: vec!["sync.completed".into()],
                 description: Some("d".into()),
                 secret: "whsec_x".into(),
+                recover_since: Some(now),
             }
             .into(),
             WebhookEvent::WebhookSubscriptionUpdated {
                 organization_id: Uuid::nil(),
                 url: None,
                 event_types: Some(vec!["sync.failed".into()]),
-                disabled: Some(true),
+                disabled: Some(false),
                 description: None,
+                recover_since: Some(now),
+            }
+            .into(),
+            WebhookEvent::WebhookSubscriptionDisabled {
+                organization_id: Uuid::nil(),
+                reason: "failing".into(),
+                failing_since: now,
             }
             .into(),
             WebhookEvent::WebhookSubscriptionDeleted {

@@ -14,6 +14,7 @@ use crate::aggregate::{Aggregate, FoldError};
 use crate::events::{
     CollectionEvent, Event, RecordedEvent, SourceConnectionEvent, SyncJobEvent, WebhookEvent,
 };
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 /// The prefix of a Standard Webhooks secret (`whsec_<base64>`).
@@ -127,6 +128,8 @@ pub struct SubscriptionState {
     pub disabled: bool,
     pub description: Option<String>,
     pub secret: String,
+    /// Why the dispatcher disabled it, while it stays disabled.
+    pub disabled_reason: Option<String>,
 }
 
 /// The stream of one subscription.
@@ -145,6 +148,9 @@ pub struct SubscriptionPatch {
     pub event_types: Option<Vec<String>>,
     pub disabled: Option<bool>,
     pub description: Option<String>,
+    /// With `disabled: Some(false)` on a disabled subscription: deliver the messages it
+    /// missed since then (Airweave's `recover_since`). Ignored otherwise.
+    pub recover_since: Option<DateTime<Utc>>,
 }
 
 impl SubscriptionPatch {
@@ -166,10 +172,22 @@ pub enum WebhookCommand {
         description: Option<String>,
         /// `whsec_<base64>`, already checked and normalised by the caller.
         secret: String,
+        /// Deliver the organization's messages since then too (not after `now`).
+        recover_since: Option<DateTime<Utc>>,
+        /// The caller's clock, which `recover_since` may not pass.
+        now: DateTime<Utc>,
     },
     Update {
         organization_id: Uuid,
         patch: SubscriptionPatch,
+        /// The caller's clock, which `patch.recover_since` may not pass.
+        now: DateTime<Utc>,
+    },
+    /// Disable it for failing too long (the dispatcher's); nothing if already disabled.
+    Disable {
+        organization_id: Uuid,
+        reason: String,
+        failing_since: DateTime<Utc>,
     },
     Delete {
         organization_id: Uuid,
@@ -191,6 +209,18 @@ pub enum WebhookError {
     UnknownEventType(String),
     #[error("description must be at most {MAX_DESCRIPTION_LEN} characters")]
     DescriptionTooLong,
+    #[error("recover_since must not be in the future")]
+    RecoverSinceInFuture,
+}
+
+fn check_recover_since(
+    since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), WebhookError> {
+    match since {
+        Some(since) if since > now => Err(WebhookError::RecoverSinceInFuture),
+        _ => Ok(()),
+    }
 }
 
 fn check_description(d: Option<&str>) -> Result<(), WebhookError> {
@@ -251,6 +281,7 @@ impl Aggregate for WebhookSubscription {
                     disabled: false,
                     description: description.clone(),
                     secret: secret.clone(),
+                    disabled_reason: None,
                 });
             }
             WebhookEvent::WebhookSubscriptionUpdated {
@@ -271,10 +302,19 @@ impl Aggregate for WebhookSubscription {
                 }
                 if let Some(disabled) = disabled {
                     s.disabled = *disabled;
+                    // Disabled or enabled by hand: the dispatcher's reason no longer holds.
+                    s.disabled_reason = None;
                 }
                 if let Some(d) = description {
                     s.description = Some(d.clone());
                 }
+            }
+            WebhookEvent::WebhookSubscriptionDisabled { reason, .. } => {
+                let Some(s) = self.live.as_mut() else {
+                    return Err(does_not_fit("no such subscription"));
+                };
+                s.disabled = true;
+                s.disabled_reason = Some(reason.clone());
             }
             WebhookEvent::WebhookSubscriptionDeleted { .. } => {
                 if self.live.take().is_none() {
@@ -300,6 +340,8 @@ impl Aggregate for WebhookSubscription {
                 event_types,
                 description,
                 secret,
+                recover_since,
+                now,
             } => {
                 if self.version > 0 {
                     return Err(WebhookError::AlreadyExists);
@@ -307,6 +349,7 @@ impl Aggregate for WebhookSubscription {
                 check_url(url)?;
                 check_event_types(event_types)?;
                 check_description(description.as_deref())?;
+                check_recover_since(*recover_since, *now)?;
                 Ok(vec![WebhookEvent::WebhookSubscriptionCreated {
                     subscription_id: *subscription_id,
                     organization_id: *organization_id,
@@ -314,11 +357,13 @@ impl Aggregate for WebhookSubscription {
                     event_types: event_types.clone(),
                     description: description.clone(),
                     secret: secret.clone(),
+                    recover_since: *recover_since,
                 }])
             }
             WebhookCommand::Update {
                 organization_id,
                 patch,
+                now,
             } => {
                 let s = self.owned_by(*organization_id)?;
                 if let Some(url) = &patch.url {
@@ -328,6 +373,8 @@ impl Aggregate for WebhookSubscription {
                     check_event_types(types)?;
                 }
                 check_description(patch.description.as_deref())?;
+                check_recover_since(patch.recover_since, *now)?;
+                let enabling = s.disabled && patch.disabled == Some(false);
                 // Only what changes is recorded; a patch that changes nothing records nothing.
                 let update = WebhookEvent::WebhookSubscriptionUpdated {
                     organization_id: *organization_id,
@@ -338,6 +385,7 @@ impl Aggregate for WebhookSubscription {
                         .description
                         .clone()
                         .filter(|d| Some(d) != s.description.as_ref()),
+                    recover_since: patch.recover_since.filter(|_| enabling),
                 };
                 match &update {
                     WebhookEvent::WebhookSubscriptionUpdated {
@@ -349,6 +397,21 @@ impl Aggregate for WebhookSubscription {
                     } => Ok(vec![]),
                     _ => Ok(vec![update]),
                 }
+            }
+            WebhookCommand::Disable {
+                organization_id,
+                reason,
+                failing_since,
+            } => {
+                let s = self.owned_by(*organization_id)?;
+                if s.disabled {
+                    return Ok(vec![]);
+                }
+                Ok(vec![WebhookEvent::WebhookSubscriptionDisabled {
+                    organization_id: *organization_id,
+                    reason: reason.clone(),
+                    failing_since: *failing_since,
+                }])
             }
             WebhookCommand::Delete { organization_id } => {
                 self.owned_by(*organization_id)?;
@@ -493,6 +556,8 @@ mod tests {
             event_types: types.iter().map(|t| t.to_string()).collect(),
             description: None,
             secret: SECRET.into(),
+            recover_since: None,
+            now: crate::testkit::at(100),
         }
     }
 
@@ -504,6 +569,7 @@ mod tests {
             event_types: vec!["sync.completed".into()],
             description: None,
             secret: SECRET.into(),
+            recover_since: None,
         }
     }
 
@@ -556,6 +622,7 @@ mod tests {
         let patch = |p: SubscriptionPatch| WebhookCommand::Update {
             organization_id: ORG,
             patch: p,
+            now: crate::testkit::at(100),
         };
         let s = given
             .when(patch(SubscriptionPatch {
@@ -569,6 +636,7 @@ mod tests {
                 event_types: None,
                 disabled: Some(true),
                 description: None,
+                recover_since: None,
             }]);
         assert_eq!(s.live.map(|l| l.disabled), Some(true));
         given
@@ -587,11 +655,111 @@ mod tests {
             .when(WebhookCommand::Update {
                 organization_id: OTHER,
                 patch: SubscriptionPatch::default(),
+                now: crate::testkit::at(100),
             })
             .then_err(WebhookError::NotFound);
         given
             .when(WebhookCommand::Delete {
                 organization_id: OTHER,
+            })
+            .then_err(WebhookError::NotFound);
+    }
+
+    #[test]
+    fn recover_since_may_not_be_in_the_future_and_only_counts_when_enabling() {
+        let mut future = create("https://example.com/hook", &["sync.completed"]);
+        if let WebhookCommand::Create { recover_since, .. } = &mut future {
+            *recover_since = Some(crate::testkit::at(101));
+        }
+        AggregateTest::<WebhookSubscription>::given([])
+            .when(future)
+            .then_err(WebhookError::RecoverSinceInFuture);
+        let mut past = create("https://example.com/hook", &["sync.completed"]);
+        if let WebhookCommand::Create { recover_since, .. } = &mut past {
+            *recover_since = Some(crate::testkit::at(50));
+        }
+        let mut with_since = created();
+        if let WebhookEvent::WebhookSubscriptionCreated { recover_since, .. } = &mut with_since {
+            *recover_since = Some(crate::testkit::at(50));
+        }
+        AggregateTest::<WebhookSubscription>::given([])
+            .when(past)
+            .then([with_since]);
+
+        let patch = |disabled: Option<bool>, since: i64| WebhookCommand::Update {
+            organization_id: ORG,
+            patch: SubscriptionPatch {
+                disabled,
+                recover_since: Some(crate::testkit::at(since)),
+                ..Default::default()
+            },
+            now: crate::testkit::at(100),
+        };
+        // Enabled already: nothing to recover, nothing recorded.
+        AggregateTest::<WebhookSubscription>::given([created()])
+            .when(patch(Some(false), 50))
+            .then([]);
+        let disabled = AggregateTest::<WebhookSubscription>::given([
+            created(),
+            WebhookEvent::WebhookSubscriptionDisabled {
+                organization_id: ORG,
+                reason: "failing".into(),
+                failing_since: crate::testkit::at(1),
+            },
+        ]);
+        disabled
+            .when(patch(Some(false), 101))
+            .then_err(WebhookError::RecoverSinceInFuture);
+        let s = disabled.when(patch(Some(false), 50)).then([
+            WebhookEvent::WebhookSubscriptionUpdated {
+                organization_id: ORG,
+                url: None,
+                event_types: None,
+                disabled: Some(false),
+                description: None,
+                recover_since: Some(crate::testkit::at(50)),
+            },
+        ]);
+        let live = s.live.unwrap();
+        assert!(!live.disabled);
+        assert_eq!(live.disabled_reason, None);
+    }
+
+    #[test]
+    fn the_dispatcher_disables_a_subscription_once_with_its_reason() {
+        let disable = WebhookCommand::Disable {
+            organization_id: ORG,
+            reason: "failing for 5 days".into(),
+            failing_since: crate::testkit::at(1),
+        };
+        let s = AggregateTest::<WebhookSubscription>::given([created()])
+            .when(disable.clone())
+            .then([WebhookEvent::WebhookSubscriptionDisabled {
+                organization_id: ORG,
+                reason: "failing for 5 days".into(),
+                failing_since: crate::testkit::at(1),
+            }]);
+        let live = s.live.unwrap();
+        assert!(live.disabled);
+        assert_eq!(live.disabled_reason.as_deref(), Some("failing for 5 days"));
+        AggregateTest::<WebhookSubscription>::given([
+            created(),
+            WebhookEvent::WebhookSubscriptionUpdated {
+                organization_id: ORG,
+                url: None,
+                event_types: None,
+                disabled: Some(true),
+                description: None,
+                recover_since: None,
+            },
+        ])
+        .when(disable.clone())
+        .then([]);
+        AggregateTest::<WebhookSubscription>::given([created()])
+            .when(WebhookCommand::Disable {
+                organization_id: OTHER,
+                reason: "x".into(),
+                failing_since: crate::testkit::at(1),
             })
             .then_err(WebhookError::NotFound);
     }

@@ -15,6 +15,7 @@ pub mod db;
 pub mod model;
 pub mod projector;
 
+pub use db::fold::Retention;
 pub use db::view::OrganizationCounts;
 pub use db::{ReadError, ReadView};
 pub use model::{

@@ -58,6 +58,12 @@ pub struct WebhookSubscription {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub created_position: u64,
+    /// Why the dispatcher disabled it (`WebhookSubscriptionDisabled`), while disabled.
+    pub disabled_reason: Option<String>,
+    /// The first failed attempt since its last successful one (None: the last attempt
+    /// succeeded, none was made, or it was enabled again since): what the automatic
+    /// disabling measures.
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 /// An event of the log as a webhook message (Airweave's `WebhookMessage`): every event that
@@ -104,6 +110,8 @@ pub struct DueDelivery {
     pub url: String,
     pub secret: String,
     pub payload: String,
+    /// The subscription's [`WebhookSubscription::failing_since`].
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 /// Airweave's collection status, derived from the collection's source connections.

@@ -277,8 +277,17 @@ impl ProjectionWriter {
         Ok(self.projection.position())
     }
 
-    /// Removes one batch of final jobs of deleted source connections (SQLite: on this
-    /// thread); whether more remains.
+    /// Keeps webhook messages for `retention` (None: for ever): older events become no
+    /// message when folded, and the purge steps remove older messages.
+    pub async fn set_retention(&self, retention: Option<crate::db::fold::Retention>) {
+        match &self.writer {
+            WriterHandle::Sqlite(w) => lock(w).set_retention(retention),
+            WriterHandle::Postgres(w) => w.lock().await.set_retention(retention),
+        }
+    }
+
+    /// One purge step (SQLite: on this thread): final jobs of deleted source connections,
+    /// then webhook messages past retention when that is due; whether more remains.
     pub async fn purge_step(&self) -> Result<bool, ReadError> {
         match &self.writer {
             WriterHandle::Sqlite(w) => lock(w).purge_step(),
@@ -380,6 +389,9 @@ impl Drop for ProjectorHandle {
 
 /// How long to pause after a read or commit error before following on.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// How often an idle projector lets the retention purge look (it runs only when due by the
+/// service's clock, see `db::fold::RETENTION_EVERY`).
+const RETENTION_TICK: Duration = Duration::from_secs(60);
 /// Most events folded in one SQLite transaction.
 const MAX_BATCH: usize = 512;
 /// Most events folded in one PostgreSQL transaction (see `ProjectionWriter::max_batch`).
@@ -479,6 +491,11 @@ async fn run(
     );
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.tick().await;
+    // The retention purge looks when the service's clock says it is due, after a batch or
+    // at this tick when no event comes.
+    let mut retention = tokio::time::interval(RETENTION_TICK);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    retention.tick().await;
     let mut polled_at = start;
     // Deleted connections whose final jobs may still have rows (one left by a crash too).
     let mut purging = true;
@@ -554,6 +571,7 @@ async fn run(
                 }
             }
             more = writer.purge(), if purging => purging = more,
+            _ = retention.tick() => purging = true,
         }
     }
 }

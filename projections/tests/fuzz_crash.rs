@@ -87,6 +87,7 @@ fn history() -> impl Strategy<Value = Vec<RecordedEvent>> {
                     .collect(),
                 description: None,
                 secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                recover_since: None,
             }
             .into(),
         ));

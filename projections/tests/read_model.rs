@@ -1410,6 +1410,7 @@ async fn each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_o
                 event_types: types.iter().map(|t| t.to_string()).collect(),
                 description: None,
                 secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                recover_since: None,
             },
         )
     };
@@ -1438,7 +1439,7 @@ async fn each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_o
     assert_eq!(
         messages.len(),
         2,
-        "one message per event that a subscription wants"
+        "one message per event with a webhook type"
     );
     let oldest = messages[1].id;
     assert!(due
@@ -1486,64 +1487,94 @@ async fn each_subscription_offers_its_oldest_due_delivery_and_attempts_move_it_o
     assert_eq!(attempts[0].status_code, 204);
 }
 
+/// A subscription's creation event (id `id`), optionally asking for messages since `since`.
+fn subscription_created(
+    id: u128,
+    organization_id: Uuid,
+    types: &[&str],
+    recover_since: Option<chrono::DateTime<Utc>>,
+) -> (String, syncjobs_domain::WebhookEvent) {
+    (
+        stream::webhook_subscription(Uuid::from_u128(id)),
+        syncjobs_domain::WebhookEvent::WebhookSubscriptionCreated {
+            subscription_id: Uuid::from_u128(id),
+            organization_id,
+            url: format!("http://127.0.0.1:9/{id}"),
+            event_types: types.iter().map(|t| t.to_string()).collect(),
+            description: None,
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            recover_since,
+        },
+    )
+}
+
+fn toggled(organization_id: Uuid, disabled: bool) -> syncjobs_domain::WebhookEvent {
+    syncjobs_domain::WebhookEvent::WebhookSubscriptionUpdated {
+        organization_id,
+        url: None,
+        event_types: None,
+        disabled: Some(disabled),
+        description: None,
+        recover_since: None,
+    }
+}
+
+/// The due deliveries' (subscription, message) pairs, all of them (each subscription's
+/// oldest first: read one at a time, as the dispatcher does, ending each as it goes).
+async fn due_of(m: &Model, subscription: u128) -> Vec<Uuid> {
+    let far = Utc.timestamp_opt(1_900_000_000, 0).unwrap();
+    let mut h = m
+        .read(async |v| v.due_webhook_deliveries(far, 1000).await)
+        .await;
+    h.retain(|d| d.subscription_id == Uuid::from_u128(subscription));
+    h.iter().map(|d| d.message_id).collect()
+}
+
+/// Every delivery of a subscription in the order the dispatcher takes them (due time, then
+/// log position), from the dump.
+fn deliveries_in_order(dump: &ModelDump, subscription: u128) -> Vec<(Uuid, String)> {
+    let position = |id: Uuid| {
+        dump.webhook_messages
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.created_position)
+    };
+    let mut d: Vec<_> = dump
+        .webhook_deliveries
+        .iter()
+        .filter(|d| d.1 == Uuid::from_u128(subscription))
+        .collect();
+    d.sort_by_key(|d| (d.5.clone(), position(d.0)));
+    d.iter().map(|d| (d.0, d.2.clone())).collect()
+}
+
 #[tokio::test]
-async fn only_organizations_with_a_subscription_that_wants_an_event_get_messages() {
+async fn every_event_is_a_message_and_only_enabled_subscriptions_that_want_it_get_deliveries() {
     on_each_engine(
-        "only_organizations_with_a_subscription_that_wants_an_event_get_messages",
-        only_organizations_with_a_subscription_that_wants_an_event_get_messages_on,
+        "every_event_is_a_message_and_only_enabled_subscriptions_that_want_it_get_deliveries",
+        every_event_is_a_message_and_only_enabled_subscriptions_that_want_it_get_deliveries_on,
     )
     .await;
 }
 
-async fn only_organizations_with_a_subscription_that_wants_an_event_get_messages_on(
+async fn every_event_is_a_message_and_only_enabled_subscriptions_that_want_it_get_deliveries_on(
     engine: Engine,
 ) {
-    use syncjobs_domain::WebhookEvent;
     let mut h = History::new();
     let quiet = h.org("quiet").await;
     let subscribed = h.org("subscribed").await;
     let paused = h.org("paused").await;
-    let subscribe = |id: u128, organization_id: Uuid, types: &[&str]| {
-        (
-            stream::webhook_subscription(Uuid::from_u128(id)),
-            WebhookEvent::WebhookSubscriptionCreated {
-                subscription_id: Uuid::from_u128(id),
-                organization_id,
-                url: format!("http://127.0.0.1:9/{id}"),
-                event_types: types.iter().map(|t| t.to_string()).collect(),
-                description: None,
-                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            },
-        )
-    };
-    let (s, e) = subscribe(1, subscribed, &["sync.completed"]);
+    let (s, e) = subscription_created(1, subscribed, &["sync.completed"], None);
     h.append(&s, e).await;
-    // A disabled subscription still wants its types: messages, no deliveries.
-    let (s, e) = subscribe(2, paused, &["sync.completed"]);
+    let (s, e) = subscription_created(2, paused, &["sync.completed"], None);
     h.append(&s, e).await;
-    h.append(
-        &s,
-        WebhookEvent::WebhookSubscriptionUpdated {
-            organization_id: paused,
-            url: None,
-            event_types: None,
-            disabled: Some(true),
-            description: None,
-        },
-    )
-    .await;
+    h.append(&s, toggled(paused, true)).await;
     let mut jobs = HashMap::new();
     for org in [quiet, subscribed, paused] {
         let c = h.collection(org, &format!("c-{org}")).await;
         let sc = h.source_connection(org, c, &format!("c-{org}")).await;
         jobs.insert(org, h.job(org, sc, &[started(), completed(3)]).await);
     }
-    // A subscription made later gets later events only.
-    let (s, e) = subscribe(3, quiet, &["sync.failed"]);
-    h.append(&s, e).await;
-    let c = h.collection(quiet, "late").await;
-    let sc = h.source_connection(quiet, c, "late").await;
-    let late = h.job(quiet, sc, &[started(), failed()]).await;
 
     let events = h.all().await;
     let one_batch = fold(engine, &events).await;
@@ -1553,43 +1584,350 @@ async fn only_organizations_with_a_subscription_that_wants_an_event_get_messages
     }
     assert_eq!(one_batch.dump().await, one_by_one.dump().await);
     for m in [one_batch, one_by_one] {
-        let messages = |org: Uuid| {
-            let m = &m;
-            async move {
-                m.read(async |v| v.webhook_messages(org, &[], 100).await)
-                    .await
-            }
-        };
-        let quiet_messages = messages(quiet).await;
-        assert_eq!(
-            quiet_messages
-                .iter()
-                .map(|m| m.event_type.as_str())
-                .collect::<Vec<_>>(),
-            ["sync.failed"],
-            "nothing before its subscription, nothing it does not want"
-        );
-        let payload: serde_json::Value = serde_json::from_str(&quiet_messages[0].payload).unwrap();
-        assert_eq!(payload["sync_job_id"], late.to_string());
-
-        for org in [subscribed, paused] {
-            let made = messages(org).await;
-            assert_eq!(made.len(), 1, "{made:?}");
-            assert_eq!(made[0].event_type, "sync.completed");
+        for org in [quiet, subscribed, paused] {
+            let made = m
+                .read(async |v| v.webhook_messages(org, &[], 100).await)
+                .await;
+            // Newest first: the organization's whole history, wanted or not.
+            assert_eq!(
+                made.iter()
+                    .map(|m| m.event_type.as_str())
+                    .collect::<Vec<_>>(),
+                [
+                    "sync.completed",
+                    "sync.running",
+                    "sync.pending",
+                    "source_connection.created",
+                    "collection.created"
+                ],
+                "{org}"
+            );
             let payload: serde_json::Value = serde_json::from_str(&made[0].payload).unwrap();
             assert_eq!(payload["sync_job_id"], jobs[&org].to_string());
             assert_eq!(payload["entities_inserted"], 3);
+            let types = ["sync.pending".to_owned(), "collection.created".to_owned()];
+            let filtered = m
+                .read(async |v| v.webhook_messages(org, &types, 100).await)
+                .await;
+            assert_eq!(
+                filtered
+                    .iter()
+                    .map(|m| m.event_type.as_str())
+                    .collect::<Vec<_>>(),
+                ["sync.pending", "collection.created"]
+            );
+            let one = m
+                .read(async |v| v.webhook_messages(org, &[], 1).await)
+                .await;
+            assert_eq!(one, made[..1]);
         }
-        let far = Utc.timestamp_opt(1_900_000_000, 0).unwrap();
-        let mut due: Vec<u128> = m
-            .read(async |v| v.due_webhook_deliveries(far, 100).await)
-            .await
-            .iter()
-            .map(|d| d.subscription_id.as_u128())
-            .collect();
-        due.sort_unstable();
-        assert_eq!(due, [1, 3], "the disabled subscription has no delivery");
+        assert_eq!(due_of(&m, 1).await.len(), 1, "the enabled one wants it");
+        assert!(
+            due_of(&m, 2).await.is_empty(),
+            "the disabled subscription has no delivery"
+        );
+        assert_eq!(m.dump().await.webhook_deliveries.len(), 1);
     }
+}
+
+#[tokio::test]
+async fn a_subscription_asking_for_past_events_gets_each_matching_message_once_in_log_order() {
+    on_each_engine(
+        "a_subscription_asking_for_past_events_gets_each_matching_message_once_in_log_order",
+        a_subscription_asking_for_past_events_gets_each_matching_message_once_in_log_order_on,
+    )
+    .await;
+}
+
+async fn a_subscription_asking_for_past_events_gets_each_matching_message_once_in_log_order_on(
+    engine: Engine,
+) {
+    let mut h = History::new();
+    let org = h.org("org").await;
+    let other = h.org("other").await;
+    let c = h.collection(org, "old").await; // before `since`
+    let since = Utc.timestamp_opt(1_800_000_000 + h.tick + 1, 0).unwrap();
+    let sc = h.source_connection(org, c, "old").await;
+    let first = h.job(org, sc, &[started(), completed(1)]).await;
+    let second = h.job(org, sc, &[started(), failed()]).await;
+    let c2 = h.collection(other, "theirs").await;
+    let sc2 = h.source_connection(other, c2, "theirs").await;
+    h.job(other, sc2, &[started(), completed(1)]).await;
+    let types = ["sync.completed", "sync.failed", "collection.created"];
+    let (s, e) = subscription_created(1, org, &types, Some(since));
+    h.append(&s, e).await;
+    // After the subscription: delivered as usual, after the past ones.
+    let third = h.job(org, sc, &[started(), completed(2)]).await;
+
+    let events = h.all().await;
+    let one_batch = fold(engine, &events).await;
+    let one_by_one = Model::new(engine).await;
+    for e in &events {
+        one_by_one.apply(std::slice::from_ref(e)).await;
+    }
+    // A restart part-way (and an event folded twice) changes nothing.
+    let cut = events.len() - 3;
+    let restarted = Model::new(engine).await;
+    restarted.apply(&events[..cut]).await;
+    restarted.apply(&events[cut - 2..]).await;
+    assert_eq!(one_batch.dump().await, one_by_one.dump().await);
+    assert_eq!(one_batch.dump().await, restarted.dump().await);
+
+    let dump = one_batch.dump().await;
+    let jobs_of = |ids: &[(Uuid, String)]| -> Vec<(String, String)> {
+        ids.iter()
+            .map(|(id, status)| {
+                let m = dump.webhook_messages.iter().find(|m| m.id == *id).unwrap();
+                let p: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
+                (
+                    format!(
+                        "{} {}",
+                        m.event_type,
+                        p["sync_job_id"].as_str().unwrap_or("-")
+                    ),
+                    status.clone(),
+                )
+            })
+            .collect()
+    };
+    let pending = |e: &str, job: Uuid| (format!("{e} {job}"), "pending".to_owned());
+    assert_eq!(
+        jobs_of(&deliveries_in_order(&dump, 1)),
+        [
+            pending("sync.completed", first),
+            pending("sync.failed", second),
+            pending("sync.completed", third),
+        ],
+        "the old collection is before `since`, the other organization's are not its own"
+    );
+}
+
+#[tokio::test]
+async fn enabling_again_with_recover_since_delivers_what_was_missed_while_disabled() {
+    on_each_engine(
+        "enabling_again_with_recover_since_delivers_what_was_missed_while_disabled",
+        enabling_again_with_recover_since_delivers_what_was_missed_while_disabled_on,
+    )
+    .await;
+}
+
+async fn enabling_again_with_recover_since_delivers_what_was_missed_while_disabled_on(
+    engine: Engine,
+) {
+    use syncjobs_domain::WebhookEvent;
+    let mut h = History::new();
+    let org = h.org("org").await;
+    let (s, e) = subscription_created(1, org, &["collection.created"], None);
+    h.append(&s, e).await;
+    let a = h.collection(org, "a").await;
+    let since = Utc.timestamp_opt(1_800_000_000 + h.tick, 0).unwrap();
+    h.append(
+        &s,
+        WebhookEvent::WebhookSubscriptionDisabled {
+            organization_id: org,
+            reason: "failing".into(),
+            failing_since: since,
+        },
+    )
+    .await;
+    let b = h.collection(org, "b").await;
+    let m = fold(engine, &h.all().await).await;
+    let sub = m
+        .read(async |v| v.webhook_subscription(org, Uuid::from_u128(1)).await)
+        .await
+        .unwrap();
+    assert!(sub.disabled);
+    assert_eq!(sub.disabled_reason.as_deref(), Some("failing"));
+    assert_eq!(m.dump().await.webhook_deliveries.len(), 1, "b got none");
+    h.append(
+        &s,
+        WebhookEvent::WebhookSubscriptionUpdated {
+            organization_id: org,
+            url: None,
+            event_types: None,
+            disabled: Some(false),
+            description: None,
+            recover_since: Some(since),
+        },
+    )
+    .await;
+    let m = fold(engine, &h.all().await).await;
+    let sub = m
+        .read(async |v| v.webhook_subscription(org, Uuid::from_u128(1)).await)
+        .await
+        .unwrap();
+    assert!(!sub.disabled);
+    assert_eq!(sub.disabled_reason, None);
+    let dump = m.dump().await;
+    let collection_of = |id: Uuid| {
+        let m = dump.webhook_messages.iter().find(|m| m.id == id).unwrap();
+        let p: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
+        p["collection_id"].as_str().unwrap().to_owned()
+    };
+    let order: Vec<String> = deliveries_in_order(&dump, 1)
+        .iter()
+        .map(|(id, _)| collection_of(*id))
+        .collect();
+    assert_eq!(order, [a.to_string(), b.to_string()]);
+}
+
+/// A clock the test sets.
+struct ManualClock(std::sync::Mutex<chrono::DateTime<Utc>>);
+
+impl syncjobs_domain::Clock for ManualClock {
+    fn now(&self) -> chrono::DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn messages_past_retention_are_purged_with_their_deliveries_and_a_rebuild_keeps_them_out() {
+    on_each_engine(
+        "messages_past_retention_are_purged_with_their_deliveries_and_a_rebuild_keeps_them_out",
+        messages_past_retention_are_purged_with_their_deliveries_and_a_rebuild_keeps_them_out_on,
+    )
+    .await;
+}
+
+async fn messages_past_retention_are_purged_with_their_deliveries_and_a_rebuild_keeps_them_out_on(
+    engine: Engine,
+) {
+    use syncjobs_domain::WebhookEvent;
+    let mut h = History::new();
+    let org = h.org("org").await;
+    let (s, e) = subscription_created(1, org, &["collection.created"], None);
+    h.append(&s, e).await;
+    // 300 old messages: more than one purge step.
+    let mut old = Vec::new();
+    for i in 0..300 {
+        old.push(h.collection(org, &format!("old-{i}")).await);
+    }
+    let all_old = h.all().await;
+    let first_old = all_old
+        .iter()
+        .find(|e| matches!(e.event, Event::Collection(_)))
+        .unwrap()
+        .event_id;
+    h.append(
+        &stream::webhook_delivery(first_old, Uuid::from_u128(1)),
+        WebhookEvent::WebhookAttemptRecorded {
+            message_id: first_old,
+            subscription_id: Uuid::from_u128(1),
+            organization_id: org,
+            attempt: 1,
+            url: "http://127.0.0.1:9/1".into(),
+            status_code: 500,
+            response: "no".into(),
+            next_attempt_at: None,
+        },
+    )
+    .await;
+    // A day later by the recorded times.
+    h.tick += 86_400;
+    let fresh = h.collection(org, "fresh").await;
+    let clock = Arc::new(ManualClock(std::sync::Mutex::new(
+        Utc.timestamp_opt(1_800_000_000 + h.tick, 0).unwrap(),
+    )));
+    let retention = syncjobs_projections::Retention {
+        period: ChronoDuration::hours(12),
+        clock: clock.clone(),
+    };
+
+    let m = Model::new(engine).await;
+    let events = h.all().await;
+    m.apply(&events).await;
+    assert_eq!(
+        m.dump().await.webhook_messages.len(),
+        301,
+        "no retention set"
+    );
+    assert_eq!(m.dump().await.webhook_attempts.len(), 1);
+    m.writer.set_retention(Some(retention.clone())).await;
+    let mut steps = 0;
+    while m.writer.purge_step().await.unwrap() {
+        steps += 1;
+    }
+    assert_eq!(steps, 1, "a full step, then the rest");
+    let dump = m.dump().await;
+    assert_eq!(dump.webhook_messages.len(), 1);
+    let p: serde_json::Value = serde_json::from_str(&dump.webhook_messages[0].payload).unwrap();
+    assert_eq!(p["collection_id"], fresh.to_string());
+    assert_eq!(
+        deliveries_in_order(&dump, 1).len(),
+        1,
+        "the old deliveries (pending ones too) went with their messages"
+    );
+    assert!(dump.webhook_attempts.is_empty());
+    // Not due again before a minute by the clock: nothing is looked at.
+    assert!(!m.writer.purge_step().await.unwrap());
+
+    // A rebuild with the same retention makes none of them again, attempts included.
+    let rebuilt = Model::new(engine).await;
+    rebuilt.writer.set_retention(Some(retention)).await;
+    rebuilt.apply(&events).await;
+    let again = rebuilt.dump().await;
+    assert_eq!(again.webhook_messages, dump.webhook_messages);
+    assert_eq!(again.webhook_deliveries, dump.webhook_deliveries);
+    assert_eq!(again.webhook_attempts, dump.webhook_attempts);
+    assert_eq!(again.collections.len(), 301, "only messages are affected");
+}
+
+#[tokio::test]
+async fn failing_since_is_the_first_failure_after_the_last_success() {
+    on_each_engine(
+        "failing_since_is_the_first_failure_after_the_last_success",
+        failing_since_is_the_first_failure_after_the_last_success_on,
+    )
+    .await;
+}
+
+async fn failing_since_is_the_first_failure_after_the_last_success_on(engine: Engine) {
+    use syncjobs_domain::WebhookEvent;
+    let mut h = History::new();
+    let org = h.org("org").await;
+    let (s, e) = subscription_created(1, org, &["collection.created"], None);
+    h.append(&s, e).await;
+    let mut messages = Vec::new();
+    for i in 0..4 {
+        h.collection(org, &format!("c{i}")).await;
+        messages.push(h.all().await.last().unwrap().event_id);
+    }
+    let attempt = async |h: &mut History, message: Uuid, status_code: u16| {
+        h.append(
+            &stream::webhook_delivery(message, Uuid::from_u128(1)),
+            WebhookEvent::WebhookAttemptRecorded {
+                message_id: message,
+                subscription_id: Uuid::from_u128(1),
+                organization_id: org,
+                attempt: 1,
+                url: "http://127.0.0.1:9/1".into(),
+                status_code,
+                response: String::new(),
+                next_attempt_at: None,
+            },
+        )
+        .await
+        .recorded_at
+    };
+    let failing_since = async |h: &History| {
+        let m = fold(engine, &h.all().await).await;
+        m.read(async |v| v.webhook_subscription(org, Uuid::from_u128(1)).await)
+            .await
+            .unwrap()
+            .failing_since
+    };
+    assert_eq!(failing_since(&h).await, None);
+    let first_failure = attempt(&mut h, messages[0], 500).await;
+    attempt(&mut h, messages[1], 0).await;
+    assert_eq!(failing_since(&h).await, Some(first_failure));
+    attempt(&mut h, messages[2], 204).await;
+    assert_eq!(failing_since(&h).await, None, "a success ends the run");
+    let again = attempt(&mut h, messages[3], 503).await;
+    assert_eq!(failing_since(&h).await, Some(again));
+    // Enabled again by hand (after being disabled): failures count afresh.
+    h.append(&s, toggled(org, true)).await;
+    h.append(&s, toggled(org, false)).await;
+    assert_eq!(failing_since(&h).await, None);
 }
 
 #[tokio::test]

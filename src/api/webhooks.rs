@@ -79,6 +79,9 @@ pub async fn create(
         event_types,
         description: description(&f)?,
         secret: f.opt_str("secret")?.map(str::to_owned),
+        // Not in Airweave's create request (it recovers only on re-enabling, PATCH's
+        // `recover_since`): the same field, so a new subscription can receive past events.
+        recover_since: f.opt_datetime("recover_since")?,
     };
     let created = state.create_webhook_subscription(&caller, new).await?;
     ok_json(&WebhookSubscriptionOut::new(&created))
@@ -121,9 +124,11 @@ pub async fn patch(
         event_types: f.opt_str_list("event_types", MAX_EVENT_TYPES)?,
         disabled: f.opt_bool("disabled")?,
         description: description(&f)?,
+        recover_since: f.opt_datetime("recover_since")?,
     };
-    // Airweave: only when re-enabling, the failed messages since then are tried again.
-    let recover_since = f.opt_datetime("recover_since")?;
+    // Airweave: only when re-enabling, the messages since then are sent: those missed while
+    // disabled (recorded with the update, see `deliver_past_messages`) and the failed ones.
+    let recover_since = patch.recover_since;
     let enabling = patch.disabled == Some(false);
     let updated = state
         .update_webhook_subscription(&caller, id, patch)

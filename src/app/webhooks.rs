@@ -21,6 +21,8 @@ pub struct NewSubscription {
     pub description: Option<String>,
     /// A secret of the subscriber's own (`whsec_<base64>`); one is generated without it.
     pub secret: Option<String>,
+    /// Also deliver the organization's messages recorded since then (not in the future).
+    pub recover_since: Option<DateTime<Utc>>,
 }
 
 impl App {
@@ -42,6 +44,8 @@ impl App {
             event_types: new.event_types.clone(),
             description: new.description.clone(),
             secret: secret.clone(),
+            recover_since: new.recover_since,
+            now: self.clock.now(),
         };
         let recorded = self
             .execute::<Aggregate>(caller, &stream::webhook_subscription(id), &create)
@@ -67,6 +71,8 @@ impl App {
                 created_at: at,
                 updated_at: at,
                 created_position: position,
+                disabled_reason: None,
+                failing_since: None,
             }),
             Err(e) => Err(e),
         }
@@ -98,6 +104,7 @@ impl App {
         let update = WebhookCommand::Update {
             organization_id: caller.organization_id,
             patch: patch.clone(),
+            now: self.clock.now(),
         };
         let recorded = self
             .execute::<Aggregate>(caller, &stream::webhook_subscription(id), &update)
@@ -119,6 +126,8 @@ impl App {
                 }
                 if let Some(disabled) = patch.disabled {
                     s.disabled = disabled;
+                    s.disabled_reason = None;
+                    s.failing_since = None;
                 }
                 if let Some(d) = patch.description {
                     s.description = Some(d);

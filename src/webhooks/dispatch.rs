@@ -1,10 +1,11 @@
 //! The dispatcher: delivers webhook messages, at least once, from what the log recorded.
 //!
-//! Where deliveries come from: the projector folds an event with a webhook type into a
-//! message when a subscription of its organization lists that type (none otherwise: no cost
-//! for organizations that never subscribed), and a pending delivery for each enabled one
-//! (the read model's `webhook_deliveries`, committed with the read model's position: its
-//! durable checkpoint). Each attempt is then recorded as an event of the
+//! Where deliveries come from: the projector folds every event with a webhook type into a
+//! message of its organization (its event history), and a pending delivery for each enabled
+//! subscription of the organization that lists that type (the read model's
+//! `webhook_deliveries`, committed with the read model's position: its durable checkpoint);
+//! a subscription created or enabled again with `recover_since` gets deliveries of the
+//! messages since then when the projector folds that event. Each attempt is then recorded as an event of the
 //! delivery's own stream (`domain::webhook::WebhookDelivery`), which the projector folds
 //! back into the delivery (attempts, next due time, success or failure). Why events and
 //! not read-model rows only: the read model is derived data, rebuilt from the log at will;
@@ -19,6 +20,11 @@
 //! order), and at most `concurrency` in all, each bounded by `timeout`: a slow or dead
 //! endpoint holds one slot of its own, never the API, another subscription or another
 //! organization.
+//!
+//! A subscription whose every attempt failed for longer than `disable_after` (Svix: five
+//! days with no success) is disabled, as an event of its own stream
+//! (`WebhookSubscriptionDisabled`, with the reason): a rebuild keeps it disabled, and the
+//! projector makes no more deliveries for it until it is enabled again.
 
 use super::sign;
 use chrono::{DateTime, Utc};
@@ -28,12 +34,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncjobs_actors::command::{self, CommandError};
 use syncjobs_domain::events::stream;
-use syncjobs_domain::webhook::{DeliveryCommand, DeliveryError, WebhookDelivery};
+use syncjobs_domain::webhook::{
+    DeliveryCommand, DeliveryError, WebhookCommand, WebhookDelivery, WebhookSubscription,
+};
 use syncjobs_domain::{EventStore, Metadata, SharedClock, WebhookEvent};
 use syncjobs_projections::{DueDelivery, Projection};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Svix's retry schedule: the delays after the first attempt fails, then after each retry.
@@ -45,6 +54,8 @@ pub const SVIX_SCHEDULE: [Duration; 6] = [
     Duration::from_secs(5 * 3600),
     Duration::from_secs(10 * 3600),
 ];
+/// Svix disables an endpoint whose attempts all failed for five days.
+pub const DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 /// The most of an endpoint's answer kept with an attempt (Airweave's "truncated to 1KB").
 pub const RESPONSE_EXCERPT: usize = 1024;
 /// Due deliveries read per pass.
@@ -62,6 +73,8 @@ pub struct DispatchConfig {
     pub concurrency: usize,
     /// Longest sleep between two reads of the due deliveries (new ones also wake it).
     pub poll_every: Duration,
+    /// A subscription whose attempts all failed for this long is disabled (None: never).
+    pub disable_after: Option<Duration>,
 }
 
 impl Default for DispatchConfig {
@@ -71,6 +84,7 @@ impl Default for DispatchConfig {
             schedule: SVIX_SCHEDULE.to_vec(),
             concurrency: 32,
             poll_every: Duration::from_secs(1),
+            disable_after: Some(DISABLE_AFTER),
         }
     }
 }
@@ -389,6 +403,7 @@ async fn attempt(shared: &Shared, d: DueDelivery) {
             "webhook attempt failed"
         );
     }
+    let failed = (!succeeded).then(|| describe_failure(&outcome));
     let event = WebhookEvent::WebhookAttemptRecorded {
         message_id: d.message_id,
         subscription_id: d.subscription_id,
@@ -419,6 +434,11 @@ async fn attempt(shared: &Shared, d: DueDelivery) {
             {
                 tracing::warn!(parent: &span, %lag, "read model lagging behind a webhook attempt");
             }
+            if let Some(last) = failed {
+                disable_if_failing_too_long(shared, &d, now, &last)
+                    .instrument(span.clone())
+                    .await;
+            }
         }
         Err(CommandError::Rejected(e @ (DeliveryError::Ended | DeliveryError::OutOfTurn(_)))) => {
             // Another dispatcher recorded this attempt first.
@@ -428,6 +448,77 @@ async fn attempt(shared: &Shared, d: DueDelivery) {
             tracing::error!(parent: &span, error = %e, "cannot record a webhook attempt; it will be made again");
             tokio::time::sleep(ERROR_BACKOFF).await;
         }
+    }
+}
+
+/// The last failure, in words, for a reason (no URL: it may carry a token).
+fn describe_failure(o: &Outcome) -> String {
+    const MOST: usize = 200;
+    let mut response: String = o.response.chars().take(MOST).collect();
+    if o.response.chars().count() > MOST {
+        response.push('…');
+    }
+    match o.status_code {
+        0 => format!("no answer ({response})"),
+        code => format!("HTTP {code}"),
+    }
+}
+
+/// Disables the subscription when every attempt since `d.failing_since` (or since this
+/// one, the first failure of a run) failed for longer than the configured limit.
+async fn disable_if_failing_too_long(
+    shared: &Shared,
+    d: &DueDelivery,
+    now: DateTime<Utc>,
+    last: &str,
+) {
+    let Some(limit) = shared.config.disable_after else {
+        return;
+    };
+    let since = d.failing_since.unwrap_or(now);
+    let Ok(failing) = (now - since).to_std() else {
+        return;
+    };
+    if failing < limit {
+        return;
+    }
+    let hours = limit.as_secs_f64() / 3600.0;
+    let reason = format!(
+        "disabled automatically: every delivery attempt failed since {} (more than {hours} h; the last: {last})",
+        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let disable = WebhookCommand::Disable {
+        organization_id: d.organization_id,
+        reason: reason.clone(),
+        failing_since: since,
+    };
+    let done = command::execute::<WebhookSubscription>(
+        &*shared.store,
+        &*shared.clock,
+        &stream::webhook_subscription(d.subscription_id),
+        None,
+        &disable,
+        &Metadata::caused_by("webhook-dispatcher"),
+    )
+    .await;
+    match done {
+        Ok(executed) if !executed.events.is_empty() => {
+            tracing::warn!(%reason, "webhook subscription disabled");
+            // The next read must see it disabled.
+            if let Err(lag) = shared
+                .projection
+                .wait_for(executed.position(), Duration::from_secs(10))
+                .await
+            {
+                tracing::warn!(%lag, "read model lagging behind a disabled subscription");
+            }
+        }
+        Ok(_) => {}
+        // Deleted meanwhile: nothing to disable.
+        Err(CommandError::Rejected(e)) => {
+            tracing::debug!(reason = %e, "webhook subscription not disabled")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot disable a failing webhook subscription"),
     }
 }
 

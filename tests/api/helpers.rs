@@ -65,6 +65,27 @@ pub struct Options {
     pub probes: Vec<Arc<dyn HealthProbe>>,
     /// Last changes to the settings (HTTP limits, ...), after all of the above.
     pub settings: fn(&mut Settings),
+    /// The service's clock (default: the system's).
+    pub clock: Option<SharedClock>,
+}
+
+/// The system's clock moved on by what the test says ([`ShiftedClock::advance`]): days of
+/// webhook retention or failure pass in an instant, while everything else runs in real time.
+#[derive(Default)]
+pub struct ShiftedClock {
+    offset: std::sync::Mutex<chrono::Duration>,
+}
+
+impl ShiftedClock {
+    pub fn advance(&self, by: chrono::Duration) {
+        *self.offset.lock().unwrap() += by;
+    }
+}
+
+impl syncjobs_domain::Clock for ShiftedClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + *self.offset.lock().unwrap()
+    }
 }
 
 impl Default for Options {
@@ -82,6 +103,7 @@ impl Default for Options {
             sse_heartbeat: Duration::from_secs(30),
             probes: Vec::new(),
             settings: |_| {},
+            clock: None,
         }
     }
 }
@@ -198,7 +220,7 @@ pub async fn spawn(o: Options) -> Spawned {
         ..Settings::default()
     };
     (o.settings)(&mut settings);
-    let clock: SharedClock = Arc::new(SystemClock);
+    let clock: SharedClock = o.clock.unwrap_or_else(|| Arc::new(SystemClock));
     let store: Arc<dyn EventStore> = match (o.store, postgres_server(), kurrentdb_server()) {
         (Some(store), _, _) => store,
         (None, Some(admin), _) => {

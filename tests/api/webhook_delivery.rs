@@ -248,6 +248,12 @@ async fn lifecycle_events_arrive_once_per_subscription_in_order_and_signed() {
     assert!(p["entities_inserted"].as_u64().unwrap() >= 3, "{p}");
     assert_eq!(p["error"], Value::Null);
     assert_eq!(got[0].json()["entities_inserted"], 0);
+    // The message shown is the body sent (a sync.* payload is stored compact and rendered
+    // again for each).
+    let (_, shown) = app
+        .get("/webhooks/messages?event_types=sync.completed")
+        .await;
+    assert_eq!(shown[0]["payload"], got[2].json());
 
     // The subscription shows its attempts, newest first, and is healthy.
     let (_, detail) = app.get(&format!("/webhooks/subscriptions/{all}")).await;
@@ -722,7 +728,7 @@ async fn messages_are_the_organizations_history_and_failed_ones_can_be_recovered
 }
 
 #[actix_web::test]
-async fn re_enabling_with_recover_since_sends_the_failed_messages_again() {
+async fn re_enabling_with_recover_since_sends_what_it_missed_and_the_failed_messages_again() {
     let app = spawn_app_with(Options {
         settings: |s| s.webhook_retry_schedule = syncjobs::config::Schedule(vec![]),
         ..Options::default()
@@ -732,6 +738,7 @@ async fn re_enabling_with_recover_since_sends_the_failed_messages_again() {
     let (sid, secret) = subscribe(&app, &app.key, &r.url("/h"), &["collection.created"]).await;
     app.collection("Failed Once").await;
     let first = r.wait_for("/h", 1).await;
+    wait_attempts(&app, &format!("/webhooks/subscriptions/{sid}"), 1).await;
     let path = format!("/webhooks/subscriptions/{sid}");
     let patch = async |body: Value| {
         let (status, v) = app
@@ -742,17 +749,374 @@ async fn re_enabling_with_recover_since_sends_the_failed_messages_again() {
     };
     patch(json!({"disabled": true})).await;
     // Disabled: nothing is sent, and recover_since without re-enabling does nothing.
-    app.collection("While Disabled").await;
+    let missed = app.collection("While Disabled").await;
     let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     patch(json!({"description": "still off", "recover_since": since})).await;
     assert_eq!(r.settled("/h").await.len(), 1);
     let back = patch(json!({"disabled": false, "recover_since": since})).await;
     assert_eq!(back["disabled"], false);
-    let got = r.wait_for("/h", 2).await;
+    // What it missed while disabled (Airweave: "retry all messages that were generated
+    // while the subscription was disabled"), then the failed one again.
+    let got = r.wait_for("/h", 3).await;
     got[1].verify(&secret);
-    assert_eq!(got[1].header("webhook-id"), first[0].header("webhook-id"));
-    // Only the failed one: the message made while disabled had no delivery to recover.
-    assert_eq!(r.settled("/h").await.len(), 2);
+    assert_eq!(got[1].json()["collection_id"], missed["id"]);
+    got[2].verify(&secret);
+    assert_eq!(got[2].header("webhook-id"), first[0].header("webhook-id"));
+    assert_eq!(r.settled("/h").await.len(), 3);
+}
+
+/// The event types of the organization's messages, newest first.
+async fn history(app: &TestApp, key: &str, query: &str) -> Vec<String> {
+    let (status, v) = app
+        .request_as(
+            Some(key),
+            Method::GET,
+            &format!("/webhooks/messages{query}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event_type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[actix_web::test]
+async fn the_messages_are_the_organizations_event_history_without_any_subscription() {
+    let app = spawn_app().await;
+    let c = app.collection("Nobody Listens").await;
+    let sc = id(&app
+        .source_connection(
+            c["readable_id"].as_str().unwrap(),
+            json!({"entity_count": 2, "duration_seconds": 0.1}),
+        )
+        .await);
+    let job = id(&app.run(sc).await);
+    let done = app.wait_status(sc, job, "completed").await;
+    assert_eq!(
+        history(&app, &app.key, "").await,
+        [
+            "sync.completed",
+            "sync.running",
+            "sync.pending",
+            "source_connection.created",
+            "collection.created"
+        ]
+    );
+    assert_eq!(
+        history(
+            &app,
+            &app.key,
+            "?event_types=sync.pending&event_types=collection.created"
+        )
+        .await,
+        ["sync.pending", "collection.created"]
+    );
+    let (_, completed) = app
+        .get("/webhooks/messages?event_types=sync.completed")
+        .await;
+    assert_eq!(completed[0]["payload"]["sync_job_id"], job.to_string());
+    assert_eq!(
+        completed[0]["payload"]["entities_inserted"],
+        done["entities_inserted"]
+    );
+    assert!(history(&app, &app.other_key, "").await.is_empty());
+}
+
+#[actix_web::test]
+async fn a_new_subscription_with_recover_since_gets_past_events_once_in_order_then_new_ones() {
+    let app = spawn_app().await;
+    let r = Receiver::start(0, &[]);
+    let before = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let a = app.collection("Past A").await;
+    let b = app.collection("Past B").await;
+    app.request_as(
+        Some(&app.other_key),
+        Method::POST,
+        "/collections",
+        Some(json!({"name": "Not Mine"})),
+    )
+    .await;
+    let (status, v) = app
+        .post(
+            "/webhooks/subscriptions",
+            json!({"url": r.url("/h"), "event_types": ["collection.created"],
+                   "recover_since": before}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let sid = id(&v);
+    let c = app.collection("After").await;
+    let got = r.wait_for("/h", 3).await;
+    let ids: Vec<Value> = got
+        .iter()
+        .map(|g| g.json()["collection_id"].clone())
+        .collect();
+    assert_eq!(ids, [a["id"].clone(), b["id"].clone(), c["id"].clone()]);
+    assert_eq!(r.settled("/h").await.len(), 3, "each once");
+    let (_, detail) = app
+        .get(&format!(
+            "/webhooks/subscriptions/{sid}?include_secret=true"
+        ))
+        .await;
+    for g in &got {
+        g.verify(detail["secret"].as_str().unwrap());
+    }
+
+    // In the future, or not a time: 422, and nothing is created.
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    for (since, detail) in [
+        (json!(future), "recover_since must not be in the future"),
+        (
+            json!("last week"),
+            "recover_since: expected an ISO 8601 date-time, got last week",
+        ),
+        (json!(3), "recover_since: expected a string, got a number"),
+    ] {
+        let (status, v) = app
+            .post(
+                "/webhooks/subscriptions",
+                json!({"url": r.url("/x"), "event_types": ["collection.created"],
+                       "recover_since": since}),
+            )
+            .await;
+        assert_eq!(status, 422, "{v}");
+        assert_eq!(v["detail"], detail);
+    }
+    let (_, all) = app.get("/webhooks/subscriptions").await;
+    assert_eq!(all.as_array().unwrap().len(), 1);
+}
+
+#[actix_web::test]
+async fn past_events_asked_for_survive_a_restart_before_they_are_delivered() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let slow_retries = |s: &mut syncjobs::config::Settings| {
+        s.webhook_retry_schedule = syncjobs::config::Schedule(vec![Duration::from_millis(500); 30]);
+    };
+    let first = spawn_app_with(Options {
+        settings: slow_retries,
+        ..Options::default()
+    })
+    .await;
+    let before = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let mut made = Vec::new();
+    for i in 0..5 {
+        made.push(first.collection(&format!("Past {i}")).await["id"].clone());
+    }
+    let (status, v) = first
+        .post(
+            "/webhooks/subscriptions",
+            json!({"url": format!("http://127.0.0.1:{port}/h"),
+                   "event_types": ["collection.created"], "recover_since": before}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // Stopped before the receiver is up: nothing was delivered.
+    first.handle.stop(true).await;
+    let second = spawn(Options {
+        store: Some(first.store.clone()),
+        read_model: Some(first.read_model.clone()),
+        data_dir: Some(Arc::clone(&first.data_dir)),
+        bootstrap_key: Some(first.key.clone()),
+        settings: slow_retries,
+        ..Options::default()
+    })
+    .await
+    .app;
+    let r = Receiver::start(port, &[]);
+    let got = r.wait_for("/h", 5).await;
+    // Each once. (Not necessarily in log order here: the first may have been tried, and
+    // failed, before the stop, and a retry waits its turn on the schedule.)
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|g| g.json()["collection_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut made: Vec<String> = made
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
+    made.sort();
+    assert_eq!(ids, made);
+    assert_eq!(r.settled("/h").await.len(), 5, "each once");
+    drop(second);
+}
+
+#[actix_web::test]
+async fn a_subscription_failing_longer_than_the_limit_is_disabled_and_can_be_brought_back() {
+    let clock = Arc::new(crate::helpers::ShiftedClock::default());
+    let app = spawn_app_with(Options {
+        settings: |s| {
+            s.webhook_retry_schedule = syncjobs::config::Schedule(vec![]);
+            s.webhook_disable_after_hours = 2;
+        },
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await;
+    let r = Receiver::start(0, &[500, 500, 500]);
+    let (sid, _) = subscribe(&app, &app.key, &r.url("/h"), &["collection.created"]).await;
+    let path = format!("/webhooks/subscriptions/{sid}");
+    let start = clock_now(&clock);
+    app.collection("Fails First").await;
+    r.wait_for("/h", 1).await;
+    // Recorded (at the clock's time then) before the clock moves.
+    wait_attempts(&app, &path, 1).await;
+    // An hour of failures: under the limit, still enabled.
+    clock.advance(chrono::Duration::hours(1));
+    app.collection("Fails Again").await;
+    r.wait_for("/h", 2).await;
+    wait_attempts(&app, &path, 2).await;
+    let (_, s) = app.get(&path).await;
+    assert_eq!(s["disabled"], false, "{s}");
+    // Past two hours since the first failure: this failure disables it.
+    clock.advance(chrono::Duration::hours(2));
+    app.collection("Fails Last").await;
+    r.wait_for("/h", 3).await;
+    let s = wait_disabled(&app, &path).await;
+    assert_eq!(s["health_status"], "failing", "{s}");
+    let (_, list) = app.get("/webhooks/subscriptions").await;
+    assert_eq!(list[0]["disabled"], true);
+    // Why, in the subscription's own stream of the log.
+    let stream = format!("webhook_subscription-{sid}");
+    let events = app.store.read_stream(&stream, 0).await.unwrap();
+    let reason = events
+        .iter()
+        .find_map(|e| match &e.event {
+            syncjobs_domain::Event::Webhook(
+                syncjobs_domain::WebhookEvent::WebhookSubscriptionDisabled {
+                    reason,
+                    failing_since,
+                    ..
+                },
+            ) => Some((reason.clone(), *failing_since)),
+            _ => None,
+        })
+        .expect("a WebhookSubscriptionDisabled event");
+    assert!(reason.0.contains("HTTP 500"), "{}", reason.0);
+    assert!(
+        (reason.1 - start).num_seconds().abs() < 60,
+        "the first failure: {reason:?}"
+    );
+
+    // Disabled: no delivery for what happens now.
+    clock.advance(chrono::Duration::minutes(10));
+    let missed = app.collection("Missed").await;
+    assert_eq!(r.settled("/h").await.len(), 3);
+    // Enabled again with recover_since: what it missed comes (the receiver answers 200 now).
+    let since = (clock_now(&clock) - chrono::Duration::minutes(1)).to_rfc3339();
+    let (status, v) = app
+        .request_as(
+            Some(&app.key),
+            Method::PATCH,
+            &path,
+            Some(json!({"disabled": false, "recover_since": since})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["disabled"], false);
+    let got = r.wait_for("/h", 4).await;
+    assert_eq!(got[3].json()["collection_id"], missed["id"]);
+    // Failures count afresh: the next failure does not disable it at once.
+    r.inbox.answers.lock().unwrap().push_back(500);
+    app.collection("Fails After").await;
+    r.wait_for("/h", 5).await;
+    wait_attempts(&app, &path, 5).await;
+    let (_, s) = app.get(&path).await;
+    assert_eq!(s["disabled"], false, "{s}");
+}
+
+fn clock_now(clock: &crate::helpers::ShiftedClock) -> chrono::DateTime<chrono::Utc> {
+    syncjobs_domain::Clock::now(clock)
+}
+
+/// Waits until the subscription shows `n` attempts (recorded and folded).
+async fn wait_attempts(app: &TestApp, path: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, s) = app.get(path).await;
+        if s["delivery_attempts"].as_array().map_or(0, Vec::len) >= n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+async fn wait_disabled(app: &TestApp, path: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, s) = app.get(path).await;
+        if s["disabled"] == true {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+#[actix_web::test]
+async fn messages_past_retention_are_purged_and_a_rebuild_does_not_bring_them_back() {
+    let clock = Arc::new(crate::helpers::ShiftedClock::default());
+    let one_day = |s: &mut syncjobs::config::Settings| s.webhook_retention_days = 1;
+    let first = spawn_app_with(Options {
+        settings: one_day,
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await;
+    first.collection("Old Events").await;
+    clock.advance(chrono::Duration::hours(25));
+    // The next batch lets the purge look (due by the clock).
+    first.collection("New Events").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while history(&first, &first.key, "").await.len() > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "not purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, kept) = first.get("/webhooks/messages").await;
+    assert_eq!(kept[0]["payload"]["collection_name"], "New Events");
+    let (_, collections) = first.get("/collections").await;
+    assert_eq!(collections.as_array().unwrap().len(), 2, "only messages go");
+
+    // Rebuilt from the log: the old event makes no message again.
+    first.handle.stop(true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match &first.read_model {
+        syncjobs::backend::ReadModelAt::DataDir => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = first.settings.read_model_path().into_os_string();
+                file.push(suffix);
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        syncjobs::backend::ReadModelAt::Postgres(url, _) => {
+            syncjobs_store_postgres::testkit::client(url.expose())
+                .await
+                .execute("UPDATE read_projection SET schema_version = -1", &[])
+                .await
+                .unwrap();
+        }
+    }
+    let rebuilt = spawn(Options {
+        store: Some(first.store.clone()),
+        read_model: Some(first.read_model.clone()),
+        data_dir: Some(Arc::clone(&first.data_dir)),
+        bootstrap_key: Some(first.key.clone()),
+        settings: one_day,
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await
+    .app;
+    let (_, again) = rebuilt.get("/webhooks/messages").await;
+    assert_eq!(again, kept);
 }
 
 #[actix_web::test]

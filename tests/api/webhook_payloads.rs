@@ -186,7 +186,10 @@ async fn deleting_a_collection_announces_it_and_not_each_connection_it_takes_alo
     for sc in [idle, busy] {
         assert_eq!(app.get(&format!("/source-connections/{sc}")).await.0, 404);
     }
-    let got: Vec<(String, Value)> = messages(&app, "")
+    // Of the types subscribed to (every event is a message of the organization's history).
+    let subscribed =
+        "&event_types=collection.deleted&event_types=source_connection.deleted&event_types=collection.updated";
+    let got: Vec<(String, Value)> = messages(&app, subscribed)
         .await
         .into_iter()
         .map(|m| {

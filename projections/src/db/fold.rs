@@ -12,15 +12,14 @@
 
 use super::{time, ReadError};
 use crate::model::{
-    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
-    WebhookSubscription,
+    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookSubscription,
 };
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
-    AccessEvent, CollectionEvent, Event, JobState, JobStatus, RecordedEvent, SourceConnectionEvent,
-    SyncJobEvent, WebhookEvent,
+    AccessEvent, CollectionEvent, Event, JobState, JobStatus, RecordedEvent, SharedClock,
+    SourceConnectionEvent, SyncJobEvent, WebhookEvent,
 };
 use uuid::Uuid;
 
@@ -30,6 +29,15 @@ use uuid::Uuid;
 /// commands waited 15-43 ms during the purge of 100,000 jobs (bench #9); 250 rows take
 /// ~2-3 ms. The projector folds before it purges, so a command waits one step at most.
 pub const PURGE_BATCH: usize = 250;
+
+/// Webhook messages past retention removed per transaction, with their deliveries and
+/// attempts. A step holds the writer like a [`PURGE_BATCH`] step (a command's fold can wait
+/// behind one), and a message is about three row deletions (message, delivery, attempt),
+/// so this keeps a step to roughly the same few milliseconds.
+pub const RETENTION_BATCH: usize = 250;
+/// How often the retention purge looks for messages past retention (by the service's
+/// clock, after a batch or the projector's timer): a minute late is nothing against days.
+pub const RETENTION_EVERY: chrono::Duration = chrono::Duration::minutes(1);
 
 /// A job not final yet, with the position of its creation (its row's order).
 #[derive(Debug, Clone)]
@@ -166,13 +174,19 @@ pub(crate) trait Rows {
         &self,
         organization_ids: &[Uuid],
     ) -> Result<Vec<WebhookSubscription>, ReadError>;
-    /// Inserts the message unless it exists.
-    async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError>;
-    /// A pending delivery of a message to a subscription, due at `due`, unless it exists.
-    async fn insert_webhook_delivery(
+    /// Inserts the messages (those that exist are left as they are), in one statement
+    /// where the engine can: one is written for every lifecycle event.
+    async fn insert_webhook_messages(&self, m: &[NewMessage]) -> Result<(), ReadError>;
+    /// Pending deliveries, unless they exist.
+    async fn insert_webhook_deliveries(&self, d: &[NewDelivery]) -> Result<(), ReadError>;
+    /// A pending delivery to `s`, due at `due`, of each of its organization's messages
+    /// recorded at or after `since` of a type it lists that has none yet (a subscription
+    /// asking for past events, or enabled again with `recover_since`). Their positions are
+    /// the messages', so they go in log order.
+    async fn deliver_past_messages(
         &self,
-        m: &WebhookMessage,
-        subscription_id: Uuid,
+        s: &WebhookSubscription,
+        since: &str,
         due: &str,
     ) -> Result<(), ReadError>;
     /// A failed delivery is pending again, due at `due`.
@@ -182,8 +196,9 @@ pub(crate) trait Rows {
         subscription_id: Uuid,
         due: &str,
     ) -> Result<(), ReadError>;
-    /// Records the attempt (unless known) and moves its delivery on: `status` and the next
-    /// due time.
+    /// Records the attempt (unless known, or its message is gone: past retention) and moves
+    /// its delivery on (`status` and the next due time) and its subscription's
+    /// `failing_since` (cleared by a success, set by the first failure after one).
     async fn record_webhook_attempt(
         &self,
         a: &WebhookAttempt,
@@ -191,6 +206,53 @@ pub(crate) trait Rows {
         next_attempt_at: Option<&str>,
         position: u64,
     ) -> Result<(), ReadError>;
+}
+
+/// How long webhook messages are kept (`SYNCJOBS_WEBHOOK_RETENTION_DAYS`), by the
+/// service's clock: an event older than that becomes no message when folded (a rebuild does
+/// not bring back what the retention purge removed), and the purge removes older messages
+/// with their deliveries and attempts.
+#[derive(Clone)]
+pub struct Retention {
+    pub period: chrono::Duration,
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("period", &self.period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Retention {
+    /// Messages recorded before this are past retention.
+    pub fn cutoff(&self) -> DateTime<Utc> {
+        self.clock
+            .now()
+            .checked_sub_signed(self.period)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+}
+
+/// A message to store: its payload as stored ([`render_payload`] makes the JSON sent).
+pub(crate) struct NewMessage {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub event_type: &'static str,
+    pub payload: Vec<u8>,
+    pub timestamp: DateTime<Utc>,
+    pub created_position: u64,
+}
+
+/// A delivery to create: a message to a subscription, due at `due` (model time text).
+pub(crate) struct NewDelivery {
+    pub message_id: Uuid,
+    pub subscription_id: Uuid,
+    pub organization_id: Uuid,
+    pub due: String,
+    pub created_position: u64,
 }
 
 /// The fold's memory between batches: the position folded and the live jobs.
@@ -203,6 +265,33 @@ pub(crate) struct Fold {
     /// there is not live, with nothing to ask. Else (a database shared with other
     /// writers) the live jobs a batch touches are loaded at its start.
     pub complete: bool,
+    /// None: messages are kept for ever.
+    pub retention: Option<Retention>,
+    /// When the retention purge looks next (None: at the next chance).
+    pub next_retention: Option<DateTime<Utc>>,
+}
+
+impl Fold {
+    /// The cutoff to purge messages before, if the retention purge is due now.
+    pub fn retention_due(&self) -> Option<DateTime<Utc>> {
+        let r = self.retention.as_ref()?;
+        let now = r.clock.now();
+        if self.next_retention.is_some_and(|next| now < next) {
+            return None;
+        }
+        Some(r.cutoff())
+    }
+
+    /// A retention step removed `removed` messages: when it was not a full batch, nothing
+    /// is left to purge until the next look.
+    pub fn retention_done(&mut self, removed: usize) {
+        if removed >= RETENTION_BATCH {
+            return;
+        }
+        if let Some(r) = &self.retention {
+            self.next_retention = r.clock.now().checked_add_signed(RETENTION_EVERY);
+        }
+    }
 }
 
 impl Fold {
@@ -223,6 +312,7 @@ impl Fold {
         };
         let connections = self.load_connections(rows, &events).await?;
         let hooks = self.load_hooks(rows, &events, &connections).await?;
+        let message_cutoff = self.retention.as_ref().map(Retention::cutoff);
         let mut position = self.position;
         let mut batch = Batch {
             rows,
@@ -235,6 +325,9 @@ impl Fold {
             runs: HashMap::new(),
             hooks,
             job_applied: false,
+            message_cutoff,
+            messages: Vec::new(),
+            deliveries: Vec::new(),
         };
         for e in events {
             if e.global_position <= position {
@@ -243,6 +336,7 @@ impl Fold {
             position = e.global_position;
             batch.apply(e).await?;
         }
+        batch.write_messages().await?;
         batch.write_jobs().await?;
         batch.write_counts().await?;
         self.position = position;
@@ -391,13 +485,70 @@ enum Pending {
     /// The job's payload, from its state after the event.
     Job(Uuid),
     /// Read before the event: what [`Batch::other_payload`] returns.
-    Ready(Wanted, String),
+    Ready(Wanted, Vec<u8>),
 }
 
 /// The organization of a message and the enabled subscriptions to deliver it to.
 struct Wanted {
     organization_id: Uuid,
     deliver_to: Vec<Uuid>,
+}
+
+/// What a `sync.*` message stores: its [`SyncPayload`] less what the message's columns hold
+/// (type, time, organization) and the repeated source connection, as MessagePack arrays
+/// (no keys). One is written for every lifecycle event: a fifth of its JSON's size.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSync<'a> {
+    sync_job_id: Uuid,
+    collection_id: Option<Uuid>,
+    source_connection_id: Uuid,
+    #[serde(borrow)]
+    source_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    collection_name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    collection_readable_id: std::borrow::Cow<'a, str>,
+    /// Inserted, updated, deleted, skipped.
+    counts: [u64; 4],
+    #[serde(borrow)]
+    error: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The JSON body of a message (what is POSTed and shown) from its stored payload: JSON as
+/// is (every payload but `sync.*`'s, which starts with `{`), or a [`StoredSync`] with the
+/// message's own columns.
+pub(crate) fn render_payload(
+    event_type: &str,
+    organization_id: Uuid,
+    timestamp: &DateTime<Utc>,
+    stored: &[u8],
+) -> Result<String, ReadError> {
+    if stored.first() == Some(&b'{') {
+        return String::from_utf8(stored.to_vec()).map_err(|e| ReadError::Decode(e.to_string()));
+    }
+    let s: StoredSync<'_> =
+        rmp_serde::from_slice(stored).map_err(|e| ReadError::Decode(e.to_string()))?;
+    let timestamp = syncjobs_domain::time::micros(timestamp);
+    let payload = SyncPayload {
+        event_type,
+        timestamp: &timestamp,
+        organization_id,
+        // Airweave's sync is one per source connection here.
+        sync_id: s.source_connection_id,
+        sync_job_id: s.sync_job_id,
+        collection_id: s.collection_id,
+        source_connection_id: s.source_connection_id,
+        source_type: &s.source_type,
+        collection_name: &s.collection_name,
+        collection_readable_id: &s.collection_readable_id,
+        entities_inserted: s.counts[0],
+        entities_updated: s.counts[1],
+        entities_deleted: s.counts[2],
+        entities_skipped: s.counts[3],
+        chunks_written: 0,
+        error: s.error.as_deref(),
+    };
+    serde_json::to_string(&payload).map_err(|e| ReadError::Decode(e.to_string()))
 }
 
 /// Airweave's `SyncLifecycleEvent`, field for field (`model_dump`: every field, defaults
@@ -443,6 +594,12 @@ struct Batch<'t, R> {
     hooks: Hooks,
     /// The last job event was folded into its job (not skipped): only then is it a message.
     job_applied: bool,
+    /// Events recorded before this become no message (past retention).
+    message_cutoff: Option<DateTime<Utc>>,
+    /// Messages and deliveries made and not written yet: written together, before any
+    /// webhook event (which may read them) and at the batch's end.
+    messages: Vec<NewMessage>,
+    deliveries: Vec<NewDelivery>,
 }
 
 /// What webhook messages read from the model, in the batch-level lookup design of the rest
@@ -508,7 +665,8 @@ impl<R: Rows> Batch<'_, R> {
     async fn apply(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
         let at = e.recorded_at;
         let position = e.global_position;
-        let hook = syncjobs_domain::webhook::webhook_event_type(&e.event);
+        let hook = syncjobs_domain::webhook::webhook_event_type(&e.event)
+            .filter(|_| self.message_cutoff.is_none_or(|cutoff| at >= cutoff));
         // A job event's payload is the job after it; any other's is read now (a deleted
         // row is gone after the event), without copying the event.
         let pending = match hook {
@@ -531,6 +689,10 @@ impl<R: Rows> Batch<'_, R> {
                 }
             }
         };
+        if matches!(e.event, Event::Webhook(_)) {
+            // It may read or change this batch's messages and deliveries.
+            self.write_messages().await?;
+        }
         match &e.event {
             // Its organization's subscriptions are looked up again when next needed.
             Event::Webhook(
@@ -538,6 +700,9 @@ impl<R: Rows> Batch<'_, R> {
                     organization_id, ..
                 }
                 | WebhookEvent::WebhookSubscriptionUpdated {
+                    organization_id, ..
+                }
+                | WebhookEvent::WebhookSubscriptionDisabled {
                     organization_id, ..
                 }
                 | WebhookEvent::WebhookSubscriptionDeleted {
@@ -578,7 +743,7 @@ impl<R: Rows> Batch<'_, R> {
                 Pending::Job(_) => None,
             };
             if let Some((wanted, payload)) = ready {
-                self.webhook_message(&meta, wanted, payload).await?;
+                self.webhook_message(&meta, wanted, payload);
             }
         }
         Ok(())
@@ -865,17 +1030,15 @@ impl<R: Rows> Batch<'_, R> {
         Ok(())
     }
 
-    /// Who wants a message of this type of this organization now: `None` when no
-    /// subscription of the organization (enabled or disabled) lists the type, and then the
-    /// event becomes no message at all. Messages exist to be delivered, recovered and shown
-    /// to subscribers; making one for every job event of every organization made a first
-    /// start ~3x slower (bench #4) for organizations that never subscribed. A subscription
-    /// made later gets later events; the past is in the log.
+    /// Who a message of this type of this organization goes to now: each enabled
+    /// subscription of the organization that lists the type. The message is made all the
+    /// same (the messages API is the organization's event history, and a subscription made
+    /// later may ask for past messages).
     async fn wanted(
         &mut self,
         organization_id: Uuid,
         event_type: &str,
-    ) -> Result<Option<Wanted>, ReadError> {
+    ) -> Result<Wanted, ReadError> {
         if !self.hooks.subscriptions.contains_key(&organization_id) {
             let found = self
                 .rows
@@ -889,56 +1052,65 @@ impl<R: Rows> Batch<'_, R> {
             .get(&organization_id)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let mut listed = false;
-        let mut deliver_to = Vec::new();
-        for s in subscriptions {
-            if s.event_types.iter().any(|t| t == event_type) {
-                listed = true;
-                if !s.disabled {
-                    deliver_to.push(s.id);
-                }
-            }
-        }
-        Ok(listed.then_some(Wanted {
+        let deliver_to = subscriptions
+            .iter()
+            .filter(|s| !s.disabled && s.event_types.iter().any(|t| t == event_type))
+            .map(|s| s.id)
+            .collect();
+        Ok(Wanted {
             organization_id,
             deliver_to,
-        }))
+        })
     }
 
     /// The message an event with a webhook type becomes, and a pending delivery of it for
-    /// each enabled subscription of its organization that wants that type now.
-    async fn webhook_message(
-        &mut self,
-        meta: &Meta,
-        wanted: Wanted,
-        payload: String,
-    ) -> Result<(), ReadError> {
-        let m = WebhookMessage {
+    /// each enabled subscription of its organization that wants that type now (written by
+    /// [`Batch::write_messages`]).
+    fn webhook_message(&mut self, meta: &Meta, wanted: Wanted, payload: Vec<u8>) {
+        if !wanted.deliver_to.is_empty() {
+            let due = time(&meta.at);
+            for id in wanted.deliver_to {
+                self.deliveries.push(NewDelivery {
+                    message_id: meta.event_id,
+                    subscription_id: id,
+                    organization_id: wanted.organization_id,
+                    due: due.clone(),
+                    created_position: meta.position,
+                });
+            }
+        }
+        self.messages.push(NewMessage {
             id: meta.event_id,
             organization_id: wanted.organization_id,
-            event_type: meta.event_type.to_owned(),
+            event_type: meta.event_type,
             payload,
             timestamp: meta.at,
             created_position: meta.position,
-        };
-        self.rows.insert_webhook_message(&m).await?;
-        if wanted.deliver_to.is_empty() {
-            return Ok(());
+        });
+    }
+
+    /// Writes the messages and deliveries made since the last call: a statement each.
+    async fn write_messages(&mut self) -> Result<(), ReadError> {
+        if !self.messages.is_empty() {
+            self.rows.insert_webhook_messages(&self.messages).await?;
+            self.messages.clear();
         }
-        let due = time(&meta.at);
-        for id in wanted.deliver_to {
-            self.rows.insert_webhook_delivery(&m, id, &due).await?;
+        if !self.deliveries.is_empty() {
+            self.rows
+                .insert_webhook_deliveries(&self.deliveries)
+                .await?;
+            self.deliveries.clear();
         }
         Ok(())
     }
 
-    /// Airweave's `SyncLifecycleEvent` payload of the job as it is after the event, if a
-    /// subscription wants it (else nothing is read or built).
+    /// Airweave's `SyncLifecycleEvent` payload of the job as it is after the event, and who
+    /// it goes to (None: the job is unknown).
     async fn job_payload(
         &mut self,
         meta: &Meta,
         job_id: Uuid,
-    ) -> Result<Option<(Wanted, String)>, ReadError> {
+    ) -> Result<Option<(Wanted, Vec<u8>)>, ReadError> {
         let Some((sc_id, org)) = self
             .live
             .get(&job_id)
@@ -947,9 +1119,7 @@ impl<R: Rows> Batch<'_, R> {
         else {
             return Ok(None);
         };
-        let Some(wanted) = self.wanted(org, meta.event_type).await? else {
-            return Ok(None);
-        };
+        let wanted = self.wanted(org, meta.event_type).await?;
         if !self.hooks.connections.contains_key(&sc_id) {
             let row = self.rows.source_connection_row(sc_id).await?;
             self.hooks.connections.insert(
@@ -976,28 +1146,23 @@ impl<R: Rows> Batch<'_, R> {
             JobStatus::Failed | JobStatus::Cancelled => job.error.as_deref(),
             _ => None,
         };
-        let timestamp = syncjobs_domain::time::micros(&meta.at);
-        let payload = SyncPayload {
-            event_type: meta.event_type,
-            timestamp: &timestamp,
-            organization_id: job.organization_id,
-            // Airweave's sync is one per source connection here.
-            sync_id: sc_id,
+        let stored = StoredSync {
             sync_job_id: job.job_id,
             collection_id,
             source_connection_id: sc_id,
-            source_type: &job.short_name,
-            collection_name: name.unwrap_or(""),
-            collection_readable_id: sc.map_or("", |s| s.1.as_str()),
-            entities_inserted: job.counts.inserted,
-            entities_updated: job.counts.updated,
-            entities_deleted: job.counts.deleted,
-            entities_skipped: job.counts.skipped,
-            chunks_written: 0,
-            error,
+            source_type: job.short_name.as_str().into(),
+            collection_name: name.unwrap_or("").into(),
+            collection_readable_id: sc.map_or("", |s| s.1.as_str()).into(),
+            counts: [
+                job.counts.inserted,
+                job.counts.updated,
+                job.counts.deleted,
+                job.counts.skipped,
+            ],
+            error: error.map(Into::into),
         };
-        let json = serde_json::to_string(&payload).map_err(|e| ReadError::Decode(e.to_string()))?;
-        Ok(Some((wanted, json)))
+        let bytes = rmp_serde::to_vec(&stored).map_err(|e| ReadError::Decode(e.to_string()))?;
+        Ok(Some((wanted, bytes)))
     }
 
     /// The payload of a collection's or source connection's creation or deletion (Airweave's
@@ -1007,7 +1172,7 @@ impl<R: Rows> Batch<'_, R> {
         &mut self,
         meta: &Meta,
         event: &Event,
-    ) -> Result<Option<(Wanted, String)>, ReadError> {
+    ) -> Result<Option<(Wanted, Vec<u8>)>, ReadError> {
         use serde_json::json;
         let timestamp = syncjobs_domain::time::micros(&meta.at);
         let (org, payload) = match event {
@@ -1101,10 +1266,8 @@ impl<R: Rows> Batch<'_, R> {
                 return Ok(None)
             }
         };
-        Ok(self
-            .wanted(org, meta.event_type)
-            .await?
-            .map(|wanted| (wanted, payload.to_string())))
+        let wanted = self.wanted(org, meta.event_type).await?;
+        Ok(Some((wanted, payload.to_string().into_bytes())))
     }
 
     async fn apply_webhook(
@@ -1174,6 +1337,7 @@ impl<R: Rows> Batch<'_, R> {
                 event_types,
                 description,
                 secret,
+                recover_since,
             } => {
                 if subscription_id != id
                     || self.rows.has_row(Table::WebhookSubscriptions, id).await?
@@ -1192,14 +1356,22 @@ impl<R: Rows> Batch<'_, R> {
                     created_at: at,
                     updated_at: at,
                     created_position: position,
+                    disabled_reason: None,
+                    failing_since: None,
                 };
                 self.rows.write_webhook_subscription(&s).await?;
+                if let Some(since) = recover_since {
+                    self.rows
+                        .deliver_past_messages(&s, &time(&since), &time(&at))
+                        .await?;
+                }
             }
             WebhookEvent::WebhookSubscriptionUpdated {
                 url,
                 event_types,
                 disabled,
                 description,
+                recover_since,
                 ..
             } => {
                 let Some(mut s) = self.rows.webhook_subscription(id).await? else {
@@ -1214,10 +1386,29 @@ impl<R: Rows> Batch<'_, R> {
                 }
                 if let Some(disabled) = disabled {
                     s.disabled = disabled;
+                    // By hand: the dispatcher's reason is gone, and failures are counted
+                    // afresh once enabled again.
+                    s.disabled_reason = None;
+                    s.failing_since = None;
                 }
                 if let Some(d) = description {
                     s.description = Some(d);
                 }
+                s.updated_at = at;
+                self.rows.write_webhook_subscription(&s).await?;
+                if let (Some(since), false) = (recover_since, s.disabled) {
+                    self.rows
+                        .deliver_past_messages(&s, &time(&since), &time(&at))
+                        .await?;
+                }
+            }
+            WebhookEvent::WebhookSubscriptionDisabled { reason, .. } => {
+                let Some(mut s) = self.rows.webhook_subscription(id).await? else {
+                    tracing::warn!(subscription_id = %id, "disabling of an unknown webhook subscription; skipped");
+                    return Ok(());
+                };
+                s.disabled = true;
+                s.disabled_reason = Some(reason);
                 s.updated_at = at;
                 self.rows.write_webhook_subscription(&s).await?;
             }

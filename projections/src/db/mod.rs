@@ -39,7 +39,7 @@ use uuid::Uuid;
 /// The tables `schema.sql` (and `pg/schema.sql`) create. Tables of another version are
 /// dropped and rebuilt from the log (bump this with every change of the tables or of the
 /// row encodings, on either engine).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// The name of this projection's row in `projection`.
 pub const PROJECTION_NAME: &str = "read_model";
 

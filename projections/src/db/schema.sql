@@ -113,12 +113,20 @@ CREATE TABLE IF NOT EXISTS webhook_subscriptions (
     secret TEXT NOT NULL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    created_position INTEGER NOT NULL
+    created_position INTEGER NOT NULL,
+    -- Why the dispatcher disabled it (NULL: enabled, or disabled by hand).
+    disabled_reason TEXT,
+    -- The first failed attempt since the last successful one (NULL: none failing).
+    failing_since TEXT
 );
 CREATE INDEX IF NOT EXISTS webhook_subscriptions_by_organization
     ON webhook_subscriptions (organization_id, created_position);
 
--- Webhook messages: every event of the log that has a webhook type (its id is the event's).
+-- Webhook messages: every event of the log that has a webhook type (its id is the event's),
+-- for the retention period (SYNCJOBS_WEBHOOK_RETENTION_DAYS): the organization's event
+-- history. Written for every job lifecycle event, so kept small: a sync.* payload is stored
+-- as a MessagePack BLOB of what the columns do not hold (db::fold::StoredSync, rendered into
+-- the JSON sent when read); the other types' payloads are their JSON.
 CREATE TABLE IF NOT EXISTS webhook_messages (
     id BLOB PRIMARY KEY,
     organization_id BLOB NOT NULL,
@@ -129,6 +137,8 @@ CREATE TABLE IF NOT EXISTS webhook_messages (
 );
 CREATE INDEX IF NOT EXISTS webhook_messages_by_organization
     ON webhook_messages (organization_id, created_position);
+-- The retention purge takes the oldest first.
+CREATE INDEX IF NOT EXISTS webhook_messages_by_time ON webhook_messages (timestamp);
 
 -- One row per message and matching subscription (at the message's position): `pending`
 -- until an attempt succeeds (`success`) or the last one fails (`failed`). The attempts

@@ -76,7 +76,8 @@ pub(crate) fn usable(found: Option<(ApiKey, bool)>, now: DateTime<Utc>) -> Optio
 }
 
 pub(crate) const WEBHOOK_SUBSCRIPTION_COLUMNS: &str = "id, organization_id, url, event_types,
-    disabled, description, secret, created_at, updated_at, created_position";
+    disabled, description, secret, created_at, updated_at, created_position, disabled_reason,
+    failing_since";
 
 pub(crate) fn webhook_subscription_row(r: &Row<'_>) -> rusqlite::Result<WebhookSubscription> {
     let types: String = r.get(3)?;
@@ -93,6 +94,8 @@ pub(crate) fn webhook_subscription_row(r: &Row<'_>) -> rusqlite::Result<WebhookS
         created_at: parse_time(&r.get::<_, String>(7)?)?,
         updated_at: parse_time(&r.get::<_, String>(8)?)?,
         created_position: r.get::<_, i64>(9)? as u64,
+        disabled_reason: r.get(10)?,
+        failing_since: optional_time(r, 11)?,
     })
 }
 
@@ -102,13 +105,31 @@ const ATTEMPT_COLUMNS: &str = "id, message_id, subscription_id, organization_id,
     status_code, response, timestamp";
 
 fn message_row(r: &Row<'_>) -> rusqlite::Result<WebhookMessage> {
+    let organization_id = r.get(1)?;
+    let event_type: String = r.get(2)?;
+    let timestamp = parse_time(&r.get::<_, String>(4)?)?;
+    let payload = stored_payload(r, 3, &event_type, organization_id, &timestamp)?;
     Ok(WebhookMessage {
         id: r.get(0)?,
-        organization_id: r.get(1)?,
-        event_type: r.get(2)?,
-        payload: r.get(3)?,
-        timestamp: parse_time(&r.get::<_, String>(4)?)?,
+        organization_id,
+        event_type,
+        payload,
+        timestamp,
         created_position: r.get::<_, i64>(5)? as u64,
+    })
+}
+
+/// The JSON of the stored payload in column `i` (see `fold::render_payload`).
+fn stored_payload(
+    r: &Row<'_>,
+    i: usize,
+    event_type: &str,
+    organization_id: Uuid,
+    timestamp: &DateTime<Utc>,
+) -> rusqlite::Result<String> {
+    let stored = r.get_ref(i)?.as_bytes().map_err(rusqlite::Error::from)?;
+    super::fold::render_payload(event_type, organization_id, timestamp, stored).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(e))
     })
 }
 
@@ -358,7 +379,8 @@ impl ReadView<'_> {
             Conn::Sqlite(c) => page(
                 c,
                 "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
-                   d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
+                   d.next_attempt_at, s.url, s.secret, m.payload, d.round_start, s.failing_since,
+                   m.event_type, m.timestamp
                  FROM webhook_subscriptions s
                  JOIN webhook_deliveries d ON d.rowid = (
                    SELECT x.rowid FROM webhook_deliveries x
@@ -370,16 +392,20 @@ impl ReadView<'_> {
                  ORDER BY d.next_attempt_at, d.created_position LIMIT ?2",
                 rusqlite::params![now, limit as i64],
                 |r| {
+                    let organization_id = r.get(2)?;
+                    let event_type: String = r.get(10)?;
+                    let at = parse_time(&r.get::<_, String>(11)?)?;
                     Ok(DueDelivery {
                         message_id: r.get(0)?,
                         subscription_id: r.get(1)?,
-                        organization_id: r.get(2)?,
+                        organization_id,
                         attempts: r.get(3)?,
                         next_attempt_at: parse_time(&r.get::<_, String>(4)?)?,
                         url: r.get(5)?,
                         secret: r.get(6)?,
-                        payload: r.get(7)?,
+                        payload: stored_payload(r, 7, &event_type, organization_id, &at)?,
                         round_start: r.get(8)?,
+                        failing_since: optional_time(r, 9)?,
                     })
                 },
                 0,
@@ -425,22 +451,27 @@ impl ReadView<'_> {
         event_types: &[String],
         limit: usize,
     ) -> Result<Vec<WebhookMessage>, ReadError> {
-        let keep =
-            |m: &WebhookMessage| event_types.is_empty() || event_types.contains(&m.event_type);
         match self.conn {
-            Conn::Sqlite(c) => page(
-                c,
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM webhook_messages WHERE organization_id = ?1
-                     ORDER BY created_position DESC"
-                ),
-                [organization_id],
-                message_row,
-                0,
-                limit,
-                keep,
-            ),
-            Conn::Postgres(c) => pg::webhook_messages(c, organization_id, limit, keep).await,
+            Conn::Sqlite(c) => {
+                // The filter in the statement: every lifecycle event is a message, so a
+                // rare type may be far back among the organization's messages.
+                let types = serde_json::to_string(event_types)
+                    .map_err(|e| ReadError::Decode(e.to_string()))?;
+                page(
+                    c,
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM webhook_messages WHERE organization_id = ?1
+                           AND (?2 = '[]' OR event_type IN (SELECT value FROM json_each(?2)))
+                         ORDER BY created_position DESC"
+                    ),
+                    rusqlite::params![organization_id, types],
+                    message_row,
+                    0,
+                    limit,
+                    |_| true,
+                )
+            }
+            Conn::Postgres(c) => pg::webhook_messages(c, organization_id, event_types, limit).await,
         }
     }
 

@@ -5,12 +5,12 @@
 //! A single writer owns the file, so every live job is held in memory (loaded at start).
 
 use super::fold::{
-    Committed, Fold, JobRow, LiveJob, OrgCounts, Rows, RunCounts, Table, PURGE_BATCH,
+    Committed, Fold, JobRow, LiveJob, NewDelivery, NewMessage, OrgCounts, Retention, Rows,
+    RunCounts, Table, PURGE_BATCH, RETENTION_BATCH,
 };
 use super::{time as t, ReadError, PROJECTION_NAME};
 use crate::model::{
-    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
-    WebhookSubscription,
+    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookSubscription,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::future::Future;
@@ -121,9 +121,59 @@ impl Writer {
         Ok(committed)
     }
 
+    /// Keeps webhook messages for `retention` (None: for ever).
+    pub fn set_retention(&mut self, retention: Option<Retention>) {
+        self.fold.retention = retention;
+        self.fold.next_retention = None;
+    }
+
+    /// One step of the purges: final jobs of deleted source connections first, then (when
+    /// due) webhook messages past retention. Returns whether there is more to purge.
+    pub fn purge_step(&mut self) -> Result<bool, ReadError> {
+        if self.purge_jobs_step()? {
+            return Ok(true);
+        }
+        let Some(cutoff) = self.fold.retention_due() else {
+            return Ok(false);
+        };
+        let removed = self.retention_step(&t(&cutoff))?;
+        self.fold.retention_done(removed);
+        Ok(removed >= RETENTION_BATCH)
+    }
+
+    /// Removes up to [`RETENTION_BATCH`] messages recorded before `cutoff`, oldest first,
+    /// with their deliveries (pending ones too) and attempts, in one transaction.
+    fn retention_step(&mut self, cutoff: &str) -> Result<usize, ReadError> {
+        let tx = self.conn.transaction()?;
+        let ids: Vec<Uuid> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM webhook_messages WHERE timestamp < ?1 ORDER BY timestamp LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![cutoff, RETENTION_BATCH as i64], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            for sql in [
+                "DELETE FROM webhook_deliveries WHERE message_id = ?1",
+                "DELETE FROM webhook_attempts WHERE message_id = ?1",
+                "DELETE FROM webhook_messages WHERE id = ?1",
+            ] {
+                tx.prepare_cached(sql)?.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        if !ids.is_empty() {
+            tracing::debug!(
+                removed = ids.len(),
+                "webhook messages past retention purged"
+            );
+        }
+        Ok(ids.len())
+    }
+
     /// Removes up to [`PURGE_BATCH`] final jobs of a deleted source connection, in one
     /// transaction. Returns whether there is more to purge.
-    pub fn purge_step(&mut self) -> Result<bool, ReadError> {
+    fn purge_jobs_step(&mut self) -> Result<bool, ReadError> {
         let tx = self.conn.transaction()?;
         let next: Option<Uuid> = tx
             .query_row(
@@ -420,8 +470,8 @@ impl Rows for SqliteRows<'_> {
             .prepare_cached(
                 "INSERT OR REPLACE INTO webhook_subscriptions (id, organization_id, url,
                    event_types, disabled, description, secret, created_at, updated_at,
-                   created_position)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                   created_position, disabled_reason, failing_since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 s.id,
@@ -433,7 +483,9 @@ impl Rows for SqliteRows<'_> {
                 s.secret,
                 t(&s.created_at),
                 t(&s.updated_at),
-                s.created_position as i64
+                s.created_position as i64,
+                s.disabled_reason,
+                s.failing_since.as_ref().map(t),
             ])?;
         Ok(())
     }
@@ -487,14 +539,16 @@ impl Rows for SqliteRows<'_> {
         Ok(out)
     }
 
-    async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError> {
-        self.0
-            .prepare_cached(
-                "INSERT INTO webhook_messages (id, organization_id, event_type, payload,
-                   timestamp, created_position)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-            )?
-            .execute(params![
+    /// A cached statement per row: SQLite runs in this process, so a statement costs no
+    /// round trip and a multi-row one would only add building its text.
+    async fn insert_webhook_messages(&self, messages: &[NewMessage]) -> Result<(), ReadError> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO webhook_messages (id, organization_id, event_type, payload,
+               timestamp, created_position)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+        )?;
+        for m in messages {
+            stmt.execute(params![
                 m.id,
                 m.organization_id,
                 m.event_type,
@@ -502,28 +556,50 @@ impl Rows for SqliteRows<'_> {
                 t(&m.timestamp),
                 m.created_position as i64
             ])?;
+        }
         Ok(())
     }
 
-    async fn insert_webhook_delivery(
+    async fn insert_webhook_deliveries(&self, deliveries: &[NewDelivery]) -> Result<(), ReadError> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO webhook_deliveries (message_id, subscription_id, organization_id,
+               status, attempts, round_start, next_attempt_at, created_position)
+             VALUES (?1, ?2, ?3, 'pending', 0, 0, ?4, ?5) ON CONFLICT DO NOTHING",
+        )?;
+        for d in deliveries {
+            stmt.execute(params![
+                d.message_id,
+                d.subscription_id,
+                d.organization_id,
+                d.due,
+                d.created_position as i64
+            ])?;
+        }
+        Ok(())
+    }
+
+    async fn deliver_past_messages(
         &self,
-        m: &WebhookMessage,
-        subscription_id: Uuid,
+        s: &WebhookSubscription,
+        since: &str,
         due: &str,
     ) -> Result<(), ReadError> {
-        self.0
+        let types =
+            serde_json::to_string(&s.event_types).map_err(|e| ReadError::Decode(e.to_string()))?;
+        let made = self
+            .0
             .prepare_cached(
                 "INSERT INTO webhook_deliveries (message_id, subscription_id, organization_id,
                    status, attempts, round_start, next_attempt_at, created_position)
-                 VALUES (?1, ?2, ?3, 'pending', 0, 0, ?4, ?5) ON CONFLICT DO NOTHING",
+                 SELECT m.id, ?1, m.organization_id, 'pending', 0, 0, ?5, m.created_position
+                 FROM webhook_messages m
+                 WHERE m.organization_id = ?2 AND m.timestamp >= ?3
+                   AND m.event_type IN (SELECT value FROM json_each(?4))
+                 ORDER BY m.created_position
+                 ON CONFLICT DO NOTHING",
             )?
-            .execute(params![
-                m.id,
-                subscription_id,
-                m.organization_id,
-                due,
-                m.created_position as i64
-            ])?;
+            .execute(params![s.id, s.organization_id, since, types, due])?;
+        tracing::debug!(subscription_id = %s.id, made, "past webhook messages to deliver");
         Ok(())
     }
 
@@ -539,7 +615,9 @@ impl Rows for SqliteRows<'_> {
             .prepare_cached(
                 "INSERT INTO webhook_attempts (id, message_id, subscription_id, organization_id,
                    attempt, url, status_code, response, timestamp, created_position)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (id) DO NOTHING",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+                 WHERE EXISTS (SELECT 1 FROM webhook_messages WHERE id = ?2)
+                 ON CONFLICT (id) DO NOTHING",
             )?
             .execute(params![
                 a.id,
@@ -567,6 +645,17 @@ impl Rows for SqliteRows<'_> {
                 status,
                 a.attempt,
                 next_attempt_at
+            ])?;
+        self.0
+            .prepare_cached(
+                "UPDATE webhook_subscriptions SET failing_since =
+                   CASE WHEN ?2 THEN NULL ELSE coalesce(failing_since, ?3) END
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                a.subscription_id,
+                (200..300).contains(&a.status_code),
+                t(&a.timestamp)
             ])?;
         Ok(())
     }

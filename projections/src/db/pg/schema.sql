@@ -118,7 +118,9 @@ CREATE TABLE IF NOT EXISTS read_webhook_subscriptions (
     secret bytea NOT NULL,
     created_at text NOT NULL,
     updated_at text NOT NULL,
-    created_position bigint NOT NULL
+    created_position bigint NOT NULL,
+    disabled_reason bytea,
+    failing_since text
 );
 CREATE INDEX IF NOT EXISTS read_webhook_subscriptions_by_organization
     ON read_webhook_subscriptions (organization_id, created_position);
@@ -134,6 +136,8 @@ CREATE TABLE IF NOT EXISTS read_webhook_messages (
 );
 CREATE INDEX IF NOT EXISTS read_webhook_messages_by_organization
     ON read_webhook_messages (organization_id, created_position);
+CREATE INDEX IF NOT EXISTS read_webhook_messages_by_time
+    ON read_webhook_messages (timestamp);
 
 CREATE TABLE IF NOT EXISTS read_webhook_deliveries (
     message_id uuid NOT NULL,

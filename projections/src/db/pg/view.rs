@@ -61,7 +61,8 @@ fn organization_row(r: &Row) -> Result<Organization, ReadError> {
 }
 
 pub(crate) const WEBHOOK_SUBSCRIPTION_COLUMNS: &str = "id, organization_id, url, event_types,
-    disabled, description, secret, created_at, updated_at, created_position";
+    disabled, description, secret, created_at, updated_at, created_position, disabled_reason,
+    failing_since";
 
 pub(crate) fn webhook_subscription_row(r: &Row) -> Result<WebhookSubscription, ReadError> {
     Ok(WebhookSubscription {
@@ -76,6 +77,8 @@ pub(crate) fn webhook_subscription_row(r: &Row) -> Result<WebhookSubscription, R
         created_at: parse_time(r.get(7))?,
         updated_at: parse_time(r.get(8))?,
         created_position: r.get::<_, i64>(9) as u64,
+        disabled_reason: optional_text(r, 10)?,
+        failing_since: optional_time(r, 11)?,
     })
 }
 
@@ -118,12 +121,21 @@ const ATTEMPT_COLUMNS: &str = "id, message_id, subscription_id, organization_id,
     status_code, response, timestamp";
 
 fn message_row(r: &Row) -> Result<WebhookMessage, ReadError> {
+    let organization_id = r.get(1);
+    let event_type = text(r, 2)?;
+    let timestamp = parse_time(r.get(4))?;
+    let payload = crate::db::fold::render_payload(
+        &event_type,
+        organization_id,
+        &timestamp,
+        r.get::<_, &[u8]>(3),
+    )?;
     Ok(WebhookMessage {
         id: r.get(0),
-        organization_id: r.get(1),
-        event_type: text(r, 2)?,
-        payload: text(r, 3)?,
-        timestamp: parse_time(r.get(4))?,
+        organization_id,
+        event_type,
+        payload,
+        timestamp,
         created_position: r.get::<_, i64>(5) as u64,
     })
 }
@@ -150,7 +162,8 @@ pub(crate) async fn due_webhook_deliveries(
     all(
         c,
         "SELECT d.message_id, d.subscription_id, d.organization_id, d.attempts,
-           d.next_attempt_at, s.url, s.secret, m.payload, d.round_start
+           d.next_attempt_at, s.url, s.secret, m.payload, d.round_start, s.failing_since,
+           m.event_type, m.timestamp
          FROM read_webhook_subscriptions s
          CROSS JOIN LATERAL (
            SELECT * FROM read_webhook_deliveries x
@@ -169,8 +182,14 @@ pub(crate) async fn due_webhook_deliveries(
                 next_attempt_at: parse_time(r.get(4))?,
                 url: text(r, 5)?,
                 secret: text(r, 6)?,
-                payload: text(r, 7)?,
+                payload: crate::db::fold::render_payload(
+                    &text(r, 10)?,
+                    r.get(2),
+                    &parse_time(r.get(11))?,
+                    r.get::<_, &[u8]>(7),
+                )?,
                 round_start: u32::try_from(r.get::<_, i64>(8)).unwrap_or(0),
+                failing_since: optional_time(r, 9)?,
             })
         },
     )
@@ -199,20 +218,19 @@ pub(crate) async fn failed_webhook_deliveries(
 pub(crate) async fn webhook_messages(
     c: &Client,
     organization_id: Uuid,
+    event_types: &[String],
     limit: usize,
-    keep: impl FnMut(&WebhookMessage) -> bool,
 ) -> Result<Vec<WebhookMessage>, ReadError> {
-    page(
+    let types: Vec<&[u8]> = event_types.iter().map(|t| t.as_bytes()).collect();
+    all(
         c,
         &format!(
             "SELECT {MESSAGE_COLUMNS} FROM read_webhook_messages WHERE organization_id = $1
-             ORDER BY created_position DESC"
+               AND (cardinality($2::bytea[]) = 0 OR event_type = ANY($2))
+             ORDER BY created_position DESC LIMIT $3"
         ),
-        &[&organization_id],
+        &[&organization_id, &types, &(limit as i64)],
         message_row,
-        0,
-        limit,
-        keep,
     )
     .await
 }

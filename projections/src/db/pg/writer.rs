@@ -3,12 +3,12 @@
 
 use super::pool_error;
 use crate::db::fold::{
-    Committed, Fold, JobRow, LiveJob, OrgCounts, Rows, RunCounts, Table, PURGE_BATCH,
+    Committed, Fold, JobRow, LiveJob, NewDelivery, NewMessage, OrgCounts, Retention, Rows,
+    RunCounts, Table, PURGE_BATCH, RETENTION_BATCH,
 };
 use crate::db::{decode_job, time as t, ReadError, PROJECTION_NAME};
 use crate::model::{
-    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookMessage,
-    WebhookSubscription,
+    ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookSubscription,
 };
 use deadpool_postgres::{Pool, Transaction};
 use syncjobs_domain::{JobState, RecordedEvent};
@@ -104,9 +104,64 @@ impl PgWriter {
         Ok(committed)
     }
 
+    /// Keeps webhook messages for `retention` (None: for ever).
+    pub fn set_retention(&mut self, retention: Option<Retention>) {
+        self.fold.retention = retention;
+        self.fold.next_retention = None;
+    }
+
+    /// One step of the purges: final jobs of deleted source connections first, then (when
+    /// due) webhook messages past retention. Returns whether there is more to purge.
+    pub async fn purge_step(&mut self) -> Result<bool, ReadError> {
+        if self.purge_jobs_step().await? {
+            return Ok(true);
+        }
+        let Some(cutoff) = self.fold.retention_due() else {
+            return Ok(false);
+        };
+        let removed = self.retention_step(&t(&cutoff)).await?;
+        self.fold.retention_done(removed);
+        Ok(removed >= RETENTION_BATCH)
+    }
+
+    /// Removes up to [`RETENTION_BATCH`] messages recorded before `cutoff`, oldest first,
+    /// with their deliveries (pending ones too) and attempts, in one transaction; rows
+    /// another node is purging are skipped, not waited for.
+    async fn retention_step(&mut self, cutoff: &str) -> Result<usize, ReadError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await?;
+        let ids: Vec<Uuid> = tx
+            .query(
+                "SELECT id FROM read_webhook_messages WHERE timestamp < $1
+                 ORDER BY timestamp LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&cutoff, &(RETENTION_BATCH as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !ids.is_empty() {
+            for sql in [
+                "DELETE FROM read_webhook_deliveries WHERE message_id = ANY($1)",
+                "DELETE FROM read_webhook_attempts WHERE message_id = ANY($1)",
+                "DELETE FROM read_webhook_messages WHERE id = ANY($1)",
+            ] {
+                tx.execute(sql, &[&ids]).await?;
+            }
+        }
+        tx.commit().await?;
+        if !ids.is_empty() {
+            tracing::debug!(
+                removed = ids.len(),
+                "webhook messages past retention purged"
+            );
+        }
+        Ok(ids.len())
+    }
+
     /// Removes up to [`PURGE_BATCH`] final jobs of a deleted source connection, in one
     /// transaction (one node at a time per connection). Returns whether there is more.
-    pub async fn purge_step(&mut self) -> Result<bool, ReadError> {
+    async fn purge_jobs_step(&mut self) -> Result<bool, ReadError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await?;
         let next = tx
@@ -476,12 +531,14 @@ impl Rows for PgRows<'_> {
             serde_json::to_string(&s.event_types).map_err(|e| ReadError::Decode(e.to_string()))?;
         self.execute(
             "INSERT INTO read_webhook_subscriptions (id, organization_id, url, event_types,
-               disabled, description, secret, created_at, updated_at, created_position)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               disabled, description, secret, created_at, updated_at, created_position,
+               disabled_reason, failing_since)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (id) DO UPDATE SET url = excluded.url,
                event_types = excluded.event_types, disabled = excluded.disabled,
                description = excluded.description, secret = excluded.secret,
-               updated_at = excluded.updated_at",
+               updated_at = excluded.updated_at, disabled_reason = excluded.disabled_reason,
+               failing_since = excluded.failing_since",
             &[
                 &s.id,
                 &s.organization_id,
@@ -493,6 +550,8 @@ impl Rows for PgRows<'_> {
                 &t(&s.created_at),
                 &t(&s.updated_at),
                 &(s.created_position as i64),
+                &s.disabled_reason.as_deref().map(str::as_bytes),
+                &s.failing_since.as_ref().map(t),
             ],
         )
         .await?;
@@ -548,43 +607,71 @@ impl Rows for PgRows<'_> {
             .collect()
     }
 
-    async fn insert_webhook_message(&self, m: &WebhookMessage) -> Result<(), ReadError> {
+    /// One statement for the whole batch, as the job rows: a round trip per message (one
+    /// per lifecycle event) would cost more than the fold of the event.
+    async fn insert_webhook_messages(&self, messages: &[NewMessage]) -> Result<(), ReadError> {
+        let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+        let orgs: Vec<Uuid> = messages.iter().map(|m| m.organization_id).collect();
+        let types: Vec<&[u8]> = messages.iter().map(|m| m.event_type.as_bytes()).collect();
+        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+        let times: Vec<String> = messages.iter().map(|m| t(&m.timestamp)).collect();
+        let positions: Vec<i64> = messages.iter().map(|m| m.created_position as i64).collect();
         self.execute(
             "INSERT INTO read_webhook_messages (id, organization_id, event_type, payload,
                timestamp, created_position)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            &[
-                &m.id,
-                &m.organization_id,
-                &m.event_type.as_bytes(),
-                &m.payload.as_bytes(),
-                &t(&m.timestamp),
-                &(m.created_position as i64),
-            ],
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $5::text[],
+                                  $6::bigint[])
+             ON CONFLICT (id) DO NOTHING",
+            &[&ids, &orgs, &types, &payloads, &times, &positions],
         )
         .await?;
         Ok(())
     }
 
-    async fn insert_webhook_delivery(
-        &self,
-        m: &WebhookMessage,
-        subscription_id: Uuid,
-        due: &str,
-    ) -> Result<(), ReadError> {
+    async fn insert_webhook_deliveries(&self, deliveries: &[NewDelivery]) -> Result<(), ReadError> {
+        let messages: Vec<Uuid> = deliveries.iter().map(|d| d.message_id).collect();
+        let subs: Vec<Uuid> = deliveries.iter().map(|d| d.subscription_id).collect();
+        let orgs: Vec<Uuid> = deliveries.iter().map(|d| d.organization_id).collect();
+        let due: Vec<&str> = deliveries.iter().map(|d| d.due.as_str()).collect();
+        let positions: Vec<i64> = deliveries
+            .iter()
+            .map(|d| d.created_position as i64)
+            .collect();
         self.execute(
             "INSERT INTO read_webhook_deliveries (message_id, subscription_id, organization_id,
                status, attempts, round_start, next_attempt_at, created_position)
-             VALUES ($1, $2, $3, 'pending', 0, 0, $4, $5) ON CONFLICT DO NOTHING",
-            &[
-                &m.id,
-                &subscription_id,
-                &m.organization_id,
-                &due,
-                &(m.created_position as i64),
-            ],
+             SELECT d.m, d.s, d.o, 'pending', 0, 0, d.due, d.p
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[])
+               AS d (m, s, o, due, p)
+             ON CONFLICT DO NOTHING",
+            &[&messages, &subs, &orgs, &due, &positions],
         )
         .await?;
+        Ok(())
+    }
+
+    async fn deliver_past_messages(
+        &self,
+        s: &WebhookSubscription,
+        since: &str,
+        due: &str,
+    ) -> Result<(), ReadError> {
+        let types: Vec<&[u8]> = s.event_types.iter().map(|t| t.as_bytes()).collect();
+        let made = self
+            .execute(
+                "INSERT INTO read_webhook_deliveries (message_id, subscription_id,
+                   organization_id, status, attempts, round_start, next_attempt_at,
+                   created_position)
+                 SELECT m.id, $1::uuid, m.organization_id, 'pending', 0, 0, $5::text,
+                   m.created_position
+                 FROM read_webhook_messages m
+                 WHERE m.organization_id = $2 AND m.timestamp >= $3 AND m.event_type = ANY($4)
+                 ORDER BY m.created_position
+                 ON CONFLICT DO NOTHING",
+                &[&s.id, &s.organization_id, &since, &types, &due],
+            )
+            .await?;
+        tracing::debug!(subscription_id = %s.id, made, "past webhook messages to deliver");
         Ok(())
     }
 
@@ -600,7 +687,10 @@ impl Rows for PgRows<'_> {
                 "INSERT INTO read_webhook_attempts (id, message_id, subscription_id,
                    organization_id, attempt, url, status_code, response, timestamp,
                    created_position)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+                 SELECT $1::uuid, $2::uuid, $3::uuid, $4::uuid, $5::bigint, $6::bytea, $7::bigint,
+                   $8::bytea, $9::text, $10::bigint
+                 WHERE EXISTS (SELECT 1 FROM read_webhook_messages WHERE id = $2)
+                 ON CONFLICT (id) DO NOTHING",
                 &[
                     &a.id,
                     &a.message_id,
@@ -627,6 +717,17 @@ impl Rows for PgRows<'_> {
                 &status,
                 &i64::from(a.attempt),
                 &next_attempt_at,
+            ],
+        )
+        .await?;
+        self.execute(
+            "UPDATE read_webhook_subscriptions SET failing_since =
+               CASE WHEN $2::boolean THEN NULL ELSE coalesce(failing_since, $3) END
+             WHERE id = $1",
+            &[
+                &a.subscription_id,
+                &(200..300).contains(&a.status_code),
+                &t(&a.timestamp),
             ],
         )
         .await?;
