@@ -383,37 +383,59 @@ async fn cancel_sample(api: &Api, job: &Job) -> Result<(Duration, Duration)> {
 /// A server-sent event stream, read message by message.
 struct Sse {
     response: reqwest::Response,
-    buffer: String,
+    messages: SseBuffer,
 }
 
 impl Sse {
     async fn open(api: &Api, job: Uuid) -> Result<Sse> {
         Ok(Sse {
             response: api.subscribe(job).await?,
-            buffer: String::new(),
+            messages: SseBuffer::default(),
         })
     }
 
-    /// The JSON of the next message's `data:` lines; an error when the stream ends.
+    /// The JSON of the next message with data; an error when the stream ends.
     async fn next(&mut self) -> Result<Value> {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let message: String = self.buffer.drain(..end + 2).collect();
-                let data: Vec<&str> = message
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                if data.is_empty() {
-                    continue;
-                }
-                return Ok(serde_json::from_str(&data.join("\n"))?);
+            if let Some(message) = self.messages.next_message()? {
+                return Ok(message);
             }
             match self.response.chunk().await? {
-                Some(chunk) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Some(chunk) => self.messages.push(&chunk),
                 None => return Err(BenchError::failed("the event stream ended")),
             }
         }
+    }
+}
+
+/// Bytes of a server-sent event stream as they arrive (a message may span chunks, a chunk
+/// may end inside a character), cut into messages at blank lines.
+#[derive(Default)]
+struct SseBuffer {
+    bytes: Vec<u8>,
+}
+
+impl SseBuffer {
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+    }
+
+    /// The JSON of the next complete message that has `data:` lines (comments and other
+    /// fields alone are skipped); None until one is complete.
+    fn next_message(&mut self) -> Result<Option<Value>> {
+        while let Some(end) = self.bytes.windows(2).position(|w| w == b"\n\n") {
+            let message: Vec<u8> = self.bytes.drain(..end + 2).collect();
+            let message = String::from_utf8_lossy(&message);
+            let data: Vec<&str> = message
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                return Ok(Some(serde_json::from_str(&data.join("\n"))?));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -882,3 +904,29 @@ fn report(
 /// A worker's capacity when `SYNCJOBS_WORKER_CAPACITY` is unset (the service's
 /// `DEFAULT_WORKER_CAPACITY`).
 const DEFAULT_CAPACITY: usize = syncjobs::config::DEFAULT_WORKER_CAPACITY;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_messages_are_cut_at_blank_lines_across_chunks() {
+        let mut b = SseBuffer::default();
+        b.push(b": a comment\n\ndata: {\"type\":\"conn");
+        assert!(b.next_message().unwrap().is_none(), "incomplete");
+        b.push(b"ected\",\"n\":\"\xc3");
+        b.push(b"\xa9\"}\n\ndata: {\"status\":null}\n\n");
+        let first = b.next_message().unwrap().unwrap();
+        assert_eq!(first["type"], "connected");
+        assert_eq!(first["n"], "\u{e9}", "a character split over two chunks");
+        assert_eq!(b.next_message().unwrap().unwrap()["status"], Value::Null);
+        assert!(b.next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn sse_data_over_several_lines_is_one_message() {
+        let mut b = SseBuffer::default();
+        b.push(b"id: 3\ndata: {\"status\":\ndata: \"cancelled\"}\n\n");
+        assert_eq!(b.next_message().unwrap().unwrap()["status"], "cancelled");
+    }
+}
