@@ -263,6 +263,11 @@ struct Cancels {
     floor: Latencies,
     answered: Latencies,
     seen: Latencies,
+    /// The cancel's way, by the events' `recorded_at` (taken by the appending node before
+    /// its append, same machine clock): POST -> CancelRequested; CancelRequested ->
+    /// Cancelled (its commit, the worker woken, the pipeline stopped); Cancelled -> the
+    /// stream's `cancelled` (its commit, the API node woken, its read model's fold).
+    phases: [Latencies; 3],
     /// Samples per worker that ran the cancelled job.
     by_worker: BTreeMap<String, usize>,
 }
@@ -278,17 +283,31 @@ async fn cancels(
     let floor_stream = streams::job(Uuid::new_v4());
     let mut version = 0;
     let (mut floor, mut answered, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut to_request, mut on_worker, mut to_api) = (Vec::new(), Vec::new(), Vec::new());
     let mut by_worker = BTreeMap::new();
     for i in 0..samples {
         floor.push(floor_sample(&appender, &follower, &floor_stream, &mut version).await?);
         let slot = i % running.len();
         let job = &running[slot];
-        let (a, s) = tokio::time::timeout(WAIT_BOUND, cancel_sample(&cluster.client, job))
+        let sample = tokio::time::timeout(WAIT_BOUND, cancel_sample(&cluster.client, job))
             .await
             .map_err(|_| BenchError::failed(format!("cancel of job {} hung", job.id)))??;
-        answered.push(a);
-        seen.push(s);
+        answered.push(sample.answered);
+        seen.push(sample.seen);
         let events = cluster.job_events(job.id).await?;
+        let recorded = |kind: &str| {
+            events
+                .iter()
+                .find(|e| e.event_type() == kind)
+                .map(|e| e.recorded_at)
+        };
+        if let (Some(requested), Some(cancelled)) =
+            (recorded("CancelRequested"), recorded("Cancelled"))
+        {
+            to_request.push(since(sample.posted_at, requested));
+            on_worker.push(since(requested, cancelled));
+            to_api.push(since(cancelled, sample.seen_at));
+        }
         let last = events.last().map(|e| e.event_type()).unwrap_or_default();
         if last != "Cancelled" {
             return Err(BenchError::failed(format!(
@@ -305,6 +324,11 @@ async fn cancels(
         floor: Latencies::new(floor),
         answered: Latencies::new(answered),
         seen: Latencies::new(seen),
+        phases: [
+            Latencies::new(to_request),
+            Latencies::new(on_worker),
+            Latencies::new(to_api),
+        ],
         by_worker,
     })
 }
@@ -338,8 +362,17 @@ async fn floor_sample(
     Ok(started.elapsed())
 }
 
-/// One cancel through the API node; (answered, `cancelled` on its event stream).
-async fn cancel_sample(api: &Api, job: &Job) -> Result<(Duration, Duration)> {
+/// One cancel through the API node.
+struct CancelSample {
+    /// From the POST to its answer, and to `cancelled` on the job's event stream.
+    answered: Duration,
+    seen: Duration,
+    /// The same two moments by the wall clock, to compare with the events' `recorded_at`.
+    posted_at: DateTime<Utc>,
+    seen_at: DateTime<Utc>,
+}
+
+async fn cancel_sample(api: &Api, job: &Job) -> Result<CancelSample> {
     let mut events = Sse::open(api, job.id).await?;
     loop {
         let message = events.next().await?;
@@ -347,6 +380,7 @@ async fn cancel_sample(api: &Api, job: &Job) -> Result<(Duration, Duration)> {
             break;
         }
     }
+    let posted_at = Utc::now();
     let t = Instant::now();
     let answer = api.cancel(job.source_connection_id, job.id).await?;
     let answered = t.elapsed();
@@ -370,6 +404,7 @@ async fn cancel_sample(api: &Api, job: &Job) -> Result<(Duration, Duration)> {
         }
     }
     let seen = t.elapsed();
+    let seen_at = Utc::now();
     let shown = api.job(job.source_connection_id, job.id).await?;
     if shown.status != "cancelled" {
         return Err(BenchError::failed(format!(
@@ -377,7 +412,12 @@ async fn cancel_sample(api: &Api, job: &Job) -> Result<(Duration, Duration)> {
             shown.status, job.id
         )));
     }
-    Ok((answered, seen))
+    Ok(CancelSample {
+        answered,
+        seen,
+        posted_at,
+        seen_at,
+    })
 }
 
 /// A server-sent event stream, read message by message.
@@ -745,6 +785,15 @@ fn report(
             &cancel.answered,
         ),
         ("`cancelled` on the API node's event stream", &cancel.seen),
+        ("- of which POST -> CancelRequested", &cancel.phases[0]),
+        (
+            "- of which CancelRequested -> Cancelled (the worker)",
+            &cancel.phases[1],
+        ),
+        (
+            "- of which Cancelled -> the stream's `cancelled` (the API node)",
+            &cancel.phases[2],
+        ),
         (
             "floor: 2 commits + the other store instance woken",
             &cancel.floor,
