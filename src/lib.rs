@@ -18,6 +18,7 @@ pub mod backend;
 pub mod bus;
 pub mod config;
 pub mod datadir;
+pub mod duty;
 pub mod metrics;
 pub mod replay;
 pub mod startup;

@@ -18,6 +18,7 @@
 
 use crate::api::AppState;
 use crate::bus::RelayMonitor;
+use crate::duty::DutyMonitor;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
@@ -107,7 +108,15 @@ pub struct Metrics {
     projection_lag: Gauge,
     relay_lag: Gauge,
     sse_open: Gauge,
-    relay: OnceLock<RelayMonitor>,
+    relay: OnceLock<(RelayMonitor, DutyMonitor)>,
+    duty_held: Family<DutyLabel, Gauge>,
+    duty_taken: Family<DutyLabel, Gauge>,
+    duties: OnceLock<Vec<DutyMonitor>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DutyLabel {
+    duty: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -140,6 +149,9 @@ impl Metrics {
             relay_lag: Gauge::default(),
             sse_open: Gauge::default(),
             relay: OnceLock::new(),
+            duty_held: Family::default(),
+            duty_taken: Family::default(),
+            duties: OnceLock::new(),
             registry: Registry::default(),
         };
         registry.register(
@@ -208,6 +220,17 @@ impl Metrics {
             m.relay_lag.clone(),
         );
         registry.register(
+            "duty_held",
+            "1 while this node holds the duty's lease and runs it (nats-relay, \
+             webhook-dispatcher), 0 while it stands by",
+            m.duty_held.clone(),
+        );
+        registry.register(
+            "duty_taken",
+            "How many times this node took the duty's lease since it started",
+            m.duty_taken.clone(),
+        );
+        registry.register(
             "sse_streams_open",
             "Server-sent event streams being served",
             m.sse_open.clone(),
@@ -225,9 +248,18 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// The relay whose lag `/metrics` shows (set once at start-up, when one runs).
-    pub fn watch_relay(&self, monitor: RelayMonitor) {
-        let _ = self.relay.set(monitor);
+    /// The relay whose lag `/metrics` shows while this node runs it (set once at start-up,
+    /// when NATS is configured).
+    pub fn watch_relay(&self, monitor: RelayMonitor, duty: DutyMonitor) {
+        let _ = self.relay.set((monitor, duty));
+    }
+
+    /// The duties whose lease `/metrics` shows (set once at start-up).
+    pub fn watch_duties(&self, duties: Vec<DutyMonitor>) {
+        for d in &duties {
+            let _ = self.duty_held.get_or_create(&DutyLabel { duty: d.name() });
+        }
+        let _ = self.duties.set(duties);
     }
 
     /// The registry in the text format.
@@ -318,8 +350,22 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     let head = *state.store.watch_head().borrow();
     m.projection_lag
         .set(head.saturating_sub(state.projection.position()) as i64);
-    if let Some(relay) = m.relay.get() {
-        m.relay_lag.set(relay.status().lag as i64);
+    if let Some((relay, duty)) = m.relay.get() {
+        // A standby relays nothing: it lags nothing.
+        let lag = if duty.holding() {
+            relay.status().lag
+        } else {
+            0
+        };
+        m.relay_lag.set(lag as i64);
+    }
+    for d in m.duties.get().into_iter().flatten() {
+        let label = DutyLabel { duty: d.name() };
+        let s = d.status();
+        m.duty_held
+            .get_or_create(&label)
+            .set(i64::from(s.state == crate::duty::DutyState::Holding));
+        m.duty_taken.get_or_create(&label).set(s.taken as i64);
     }
     m.sse_open.set(state.streams.open() as i64);
     match m.encode() {
@@ -432,6 +478,14 @@ impl EventStore for MeteredStore {
 
     async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
         self.inner.heartbeats().await
+    }
+
+    async fn try_lease(
+        &self,
+        duty: &str,
+        holder: &str,
+    ) -> Result<syncjobs_domain::store::LeaseTry, StoreError> {
+        self.inner.try_lease(duty, holder).await
     }
 }
 

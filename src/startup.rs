@@ -8,10 +8,12 @@ use crate::api::{self, error::extractor_error, AppState, HealthProbe};
 use crate::app;
 use crate::app::keys::{self, Bootstrap, KeysError, NewKey};
 use crate::backend::ReadModelAt;
-use crate::bus::{spawn_relay, RelayConfig, RelayHandle, RelayMonitor};
+use crate::bus::{RelayConfig, RelayDuty, RelayMonitor};
 use crate::config::{Role, Settings};
+use crate::duty::{self, spawn_duty, DutyHandle, DutyMonitor};
 use crate::metrics::{follow_jobs, MeteredStore, Metrics};
 use crate::telemetry;
+use crate::webhooks::dispatch::DispatcherDuty;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::KeepAlive;
@@ -82,8 +84,12 @@ pub enum StartupError {
     Io(#[from] std::io::Error),
 }
 
-/// The relay's line on `/health`.
-struct RelayProbe(RelayMonitor);
+/// The relay's line on `/health`: its lease (`duty`), and while this node holds it, how
+/// far it got.
+struct RelayProbe {
+    relay: RelayMonitor,
+    duty: DutyMonitor,
+}
 
 impl HealthProbe for RelayProbe {
     fn name(&self) -> &'static str {
@@ -91,13 +97,49 @@ impl HealthProbe for RelayProbe {
     }
 
     fn status(&self) -> serde_json::Value {
-        serde_json::to_value(self.0.status()).unwrap_or(serde_json::Value::Null)
+        let mut line = serde_json::to_value(self.relay.status()).unwrap_or(serde_json::Value::Null);
+        if let serde_json::Value::Object(fields) = &mut line {
+            fields.insert(
+                "duty".into(),
+                serde_json::to_value(self.duty.status()).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        line
     }
 
-    /// Disconnected, or more events behind the log than the read model may be.
+    /// While this node runs it: disconnected, or more events behind the log than the read
+    /// model may be. A standby is healthy: another node relays.
     fn healthy(&self) -> bool {
-        let s = self.0.status();
+        if !self.duty.holding() {
+            return true;
+        }
+        let s = self.relay.status();
         s.connected && s.lag <= crate::api::health::MAX_HEALTHY_LAG
+    }
+}
+
+/// The `duties` line on `/health`: for each duty, whether this node holds it or stands by.
+struct DutiesProbe(Vec<DutyMonitor>);
+
+impl HealthProbe for DutiesProbe {
+    fn name(&self) -> &'static str {
+        "duties"
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut all = serde_json::Map::new();
+        for d in &self.0 {
+            all.insert(
+                d.name().into(),
+                serde_json::to_value(d.status()).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        serde_json::Value::Object(all)
+    }
+
+    /// A duty nobody may be running: this node could not even ask for its lease.
+    fn healthy(&self) -> bool {
+        self.0.iter().all(|d| !d.status().unreachable)
     }
 }
 
@@ -145,8 +187,8 @@ pub struct Application {
     port: u16,
     server: Server,
     projector: ProjectorHandle,
-    relay: Option<RelayHandle>,
-    dispatcher: crate::webhooks::dispatch::DispatcherHandle,
+    relay: Option<DutyHandle>,
+    dispatcher: DutyHandle,
     jobs: Jobs,
     bootstrap: Bootstrap,
     state: web::Data<AppState>,
@@ -212,10 +254,14 @@ impl Application {
         // The NATS relay, a reader of the log like the projector; it shows on /health.
         let mut probes = c.probes;
         probes.push(Arc::new(NodeProbe {
-            id: node_id,
+            id: node_id.clone(),
             role: settings.role,
             capacity,
         }));
+        // The duties one node performs at a time (src/duty.rs): the NATS relay (a reader of
+        // the log like the projector) and the webhook dispatcher. Each node contends for
+        // both; the one holding a duty's lease runs it, the others stand by.
+        let mut duties = Vec::new();
         let relay = match &settings.nats_url {
             Some(url) => {
                 let mut cfg = RelayConfig::new(url.clone(), settings.relay_cursor_path());
@@ -223,24 +269,39 @@ impl Application {
                 cfg.subject_prefix = settings.nats_subject_prefix.clone();
                 cfg.validate()
                     .map_err(|e| StartupError::Relay(redact(&e.to_string()).into_owned()))?;
-                let relay = spawn_relay(c.store.clone(), cfg);
-                probes.push(Arc::new(RelayProbe(relay.monitor())));
-                metrics.watch_relay(relay.monitor());
-                tracing::info!(url = %url, "NATS relay started");
-                Some(relay)
+                let duty = RelayDuty::new(c.store.clone(), cfg);
+                let monitor = duty.monitor();
+                let handle = spawn_duty(c.store.clone(), duty::RELAY, node_id.clone(), duty);
+                probes.push(Arc::new(RelayProbe {
+                    relay: monitor.clone(),
+                    duty: handle.monitor(),
+                }));
+                metrics.watch_relay(monitor, handle.monitor());
+                duties.push(handle.monitor());
+                tracing::info!(url = %url, "NATS relay: contending for its lease");
+                Some(handle)
             }
             None => None,
         };
 
         // Webhook deliveries: the read model has caught up with the log, so every attempt an
         // earlier process recorded is folded and none is made twice.
-        let dispatcher = crate::webhooks::dispatch::spawn_dispatcher(
+        let dispatcher_duty = DispatcherDuty::new(
             c.store.clone(),
             c.clock.clone(),
             projection.clone(),
             settings.webhooks(),
         )
         .map_err(|e| StartupError::Webhooks(e.to_string()))?;
+        let dispatcher = spawn_duty(
+            c.store.clone(),
+            duty::DISPATCHER,
+            node_id.clone(),
+            dispatcher_duty,
+        );
+        duties.push(dispatcher.monitor());
+        probes.push(Arc::new(DutiesProbe(duties.clone())));
+        metrics.watch_duties(duties);
 
         // The write side: recovers unfinished jobs before it takes commands. The read model
         // has just caught up with the log's head, so it names them; each is then rebuilt from

@@ -1,4 +1,5 @@
-//! A collection's readable id as an aggregate: which collection (if any) holds it now.
+//! A collection's readable id as an aggregate: which collection (if any) holds it now, and
+//! that collection's name.
 //!
 //! A collection's events live in the stream of its readable id within its organization
 //! (`collection_name-<org>-<readable_id>`), so that "the readable id is free" and "create it"
@@ -15,6 +16,8 @@ pub struct CollectionName {
     pub version: u64,
     /// The collection that holds the readable id now.
     pub live: Option<Uuid>,
+    /// Its name (empty while none lives): an update records a name only if it changes.
+    pub name: String,
 }
 
 /// What can be asked of a readable id. Ids are chosen by the caller so `decide` is pure.
@@ -25,6 +28,13 @@ pub enum CollectionCommand {
         organization_id: Uuid,
         name: String,
         readable_id: String,
+    },
+    /// Airweave's `PATCH /collections/{readable_id}`: `name` (already checked by the
+    /// caller) replaces the collection's; `None` changes nothing, and is recorded all the
+    /// same (Airweave announces every update).
+    Update {
+        collection_id: Uuid,
+        name: Option<String>,
     },
     Delete {
         collection_id: Uuid,
@@ -61,17 +71,34 @@ impl Aggregate for CollectionName {
             why,
         };
         match &e.event {
-            Event::Collection(CollectionEvent::CollectionCreated { collection_id, .. }) => {
+            Event::Collection(CollectionEvent::CollectionCreated {
+                collection_id,
+                name,
+                ..
+            }) => {
                 if self.live.is_some() {
                     return Err(does_not_fit("the readable id is taken"));
                 }
                 self.live = Some(*collection_id);
+                self.name.clone_from(name);
+            }
+            Event::Collection(CollectionEvent::CollectionUpdated {
+                collection_id,
+                name,
+            }) => {
+                if self.live != Some(*collection_id) {
+                    return Err(does_not_fit("not the collection holding the readable id"));
+                }
+                if let Some(name) = name {
+                    self.name.clone_from(name);
+                }
             }
             Event::Collection(CollectionEvent::CollectionDeleted { collection_id }) => {
                 if self.live != Some(*collection_id) {
                     return Err(does_not_fit("not the collection holding the readable id"));
                 }
                 self.live = None;
+                self.name.clear();
             }
             _ => return Err(FoldError::Foreign(e.event_type())),
         }
@@ -95,6 +122,18 @@ impl Aggregate for CollectionName {
                     organization_id: *organization_id,
                     name: name.clone(),
                     readable_id: readable_id.clone(),
+                }])
+            }
+            CollectionCommand::Update {
+                collection_id,
+                name,
+            } => {
+                if self.live != Some(*collection_id) {
+                    return Err(CollectionError::NotFound);
+                }
+                Ok(vec![CollectionEvent::CollectionUpdated {
+                    collection_id: *collection_id,
+                    name: name.clone().filter(|n| *n != self.name),
                 }])
             }
             CollectionCommand::Delete { collection_id } => {
@@ -138,7 +177,7 @@ mod tests {
         let s = AggregateTest::<CollectionName>::given([])
             .when(create(a, "Name"))
             .then([created(a)]);
-        assert_eq!((s.version, s.live), (1, Some(a)));
+        assert_eq!((s.version, s.live, s.name.as_str()), (1, Some(a), "Name"));
 
         let live = AggregateTest::<CollectionName>::given([created(a)]);
         assert_eq!(
@@ -163,6 +202,50 @@ mod tests {
         assert_eq!((s.version, s.live), (3, Some(b)));
     }
 
+    fn update(collection_id: Uuid, name: Option<&str>) -> CollectionCommand {
+        CollectionCommand::Update {
+            collection_id,
+            name: name.map(str::to_owned),
+        }
+    }
+
+    fn updated(collection_id: Uuid, name: Option<&str>) -> CollectionEvent {
+        CollectionEvent::CollectionUpdated {
+            collection_id,
+            name: name.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn an_update_records_a_new_name_and_an_unchanged_one_as_no_change() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let live = AggregateTest::<CollectionName>::given([created(a)]);
+        let s = live
+            .when(update(a, Some("Renamed")))
+            .then([updated(a, Some("Renamed"))]);
+        assert_eq!((s.version, s.name.as_str()), (2, "Renamed"));
+        // Airweave answers and announces a patch that changes nothing: it is recorded,
+        // without a name.
+        let s = live.when(update(a, Some("Name"))).then([updated(a, None)]);
+        assert_eq!((s.version, s.name.as_str()), (2, "Name"));
+        live.when(update(a, None)).then([updated(a, None)]);
+        // The name it was renamed to is the one compared next.
+        AggregateTest::<CollectionName>::given([created(a), updated(a, Some("Renamed"))])
+            .when(update(a, Some("Name")))
+            .then([updated(a, Some("Name"))]);
+        live.when(update(b, Some("Other")))
+            .then_err(CollectionError::NotFound);
+        AggregateTest::<CollectionName>::given([])
+            .when(update(a, Some("Other")))
+            .then_err(CollectionError::NotFound);
+        AggregateTest::<CollectionName>::given([
+            created(a),
+            CollectionEvent::CollectionDeleted { collection_id: a },
+        ])
+        .when(update(a, Some("Other")))
+        .then_err(CollectionError::NotFound);
+    }
+
     #[test]
     fn a_stream_that_breaks_the_rules_does_not_fold() {
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
@@ -176,6 +259,14 @@ mod tests {
                 created(a),
                 CollectionEvent::CollectionDeleted { collection_id: b }
             ]),
+            FoldError::DoesNotFit { .. }
+        ));
+        assert!(matches!(
+            err(vec![updated(a, Some("Early"))]),
+            FoldError::DoesNotFit { .. }
+        ));
+        assert!(matches!(
+            err(vec![created(a), updated(b, None)]),
             FoldError::DoesNotFit { .. }
         ));
         assert_eq!(

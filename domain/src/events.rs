@@ -217,6 +217,14 @@ pub enum CollectionEvent {
         name: String,
         readable_id: String,
     },
+    /// A `PATCH` of the collection (Airweave's `CollectionUpdate`). `name` is the new name
+    /// when it changed; absent, the patch changed nothing, which Airweave still answers and
+    /// announces (`collection.updated`), so it is recorded all the same.
+    CollectionUpdated {
+        collection_id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
     CollectionDeleted {
         collection_id: Uuid,
     },
@@ -243,6 +251,11 @@ pub enum SourceConnectionEvent {
     },
     SourceConnectionDeleted {
         source_connection_id: Uuid,
+        /// Deleted because its collection was: Airweave announces only the collection's
+        /// deletion then (`collection.deleted`, no `source_connection.deleted` for each
+        /// connection it takes along). Absent means false.
+        #[serde(default, skip_serializing_if = "is_false")]
+        with_collection: bool,
     },
 }
 
@@ -432,6 +445,7 @@ event_types! {
     }
     Collection: CollectionEvent {
         CollectionCreated = COLLECTION_CREATED,
+        CollectionUpdated = COLLECTION_UPDATED,
         CollectionDeleted = COLLECTION_DELETED,
     }
     SourceConnection: SourceConnectionEvent {
@@ -517,7 +531,7 @@ pub mod stream {
     }
     pub const COLLECTION_NAME_PREFIX: &str = "collection_name-";
     /// The stream of a collection's readable id within its organization. The API appends a
-    /// collection's CollectionCreated/CollectionDeleted here (not to [`collection`]), so that
+    /// collection's CollectionCreated/CollectionUpdated/CollectionDeleted here (not to [`collection`]), so that
     /// creating a collection and claiming its readable id are one optimistic append: two racing
     /// creates of one readable id cannot both win, and a deleted id can be taken again.
     pub fn collection_name(organization_id: Uuid, readable_id: &str) -> String {
@@ -715,6 +729,16 @@ mod tests {
                 readable_id: "c".into(),
             }
             .into(),
+            CollectionEvent::CollectionUpdated {
+                collection_id: Uuid::nil(),
+                name: Some("d".into()),
+            }
+            .into(),
+            CollectionEvent::CollectionUpdated {
+                collection_id: Uuid::nil(),
+                name: None,
+            }
+            .into(),
             CollectionEvent::CollectionDeleted {
                 collection_id: Uuid::nil(),
             }
@@ -734,6 +758,12 @@ mod tests {
             .into(),
             SourceConnectionEvent::SourceConnectionDeleted {
                 source_connection_id: Uuid::nil(),
+                with_collection: false,
+            }
+            .into(),
+            SourceConnectionEvent::SourceConnectionDeleted {
+                source_connection_id: Uuid::nil(),
+                with_collection: true,
             }
             .into(),
             AccessEvent::OrganizationCreated {

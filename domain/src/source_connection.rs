@@ -19,6 +19,8 @@ pub enum SourceConnectionCommand {
     Create(SourceConnectionEvent),
     Delete {
         source_connection_id: Uuid,
+        /// Its collection is being deleted (see `SourceConnectionDeleted::with_collection`).
+        with_collection: bool,
     },
 }
 
@@ -89,12 +91,14 @@ impl Aggregate for SourceConnection {
             SourceConnectionCommand::Create(_) => Err(SourceConnectionError::NotACreation),
             SourceConnectionCommand::Delete {
                 source_connection_id,
+                with_collection,
             } => {
                 if !self.created || self.deleted {
                     return Err(SourceConnectionError::NotFound);
                 }
                 Ok(vec![SourceConnectionEvent::SourceConnectionDeleted {
                     source_connection_id: *source_connection_id,
+                    with_collection: *with_collection,
                 }])
             }
         }
@@ -124,6 +128,7 @@ mod tests {
     fn delete(id: Uuid) -> SourceConnectionCommand {
         SourceConnectionCommand::Delete {
             source_connection_id: id,
+            with_collection: false,
         }
     }
 
@@ -141,6 +146,7 @@ mod tests {
             .when(SourceConnectionCommand::Create(
                 SourceConnectionEvent::SourceConnectionDeleted {
                     source_connection_id: id,
+                    with_collection: false,
                 },
             ))
             .then_err(SourceConnectionError::NotACreation);
@@ -156,12 +162,14 @@ mod tests {
             .when(delete(id))
             .then([SourceConnectionEvent::SourceConnectionDeleted {
                 source_connection_id: id,
+                with_collection: false,
             }]);
         assert!(s.deleted);
         let deleted = AggregateTest::<SourceConnection>::given([
             created(id),
             SourceConnectionEvent::SourceConnectionDeleted {
                 source_connection_id: id,
+                with_collection: false,
             },
         ]);
         deleted
@@ -182,7 +190,8 @@ mod tests {
         ));
         assert!(matches!(
             err(vec![SourceConnectionEvent::SourceConnectionDeleted {
-                source_connection_id: id
+                source_connection_id: id,
+                with_collection: false,
             }]),
             FoldError::DoesNotFit { .. }
         ));

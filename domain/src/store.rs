@@ -124,6 +124,14 @@ pub trait EventStore: Send + Sync + 'static {
     async fn heartbeats(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
         Ok(Vec::new())
     }
+
+    /// Tries once to take the lease on `duty` for `holder` (this node's id): a duty only one
+    /// node performs at a time ([`lease`]). The default suits a store that one process owns:
+    /// granted at once, never lost. A store shared by several nodes must override it, and a
+    /// wrapper must pass it through.
+    async fn try_lease(&self, _duty: &str, _holder: &str) -> Result<LeaseTry, StoreError> {
+        Ok(LeaseTry::Taken(Lease::sole()))
+    }
 }
 
 /// How many events a follower asks for at a time.
@@ -386,6 +394,9 @@ pub mod contract;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod faults;
+pub mod lease;
+
+pub use lease::{Lease, LeaseState, LeaseTry};
 
 #[cfg(test)]
 mod tests {

@@ -24,10 +24,10 @@ pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_DESCRIPTION_LEN: usize = 1024;
 
 /// The event types a subscription may ask for: Airweave's webhook event types that syncjobs
-/// records something for (`source_connection.auth_completed`, `collection.updated` and the
-/// search/query/organization families have no event here yet, so asking for them is refused
-/// rather than accepted and never delivered).
-pub const EVENT_TYPES: [&str; 10] = [
+/// records something for (`source_connection.auth_completed` and the search/query/
+/// organization families have no event here yet, so asking for them is refused rather than
+/// accepted and never delivered).
+pub const EVENT_TYPES: [&str; 11] = [
     "sync.pending",
     "sync.running",
     "sync.cancelling",
@@ -35,14 +35,17 @@ pub const EVENT_TYPES: [&str; 10] = [
     "sync.failed",
     "sync.cancelled",
     "collection.created",
+    "collection.updated",
     "collection.deleted",
     "source_connection.created",
     "source_connection.deleted",
 ];
 
 /// The webhook event type an event of the log becomes, if any: each change of a job's
-/// status (Airweave's `SyncLifecycleEvent`), and the creation and deletion of collections
-/// and source connections. Progress reports and everything else become none.
+/// status (Airweave's `SyncLifecycleEvent`), the creation, update and deletion of
+/// collections, and the creation and deletion of source connections, except a deletion with
+/// the connection's collection (Airweave announces only the collection's). Progress reports
+/// and everything else become none.
 pub fn webhook_event_type(event: &Event) -> Option<&'static str> {
     Some(match event {
         Event::Job(e) => match e {
@@ -58,13 +61,18 @@ pub fn webhook_event_type(event: &Event) -> Option<&'static str> {
             SyncJobEvent::ProgressRecorded { .. } => return None,
         },
         Event::Collection(CollectionEvent::CollectionCreated { .. }) => "collection.created",
+        Event::Collection(CollectionEvent::CollectionUpdated { .. }) => "collection.updated",
         Event::Collection(CollectionEvent::CollectionDeleted { .. }) => "collection.deleted",
         Event::SourceConnection(SourceConnectionEvent::SourceConnectionCreated { .. }) => {
             "source_connection.created"
         }
-        Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted { .. }) => {
-            "source_connection.deleted"
-        }
+        Event::SourceConnection(SourceConnectionEvent::SourceConnectionDeleted {
+            with_collection,
+            ..
+        }) => match with_collection {
+            true => return None,
+            false => "source_connection.deleted",
+        },
         Event::Access(_) | Event::Webhook(_) | Event::Worker(_) => return None,
     })
 }
@@ -723,7 +731,33 @@ mod tests {
             })),
             None
         );
-        for t in ["sync.pending", "sync.cancelling", "collection.deleted"] {
+        let deleted = |with_collection| {
+            webhook_event_type(&Event::SourceConnection(
+                SourceConnectionEvent::SourceConnectionDeleted {
+                    source_connection_id: Uuid::nil(),
+                    with_collection,
+                },
+            ))
+        };
+        assert_eq!(deleted(false), Some("source_connection.deleted"));
+        assert_eq!(
+            deleted(true),
+            None,
+            "a collection's deletion announces only itself"
+        );
+        assert_eq!(
+            webhook_event_type(&Event::Collection(CollectionEvent::CollectionUpdated {
+                collection_id: Uuid::nil(),
+                name: None,
+            })),
+            Some("collection.updated")
+        );
+        for t in [
+            "sync.pending",
+            "sync.cancelling",
+            "collection.updated",
+            "collection.deleted",
+        ] {
             assert!(EVENT_TYPES.contains(&t));
         }
     }

@@ -383,9 +383,9 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 /// Most events folded in one SQLite transaction.
 const MAX_BATCH: usize = 512;
 /// Most events folded in one PostgreSQL transaction (see `ProjectionWriter::max_batch`).
-const MAX_PG_BATCH: usize = 8192;
+const MAX_PG_BATCH: usize = 16384;
 /// Most reads of the log taken together when several are ready at once (a backlog).
-const READY_READS: usize = 8;
+const READY_READS: usize = 16;
 
 /// Spawns the projector on the current tokio runtime, following from the stored position.
 pub fn spawn_projector(
@@ -402,7 +402,7 @@ pub fn spawn_projector(
 }
 
 /// Reads of the log a follower on its own task may have done ahead of the fold.
-const READS_AHEAD: usize = 4;
+const READS_AHEAD: usize = 16;
 
 /// [`follow_batches`] on its own task, up to [`READS_AHEAD`] reads ahead: the reading and
 /// decoding of the next events overlap the fold of the last ones. A first start on

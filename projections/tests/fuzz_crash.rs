@@ -123,6 +123,17 @@ fn history() -> impl Strategy<Value = Vec<RecordedEvent>> {
                 }
                 .into(),
             ));
+            // Renamed (its messages name the new name), or patched with no change.
+            if i % 3 != 2 {
+                events.push((
+                    stream::collection(collection),
+                    CollectionEvent::CollectionUpdated {
+                        collection_id: collection,
+                        name: (i % 3 == 0).then(|| format!("{} renamed", s.name)),
+                    }
+                    .into(),
+                ));
+            }
             let mut job_events = vec![SyncJobEvent::JobCreated {
                 job_id: job,
                 source_connection_id: sc,
@@ -172,6 +183,7 @@ fn history() -> impl Strategy<Value = Vec<RecordedEvent>> {
                     stream::source_connection(sc),
                     SourceConnectionEvent::SourceConnectionDeleted {
                         source_connection_id: sc,
+                        with_collection: i % 2 == 1,
                     }
                     .into(),
                 ));

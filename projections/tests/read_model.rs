@@ -284,6 +284,7 @@ async fn rich_history() -> History {
         &stream::source_connection(doomed),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: doomed,
+            with_collection: false,
         },
     )
     .await;
@@ -294,6 +295,16 @@ async fn rich_history() -> History {
         SyncJobEvent::ProgressRecorded { counts: counts(4) },
     )
     .await;
+    for name in [Some("Finance Renamed"), None] {
+        h.append(
+            &stream::collection_name(org, "finance"),
+            CollectionEvent::CollectionUpdated {
+                collection_id: c1,
+                name: name.map(str::to_owned),
+            },
+        )
+        .await;
+    }
     let gone = h.collection(org, "gone").await;
     h.append(
         &stream::collection_name(org, "gone"),
@@ -508,6 +519,7 @@ async fn deletes_remove_rows_and_free_the_readable_id_on(engine: Engine) {
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -535,6 +547,45 @@ async fn deletes_remove_rows_and_free_the_readable_id_on(engine: Engine) {
     let again = h.collection(org, "c").await;
     let m = fold(engine, &h.all().await).await;
     assert_eq!(m.collection(org, "c").await.unwrap().id, again);
+}
+
+#[tokio::test]
+async fn an_update_renames_a_collection_and_one_without_a_name_changes_no_row() {
+    on_each_engine(
+        "an_update_renames_a_collection_and_one_without_a_name_changes_no_row",
+        an_update_renames_a_collection_and_one_without_a_name_changes_no_row_on,
+    )
+    .await;
+}
+
+async fn an_update_renames_a_collection_and_one_without_a_name_changes_no_row_on(engine: Engine) {
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let c = h.collection(org, "c").await;
+    let other = h.collection(org, "other").await;
+    let update = |name: Option<&str>| CollectionEvent::CollectionUpdated {
+        collection_id: c,
+        name: name.map(str::to_owned),
+    };
+    let renamed = h
+        .append(&stream::collection_name(org, "c"), update(Some("Renamed")))
+        .await;
+    h.append(&stream::collection_name(org, "c"), update(None))
+        .await;
+    let m = fold(engine, &h.all().await).await;
+    let row = m.collection(org, "c").await.unwrap();
+    assert_eq!((row.id, row.name.as_str()), (c, "Renamed"));
+    assert_eq!(
+        row.modified_at, renamed.recorded_at,
+        "moved by the rename only"
+    );
+    assert!(row.created_at < row.modified_at);
+    let untouched = m.collection(org, "other").await.unwrap();
+    assert_eq!(
+        (untouched.id, untouched.name.as_str()),
+        (other, "Collection other")
+    );
+    assert_eq!(untouched.modified_at, untouched.created_at);
 }
 
 #[tokio::test]
@@ -745,6 +796,7 @@ async fn a_deleted_connection_s_final_jobs_vanish_at_once_and_are_purged_later_o
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -846,6 +898,7 @@ async fn the_projector_folds_new_events_before_it_goes_on_purging() {
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -1029,6 +1082,7 @@ async fn cached_rows_follow_deletes_revocations_and_new_keys_on(engine: Engine) 
         &stream::source_connection(sc),
         SourceConnectionEvent::SourceConnectionDeleted {
             source_connection_id: sc,
+            with_collection: false,
         },
     )
     .await;
@@ -1536,4 +1590,73 @@ async fn only_organizations_with_a_subscription_that_wants_an_event_get_messages
         due.sort_unstable();
         assert_eq!(due, [1, 3], "the disabled subscription has no delivery");
     }
+}
+
+#[tokio::test]
+async fn many_new_jobs_in_one_batch_fold_as_they_do_one_by_one() {
+    on_each_engine(
+        "many_new_jobs_in_one_batch_fold_as_they_do_one_by_one",
+        many_new_jobs_in_one_batch_fold_as_they_do_one_by_one_on,
+    )
+    .await;
+}
+
+/// Hundreds of jobs created in one batch (a first start, a backlog) go in by another path on
+/// PostgreSQL (a `COPY` of the new rows) than a few do: the model must not tell them apart,
+/// whether a job starts and ends in one batch or its row is written again by a later one.
+async fn many_new_jobs_in_one_batch_fold_as_they_do_one_by_one_on(engine: Engine) {
+    let mut h = History::new();
+    let org = h.org("default").await;
+    let c = h.collection(org, "bulk").await;
+    let scs = [
+        h.source_connection(org, c, "bulk").await,
+        h.source_connection(org, c, "bulk").await,
+    ];
+    let mut live = Vec::new();
+    for i in 0..300u64 {
+        let sc = scs[(i % 2) as usize];
+        match i % 3 {
+            0 => {
+                h.job(org, sc, &[started(), completed(i)]).await;
+            }
+            1 => live.push(h.job(org, sc, &[started()]).await),
+            _ => {
+                h.job(org, sc, &[failed()]).await;
+            }
+        }
+    }
+    for (i, job) in live.iter().enumerate() {
+        let end = if i % 2 == 0 {
+            completed(7)
+        } else {
+            cancelled(3)
+        };
+        if i % 4 < 2 {
+            h.job_event(*job, SyncJobEvent::ProgressRecorded { counts: counts(1) })
+                .await;
+            h.job_event(*job, end).await;
+        }
+    }
+    let events = h.all().await;
+    let one_by_one = Model::new(engine).await;
+    for e in &events {
+        one_by_one.apply(std::slice::from_ref(e)).await;
+    }
+    let expected = one_by_one.dump().await;
+    assert_eq!(
+        fold(engine, &events).await.dump().await,
+        expected,
+        "one batch"
+    );
+    // Cuts inside the jobs' lives: rows of jobs created by one batch are written again by
+    // the next.
+    for size in [97, 400] {
+        let chunked = Model::new(engine).await;
+        for chunk in events.chunks(size) {
+            chunked.apply(chunk).await;
+        }
+        assert_eq!(chunked.dump().await, expected, "batches of {size}");
+    }
+    let jobs = one_by_one.jobs_of(scs[0]).await.len() + one_by_one.jobs_of(scs[1]).await.len();
+    assert_eq!(jobs, 300, "every job has a row");
 }

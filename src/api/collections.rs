@@ -1,4 +1,5 @@
-//! `/collections`: create, list, get, delete (which deletes its source connections first).
+//! `/collections`: create, list, get, update, delete (which deletes its source connections
+//! first).
 
 use super::error::ApiError;
 use super::input::{check_len, check_readable_id, check_text, read_json, Fields, Query, Text};
@@ -69,6 +70,33 @@ pub async fn get(
             let c = lookup::collection(m, &caller, &path).await?;
             ok_json(&CollectionOut::new(m, &c).await?)
         })
+        .await
+}
+
+/// `PATCH /collections/{readable_id}`: Airweave's `CollectionUpdate`. `name` (4 to 64
+/// characters; absent or null: unchanged) and `sync_config` (an object or null, accepted and
+/// not stored, as on create: syncjobs has no per-collection sync settings); other fields are
+/// ignored as Airweave ignores them (`readable_id` never changes). The body is checked before
+/// the collection is looked up, as FastAPI validates before the handler runs.
+pub async fn update(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json(&req, payload, &state.http).await?;
+    let f = Fields(&body);
+    let name = f.opt_str("name")?;
+    if let Some(name) = name {
+        check_len("name", name, 4, 64)?;
+        check_text("name", name, Text::OneLine)?;
+    }
+    f.opt_object("sync_config")?;
+    let updated = state.update_collection(&caller, &path, name).await?;
+    state
+        .projection
+        .read(async |m| ok_json(&CollectionOut::new(m, &updated).await?))
         .await
 }
 

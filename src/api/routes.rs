@@ -39,6 +39,9 @@ pub fn endpoints() -> Vec<Endpoint> {
         e(Method::GET, "/collections/{readable_id}", || {
             web::get().to(collections::get)
         }),
+        e(Method::PATCH, "/collections/{readable_id}", || {
+            web::patch().to(collections::update)
+        }),
         e(Method::DELETE, "/collections/{readable_id}", || {
             web::delete().to(collections::delete)
         }),

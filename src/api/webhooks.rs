@@ -18,9 +18,19 @@ use std::collections::HashMap;
 use syncjobs_domain::webhook::{SubscriptionPatch, EVENT_TYPES};
 use uuid::Uuid;
 
-/// The subscription id of the path; anything that is not a UUID names no subscription.
+/// The id of a path: a UUID written as syncjobs writes one (hyphenated or bare hex, any
+/// case). Other spellings the parser would read (`{...}`, `urn:uuid:...`) are ids that do
+/// not exist, as any other string: an id is compared, not interpreted.
+fn path_id(raw: &str) -> Option<Uuid> {
+    match raw.len() {
+        32 | 36 => Uuid::parse_str(raw).ok(),
+        _ => None,
+    }
+}
+
+/// The subscription id of the path; anything else names no subscription.
 fn subscription_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| Error::WebhookSubscriptionNotFound.into())
+    path_id(raw).ok_or_else(|| Error::WebhookSubscriptionNotFound.into())
 }
 
 /// Attempts a subscription's detail shows (Svix's default page).
@@ -177,7 +187,7 @@ pub async fn message(
 ) -> Result<HttpResponse, ApiError> {
     let include_attempts = Query(&query).bool("include_attempts", false)?;
     let not_found = || ApiError::NotFound("Message not found".into());
-    let id = Uuid::parse_str(&path).map_err(|_| not_found())?;
+    let id = path_id(&path).ok_or_else(not_found)?;
     state
         .projection
         .read(async |m| {

@@ -1,8 +1,8 @@
-//! Creating a collection, and deleting one (its source connections first).
+//! Creating a collection, updating it, and deleting one (its source connections first).
 
 use super::{last_position, lookup, App, Caller, Error};
 use syncjobs_domain::events::stream;
-use syncjobs_domain::{CollectionCommand, CollectionName};
+use syncjobs_domain::{CollectionCommand, CollectionEvent, CollectionName, Event};
 use syncjobs_projections::{Collection, ReadView};
 use uuid::Uuid;
 
@@ -54,6 +54,61 @@ impl App {
             modified_at: at,
             created_position: position,
         }))
+    }
+
+    /// Updates the caller's collection `readable_id` (Airweave's `PATCH`): `name`, already
+    /// checked, replaces its name; `None` changes nothing but is still recorded, as Airweave
+    /// still answers and announces it (`collection.updated`). The readable id never changes.
+    /// Returns the collection as the read model shows it after the update, or, if the read
+    /// model lags past the read-your-writes bound, as it was with the new name.
+    pub async fn update_collection(
+        &self,
+        caller: &Caller,
+        readable_id: &str,
+        name: Option<&str>,
+    ) -> Result<Collection, Error> {
+        let before = self
+            .projection
+            .read(async |m| lookup::collection(m, caller, readable_id).await)
+            .await?;
+        let update = CollectionCommand::Update {
+            collection_id: before.id,
+            name: name.map(str::to_owned),
+        };
+        let recorded = self
+            .execute::<CollectionName>(
+                caller,
+                &stream::collection_name(caller.organization_id, readable_id),
+                &update,
+            )
+            .await?;
+        self.settle(last_position(&recorded)).await;
+        let renamed = recorded.iter().find_map(|r| match &r.event {
+            Event::Collection(CollectionEvent::CollectionUpdated {
+                name: Some(name), ..
+            }) => Some((name.clone(), r.recorded_at)),
+            _ => None,
+        });
+        tracing::info!(collection_id = %before.id, %readable_id, renamed = renamed.is_some(), "collection updated");
+        let shown = self
+            .projection
+            .read(async |m| {
+                Ok::<_, Error>(
+                    m.collection(caller.organization_id, readable_id)
+                        .await?
+                        .filter(|c| c.id == before.id),
+                )
+            })
+            .await?;
+        let as_recorded = match renamed {
+            Some((name, at)) => Collection {
+                name,
+                modified_at: at,
+                ..before
+            },
+            None => before,
+        };
+        Ok(shown.unwrap_or(as_recorded))
     }
 
     /// Deletes the caller's collection `readable_id`: each of its source connections as a

@@ -3,7 +3,7 @@
 
 use super::{last_position, lookup, App, Caller, Error};
 use serde_json::{Map, Value};
-use syncjobs_actors::pipeline::{validate_source_config, EntityStats};
+use syncjobs_actors::pipeline::{validate_credentials, validate_source_config, EntityStats};
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{SourceConnectionCommand, SourceConnectionEvent};
 /// The aggregate (the read model's `SourceConnection` is the other one here).
@@ -28,12 +28,15 @@ pub struct NewSourceConnection<'a> {
 /// Airweave's authentication shapes; syncjobs' sources take direct credentials only.
 fn auth_method(short_name: &str, auth: Option<&Map<String, Value>>) -> Result<&'static str, Error> {
     let Some(auth) = auth else {
-        // Airweave would start an OAuth browser flow here; the timed source needs no
+        // Airweave would start an OAuth browser flow here; the test sources need no
         // secret, so a missing `authentication` means direct, authenticated.
         return Ok("direct");
     };
     match auth.get("credentials") {
-        Some(Value::Object(_)) => Ok("direct"),
+        Some(Value::Object(credentials)) => {
+            validate_credentials(short_name, credentials)?;
+            Ok("direct")
+        }
         Some(other) if !other.is_null() => Err(Error::CredentialsNotAnObject),
         _ => Err(Error::UnsupportedAuthentication {
             short_name: short_name.to_owned(),
@@ -138,13 +141,15 @@ impl App {
         if !live.is_empty() {
             self.wait_for_jobs_to_end(&[id]).await;
         }
-        self.delete_stopped(caller, id, &live).await?;
+        self.delete_stopped(caller, id, &live, false).await?;
         Ok(before)
     }
 
-    /// Deletes several source connections (a collection's): every live job of all of them
-    /// is cancelled first and waited for once, so k stuck syncs cost one bounded wait, not
-    /// k. One deleted meanwhile by someone else is skipped.
+    /// Deletes a collection's source connections, as taken along with it (their deletions
+    /// announce no `source_connection.deleted`: Airweave's collection delete announces only
+    /// `collection.deleted`): every live job of all of them is cancelled first and waited
+    /// for once, so k stuck syncs cost one bounded wait, not k. One deleted meanwhile by
+    /// someone else is skipped.
     pub(super) async fn delete_source_connections(
         &self,
         caller: &Caller,
@@ -158,7 +163,7 @@ impl App {
             self.wait_for_jobs_to_end(ids).await;
         }
         for (&id, live) in ids.iter().zip(&live) {
-            match self.delete_stopped(caller, id, live).await {
+            match self.delete_stopped(caller, id, live, true).await {
                 Ok(_) | Err(Error::SourceConnectionNotFound) => {}
                 Err(e) => return Err(e),
             }
@@ -167,9 +172,16 @@ impl App {
     }
 
     /// The rest of a delete once the connection's `live` jobs were cancelled and waited for.
-    async fn delete_stopped(&self, caller: &Caller, id: Uuid, live: &[Uuid]) -> Result<(), Error> {
+    async fn delete_stopped(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        live: &[Uuid],
+        with_collection: bool,
+    ) -> Result<(), Error> {
         let delete = SourceConnectionCommand::Delete {
             source_connection_id: id,
+            with_collection,
         };
         let stream = stream::source_connection(id);
         let recorded = self.execute::<Aggregate>(caller, &stream, &delete).await?;

@@ -232,6 +232,7 @@ async fn a_run_whose_connection_is_deleted_meanwhile_is_not_found_and_its_job_is
                 let deleted = NewEvent::new(
                     SourceConnectionEvent::SourceConnectionDeleted {
                         source_connection_id: id,
+                        with_collection: false,
                     },
                     chrono::Utc::now(),
                     Metadata::default(),

@@ -1,6 +1,9 @@
 //! The relay's durable cursor: the last global position JetStream acknowledged.
 //!
-//! A small JSON file `{"stream": "SYNCJOBS", "position": 42, "marks": [...]}` replaced
+//! On a store several nodes share (PostgreSQL) it is kept with the relay's lease
+//! ([`load_shared`], [`save_shared`]): whichever node takes the relay over resumes where the
+//! last holder's acknowledgements got to. Otherwise it is a file of the node's data dir,
+//! a small JSON file `{"stream": "SYNCJOBS", "position": 42, "marks": [...]}` replaced
 //! atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves either the
 //! old or the new cursor, never a torn one. The stream name is kept so that pointing the
 //! relay at another stream republishes everything instead of silently starting half-way.
@@ -13,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use syncjobs_domain::store::{EventStore, StoreError};
+use syncjobs_domain::store::{EventStore, Lease, StoreError};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,8 @@ pub enum CursorError {
     },
     #[error("cursor task failed: {0}")]
     Join(String),
+    #[error("cursor kept with the relay's lease: {0}")]
+    Lease(#[from] StoreError),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -135,6 +140,37 @@ pub async fn load(path: &Path, stream: &str) -> Result<Saved, CursorError> {
         .map_err(|e| CursorError::Join(e.to_string()))?
 }
 
+/// The cursor kept with the relay's lease, shared by every node that may hold it, or,
+/// while the lease holds none yet (the first holder after an upgrade from one node), the
+/// file at `fallback`: an older cursor only republishes (JetStream drops the duplicates).
+pub async fn load_shared(
+    lease: &Lease,
+    fallback: &Path,
+    stream: &str,
+) -> Result<Saved, CursorError> {
+    match lease.load_state().await? {
+        Some(text) => Ok(decode(&text, stream, "the relay's lease")),
+        None => load(fallback, stream).await,
+    }
+}
+
+/// Saves the cursor with the relay's lease; fails once the lease is lost (its successor's
+/// cursor is never overwritten).
+pub async fn save_shared(
+    lease: &Lease,
+    stream: &str,
+    position: u64,
+    marks: Vec<Mark>,
+) -> Result<(), CursorError> {
+    let body = File {
+        stream: stream.to_owned(),
+        position,
+        marks,
+    };
+    let json = serde_json::to_string(&body).map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(lease.save_state(&json).await?)
+}
+
 fn load_blocking(path: &Path, stream: &str) -> Result<Saved, CursorError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -146,31 +182,36 @@ fn load_blocking(path: &Path, stream: &str) -> Result<Saved, CursorError> {
             })
         }
     };
-    match serde_json::from_str::<File>(&text) {
+    Ok(decode(&text, stream, &path.display().to_string()))
+}
+
+/// A cursor's text read from `path` (a file, or the lease) as the cursor of `stream`.
+fn decode(text: &str, stream: &str, path: &str) -> Saved {
+    match serde_json::from_str::<File>(text) {
         Ok(f) if f.stream == stream => {
             let mut marks = f.marks;
             marks.sort_by_key(|m| std::cmp::Reverse(m.position));
-            Ok(Saved {
+            Saved {
                 position: f.position,
                 marks,
-            })
+            }
         }
         Ok(f) => {
             tracing::warn!(
-                path = %path.display(),
+                path,
                 saved_stream = %f.stream,
                 stream,
                 "relay cursor is for another stream; republishing from the start"
             );
-            Ok(Saved::default())
+            Saved::default()
         }
         Err(e) => {
             tracing::warn!(
-                path = %path.display(),
+                path,
                 error = %e,
                 "relay cursor is unreadable; republishing from the start"
             );
-            Ok(Saved::default())
+            Saved::default()
         }
     }
 }
@@ -283,6 +324,61 @@ mod tests {
                 position: 9,
                 marks: vec![]
             }
+        );
+    }
+
+    /// A lease whose state lives in memory (as PostgreSQL keeps it in `syncjobs_leases`).
+    fn lease_in_memory() -> Lease {
+        struct Memory(std::sync::Mutex<Option<String>>);
+        #[async_trait::async_trait]
+        impl syncjobs_domain::store::LeaseState for Memory {
+            async fn load(&self) -> Result<Option<String>, StoreError> {
+                Ok(self.0.lock().unwrap().clone())
+            }
+            async fn save(&self, state: &str) -> Result<(), StoreError> {
+                *self.0.lock().unwrap() = Some(state.to_owned());
+                Ok(())
+            }
+        }
+        let (tx, lost) = tokio::sync::watch::channel(None);
+        Lease::held(
+            lost,
+            Box::new(Memory(std::sync::Mutex::new(None))),
+            Box::new(tx),
+        )
+    }
+
+    /// The first holder after an upgrade from one node resumes from its cursor file; from
+    /// then on the cursor is the lease's, whichever node's file says otherwise.
+    #[tokio::test]
+    async fn a_shared_cursor_starts_from_the_file_and_then_is_the_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c");
+        let lease = lease_in_memory();
+        assert_eq!(
+            load_shared(&lease, &file, "S").await.unwrap(),
+            Saved::default()
+        );
+        save(&file, "S", 7, vec![]).await.unwrap();
+        assert_eq!(load_shared(&lease, &file, "S").await.unwrap().position, 7);
+        let marks = vec![Mark {
+            position: 9,
+            event_id: Uuid::new_v4(),
+        }];
+        save_shared(&lease, "S", 9, marks.clone()).await.unwrap();
+        assert_eq!(
+            load_shared(&lease, &file, "S").await.unwrap(),
+            Saved { position: 9, marks }
+        );
+        assert_eq!(
+            load(&file, "S").await.unwrap().position,
+            7,
+            "the file is left alone"
+        );
+        // A cursor of another stream is not resumed from.
+        assert_eq!(
+            load_shared(&lease, &file, "OTHER").await.unwrap(),
+            Saved::default()
         );
     }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncjobs_domain::redact::{redact, redact_url};
-use syncjobs_domain::store::EventStore;
+use syncjobs_domain::store::{EventStore, Lease};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,8 +42,13 @@ pub struct RelayConfig {
     /// `nats://host:port` (or a comma-separated list of servers), with credentials if the
     /// server wants them: `nats://user:password@host:port` or `nats://token@host:port`.
     pub nats_url: String,
-    /// Where the acknowledged position is saved (a small file, replaced atomically).
+    /// Where the acknowledged position is saved (a small file, replaced atomically), unless
+    /// `lease` keeps it.
     pub cursor_path: PathBuf,
+    /// The lease this relay runs under (one relay at a time across the nodes): when its
+    /// store keeps state with it (PostgreSQL), the cursor is kept there, shared by whichever
+    /// node holds the lease next, and `cursor_path` is only read while it holds none.
+    pub lease: Option<Arc<Lease>>,
     /// The JetStream stream, created if absent with subjects `<subject_prefix>.>`.
     pub stream_name: String,
     pub subject_prefix: String,
@@ -69,6 +74,7 @@ impl std::fmt::Debug for RelayConfig {
         f.debug_struct("RelayConfig")
             .field("nats_url", &redact_url(&self.nats_url))
             .field("cursor_path", &self.cursor_path)
+            .field("lease", &self.lease)
             .field("stream_name", &self.stream_name)
             .field("subject_prefix", &self.subject_prefix)
             .field("duplicate_window", &self.duplicate_window)
@@ -86,6 +92,7 @@ impl RelayConfig {
         RelayConfig {
             nats_url: nats_url.into(),
             cursor_path: cursor_path.into(),
+            lease: None,
             stream_name: DEFAULT_STREAM.to_owned(),
             subject_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
             duplicate_window: Duration::from_secs(120),
@@ -270,7 +277,30 @@ impl Drop for RelayHandle {
 /// Starts the relay as a tokio task. Invalid settings do not panic: the relay reports them in
 /// `last_error` and stays idle (call [`RelayConfig::validate`] first to fail fast).
 pub fn spawn_relay(store: Arc<dyn EventStore>, cfg: RelayConfig) -> RelayHandle {
-    let shared = Arc::new(Shared::default());
+    let monitor = RelayMonitor::new(store.as_ref());
+    spawn_relay_on(&monitor, store, cfg)
+}
+
+impl RelayMonitor {
+    /// A monitor for the relays a node runs one after the other (each time it takes the
+    /// relay's lease), so that `/health` and `/metrics` keep one view of them.
+    pub fn new(store: &dyn EventStore) -> RelayMonitor {
+        RelayMonitor {
+            shared: Arc::new(Shared::default()),
+            head: store.watch_head(),
+        }
+    }
+}
+
+/// [`spawn_relay`], reporting to `monitor` (whose previous relay must have stopped).
+pub fn spawn_relay_on(
+    monitor: &RelayMonitor,
+    store: Arc<dyn EventStore>,
+    cfg: RelayConfig,
+) -> RelayHandle {
+    let shared = monitor.shared.clone();
+    shared.connected.store(false, Ordering::Release);
+    shared.clear_error();
     let head = store.watch_head();
     let cancel = CancellationToken::new();
     let task = match cfg.validate() {
@@ -285,6 +315,54 @@ pub fn spawn_relay(store: Arc<dyn EventStore>, cfg: RelayConfig) -> RelayHandle 
         monitor: RelayMonitor { shared, head },
         cancel,
         task: Some(task),
+    }
+}
+
+/// The relay as a duty of one node at a time ([`crate::duty`]): a relay per lease, each
+/// reporting to the same monitor.
+pub struct RelayDuty {
+    store: Arc<dyn EventStore>,
+    cfg: RelayConfig,
+    monitor: RelayMonitor,
+}
+
+impl RelayDuty {
+    pub fn new(store: Arc<dyn EventStore>, cfg: RelayConfig) -> RelayDuty {
+        RelayDuty {
+            monitor: RelayMonitor::new(store.as_ref()),
+            store,
+            cfg,
+        }
+    }
+
+    pub fn monitor(&self) -> RelayMonitor {
+        self.monitor.clone()
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl crate::duty::Duty for RelayDuty {
+    type Running = RelayHandle;
+
+    fn start(&mut self, lease: Arc<Lease>) -> Result<RelayHandle, String> {
+        let mut cfg = self.cfg.clone();
+        cfg.lease = Some(lease);
+        Ok(spawn_relay_on(&self.monitor, self.store.clone(), cfg))
+    }
+
+    /// A lost lease stops the relay at once (its successor publishes from the shared
+    /// cursor; what this one had in flight is deduplicated by `Nats-Msg-Id`); a node that
+    /// stops lets the acks in flight come and saves the cursor first.
+    async fn stop(&mut self, relay: RelayHandle, lost: bool) {
+        if lost {
+            relay.abort();
+        } else {
+            relay.shutdown().await;
+        }
+        self.monitor
+            .shared
+            .connected
+            .store(false, Ordering::Release);
     }
 }
 

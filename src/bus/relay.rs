@@ -114,7 +114,13 @@ impl Relay {
     async fn main(&mut self) {
         let mut attempt = 0u32;
         let saved = loop {
-            match cursor::load(&self.cfg.cursor_path, &self.cfg.stream_name).await {
+            let loaded = match &self.cfg.lease {
+                Some(lease) if lease.keeps_state() => {
+                    cursor::load_shared(lease, &self.cfg.cursor_path, &self.cfg.stream_name).await
+                }
+                _ => cursor::load(&self.cfg.cursor_path, &self.cfg.stream_name).await,
+            };
+            match loaded {
                 Ok(s) => break s,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the NATS relay cursor; retrying");
@@ -245,7 +251,13 @@ impl Relay {
         }
         let cfg = &self.cfg;
         let marks = self.marks.list();
-        match cursor::save(&cfg.cursor_path, &cfg.stream_name, self.published, marks).await {
+        let saved = match &cfg.lease {
+            Some(lease) if lease.keeps_state() => {
+                cursor::save_shared(lease, &cfg.stream_name, self.published, marks).await
+            }
+            _ => cursor::save(&cfg.cursor_path, &cfg.stream_name, self.published, marks).await,
+        };
+        match saved {
             Ok(()) => self.saved = self.published,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot save the NATS relay cursor");

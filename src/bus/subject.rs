@@ -383,6 +383,7 @@ mod tests {
             &ss,
             SourceConnectionEvent::SourceConnectionDeleted {
                 source_connection_id: scid,
+                with_collection: false,
             },
         )
         .await;

@@ -23,7 +23,7 @@
 use super::sign;
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncjobs_actors::command::{self, CommandError};
@@ -119,8 +119,8 @@ struct Shared {
     projection: Projection,
     config: DispatchConfig,
     client: HttpClient,
-    /// Subscriptions with an attempt in flight.
-    busy: Mutex<HashSet<Uuid>>,
+    /// Subscriptions with an attempt in flight, and when each last finished one.
+    turns: Mutex<Turns>,
     /// An attempt ended: its subscription may take the next one.
     done: Notify,
     slots: Semaphore,
@@ -187,6 +187,16 @@ pub fn spawn_dispatcher(
     config: DispatchConfig,
 ) -> Result<DispatcherHandle, DispatchError> {
     let client = client(config.timeout)?;
+    Ok(spawn_with(store, clock, projection, config, client))
+}
+
+fn spawn_with(
+    store: Arc<dyn EventStore>,
+    clock: SharedClock,
+    projection: Projection,
+    config: DispatchConfig,
+    client: HttpClient,
+) -> DispatcherHandle {
     let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
         store,
@@ -195,17 +205,82 @@ pub fn spawn_dispatcher(
         slots: Semaphore::new(config.concurrency.max(1)),
         config,
         client,
-        busy: Mutex::new(HashSet::new()),
+        turns: Mutex::new(Turns::default()),
         done: Notify::new(),
         stop: stop.clone(),
     });
     // A read of the model holds its connection across awaits (not Send): the loop runs on
     // the current thread (an actix arbiter, as every reader of the model in the server).
     let task = actix_rt::spawn(run(shared));
-    Ok(DispatcherHandle {
+    DispatcherHandle {
         stop,
         task: Some(task),
-    })
+    }
+}
+
+/// The dispatcher as a duty of one node at a time ([`crate::duty`]): two dispatchers would
+/// each POST every message (the log lets only one record each attempt, but both are made).
+/// A new holder finds in the read model every delivery not recorded as done, those the last
+/// holder had in flight included, and makes them again (at least once, same `webhook-id`).
+pub struct DispatcherDuty {
+    store: Arc<dyn EventStore>,
+    clock: SharedClock,
+    projection: Projection,
+    config: DispatchConfig,
+    client: HttpClient,
+}
+
+impl DispatcherDuty {
+    /// Fails (at start-up, not at the first take) when TLS cannot be set up.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        clock: SharedClock,
+        projection: Projection,
+        config: DispatchConfig,
+    ) -> Result<DispatcherDuty, DispatchError> {
+        Ok(DispatcherDuty {
+            client: client(config.timeout)?,
+            store,
+            clock,
+            projection,
+            config,
+        })
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl crate::duty::Duty for DispatcherDuty {
+    type Running = DispatcherHandle;
+
+    /// The read model has caught up with the log (start-up waits for it), so every attempt
+    /// recorded by an earlier holder is folded and none that succeeded is made again.
+    fn start(
+        &mut self,
+        _lease: Arc<syncjobs_domain::store::Lease>,
+    ) -> Result<DispatcherHandle, String> {
+        Ok(spawn_with(
+            self.store.clone(),
+            self.clock.clone(),
+            self.projection.clone(),
+            self.config.clone(),
+            self.client.clone(),
+        ))
+    }
+
+    /// Either way at once: attempts in flight are abandoned (unrecorded: made again by the
+    /// next holder).
+    async fn stop(&mut self, dispatcher: DispatcherHandle, _lost: bool) {
+        dispatcher.shutdown().await;
+    }
+}
+
+/// Which subscriptions have an attempt in flight, and when each last finished one (a count
+/// of finished attempts, over all subscriptions).
+#[derive(Default)]
+struct Turns {
+    busy: HashSet<Uuid>,
+    finished: u64,
+    finished_at: HashMap<Uuid, u64>,
 }
 
 async fn run(shared: Arc<Shared>) {
@@ -213,6 +288,7 @@ async fn run(shared: Arc<Shared>) {
     loop {
         position.borrow_and_update();
         let now = shared.clock.now();
+        let read_after = lock(&shared.turns).finished;
         let due = shared
             .projection
             .read(async |m| m.due_webhook_deliveries(now, BATCH).await)
@@ -220,7 +296,7 @@ async fn run(shared: Arc<Shared>) {
         let wait = match due {
             Ok(due) => {
                 for d in due {
-                    start(&shared, d);
+                    start(&shared, d, read_after);
                 }
                 shared.config.poll_every
             }
@@ -238,11 +314,22 @@ async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Starts the attempt unless its subscription has one in flight.
-fn start(shared: &Arc<Shared>, d: DueDelivery) {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts the attempt unless its subscription has one in flight, or finished one after the
+/// read that found `d` due began (`read_after` attempts had finished then): that read may
+/// predate the attempt's record, and would make it again. The attempt's end wakes the loop,
+/// whose next read is then fresh.
+fn start(shared: &Arc<Shared>, d: DueDelivery, read_after: u64) {
     {
-        let mut busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !busy.insert(d.subscription_id) {
+        let mut turns = lock(&shared.turns);
+        let stale = turns
+            .finished_at
+            .get(&d.subscription_id)
+            .is_some_and(|&at| at > read_after);
+        if stale || !turns.busy.insert(d.subscription_id) {
             return;
         }
     }
@@ -255,11 +342,13 @@ fn start(shared: &Arc<Shared>, d: DueDelivery) {
                 _ = attempt(&shared, d) => {}
             }
         }
-        shared
-            .busy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&subscription_id);
+        {
+            let mut turns = lock(&shared.turns);
+            turns.finished += 1;
+            let at = turns.finished;
+            turns.finished_at.insert(subscription_id, at);
+            turns.busy.remove(&subscription_id);
+        }
         shared.done.notify_one();
     });
 }

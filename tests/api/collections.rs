@@ -216,3 +216,148 @@ impl crate::helpers::TestApp {
         c
     }
 }
+
+async fn patch(app: &crate::helpers::TestApp, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (status, v) = app
+        .request_as(Some(&app.key), reqwest::Method::PATCH, path, body)
+        .await;
+    (status.as_u16(), v)
+}
+
+#[actix_web::test]
+async fn patch_renames_a_collection_and_keeps_its_readable_id() {
+    let app = spawn_app().await;
+    let (_, c) = app
+        .post(
+            "/collections",
+            json!({"name": "Finance Data", "readable_id": "finance-data"}),
+        )
+        .await;
+    // Airweave's CollectionUpdate: `name`, `sync_config`; `readable_id` is not one of its
+    // fields and never changes.
+    let (status, renamed) = patch(
+        &app,
+        "/collections/finance-data",
+        Some(json!({"name": "Finance Archive", "readable_id": "moved", "sync_config": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(renamed["name"], "Finance Archive");
+    for same in [
+        "id",
+        "readable_id",
+        "organization_id",
+        "created_at",
+        "status",
+    ] {
+        assert_eq!(renamed[same], c[same], "{same}");
+    }
+    assert_timestamp(&renamed["modified_at"]);
+    assert!(
+        renamed["modified_at"].as_str() > c["modified_at"].as_str(),
+        "{renamed}"
+    );
+    assert_eq!(app.get("/collections/finance-data").await.1, renamed);
+    assert_eq!(app.get("/collections/moved").await.0, 404);
+    let (_, list) = app.get("/collections").await;
+    assert_eq!(list, json!([renamed.clone()]));
+
+    // Changing nothing is still an answer (Airweave's too): the collection as it is, its
+    // modified_at untouched. A trailing slash is the same route.
+    for body in [
+        json!({}),
+        json!({"name": null}),
+        json!({"name": "Finance Archive"}),
+        json!({"sync_config": {"handlers": {"enable_vector_handlers": false}}}),
+    ] {
+        let (status, same) = patch(&app, "/collections/finance-data/", Some(body.clone())).await;
+        assert_eq!((status, &same), (200, &renamed), "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn a_refused_patch_says_why_and_changes_nothing() {
+    let app = spawn_app().await;
+    let c = app.collection("Kept As Is").await;
+    let path = format!("/collections/{}", c["readable_id"].as_str().unwrap());
+    let detail = |text: &str| json!({ "detail": text });
+    for (body, status, why) in [
+        (
+            Some(json!({"name": "abc"})),
+            422,
+            detail("name: must be between 4 and 64 characters (got 3)"),
+        ),
+        (
+            Some(json!({"name": "x".repeat(65)})),
+            422,
+            detail("name: must be between 4 and 64 characters (got 65)"),
+        ),
+        (
+            Some(json!({"name": 42})),
+            422,
+            detail("name: expected a string, got a number"),
+        ),
+        (
+            Some(json!({"name": "tab\there"})),
+            422,
+            detail("name: control characters are not allowed (U+0009 at character 4)"),
+        ),
+        (
+            Some(json!({"sync_config": "fast"})),
+            422,
+            detail("sync_config: expected an object, got a string"),
+        ),
+        (
+            Some(json!(["name"])),
+            422,
+            detail("Request body must be a JSON object"),
+        ),
+        (
+            None,
+            422,
+            detail("Request body is required (a JSON object)"),
+        ),
+    ] {
+        assert_eq!(
+            patch(&app, &path, body.clone()).await,
+            (status, why),
+            "{body:?}"
+        );
+    }
+    // The body is checked first (FastAPI validates before the handler looks anything up).
+    assert_eq!(
+        patch(&app, "/collections/nope", Some(json!({"name": "ab"})))
+            .await
+            .0,
+        422
+    );
+    let not_found = (404, detail("Collection not found"));
+    assert_eq!(
+        patch(
+            &app,
+            "/collections/nope",
+            Some(json!({"name": "Good Name"}))
+        )
+        .await,
+        not_found
+    );
+    let (status, v) = app
+        .request_as(
+            Some(&app.other_key),
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"name": "Not Theirs"})),
+        )
+        .await;
+    assert_eq!((status.as_u16(), v), not_found, "another organization's");
+    let (status, v) = app
+        .request_as(
+            None,
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"name": "Anon Name"})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 401, "{v}");
+    assert_eq!(app.get(&path).await.1, c, "nothing changed");
+}

@@ -24,4 +24,5 @@ mod sse_client;
 mod subscribe;
 mod ui;
 mod webhook_delivery;
+mod webhook_payloads;
 mod webhooks;

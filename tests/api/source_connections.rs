@@ -265,3 +265,149 @@ async fn entities_live_beside_the_store_and_go_with_their_connection() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(app.entity_count(sc).await, 0, "its entities went with it");
 }
+
+/// A stub source connection in `collection` (no first sync); its body.
+async fn stub(app: &crate::helpers::TestApp, collection: &str, config: Value) -> (u16, Value) {
+    let (status, body) = app
+        .post(
+            "/source-connections",
+            json!({
+                "short_name": "stub",
+                "readable_collection_id": collection,
+                "config": config,
+                "authentication": {"credentials": {"stub_key": "anything"}},
+                "sync_immediately": false,
+            }),
+        )
+        .await;
+    (status.as_u16(), body)
+}
+
+#[actix_web::test]
+async fn the_stub_source_syncs_its_entities_and_fails_on_purpose_with_fail_after() {
+    let app = spawn_app().await;
+    app.collection_with_id("stubbed").await;
+    let (status, sc) = stub(&app, "stubbed", json!({"entity_count": 25, "seed": 3})).await;
+    assert_eq!(status, 200, "{sc}");
+    assert_eq!(sc["short_name"], "stub");
+    assert_eq!(sc["name"], "Stub Connection");
+    assert_eq!(
+        sc["config"],
+        json!({"entity_count": 25, "seed": 3, "generation_delay_ms": 0,
+               "small_entity_weight": 30, "medium_entity_weight": 30, "large_entity_weight": 10,
+               "small_file_weight": 15, "large_file_weight": 5, "code_file_weight": 10,
+               "inject_special_tokens": false, "custom_content_prefix": null, "fail_after": -1}),
+        "every field, defaults filled in"
+    );
+    let sc_id = id(&sc);
+    let job = id(&app.run(sc_id).await);
+    let done = app.wait_status(sc_id, job, "completed").await;
+    assert_eq!(
+        done["entities_inserted"], 25,
+        "the container counts, as in Airweave"
+    );
+    assert_eq!(done["error"], Value::Null);
+    assert_eq!(app.entity_count(sc_id).await, 25);
+
+    // fail_after: the run fails on purpose, with Airweave's words.
+    let (status, failing) = stub(
+        &app,
+        "stubbed",
+        json!({"entity_count": 1000, "fail_after": 4, "generation_delay_ms": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{failing}");
+    let failing = id(&failing);
+    let job = id(&app.run(failing).await);
+    let failed = app.wait_status(failing, job, "failed").await;
+    assert_eq!(
+        failed["error"],
+        "source error: Stub source simulated failure after 4 entities (fail_after=4)",
+        "{failed}"
+    );
+    // What was written before the failure stays, and is what the job counts.
+    let written = failed["entities_inserted"].as_u64().unwrap();
+    assert!(written <= 5, "{failed}");
+    assert_eq!(app.entity_count(failing).await, written);
+    let (_, after) = app.get(&format!("/source-connections/{failing}")).await;
+    assert_eq!(after["status"], "error", "{after}");
+    assert_eq!(after["sync"]["failed_runs"], 1);
+}
+
+#[actix_web::test]
+async fn a_stub_config_or_credential_that_is_not_airweaves_is_refused_by_name() {
+    let app = spawn_app().await;
+    app.collection_with_id("stubbed").await;
+    for (config, detail) in [
+        (
+            json!({"entity_count": 0}),
+            "config.entity_count must be between 1 and 100000",
+        ),
+        (
+            json!({"fail_after": -2}),
+            "config.fail_after must be between -1 and 100000",
+        ),
+        (
+            json!({"fail_after": 1.5}),
+            "config.fail_after must be an integer between -1 and 100000",
+        ),
+        (
+            json!({"generation_delay_ms": 20000}),
+            "config.generation_delay_ms must be between 0 and 10000",
+        ),
+        (
+            json!({"large_file_weight": 101}),
+            "config.large_file_weight must be between 0 and 100",
+        ),
+        (
+            json!({"inject_special_tokens": "yes"}),
+            "config.inject_special_tokens must be a boolean",
+        ),
+        (json!([1]), "config: expected an object, got an array"),
+    ] {
+        let (status, body) = stub(&app, "stubbed", config.clone()).await;
+        assert_eq!(
+            (status, body),
+            (422, json!({ "detail": detail })),
+            "{config}"
+        );
+    }
+    // A key of the timed source is no key of the stub's.
+    let (status, body) = stub(&app, "stubbed", json!({"duration_seconds": 5})).await;
+    assert_eq!(status, 422, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("config.duration_seconds is not a field of the stub source (fields: entity_count, seed, generation_delay_ms"),
+        "{detail}"
+    );
+    let (status, body) = app
+        .post(
+            "/source-connections",
+            json!({"short_name": "stub", "readable_collection_id": "stubbed",
+                   "authentication": {"credentials": {"stub_key": 7}}}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body),
+        (
+            422,
+            json!({"detail": "authentication.credentials.stub_key must be a string"})
+        )
+    );
+    // The timed source's key likewise.
+    let (status, body) = app
+        .post(
+            "/source-connections",
+            json!({"short_name": "timed", "readable_collection_id": "stubbed",
+                   "authentication": {"credentials": {"timed_key": ["x"]}}}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body),
+        (
+            422,
+            json!({"detail": "authentication.credentials.timed_key must be a string"})
+        )
+    );
+    assert_eq!(app.get("/source-connections").await.1, json!([]));
+}

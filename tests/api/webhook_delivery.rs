@@ -228,7 +228,6 @@ async fn lifecycle_events_arrive_once_per_subscription_in_order_and_signed() {
         "source_type",
         "collection_name",
         "collection_readable_id",
-        "status",
         "entities_inserted",
         "entities_updated",
         "entities_deleted",
@@ -245,7 +244,6 @@ async fn lifecycle_events_arrive_once_per_subscription_in_order_and_signed() {
     assert_eq!(p["collection_readable_id"], c["readable_id"]);
     assert_eq!(p["organization_id"], c["organization_id"]);
     assert_eq!(p["source_type"], "timed");
-    assert_eq!(p["status"], "completed");
     assert_eq!(p["entities_inserted"], finished["entities_inserted"]);
     assert!(p["entities_inserted"].as_u64().unwrap() >= 3, "{p}");
     assert_eq!(p["error"], Value::Null);
@@ -292,7 +290,7 @@ async fn a_cancelled_sync_sends_cancelling_then_cancelled_and_nothing_after() {
         m.verify(&secret);
         assert_eq!(m.json()["sync_job_id"], job.to_string());
     }
-    assert_eq!(got[3].json()["status"], "cancelled");
+    assert_eq!(got[3].json()["event_type"], "sync.cancelled");
 }
 
 #[actix_web::test]
@@ -322,7 +320,6 @@ async fn a_forced_cancel_s_sync_cancelled_says_it_was_forced() {
     let payload = got[0].json();
     assert_eq!(payload["event_type"], "sync.cancelled");
     assert_eq!(payload["sync_job_id"], job.to_string());
-    assert_eq!(payload["status"], "cancelled");
     let error = payload["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("forced by the watchdog") && error.contains("2 seconds"),
@@ -756,4 +753,41 @@ async fn re_enabling_with_recover_since_sends_the_failed_messages_again() {
     assert_eq!(got[1].header("webhook-id"), first[0].header("webhook-id"));
     // Only the failed one: the message made while disabled had no delivery to recover.
     assert_eq!(r.settled("/h").await.len(), 2);
+}
+
+#[actix_web::test]
+async fn a_stub_sync_that_fails_on_purpose_sends_a_signed_sync_failed() {
+    let app = spawn_app().await;
+    let r = Receiver::start(0, &[]);
+    let (_, secret) = subscribe(&app, &app.key, &r.url("/failed"), &["sync.failed"]).await;
+    let c = app.collection("Failing On Purpose").await;
+    let (status, sc) = app
+        .post(
+            "/source-connections",
+            json!({"short_name": "stub", "readable_collection_id": c["readable_id"],
+                   "config": {"entity_count": 50, "fail_after": 2},
+                   "authentication": {"credentials": {"stub_key": "stub"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sc}");
+    let sc = id(&sc);
+    // sync_immediately (the default) started its first job.
+    let (_, jobs) = app.get(&format!("/source-connections/{sc}/jobs")).await;
+    let job = id(&jobs[0]);
+    let failed = app.wait_status(sc, job, "failed").await;
+    let got = r.wait_for("/failed", 1).await;
+    got[0].verify(&secret);
+    let p = got[0].json();
+    assert_eq!(p["event_type"], "sync.failed");
+    assert_eq!(p["sync_job_id"], job.to_string());
+    assert_eq!(p["source_type"], "stub");
+    assert_eq!(p["error"], failed["error"]);
+    assert!(
+        p["error"]
+            .as_str()
+            .unwrap()
+            .contains("Stub source simulated failure after 2 entities (fail_after=2)"),
+        "{p}"
+    );
+    assert_eq!(r.settled("/failed").await, ["sync.failed"]);
 }

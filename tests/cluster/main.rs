@@ -7,6 +7,7 @@
 //! it the tests say they are skipped and pass, unless `SYNCJOBS_REQUIRE_SERVICES=1`, where
 //! they fail.
 
+mod duties;
 mod node;
 
 use node::{Cluster, ClusterSpec};

@@ -40,6 +40,8 @@ pub struct ClusterSpec {
     pub liveness: Option<(u64, u64)>,
     /// SYNCJOBS_DRAIN_SECONDS (None: the default, 20).
     pub drain_seconds: Option<u64>,
+    /// More environment for every node (NATS_URL and the relay's names, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterSpec {
@@ -53,6 +55,7 @@ impl Default for ClusterSpec {
             cancel_timeout_seconds: 120,
             liveness: None,
             drain_seconds: None,
+            env: Vec::new(),
         }
     }
 }
@@ -150,6 +153,9 @@ fn start_node(
     if let Some(drain) = spec.drain_seconds {
         cmd.env("SYNCJOBS_DRAIN_SECONDS", drain.to_string());
     }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
     if let Some((heartbeat, timeout)) = spec.liveness {
         cmd.env("SYNCJOBS_WORKER_HEARTBEAT_SECONDS", heartbeat.to_string())
             .env("SYNCJOBS_WORKER_TIMEOUT_SECONDS", timeout.to_string());
@@ -220,6 +226,26 @@ fn start_node(
             }
         }
     })
+}
+
+/// SIGTERM to `node`; waits until it has stopped.
+async fn stop(node: &mut Node) -> std::process::ExitStatus {
+    let pid = node.child.id() as libc::pid_t;
+    // SAFETY: a signal to a child this test started and has not reaped yet.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "SIGTERM to {}", node.id);
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    loop {
+        if let Some(status) = node.child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} did not stop",
+            node.id
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 impl Cluster {
@@ -311,6 +337,44 @@ impl Cluster {
         assert_eq!(sent, 0, "SIGKILL to {}", self.workers[i].id);
     }
 
+    /// SIGKILL to API node `i`.
+    pub fn kill_api(&self, i: usize) {
+        let pid = self.apis[i].child.id() as libc::pid_t;
+        // SAFETY: a signal to a child this test started and has not reaped yet.
+        let sent = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(sent, 0, "SIGKILL to {}", self.apis[i].id);
+    }
+
+    /// What API node `i` has logged so far (JSON lines).
+    pub fn api_logs(&self, i: usize) -> String {
+        self.apis[i]
+            .logs
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn api_id(&self, i: usize) -> String {
+        self.apis[i].id.clone()
+    }
+
+    /// The whole log, in order.
+    pub async fn log(&self) -> Vec<RecordedEvent> {
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map_or(0, |e: &RecordedEvent| e.global_position);
+            let batch = self
+                .store
+                .read_all(after, 4096)
+                .await
+                .expect("the log reads");
+            if batch.is_empty() {
+                return all;
+            }
+            all.extend(batch);
+        }
+    }
+
     /// SIGKILL to every node at once (the database stays): nothing is written on the way.
     pub fn kill_all(&mut self) {
         for node in self.apis.iter_mut().chain(self.workers.iter_mut()) {
@@ -350,22 +414,12 @@ impl Cluster {
 
     /// SIGTERM to worker `i`: a graceful stop (it drains); waits until it exits (bounded).
     pub async fn stop_worker(&mut self, i: usize) -> std::process::ExitStatus {
-        let pid = self.workers[i].child.id() as libc::pid_t;
-        // SAFETY: a signal to a child this test started and has not reaped yet.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM to {}", self.workers[i].id);
-        let deadline = tokio::time::Instant::now() + WAIT_BOUND;
-        loop {
-            if let Some(status) = self.workers[i].child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} did not stop",
-                self.workers[i].id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        stop(&mut self.workers[i]).await
+    }
+
+    /// SIGTERM to API node `i`; waits until it has stopped.
+    pub async fn stop_api(&mut self, i: usize) -> std::process::ExitStatus {
+        stop(&mut self.apis[i]).await
     }
 
     /// `syncjobs verify` over the shared database: its exit status and output.

@@ -1,9 +1,9 @@
 """Drives a running syncjobs with Airweave's official Python SDK (airweave-sdk), unchanged.
 
 Usage: python airweave_sdk_check.py BASE_URL API_KEY
-Walks the life of a sync as a new user would: create a collection, a `timed` source
-connection, run it, watch it run, cancel it, see it cancelled, and hit the errors the
-contract promises. Exits non-zero (with the reason) on the first broken promise.
+Walks the life of a sync as a new user would: create a collection (and rename it), a
+`timed` source connection, run it, watch it run, cancel it, see it cancelled, make a `stub`
+sync fail on purpose, and hit the errors the contract promises. Exits non-zero (with the reason) on the first broken promise.
 """
 
 import sys
@@ -44,6 +44,13 @@ def main(base_url, api_key):
     assert collection.vector_size == 0 and collection.embedding_model_name == "none"
     assert client.collections.get(collection.readable_id).id == collection.id
     assert any(c.id == collection.id for c in client.collections.list(limit=100))
+
+    # PATCH: the SDK's update, the name changed, the readable id kept.
+    renamed = client.collections.update(collection.readable_id, name=f"SDK renamed {suffix}")
+    assert renamed.id == collection.id and renamed.name == f"SDK renamed {suffix}", renamed
+    assert renamed.readable_id == collection.readable_id, renamed
+    assert client.collections.get(collection.readable_id).name == renamed.name
+    expect_error(404, "Collection not found", lambda: client.collections.update("no-such-collection", name="Good Name"))
 
     sc = client.source_connections.create(
         short_name="timed",
@@ -91,6 +98,23 @@ def main(base_url, api_key):
     )
 
     expect_error(400, "Cannot cancel job in cancelled state", lambda: client.source_connections.cancel_job(sc.id, job.id))
+
+    # Airweave's stub source: a sync that fails on purpose.
+    stub = client.source_connections.create(
+        short_name="stub",
+        readable_collection_id=collection.readable_id,
+        name="Stub source",
+        config={"entity_count": 50, "fail_after": 3},
+        authentication={"credentials": {"stub_key": "stub"}},
+    )
+    assert stub.short_name == "stub" and stub.config["fail_after"] == 3, stub.config
+
+    def stub_failed():
+        jobs = client.source_connections.get_source_connection_jobs(stub.id)
+        return jobs[0] if jobs and str(jobs[0].status).lower().endswith("failed") else None
+
+    failed = wait_for("the stub's job to fail", stub_failed)
+    assert "Stub source simulated failure after 3 entities (fail_after=3)" in (failed.error or ""), failed.error
     expect_error(404, "Source connection not found", lambda: client.source_connections.get("00000000-0000-4000-8000-000000000000"))
     expect_error(404, "Collection not found", lambda: client.collections.get("no-such-collection"))
 

@@ -12,7 +12,7 @@ use syncjobs_domain::{
 use uuid::Uuid;
 
 /// Every event type name the store records.
-pub const TYPES: [&str; 19] = [
+pub const TYPES: [&str; 20] = [
     "JobCreated",
     "JobStarted",
     "ProgressRecorded",
@@ -22,6 +22,7 @@ pub const TYPES: [&str; 19] = [
     "Cancelled",
     "ForceCancelled",
     "CollectionCreated",
+    "CollectionUpdated",
     "CollectionDeleted",
     "SourceConnectionCreated",
     "SourceConnectionDeleted",
@@ -176,6 +177,9 @@ pub fn event() -> impl Strategy<Value = Event> {
                 readable_id,
             })
         }),
+        1 => (uuid(), prop::option::of(text())).prop_map(|(c, name)| Event::Collection(
+            CollectionEvent::CollectionUpdated { collection_id: c, name }
+        )),
         1 => uuid().prop_map(|c| Event::Collection(CollectionEvent::CollectionDeleted {
             collection_id: c
         })),
@@ -197,8 +201,8 @@ pub fn event() -> impl Strategy<Value = Event> {
                     authenticated,
                 })
             }),
-        1 => uuid().prop_map(|s| Event::SourceConnection(
-            SourceConnectionEvent::SourceConnectionDeleted { source_connection_id: s }
+        1 => (uuid(), any::<bool>()).prop_map(|(s, with_collection)| Event::SourceConnection(
+            SourceConnectionEvent::SourceConnectionDeleted { source_connection_id: s, with_collection }
         )),
         1 => (uuid(), text()).prop_map(|(o, name)| Event::Access(
             AccessEvent::OrganizationCreated { organization_id: o, name }

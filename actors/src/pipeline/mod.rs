@@ -9,6 +9,7 @@
 //!
 //! - [`source`]: the `Source` trait, the registry, config validation.
 //! - [`timed`]: Airweave's `timed` test source.
+//! - [`stub`]: Airweave's `stub` test source (weighted kinds of entities, `fail_after`).
 //! - [`entity`]: entities and their content hash.
 //! - [`destination`]: the `EntitySink` trait and the embedded SQLite destination.
 //! - [`memory`]: an in-memory destination for tests.
@@ -20,6 +21,7 @@ pub mod destination;
 pub mod entity;
 pub mod memory;
 pub mod source;
+pub mod stub;
 pub mod timed;
 
 #[cfg(test)]
@@ -31,8 +33,8 @@ pub use destination::{
 pub use entity::{Entity, EntityRecord, ProcessingError};
 pub use memory::MemoryDestination;
 pub use source::{
-    known_sources, open_source, validate_source_config, EntityStream, Source, SourceConfigError,
-    SourceError,
+    known_sources, open_source, validate_credentials, validate_source_config, EntityStream, Source,
+    SourceConfigError, SourceError,
 };
 
 use crate::runner::{ProgressSink, RunOutcome, RunSpec, SyncRunner};

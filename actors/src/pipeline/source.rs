@@ -6,6 +6,7 @@
 //! upstream API that hangs) keeps the run alive; only the watchdog ends such a job.
 
 use super::entity::Entity;
+use super::stub::{StubConfig, StubSource};
 use super::timed::{TimedConfig, TimedSource};
 use futures::stream::BoxStream;
 use serde_json::Value;
@@ -51,7 +52,7 @@ impl SourceConfigError {
     }
 }
 
-const KNOWN_SOURCES: &[&str] = &["timed"];
+const KNOWN_SOURCES: &[&str] = &["timed", "stub"];
 
 /// The short_names a source connection may use.
 pub fn known_sources() -> &'static [&'static str] {
@@ -68,6 +69,21 @@ pub fn validate_source_config(
 ) -> Result<Value, SourceConfigError> {
     match short_name {
         "timed" => Ok(TimedConfig::from_json(config)?.to_json()),
+        "stub" => Ok(StubConfig::from_json(config)?.to_json()),
+        other => Err(SourceConfigError::UnknownSource(other.to_string())),
+    }
+}
+
+/// Checks a source connection's direct credentials for `short_name` (Airweave's auth
+/// config of the source: `timed_key` or `stub_key`, any string, may be left out). They are
+/// never stored.
+pub fn validate_credentials(
+    short_name: &str,
+    credentials: &serde_json::Map<String, Value>,
+) -> Result<(), SourceConfigError> {
+    match short_name {
+        "timed" => super::stub::check_key("timed_key", credentials),
+        "stub" => super::stub::check_key("stub_key", credentials),
         other => Err(SourceConfigError::UnknownSource(other.to_string())),
     }
 }
@@ -77,6 +93,7 @@ pub fn validate_source_config(
 pub fn open_source(short_name: &str, config: &Value) -> Result<Box<dyn Source>, SourceConfigError> {
     match short_name {
         "timed" => Ok(Box::new(TimedSource::new(TimedConfig::from_json(config)?))),
+        "stub" => Ok(Box::new(StubSource::new(StubConfig::from_json(config)?))),
         other => Err(SourceConfigError::UnknownSource(other.to_string())),
     }
 }
@@ -202,6 +219,6 @@ mod tests {
         assert_eq!(err, SourceConfigError::UnknownSource("github".into()));
         assert_eq!(err.to_string(), "Source 'github' not found");
         assert!(open_source("github", &json!({})).is_err());
-        assert_eq!(known_sources(), &["timed"]);
+        assert_eq!(known_sources(), &["timed", "stub"]);
     }
 }

@@ -113,4 +113,8 @@ impl EventStore for FaultyStore {
     async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
         self.inner.heartbeats().await
     }
+
+    async fn try_lease(&self, duty: &str, holder: &str) -> Result<super::LeaseTry, StoreError> {
+        self.inner.try_lease(duty, holder).await
+    }
 }

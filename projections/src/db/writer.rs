@@ -168,6 +168,7 @@ fn live_job(r: &rusqlite::Row<'_>) -> Result<LiveJob, ReadError> {
     Ok(LiveJob {
         state,
         created_position: r.get::<_, i64>(1)? as u64,
+        stored: true,
     })
 }
 
@@ -319,6 +320,13 @@ impl Rows for SqliteRows<'_> {
                 t(&c.modified_at),
                 c.created_position as i64
             ])?;
+        Ok(())
+    }
+
+    async fn rename_collection(&self, id: Uuid, name: &str, at: &str) -> Result<(), ReadError> {
+        self.0
+            .prepare_cached("UPDATE collections SET name = ?2, modified_at = ?3 WHERE id = ?1")?
+            .execute(params![id, name, at])?;
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! - [`store`]: [`PgStore`], the store: a pool of connections on a small runtime of its own
 //!   (so it works from actix's single-threaded arbiters and from blocking start-up code).
 //! - [`writer`]: the node's one writer, which group-commits its appends under the append lock.
+//! - [`lease`]: leases on duties one node performs at a time (session advisory locks).
 //! - [`listen`]: the node's listener (`LISTEN`/`NOTIFY`), which wakes followers.
 //! - [`destination`]: [`PgDestination`], the destination (synced entities) in the same
 //!   database, for the nodes' workers to share; its method is in its module docs.
@@ -66,6 +67,7 @@
 
 pub mod destination;
 mod error;
+pub mod lease;
 pub mod listen;
 pub mod migrate;
 pub mod store;

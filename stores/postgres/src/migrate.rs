@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "worker_heartbeats",
         include_str!("../migrations/0003_worker_heartbeats.sql"),
     ),
+    (4, "leases", include_str!("../migrations/0004_leases.sql")),
 ];
 
 /// The advisory lock key migrations are applied under ("syncjobs" + 0).

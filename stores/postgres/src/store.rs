@@ -2,7 +2,7 @@
 
 use crate::error::{connection_gone, pool_error, store_error};
 use crate::writer::{Prepared, Request};
-use crate::{listen, migrate, writer};
+use crate::{lease, listen, migrate, writer};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncjobs_domain::events::{Event, Metadata, NewEvent, RecordedEvent};
 use syncjobs_domain::redact::redact;
+use syncjobs_domain::store::LeaseTry;
 use syncjobs_domain::{EventStore, ExpectedVersion, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{NoTls, Row};
@@ -72,6 +73,10 @@ pub(crate) struct Shared {
     /// Why the listener cannot listen, while it cannot (set once a reconnect fails, so a
     /// lost connection that is made again at once never shows).
     pub(crate) unreachable: Mutex<Option<String>>,
+    /// The connection settings, for the connections of the node's own (leases).
+    pub(crate) config: tokio_postgres::Config,
+    /// Standbys' lease connections, kept for their next try.
+    pub(crate) standbys: crate::lease::Standbys,
 }
 
 impl Shared {
@@ -396,6 +401,8 @@ async fn start(url: String, schema: Schema, timeouts: Timeouts) -> Result<Starte
         failure: Mutex::new(None),
         listening: watch::channel(false).0,
         unreachable: Mutex::new(None),
+        config: config.clone(),
+        standbys: Default::default(),
     });
     let (requests, rx) = mpsc::channel(QUEUE_CAPACITY);
     let stop = CancellationToken::new();
@@ -502,6 +509,13 @@ impl EventStore for PgStore {
             Ok(())
         })
         .await
+    }
+
+    /// A session advisory lock on a connection of the lease's own: see [`crate::lease`].
+    async fn try_lease(&self, duty: &str, holder: &str) -> Result<LeaseTry, StoreError> {
+        let (shared, duty, holder) = (self.shared.clone(), duty.to_owned(), holder.to_owned());
+        self.on_runtime(lease::try_lease(shared, duty, holder))
+            .await
     }
 
     async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {

@@ -184,6 +184,14 @@ impl EventStore for OwningStore {
     async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
         self.store.heartbeats().await
     }
+
+    async fn try_lease(
+        &self,
+        duty: &str,
+        holder: &str,
+    ) -> Result<syncjobs_domain::store::LeaseTry, StoreError> {
+        self.store.try_lease(duty, holder).await
+    }
 }
 
 /// What a [`FaultProxy`] does with the traffic.

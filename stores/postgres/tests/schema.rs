@@ -47,6 +47,7 @@ async fn nodes_starting_together_apply_each_migration_once() {
             "syncjobs_entities",
             "syncjobs_entity_writes",
             "syncjobs_events",
+            "syncjobs_leases",
             "syncjobs_migrations",
             "syncjobs_worker_heartbeats"
         ]
