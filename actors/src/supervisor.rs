@@ -1120,7 +1120,7 @@ impl StreamHandler<Result<Vec<RecordedEvent>, StoreError>> for Supervisor {
 ///
 /// This is how "one active job per source connection" holds across API nodes, through the
 /// log alone: a connection's jobs form a chain whose ids are derived, each from the one
-/// before it (a name-based UUID of the connection and the previous job). A job is created
+/// before it (the connection, and the previous job's place in the chain). A job is created
 /// only after its predecessor is seen final in the log, and its creation is an append of
 /// JobCreated to its derived stream expecting the stream to be empty. Two creates that
 /// raced after the same final job derive the same id, so exactly one append lands; the
@@ -1128,23 +1128,61 @@ impl StreamHandler<Result<Vec<RecordedEvent>, StoreError>> for Supervisor {
 /// active". A create that started from a stale hint (its read model lags) walks the chain
 /// forward, one read per job it did not know, until it finds the active job or the free
 /// slot. One append, on any backend with expected versions; no second step that a crash
-/// could leave half done. Jobs created before the chain (random ids) are where it starts
-/// from: the read model names one as the connection's latest job.
+/// could leave half done. Jobs created before the chain (random ids, or the first chain's
+/// hashed ids) are where it starts from: the read model names one as the connection's
+/// latest job.
+///
+/// The id's layout (a version-8, "custom", UUID), in byte order, which is the order every
+/// index of job ids sorts in:
+/// - bytes 0-8: a SHA-256 of the connection (the same for all of its jobs);
+/// - bytes 9-12: the job's place in the chain, big-endian (the next job's is one more);
+/// - bytes 13-15: a SHA-256 of the connection and the previous job.
+///
+/// So a connection's jobs sit together, in the order they were created, in the indexes by
+/// job id: deleting a connection removes one run of index entries instead of a hundred
+/// thousand scattered ones (bench #9: the purge of 100k jobs took 2.7 s with random ids,
+/// 0.5 s with these, in a SQLite experiment of the same shape), and a first start inserts
+/// them in order. The ids are predictable from the connection's id; they grant nothing:
+/// every read and command checks the caller's organization.
 pub fn job_after(sc: Uuid, previous: Option<Uuid>) -> Uuid {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     hash.update(JOB_CHAIN_DOMAIN);
     hash.update(sc.as_bytes());
+    let of_connection = hash.clone().finalize();
     hash.update(previous.unwrap_or_else(Uuid::nil).as_bytes());
-    let digest = hash.finalize();
+    let of_link = hash.finalize();
     let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    // A version-8 ("custom") UUID: derived from a name, with SHA-256 rather than v5's SHA-1.
+    bytes[..9].copy_from_slice(&of_connection[..9]);
+    let place = match previous {
+        None => 0,
+        // After a job of this layout on the same connection: its place, plus one. After
+        // anything else (a job from before this layout): a fresh run, from 1.
+        Some(p) if p.as_bytes()[..9] == stamped(bytes)[..9] => chain_place(p).wrapping_add(1),
+        Some(_) => 1,
+    };
+    bytes[9..13].copy_from_slice(&place.to_be_bytes());
+    bytes[13..].copy_from_slice(&of_link[..3]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// Keeps [`job_after`]'s ids apart from any other name-based id.
-const JOB_CHAIN_DOMAIN: &[u8] = b"syncjobs job chain v1";
+/// The bytes as [`uuid::Builder::from_custom_bytes`] leaves them (version and variant
+/// bits set), to compare a stored id's connection part with.
+fn stamped(bytes: [u8; 16]) -> [u8; 16] {
+    *uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .as_bytes()
+}
+
+/// A chain job's place in its connection's chain (see [`job_after`]).
+fn chain_place(job: Uuid) -> u32 {
+    let b = job.as_bytes();
+    u32::from_be_bytes([b[9], b[10], b[11], b[12]])
+}
+
+/// Keeps [`job_after`]'s ids apart from any other name-based id (v1 hashed the connection
+/// and the previous job into all 16 bytes).
+const JOB_CHAIN_DOMAIN: &[u8] = b"syncjobs job chain v2";
 
 /// How many jobs a create walks along a connection's chain before it gives up (and answers
 /// that the store is busy): far more than a read model lags behind.
@@ -1585,5 +1623,62 @@ impl Jobs {
             .send(GetStats)
             .await
             .map_err(|_| JobsError::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    fn chain(sc: Uuid, from: Option<Uuid>, n: usize) -> Vec<Uuid> {
+        let mut out = Vec::with_capacity(n);
+        let mut previous = from;
+        for _ in 0..n {
+            let next = job_after(sc, previous);
+            out.push(next);
+            previous = Some(next);
+        }
+        out
+    }
+
+    #[test]
+    fn a_connections_jobs_are_derived_alike_by_every_node() {
+        let sc = Uuid::new_v4();
+        assert_eq!(chain(sc, None, 5), chain(sc, None, 5));
+        let ids = chain(sc, None, 5);
+        assert_eq!(job_after(sc, Some(ids[2])), ids[3]);
+        assert!(ids.iter().all(|id| id.get_version_num() == 8));
+    }
+
+    #[test]
+    fn a_connections_jobs_sort_together_in_the_order_they_were_created() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let ids_a = chain(a, None, 300);
+        let mut sorted = ids_a.clone();
+        sorted.sort();
+        assert_eq!(sorted, ids_a, "byte order is creation order");
+        let ids_b = chain(b, None, 300);
+        // No job of b falls between the first and the last job of a.
+        let (lo, hi) = (ids_a[0], ids_a[299]);
+        assert!(ids_b.iter().all(|id| *id < lo || *id > hi));
+        let mut all: Vec<Uuid> = ids_a.iter().chain(&ids_b).copied().collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 600, "no id repeats");
+    }
+
+    #[test]
+    fn a_chain_goes_on_from_a_job_of_an_older_layout() {
+        let sc = Uuid::new_v4();
+        let legacy = Uuid::new_v4();
+        let ids = chain(sc, Some(legacy), 3);
+        assert_eq!(
+            ids.iter().map(|id| chain_place(*id)).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_ne!(ids[0], job_after(sc, None));
+        // Another connection's job is not this chain's: a fresh run, not its place + 1.
+        let other = chain(Uuid::new_v4(), None, 4);
+        assert_eq!(chain_place(job_after(sc, Some(other[3]))), 1);
     }
 }

@@ -18,7 +18,6 @@ use crate::workload::{self, SourceConnectionSpec, EVENTS_PER_JOB};
 use crate::Config;
 use chrono::{Duration as TimeDelta, Utc};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use syncjobs_domain::events::{stream, NewEvent};
@@ -316,14 +315,22 @@ pub async fn generate_into(
         .get(heavy_index as usize)
         .copied()
         .filter(|_| heavy_jobs > 0);
+    // Each connection's latest job: ids follow the connection's chain, as the service makes
+    // them (`job_after`), taken under one lock with the job's number so that a
+    // connection's jobs are chained in the order of their times.
+    let chains = Arc::new(std::sync::Mutex::new((
+        0u64,
+        vec![None; connection_ids.len()],
+    )));
     let connection_ids = Arc::new(connection_ids);
-    let next = Arc::new(AtomicU64::new(0));
     let total = jobs + heavy_jobs;
     drain(store, APPENDERS, move || {
-        let j = next.fetch_add(1, Ordering::Relaxed);
+        let mut chains = chains.lock().unwrap_or_else(|p| p.into_inner());
+        let j = chains.0;
         if j >= total {
             return None;
         }
+        chains.0 += 1;
         // The heavy connection's jobs are spread evenly through the log: `h` of the first
         // `j` jobs are its.
         let heavy_before =
@@ -340,10 +347,12 @@ pub async fn generate_into(
             let at = epoch + TimeDelta::minutes(10 * k as i64) + TimeDelta::milliseconds(c as i64);
             (c, at)
         };
-        let job_id = Uuid::new_v4();
+        let sc = connection_ids[c as usize];
+        let job_id = syncjobs_actors::job_after(sc, chains.1[c as usize]);
+        chains.1[c as usize] = Some(job_id);
         Some((
             stream::job(job_id),
-            workload::completed_job(job_id, connection_ids[c as usize], organization_id, at),
+            workload::completed_job(job_id, sc, organization_id, at),
         ))
     })
     .await?;
