@@ -480,6 +480,10 @@ impl EventStore for MeteredStore {
         self.inner.heartbeats().await
     }
 
+    async fn forget_heartbeat(&self, worker: &str) -> Result<(), StoreError> {
+        self.inner.forget_heartbeat(worker).await
+    }
+
     async fn try_lease(
         &self,
         duty: &str,

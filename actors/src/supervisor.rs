@@ -611,9 +611,17 @@ impl Supervisor {
             let worker = w.id.clone();
             let event = NewEvent::new(lost, now, Metadata::caused_by(format!("worker:{me}")));
             let store = self.env.store.clone();
+            let forget = worker.clone();
             ctx.spawn(
-                async move { store.append(&stream_name, expected, vec![event]).await }
-                    .into_actor(self)
+                async move {
+                    let recorded = store.append(&stream_name, expected, vec![event]).await?;
+                    // Recorded lost: its heartbeat has no more use (see `forget_heartbeat`).
+                    if let Err(error) = store.forget_heartbeat(&forget).await {
+                        tracing::warn!(worker = %forget, %error, "heartbeat of a lost worker not dropped");
+                    }
+                    Ok::<_, StoreError>(recorded)
+                }
+                .into_actor(self)
                     .map(move |res, act, ctx| match res {
                         Ok(recorded) => {
                             tracing::warn!(%worker, "worker declared lost");
@@ -1502,6 +1510,11 @@ impl Handler<RecordStopped> for Supervisor {
                 .append(&stream_name, ExpectedVersion::Exact(version), vec![stopped])
                 .await?;
             tracing::info!(worker = %me, handed_back = msg.handed_back, "worker stopped");
+            // Recorded stopped: its heartbeat row has no more use (a failure only leaves it
+            // for the next node that declares nothing from it).
+            if let Err(error) = store.forget_heartbeat(&me).await {
+                tracing::warn!(worker = %me, %error, "heartbeat of a stopped worker not dropped");
+            }
             Ok(())
         })
     }

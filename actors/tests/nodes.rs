@@ -164,6 +164,19 @@ fn worker(
     node(store, runner, SupervisorRole::Worker, name, capacity)
 }
 
+/// The workers with a heartbeat row, sorted.
+async fn beating(store: &Arc<InMemoryStore>) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .heartbeats()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(w, _)| w)
+        .collect();
+    ids.sort();
+    ids
+}
+
 async fn events(store: &Arc<InMemoryStore>, job: Uuid) -> Vec<RecordedEvent> {
     store.read_stream(&stream::job(job), 0).await.unwrap()
 }
@@ -510,6 +523,10 @@ fn a_silent_worker_is_declared_lost_once_and_its_running_job_resumes_on_another(
             .filter(|e| matches!(e, WorkerEvent::WorkerLost { .. }))
             .collect();
         assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(
+            !beating(&store).await.contains(&"w1".to_owned()),
+            "a lost worker's heartbeat is dropped"
+        );
         let WorkerEvent::WorkerLost {
             timeout_seconds,
             detected_by,
@@ -636,6 +653,11 @@ fn a_draining_worker_hands_its_unfinished_job_back_and_another_completes_it() {
             worker_events(&store, "w1").await.last(),
             Some(WorkerEvent::WorkerStopped { handed_back: 1, .. })
         ));
+        assert_eq!(
+            beating(&store).await,
+            ["w2"],
+            "a stopped worker's heartbeat is dropped, a live one's kept"
+        );
         run_for(Duration::from_secs(2) + SILENCE).await;
         let evs = events(&store, job).await;
         assert!(

@@ -125,6 +125,14 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Drops the heartbeat of a worker the log has recorded stopped or lost: nothing is
+    /// decided from it any more, and a node starting up reads the stream of every worker
+    /// that has one (with ids generated at each start, one more per restart, for ever).
+    /// A worker that beats again has one again. Nothing to do on a backend that keeps none.
+    async fn forget_heartbeat(&self, _worker: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Tries once to take the lease on `duty` for `holder` (this node's id): a duty only one
     /// node performs at a time ([`lease`]). The default suits a store that one process owns:
     /// granted at once, never lost. A store shared by several nodes must override it, and a
@@ -386,6 +394,12 @@ impl EventStore for InMemoryStore {
     async fn heartbeats(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
         let beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
         Ok(beats.iter().map(|(w, at)| (w.clone(), *at)).collect())
+    }
+
+    async fn forget_heartbeat(&self, worker: &str) -> Result<(), StoreError> {
+        let mut beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        beats.remove(worker);
+        Ok(())
     }
 }
 

@@ -114,6 +114,10 @@ impl EventStore for FaultyStore {
         self.inner.heartbeats().await
     }
 
+    async fn forget_heartbeat(&self, worker: &str) -> Result<(), StoreError> {
+        self.inner.forget_heartbeat(worker).await
+    }
+
     async fn try_lease(&self, duty: &str, holder: &str) -> Result<super::LeaseTry, StoreError> {
         self.inner.try_lease(duty, holder).await
     }

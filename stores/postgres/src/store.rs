@@ -518,6 +518,27 @@ impl EventStore for PgStore {
             .await
     }
 
+    async fn forget_heartbeat(&self, worker: &str) -> Result<(), StoreError> {
+        let pool = self.shared.pool.clone();
+        let bound = self.shared.timeouts.operation;
+        let worker = worker.to_owned();
+        self.on_runtime(async move {
+            let client = pool.get().await.map_err(|e| pool_error(&e))?;
+            bounded(bound, client, async |client| {
+                client
+                    .execute(
+                        "DELETE FROM syncjobs_worker_heartbeats WHERE worker = $1",
+                        &[&worker],
+                    )
+                    .await
+            })
+            .await?
+            .map_err(|e| store_error(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn heartbeats(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
         let pool = self.shared.pool.clone();
         let bound = self.shared.timeouts.operation;

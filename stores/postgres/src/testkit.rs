@@ -185,6 +185,10 @@ impl EventStore for OwningStore {
         self.store.heartbeats().await
     }
 
+    async fn forget_heartbeat(&self, worker: &str) -> Result<(), StoreError> {
+        self.store.forget_heartbeat(worker).await
+    }
+
     async fn try_lease(
         &self,
         duty: &str,

@@ -124,4 +124,11 @@ async fn heartbeats_are_one_row_per_worker_shared_by_every_node_and_no_event() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 2);
+    // A worker recorded stopped or lost: its row goes, for every node.
+    b.forget_heartbeat("w1").await.unwrap();
+    assert_eq!(
+        a.heartbeats().await.unwrap(),
+        vec![("w2".to_owned(), at(7))]
+    );
+    a.forget_heartbeat("w1").await.unwrap();
 }
