@@ -155,6 +155,51 @@ impl Api {
             .ok_or_else(|| BenchError::failed(format!("a source connection without id: {v}")))
     }
 
+    /// Creates a timed source connection with its first sync (`sync_immediately`); returns
+    /// its id and the first job's.
+    pub async fn create_timed_connection_with_sync(
+        &self,
+        collection: &str,
+        name: &str,
+        config: Value,
+    ) -> Result<(Uuid, Uuid)> {
+        let body = json!({
+            "short_name": "timed",
+            "readable_collection_id": collection,
+            "name": name,
+            "config": config,
+            "authentication": {"credentials": {"timed_key": "bench"}},
+            "sync_immediately": true,
+        });
+        let v = self
+            .call(Method::POST, "/source-connections", Some(body))
+            .await?;
+        let uuid = |field: &Value| field.as_str().and_then(|s| Uuid::parse_str(s).ok());
+        match (uuid(&v["id"]), uuid(&v["sync"]["last_job"]["id"])) {
+            (Some(scid), Some(job)) => Ok((scid, job)),
+            _ => Err(BenchError::failed(format!(
+                "a source connection without its id or first job: {v}"
+            ))),
+        }
+    }
+
+    /// Opens the job's server-sent event stream (`GET /sync/job/{job_id}/subscribe`); the
+    /// caller reads its chunks.
+    pub async fn subscribe(&self, job_id: Uuid) -> Result<reqwest::Response> {
+        let path = format!("/sync/job/{job_id}/subscribe");
+        let res = self
+            .http
+            .get(self.url(&path))
+            .header("x-api-key", &self.key)
+            .header("accept", "text/event-stream")
+            .send()
+            .await?;
+        if res.status() != StatusCode::OK {
+            return Err(BenchError::failed(format!("GET {path}: {}", res.status())));
+        }
+        Ok(res)
+    }
+
     /// Starts a sync of the connection; returns the new (pending) job.
     pub async fn run(&self, scid: Uuid) -> Result<Job> {
         let v = self

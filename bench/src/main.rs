@@ -9,7 +9,8 @@
 //! - The benchmarks, one module each: [`append`] (#1), [`http_get`] (#2), [`cancel`] (#3),
 //!   [`recovery`] (#4), [`scale`] (#5), [`pipeline`] (#6), [`growth`] (#7), [`streams`] (#8),
 //!   [`delete`] (#9), [`stall`] (#10, run only when named or with `--history`), [`postgres`]
-//!   (#11 and #12: the PostgreSQL store), [`webhooks`] (#13: webhook delivery).
+//!   (#11 and #12: the PostgreSQL store), [`webhooks`] (#13: webhook delivery), [`cluster`]
+//!   (#14: API and worker nodes in separate processes).
 //! - Their baselines: [`raw`] (plain rusqlite doing the same physical work) and
 //!   [`baseline_server`] (#2's bare actix-web server).
 //! - What they drive: [`server`] (starts and stops the processes), [`client`] (the REST API),
@@ -22,6 +23,7 @@ mod append;
 mod baseline_server;
 mod cancel;
 mod client;
+mod cluster;
 mod delete;
 mod error;
 mod growth;
@@ -107,8 +109,8 @@ struct RunArgs {
     /// The HTTP load tool of #2.
     #[arg(long, default_value = "wrk")]
     wrk: PathBuf,
-    /// The PostgreSQL server of #11 (a role that may create databases; the run makes a
-    /// fresh one and drops it).
+    /// The PostgreSQL server of #11, #12 and #14 (a role that may create databases; each
+    /// run makes fresh ones and drops them).
     #[arg(
         long,
         env = "SYNCJOBS_BENCH_POSTGRES_URL",
@@ -133,7 +135,7 @@ pub struct Config {
     /// This binary, for the baseline server of #2.
     pub bench_bin: PathBuf,
     pub wrk: PathBuf,
-    /// The PostgreSQL server of #11.
+    /// The PostgreSQL server of #11, #12 and #14.
     pub postgres: String,
 }
 
@@ -148,7 +150,7 @@ struct Bench {
     target: &'static str,
 }
 
-const BENCHES: [Bench; 13] = [
+const BENCHES: [Bench; 14] = [
     Bench {
         number: 1,
         title: "durable appends/s, 1/16/256 concurrent appenders",
@@ -214,6 +216,11 @@ const BENCHES: [Bench; 13] = [
         number: 13,
         title: "webhooks: events to deliveries/s with 100 subscriptions, commit -> delivery",
         target: "p99 commit -> delivery <= 1 s at 100 subscriptions (issue #17)",
+    },
+    Bench {
+        number: 14,
+        title: "API and worker processes: cancel across nodes, rescue of a killed worker, 1,000 claims",
+        target: "cancel p99 <= 3 x (2 commits + a wake-up); rescue <= timeout + 2 s; each job claimed once (issue #15)",
     },
 ];
 
@@ -377,6 +384,7 @@ async fn run_one(number: u8, config: &Config) -> Result<Outcome> {
         11 => postgres::run(config).await,
         12 => postgres::recovery(config).await,
         13 => webhooks::run(config).await,
+        14 => cluster::run(config).await,
         n => Err(BenchError::failed(format!("no benchmark #{n}"))),
     }
 }

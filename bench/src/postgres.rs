@@ -35,14 +35,14 @@ const DELAY_APPENDERS: usize = 8;
 const DELAY_RATE_EACH: u64 = 50;
 
 /// A database of the run's own, dropped at the end.
-struct BenchDb {
+pub(crate) struct BenchDb {
     admin: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl BenchDb {
-    async fn create(admin: &str) -> Result<BenchDb> {
+    pub(crate) async fn create(admin: &str) -> Result<BenchDb> {
         let name = format!("syncjobs_bench_{}", Uuid::new_v4().simple());
         client(admin)
             .await?
@@ -57,7 +57,7 @@ impl BenchDb {
         })
     }
 
-    async fn drop_it(self) {
+    pub(crate) async fn drop_it(self) {
         if let Ok(c) = client(&self.admin).await {
             let _ = c
                 .batch_execute(&format!(
@@ -69,7 +69,7 @@ impl BenchDb {
     }
 }
 
-async fn client(url: &str) -> Result<tokio_postgres::Client> {
+pub(crate) async fn client(url: &str) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
         .map_err(|e| BenchError::failed(format!("PostgreSQL at {url}: {e}")))?;

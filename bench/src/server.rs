@@ -182,6 +182,20 @@ impl ServerProcess {
         ))
     }
 
+    /// The file the server's stdout and stderr go to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// SIGKILL: the process dies without a word (no final event, no cleanup), as a machine
+    /// that loses power; reaped before this returns.
+    pub async fn kill(mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.child.kill().await?;
+        }
+        Ok(())
+    }
+
     /// Stops the server as an operator would (SIGTERM: graceful, it writes its read-model
     /// checkpoint), killing it if it takes longer than [`STOP_TIMEOUT`].
     pub async fn stop(mut self) -> Result<()> {

@@ -237,3 +237,52 @@ async fn odd_requests_that_reach_the_application_get_a_json_detail() {
         assert!(body["detail"].is_string(), "{method} {path}: {body}");
     }
 }
+
+/// The server's end of `client` among this process's descriptors (the app runs in the
+/// test's process): the socket whose peer is the client's local address.
+#[cfg(target_os = "linux")]
+fn server_end_of(client: &TcpStream) -> std::mem::ManuallyDrop<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let ours = client.local_addr().expect("the client's address");
+    for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+        let Some(fd) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        else {
+            continue;
+        };
+        // SAFETY: the descriptor is only borrowed (ManuallyDrop never closes it) and only
+        // queried; one that is not a socket (or closed meanwhile) fails the query.
+        let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        if socket.peer_addr().ok() == Some(ours) {
+            return socket;
+        }
+    }
+    panic!("no descriptor of this process is the server's end of {ours}");
+}
+
+/// Server-sent events are small writes one after another; with Nagle's algorithm on, each
+/// one written behind an unacknowledged one waits for the client's delayed ACK (40 ms on
+/// Linux), so a job's final message reached its stream tens of ms after a GET showed it
+/// (bench #14). Every accepted connection has it off.
+#[cfg(target_os = "linux")]
+#[actix_web::test]
+async fn accepted_connections_have_nagle_off() {
+    let app = spawn_app().await;
+    let mut conn = connect(&app).await;
+    // Answered: the server has accepted and set up the connection.
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("a request");
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut head))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let server_end = server_end_of(&conn);
+    assert!(
+        server_end.nodelay().expect("TCP_NODELAY reads"),
+        "the server's end of the connection has Nagle's algorithm on"
+    );
+}
