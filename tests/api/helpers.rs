@@ -307,6 +307,27 @@ pub async fn parts(r: Response) -> (StatusCode, Value) {
 }
 
 impl TestApp {
+    /// Leaves no usable read model: the file gone, or PostgreSQL's tables of a layout this
+    /// build does not know (emptied and rebuilt at the next start).
+    pub async fn discard_read_model(&self) {
+        match &self.read_model {
+            ReadModelAt::DataDir => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = self.settings.read_model_path().into_os_string();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+            ReadModelAt::Postgres(url, _) => {
+                syncjobs_store_postgres::testkit::client(url.expose())
+                    .await
+                    .execute("UPDATE read_projection SET schema_version = -1", &[])
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

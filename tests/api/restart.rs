@@ -43,27 +43,6 @@ async fn stored_position(app: &crate::helpers::TestApp) -> Option<u64> {
     }
 }
 
-/// Leaves no usable read model: the file gone, or PostgreSQL's tables of a layout this
-/// build does not know (emptied and rebuilt at the next start).
-async fn discard_read_model(app: &crate::helpers::TestApp) {
-    match &app.read_model {
-        ReadModelAt::DataDir => {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut file = app.settings.read_model_path().into_os_string();
-                file.push(suffix);
-                let _ = std::fs::remove_file(file);
-            }
-        }
-        ReadModelAt::Postgres(url, _) => {
-            testkit::client(url.expose())
-                .await
-                .execute("UPDATE read_projection SET schema_version = -1", &[])
-                .await
-                .unwrap();
-        }
-    }
-}
-
 /// Waits until the stored read model is at the store's head: the stopped application has
 /// committed its last batch and will commit no other.
 async fn checkpoint_at_head(app: &crate::helpers::TestApp) {
@@ -114,7 +93,7 @@ async fn restarts_and_rebuilds_give_the_same_answers() {
     from_checkpoint.handle.stop(true).await;
     checkpoint_at_head(&from_checkpoint).await;
 
-    discard_read_model(&from_checkpoint).await;
+    from_checkpoint.discard_read_model().await;
     // What earlier releases left behind: a JSON checkpoint and a binary snapshot, which are
     // neither read nor kept.
     let legacy = first.settings.legacy_checkpoint_paths();

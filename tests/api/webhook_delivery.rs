@@ -497,22 +497,7 @@ async fn a_restart_while_the_receiver_is_down_still_delivers_afterwards() {
     // again, and the attempts read the same.
     second.handle.stop(true).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    match &second.read_model {
-        syncjobs::backend::ReadModelAt::DataDir => {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut file = second.settings.read_model_path().into_os_string();
-                file.push(suffix);
-                let _ = std::fs::remove_file(file);
-            }
-        }
-        syncjobs::backend::ReadModelAt::Postgres(url, _) => {
-            syncjobs_store_postgres::testkit::client(url.expose())
-                .await
-                .execute("UPDATE read_projection SET schema_version = -1", &[])
-                .await
-                .unwrap();
-        }
-    }
+    second.discard_read_model().await;
     let rebuilt = spawn(Options {
         store: Some(first.store.clone()),
         read_model: Some(first.read_model.clone()),
@@ -1088,22 +1073,7 @@ async fn messages_past_retention_are_purged_and_a_rebuild_does_not_bring_them_ba
     // Rebuilt from the log: the old event makes no message again.
     first.handle.stop(true).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    match &first.read_model {
-        syncjobs::backend::ReadModelAt::DataDir => {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut file = first.settings.read_model_path().into_os_string();
-                file.push(suffix);
-                let _ = std::fs::remove_file(file);
-            }
-        }
-        syncjobs::backend::ReadModelAt::Postgres(url, _) => {
-            syncjobs_store_postgres::testkit::client(url.expose())
-                .await
-                .execute("UPDATE read_projection SET schema_version = -1", &[])
-                .await
-                .unwrap();
-        }
-    }
+    first.discard_read_model().await;
     let rebuilt = spawn(Options {
         store: Some(first.store.clone()),
         read_model: Some(first.read_model.clone()),
