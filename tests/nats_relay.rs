@@ -25,6 +25,10 @@ use syncjobs_domain::store::{EventStore, ExpectedVersion, InMemoryStore};
 use syncjobs_store_sqlite::{EmbeddedStore, DB_FILE};
 use uuid::Uuid;
 
+#[path = "support/nats_stream.rs"]
+mod nats_stream;
+use nats_stream::DeleteStreamOnDrop;
+
 fn require_services() -> bool {
     std::env::var("SYNCJOBS_REQUIRE_SERVICES").as_deref() == Ok("1")
 }
@@ -53,31 +57,6 @@ fn unique_names() -> Names {
     Names {
         stream: format!("SYNCJOBS_TEST_{id}"),
         prefix: format!("syncjobs_test.{id}.events"),
-    }
-}
-
-/// Deletes the test stream when the test ends, even by a panic, so failed runs leave
-/// nothing behind on a shared server.
-struct DeleteStreamOnDrop {
-    url: String,
-    stream: String,
-}
-
-impl Drop for DeleteStreamOnDrop {
-    fn drop(&mut self) {
-        let (url, stream) = (self.url.clone(), self.stream.clone());
-        // Drop cannot await; a short-lived runtime on its own thread does the request.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = async_nats::connect(url.as_str()).await.ok()?;
-                jetstream::new(client).delete_stream(&stream).await.ok()
-            })
-        })
-        .join();
     }
 }
 

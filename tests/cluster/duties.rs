@@ -5,6 +5,7 @@
 //! them over and every event and every message still arrives, with no gap; when the new
 //! holder of the relay stops gracefully (SIGTERM), the last node relays on.
 
+use crate::nats_stream::DeleteStreamOnDrop;
 use crate::node::{Cluster, ClusterSpec, Http};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -143,32 +144,6 @@ impl Receiver {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-/// Deletes the test's JetStream stream when the test ends, panics included.
-struct DeleteStreamOnDrop {
-    url: String,
-    stream: String,
-}
-
-impl Drop for DeleteStreamOnDrop {
-    fn drop(&mut self) {
-        let (url, stream) = (self.url.clone(), self.stream.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = async_nats::connect(url.as_str()).await.ok()?;
-                async_nats::jetstream::new(client)
-                    .delete_stream(&stream)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
     }
 }
 

@@ -8,6 +8,8 @@
 //! they fail.
 
 mod duties;
+#[path = "../support/nats_stream.rs"]
+mod nats_stream;
 mod node;
 
 use node::{Cluster, ClusterSpec};
