@@ -131,6 +131,26 @@ impl Api {
             .ok_or_else(|| BenchError::failed(format!("a collection without readable_id: {v}")))
     }
 
+    /// `POST /source-connections` of a timed source; the answer as it is.
+    async fn post_timed_connection(
+        &self,
+        collection: &str,
+        name: &str,
+        config: Value,
+        sync_immediately: bool,
+    ) -> Result<Value> {
+        let body = json!({
+            "short_name": "timed",
+            "readable_collection_id": collection,
+            "name": name,
+            "config": config,
+            "authentication": {"credentials": {"timed_key": "bench"}},
+            "sync_immediately": sync_immediately,
+        });
+        self.call(Method::POST, "/source-connections", Some(body))
+            .await
+    }
+
     /// Creates a timed source connection that does not sync yet; returns its id.
     pub async fn create_timed_connection(
         &self,
@@ -138,16 +158,8 @@ impl Api {
         name: &str,
         config: Value,
     ) -> Result<Uuid> {
-        let body = json!({
-            "short_name": "timed",
-            "readable_collection_id": collection,
-            "name": name,
-            "config": config,
-            "authentication": {"credentials": {"timed_key": "bench"}},
-            "sync_immediately": false,
-        });
         let v = self
-            .call(Method::POST, "/source-connections", Some(body))
+            .post_timed_connection(collection, name, config, false)
             .await?;
         v["id"]
             .as_str()
@@ -163,16 +175,8 @@ impl Api {
         name: &str,
         config: Value,
     ) -> Result<(Uuid, Uuid)> {
-        let body = json!({
-            "short_name": "timed",
-            "readable_collection_id": collection,
-            "name": name,
-            "config": config,
-            "authentication": {"credentials": {"timed_key": "bench"}},
-            "sync_immediately": true,
-        });
         let v = self
-            .call(Method::POST, "/source-connections", Some(body))
+            .post_timed_connection(collection, name, config, true)
             .await?;
         let uuid = |field: &Value| field.as_str().and_then(|s| Uuid::parse_str(s).ok());
         match (uuid(&v["id"]), uuid(&v["sync"]["last_job"]["id"])) {
