@@ -1221,6 +1221,163 @@ async fn a_node_forgets_cached_rows_changed_by_events_another_node_folded() {
     assert!(authenticate().await.is_none(), "revoked on every node");
 }
 
+/// What a node keeps between batches (its live jobs, the connections' organizations, the
+/// subscriptions and names a webhook message reads) follows the events another node folded:
+/// the node that folds next gives the rows a single writer would, with the job's state as
+/// the other node left it, the subscription it disabled and the collection it renamed.
+#[tokio::test]
+async fn a_node_folding_after_another_builds_on_what_the_other_folded() {
+    let Some(admin) = testkit::admin_url("a_node_folding_after_another") else {
+        return;
+    };
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let col = h.collection(org, "col").await;
+    let kept = h.source_connection(org, col, "col").await;
+    let deleted = h.source_connection(org, col, "col").await;
+    let (sub_stream, sub) =
+        subscription_created(7, org, &["sync.cancelled", "sync.completed"], None);
+    h.append(&sub_stream, sub).await;
+    let job = h.job(org, kept, &[started()]).await;
+    let doomed = h.job(org, deleted, &[started()]).await;
+    let prefix = h.all().await.len();
+    // Folded by the first node only: progress and a cancel request of the job the second
+    // node holds, a renamed collection, a deleted connection, a disabled subscription.
+    h.job_event(job, SyncJobEvent::ProgressRecorded { counts: counts(4) })
+        .await;
+    h.job_event(job, cancel_requested()).await;
+    h.append(
+        &stream::collection_name(org, "col"),
+        CollectionEvent::CollectionUpdated {
+            collection_id: col,
+            name: Some("Renamed".into()),
+        },
+    )
+    .await;
+    h.append(
+        &stream::source_connection(deleted),
+        SourceConnectionEvent::SourceConnectionDeleted {
+            source_connection_id: deleted,
+            with_collection: false,
+        },
+    )
+    .await;
+    let middle = h.all().await.len();
+    // Folded by the second node: the ends of both jobs, then the subscription disabled and
+    // a last completion that must make no delivery.
+    h.job_event(job, cancelled(4)).await;
+    h.job_event(doomed, completed(2)).await;
+    h.append(&sub_stream, toggled(org, true)).await;
+    let after = h.job(org, kept, &[started(), completed(3)]).await;
+    let events = h.all().await;
+    let expected = fold(Engine::Postgres, &events).await.dump().await;
+
+    let db = testkit::TestDb::create(&admin).await;
+    let (first, one) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    let (second, two) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    two.apply_batch(events[..prefix].iter().cloned())
+        .await
+        .unwrap();
+    one.apply_batch(events[..middle].iter().cloned())
+        .await
+        .unwrap();
+    two.apply_batch(events[prefix..].iter().cloned())
+        .await
+        .unwrap();
+    one.apply_batch(events[middle..].iter().cloned())
+        .await
+        .unwrap();
+    for node in [&first, &second] {
+        assert_eq!(node.position(), events.len() as u64);
+        assert_eq!(node.read(async |m| m.dump().await).await.unwrap(), expected);
+    }
+    let job = second
+        .read(async |m| m.job(job).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((job.status, job.counts.inserted), (JobStatus::Cancelled, 4));
+    assert!(second
+        .read(async |m| m.job(after).await)
+        .await
+        .unwrap()
+        .is_some_and(|j| j.status == JobStatus::Completed));
+}
+
+/// The end of a batch goes to PostgreSQL in one pipeline with its position and `COMMIT`:
+/// when one of those writes fails, nothing of the batch is kept (not the rows written
+/// before it, not the position), and the writer folds the batch again once it can.
+#[tokio::test]
+async fn a_batch_whose_last_writes_fail_keeps_nothing_and_folds_again_later() {
+    let Some(admin) = testkit::admin_url("a_batch_whose_last_writes_fail") else {
+        return;
+    };
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let head = h.all().await.len() as u64;
+    let col = h.collection(org, "col").await;
+    let events = h.all().await;
+    let db = testkit::TestDb::create(&admin).await;
+    let (model, writer) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    writer
+        .apply_batch(events[..head as usize].iter().cloned())
+        .await
+        .unwrap();
+    // The collection's row goes in during the fold; the organization's count only at the
+    // end, with the position, which this constraint makes fail.
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "ALTER TABLE read_organization_counts ADD CONSTRAINT no_collections
+             CHECK (collections = 0)",
+        )
+        .await
+        .unwrap();
+    let failed = writer.apply_batch(events.iter().cloned()).await;
+    assert!(failed.is_err(), "the count's write fails");
+    let stored: i64 = client
+        .query_one("SELECT position FROM read_projection", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM read_collections", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (stored as u64, rows),
+        (head, 0),
+        "nothing of the batch is kept"
+    );
+    assert_eq!(model.position(), head);
+    client
+        .batch_execute("ALTER TABLE read_organization_counts DROP CONSTRAINT no_collections")
+        .await
+        .unwrap();
+    writer.apply_batch(events.iter().cloned()).await.unwrap();
+    let found = model
+        .read(async |m| m.collections(org, 0, 10, |_| true).await)
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|c| c.id).collect::<Vec<_>>(), vec![col]);
+    let counted: i64 = client
+        .query_one("SELECT collections FROM read_organization_counts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 1);
+}
+
 /// A read model of another schema version is emptied and rebuilt from the log.
 #[tokio::test]
 async fn a_postgresql_read_model_of_another_schema_version_is_rebuilt() {

@@ -255,12 +255,71 @@ pub(crate) struct NewDelivery {
     pub created_position: u64,
 }
 
-/// The fold's memory between batches: the position folded and the live jobs.
+/// What a batch writes at its end, gathered so that an engine can send it all at once
+/// (PostgreSQL pipelines it with the position and the commit: one round trip where a
+/// statement each made a command wait for several, bench #14).
+#[derive(Default)]
+pub(crate) struct Writes {
+    pub messages: Vec<NewMessage>,
+    pub deliveries: Vec<NewDelivery>,
+    pub jobs: Vec<JobRow>,
+    pub org_counts: Vec<(Uuid, OrgCounts)>,
+    pub runs: Vec<(Uuid, RunCounts)>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.deliveries.is_empty()
+            && self.jobs.is_empty()
+            && self.org_counts.is_empty()
+            && self.runs.is_empty()
+    }
+
+    /// Writes them one statement after another, in this order: messages before their
+    /// deliveries, then jobs and counters.
+    pub async fn write_to<R: Rows>(&self, rows: &R) -> Result<(), ReadError> {
+        if !self.messages.is_empty() {
+            rows.insert_webhook_messages(&self.messages).await?;
+        }
+        if !self.deliveries.is_empty() {
+            rows.insert_webhook_deliveries(&self.deliveries).await?;
+        }
+        if !self.jobs.is_empty() {
+            rows.write_jobs(&self.jobs).await?;
+        }
+        if !self.org_counts.is_empty() {
+            rows.add_counts(&self.org_counts).await?;
+        }
+        if !self.runs.is_empty() {
+            rows.count_runs(&self.runs).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The fold's memory between batches: the position folded, the live jobs, and what it
+/// looked up before.
 #[derive(Debug, Default)]
 pub(crate) struct Fold {
     /// The global position of the last event folded and committed.
     pub position: u64,
+    /// The last event what is held here has taken into account (folded here, or
+    /// followed as another writer folded it); below `position` while this writer has yet
+    /// to see events another writer folded.
+    seen: u64,
     pub live: HashMap<Uuid, LiveJob>,
+    /// Source connection -> its organization (None: it does not exist), as of `position`.
+    /// A connection's organization never changes while it exists, so this is asked once,
+    /// not once per batch: a job's end needs it, and on PostgreSQL each lookup is a round
+    /// trip that a command waits for (bench #14).
+    connections: HashMap<Uuid, Option<Uuid>>,
+    /// What webhook messages read, kept between batches like `connections`.
+    hooks: Hooks,
+    /// The purge queue was found empty and no connection was deleted since: the purge
+    /// need not look (on PostgreSQL a look is a transaction, and the projector made one
+    /// after every batch, which the next batch's command then waited behind).
+    pub purge_known_empty: bool,
     /// Every live job is in `live` (a single writer that loaded them all): a job missing
     /// there is not live, with nothing to ask. Else (a database shared with other
     /// writers) the live jobs a batch touches are loaded at its start.
@@ -271,7 +330,50 @@ pub(crate) struct Fold {
     pub next_retention: Option<DateTime<Utc>>,
 }
 
+/// Entries a cache of the fold may hold before it is emptied (a bound on memory; the next
+/// batches ask again).
+const CACHE_LIMIT: usize = 100_000;
+
 impl Fold {
+    /// Forgets everything held between batches (the transaction that changed it rolled
+    /// back, or the rows were changed by other means); what is held is then as of
+    /// `position`.
+    pub fn forget(&mut self) {
+        self.seen = self.position;
+        self.purge_known_empty = false;
+        self.live.clear();
+        self.connections.clear();
+        self.hooks = Hooks::default();
+    }
+
+    /// Drops (or brings up to date) what an event folded by another writer (sharing the
+    /// database) may have made stale. Every event of the log passes through this writer in
+    /// order, folded here or not, so each cached entry is dealt with before any later event
+    /// could read it; an event passed again (a re-read) is not taken twice (`seen`).
+    fn forget_changed_by(&mut self, e: &RecordedEvent) {
+        match &e.event {
+            // A live job held here follows the event as the other writer folded it (the
+            // same fold of the same state), so that the job's next event, often folded
+            // here, needs no lookup of its row; anything else drops it.
+            Event::Job(event) => {
+                if let Some(id) = stream::job_id(&e.stream_id) {
+                    let followed = self.live.get_mut(&id).is_some_and(|job| {
+                        job.state.evolve_in_place(event, e.recorded_at).is_ok()
+                            && !job.state.status.is_final()
+                    });
+                    if !followed {
+                        self.live.remove(&id);
+                    }
+                }
+            }
+            Event::SourceConnection(sc) => {
+                self.connections.remove(&connection_of(sc));
+            }
+            _ => {}
+        }
+        self.hooks.forget_changed_by(&e.event);
+    }
+
     /// The cutoff to purge messages before, if the retention purge is due now.
     pub fn retention_due(&self) -> Option<DateTime<Utc>> {
         let r = self.retention.as_ref()?;
@@ -303,15 +405,32 @@ impl Fold {
         &mut self,
         rows: &R,
         events: Vec<RecordedEvent>,
-    ) -> Result<Committed, ReadError> {
+    ) -> Result<(Committed, Writes), ReadError> {
         let invalidations = Committed::of(&events);
+        if invalidations.jobs_changed {
+            self.purge_known_empty = false;
+        }
+        if self.connections.len() > CACHE_LIMIT || self.hooks.len() > CACHE_LIMIT {
+            self.connections.clear();
+            self.hooks = Hooks::default();
+        }
+        let (folded, seen) = (self.position, self.seen);
+        for e in events
+            .iter()
+            .filter(|e| e.global_position > seen && e.global_position <= folded)
+        {
+            self.forget_changed_by(e);
+        }
+        if let Some(last) = events.iter().map(|e| e.global_position).max() {
+            self.seen = self.seen.max(last);
+        }
         let stored_final = if self.complete {
             None
         } else {
             Some(self.load_touched(rows, &events).await?)
         };
-        let connections = self.load_connections(rows, &events).await?;
-        let hooks = self.load_hooks(rows, &events, &connections).await?;
+        self.load_connections(rows, &events).await?;
+        self.load_hooks(rows, &events).await?;
         let message_cutoff = self.retention.as_ref().map(Retention::cutoff);
         let mut position = self.position;
         let mut batch = Batch {
@@ -320,10 +439,10 @@ impl Fold {
             touched: HashSet::new(),
             finished: HashMap::new(),
             stored_final,
-            connections,
+            connections: &mut self.connections,
             org_counts: HashMap::new(),
             runs: HashMap::new(),
-            hooks,
+            hooks: &mut self.hooks,
             job_applied: false,
             message_cutoff,
             messages: Vec::new(),
@@ -336,14 +455,22 @@ impl Fold {
             position = e.global_position;
             batch.apply(e).await?;
         }
-        batch.write_messages().await?;
-        batch.write_jobs().await?;
-        batch.write_counts().await?;
+        let (org_counts, runs) = batch.counts();
+        let writes = Writes {
+            messages: std::mem::take(&mut batch.messages),
+            deliveries: std::mem::take(&mut batch.deliveries),
+            jobs: batch.job_rows()?,
+            org_counts,
+            runs,
+        };
         self.position = position;
-        Ok(Committed {
-            position,
-            ..invalidations
-        })
+        Ok((
+            Committed {
+                position,
+                ..invalidations
+            },
+            writes,
+        ))
     }
 
     /// Loads the rows of the jobs this batch's job events touch that are not in memory: the
@@ -386,13 +513,13 @@ impl Fold {
     }
 
     /// The organizations of the source connections this batch's job events belong to (a
-    /// job's creation and its end each need it), as they are before the batch; `None` for
-    /// those that do not exist.
+    /// job's creation and its end each need it) that are not known yet, as they are before
+    /// the batch; `None` for those that do not exist.
     async fn load_connections<R: Rows>(
-        &self,
+        &mut self,
         rows: &R,
         events: &[RecordedEvent],
-    ) -> Result<HashMap<Uuid, Option<Uuid>>, ReadError> {
+    ) -> Result<(), ReadError> {
         let mut ids: Vec<Uuid> = events
             .iter()
             .filter(|e| e.global_position > self.position)
@@ -406,30 +533,33 @@ impl Fold {
                     .map(|j| j.state.source_connection_id),
                 _ => None,
             })
+            .filter(|id| !self.connections.contains_key(id))
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut connections: HashMap<Uuid, Option<Uuid>> =
-            ids.iter().map(|id| (*id, None)).collect();
         if ids.is_empty() {
-            return Ok(connections);
+            return Ok(());
         }
-        for (id, org) in rows.connection_organizations(&ids).await? {
-            connections.insert(id, Some(org));
+        let found: HashMap<Uuid, Uuid> = rows
+            .connection_organizations(&ids)
+            .await?
+            .into_iter()
+            .collect();
+        for id in ids {
+            self.connections.insert(id, found.get(&id).copied());
         }
-        Ok(connections)
+        Ok(())
     }
 
-    /// The subscriptions of the organizations this batch's webhook-typed events belong to,
-    /// as they are before the batch (one lookup; an organization without any gets an empty
-    /// list, so it costs nothing more). The organization of a deletion is on its row, read
-    /// only when the event is folded.
+    /// The subscriptions of the organizations this batch's webhook-typed events belong to
+    /// that are not known yet, as they are before the batch (one lookup; an organization
+    /// without any gets an empty list, so it costs nothing more). The organization of a
+    /// deletion is on its row, read only when the event is folded.
     async fn load_hooks<R: Rows>(
-        &self,
+        &mut self,
         rows: &R,
         events: &[RecordedEvent],
-        connections: &HashMap<Uuid, Option<Uuid>>,
-    ) -> Result<Hooks, ReadError> {
+    ) -> Result<(), ReadError> {
         let mut orgs: Vec<Uuid> = events
             .iter()
             .filter(|e| e.global_position > self.position)
@@ -438,7 +568,11 @@ impl Fold {
                 Event::Job(SyncJobEvent::JobCreated {
                     source_connection_id,
                     ..
-                }) => connections.get(source_connection_id).copied().flatten(),
+                }) => self
+                    .connections
+                    .get(source_connection_id)
+                    .copied()
+                    .flatten(),
                 Event::Job(_) => stream::job_id(&e.stream_id)
                     .and_then(|id| self.live.get(&id))
                     .map(|j| j.state.organization_id),
@@ -451,24 +585,24 @@ impl Fold {
                 }) => Some(*organization_id),
                 _ => None,
             })
+            .filter(|org| !self.hooks.subscriptions.contains_key(org))
             .collect();
         orgs.sort_unstable();
         orgs.dedup();
-        let mut hooks = Hooks::default();
         if orgs.is_empty() {
-            return Ok(hooks);
+            return Ok(());
         }
         for s in rows.webhook_subscriptions_of(&orgs).await? {
-            hooks
+            self.hooks
                 .subscriptions
                 .entry(s.organization_id)
                 .or_default()
                 .push(s);
         }
         for org in orgs {
-            hooks.subscriptions.entry(org).or_default();
+            self.hooks.subscriptions.entry(org).or_default();
         }
-        Ok(hooks)
+        Ok(())
     }
 }
 
@@ -584,14 +718,14 @@ struct Batch<'t, R> {
     /// When the batch's job rows were loaded at its start (a shared database): the final
     /// ones' statuses; a job of the batch in none of `live`, `finished` and this has no row.
     stored_final: Option<HashMap<Uuid, JobStatus>>,
-    /// Source connection -> its organization if it exists, loaded at the batch's start and
-    /// kept up to date by its events.
-    connections: HashMap<Uuid, Option<Uuid>>,
+    /// Source connection -> its organization if it exists ([`Fold`]'s, loaded at the
+    /// batch's start and kept up to date by its events).
+    connections: &'t mut HashMap<Uuid, Option<Uuid>>,
     /// Counter changes, written once at the batch's end.
     org_counts: HashMap<Uuid, OrgCounts>,
     runs: HashMap<Uuid, RunCounts>,
     /// What webhook messages need: who wants them, and their payloads' rows.
-    hooks: Hooks,
+    hooks: &'t mut Hooks,
     /// The last job event was folded into its job (not skipped): only then is it a message.
     job_applied: bool,
     /// Events recorded before this become no message (past retention).
@@ -605,8 +739,9 @@ struct Batch<'t, R> {
 /// What webhook messages read from the model, in the batch-level lookup design of the rest
 /// of the fold: the subscriptions of the organizations the batch's webhook-typed events
 /// belong to are asked once at its start (one statement for the batch), anything else at
-/// first use and kept for the batch. Each change the batch folds drops what it changes.
-#[derive(Default)]
+/// first use and kept (between batches too). Each change folded, here or by another writer,
+/// drops what it changes.
+#[derive(Debug, Default)]
 struct Hooks {
     /// Source connection -> its collection's id and readable id (immutable while it exists).
     connections: HashMap<Uuid, Option<(Uuid, String)>>,
@@ -616,8 +751,62 @@ struct Hooks {
     subscriptions: HashMap<Uuid, Vec<WebhookSubscription>>,
 }
 
+/// The source connection an event of source connections is about.
+fn connection_of(event: &SourceConnectionEvent) -> Uuid {
+    match event {
+        SourceConnectionEvent::SourceConnectionCreated {
+            source_connection_id,
+            ..
+        }
+        | SourceConnectionEvent::SourceConnectionDeleted {
+            source_connection_id,
+            ..
+        } => *source_connection_id,
+    }
+}
+
+impl Hooks {
+    /// Drops what `event` changes (looked up again when next needed).
+    fn forget_changed_by(&mut self, event: &Event) {
+        match event {
+            Event::Webhook(
+                WebhookEvent::WebhookSubscriptionCreated {
+                    organization_id, ..
+                }
+                | WebhookEvent::WebhookSubscriptionUpdated {
+                    organization_id, ..
+                }
+                | WebhookEvent::WebhookSubscriptionDisabled {
+                    organization_id, ..
+                }
+                | WebhookEvent::WebhookSubscriptionDeleted {
+                    organization_id, ..
+                },
+            ) => {
+                self.subscriptions.remove(organization_id);
+            }
+            Event::Collection(c) => {
+                let id = match c {
+                    CollectionEvent::CollectionCreated { collection_id, .. }
+                    | CollectionEvent::CollectionUpdated { collection_id, .. }
+                    | CollectionEvent::CollectionDeleted { collection_id } => *collection_id,
+                };
+                self.collections.remove(&id);
+            }
+            Event::SourceConnection(sc) => {
+                self.connections.remove(&connection_of(sc));
+            }
+            _ => {}
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.connections.len() + self.collections.len() + self.subscriptions.len()
+    }
+}
+
 impl<R: Rows> Batch<'_, R> {
-    /// The organization of an existing source connection (looked up once per batch).
+    /// The organization of an existing source connection (looked up once, then kept).
     async fn connection_organization(&mut self, id: Uuid) -> Result<Option<Uuid>, ReadError> {
         if let Some(org) = self.connections.get(&id) {
             return Ok(*org);
@@ -643,23 +832,19 @@ impl<R: Rows> Batch<'_, R> {
         self.runs.entry(source_connection_id).or_default()[run as usize] += 1;
     }
 
-    /// Writes the summed counters (in id order, so that two writers lock rows alike).
-    async fn write_counts(&mut self) -> Result<(), ReadError> {
+    /// The summed counters of organizations and of source connections, in id order (so
+    /// that two writers lock rows alike).
+    #[allow(clippy::type_complexity)]
+    fn counts(&mut self) -> (Vec<(Uuid, OrgCounts)>, Vec<(Uuid, RunCounts)>) {
         let mut orgs: Vec<(Uuid, OrgCounts)> = self
             .org_counts
             .drain()
             .filter(|(_, d)| d.iter().any(|n| *n != 0))
             .collect();
-        if !orgs.is_empty() {
-            orgs.sort_unstable_by_key(|(id, _)| *id);
-            self.rows.add_counts(&orgs).await?;
-        }
+        orgs.sort_unstable_by_key(|(id, _)| *id);
         let mut runs: Vec<(Uuid, RunCounts)> = self.runs.drain().collect();
-        if !runs.is_empty() {
-            runs.sort_unstable_by_key(|(id, _)| *id);
-            self.rows.count_runs(&runs).await?;
-        }
-        Ok(())
+        runs.sort_unstable_by_key(|(id, _)| *id);
+        (orgs, runs)
     }
 
     async fn apply(&mut self, e: RecordedEvent) -> Result<(), ReadError> {
@@ -693,47 +878,7 @@ impl<R: Rows> Batch<'_, R> {
             // It may read or change this batch's messages and deliveries.
             self.write_messages().await?;
         }
-        match &e.event {
-            // Its organization's subscriptions are looked up again when next needed.
-            Event::Webhook(
-                WebhookEvent::WebhookSubscriptionCreated {
-                    organization_id, ..
-                }
-                | WebhookEvent::WebhookSubscriptionUpdated {
-                    organization_id, ..
-                }
-                | WebhookEvent::WebhookSubscriptionDisabled {
-                    organization_id, ..
-                }
-                | WebhookEvent::WebhookSubscriptionDeleted {
-                    organization_id, ..
-                },
-            ) => {
-                self.hooks.subscriptions.remove(organization_id);
-            }
-            Event::Collection(c) => {
-                let id = match c {
-                    CollectionEvent::CollectionCreated { collection_id, .. }
-                    | CollectionEvent::CollectionUpdated { collection_id, .. }
-                    | CollectionEvent::CollectionDeleted { collection_id } => *collection_id,
-                };
-                self.hooks.collections.remove(&id);
-            }
-            Event::SourceConnection(sc) => {
-                let id = match sc {
-                    SourceConnectionEvent::SourceConnectionCreated {
-                        source_connection_id,
-                        ..
-                    }
-                    | SourceConnectionEvent::SourceConnectionDeleted {
-                        source_connection_id,
-                        ..
-                    } => *source_connection_id,
-                };
-                self.hooks.connections.remove(&id);
-            }
-            _ => {}
-        }
+        self.hooks.forget_changed_by(&e.event);
         self.apply_event(e).await?;
         if let Some((meta, pending)) = pending {
             let ready = match pending {
@@ -880,9 +1025,10 @@ impl<R: Rows> Batch<'_, R> {
         Ok(())
     }
 
-    /// Writes the row of every job the batch changed, once (and again only if a later
-    /// event of the batch needs the rows as they are by then).
-    async fn write_jobs(&mut self) -> Result<(), ReadError> {
+    /// The row of every job the batch changed since the last call: each is written once
+    /// per batch (and again only if a later event of the batch needs the rows as they are
+    /// by then).
+    fn job_rows(&mut self) -> Result<Vec<JobRow>, ReadError> {
         let mut rows = Vec::with_capacity(self.touched.len());
         for id in self.touched.drain() {
             let Some(job) = self.live.get_mut(&id).or(self.finished.get_mut(&id)) else {
@@ -901,6 +1047,12 @@ impl<R: Rows> Batch<'_, R> {
                 state: super::encode_job(s)?,
             });
         }
+        Ok(rows)
+    }
+
+    /// Writes the job rows changed so far (a later event reads the rows).
+    async fn write_jobs(&mut self) -> Result<(), ReadError> {
+        let rows = self.job_rows()?;
         if rows.is_empty() {
             return Ok(());
         }

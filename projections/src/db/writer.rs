@@ -63,7 +63,7 @@ impl Writer {
     /// batch failed to commit, whose changes to the live jobs are then forgotten).
     fn reload(&mut self) -> Result<(), ReadError> {
         self.fold.position = stored_position(&self.conn)?;
-        self.fold.live.clear();
+        self.fold.forget();
         let mut stmt = self
             .conn
             .prepare("SELECT state, created_position FROM jobs WHERE active = 1")?;
@@ -110,7 +110,9 @@ impl Writer {
             self.reload()?;
             return self.try_batch(events);
         }
-        let committed = now(self.fold.apply(&SqliteRows(&tx), events))??;
+        let rows = SqliteRows(&tx);
+        let (committed, writes) = now(self.fold.apply(&rows, events))??;
+        now(writes.write_to(&rows))??;
         if committed.position != stored {
             tx.execute(
                 "UPDATE projection SET position = ?2 WHERE name = ?1",
@@ -174,6 +176,9 @@ impl Writer {
     /// Removes up to [`PURGE_BATCH`] final jobs of a deleted source connection, in one
     /// transaction. Returns whether there is more to purge.
     fn purge_jobs_step(&mut self) -> Result<bool, ReadError> {
+        if self.fold.purge_known_empty {
+            return Ok(false);
+        }
         let tx = self.conn.transaction()?;
         let next: Option<Uuid> = tx
             .query_row(
@@ -183,6 +188,7 @@ impl Writer {
             )
             .optional()?;
         let Some(sc) = next else {
+            self.fold.purge_known_empty = true;
             return Ok(false);
         };
         let removed = tx.execute(

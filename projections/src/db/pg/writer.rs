@@ -4,13 +4,13 @@
 use super::pool_error;
 use crate::db::fold::{
     Committed, Fold, JobRow, LiveJob, NewDelivery, NewMessage, OrgCounts, Retention, Rows,
-    RunCounts, Table, PURGE_BATCH, RETENTION_BATCH,
+    RunCounts, Table, Writes, PURGE_BATCH, RETENTION_BATCH,
 };
 use crate::db::{decode_job, time as t, ReadError, PROJECTION_NAME};
 use crate::model::{
     ApiKey, Collection, Organization, SourceConnection, WebhookAttempt, WebhookSubscription,
 };
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Pool;
 use syncjobs_domain::{JobState, RecordedEvent};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -33,13 +33,10 @@ impl PgWriter {
             )
             .await?
             .get::<_, i64>(0) as u64;
-        Ok(PgWriter {
-            pool,
-            fold: Fold {
-                position,
-                ..Fold::default()
-            },
-        })
+        let mut fold = Fold::default();
+        fold.position = position;
+        fold.forget();
+        Ok(PgWriter { pool, fold })
     }
 
     /// The position stored when this writer last looked.
@@ -66,42 +63,80 @@ impl PgWriter {
             Err(e) => {
                 // Rolled back: forget what the batch folded in memory, and ask the
                 // position again next time.
-                self.fold.live.clear();
+                self.fold.forget();
                 Err(e)
             }
         }
     }
 
+    /// One batch, by the node that takes the projection's row lock first. Every node folds
+    /// every batch; the first to lock folds it, and the others need only its commit. They
+    /// used to queue for the lock one after another, each holding it for a round trip, and
+    /// a command's node waited behind them all (most of a cancel's time across nodes, bench
+    /// #14): now a node finding the row locked waits for the holder by sharing the lock
+    /// (`FOR SHARE`, which the other waiters do not block), and queues for it only when the
+    /// holder folded less than this batch.
     async fn try_batch(&mut self, events: Vec<RecordedEvent>) -> Result<Committed, ReadError> {
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await?;
-        let stored = tx
-            .query_one(
-                "SELECT position FROM read_projection WHERE name = $1 FOR UPDATE",
-                &[&PROJECTION_NAME],
-            )
-            .await?
-            .get::<_, i64>(0) as u64;
-        if stored != self.fold.position {
-            // Another node folded meanwhile: the live jobs held here may be stale.
+        let last = events.iter().map(|e| e.global_position).max().unwrap_or(0);
+        let mut queue = false;
+        loop {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let tx = OpenTx(Some(client));
+            let lock = if queue { LOCK_POSITION } else { LOCK_OR_SKIP };
+            let stored = match tx.begin_with(lock).await? {
+                Some(stored) => stored,
+                None => {
+                    let shared = tx.position(SHARE_POSITION).await?;
+                    if shared < last {
+                        tokio::spawn(tx.commit());
+                        queue = true;
+                        continue;
+                    }
+                    // Folded by the holder: only what it made stale here is dropped.
+                    self.follow(shared);
+                    let (committed, _) = self.fold.apply(&PgRows(tx.client()), events).await?;
+                    tokio::spawn(tx.commit());
+                    return Ok(committed);
+                }
+            };
+            self.follow(stored);
+            let rows = PgRows(tx.client());
+            let (committed, writes) = self.fold.apply(&rows, events).await?;
+            let position = (committed.position != stored).then_some(committed.position);
+            if position.is_none() && writes.is_empty() {
+                // Nothing folded here (another node had): the lock goes with a commit that
+                // nothing waits for, so the position is published a round trip sooner.
+                tokio::spawn(tx.commit());
+                return Ok(committed);
+            }
+            rows.finish(&writes, position).await?;
+            tx.done();
+            return Ok(committed);
+        }
+    }
+
+    /// Takes the stored position as this writer's: the batch's events up to it were folded
+    /// by another node, and each drops what it made stale here (`Fold::apply`).
+    fn follow(&mut self, stored: u64) {
+        if stored < self.fold.position {
+            // The tables were rebuilt (a node started on another schema version), or this
+            // writer's last batch did not commit.
+            tracing::debug!(
+                stored,
+                folded = self.fold.position,
+                "the read model is behind this writer; forgetting what it held"
+            );
+            self.fold.position = stored;
+            self.fold.forget();
+        }
+        if stored > self.fold.position {
             tracing::debug!(
                 stored,
                 folded = self.fold.position,
                 "the read model was moved by another node; following it"
             );
             self.fold.position = stored;
-            self.fold.live.clear();
         }
-        let committed = self.fold.apply(&PgRows(&tx), events).await?;
-        if committed.position != stored {
-            tx.execute(
-                "UPDATE read_projection SET position = $2 WHERE name = $1",
-                &[&PROJECTION_NAME, &(committed.position as i64)],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(committed)
     }
 
     /// Keeps webhook messages for `retention` (None: for ever).
@@ -162,6 +197,9 @@ impl PgWriter {
     /// Removes up to [`PURGE_BATCH`] final jobs of a deleted source connection, in one
     /// transaction (one node at a time per connection). Returns whether there is more.
     async fn purge_jobs_step(&mut self) -> Result<bool, ReadError> {
+        if self.fold.purge_known_empty {
+            return Ok(false);
+        }
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await?;
         let next = tx
@@ -171,6 +209,11 @@ impl PgWriter {
             )
             .await?;
         let Some(sc) = next.map(|r| r.get::<_, Uuid>(0)) else {
+            // Empty, or each entry being purged by another node (which may yet die).
+            self.fold.purge_known_empty = !tx
+                .query_one("SELECT EXISTS (SELECT 1 FROM read_purge_queue)", &[])
+                .await?
+                .get::<_, bool>(0);
             return Ok(false);
         };
         let removed = tx
@@ -196,29 +239,275 @@ impl PgWriter {
 /// Fewer new job rows than this go in with the upsert: a `COPY` costs a round trip more.
 const COPY_AT_LEAST: usize = 64;
 
-/// The fold's row operations on a PostgreSQL transaction (statements prepared once per
-/// connection).
-struct PgRows<'t>(&'t Transaction<'t>);
+/// The projection's row, locked to fold (waiting for the holder, after the other waiters).
+const LOCK_POSITION: &str = "SELECT position FROM read_projection WHERE name = $1 FOR UPDATE";
+/// The projection's row, locked to fold unless another transaction holds it (no row then).
+const LOCK_OR_SKIP: &str =
+    "SELECT position FROM read_projection WHERE name = $1 FOR UPDATE SKIP LOCKED";
+/// The position once the node folding has committed (waiters share this lock).
+const SHARE_POSITION: &str = "SELECT position FROM read_projection WHERE name = $1 FOR SHARE";
+const STORE_POSITION: &str = "UPDATE read_projection SET position = $2 WHERE name = $1";
+
+/// A transaction begun on a pooled connection by hand (so that its statements and its
+/// `COMMIT` can go in one pipeline, which `tokio_postgres::Transaction` cannot). Unless it
+/// ended, the connection is closed, never handed out again inside a transaction: after an
+/// error, or when the future folding the batch is dropped half-way; the server then rolls
+/// the transaction back.
+struct OpenTx(Option<deadpool_postgres::Object>);
+
+impl OpenTx {
+    fn client(&self) -> &deadpool_postgres::ClientWrapper {
+        self.0
+            .as_deref()
+            .expect("taken only by done() or commit(), which consume it")
+    }
+
+    /// `BEGIN` and `lock` (a select of the position) in one round trip: tokio-postgres
+    /// sends requests in the order their futures are first polled, and `join!` polls in
+    /// order. None: the row was skipped (locked elsewhere).
+    async fn begin_with(&self, lock: &str) -> Result<Option<u64>, ReadError> {
+        let client = self.client();
+        let lock = client.prepare_cached(lock).await?;
+        let (begun, locked) = futures::join!(
+            client.batch_execute("BEGIN"),
+            client.query_opt(&lock, &[&PROJECTION_NAME])
+        );
+        begun?;
+        Ok(locked?.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    /// The position, read by `sql`.
+    async fn position(&self, sql: &str) -> Result<u64, ReadError> {
+        let client = self.client();
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client
+            .query_one(&stmt, &[&PROJECTION_NAME])
+            .await?
+            .get::<_, i64>(0) as u64)
+    }
+
+    /// The transaction was committed: the connection goes back to the pool.
+    fn done(mut self) {
+        self.0.take();
+    }
+
+    /// Commits (for a transaction that only held the lock); a failure closes the connection.
+    async fn commit(self) {
+        if let Err(err) = self.client().batch_execute("COMMIT").await {
+            tracing::debug!(%err, "read model: commit of a batch folded elsewhere failed");
+            return;
+        }
+        self.done();
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+/// Parameters of a statement that borrow what they write.
+type Params<'a> = Vec<Box<dyn ToSql + Sync + Send + 'a>>;
+
+/// The upsert of job rows: inserts new ones, updates (`active`, `state`) known ones.
+fn upsert_jobs<'a>(rows: &[&'a JobRow]) -> (&'static str, Params<'a>) {
+    let ids: Vec<Uuid> = rows.iter().map(|j| j.id).collect();
+    let scs: Vec<Uuid> = rows.iter().map(|j| j.source_connection_id).collect();
+    let orgs: Vec<Uuid> = rows.iter().map(|j| j.organization_id).collect();
+    let active: Vec<bool> = rows.iter().map(|j| j.active).collect();
+    let created: Vec<i64> = rows.iter().map(|j| j.created_position as i64).collect();
+    let states: Vec<&'a [u8]> = rows.iter().map(|j| j.state.as_slice()).collect();
+    (
+        "INSERT INTO read_jobs
+           (id, source_connection_id, organization_id, active, created_position, state)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::boolean[],
+                              $5::bigint[], $6::bytea[])
+         ON CONFLICT (id) DO UPDATE SET active = excluded.active, state = excluded.state",
+        vec![
+            Box::new(ids),
+            Box::new(scs),
+            Box::new(orgs),
+            Box::new(active),
+            Box::new(created),
+            Box::new(states),
+        ],
+    )
+}
+
+/// Adds to organizations' counts, one statement for all.
+fn add_counts(deltas: &[(Uuid, OrgCounts)]) -> (&'static str, Params<'static>) {
+    let ids: Vec<Uuid> = deltas.iter().map(|(id, _)| *id).collect();
+    let [collections, connections, active] =
+        [0, 1, 2].map(|i| deltas.iter().map(|(_, d)| d[i]).collect::<Vec<i64>>());
+    (
+        "INSERT INTO read_organization_counts AS c
+           (organization_id, collections, source_connections, active_jobs)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
+         ON CONFLICT (organization_id) DO UPDATE SET
+           collections = c.collections + excluded.collections,
+           source_connections = c.source_connections + excluded.source_connections,
+           active_jobs = c.active_jobs + excluded.active_jobs",
+        vec![
+            Box::new(ids),
+            Box::new(collections),
+            Box::new(connections),
+            Box::new(active),
+        ],
+    )
+}
+
+/// Adds to source connections' run counters, one statement for all.
+fn count_runs(runs: &[(Uuid, RunCounts)]) -> (&'static str, Params<'static>) {
+    let ids: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
+    let [total, successful, failed] =
+        [0, 1, 2].map(|i| runs.iter().map(|(_, r)| r[i]).collect::<Vec<i64>>());
+    (
+        "UPDATE read_source_connections s SET total_runs = s.total_runs + d.total,
+           successful_runs = s.successful_runs + d.successful,
+           failed_runs = s.failed_runs + d.failed
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
+           AS d (id, total, successful, failed)
+         WHERE s.id = d.id",
+        vec![
+            Box::new(ids),
+            Box::new(total),
+            Box::new(successful),
+            Box::new(failed),
+        ],
+    )
+}
+
+/// Inserts webhook messages (those that exist are left), one statement for all: one is
+/// made for every lifecycle event.
+fn insert_messages(messages: &[NewMessage]) -> (&'static str, Params<'_>) {
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    let orgs: Vec<Uuid> = messages.iter().map(|m| m.organization_id).collect();
+    let types: Vec<&[u8]> = messages.iter().map(|m| m.event_type.as_bytes()).collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    let times: Vec<String> = messages.iter().map(|m| t(&m.timestamp)).collect();
+    let positions: Vec<i64> = messages.iter().map(|m| m.created_position as i64).collect();
+    (
+        "INSERT INTO read_webhook_messages (id, organization_id, event_type, payload,
+           timestamp, created_position)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $5::text[],
+                              $6::bigint[])
+         ON CONFLICT (id) DO NOTHING",
+        vec![
+            Box::new(ids),
+            Box::new(orgs),
+            Box::new(types),
+            Box::new(payloads),
+            Box::new(times),
+            Box::new(positions),
+        ],
+    )
+}
+
+/// Inserts pending deliveries unless they exist, one statement for all.
+fn insert_deliveries(deliveries: &[NewDelivery]) -> (&'static str, Params<'_>) {
+    let messages: Vec<Uuid> = deliveries.iter().map(|d| d.message_id).collect();
+    let subs: Vec<Uuid> = deliveries.iter().map(|d| d.subscription_id).collect();
+    let orgs: Vec<Uuid> = deliveries.iter().map(|d| d.organization_id).collect();
+    let due: Vec<&str> = deliveries.iter().map(|d| d.due.as_str()).collect();
+    let positions: Vec<i64> = deliveries
+        .iter()
+        .map(|d| d.created_position as i64)
+        .collect();
+    (
+        "INSERT INTO read_webhook_deliveries (message_id, subscription_id, organization_id,
+           status, attempts, round_start, next_attempt_at, created_position)
+         SELECT d.m, d.s, d.o, 'pending', 0, 0, d.due, d.p
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[])
+           AS d (m, s, o, due, p)
+         ON CONFLICT DO NOTHING",
+        vec![
+            Box::new(messages),
+            Box::new(subs),
+            Box::new(orgs),
+            Box::new(due),
+            Box::new(positions),
+        ],
+    )
+}
+
+/// The fold's row operations on a PostgreSQL connection inside an [`OpenTx`] (statements
+/// prepared once per connection).
+struct PgRows<'t>(&'t deadpool_postgres::ClientWrapper);
 
 impl PgRows<'_> {
-    /// Inserts new job rows, or updates the rows of known ones.
-    async fn upsert_jobs(&self, rows: &[&JobRow]) -> Result<(), ReadError> {
-        let ids: Vec<Uuid> = rows.iter().map(|j| j.id).collect();
-        let scs: Vec<Uuid> = rows.iter().map(|j| j.source_connection_id).collect();
-        let orgs: Vec<Uuid> = rows.iter().map(|j| j.organization_id).collect();
-        let active: Vec<bool> = rows.iter().map(|j| j.active).collect();
-        let created: Vec<i64> = rows.iter().map(|j| j.created_position as i64).collect();
-        let states: Vec<&[u8]> = rows.iter().map(|j| j.state.as_slice()).collect();
-        self.execute(
-            "INSERT INTO read_jobs
-               (id, source_connection_id, organization_id, active, created_position, state)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::boolean[],
-                                  $5::bigint[], $6::bytea[])
-             ON CONFLICT (id) DO UPDATE SET active = excluded.active, state = excluded.state",
-            &[&ids, &scs, &orgs, &active, &created, &states],
-        )
-        .await?;
+    /// Runs one of the statements above.
+    async fn run(&self, (sql, params): (&str, Params<'_>)) -> Result<u64, ReadError> {
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        self.execute(sql, &params).await
+    }
+
+    /// The batch's last writes, the new position (if it moved) and `COMMIT`, in one
+    /// pipeline: a command's fold was a dozen round trips, each a wait (bench #14). Many
+    /// new job rows go first by `COPY` (which waits for the server's go-ahead). Every
+    /// statement is prepared before any is sent, so that each request goes out on its
+    /// future's first poll and all go before the `COMMIT`; if one fails, the server refuses
+    /// the rest and turns the `COMMIT` into a rollback, and the first error is returned.
+    async fn finish(&self, w: &Writes, position: Option<u64>) -> Result<(), ReadError> {
+        let mut statements = Vec::new();
+        if !w.messages.is_empty() {
+            statements.push(insert_messages(&w.messages));
+        }
+        if !w.deliveries.is_empty() {
+            statements.push(insert_deliveries(&w.deliveries));
+        }
+        let upserts = self.copy_new_jobs(&w.jobs).await?;
+        if !upserts.is_empty() {
+            statements.push(upsert_jobs(&upserts));
+        }
+        if !w.org_counts.is_empty() {
+            statements.push(add_counts(&w.org_counts));
+        }
+        if !w.runs.is_empty() {
+            statements.push(count_runs(&w.runs));
+        }
+        if let Some(p) = position {
+            let params: Params<'static> = vec![Box::new(PROJECTION_NAME), Box::new(p as i64)];
+            statements.push((STORE_POSITION, params));
+        }
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (sql, params) in &statements {
+            let params: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            prepared.push((self.0.prepare_cached(sql).await?, params));
+        }
+        let client: &tokio_postgres::Client = self.0;
+        let (written, committed) = futures::join!(
+            futures::future::join_all(
+                prepared
+                    .iter()
+                    .map(|(stmt, params)| client.execute(stmt, params))
+            ),
+            client.batch_execute("COMMIT")
+        );
+        for w in written {
+            w?;
+        }
+        committed?;
         Ok(())
+    }
+
+    /// Inserts the new rows among `rows` by `COPY` when there are many; the rows left to
+    /// upsert.
+    async fn copy_new_jobs<'a>(&self, rows: &'a [JobRow]) -> Result<Vec<&'a JobRow>, ReadError> {
+        if rows.iter().filter(|r| r.new).count() < COPY_AT_LEAST {
+            return Ok(rows.iter().collect());
+        }
+        let (new, known): (Vec<&JobRow>, Vec<&JobRow>) = rows.iter().partition(|r| r.new);
+        self.copy_jobs(&new).await?;
+        Ok(known)
     }
 
     /// Inserts job rows no row exists for yet, by a binary `COPY`.
@@ -299,20 +588,7 @@ impl Rows for PgRows<'_> {
     }
 
     async fn add_counts(&self, deltas: &[(Uuid, OrgCounts)]) -> Result<(), ReadError> {
-        let ids: Vec<Uuid> = deltas.iter().map(|(id, _)| *id).collect();
-        let [collections, connections, active] =
-            [0, 1, 2].map(|i| deltas.iter().map(|(_, d)| d[i]).collect::<Vec<i64>>());
-        self.execute(
-            "INSERT INTO read_organization_counts AS c
-               (organization_id, collections, source_connections, active_jobs)
-             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
-             ON CONFLICT (organization_id) DO UPDATE SET
-               collections = c.collections + excluded.collections,
-               source_connections = c.source_connections + excluded.source_connections,
-               active_jobs = c.active_jobs + excluded.active_jobs",
-            &[&ids, &collections, &connections, &active],
-        )
-        .await?;
+        self.run(add_counts(deltas)).await?;
         Ok(())
     }
 
@@ -328,19 +604,7 @@ impl Rows for PgRows<'_> {
     }
 
     async fn count_runs(&self, runs: &[(Uuid, RunCounts)]) -> Result<(), ReadError> {
-        let ids: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
-        let [total, successful, failed] =
-            [0, 1, 2].map(|i| runs.iter().map(|(_, r)| r[i]).collect::<Vec<i64>>());
-        self.execute(
-            "UPDATE read_source_connections s SET total_runs = s.total_runs + d.total,
-               successful_runs = s.successful_runs + d.successful,
-               failed_runs = s.failed_runs + d.failed
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[])
-               AS d (id, total, successful, failed)
-             WHERE s.id = d.id",
-            &[&ids, &total, &successful, &failed],
-        )
-        .await?;
+        self.run(count_runs(runs)).await?;
         Ok(())
     }
 
@@ -388,13 +652,9 @@ impl Rows for PgRows<'_> {
     /// fold itself. Many new rows (a first start, a backlog) go in by `COPY`, which skips
     /// the upsert's conflict checks: the upsert took 1.5-2 s of a first start on 100k jobs.
     async fn write_jobs(&self, rows: &[JobRow]) -> Result<(), ReadError> {
-        if rows.iter().filter(|r| r.new).count() < COPY_AT_LEAST {
-            return self.upsert_jobs(&rows.iter().collect::<Vec<_>>()).await;
-        }
-        let (new, known): (Vec<&JobRow>, Vec<&JobRow>) = rows.iter().partition(|r| r.new);
-        self.copy_jobs(&new).await?;
-        if !known.is_empty() {
-            self.upsert_jobs(&known).await?;
+        let upserts = self.copy_new_jobs(rows).await?;
+        if !upserts.is_empty() {
+            self.run(upsert_jobs(&upserts)).await?;
         }
         Ok(())
     }
@@ -610,43 +870,12 @@ impl Rows for PgRows<'_> {
     /// One statement for the whole batch, as the job rows: a round trip per message (one
     /// per lifecycle event) would cost more than the fold of the event.
     async fn insert_webhook_messages(&self, messages: &[NewMessage]) -> Result<(), ReadError> {
-        let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
-        let orgs: Vec<Uuid> = messages.iter().map(|m| m.organization_id).collect();
-        let types: Vec<&[u8]> = messages.iter().map(|m| m.event_type.as_bytes()).collect();
-        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-        let times: Vec<String> = messages.iter().map(|m| t(&m.timestamp)).collect();
-        let positions: Vec<i64> = messages.iter().map(|m| m.created_position as i64).collect();
-        self.execute(
-            "INSERT INTO read_webhook_messages (id, organization_id, event_type, payload,
-               timestamp, created_position)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bytea[], $4::bytea[], $5::text[],
-                                  $6::bigint[])
-             ON CONFLICT (id) DO NOTHING",
-            &[&ids, &orgs, &types, &payloads, &times, &positions],
-        )
-        .await?;
+        self.run(insert_messages(messages)).await?;
         Ok(())
     }
 
     async fn insert_webhook_deliveries(&self, deliveries: &[NewDelivery]) -> Result<(), ReadError> {
-        let messages: Vec<Uuid> = deliveries.iter().map(|d| d.message_id).collect();
-        let subs: Vec<Uuid> = deliveries.iter().map(|d| d.subscription_id).collect();
-        let orgs: Vec<Uuid> = deliveries.iter().map(|d| d.organization_id).collect();
-        let due: Vec<&str> = deliveries.iter().map(|d| d.due.as_str()).collect();
-        let positions: Vec<i64> = deliveries
-            .iter()
-            .map(|d| d.created_position as i64)
-            .collect();
-        self.execute(
-            "INSERT INTO read_webhook_deliveries (message_id, subscription_id, organization_id,
-               status, attempts, round_start, next_attempt_at, created_position)
-             SELECT d.m, d.s, d.o, 'pending', 0, 0, d.due, d.p
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[])
-               AS d (m, s, o, due, p)
-             ON CONFLICT DO NOTHING",
-            &[&messages, &subs, &orgs, &due, &positions],
-        )
-        .await?;
+        self.run(insert_deliveries(deliveries)).await?;
         Ok(())
     }
 
