@@ -15,7 +15,7 @@ use std::time::Duration;
 use syncjobs_domain::events::stream;
 use syncjobs_domain::{
     Aggregate, EntityCounts, EventStore, Job, JobCommand, JobError, JobState, JobStatus, Metadata,
-    SharedClock, StoreError,
+    RecordedEvent, SharedClock, StoreError,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -138,10 +138,12 @@ pub struct ForceCancel;
 
 /// Read the job's stream for events this actor did not write (another node's cancel
 /// request, another node's watchdog verdict) and act on them. Sent by the supervisor,
-/// which follows the log.
+/// which follows the log, with the event it saw: when that is the stream's next after the
+/// actor's state, it is taken as is, with no read (a round trip off every cancel that
+/// another node records, bench #14).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Refresh;
+pub struct Refresh(pub Option<RecordedEvent>);
 
 /// A draining node gives the job back: its run is stopped and the job recorded pending again
 /// (JobResumed, handed back) for another worker; a cancelling job's run confirms the cancel.
@@ -616,15 +618,21 @@ impl Handler<ForceCancel> for JobActor {
 impl Handler<Refresh> for JobActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, _msg: Refresh, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Refresh, _ctx: &mut Context<Self>) -> Self::Result {
         let env = self.env.clone();
         let known = self.state.clone();
         let stream = stream::job(self.job_id);
+        let next = msg.0.filter(|e| {
+            e.stream_id == stream && known.as_ref().is_some_and(|k| e.version == k.version + 1)
+        });
         let read = async move {
             let Some(known) = known else {
                 return Ok(None);
             };
-            let newer = env.store.read_stream(&stream, known.version).await?;
+            let newer = match next {
+                Some(e) => vec![e],
+                None => env.store.read_stream(&stream, known.version).await?,
+            };
             if newer.is_empty() {
                 return Ok(None);
             }

@@ -776,7 +776,7 @@ impl Supervisor {
             )
         {
             if let Some(addr) = &entry.addr {
-                addr.do_send(Refresh);
+                addr.do_send(Refresh(Some(e.clone())));
             }
         }
         let claimed_by = match event {
@@ -877,7 +877,7 @@ impl Supervisor {
                 // The follower may have folded later events (a cancel) before this claim
                 // reported: the actor reads them.
                 if entry.state.version > claimed_version {
-                    addr.do_send(Refresh);
+                    addr.do_send(Refresh(None));
                 }
                 entry.addr = Some(addr);
             }

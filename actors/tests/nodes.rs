@@ -361,6 +361,118 @@ fn a_cancel_recorded_by_an_api_node_stops_the_run_on_its_worker() {
     });
 }
 
+/// The log as a worker sees it, counting the worker's reads of job streams.
+struct CountingStreamReads {
+    inner: Arc<InMemoryStore>,
+    job_stream_reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl EventStore for CountingStreamReads {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: syncjobs_domain::ExpectedVersion,
+        events: Vec<syncjobs_domain::NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, syncjobs_domain::StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        s: &str,
+        after: u64,
+    ) -> Result<Vec<RecordedEvent>, syncjobs_domain::StoreError> {
+        if stream::job_id(s).is_some() {
+            self.job_stream_reads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.read_stream(s, after).await
+    }
+    async fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, syncjobs_domain::StoreError> {
+        self.inner.read_all(after, limit).await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+    fn backend(&self) -> &'static str {
+        "counting"
+    }
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), syncjobs_domain::StoreError> {
+        self.inner.heartbeat(worker, at).await
+    }
+    async fn heartbeats(
+        &self,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, syncjobs_domain::StoreError> {
+        self.inner.heartbeats().await
+    }
+    async fn forget_heartbeat(&self, worker: &str) -> Result<(), syncjobs_domain::StoreError> {
+        self.inner.forget_heartbeat(worker).await
+    }
+}
+
+/// A worker learns of another node's cancel request from the log it follows, and takes the
+/// request from there: it does not read the job's stream again (a round trip of every
+/// cancel across nodes, bench #14).
+#[test]
+fn a_worker_takes_another_node_s_cancel_request_from_the_log_without_reading_the_stream() {
+    paused(async {
+        let store = InMemoryStore::new();
+        let api = api(&store);
+        let counting = Arc::new(CountingStreamReads {
+            inner: store.clone(),
+            job_stream_reads: Default::default(),
+        });
+        let w = start_supervisor(
+            counting.clone(),
+            slow(),
+            clock(),
+            SupervisorSettings {
+                cancel_timeout: TIMEOUT,
+                role: SupervisorRole::Worker,
+                job: JobSettings {
+                    worker_name: "w1".into(),
+                    progress_every_entities: 1,
+                    ..JobSettings::default()
+                },
+                liveness: Liveness {
+                    timeout: TIMEOUT * 10,
+                    ..Liveness::default()
+                },
+                ..SupervisorSettings::default()
+            },
+        );
+        w.ready().await;
+        let job = api
+            .create(new_job(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .state
+            .job_id;
+        run_for(Duration::from_millis(55)).await;
+        let before = counting
+            .job_stream_reads
+            .load(std::sync::atomic::Ordering::SeqCst);
+        api.cancel(job, "api-key:x".into()).await.unwrap();
+        settle().await;
+        let s = state(&store, job).await;
+        assert_eq!(s.status, JobStatus::Cancelled, "confirmed by the worker");
+        assert_eq!(s.error, None, "not forced");
+        let reads = counting
+            .job_stream_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
+            - before;
+        assert_eq!(reads, 0, "the worker read the job's stream {reads} times");
+    });
+}
+
 #[test]
 fn every_worker_arms_the_watchdog_and_one_force_cancel_lands() {
     paused(async {
