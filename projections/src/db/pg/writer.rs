@@ -82,11 +82,14 @@ impl PgWriter {
         loop {
             let client = self.pool.get().await.map_err(pool_error)?;
             let tx = OpenTx(Some(client));
-            let lock = if queue { LOCK_POSITION } else { LOCK_OR_SKIP };
-            let stored = match tx.begin_with(lock).await? {
-                Some(stored) => stored,
-                None => {
-                    let shared = tx.position(SHARE_POSITION).await?;
+            let locked = if queue {
+                tx.begin_with(LOCK_POSITION).await?
+            } else {
+                tx.begin_or_wait().await?
+            };
+            let stored = match locked {
+                Ok(stored) => stored,
+                Err(shared) => {
                     if shared < last {
                         tokio::spawn(tx.commit());
                         queue = true;
@@ -262,28 +265,39 @@ impl OpenTx {
             .expect("taken only by done() or commit(), which consume it")
     }
 
-    /// `BEGIN` and `lock` (a select of the position) in one round trip: tokio-postgres
-    /// sends requests in the order their futures are first polled, and `join!` polls in
-    /// order. None: the row was skipped (locked elsewhere).
-    async fn begin_with(&self, lock: &str) -> Result<Option<u64>, ReadError> {
+    /// `BEGIN` and the lock of the position, waiting for it behind the other waiters, in
+    /// one round trip: tokio-postgres sends requests in the order their futures are first
+    /// polled, and `join!` polls in order. Always `Ok`.
+    async fn begin_with(&self, lock: &str) -> Result<Result<u64, u64>, ReadError> {
         let client = self.client();
         let lock = client.prepare_cached(lock).await?;
         let (begun, locked) = futures::join!(
             client.batch_execute("BEGIN"),
-            client.query_opt(&lock, &[&PROJECTION_NAME])
+            client.query_one(&lock, &[&PROJECTION_NAME])
         );
         begun?;
-        Ok(locked?.map(|r| r.get::<_, i64>(0) as u64))
+        Ok(Ok(locked?.get::<_, i64>(0) as u64))
     }
 
-    /// The position, read by `sql`.
-    async fn position(&self, sql: &str) -> Result<u64, ReadError> {
+    /// `BEGIN`, the lock of the position unless another transaction holds it, and the
+    /// position shared (which waits for that holder's commit; on a row this transaction
+    /// has just locked it answers at once), in one round trip. `Ok`: the lock is held, at
+    /// this position; `Err`: another held it, and committed this position.
+    async fn begin_or_wait(&self) -> Result<Result<u64, u64>, ReadError> {
         let client = self.client();
-        let stmt = client.prepare_cached(sql).await?;
-        Ok(client
-            .query_one(&stmt, &[&PROJECTION_NAME])
-            .await?
-            .get::<_, i64>(0) as u64)
+        let lock = client.prepare_cached(LOCK_OR_SKIP).await?;
+        let share = client.prepare_cached(SHARE_POSITION).await?;
+        let (begun, locked, shared) = futures::join!(
+            client.batch_execute("BEGIN"),
+            client.query_opt(&lock, &[&PROJECTION_NAME]),
+            client.query_one(&share, &[&PROJECTION_NAME])
+        );
+        begun?;
+        let shared = shared?.get::<_, i64>(0) as u64;
+        Ok(match locked? {
+            Some(row) => Ok(row.get::<_, i64>(0) as u64),
+            None => Err(shared),
+        })
     }
 
     /// The transaction was committed: the connection goes back to the pool.
