@@ -6,6 +6,7 @@ use crate::{lease, listen, migrate, writer};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use syncjobs_domain::events::{Event, Metadata, NewEvent, RecordedEvent};
@@ -77,7 +78,13 @@ pub(crate) struct Shared {
     pub(crate) config: tokio_postgres::Config,
     /// Standbys' lease connections, kept for their next try.
     pub(crate) standbys: crate::lease::Standbys,
+    /// This node's latest commits, one run of consecutive positions (see
+    /// [`Shared::remember`]).
+    recent: Mutex<VecDeque<RecordedEvent>>,
 }
+
+/// The most events of this node's own commits kept for followers keeping up.
+const RECENT_EVENTS: usize = 1024;
 
 impl Shared {
     /// Every position up to `position` is committed (appends commit in position order).
@@ -89,6 +96,44 @@ impl Shared {
             }
             newer
         });
+    }
+
+    /// Keeps events this node has just committed, in position order, for
+    /// [`EventStore::read_recent`]: a follower keeping up (this node's projector, its
+    /// supervisor, its event streams) gets them without a read, a round trip on the way of
+    /// every command that waits for its own event to be folded (bench #14). Positions are
+    /// dense (see the crate docs), so a run of consecutive positions held here is exactly
+    /// what a read of the log would return for it; an event that does not follow the last
+    /// one held (another node committed between) starts a new run.
+    pub(crate) fn remember(&self, events: Vec<RecordedEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut recent = lock(&self.recent);
+        for e in events {
+            if recent
+                .back()
+                .is_some_and(|last| last.global_position + 1 != e.global_position)
+            {
+                recent.clear();
+            }
+            recent.push_back(e);
+        }
+        while recent.len() > RECENT_EVENTS {
+            recent.pop_front();
+        }
+    }
+
+    /// Up to `limit` of the events after `after`, if those held here start right after it.
+    fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
+        let recent = lock(&self.recent);
+        let first = recent.front()?.global_position;
+        let last = recent.back()?.global_position;
+        if after + 1 < first || after >= last {
+            return None;
+        }
+        let from = usize::try_from(after + 1 - first).ok()?;
+        Some(recent.iter().skip(from).take(limit).cloned().collect())
     }
 
     /// This node's commit succeeded: writes work (again).
@@ -403,6 +448,7 @@ async fn start(url: String, schema: Schema, timeouts: Timeouts) -> Result<Starte
         unreachable: Mutex::new(None),
         config: config.clone(),
         standbys: Default::default(),
+        recent: Default::default(),
     });
     let (requests, rx) = mpsc::channel(QUEUE_CAPACITY);
     let stop = CancellationToken::new();
@@ -464,6 +510,10 @@ impl EventStore for PgStore {
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         self.query(READ_ALL, None, after, limit).await
+    }
+
+    fn read_recent(&self, after: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
+        self.shared.recent_after(after, limit)
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {

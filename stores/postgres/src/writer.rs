@@ -118,9 +118,8 @@ async fn commit(shared: &Shared, batch: Vec<Request>) {
     }
     match outcome {
         Ok((planned, head)) => {
-            if let Some(head) = head {
-                shared.committed(head);
-            }
+            let mut answers = Vec::with_capacity(batch.len());
+            let mut inserted = Vec::new();
             for (request, planned) in batch.into_iter().zip(planned) {
                 let Request {
                     stream,
@@ -131,9 +130,19 @@ async fn commit(shared: &Shared, batch: Vec<Request>) {
                 let answer = match planned {
                     Planned::Done(answer) => answer,
                     Planned::Insert { position, after } => {
-                        Ok(recorded(stream, events, position, after))
+                        let events = recorded(stream, events, position, after);
+                        inserted.extend(events.iter().cloned());
+                        Ok(events)
                     }
                 };
+                answers.push((reply, answer));
+            }
+            // Kept before the head moves: the followers it wakes find them in memory.
+            shared.remember(inserted);
+            if let Some(head) = head {
+                shared.committed(head);
+            }
+            for (reply, answer) in answers {
                 let _ = reply.send(answer);
             }
         }

@@ -412,3 +412,57 @@ async fn pooled_connections_cut_by_the_server_cost_no_append() {
     assert_eq!(store.read_stream("s", 0).await.unwrap().len(), 2);
     assert!(store.write_failure().is_none());
 }
+
+/// A node's own commits are kept for its followers keeping up (`read_recent`): what it
+/// answers is exactly what a read of the log answers, and it answers only for a run of
+/// positions it holds whole: an event another node committed between is read from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_s_own_commits_are_handed_to_its_followers_exactly_as_the_log_has_them() {
+    let Some(admin) = admin_url("a_node_s_own_commits_are_handed_to_its_followers") else {
+        return;
+    };
+    let db = TestDb::create(&admin).await;
+    let (a, b) = (db.store().await, db.store().await);
+    a.append("s", ExpectedVersion::Exact(0), (0..3).map(sample).collect())
+        .await
+        .unwrap();
+    a.append("s", ExpectedVersion::Exact(3), (3..5).map(sample).collect())
+        .await
+        .unwrap();
+    for after in 0..5 {
+        assert_eq!(
+            a.read_recent(after, 100),
+            Some(a.read_all(after, 100).await.unwrap()),
+            "after {after}"
+        );
+    }
+    assert_eq!(a.read_recent(1, 2), Some(a.read_all(1, 2).await.unwrap()));
+    assert_eq!(a.read_recent(5, 100), None, "nothing after the head");
+    assert_eq!(
+        b.read_recent(0, 100),
+        None,
+        "another node's commits are read"
+    );
+
+    b.append("t", ExpectedVersion::Exact(0), vec![sample(5)])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.read_recent(5, 100),
+        None,
+        "position 6 is b's: read from the log"
+    );
+    a.append("s", ExpectedVersion::Exact(5), vec![sample(6)])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.read_recent(6, 100),
+        Some(a.read_all(6, 100).await.unwrap())
+    );
+    assert_eq!(
+        a.read_recent(4, 100),
+        None,
+        "a follower at 4 must not jump b's event"
+    );
+    assert_eq!(b.read_recent(5, 100), Some(b.read_all(5, 1).await.unwrap()));
+}
