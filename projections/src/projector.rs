@@ -524,12 +524,19 @@ async fn run(
                 Some(reads) => {
                     // After a failed read the follower goes on from where it was, so the reads
                     // after an error join on to those before it: fold them all, then wait.
+                    // Sized once: growing it by doubling moved each event again.
+                    let total: usize = reads.iter().map(|r| r.as_ref().map_or(0, Vec::len)).sum();
                     let mut batch = Vec::new();
                     let mut failed = false;
                     for read in reads {
                         match read {
-                            Ok(events) if batch.is_empty() => batch = events,
-                            Ok(events) => batch.extend(events),
+                            Ok(events) if batch.is_empty() && events.len() == total => {
+                                batch = events
+                            }
+                            Ok(events) => {
+                                batch.reserve_exact(total - batch.len());
+                                batch.extend(events)
+                            }
                             Err(err) => {
                                 tracing::error!(%err, "projector cannot read the log");
                                 failed = true;
