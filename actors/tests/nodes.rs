@@ -79,11 +79,11 @@ fn node(
         timeout: TIMEOUT * 10,
         ..Liveness::default()
     };
-    node_with(store, runner, role, name, capacity, liveness, 1)
+    node_with(store.clone(), runner, role, name, capacity, liveness, 1)
 }
 
 fn node_with(
-    store: &Arc<InMemoryStore>,
+    store: Arc<dyn EventStore>,
     runner: Arc<dyn SyncRunner>,
     role: SupervisorRole,
     name: &str,
@@ -92,7 +92,7 @@ fn node_with(
     max_resumes: u32,
 ) -> Jobs {
     start_supervisor(
-        store.clone(),
+        store,
         runner,
         clock(),
         SupervisorSettings {
@@ -126,7 +126,7 @@ fn live_worker(
         timeout: SILENCE,
         ..Liveness::default()
     };
-    let role = SupervisorRole::Worker;
+    let (role, store) = (SupervisorRole::Worker, store.clone());
     node_with(store, runner, role, name, None, liveness, max_resumes)
 }
 
@@ -430,25 +430,12 @@ fn a_worker_takes_another_node_s_cancel_request_from_the_log_without_reading_the
             inner: store.clone(),
             job_stream_reads: Default::default(),
         });
-        let w = start_supervisor(
-            counting.clone(),
-            slow(),
-            clock(),
-            SupervisorSettings {
-                cancel_timeout: TIMEOUT,
-                role: SupervisorRole::Worker,
-                job: JobSettings {
-                    worker_name: "w1".into(),
-                    progress_every_entities: 1,
-                    ..JobSettings::default()
-                },
-                liveness: Liveness {
-                    timeout: TIMEOUT * 10,
-                    ..Liveness::default()
-                },
-                ..SupervisorSettings::default()
-            },
-        );
+        let liveness = Liveness {
+            timeout: TIMEOUT * 10,
+            ..Liveness::default()
+        };
+        let role = SupervisorRole::Worker;
+        let w = node_with(counting.clone(), slow(), role, "w1", None, liveness, 1);
         w.ready().await;
         let job = api
             .create(new_job(Uuid::now_v7()))

@@ -1142,12 +1142,7 @@ async fn two_nodes_folding_one_log_into_one_postgresql_database_apply_each_event
     let events = h.all().await;
     let expected = fold(Engine::Postgres, &events).await.dump().await;
     let db = testkit::TestDb::create(&admin).await;
-    let (first, one) = Projection::open_postgres(&db.url, false, Default::default())
-        .await
-        .unwrap();
-    let (second, two) = Projection::open_postgres(&db.url, false, Default::default())
-        .await
-        .unwrap();
+    let ((first, one), (second, two)) = two_nodes(&db.url).await;
     let follow = |writer: ProjectionWriter, size: usize| {
         let events = events.clone();
         tokio::spawn(async move {
@@ -1221,6 +1216,17 @@ async fn a_node_forgets_cached_rows_changed_by_events_another_node_folded() {
     assert!(authenticate().await.is_none(), "revoked on every node");
 }
 
+/// Two nodes' read models on one PostgreSQL database.
+async fn two_nodes(
+    url: &str,
+) -> (
+    (Projection, ProjectionWriter),
+    (Projection, ProjectionWriter),
+) {
+    let open = || async { Projection::open_postgres(url, false, Default::default()).await };
+    (open().await.unwrap(), open().await.unwrap())
+}
+
 /// What a node keeps between batches (its live jobs, the connections' organizations, the
 /// subscriptions and names a webhook message reads) follows the events another node folded:
 /// the node that folds next gives the rows a single writer would, with the job's state as
@@ -1273,12 +1279,7 @@ async fn a_node_folding_after_another_builds_on_what_the_other_folded() {
     let expected = fold(Engine::Postgres, &events).await.dump().await;
 
     let db = testkit::TestDb::create(&admin).await;
-    let (first, one) = Projection::open_postgres(&db.url, false, Default::default())
-        .await
-        .unwrap();
-    let (second, two) = Projection::open_postgres(&db.url, false, Default::default())
-        .await
-        .unwrap();
+    let ((first, one), (second, two)) = two_nodes(&db.url).await;
     two.apply_batch(events[..prefix].iter().cloned())
         .await
         .unwrap();
