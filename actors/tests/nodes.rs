@@ -73,13 +73,16 @@ fn node(
     name: &str,
     capacity: Option<usize>,
 ) -> Jobs {
-    // These tests jump the clock by a whole cancel timeout at once, which a worker cannot
-    // beat through: liveness is out of their way here, and tested below with its own.
-    let liveness = Liveness {
+    node_with(store.clone(), runner, role, name, capacity, patient(), 1)
+}
+
+/// Liveness out of the way: these tests jump the clock by a whole cancel timeout at once,
+/// which a worker cannot beat through (liveness is tested below with its own).
+fn patient() -> Liveness {
+    Liveness {
         timeout: TIMEOUT * 10,
         ..Liveness::default()
-    };
-    node_with(store.clone(), runner, role, name, capacity, liveness, 1)
+    }
 }
 
 fn node_with(
@@ -430,12 +433,8 @@ fn a_worker_takes_another_node_s_cancel_request_from_the_log_without_reading_the
             inner: store.clone(),
             job_stream_reads: Default::default(),
         });
-        let liveness = Liveness {
-            timeout: TIMEOUT * 10,
-            ..Liveness::default()
-        };
         let role = SupervisorRole::Worker;
-        let w = node_with(counting.clone(), slow(), role, "w1", None, liveness, 1);
+        let w = node_with(counting.clone(), slow(), role, "w1", None, patient(), 1);
         w.ready().await;
         let job = api
             .create(new_job(Uuid::now_v7()))

@@ -83,7 +83,7 @@ impl PgWriter {
             let client = self.pool.get().await.map_err(pool_error)?;
             let tx = OpenTx(Some(client));
             let locked = if queue {
-                tx.begin_with(LOCK_POSITION).await?
+                Ok(tx.begin_locked().await?)
             } else {
                 tx.begin_or_wait().await?
             };
@@ -266,17 +266,17 @@ impl OpenTx {
     }
 
     /// `BEGIN` and the lock of the position, waiting for it behind the other waiters, in
-    /// one round trip: tokio-postgres sends requests in the order their futures are first
-    /// polled, and `join!` polls in order. Always `Ok`.
-    async fn begin_with(&self, lock: &str) -> Result<Result<u64, u64>, ReadError> {
+    /// one round trip (tokio-postgres sends requests in the order their futures are first
+    /// polled, and `join!` polls in order); the position.
+    async fn begin_locked(&self) -> Result<u64, ReadError> {
         let client = self.client();
-        let lock = client.prepare_cached(lock).await?;
+        let lock = client.prepare_cached(LOCK_POSITION).await?;
         let (begun, locked) = futures::join!(
             client.batch_execute("BEGIN"),
             client.query_one(&lock, &[&PROJECTION_NAME])
         );
         begun?;
-        Ok(Ok(locked?.get::<_, i64>(0) as u64))
+        Ok(locked?.get::<_, i64>(0) as u64)
     }
 
     /// `BEGIN`, the lock of the position unless another transaction holds it, and the
@@ -325,6 +325,14 @@ impl Drop for OpenTx {
 
 /// Parameters of a statement that borrow what they write.
 type Params<'a> = Vec<Box<dyn ToSql + Sync + Send + 'a>>;
+
+/// `params` as tokio-postgres takes them.
+fn param_refs<'p>(params: &'p Params<'_>) -> Vec<&'p (dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
 
 /// The upsert of job rows: inserts new ones, updates (`active`, `state`) known ones.
 fn upsert_jobs<'a>(rows: &[&'a JobRow]) -> (&'static str, Params<'a>) {
@@ -454,11 +462,7 @@ struct PgRows<'t>(&'t deadpool_postgres::ClientWrapper);
 impl PgRows<'_> {
     /// Runs one of the statements above.
     async fn run(&self, (sql, params): (&str, Params<'_>)) -> Result<u64, ReadError> {
-        let params: Vec<&(dyn ToSql + Sync)> = params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        self.execute(sql, &params).await
+        self.execute(sql, &param_refs(&params)).await
     }
 
     /// The batch's last writes, the new position (if it moved) and `COMMIT`, in one
@@ -491,11 +495,7 @@ impl PgRows<'_> {
         }
         let mut prepared = Vec::with_capacity(statements.len());
         for (sql, params) in &statements {
-            let params: Vec<&(dyn ToSql + Sync)> = params
-                .iter()
-                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-                .collect();
-            prepared.push((self.0.prepare_cached(sql).await?, params));
+            prepared.push((self.0.prepare_cached(sql).await?, param_refs(params)));
         }
         let client: &tokio_postgres::Client = self.0;
         let (written, committed) = futures::join!(
