@@ -44,7 +44,7 @@
 //!
 //! [`SqliteDestination`]: syncjobs_actors::pipeline::SqliteDestination
 
-use crate::error::{connection_gone, unavailable_cause};
+use crate::error::{connection_gone, describe, unavailable_cause};
 use crate::migrate;
 use crate::store::{
     build_pool, build_runtime, join_error, parse_config, runtime_handle, OwnRuntime, Timeouts,
@@ -187,15 +187,10 @@ async fn start(url: String) -> Result<Pool, StoreError> {
 fn pg_error(what: &str, e: &tokio_postgres::Error) -> DestinationError {
     let detail = match unavailable_cause(e) {
         Some(cause) => {
-            tracing::warn!(error = %redact(&e.to_string()), cause, "entity store unavailable");
+            tracing::warn!(error = %redact(&describe(e)), cause, "entity store unavailable");
             cause.to_owned()
         }
-        // The server's own message (a constraint, a trigger): tokio-postgres's Display
-        // says only "db error".
-        None => match e.as_db_error() {
-            Some(db) => redact(&format!("db error: {db}")).into_owned(),
-            None => redact(&e.to_string()).into_owned(),
-        },
+        None => redact(&describe(e)).into_owned(),
     };
     DestinationError::Storage(format!("{what}: {detail}"))
 }

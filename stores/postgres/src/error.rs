@@ -15,12 +15,28 @@ pub(crate) const UNREACHABLE: &str = "the database is unreachable";
 pub(crate) fn store_error(e: &tokio_postgres::Error) -> StoreError {
     match unavailable_cause(e) {
         Some(cause) => {
-            tracing::warn!(error = %redact(&e.to_string()), cause, "event store unavailable");
+            tracing::warn!(error = %redact(&describe(e)), cause, "event store unavailable");
             StoreError::Unavailable {
                 cause: cause.to_owned(),
             }
         }
-        None => StoreError::Backend(redact(&e.to_string()).into_owned()),
+        None => StoreError::Backend(redact(&describe(e)).into_owned()),
+    }
+}
+
+/// `e` with what the server or the socket said: tokio-postgres's own text is only its
+/// kind ("db error"). A server's error gives its severity, code and message, never its
+/// detail, which may quote a row's values.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), e.source()) {
+        (Some(db), _) => format!(
+            "{e}: {} {}: {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        ),
+        (None, Some(source)) => format!("{e}: {source}"),
+        (None, None) => e.to_string(),
     }
 }
 

@@ -131,7 +131,7 @@ async fn connect(shared: &Shared, duty: &str, holder: &str) -> Result<Standby, S
         .map_err(|e| store_error(&e))?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!(error = %redact(&e.to_string()), "a lease's connection ended");
+            tracing::debug!(error = %redact(&crate::describe(&e)), "a lease's connection ended");
         }
     });
     Ok(Standby { client, driver })
@@ -242,7 +242,7 @@ async fn keep(
                     Ok(Ok(_)) => break Some("the lease's lock is no longer held".to_owned()),
                     Ok(Err(e)) => break Some(format!(
                         "the lease's check failed: {}",
-                        redact(&e.to_string())
+                        redact(&crate::describe(&e))
                     )),
                     Err(_) => break Some(format!(
                         "the database did not answer the lease's check within {} s",

@@ -76,6 +76,7 @@ pub mod testkit;
 pub mod writer;
 
 pub use destination::PgDestination;
+pub use error::describe;
 pub use listen::LISTENER_NAME;
 pub use store::{tune, OwnRuntime, PgStore, Schema, Timeouts, POOL_SIZE};
 pub use syncjobs_domain::StoreError;

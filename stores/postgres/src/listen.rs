@@ -57,7 +57,7 @@ async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> Result<(), 
     let (client, mut connection) = tokio::time::timeout(limits.connect, config.connect(NoTls))
         .await
         .map_err(|_| format!("no answer within {} s", limits.connect.as_secs()))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::describe(&e))?;
     let (tx, mut notified) = tokio::sync::mpsc::unbounded_channel();
     // The connection's messages, notifications among them, come only by polling it.
     let driver = tokio::spawn(async move {
@@ -71,7 +71,7 @@ async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> Result<(), 
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %redact(&e.to_string()), "event store listener lost its connection");
+                    tracing::warn!(error = %redact(&crate::describe(&e)), "event store listener lost its connection");
                     break;
                 }
             }
@@ -86,7 +86,7 @@ async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> Result<(), 
     })
     .await
     .map_err(|_| format!("no answer within {} s", limits.operation.as_secs()))
-    .and_then(|r| r.map_err(|e| e.to_string()));
+    .and_then(|r| r.map_err(|e| crate::describe(&e)));
     match caught_up {
         Ok(head) => {
             tracing::debug!(head, "event store listener is listening");
