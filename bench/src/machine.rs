@@ -138,19 +138,44 @@ pub fn process_cpu_time() -> std::time::Duration {
 /// the cores with it.
 pub fn cpu_time_of(pid: u32) -> std::io::Result<std::time::Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces), starting at field 3 (state);
-    // utime and stime are fields 14 and 15, in clock ticks.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let (_, ticks) = stat_ticks(&stat)
+        .ok_or_else(|| std::io::Error::other(format!("/proc/{pid}/stat: unexpected layout")))?;
+    Ok(ticks_to_duration(ticks[0] + ticks[1]))
+}
+
+/// CPU time every process named `postgres` on this machine has used so far, with what
+/// their reaped children used (a backend that exited counts in the postmaster's): a
+/// run's delta is the server's share of the two cores, when the server is local. None
+/// when no such process is visible (a remote server).
+pub fn postgres_cpu_time() -> Option<std::time::Duration> {
+    let mut total = 0;
+    let mut seen = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue; // not a process, or gone meanwhile
+        };
+        if let Some(("postgres", ticks)) = stat_ticks(&stat) {
+            seen = true;
+            total += ticks.iter().sum::<u64>();
+        }
+    }
+    seen.then(|| ticks_to_duration(total))
+}
+
+/// The command name and the utime, stime, cutime and cstime (clock ticks) of a
+/// `/proc/<pid>/stat` line.
+fn stat_ticks(stat: &str) -> Option<(&str, [u64; 4])> {
+    // The command name sits in parentheses and may hold spaces; the fields after it start
+    // at field 3 (state); utime, stime, cutime and cstime are fields 14 to 17.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
-        return Err(std::io::Error::other(format!(
-            "/proc/{pid}/stat: unexpected layout"
-        )));
-    };
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((name, [tick(11)?, tick(12)?, tick(13)?, tick(14)?]))
+}
+
+fn ticks_to_duration(ticks: u64) -> std::time::Duration {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(std::time::Duration::from_nanos(
-        (user + system).saturating_mul(1_000_000_000) / per_second,
-    ))
+    std::time::Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / per_second)
 }

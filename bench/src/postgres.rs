@@ -556,7 +556,22 @@ async fn measure_recovery(cfg: &Config, db: &BenchDb, jobs: u64) -> Result<Outco
         crate::recovery::generate_into(&store, crate::recovery::Shape::jobs(jobs), Instant::now())
             .await?
     };
+    // Settled before either side is measured: the autovacuum of a million fresh rows, the
+    // hint bits their first reader sets and the checkpoint of their pages otherwise land
+    // on whichever runs first (a long-lived log has had all three long ago).
+    let c = client(&db.url).await?;
+    for settle in ["VACUUM (ANALYZE) syncjobs_events", "CHECKPOINT"] {
+        c.batch_execute(settle).await.map_err(|e| {
+            BenchError::failed(format!(
+                "{settle}: {}",
+                syncjobs_store_postgres::describe(&e)
+            ))
+        })?;
+    }
+    drop(c);
+    let pg_before = crate::machine::postgres_cpu_time();
     let first = copy_scan(&db.url).await?;
+    let copy_pg_cpu = cpu_since(pg_before);
     if first.0 != generated.events {
         return Err(BenchError::failed(format!(
             "the COPY read {} rows, {} events were generated",
@@ -576,48 +591,79 @@ async fn measure_recovery(cfg: &Config, db: &BenchDb, jobs: u64) -> Result<Outco
             env: vec![("SYNCJOBS_STORE", db.url.clone())],
         })
     };
+    let pg_before = crate::machine::postgres_cpu_time();
     let mut server = start()?;
     let api = Api::new(&server.base_url, &key)?;
     let cold = server
         .wait_ready(&api, generated.head, crate::recovery::READY_TIMEOUT)
         .await?;
+    let cold_cpu = (Some(server.cpu_time()?), cpu_since(pg_before));
     let memory = server.memory()?;
     let health = api.health().await?;
     crate::recovery::check_projected(&health, &generated)?;
     server.stop().await?;
     let second = copy_scan(&db.url).await?;
+    let pg_before = crate::machine::postgres_cpu_time();
     let mut server = start()?;
     let api = Api::new(&server.base_url, &key)?;
     let warm = server
         .wait_ready(&api, generated.head, crate::recovery::READY_TIMEOUT)
         .await?;
+    let warm_cpu = (Some(server.cpu_time()?), cpu_since(pg_before));
     server.stop().await?;
     let baseline = first.1.min(second.1);
     let r = ratio(cold.as_secs_f64(), baseline.as_secs_f64());
-    let mut table = Table::new(&["what", "seconds", "events/s", "x COPY"]);
-    for (what, took) in [
-        ("raw COPY of the events table (best of 2)", baseline),
-        ("first start until ready (folds into PostgreSQL)", cold),
-        ("restart until ready (the read model in place)", warm),
+    let mut table = Table::new(&[
+        "what",
+        "seconds",
+        "events/s",
+        "x COPY",
+        "syncjobs CPU s",
+        "PostgreSQL CPU s",
+    ]);
+    let seconds =
+        |cpu: Option<Duration>| cpu.map_or("-".into(), |c| format!("{:.2}", c.as_secs_f64()));
+    for (what, took, (own, pg)) in [
+        (
+            "raw COPY of the events table (best of 2)",
+            baseline,
+            (None, copy_pg_cpu),
+        ),
+        (
+            "first start until ready (folds into PostgreSQL)",
+            cold,
+            cold_cpu,
+        ),
+        (
+            "restart until ready (the read model in place)",
+            warm,
+            warm_cpu,
+        ),
     ] {
         table.row(vec![
             what.to_string(),
             format!("{:.2}", took.as_secs_f64()),
             thousands(per_second(generated.events as f64, took)),
             format!("{:.2}", ratio(took.as_secs_f64(), baseline.as_secs_f64())),
+            seconds(own),
+            seconds(pg),
         ]);
     }
     let body = format!(
         "{}\nThe store: #4's history ({jobs} jobs on {} source connections, {} events), appended \
          through `PgStore` in {:.1} s into a fresh database. \"Ready\": `syncjobs serve` with \
-         `SYNCJOBS_STORE` on that database was spawned until `GET /health` answered 200 with \
+         `SYNCJOBS_STORE` on that database (vacuumed and checkpointed first, as a \
+         long-lived log is) was spawned until `GET /health` answered 200 with \
          `projection.lag` 0 at the log's head; its read model's tables were empty, so it \
          folded the whole log (server RSS peak {:.0} MB); then it was stopped and started again \
          on the same database, where the read model resumes from its stored position (the \
          events/s of that row are the log's events over the restart's time, for scale). The \
          verdict is the first start's. The COPY reads every column of \
          every row in log order as text (`COPY (SELECT * FROM syncjobs_events ORDER BY \
-         position) TO STDOUT`), {} MB, decoding nothing.\n",
+         position) TO STDOUT`), {} MB, decoding nothing (its PostgreSQL CPU is the first \
+         COPY's). The CPU columns: what the syncjobs process and every `postgres` process on \
+         this machine used meanwhile (\"-\": not measured, or a remote server); the two \
+         share the machine's cores.\n",
         table.render(),
         generated.connections,
         generated.events,
@@ -635,6 +681,11 @@ async fn measure_recovery(cfg: &Config, db: &BenchDb, jobs: u64) -> Result<Outco
         verdict: Verdict::of(r <= 2.0),
         body,
     })
+}
+
+/// The CPU time PostgreSQL's local processes used since `before` (None: not visible).
+fn cpu_since(before: Option<Duration>) -> Option<Duration> {
+    Some(crate::machine::postgres_cpu_time()?.saturating_sub(before?))
 }
 
 /// Rows, time and bytes of a `COPY` of the events table in log order.
