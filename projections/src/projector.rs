@@ -297,9 +297,12 @@ impl ProjectionWriter {
 
     /// Most events folded in one transaction. SQLite's writer commits without an fsync
     /// (`synchronous=NORMAL`), and a command waits for its own event's batch, so its batches
-    /// stay small. A PostgreSQL commit waits for the server's WAL flush: while catching up
-    /// (a first start folds the whole log) small batches were mostly that wait, so they
-    /// are larger; a node keeping up folds what arrived, far less than this.
+    /// stay small. A PostgreSQL batch costs more than its events: the WAL flush of its
+    /// commit, and the run counters of every connection it touches (on a first start, all
+    /// of them, each batch). While catching up those made most of the time, so its batches
+    /// are larger: 32,768 events took a first start of 1M events from 2.4 x a `COPY` of
+    /// the log to 1.5 x (bench #12; 16,384 before). A node keeping up folds what arrived,
+    /// far less than this.
     fn max_batch(&self) -> usize {
         match &self.writer {
             WriterHandle::Sqlite(_) => MAX_BATCH,
@@ -395,9 +398,10 @@ const RETENTION_TICK: Duration = Duration::from_secs(60);
 /// Most events folded in one SQLite transaction.
 const MAX_BATCH: usize = 512;
 /// Most events folded in one PostgreSQL transaction (see `ProjectionWriter::max_batch`).
-const MAX_PG_BATCH: usize = 16384;
-/// Most reads of the log taken together when several are ready at once (a backlog).
-const READY_READS: usize = 16;
+const MAX_PG_BATCH: usize = 32768;
+/// Most reads of the log taken together when several are ready at once (a backlog): as
+/// many as a PostgreSQL batch holds.
+const READY_READS: usize = READS_AHEAD;
 
 /// Spawns the projector on the current tokio runtime, following from the stored position.
 pub fn spawn_projector(
@@ -413,8 +417,9 @@ pub fn spawn_projector(
     }
 }
 
-/// Reads of the log a follower on its own task may have done ahead of the fold.
-const READS_AHEAD: usize = 16;
+/// Reads of the log a follower on its own task may have done ahead of the fold: a whole
+/// batch's worth, read while the last one commits.
+const READS_AHEAD: usize = MAX_PG_BATCH / syncjobs_domain::store::FOLLOW_BATCH;
 
 /// [`follow_batches`] on its own task, up to [`READS_AHEAD`] reads ahead: the reading and
 /// decoding of the next events overlap the fold of the last ones. A first start on

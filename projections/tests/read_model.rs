@@ -1379,6 +1379,148 @@ async fn a_batch_whose_last_writes_fail_keeps_nothing_and_folds_again_later() {
     assert_eq!(counted, 1);
 }
 
+/// A source connection is created on its own stream only (as the API appends it): a
+/// creation on another stream, or again on its own, makes no row and counts nothing. The
+/// fold relies on it to insert a connection whose stream starts in the batch without
+/// looking for its row first.
+#[tokio::test]
+async fn a_source_connection_is_created_on_its_own_stream_only() {
+    on_each_engine(
+        "a_source_connection_is_created_on_its_own_stream_only",
+        a_source_connection_is_created_on_its_own_stream_only_on,
+    )
+    .await;
+}
+
+async fn a_source_connection_is_created_on_its_own_stream_only_on(engine: Engine) {
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let col = h.collection(org, "col").await;
+    let created = |id: Uuid, name: &str| SourceConnectionEvent::SourceConnectionCreated {
+        source_connection_id: id,
+        organization_id: org,
+        collection_id: col,
+        readable_collection_id: "col".into(),
+        name: name.into(),
+        description: None,
+        short_name: "timed".into(),
+        config: serde_json::json!({}),
+        auth_method: "direct".into(),
+        authenticated: true,
+    };
+    let stray = Uuid::new_v4();
+    h.append(
+        &stream::collection_name(org, "col"),
+        created(stray, "Stray"),
+    )
+    .await;
+    let sc = h.source_connection(org, col, "col").await;
+    h.append(&stream::source_connection(sc), created(sc, "Again"))
+        .await;
+    // The stray id's own stream may still create it later.
+    let late = h
+        .append(&stream::source_connection(stray), created(stray, "Late"))
+        .await;
+    let events = h.all().await;
+    for batch in [&events[..], &events[..late.global_position as usize - 1]] {
+        let m = fold(engine, batch).await;
+        let listed: Vec<(Uuid, String)> = m
+            .source_connections(org)
+            .await
+            .into_iter()
+            .map(|c| (c.id, c.name))
+            .collect();
+        let mut expected = vec![(sc, "Timed Connection".to_owned())];
+        if batch.len() == events.len() {
+            expected.push((stray, "Late".to_owned()));
+        }
+        expected.sort();
+        let mut listed = listed;
+        listed.sort();
+        assert_eq!(listed, expected, "after {} events", batch.len());
+        assert_eq!(
+            m.dump().await.counts,
+            vec![(org, [1, expected.len() as u64, 0])],
+            "counted once each"
+        );
+    }
+}
+
+/// On PostgreSQL a connection's row is sent without waiting for its answer (the next
+/// statements of the batch follow it on the connection). When that write fails, the
+/// batch's error is its error, not the "transaction aborted" of the statement after it,
+/// nothing of the batch is kept, and the batch folds once the cause is gone.
+#[tokio::test]
+async fn a_write_sent_ahead_that_fails_is_the_batch_s_error_and_nothing_is_kept() {
+    let Some(admin) = testkit::admin_url("a_write_sent_ahead_that_fails") else {
+        return;
+    };
+    let mut h = History::new();
+    let org = h.org("o").await;
+    let head = h.all().await.len() as u64;
+    let col = h.collection(org, "col").await;
+    let sc = h.source_connection(org, col, "col").await;
+    let job = h.job(org, sc, &[started(), completed(3)]).await;
+    let events = h.all().await;
+    let db = testkit::TestDb::create(&admin).await;
+    let (model, writer) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    writer
+        .apply_batch(events[..head as usize].iter().cloned())
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "ALTER TABLE read_source_connections ADD CONSTRAINT no_timed_connections
+             CHECK (short_name <> convert_to('timed', 'UTF8'))",
+        )
+        .await
+        .unwrap();
+    let failed = writer.apply_batch(events.iter().cloned()).await;
+    let err = failed
+        .expect_err("the connection's row is refused")
+        .to_string();
+    assert!(
+        err.contains("no_timed_connections"),
+        "the cause is named: {err}"
+    );
+    let count = async |table: &str| -> i64 {
+        client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(
+        (
+            count("read_collections").await,
+            count("read_source_connections").await,
+            count("read_jobs").await
+        ),
+        (0, 0, 0),
+        "nothing of the batch is kept"
+    );
+    assert_eq!(model.position(), head);
+    client
+        .batch_execute("ALTER TABLE read_source_connections DROP CONSTRAINT no_timed_connections")
+        .await
+        .unwrap();
+    writer.apply_batch(events.iter().cloned()).await.unwrap();
+    let runs = model
+        .read(async |m| m.source_connection(org, sc).await)
+        .await
+        .unwrap()
+        .map(|c| (c.total_runs, c.successful_runs));
+    assert_eq!(runs, Some((1, 1)), "the connection and its run are in");
+    let state = model.read(async |m| m.job(job).await).await.unwrap();
+    assert_eq!(state.map(|s| s.status), Some(JobStatus::Completed));
+}
+
 /// A read model of another schema version is emptied and rebuilt from the log.
 #[tokio::test]
 async fn a_postgresql_read_model_of_another_schema_version_is_rebuilt() {

@@ -957,7 +957,10 @@ impl<R: Rows> Batch<'_, R> {
         match event {
             Event::Job(_) => {}
             Event::Collection(c) => self.apply_collection(c, at, position).await?,
-            Event::SourceConnection(s) => self.apply_source_connection(s, at, position).await?,
+            Event::SourceConnection(s) => {
+                self.apply_source_connection(s, &e.stream_id, e.version, at, position)
+                    .await?
+            }
             Event::Access(a) => self.apply_access(a, at, position).await?,
             Event::Webhook(w) => {
                 self.apply_webhook(w, &e.stream_id, e.event_id, at, position)
@@ -1162,9 +1165,16 @@ impl<R: Rows> Batch<'_, R> {
         Ok(())
     }
 
+    /// `stream` and `version`: where the event lies. A connection is created by its own
+    /// stream only (as a webhook subscription is), so the first event of that stream finds
+    /// no row of it (rows are of events at or below the folded position) and is not looked
+    /// up: a first start on PostgreSQL spent a round trip on each connection's lookup
+    /// before it folded any job.
     async fn apply_source_connection(
         &mut self,
         event: SourceConnectionEvent,
+        stream: &str,
+        version: u64,
         at: DateTime<Utc>,
         position: u64,
     ) -> Result<(), ReadError> {
@@ -1181,12 +1191,18 @@ impl<R: Rows> Batch<'_, R> {
                 auth_method,
                 authenticated,
             } => {
-                if self
-                    .rows
-                    .has_row(Table::SourceConnections, source_connection_id)
-                    .await?
+                let own = stream
+                    .strip_prefix(stream::SOURCE_CONNECTION_PREFIX)
+                    .and_then(|id| Uuid::parse_str(id).ok())
+                    == Some(source_connection_id);
+                if !own
+                    || (version > 1
+                        && self
+                            .rows
+                            .has_row(Table::SourceConnections, source_connection_id)
+                            .await?)
                 {
-                    tracing::warn!(%source_connection_id, "SourceConnectionCreated for a known one; skipped");
+                    tracing::warn!(%source_connection_id, stream, "SourceConnectionCreated for a known one or on another stream; skipped");
                     return Ok(());
                 }
                 let sc = SourceConnection {

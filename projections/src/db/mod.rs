@@ -87,7 +87,7 @@ pub enum ReadError {
     /// The blocking task that committed a batch did not finish (it panicked).
     #[error("the read model's commit task failed: {0}")]
     Task(String),
-    #[error("read model database (PostgreSQL): {0}")]
+    #[error("read model database (PostgreSQL): {}", syncjobs_store_postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The database is away (no connection within the bound): answered 503.
     #[error("{0}")]

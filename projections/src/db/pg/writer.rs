@@ -97,22 +97,26 @@ impl PgWriter {
                     }
                     // Folded by the holder: only what it made stale here is dropped.
                     self.follow(shared);
-                    let (committed, _) = self.fold.apply(&PgRows(tx.client()), events).await?;
+                    let rows = PgRows::new(tx.client());
+                    let (committed, _) = rows.settled(self.fold.apply(&rows, events).await).await?;
+                    drop(rows);
                     tokio::spawn(tx.commit());
                     return Ok(committed);
                 }
             };
             self.follow(stored);
-            let rows = PgRows(tx.client());
-            let (committed, writes) = self.fold.apply(&rows, events).await?;
+            let rows = PgRows::new(tx.client());
+            let (committed, writes) = rows.settled(self.fold.apply(&rows, events).await).await?;
             let position = (committed.position != stored).then_some(committed.position);
             if position.is_none() && writes.is_empty() {
                 // Nothing folded here (another node had): the lock goes with a commit that
                 // nothing waits for, so the position is published a round trip sooner.
+                drop(rows);
                 tokio::spawn(tx.commit());
                 return Ok(committed);
             }
             rows.finish(&writes, position).await?;
+            drop(rows);
             tx.done();
             return Ok(committed);
         }
@@ -457,9 +461,68 @@ fn insert_deliveries(deliveries: &[NewDelivery]) -> (&'static str, Params<'_>) {
 
 /// The fold's row operations on a PostgreSQL connection inside an [`OpenTx`] (statements
 /// prepared once per connection).
-struct PgRows<'t>(&'t deadpool_postgres::ClientWrapper);
+struct PgRows<'t> {
+    client: &'t deadpool_postgres::ClientWrapper,
+    /// Writes sent whose answers are not read yet, oldest first (see [`PgRows::send`]).
+    sent: std::sync::Mutex<Vec<Sent<'t>>>,
+}
 
-impl PgRows<'_> {
+/// A statement sent, its answer still to be read.
+type Sent<'t> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 't>,
+>;
+
+impl<'t> PgRows<'t> {
+    fn new(client: &'t deadpool_postgres::ClientWrapper) -> PgRows<'t> {
+        PgRows {
+            client,
+            sent: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends a write whose answer the fold does not need, without waiting for it: the
+    /// server runs a connection's statements in order, so every later statement of the
+    /// batch sees it, and its answer is read before the `COMMIT` (or an error is
+    /// returned). A first start on PostgreSQL waited a round trip for each source
+    /// connection created before it folded any job.
+    async fn send(&self, sql: &str, params: Params<'static>) -> Result<(), ReadError> {
+        let stmt = self.client.prepare_cached(sql).await?;
+        let client: &'t tokio_postgres::Client = self.client;
+        let mut sent: Sent<'t> =
+            Box::pin(async move { client.execute(&stmt, &param_refs(&params)).await });
+        // The request goes out on the first poll (see `OpenTx::begin_locked`).
+        match futures::poll!(&mut sent) {
+            std::task::Poll::Ready(done) => {
+                done?;
+            }
+            std::task::Poll::Pending => self.sent_writes().push(sent),
+        }
+        Ok(())
+    }
+
+    fn sent_writes(&self) -> std::sync::MutexGuard<'_, Vec<Sent<'t>>> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the answers of the writes sent; the first error among them.
+    async fn settle(&self) -> Result<(), ReadError> {
+        let sent = std::mem::take(&mut *self.sent_writes());
+        for write in sent {
+            write.await?;
+        }
+        Ok(())
+    }
+
+    /// `result` once the writes sent before it are answered: a write sent that failed
+    /// aborted the transaction, and its error says why where a later statement's says
+    /// only that the transaction was aborted.
+    async fn settled<T>(&self, result: Result<T, ReadError>) -> Result<T, ReadError> {
+        match (result, self.settle().await) {
+            (_, Err(sent)) => Err(sent),
+            (result, Ok(())) => result,
+        }
+    }
+
     /// Runs one of the statements above.
     async fn run(&self, (sql, params): (&str, Params<'_>)) -> Result<u64, ReadError> {
         self.execute(sql, &param_refs(&params)).await
@@ -495,9 +558,9 @@ impl PgRows<'_> {
         }
         let mut prepared = Vec::with_capacity(statements.len());
         for (sql, params) in &statements {
-            prepared.push((self.0.prepare_cached(sql).await?, param_refs(params)));
+            prepared.push((self.client.prepare_cached(sql).await?, param_refs(params)));
         }
-        let client: &tokio_postgres::Client = self.0;
+        let client: &tokio_postgres::Client = self.client;
         let (written, committed) = futures::join!(
             futures::future::join_all(
                 prepared
@@ -529,7 +592,7 @@ impl PgRows<'_> {
         use tokio_postgres::binary_copy::BinaryCopyInWriter;
         use tokio_postgres::types::Type;
         let sink = self
-            .0
+            .client
             .copy_in(
                 "COPY read_jobs (id, source_connection_id, organization_id, active,
                    created_position, state) FROM STDIN BINARY",
@@ -565,8 +628,8 @@ impl PgRows<'_> {
     }
 
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, ReadError> {
-        let stmt = self.0.prepare_cached(sql).await?;
-        Ok(self.0.execute(&stmt, params).await?)
+        let stmt = self.client.prepare_cached(sql).await?;
+        Ok(self.client.execute(&stmt, params).await?)
     }
 
     async fn query_opt(
@@ -574,8 +637,8 @@ impl PgRows<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<tokio_postgres::Row>, ReadError> {
-        let stmt = self.0.prepare_cached(sql).await?;
-        Ok(self.0.query_opt(&stmt, params).await?)
+        let stmt = self.client.prepare_cached(sql).await?;
+        Ok(self.client.query_opt(&stmt, params).await?)
     }
 }
 
@@ -608,12 +671,12 @@ impl Rows for PgRows<'_> {
 
     async fn connection_organizations(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>, ReadError> {
         let stmt = self
-            .0
+            .client
             .prepare_cached(
                 "SELECT id, organization_id FROM read_source_connections WHERE id = ANY($1)",
             )
             .await?;
-        let rows = self.0.query(&stmt, &[&ids]).await?;
+        let rows = self.client.query(&stmt, &[&ids]).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -631,10 +694,10 @@ impl Rows for PgRows<'_> {
 
     async fn stored_jobs(&self, ids: &[Uuid]) -> Result<Vec<LiveJob>, ReadError> {
         let stmt = self
-            .0
+            .client
             .prepare_cached("SELECT state, created_position FROM read_jobs WHERE id = ANY($1)")
             .await?;
-        let rows = self.0.query(&stmt, &[&ids]).await?;
+        let rows = self.client.query(&stmt, &[&ids]).await?;
         rows.iter()
             .map(|r| {
                 Ok(LiveJob {
@@ -684,22 +747,21 @@ impl Rows for PgRows<'_> {
     }
 
     async fn insert_collection(&self, c: &Collection) -> Result<(), ReadError> {
-        self.execute(
+        self.send(
             "INSERT INTO read_collections (id, organization_id, name, readable_id,
                created_at, modified_at, created_position)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &c.id,
-                &c.organization_id,
-                &c.name.as_bytes(),
-                &c.readable_id.as_bytes(),
-                &t(&c.created_at),
-                &t(&c.modified_at),
-                &(c.created_position as i64),
+            vec![
+                Box::new(c.id),
+                Box::new(c.organization_id),
+                Box::new(c.name.as_bytes().to_vec()),
+                Box::new(c.readable_id.as_bytes().to_vec()),
+                Box::new(t(&c.created_at)),
+                Box::new(t(&c.modified_at)),
+                Box::new(c.created_position as i64),
             ],
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn rename_collection(&self, id: Uuid, name: &str, at: &str) -> Result<(), ReadError> {
@@ -712,34 +774,32 @@ impl Rows for PgRows<'_> {
     }
 
     async fn insert_source_connection(&self, sc: &SourceConnection) -> Result<(), ReadError> {
-        let config = sc.config.to_string();
-        self.execute(
+        self.send(
             "INSERT INTO read_source_connections (id, organization_id, collection_id,
                readable_collection_id, name, description, short_name, config,
                auth_method, authenticated, created_at, modified_at, created_position,
                total_runs, successful_runs, failed_runs)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-            &[
-                &sc.id,
-                &sc.organization_id,
-                &sc.collection_id,
-                &sc.readable_collection_id.as_bytes(),
-                &sc.name.as_bytes(),
-                &sc.description.as_deref().map(str::as_bytes),
-                &sc.short_name.as_bytes(),
-                &config,
-                &sc.auth_method.as_bytes(),
-                &sc.authenticated,
-                &t(&sc.created_at),
-                &t(&sc.modified_at),
-                &(sc.created_position as i64),
-                &(sc.total_runs as i64),
-                &(sc.successful_runs as i64),
-                &(sc.failed_runs as i64),
+            vec![
+                Box::new(sc.id),
+                Box::new(sc.organization_id),
+                Box::new(sc.collection_id),
+                Box::new(sc.readable_collection_id.as_bytes().to_vec()),
+                Box::new(sc.name.as_bytes().to_vec()),
+                Box::new(sc.description.as_ref().map(|d| d.as_bytes().to_vec())),
+                Box::new(sc.short_name.as_bytes().to_vec()),
+                Box::new(sc.config.to_string()),
+                Box::new(sc.auth_method.as_bytes().to_vec()),
+                Box::new(sc.authenticated),
+                Box::new(t(&sc.created_at)),
+                Box::new(t(&sc.modified_at)),
+                Box::new(sc.created_position as i64),
+                Box::new(sc.total_runs as i64),
+                Box::new(sc.successful_runs as i64),
+                Box::new(sc.failed_runs as i64),
             ],
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn insert_organization(&self, o: &Organization, position: u64) -> Result<(), ReadError> {
@@ -872,8 +932,8 @@ impl Rows for PgRows<'_> {
             "SELECT {} FROM read_webhook_subscriptions WHERE organization_id = ANY($1)",
             super::view::WEBHOOK_SUBSCRIPTION_COLUMNS
         );
-        let stmt = self.0.prepare_cached(&sql).await?;
-        self.0
+        let stmt = self.client.prepare_cached(&sql).await?;
+        self.client
             .query(&stmt, &[&organization_ids])
             .await?
             .iter()
