@@ -1309,6 +1309,29 @@ async fn a_node_folding_after_another_builds_on_what_the_other_folded() {
         .is_some_and(|j| j.status == JobStatus::Completed));
 }
 
+/// A PostgreSQL read model in a fresh database that has folded `folded`, and a client of
+/// that database of the test's own (to break the tables on purpose).
+async fn postgres_model_after(
+    admin: &str,
+    folded: &[RecordedEvent],
+) -> (
+    testkit::TestDb,
+    Projection,
+    ProjectionWriter,
+    tokio_postgres::Client,
+) {
+    let db = testkit::TestDb::create(admin).await;
+    let (model, writer) = Projection::open_postgres(&db.url, false, Default::default())
+        .await
+        .unwrap();
+    writer.apply_batch(folded.iter().cloned()).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    (db, model, writer, client)
+}
+
 /// The end of a batch goes to PostgreSQL in one pipeline with its position and `COMMIT`:
 /// when one of those writes fails, nothing of the batch is kept (not the rows written
 /// before it, not the position), and the writer folds the batch again once it can.
@@ -1322,20 +1345,9 @@ async fn a_batch_whose_last_writes_fail_keeps_nothing_and_folds_again_later() {
     let head = h.all().await.len() as u64;
     let col = h.collection(org, "col").await;
     let events = h.all().await;
-    let db = testkit::TestDb::create(&admin).await;
-    let (model, writer) = Projection::open_postgres(&db.url, false, Default::default())
-        .await
-        .unwrap();
-    writer
-        .apply_batch(events[..head as usize].iter().cloned())
-        .await
-        .unwrap();
+    let (_db, model, writer, client) = postgres_model_after(&admin, &events[..head as usize]).await;
     // The collection's row goes in during the fold; the organization's count only at the
     // end, with the position, which this constraint makes fail.
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     client
         .batch_execute(
             "ALTER TABLE read_organization_counts ADD CONSTRAINT no_collections
@@ -1462,18 +1474,7 @@ async fn a_write_sent_ahead_that_fails_is_the_batch_s_error_and_nothing_is_kept(
     let sc = h.source_connection(org, col, "col").await;
     let job = h.job(org, sc, &[started(), completed(3)]).await;
     let events = h.all().await;
-    let db = testkit::TestDb::create(&admin).await;
-    let (model, writer) = Projection::open_postgres(&db.url, false, Default::default())
-        .await
-        .unwrap();
-    writer
-        .apply_batch(events[..head as usize].iter().cloned())
-        .await
-        .unwrap();
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (_db, model, writer, client) = postgres_model_after(&admin, &events[..head as usize]).await;
     client
         .batch_execute(
             "ALTER TABLE read_source_connections ADD CONSTRAINT no_timed_connections
