@@ -300,9 +300,9 @@ impl ProjectionWriter {
     /// stay small. A PostgreSQL batch costs more than its events: the WAL flush of its
     /// commit, and the run counters of every connection it touches (on a first start, all
     /// of them, each batch). While catching up those made most of the time, so its batches
-    /// are larger: 32,768 events took a first start of 1M events from 2.4 x a `COPY` of
-    /// the log to 1.5 x (bench #12; 16,384 before). A node keeping up folds what arrived,
-    /// far less than this.
+    /// are larger: 32,768 events (16,384 before) took a first start of 1M events from
+    /// 2.4 x a `COPY` of the log to 1.7 x (bench #12). A node keeping up folds what
+    /// arrived, far less than this.
     fn max_batch(&self) -> usize {
         match &self.writer {
             WriterHandle::Sqlite(_) => MAX_BATCH,
