@@ -158,6 +158,15 @@ fn api(store: &Arc<InMemoryStore>) -> Jobs {
     node(store, slow(), SupervisorRole::Api, "api", None)
 }
 
+/// A job created through `jobs` (on a connection of its own); its id.
+async fn created(jobs: &Jobs) -> Uuid {
+    jobs.create(new_job(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .state
+        .job_id
+}
+
 fn worker(
     store: &Arc<InMemoryStore>,
     runner: Arc<dyn SyncRunner>,
@@ -211,12 +220,7 @@ fn an_api_node_runs_nothing_and_a_worker_claims_what_it_creates() {
         let store = InMemoryStore::new();
         let api = api(&store);
         api.ready().await;
-        let job = api
-            .create(new_job(Uuid::now_v7()))
-            .await
-            .unwrap()
-            .state
-            .job_id;
+        let job = created(&api).await;
         run_for(Duration::from_millis(50)).await;
         assert_eq!(
             state(&store, job).await.status,
@@ -247,13 +251,7 @@ fn a_full_worker_leaves_jobs_pending_and_takes_the_oldest_when_a_slot_frees() {
         w.ready().await;
         let mut jobs = Vec::new();
         for _ in 0..3 {
-            jobs.push(
-                api.create(new_job(Uuid::now_v7()))
-                    .await
-                    .unwrap()
-                    .state
-                    .job_id,
-            );
+            jobs.push(created(&api).await);
         }
         settle().await;
         let statuses = |store: Arc<InMemoryStore>, jobs: Vec<Uuid>| async move {
@@ -302,13 +300,7 @@ fn three_workers_claim_each_job_exactly_once() {
         }
         let mut jobs = Vec::new();
         for _ in 0..30 {
-            jobs.push(
-                api.create(new_job(Uuid::now_v7()))
-                    .await
-                    .unwrap()
-                    .state
-                    .job_id,
-            );
+            jobs.push(created(&api).await);
         }
         run_for(Duration::from_millis(300)).await;
         let mut per_worker = std::collections::HashMap::<String, usize>::new();
@@ -334,12 +326,7 @@ fn a_cancel_recorded_by_an_api_node_stops_the_run_on_its_worker() {
         let api = api(&store);
         let w = worker(&store, slow(), "w1", None);
         w.ready().await;
-        let job = api
-            .create(new_job(Uuid::now_v7()))
-            .await
-            .unwrap()
-            .state
-            .job_id;
+        let job = created(&api).await;
         run_for(Duration::from_millis(55)).await;
 
         let asked = api.cancel(job, "api-key:x".into()).await.unwrap();
@@ -436,12 +423,7 @@ fn a_worker_takes_another_node_s_cancel_request_from_the_log_without_reading_the
         let role = SupervisorRole::Worker;
         let w = node_with(counting.clone(), slow(), role, "w1", None, patient(), 1);
         w.ready().await;
-        let job = api
-            .create(new_job(Uuid::now_v7()))
-            .await
-            .unwrap()
-            .state
-            .job_id;
+        let job = created(&api).await;
         run_for(Duration::from_millis(55)).await;
         let before = counting
             .job_stream_reads
@@ -470,12 +452,7 @@ fn every_worker_arms_the_watchdog_and_one_force_cancel_lands() {
         for w in &workers {
             w.ready().await;
         }
-        let job = api
-            .create(new_job(Uuid::now_v7()))
-            .await
-            .unwrap()
-            .state
-            .job_id;
+        let job = created(&api).await;
         settle().await;
         api.cancel(job, "api-key:x".into()).await.unwrap();
         settle().await;
@@ -583,12 +560,7 @@ fn a_silent_worker_is_declared_lost_once_and_its_running_job_resumes_on_another(
         let w1 = live_worker(&store, quick(), "w1", 1);
         w1.ready().await;
         settle().await;
-        let job = api
-            .create(new_job(Uuid::now_v7()))
-            .await
-            .unwrap()
-            .state
-            .job_id;
+        let job = created(&api).await;
         run_for(Duration::from_millis(300)).await;
         assert_eq!(state(&store, job).await.worker.as_deref(), Some("w1"));
         let (w2, w3) = (
@@ -669,18 +641,8 @@ fn a_lost_workers_jobs_fail_past_the_resume_limit_or_are_cancelled_at_once() {
         let w1 = live_worker(&store, Arc::new(Stuck), "w1", 0);
         w1.ready().await;
         settle().await;
-        let running = api
-            .create(new_job(Uuid::now_v7()))
-            .await
-            .unwrap()
-            .state
-            .job_id;
-        let cancelling = api
-            .create(new_job(Uuid::now_v7()))
-            .await
-            .unwrap()
-            .state
-            .job_id;
+        let running = created(&api).await;
+        let cancelling = created(&api).await;
         settle().await;
         api.cancel(cancelling, "api-key:x".into()).await.unwrap();
         settle().await;
@@ -731,12 +693,7 @@ fn a_draining_worker_hands_its_unfinished_job_back_and_another_completes_it() {
         let w1 = live_worker(&store, quick(), "w1", 1);
         w1.ready().await;
         settle().await;
-        let job = api
-            .create(new_job(Uuid::now_v7()))
-            .await
-            .unwrap()
-            .state
-            .job_id;
+        let job = created(&api).await;
         run_for(Duration::from_millis(200)).await;
         let w2 = live_worker(&store, quick(), "w2", 1);
         w2.ready().await;
@@ -821,12 +778,7 @@ fn a_worker_declared_lost_while_alive_stops_its_run_and_announces_itself_again()
         );
         w1.ready().await;
         settle().await;
-        let job = api
-            .create(new_job(Uuid::now_v7()))
-            .await
-            .unwrap()
-            .state
-            .job_id;
+        let job = created(&api).await;
         run_for(Duration::from_millis(300)).await;
         assert_eq!(state(&store, job).await.worker.as_deref(), Some("w1"));
         let w2 = live_worker(&store, long(), "w2", 1);
