@@ -570,8 +570,24 @@ pub mod stream {
     }
     /// The job id of a job stream name, if it is one.
     pub fn job_id(stream: &str) -> Option<Uuid> {
+        id_in(stream, JOB_PREFIX)
+    }
+    /// The collection id of a collection stream name, if it is one.
+    pub fn collection_id(stream: &str) -> Option<Uuid> {
+        id_in(stream, COLLECTION_PREFIX)
+    }
+    /// The connection id of a source connection stream name, if it is one.
+    pub fn source_connection_id(stream: &str) -> Option<Uuid> {
+        id_in(stream, SOURCE_CONNECTION_PREFIX)
+    }
+    /// The subscription id of a webhook subscription stream name, if it is one.
+    pub fn webhook_subscription_id(stream: &str) -> Option<Uuid> {
+        id_in(stream, WEBHOOK_SUBSCRIPTION_PREFIX)
+    }
+    /// The id a stream of `prefix`'s category names (`<prefix><uuid>`), if it is one.
+    fn id_in(stream: &str, prefix: &str) -> Option<Uuid> {
         stream
-            .strip_prefix(JOB_PREFIX)
+            .strip_prefix(prefix)
             .and_then(|s| Uuid::parse_str(s).ok())
     }
 }

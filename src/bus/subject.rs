@@ -195,14 +195,8 @@ fn owner_of(event: &Event) -> Option<Owner> {
 fn aggregate_token(ev: &RecordedEvent) -> String {
     let id = match &ev.event {
         Event::Job(_) => stream::job_id(&ev.stream_id),
-        Event::Collection(_) => ev
-            .stream_id
-            .strip_prefix(stream::COLLECTION_PREFIX)
-            .and_then(|s| Uuid::parse_str(s).ok()),
-        Event::SourceConnection(_) => ev
-            .stream_id
-            .strip_prefix(stream::SOURCE_CONNECTION_PREFIX)
-            .and_then(|s| Uuid::parse_str(s).ok()),
+        Event::Collection(_) => stream::collection_id(&ev.stream_id),
+        Event::SourceConnection(_) => stream::source_connection_id(&ev.stream_id),
         Event::Access(_) | Event::Webhook(_) | Event::Worker(_) => None,
     };
     id.map_or_else(|| sanitize_token(&ev.stream_id), |id| id.to_string())

@@ -1165,7 +1165,7 @@ impl<R: Rows> Batch<'_, R> {
         Ok(())
     }
 
-    /// `stream` and `version`: where the event lies. A connection is created by its own
+    /// `stream_id` and `version`: where the event lies. A connection is created by its own
     /// stream only (as a webhook subscription is), so the first event of that stream finds
     /// no row of it (rows are of events at or below the folded position) and is not looked
     /// up: a first start on PostgreSQL spent a round trip on each connection's lookup
@@ -1173,7 +1173,7 @@ impl<R: Rows> Batch<'_, R> {
     async fn apply_source_connection(
         &mut self,
         event: SourceConnectionEvent,
-        stream: &str,
+        stream_id: &str,
         version: u64,
         at: DateTime<Utc>,
         position: u64,
@@ -1191,10 +1191,7 @@ impl<R: Rows> Batch<'_, R> {
                 auth_method,
                 authenticated,
             } => {
-                let own = stream
-                    .strip_prefix(stream::SOURCE_CONNECTION_PREFIX)
-                    .and_then(|id| Uuid::parse_str(id).ok())
-                    == Some(source_connection_id);
+                let own = stream::source_connection_id(stream_id) == Some(source_connection_id);
                 if !own
                     || (version > 1
                         && self
@@ -1202,7 +1199,7 @@ impl<R: Rows> Batch<'_, R> {
                             .has_row(Table::SourceConnections, source_connection_id)
                             .await?)
                 {
-                    tracing::warn!(%source_connection_id, stream, "SourceConnectionCreated for a known one or on another stream; skipped");
+                    tracing::warn!(%source_connection_id, stream = stream_id, "SourceConnectionCreated for a known one or on another stream; skipped");
                     return Ok(());
                 }
                 let sc = SourceConnection {
@@ -1541,10 +1538,7 @@ impl<R: Rows> Batch<'_, R> {
                 .recover_webhook_delivery(message_id, subscription_id, &time(&at))
                 .await;
         }
-        let Some(id) = stream_id
-            .strip_prefix(stream::WEBHOOK_SUBSCRIPTION_PREFIX)
-            .and_then(|s| Uuid::parse_str(s).ok())
-        else {
+        let Some(id) = stream::webhook_subscription_id(stream_id) else {
             tracing::warn!(stream = %stream_id, position, "webhook event outside a subscription stream; skipped");
             return Ok(());
         };
